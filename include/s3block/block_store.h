@@ -1,0 +1,122 @@
+// BlockStore: the one interface every store and every layer implements.
+//
+// A store holds many exports; each export is its own namespace of numbered blocks and one small
+// metadata document. Leaf stores (FileStore, S3Store) keep blocks somewhere durable; decorators
+// (the cache, and later compression, encryption, checksums) hold the next store below them and add
+// one concern each. The stack is assembled in one place (store_factory.h) from the configuration.
+//
+// Blocks are opaque byte strings at this level: a leaf store returns exactly what was stored, and
+// a decorator may store something longer or shorter than a block (a compressed or encrypted
+// block). The Volume above the stack insists that what comes out is exactly one block.
+//
+// Thread safety: every method of every implementation is safe for concurrent use, including
+// concurrent calls for the same block (the last write to complete wins; Volume serialises writes
+// to one block with its per-block locks).
+#ifndef S3BLOCK_BLOCK_STORE_H_
+#define S3BLOCK_BLOCK_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "s3block/status.h"
+
+namespace s3block {
+
+using Bytes = std::vector<uint8_t>;
+
+class BlockStore {
+ public:
+  virtual ~BlockStore() = default;
+
+  // A short description for messages, without secrets: "file:/data", "s3://bucket/prefix".
+  virtual std::string Describe() const = 0;
+
+  // Checks that the store is usable (the directory exists and is writable, the bucket exists and
+  // the credentials work) and creates what a new store needs. Called once, before serving.
+  virtual Status Check() { return Status::Ok(); }
+
+  // Starts background threads, if the implementation has any. nbdkit calls this after it has
+  // forked into the background (threads started before the fork would be lost).
+  virtual Status Start() { return Status::Ok(); }
+
+  // Reads block `id` of `export_name` into *data (resized to what is stored) and sets *found.
+  // A block that was never written, or was deleted, is not an error: *found = false and *data is
+  // left empty. Every other failure (I/O error, access denied, timeout) is an error, never zeros.
+  virtual Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) = 0;
+
+  // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
+  // With fua, the block is durable when this returns; otherwise it is durable after the next
+  // Flush(export_name) returns.
+  virtual Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                       bool fua) = 0;
+
+  // Deletes the given blocks; deleting a missing block is not an error. Durability as for Write.
+  virtual Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) = 0;
+
+  // Makes every Write and Delete of this export that returned before the call durable.
+  // An error means some of them may not be durable; a later Flush tries again.
+  virtual Status Flush(std::string_view export_name) = 0;
+
+  // Calls fn(id) for every block of the export that is stored, in no particular order.
+  virtual Status ListBlocks(std::string_view export_name,
+                            const std::function<void(uint64_t id)>& fn) = 0;
+
+  // The names of the exports in the store (those with metadata or blocks), sorted.
+  virtual Status ListExports(std::vector<std::string>* names) = 0;
+
+  // Reads the export's metadata document. A missing document is not an error: *found = false.
+  virtual Status ReadMeta(std::string_view export_name, std::string* text, bool* found) = 0;
+
+  // Writes the export's metadata document durably (it is durable when this returns).
+  virtual Status WriteMeta(std::string_view export_name, std::string_view text) = 0;
+
+  // Deletes the export's metadata document (and, for a file store, its empty directories).
+  // Blocks must have been deleted first.
+  virtual Status DeleteMeta(std::string_view export_name) = 0;
+};
+
+// A decorator: forwards every call to the store below. Layers derive from it and override what
+// they change.
+class StoreDecorator : public BlockStore {
+ public:
+  explicit StoreDecorator(std::shared_ptr<BlockStore> next) : next_(std::move(next)) {}
+
+  std::string Describe() const override { return next_->Describe(); }
+  Status Check() override { return next_->Check(); }
+  Status Start() override { return next_->Start(); }
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
+    return next_->Read(e, id, data, found);
+  }
+  Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
+    return next_->Write(e, id, data, fua);
+  }
+  Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
+    return next_->Delete(e, ids, fua);
+  }
+  Status Flush(std::string_view e) override { return next_->Flush(e); }
+  Status ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) override {
+    return next_->ListBlocks(e, fn);
+  }
+  Status ListExports(std::vector<std::string>* names) override { return next_->ListExports(names); }
+  Status ReadMeta(std::string_view e, std::string* text, bool* found) override {
+    return next_->ReadMeta(e, text, found);
+  }
+  Status WriteMeta(std::string_view e, std::string_view text) override {
+    return next_->WriteMeta(e, text);
+  }
+  Status DeleteMeta(std::string_view e) override { return next_->DeleteMeta(e); }
+
+  BlockStore* next() const { return next_.get(); }
+
+ protected:
+  std::shared_ptr<BlockStore> next_;
+};
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_BLOCK_STORE_H_

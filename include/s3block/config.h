@@ -1,0 +1,68 @@
+// Config: every parameter of the plugin and of the admin command, parsed and validated in one
+// place, so that both accept the same names and values and give the same errors.
+//
+// Parameters are key=value pairs (nbdkit: `store=./data size=10G`; admin command: `--store ./data
+// --size 10G`). Set() checks each value as it arrives; Finish() checks the combination.
+#ifndef S3BLOCK_CONFIG_H_
+#define S3BLOCK_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "s3block/params.h"
+#include "s3block/status.h"
+#include "s3block/volume.h"
+
+namespace s3block {
+
+struct Config {
+  // --- Where the blocks live ---
+  // A directory (must already be absolute when Set: the plugin makes it so with
+  // nbdkit_absolute_path), or s3://BUCKET[/PREFIX].
+  std::string store;
+
+  // --- New exports ---
+  uint64_t size = kDefaultExportSize;
+  bool size_given = false;
+  uint32_t block_size = kDefaultBlockSize;
+  bool block_size_given = false;
+  std::string default_export = kDefaultExportName;
+  // Create an export that a client names but that does not exist yet.
+  bool create = true;
+
+  // --- S3 ---
+  std::string endpoint;        // empty: AWS (https://s3.REGION.amazonaws.com)
+  std::string region = "us-east-1";
+  std::optional<bool> path_style;  // unset: true for a custom endpoint, false for AWS
+  std::string ca_file;
+  std::string access_key;      // unset: environment, then ~/.aws files
+  std::string secret_key;      // never printed
+  std::string session_token;   // never printed
+  std::string profile;         // ~/.aws profile (default: AWS_PROFILE, then "default")
+  double retry_timeout = 60;   // seconds of retrying a transient failure before reporting it
+  double request_timeout = 30; // seconds for one HTTP request
+  uint64_t connections = 64;   // most HTTP requests in flight at once
+
+  // --- Cache ---
+  bool cache = true;
+  uint64_t cache_size = 256ull << 20;
+  uint64_t dirty_size = 0;     // 0: a quarter of cache_size
+  uint64_t upload_threads = 16;
+
+  // Sets one parameter. Errors: EINVAL, naming the parameter and what it accepts.
+  Status Set(std::string_view key, std::string_view value);
+  // Checks the combination (store given, sizes consistent). Call once after the last Set.
+  Status Finish();
+
+  bool is_s3() const { return store.rfind("s3://", 0) == 0; }
+  VolumeOptions volume_options(bool readonly) const;
+
+  // The parameter list for --help, one "key=VALUE  description" line each.
+  static const char* Help();
+};
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_CONFIG_H_

@@ -1,0 +1,80 @@
+// FileStore: the local leaf store, one file per block, in the specification's layout:
+//
+//   <root>/exports/<export_name>/blocks/<block_id>     one raw block, id in decimal
+//   <root>/exports/<export_name>/metadata              the export's metadata document
+//
+// A missing block file reads as "not found" (zeros to the client). Writes go to a temporary file
+// in the blocks directory (a name starting with '.', which is never a block id) and are renamed
+// over the block, so a reader or a crash sees the old block or the new one, never a mix.
+// Durability: Flush fsyncs every file written and every directory changed since the previous
+// flush (or, when that is many files, syncfs() on the store's file system).
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_FILE_STORE_H_
+#define S3BLOCK_FILE_STORE_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "s3block/block_store.h"
+
+namespace s3block {
+
+class FileStore : public BlockStore {
+ public:
+  // REQUIRES: root is an absolute path (nbdkit changes directory to '/').
+  explicit FileStore(std::string root);
+  ~FileStore() override;
+
+  std::string Describe() const override { return "file:" + root_; }
+  // Creates <root> and <root>/exports if missing; fails if root is not a writable directory.
+  Status Check() override;
+
+  Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
+  Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+               bool fua) override;
+  Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
+  Status Flush(std::string_view export_name) override;
+  Status ListBlocks(std::string_view export_name,
+                    const std::function<void(uint64_t)>& fn) override;
+  Status ListExports(std::vector<std::string>* names) override;
+  Status ReadMeta(std::string_view export_name, std::string* text, bool* found) override;
+  Status WriteMeta(std::string_view export_name, std::string_view text) override;
+  Status DeleteMeta(std::string_view export_name) override;
+
+  const std::string& root() const { return root_; }
+  // Path helpers (the layout above). REQUIRES: export_name passed ValidateExportName.
+  std::string ExportDir(std::string_view export_name) const;
+  std::string BlocksDir(std::string_view export_name) const;
+  std::string BlockPath(std::string_view export_name, uint64_t id) const;
+
+ private:
+  // What must be made durable at the next flush of one export.
+  struct Pending {
+    std::unordered_set<uint64_t> files;  // blocks renamed into place since the last flush
+    bool blocks_dir_changed = false;     // a rename or unlink happened in blocks/
+  };
+
+  // Creates exports/<name>/blocks (and parents) if missing, fsyncing each parent that changed.
+  Status EnsureBlocksDir(std::string_view export_name);
+  Pending& PendingFor(std::string_view export_name);  // REQUIRES: mu_ held
+
+  const std::string root_;
+  std::mutex mu_;
+  std::unordered_map<std::string, Pending> pending_;       // guarded by mu_
+  std::unordered_set<std::string> dirs_ready_;             // guarded by mu_
+};
+
+// Writes `data` to `path` atomically and durably: a temporary file beside it, fsync, rename,
+// fsync of the directory. Used for metadata and small control files.
+Status WriteFileAtomically(const std::string& path, std::string_view data);
+
+// Fsyncs a directory.
+Status FsyncDir(const std::string& path);
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_FILE_STORE_H_

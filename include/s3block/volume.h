@@ -1,0 +1,142 @@
+// Volume: one export as a flat array of bytes, mapped onto blocks of a BlockStore.
+//
+// The layer between NBD requests and blocks: any offset and length inside the export, aligned or
+// not; whole blocks are written as they are, partial blocks by read-modify-write under a per-block
+// lock (so two connections writing different halves of one block at once both land). A block whose
+// new content is all zeros is deleted instead of stored. Trim and zero delete whole blocks in
+// batches, so a 4 GiB trim costs one listing of the presence map and no reads.
+//
+// One Volume serves every connection to its export (the plugin shares it), which is what makes a
+// flush from one connection cover the writes of all of them.
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_VOLUME_H_
+#define S3BLOCK_VOLUME_H_
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "s3block/block_store.h"
+#include "s3block/export_meta.h"
+#include "s3block/params.h"
+#include "s3block/presence_map.h"
+
+namespace s3block {
+
+struct VolumeOptions {
+  // Size of a new export. An existing export keeps its recorded size.
+  uint64_t size = kDefaultExportSize;
+  // Block size of a new export. An existing export keeps its recorded block size; if the block
+  // size was given explicitly (block_size_explicit) and differs, Open refuses.
+  uint32_t block_size = kDefaultBlockSize;
+  bool block_size_explicit = false;
+  // Open read-only: never write metadata or blocks.
+  bool readonly = false;
+  // Create the export (write its metadata) if it has none.
+  bool create = true;
+};
+
+// Counters, for statistics. Monotonic since open.
+struct VolumeStats {
+  uint64_t reads = 0, writes = 0, trims = 0, zeros = 0, flushes = 0;
+  uint64_t bytes_read = 0, bytes_written = 0;
+  uint64_t rmw_blocks = 0;        // partial-block writes done by read-modify-write
+  uint64_t zero_blocks_elided = 0;  // full-block writes of zeros turned into deletes
+};
+
+class Volume {
+ public:
+  // Opens (and with options.create, creates) export `name` in `store`.
+  // Errors: EINVAL for a bad name or a block-size mismatch (the message names both sizes),
+  // ENOENT if the export does not exist and !create, the store's error otherwise.
+  static Status Open(std::shared_ptr<BlockStore> store, std::string_view name,
+                     const VolumeOptions& options, std::shared_ptr<Volume>* out);
+
+  ~Volume();
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  const std::string& name() const { return name_; }
+  uint64_t size() const { return meta_.size; }
+  uint32_t block_size() const { return meta_.block_size; }
+  bool readonly() const { return readonly_; }
+  BlockStore* store() const { return store_.get(); }
+  // True if a created export's metadata was written by this Open.
+  bool created() const { return created_; }
+
+  // Each of these requires offset + count <= size() (else EINVAL for reads, ENOSPC for writes,
+  // nothing changed) and, for writes, a read-write volume (else EROFS).
+  Status Read(uint8_t* buf, uint64_t count, uint64_t offset);
+  Status Write(const uint8_t* buf, uint64_t count, uint64_t offset, bool fua);
+  // Whole blocks in the range are deleted; the parts of partial blocks are zeroed.
+  Status Trim(uint64_t count, uint64_t offset, bool fua);
+  // Makes the range read as zeros. With may_trim, whole blocks are deleted (cheap at any size);
+  // without it they are stored as zero blocks (allocated, as the client asked), and with
+  // fast_zero that is refused with ENOTSUP, since it is no faster than writing zeros.
+  Status Zero(uint64_t count, uint64_t offset, bool may_trim, bool fast_zero, bool fua);
+  // Makes every earlier acknowledged write durable.
+  Status Flush();
+
+  // Calls fn(offset, length, hole) for consecutive runs covering [offset, offset + count), as far
+  // as fn returns true. A hole is a range of blocks that are not stored (they read as zeros).
+  Status Extents(uint64_t count, uint64_t offset,
+                 const std::function<bool(uint64_t offset, uint64_t length, bool hole)>& fn);
+
+  // Number of blocks stored, as far as the presence map knows.
+  uint64_t StoredBlocks() const { return presence_.Count(); }
+  VolumeStats Stats() const;
+
+ private:
+  Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta meta, bool readonly);
+
+  Status CheckRange(uint64_t count, uint64_t offset, bool write) const;
+  std::mutex& LockFor(uint64_t id) { return locks_[id % locks_.size()]; }
+  // Reads block `id` into out (block_size bytes). REQUIRES: id < block count.
+  Status ReadBlock(uint64_t id, uint8_t* out);
+  // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.
+  Status StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero);
+  // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, by
+  // read-modify-write under the block's lock. keep_zero stores an all-zero result instead of
+  // deleting it.
+  Status WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua);
+  Status WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua,
+                          bool keep_zero);
+  // The part of a request [pos, end) that falls in one block.
+  struct Piece {
+    uint64_t id;
+    uint32_t in;  // offset inside the block
+    uint32_t n;   // bytes
+    bool full;    // covers the whole block (or all of it that lies inside the export)
+  };
+  Piece PieceAt(uint64_t pos, uint64_t end) const;
+  // Deletes the stored blocks among [first, last).
+  Status DeleteRange(uint64_t first, uint64_t last, bool fua);
+  // Applies op (trim or zero) to [offset, offset + count).
+  Status ZeroRange(uint64_t count, uint64_t offset, bool deallocate, bool fua);
+
+  const std::shared_ptr<BlockStore> store_;
+  const std::string name_;
+  const ExportMeta meta_;
+  const bool readonly_;
+  bool created_ = false;
+  // While we are the only writer, a clear bit means "not stored" and saves a store request.
+  const bool trust_presence_;
+  PresenceMap presence_;
+  std::array<std::mutex, 1024> locks_;
+
+  struct AtomicStats {
+    std::atomic<uint64_t> reads{0}, writes{0}, trims{0}, zeros{0}, flushes{0};
+    std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, rmw_blocks{0}, zero_blocks_elided{0};
+  } stats_;
+};
+
+// True if every byte of [p, p + n) is zero.
+bool IsAllZero(const uint8_t* p, size_t n);
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_VOLUME_H_

@@ -1,0 +1,321 @@
+// nbdkit-s3block-plugin: the nbdkit glue. Each callback translates its arguments into a call on the
+// export's shared Volume and a failed Status into nbdkit_error + errno. Nothing else lives here.
+//
+// Life cycle (see nbdkit-plugin(3)): config -> config_complete -> get_ready (build and check the
+// store: errors still reach the terminal) -> [fork] -> after_fork (start threads) -> open/close
+// per connection -> cleanup/unload (may never run: durability never depends on them).
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "s3block/config.h"
+#include "s3block/store_factory.h"
+#include "s3block/volume.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+#ifndef S3BLOCK_VERSION
+#define S3BLOCK_VERSION "0.1.0"
+#endif
+
+namespace s3block {
+namespace {
+
+Config g_config;
+std::shared_ptr<BlockStore> g_store;
+
+// One Volume per export, shared by every connection to it.
+struct VolumeEntry {
+  std::shared_ptr<Volume> volume;
+  int connections = 0;
+};
+std::mutex g_volumes_mu;
+std::map<std::string, VolumeEntry> g_volumes;  // guarded by g_volumes_mu
+
+struct Handle {
+  std::shared_ptr<Volume> volume;
+};
+
+int Fail(const Status& s) {
+  nbdkit_error("%s", s.message().c_str());
+  nbdkit_set_error(s.err());
+  return -1;
+}
+
+// Runs f, turning any exception into an error: none may cross into nbdkit's C code.
+template <typename F>
+int Guard(const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    nbdkit_error("%s: out of memory", what);
+    nbdkit_set_error(ENOMEM);
+  } catch (const std::exception& e) {
+    nbdkit_error("%s: internal error: %s", what, e.what());
+    nbdkit_set_error(EIO);
+  } catch (...) {
+    nbdkit_error("%s: internal error", what);
+    nbdkit_set_error(EIO);
+  }
+  return -1;
+}
+
+Volume* V(void* handle) { return static_cast<Handle*>(handle)->volume.get(); }
+
+int Config(const char* key, const char* value) {
+  return Guard("config", [&] {
+    std::string k = key, v = value;
+    if (k == "store" && v.rfind("s3://", 0) != 0) {
+      char* abs = nbdkit_absolute_path(value);
+      if (abs == nullptr) return -1;
+      v = abs;
+      std::free(abs);
+    } else if (k == "secret-key") {
+      // -, +FILE and -FD read the secret without it showing in ps (nbdkit_read_password).
+      char* secret = nullptr;
+      if (nbdkit_read_password(value, &secret) == -1) return -1;
+      v = secret;
+      std::memset(secret, 0, std::strlen(secret));
+      std::free(secret);
+    }
+    Status s = g_config.Set(k, v);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int ConfigComplete() {
+  return Guard("config_complete", [] {
+    Status s = g_config.Finish();
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int GetReady() {
+  return Guard("get_ready", [] {
+    Status s = MakeStoreStack(g_config, &g_store);
+    if (s.ok()) s = g_store->Check();
+    if (!s.ok()) return Fail(s);
+    nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());
+    return 0;
+  });
+}
+
+int AfterFork() {
+  return Guard("after_fork", [] {
+    Status s = g_store->Start();
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+void Unload() {
+  // Everything acknowledged has been made durable by flushes or by the last close; this only
+  // releases memory when nbdkit does run it.
+  std::lock_guard<std::mutex> lock(g_volumes_mu);
+  g_volumes.clear();
+  g_store.reset();
+}
+
+void DumpPlugin() {
+  std::printf("s3block_version=%s\n", S3BLOCK_VERSION);
+  std::printf("s3block_default_block_size=%u\n", kDefaultBlockSize);
+  std::printf("s3block_stores=file\n");
+}
+
+int ListExports(int readonly, int is_tls, struct nbdkit_exports* exports) {
+  return Guard("list_exports", [&] {
+    std::vector<std::string> names;
+    Status s = g_store->ListExports(&names);
+    if (!s.ok()) return Fail(s);
+    bool have_default = false;
+    for (const auto& n : names) {
+      if (n == g_config.default_export) have_default = true;
+      if (nbdkit_add_export(exports, n.c_str(), nullptr) == -1) return -1;
+    }
+    if (!have_default && g_config.create &&
+        nbdkit_add_export(exports, g_config.default_export.c_str(), nullptr) == -1)
+      return -1;
+    return 0;
+  });
+}
+
+const char* DefaultExport(int readonly, int is_tls) {
+  return nbdkit_strdup_intern(g_config.default_export.c_str());
+}
+
+void* Open(int readonly) {
+  Handle* result = nullptr;
+  Guard("open", [&] {
+    const char* requested = nbdkit_export_name();
+    std::string name = requested && *requested ? requested : g_config.default_export;
+    std::lock_guard<std::mutex> lock(g_volumes_mu);
+    VolumeEntry& e = g_volumes[name];
+    if (!e.volume || (e.volume->readonly() && !readonly)) {
+      std::shared_ptr<Volume> v;
+      Status s = Volume::Open(g_store, name, g_config.volume_options(readonly != 0), &v);
+      if (!s.ok()) {
+        if (!e.volume) g_volumes.erase(name);
+        return Fail(s);
+      }
+      if (v->created())
+        nbdkit_debug("s3block: created export '%s': size %llu, block size %u",
+                     QuoteForMessage(name).c_str(), (unsigned long long)v->size(), v->block_size());
+      e.volume = std::move(v);
+    }
+    ++e.connections;
+    result = new Handle{e.volume};
+    return 0;
+  });
+  return result;
+}
+
+void Close(void* handle) {
+  Guard("close", [&] {
+    std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
+    bool last = false;
+    {
+      std::lock_guard<std::mutex> lock(g_volumes_mu);
+      auto it = g_volumes.find(h->volume->name());
+      if (it != g_volumes.end() && it->second.volume == h->volume)
+        last = --it->second.connections == 0;
+    }
+    // The last client is gone: make everything it wrote durable, as on a clean shutdown.
+    if (last && !h->volume->readonly()) {
+      Status s = h->volume->Flush();
+      if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
+    }
+    return 0;
+  });
+}
+
+int64_t GetSize(void* handle) { return static_cast<int64_t>(V(handle)->size()); }
+
+int BlockSize(void* handle, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
+  *minimum = 1;
+  *preferred = V(handle)->block_size();
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+int CanWrite(void* handle) { return V(handle)->readonly() ? 0 : 1; }
+int CanFlush(void*) { return 1; }
+int IsRotational(void*) { return 0; }
+int CanTrim(void*) { return 1; }
+int CanZero(void*) { return 1; }
+int CanFastZero(void*) { return 1; }
+int CanFua(void*) { return NBDKIT_FUA_NATIVE; }
+int CanMultiConn(void*) { return 1; }  // one shared Volume per export; flush covers all
+int CanExtents(void*) { return 1; }
+
+int Pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
+  return Guard("pread", [&] {
+    Status s = V(handle)->Read(static_cast<uint8_t*>(buf), count, offset);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int Pwrite(void* handle, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
+  return Guard("pwrite", [&] {
+    Status s = V(handle)->Write(static_cast<const uint8_t*>(buf), count, offset,
+                                (flags & NBDKIT_FLAG_FUA) != 0);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int Flush(void* handle, uint32_t flags) {
+  return Guard("flush", [&] {
+    Status s = V(handle)->Flush();
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int Trim(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  return Guard("trim", [&] {
+    Status s = V(handle)->Trim(count, offset, (flags & NBDKIT_FLAG_FUA) != 0);
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+int Zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  return Guard("zero", [&] {
+    Status s = V(handle)->Zero(count, offset, (flags & NBDKIT_FLAG_MAY_TRIM) != 0,
+                               (flags & NBDKIT_FLAG_FAST_ZERO) != 0,
+                               (flags & NBDKIT_FLAG_FUA) != 0);
+    if (s.ok()) return 0;
+    if (s.err() == ENOTSUP) {  // expected for fast zero: no message in the log
+      nbdkit_set_error(ENOTSUP);
+      return -1;
+    }
+    return Fail(s);
+  });
+}
+
+int Extents(void* handle, uint32_t count, uint64_t offset, uint32_t flags,
+            struct nbdkit_extents* extents) {
+  return Guard("extents", [&] {
+    const bool req_one = (flags & NBDKIT_FLAG_REQ_ONE) != 0;
+    bool failed = false;
+    Status s = V(handle)->Extents(count, offset, [&](uint64_t off, uint64_t len, bool hole) {
+      uint32_t type = hole ? (NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) : 0;
+      if (nbdkit_add_extent(extents, off, len, type) == -1) {
+        failed = true;
+        return false;
+      }
+      return !req_one;
+    });
+    if (failed) return -1;
+    return s.ok() ? 0 : Fail(s);
+  });
+}
+
+struct nbdkit_plugin MakePlugin() {
+  struct nbdkit_plugin p;
+  std::memset(&p, 0, sizeof p);
+  p.name = "s3block";
+  p.longname = "nbd-s3-backend: a block device whose blocks live in S3 or a local directory";
+  p.version = S3BLOCK_VERSION;
+  p.description = "Serves exports whose blocks are files or S3 objects, one per block.";
+  p.unload = Unload;
+  p.config = Config;
+  p.config_complete = ConfigComplete;
+  p.config_help = Config::Help();
+  p.magic_config_key = "store";
+  p.get_ready = GetReady;
+  p.after_fork = AfterFork;
+  p.dump_plugin = DumpPlugin;
+  p.list_exports = ListExports;
+  p.default_export = DefaultExport;
+  p.open = Open;
+  p.close = Close;
+  p.get_size = GetSize;
+  p.block_size = BlockSize;
+  p.can_write = CanWrite;
+  p.can_flush = CanFlush;
+  p.is_rotational = IsRotational;
+  p.can_trim = CanTrim;
+  p.can_zero = CanZero;
+  p.can_fast_zero = CanFastZero;
+  p.can_fua = CanFua;
+  p.can_multi_conn = CanMultiConn;
+  p.can_extents = CanExtents;
+  p.pread = Pread;
+  p.pwrite = Pwrite;
+  p.flush = Flush;
+  p.trim = Trim;
+  p.zero = Zero;
+  p.extents = Extents;
+  p.errno_is_preserved = 0;
+  return p;
+}
+
+}  // namespace
+}  // namespace s3block
+
+static struct nbdkit_plugin plugin = s3block::MakePlugin();
+NBDKIT_REGISTER_PLUGIN(plugin)

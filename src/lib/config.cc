@@ -1,0 +1,127 @@
+#include "s3block/config.h"
+
+namespace s3block {
+
+Status Config::Set(std::string_view key, std::string_view value) {
+  std::string k(key);
+  if (k == "store") {
+    if (value.empty()) return Status::InvalidArgument("store= is empty: give a directory or s3://BUCKET[/PREFIX]");
+    store = std::string(value);
+    return Status::Ok();
+  }
+  if (k == "size") {
+    S3B_RETURN_IF_ERROR(ParseSize(key, value, &size));
+    if (size == 0 || size > kMaxExportSize)
+      return Status::InvalidArgument("size=" + std::string(value) + ": must be from 1 byte to 4E");
+    size_given = true;
+    return Status::Ok();
+  }
+  if (k == "block-size" || k == "blocksize") {
+    S3B_RETURN_IF_ERROR(ParseBlockSize(key, value, &block_size));
+    block_size_given = true;
+    return Status::Ok();
+  }
+  if (k == "default-export") {
+    S3B_RETURN_IF_ERROR(ValidateExportName(value).Annotate("default-export"));
+    default_export = std::string(value);
+    return Status::Ok();
+  }
+  if (k == "create") return ParseBool(key, value, &create);
+  if (k == "endpoint") {
+    if (value.rfind("http://", 0) != 0 && value.rfind("https://", 0) != 0)
+      return Status::InvalidArgument("endpoint=" + QuoteForMessage(value) +
+                                     ": expected http://HOST[:PORT] or https://HOST[:PORT]");
+    endpoint = std::string(value);
+    while (endpoint.size() > 8 && endpoint.back() == '/') endpoint.pop_back();
+    return Status::Ok();
+  }
+  if (k == "region") {
+    if (value.empty()) return Status::InvalidArgument("region= is empty");
+    region = std::string(value);
+    return Status::Ok();
+  }
+  if (k == "path-style") {
+    bool b = false;
+    S3B_RETURN_IF_ERROR(ParseBool(key, value, &b));
+    path_style = b;
+    return Status::Ok();
+  }
+  if (k == "ca-file") { ca_file = std::string(value); return Status::Ok(); }
+  if (k == "access-key") { access_key = std::string(value); return Status::Ok(); }
+  if (k == "secret-key") { secret_key = std::string(value); return Status::Ok(); }
+  if (k == "session-token") { session_token = std::string(value); return Status::Ok(); }
+  if (k == "profile") { profile = std::string(value); return Status::Ok(); }
+  if (k == "retry-timeout") return ParseSeconds(key, value, &retry_timeout);
+  if (k == "request-timeout") {
+    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &request_timeout));
+    if (request_timeout < 0.1) return Status::InvalidArgument("request-timeout must be at least 100ms");
+    return Status::Ok();
+  }
+  if (k == "connections") return ParseCount(key, value, 1, 1024, &connections);
+  if (k == "cache") return ParseBool(key, value, &cache);
+  if (k == "cache-size") return ParseSize(key, value, &cache_size);
+  if (k == "dirty-size") return ParseSize(key, value, &dirty_size);
+  if (k == "upload-threads") return ParseCount(key, value, 1, 256, &upload_threads);
+  return Status::InvalidArgument("unknown parameter '" + QuoteForMessage(key) +
+                                 "' (see --help for the list)");
+}
+
+Status Config::Finish() {
+  if (store.empty())
+    return Status::InvalidArgument("store= is required: a directory, or s3://BUCKET[/PREFIX]");
+  if (is_s3()) {
+    std::string rest = store.substr(5);
+    std::string bucket = rest.substr(0, rest.find('/'));
+    if (bucket.size() < 3 || bucket.size() > 63)
+      return Status::InvalidArgument("store=" + store + ": the bucket name must be 3 to 63 characters");
+  } else if (store[0] != '/') {
+    return Status::InvalidArgument("store=" + store + ": the directory must be an absolute path");
+  }
+  if (cache) {
+    uint64_t dirty = dirty_size ? dirty_size : cache_size / 4;
+    if (cache_size < 2ull * block_size)
+      return Status::InvalidArgument("cache-size=" + HumanSize(cache_size) +
+                                     " is smaller than two blocks of " + HumanSize(block_size));
+    if (dirty > cache_size)
+      return Status::InvalidArgument("dirty-size=" + HumanSize(dirty) + " is larger than cache-size=" +
+                                     HumanSize(cache_size));
+  }
+  return Status::Ok();
+}
+
+VolumeOptions Config::volume_options(bool readonly) const {
+  VolumeOptions o;
+  o.size = size;
+  o.block_size = block_size;
+  o.block_size_explicit = block_size_given;
+  o.readonly = readonly;
+  o.create = create;
+  return o;
+}
+
+const char* Config::Help() {
+  return
+      "store=DIR|s3://BUCKET[/PREFIX]  (required) where blocks live; DIR may be given alone\n"
+      "size=SIZE                 size of a new export (default 1G; K, M, G, T suffixes)\n"
+      "block-size=SIZE           block size of a new export: a power of two from 512 to 16M\n"
+      "                          (default 4096; an existing export keeps its own)\n"
+      "default-export=NAME       export served to clients that ask for \"\" (default test_device)\n"
+      "create=BOOL               create exports that clients name but that do not exist (default true)\n"
+      "endpoint=URL              S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS)\n"
+      "region=REGION             S3 region for signing (default us-east-1)\n"
+      "path-style=BOOL           path-style URLs (default: true with endpoint=, false for AWS)\n"
+      "ca-file=FILE              CA certificates to verify the endpoint's HTTPS certificate\n"
+      "access-key=ID             S3 access key id (default: AWS_ACCESS_KEY_ID, then ~/.aws)\n"
+      "secret-key=SECRET         S3 secret key; -, +FILE or -FD to read it (never printed)\n"
+      "session-token=TOKEN       S3 session token (default: AWS_SESSION_TOKEN, then ~/.aws)\n"
+      "profile=NAME              profile in ~/.aws/credentials and config (default: AWS_PROFILE)\n"
+      "retry-timeout=SECONDS     how long to retry transient S3 failures (default 60)\n"
+      "request-timeout=SECONDS   time limit of one S3 request (default 30)\n"
+      "connections=N             most S3 requests in flight at once (default 64)\n"
+      "cache=BOOL                shared read/write-back block cache (default true)\n"
+      "cache-size=SIZE           cache budget per export (default 256M)\n"
+      "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
+      "upload-threads=N          background uploaders per export (default 16)";
+}
+
+}  // namespace s3block

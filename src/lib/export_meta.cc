@@ -1,0 +1,72 @@
+#include "s3block/export_meta.h"
+
+#include <charconv>
+
+#include "s3block/params.h"
+
+namespace s3block {
+
+std::string ExportMeta::Serialize() const {
+  std::string out = "# nbd-s3-backend export metadata\n";
+  out += "format=" + std::to_string(format) + "\n";
+  out += "size=" + std::to_string(size) + "\n";
+  out += "block-size=" + std::to_string(block_size) + "\n";
+  return out;
+}
+
+Status ExportMeta::Parse(std::string_view export_name, std::string_view text, ExportMeta* out) {
+  const std::string where = "metadata of export '" + QuoteForMessage(export_name) + "'";
+  auto bad = [&](int line, const std::string& why) {
+    return Status::IoError(where + " is corrupt (line " + std::to_string(line) + "): " + why);
+  };
+  if (text.size() > 64 * 1024) return Status::IoError(where + " is corrupt: it is too large");
+  ExportMeta m;
+  m.format = 0;
+  bool have_format = false, have_size = false, have_block_size = false;
+  int line_no = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    std::string_view line = text.substr(pos, nl == std::string_view::npos ? text.npos : nl - pos);
+    pos = nl == std::string_view::npos ? text.size() : nl + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || line[0] == '#') continue;
+    size_t eq = line.find('=');
+    if (eq == std::string_view::npos) return bad(line_no, "expected key=value");
+    std::string_view key = line.substr(0, eq), value = line.substr(eq + 1);
+    uint64_t v = 0;
+    auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    bool numeric = !value.empty() && ec == std::errc() && ptr == value.data() + value.size();
+    if (key == "format") {
+      if (!numeric || v == 0 || v > UINT32_MAX) return bad(line_no, "bad format number");
+      m.format = static_cast<uint32_t>(v);
+      have_format = true;
+    } else if (key == "size") {
+      if (!numeric || v > kMaxExportSize) return bad(line_no, "bad size");
+      m.size = v;
+      have_size = true;
+    } else if (key == "block-size") {
+      if (!numeric || v < kMinBlockSize || v > kMaxBlockSize || (v & (v - 1)) != 0)
+        return bad(line_no, "bad block size");
+      m.block_size = static_cast<uint32_t>(v);
+      have_block_size = true;
+    } else if (have_format && m.format > kMetaFormatVersion) {
+      continue;  // Reported below as a newer format, which is the real cause.
+    } else {
+      return bad(line_no, "unknown key '" + QuoteForMessage(key) + "'");
+    }
+  }
+  if (!have_format) return Status::IoError(where + " is corrupt: no format line");
+  if (m.format > kMetaFormatVersion) {
+    return Status::NotSupported(where + " has format " + std::to_string(m.format) +
+                                ", newer than this version understands (" +
+                                std::to_string(kMetaFormatVersion) + "); upgrade nbd-s3-backend");
+  }
+  if (!have_size || !have_block_size)
+    return Status::IoError(where + " is corrupt: size or block-size missing");
+  *out = m;
+  return Status::Ok();
+}
+
+}  // namespace s3block

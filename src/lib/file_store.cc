@@ -1,0 +1,381 @@
+#include "s3block/file_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "s3block/params.h"
+
+namespace s3block {
+namespace {
+
+// Above this many files to sync, one syncfs() is cheaper than a fdatasync() per file.
+constexpr size_t kSyncfsThreshold = 128;
+
+std::atomic<uint64_t> g_temp_counter{0};
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() { if (fd_ >= 0) ::close(fd_); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  // Closes, reporting the error (close can report a delayed write error on some file systems).
+  int Close() { int r = ::close(fd_); fd_ = -1; return r; }
+ private:
+  int fd_;
+};
+
+Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write " + path);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status MkdirIfMissing(const std::string& path, bool* created) {
+  if (::mkdir(path.c_str(), 0755) == 0) {
+    *created = true;
+    return Status::Ok();
+  }
+  *created = false;
+  if (errno == EEXIST) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return Status::Ok();
+    return Status::IoError(path + " exists and is not a directory");
+  }
+  return Status::FromErrno(errno, "mkdir " + path);
+}
+
+// Parses a block file name: decimal digits only, no leading zeros (except "0").
+bool ParseBlockName(const char* name, uint64_t* id) {
+  size_t len = std::strlen(name);
+  if (len == 0 || len > 20 || (len > 1 && name[0] == '0')) return false;
+  for (size_t i = 0; i < len; ++i)
+    if (name[i] < '0' || name[i] > '9') return false;
+  auto [p, ec] = std::from_chars(name, name + len, *id);
+  return ec == std::errc() && p == name + len;
+}
+
+std::string TempName(const std::string& dir, std::string_view base) {
+  return dir + "/.tmp." + std::string(base) + "." + std::to_string(::getpid()) + "." +
+         std::to_string(g_temp_counter.fetch_add(1, std::memory_order_relaxed));
+}
+
+}  // namespace
+
+Status FsyncDir(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
+  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync " + path);
+  return Status::Ok();
+}
+
+Status WriteFileAtomically(const std::string& path, std::string_view data) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  std::string tmp = TempName(dir, path.substr(slash + 1));
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return Status::FromErrno(errno, "create " + tmp);
+  Status s = WriteAll(fd.get(), reinterpret_cast<const uint8_t*>(data.data()), data.size(), tmp);
+  if (s.ok() && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + tmp);
+  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
+    s = Status::FromErrno(errno, "rename " + tmp + " to " + path);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return FsyncDir(dir);
+}
+
+namespace {
+std::string StripTrailingSlashes(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+}  // namespace
+
+FileStore::FileStore(std::string root) : root_(StripTrailingSlashes(std::move(root))) {}
+
+FileStore::~FileStore() = default;
+
+std::string FileStore::ExportDir(std::string_view export_name) const {
+  return root_ + "/exports/" + std::string(export_name);
+}
+std::string FileStore::BlocksDir(std::string_view export_name) const {
+  return ExportDir(export_name) + "/blocks";
+}
+std::string FileStore::BlockPath(std::string_view export_name, uint64_t id) const {
+  return BlocksDir(export_name) + "/" + std::to_string(id);
+}
+
+Status FileStore::Check() {
+  if (root_.empty() || root_[0] != '/')
+    return Status::InvalidArgument("store directory '" + root_ + "' is not an absolute path");
+  bool created_root = false, created_exports = false;
+  S3B_RETURN_IF_ERROR(MkdirIfMissing(root_, &created_root).Annotate("store directory"));
+  S3B_RETURN_IF_ERROR(MkdirIfMissing(root_ + "/exports", &created_exports).Annotate("store directory"));
+  if (::access(root_.c_str(), W_OK | X_OK) != 0 ||
+      ::access((root_ + "/exports").c_str(), W_OK | X_OK) != 0)
+    return Status::FromErrno(errno, "store directory " + root_ + " is not writable");
+  if (created_exports) S3B_RETURN_IF_ERROR(FsyncDir(root_));
+  return Status::Ok();
+}
+
+FileStore::Pending& FileStore::PendingFor(std::string_view export_name) {
+  auto it = pending_.find(std::string(export_name));
+  if (it == pending_.end()) it = pending_.emplace(std::string(export_name), Pending{}).first;
+  return it->second;
+}
+
+Status FileStore::EnsureBlocksDir(std::string_view export_name) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (dirs_ready_.count(std::string(export_name))) return Status::Ok();
+  }
+  // Create each level; make each new entry durable in its parent at once, since a block renamed
+  // into a directory whose own entry is lost would be lost too.
+  std::string exports = root_ + "/exports";
+  std::string exp = ExportDir(export_name);
+  std::string blocks = BlocksDir(export_name);
+  bool c1 = false, c2 = false, c3 = false;
+  S3B_RETURN_IF_ERROR(MkdirIfMissing(exports, &c1));
+  S3B_RETURN_IF_ERROR(MkdirIfMissing(exp, &c2));
+  S3B_RETURN_IF_ERROR(MkdirIfMissing(blocks, &c3));
+  if (c1) S3B_RETURN_IF_ERROR(FsyncDir(root_));
+  if (c2) S3B_RETURN_IF_ERROR(FsyncDir(exports));
+  if (c3) S3B_RETURN_IF_ERROR(FsyncDir(exp));
+  std::lock_guard<std::mutex> lock(mu_);
+  dirs_ready_.insert(std::string(export_name));
+  return Status::Ok();
+}
+
+Status FileStore::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
+  data->clear();
+  *found = false;
+  std::string path = BlockPath(export_name, id);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::IoError(path + " is not a regular file");
+  // A file that is empty after a crash was created but its data never reached the disk: the
+  // block it was to replace did not exist (a replaced block keeps its old data until the rename
+  // is durable), so it reads as never written.
+  if (st.st_size == 0) return Status::Ok();
+  if (st.st_size > static_cast<off_t>(kMaxBlockSize) * 2)
+    return Status::IoError(path + " is " + std::to_string(st.st_size) + " bytes, far larger than any block");
+  data->resize(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < data->size()) {
+    ssize_t r = ::pread(fd.get(), data->data() + done, data->size() - done, static_cast<off_t>(done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  data->resize(done);
+  *found = true;
+  return Status::Ok();
+}
+
+Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                        bool fua) {
+  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
+  std::string dir = BlocksDir(export_name);
+  std::string path = dir + "/" + std::to_string(id);
+  std::string tmp = TempName(dir, std::to_string(id));
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return Status::FromErrno(errno, "create " + tmp);
+  Status s = WriteAll(fd.get(), data.data(), data.size(), tmp);
+  if (s.ok() && fua && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + tmp);
+  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
+    s = Status::FromErrno(errno, "rename " + tmp + " to " + path);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (fua) return FsyncDir(dir);
+  std::lock_guard<std::mutex> lock(mu_);
+  Pending& p = PendingFor(export_name);
+  p.files.insert(id);
+  p.blocks_dir_changed = true;
+  return Status::Ok();
+}
+
+Status FileStore::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
+  bool changed = false;
+  for (uint64_t id : ids) {
+    std::string path = BlockPath(export_name, id);
+    if (::unlink(path.c_str()) == 0) {
+      changed = true;
+    } else if (errno != ENOENT) {
+      Status s = Status::FromErrno(errno, "unlink " + path);
+      if (changed) {
+        std::lock_guard<std::mutex> lock(mu_);
+        PendingFor(export_name).blocks_dir_changed = true;
+      }
+      return s;
+    }
+  }
+  if (!changed) return Status::Ok();
+  if (fua) return FsyncDir(BlocksDir(export_name));
+  std::lock_guard<std::mutex> lock(mu_);
+  PendingFor(export_name).blocks_dir_changed = true;
+  return Status::Ok();
+}
+
+Status FileStore::Flush(std::string_view export_name) {
+  Pending work;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(std::string(export_name));
+    if (it == pending_.end()) return Status::Ok();
+    work = std::move(it->second);
+    it->second = Pending{};
+  }
+  std::string dir = BlocksDir(export_name);
+  Status s;
+  if (work.files.size() >= kSyncfsThreshold) {
+    Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) s = Status::FromErrno(errno, "open " + dir);
+    else if (::syncfs(fd.get()) != 0) s = Status::FromErrno(errno, "syncfs " + dir);
+  } else {
+    for (uint64_t id : work.files) {
+      std::string path = dir + "/" + std::to_string(id);
+      Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (fd.get() < 0) {
+        if (errno == ENOENT) continue;  // deleted since; the directory sync covers it
+        s = Status::FromErrno(errno, "open " + path);
+        break;
+      }
+      if (::fdatasync(fd.get()) != 0) {
+        s = Status::FromErrno(errno, "fdatasync " + path);
+        break;
+      }
+    }
+  }
+  if (s.ok() && work.blocks_dir_changed) s = FsyncDir(dir);
+  if (!s.ok()) {
+    // Keep the work for the next flush: nothing is known to be durable.
+    std::lock_guard<std::mutex> lock(mu_);
+    Pending& p = PendingFor(export_name);
+    p.files.insert(work.files.begin(), work.files.end());
+    p.blocks_dir_changed = p.blocks_dir_changed || work.blocks_dir_changed;
+  }
+  return s;
+}
+
+Status FileStore::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
+  std::string dir = BlocksDir(export_name);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "opendir " + dir);
+  }
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    uint64_t id;
+    if (ParseBlockName(e->d_name, &id)) fn(id);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err != 0) return Status::FromErrno(err, "readdir " + dir);
+  return Status::Ok();
+}
+
+Status FileStore::ListExports(std::vector<std::string>* names) {
+  names->clear();
+  std::string dir = root_ + "/exports";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "opendir " + dir);
+  }
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (!ValidateExportName(name).ok()) continue;
+    struct stat st;
+    if (::stat((dir + "/" + name).c_str(), &st) == 0 && S_ISDIR(st.st_mode)) names->push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names->begin(), names->end());
+  return Status::Ok();
+}
+
+Status FileStore::ReadMeta(std::string_view export_name, std::string* text, bool* found) {
+  text->clear();
+  *found = false;
+  std::string path = ExportDir(export_name) + "/metadata";
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "open " + path);
+  }
+  char buf[4096];
+  for (;;) {
+    ssize_t r = ::read(fd.get(), buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (r == 0) break;
+    text->append(buf, static_cast<size_t>(r));
+    if (text->size() > 1 << 20) return Status::IoError(path + " is too large to be metadata");
+  }
+  *found = true;
+  return Status::Ok();
+}
+
+Status FileStore::WriteMeta(std::string_view export_name, std::string_view text) {
+  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
+  return WriteFileAtomically(ExportDir(export_name) + "/metadata", text);
+}
+
+Status FileStore::DeleteMeta(std::string_view export_name) {
+  std::string exp = ExportDir(export_name);
+  if (::unlink((exp + "/metadata").c_str()) != 0 && errno != ENOENT)
+    return Status::FromErrno(errno, "unlink " + exp + "/metadata");
+  // Remove leftover temporary files, then the directories if they are empty.
+  std::string blocks = BlocksDir(export_name);
+  if (DIR* d = ::opendir(blocks.c_str())) {
+    while (struct dirent* e = ::readdir(d)) {
+      if (std::strncmp(e->d_name, ".tmp.", 5) == 0) ::unlinkat(dirfd(d), e->d_name, 0);
+    }
+    ::closedir(d);
+  }
+  if (::rmdir(blocks.c_str()) != 0 && errno != ENOENT)
+    return Status::FromErrno(errno, "rmdir " + blocks);
+  if (::rmdir(exp.c_str()) != 0 && errno != ENOENT) return Status::FromErrno(errno, "rmdir " + exp);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dirs_ready_.erase(std::string(export_name));
+    pending_.erase(std::string(export_name));
+  }
+  return FsyncDir(root_ + "/exports");
+}
+
+}  // namespace s3block

@@ -1,0 +1,22 @@
+#include "s3block/store_factory.h"
+
+#include "s3block/file_store.h"
+
+namespace s3block {
+
+Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
+  if (config.is_s3()) {
+    return Status::NotSupported("store=" + config.store + ": this build has no S3 store");
+  }
+  *out = std::make_shared<FileStore>(config.store);
+  return Status::Ok();
+}
+
+Status MakeStoreStack(const Config& config, std::shared_ptr<BlockStore>* out) {
+  std::shared_ptr<BlockStore> store;
+  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store));
+  *out = std::move(store);
+  return Status::Ok();
+}
+
+}  // namespace s3block

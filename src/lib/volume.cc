@@ -1,0 +1,342 @@
+#include "s3block/volume.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <vector>
+
+namespace s3block {
+namespace {
+
+// Deletes go to the store in batches of this many ids (S3's DeleteObjects takes 1000).
+constexpr size_t kDeleteBatch = 1000;
+// The presence map is kept in memory: refuse exports with more blocks than this (16 MiB of page
+// pointers at most).
+constexpr uint64_t kMaxBlocks = 1ull << 40;
+
+}  // namespace
+
+bool IsAllZero(const uint8_t* p, size_t n) {
+  // Check the first bytes one at a time, then compare the buffer with itself shifted by 16 bytes:
+  // if the first 16 are zero and every byte equals the one 16 before it, all are zero.
+  size_t head = n < 16 ? n : 16;
+  for (size_t i = 0; i < head; ++i)
+    if (p[i] != 0) return false;
+  return n <= 16 || std::memcmp(p, p + 16, n - 16) == 0;
+}
+
+Volume::Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta meta, bool readonly)
+    : store_(std::move(store)),
+      name_(std::move(name)),
+      meta_(meta),
+      readonly_(readonly),
+      trust_presence_(!readonly),
+      presence_(meta.block_count()) {}
+
+Volume::~Volume() = default;
+
+Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
+                    const VolumeOptions& options, std::shared_ptr<Volume>* out) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  const std::string where = "export '" + QuoteForMessage(name) + "' in " + store->Describe();
+  std::string text;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(store->ReadMeta(name, &text, &found).Annotate(where));
+  ExportMeta meta;
+  bool created = false;
+  if (found) {
+    S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
+    if (options.block_size_explicit && meta.block_size != options.block_size) {
+      return Status::InvalidArgument(
+          where + " has block size " + HumanSize(meta.block_size) + ", but block-size=" +
+          HumanSize(options.block_size) + " was given; omit block-size or give " +
+          std::to_string(meta.block_size));
+    }
+  } else {
+    if (!options.create)
+      return Status::Error(ENOENT, where + " does not exist");
+    if (options.size > kMaxExportSize)
+      return Status::InvalidArgument("size " + HumanSize(options.size) + " is too large");
+    meta.size = options.size;
+    meta.block_size = options.block_size;
+  }
+  if (meta.block_count() > kMaxBlocks) {
+    return Status::InvalidArgument(where + ": size " + HumanSize(meta.size) + " at block size " +
+                                   HumanSize(meta.block_size) +
+                                   " is too many blocks; use a larger block size");
+  }
+  if (!found && !options.readonly) {
+    // Blocks without metadata are served as they are: that is the layout the specification's
+    // first version wrote. Recording the metadata now fixes the size and block size.
+    S3B_RETURN_IF_ERROR(store->WriteMeta(name, meta.Serialize()).Annotate(where));
+    created = true;
+  }
+  std::shared_ptr<Volume> v(new Volume(store, std::string(name), meta, options.readonly));
+  v->created_ = created;
+  S3B_RETURN_IF_ERROR(
+      store->ListBlocks(name, [&](uint64_t id) { v->presence_.Set(id); }).Annotate(where));
+  *out = std::move(v);
+  return Status::Ok();
+}
+
+Status Volume::CheckRange(uint64_t count, uint64_t offset, bool write) const {
+  if (write && readonly_)
+    return Status::Error(EROFS, "export '" + QuoteForMessage(name_) + "' is read-only");
+  if (offset > meta_.size || count > meta_.size - offset) {
+    return Status::Error(write ? ENOSPC : EINVAL,
+                         "request at offset " + std::to_string(offset) + " length " +
+                             std::to_string(count) + " is past the end of export '" +
+                             QuoteForMessage(name_) + "' (size " + std::to_string(meta_.size) + ")");
+  }
+  return Status::Ok();
+}
+
+Status Volume::ReadBlock(uint64_t id, uint8_t* out) {
+  const uint32_t bs = meta_.block_size;
+  if (trust_presence_ && !presence_.Test(id)) {
+    std::memset(out, 0, bs);
+    return Status::Ok();
+  }
+  thread_local Bytes data;
+  bool found = false;
+  Status s = store_->Read(name_, id, &data, &found);
+  if (!s.ok()) {
+    return s.Annotate("read block " + std::to_string(id) + " of export '" +
+                      QuoteForMessage(name_) + "'");
+  }
+  if (!found) {
+    std::memset(out, 0, bs);
+    return Status::Ok();
+  }
+  if (data.size() != bs) {
+    return Status::IoError("block " + std::to_string(id) + " of export '" + QuoteForMessage(name_) +
+                           "' in " + store_->Describe() + " has " + std::to_string(data.size()) +
+                           " bytes; the export's block size is " + std::to_string(bs));
+  }
+  std::memcpy(out, data.data(), bs);
+  return Status::Ok();
+}
+
+Status Volume::StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero) {
+  if (!keep_zero && IsAllZero(data, meta_.block_size)) {
+    stats_.zero_blocks_elided.fetch_add(1, std::memory_order_relaxed);
+    if (trust_presence_ && !presence_.Test(id)) return Status::Ok();
+    uint64_t ids[1] = {id};
+    S3B_RETURN_IF_ERROR(store_->Delete(name_, ids, fua));
+    presence_.Clear(id);
+    return Status::Ok();
+  }
+  presence_.Set(id);  // before the write: a set bit only means "may be stored"
+  return store_->Write(name_, id, std::span<const uint8_t>(data, meta_.block_size), fua);
+}
+
+Status Volume::WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,
+                            bool fua) {
+  return WritePartialImpl(id, off, len, data, fua, /*keep_zero=*/false);
+}
+
+Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,
+                                bool fua, bool keep_zero) {
+  if (data == nullptr && !keep_zero && trust_presence_ && !presence_.Test(id))
+    return Status::Ok();  // zeroing part of a block that reads as zeros anyway
+  std::lock_guard<std::mutex> lock(LockFor(id));
+  thread_local Bytes buf;
+  buf.resize(meta_.block_size);
+  S3B_RETURN_IF_ERROR(ReadBlock(id, buf.data()));
+  if (data != nullptr)
+    std::memcpy(buf.data() + off, data, len);
+  else
+    std::memset(buf.data() + off, 0, len);
+  stats_.rmw_blocks.fetch_add(1, std::memory_order_relaxed);
+  return StoreBlockLocked(id, buf.data(), fua, keep_zero);
+}
+
+Volume::Piece Volume::PieceAt(uint64_t pos, uint64_t end) const {
+  const uint32_t bs = meta_.block_size;
+  Piece p;
+  p.id = pos / bs;
+  p.in = static_cast<uint32_t>(pos % bs);
+  uint64_t n = std::min<uint64_t>(bs - p.in, end - pos);
+  p.n = static_cast<uint32_t>(n);
+  // Bytes past the end of the export are never visible, so a piece from the start of the last
+  // block to the end of the export counts as the whole block.
+  p.full = p.in == 0 && (p.n == bs || pos + n == meta_.size);
+  return p;
+}
+
+Status Volume::Read(uint8_t* buf, uint64_t count, uint64_t offset) {
+  S3B_RETURN_IF_ERROR(CheckRange(count, offset, false));
+  stats_.reads.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t bs = meta_.block_size;
+  const uint64_t end = offset + count;
+  thread_local Bytes tmp;
+  uint64_t pos = offset;
+  while (pos < end) {
+    Piece p = PieceAt(pos, end);
+    if (p.in == 0 && p.n == bs) {
+      S3B_RETURN_IF_ERROR(ReadBlock(p.id, buf));
+    } else {
+      tmp.resize(bs);
+      S3B_RETURN_IF_ERROR(ReadBlock(p.id, tmp.data()));
+      std::memcpy(buf, tmp.data() + p.in, p.n);
+    }
+    buf += p.n;
+    pos += p.n;
+  }
+  stats_.bytes_read.fetch_add(count, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status Volume::Write(const uint8_t* buf, uint64_t count, uint64_t offset, bool fua) {
+  S3B_RETURN_IF_ERROR(CheckRange(count, offset, true));
+  stats_.writes.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t bs = meta_.block_size;
+  const uint64_t end = offset + count;
+  // One block: ask the store for a durable write of just that block. Several: write them all,
+  // then one flush, which costs less than a sync per block.
+  const bool single = count > 0 && offset / bs == (end - 1) / bs;
+  thread_local Bytes padded;
+  uint64_t pos = offset;
+  while (pos < end) {
+    Piece p = PieceAt(pos, end);
+    if (p.full) {
+      const uint8_t* data = buf;
+      if (p.n != bs) {  // the last block of an export whose size is not a multiple of it
+        padded.assign(bs, 0);
+        std::memcpy(padded.data(), buf, p.n);
+        data = padded.data();
+      }
+      std::lock_guard<std::mutex> lock(LockFor(p.id));
+      S3B_RETURN_IF_ERROR(StoreBlockLocked(p.id, data, fua && single, false));
+    } else {
+      S3B_RETURN_IF_ERROR(WritePartial(p.id, p.in, p.n, buf, fua && single));
+    }
+    buf += p.n;
+    pos += p.n;
+  }
+  stats_.bytes_written.fetch_add(count, std::memory_order_relaxed);
+  if (fua && !single && count > 0) return Flush();
+  return Status::Ok();
+}
+
+Status Volume::DeleteRange(uint64_t first, uint64_t last, bool fua) {
+  std::vector<uint64_t> batch;
+  batch.reserve(kDeleteBatch);
+  auto flush_batch = [&]() -> Status {
+    if (batch.empty()) return Status::Ok();
+    // Lock every block of the batch, in ascending lock order so that two batches cannot deadlock.
+    std::set<size_t> stripes;
+    for (uint64_t id : batch) stripes.insert(id % locks_.size());
+    for (size_t s : stripes) locks_[s].lock();
+    Status st = store_->Delete(name_, batch, fua);
+    if (st.ok())
+      for (uint64_t id : batch) presence_.Clear(id);
+    for (auto it = stripes.rbegin(); it != stripes.rend(); ++it) locks_[*it].unlock();
+    batch.clear();
+    return st;
+  };
+  uint64_t id = first;
+  while (id < last) {
+    if (trust_presence_) {
+      id = presence_.FindNext(id, last, true);
+      if (id >= last) break;
+    }
+    batch.push_back(id++);
+    if (batch.size() == kDeleteBatch) S3B_RETURN_IF_ERROR(flush_batch());
+  }
+  return flush_batch();
+}
+
+Status Volume::ZeroRange(uint64_t count, uint64_t offset, bool deallocate, bool fua) {
+  S3B_RETURN_IF_ERROR(CheckRange(count, offset, true));
+  if (count == 0) return Status::Ok();
+  const uint32_t bs = meta_.block_size;
+  const uint64_t end = offset + count;
+  uint64_t pos = offset;
+  Piece head = PieceAt(pos, end);
+  if (!head.full) {
+    S3B_RETURN_IF_ERROR(WritePartialImpl(head.id, head.in, head.n, nullptr, false, !deallocate));
+    pos += head.n;
+  }
+  if (pos < end) {
+    const uint64_t first = pos / bs;
+    const uint64_t tail_id = (end - 1) / bs;
+    Piece tail = PieceAt(std::max(tail_id * bs, pos), end);
+    uint64_t run_end = tail_id + 1;
+    if (!tail.full) {
+      S3B_RETURN_IF_ERROR(WritePartialImpl(tail.id, tail.in, tail.n, nullptr, false, !deallocate));
+      run_end = tail_id;
+    }
+    if (first < run_end) {
+      if (deallocate) {
+        S3B_RETURN_IF_ERROR(DeleteRange(first, run_end, false));
+      } else {
+        Bytes zeros(bs, 0);
+        for (uint64_t id = first; id < run_end; ++id) {
+          std::lock_guard<std::mutex> lock(LockFor(id));
+          S3B_RETURN_IF_ERROR(StoreBlockLocked(id, zeros.data(), false, true));
+        }
+      }
+    }
+  }
+  if (fua) return Flush();
+  return Status::Ok();
+}
+
+Status Volume::Trim(uint64_t count, uint64_t offset, bool fua) {
+  stats_.trims.fetch_add(1, std::memory_order_relaxed);
+  return ZeroRange(count, offset, /*deallocate=*/true, fua);
+}
+
+Status Volume::Zero(uint64_t count, uint64_t offset, bool may_trim, bool fast_zero, bool fua) {
+  stats_.zeros.fetch_add(1, std::memory_order_relaxed);
+  if (!may_trim && fast_zero) {
+    S3B_RETURN_IF_ERROR(CheckRange(count, offset, true));
+    return Status::NotSupported("zeroing without trimming is no faster than writing zeros");
+  }
+  return ZeroRange(count, offset, /*deallocate=*/may_trim, fua);
+}
+
+Status Volume::Flush() {
+  stats_.flushes.fetch_add(1, std::memory_order_relaxed);
+  if (readonly_) return Status::Ok();
+  return store_->Flush(name_).Annotate("flush export '" + QuoteForMessage(name_) + "'");
+}
+
+Status Volume::Extents(uint64_t count, uint64_t offset,
+                       const std::function<bool(uint64_t, uint64_t, bool)>& fn) {
+  S3B_RETURN_IF_ERROR(CheckRange(count, offset, false));
+  const uint32_t bs = meta_.block_size;
+  const uint64_t end = offset + count;
+  if (!trust_presence_) {
+    if (count > 0) fn(offset, count, false);
+    return Status::Ok();
+  }
+  const uint64_t limit = (end + bs - 1) / bs;
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t id = pos / bs;
+    const bool present = presence_.Test(id);
+    const uint64_t next = presence_.FindNext(id + 1, limit, !present);
+    const uint64_t run_end = std::min(next * bs, end);
+    if (!fn(pos, run_end - pos, !present)) break;
+    pos = run_end;
+  }
+  return Status::Ok();
+}
+
+VolumeStats Volume::Stats() const {
+  VolumeStats s;
+  s.reads = stats_.reads.load();
+  s.writes = stats_.writes.load();
+  s.trims = stats_.trims.load();
+  s.zeros = stats_.zeros.load();
+  s.flushes = stats_.flushes.load();
+  s.bytes_read = stats_.bytes_read.load();
+  s.bytes_written = stats_.bytes_written.load();
+  s.rmw_blocks = stats_.rmw_blocks.load();
+  s.zero_blocks_elided = stats_.zero_blocks_elided.load();
+  return s;
+}
+
+}  // namespace s3block
