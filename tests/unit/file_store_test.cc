@@ -1,0 +1,188 @@
+#include "s3block/file_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "test_util.h"
+
+namespace s3block {
+namespace {
+
+using testing::TempDir;
+namespace fs = std::filesystem;
+
+Bytes Pattern(size_t n, uint8_t seed) {
+  Bytes b(n);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(seed + i * 31 + (i >> 8));
+  return b;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+TEST(FileStore, KeepsTheSpecificationsLayout) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  Bytes block = Pattern(4096, 7);
+  ASSERT_OK(store.Write("dev1", 42, block, false));
+  const std::string path = dir.path() + "/exports/dev1/blocks/42";
+  ASSERT_TRUE(fs::is_regular_file(path));
+  EXPECT_EQ(fs::file_size(path), 4096u);
+  std::string raw = ReadFile(path);
+  EXPECT_EQ(0, std::memcmp(raw.data(), block.data(), block.size()));
+  // Nothing else in the blocks directory: no temporary file survives a write.
+  size_t entries = 0;
+  for (auto& e : fs::directory_iterator(dir.path() + "/exports/dev1/blocks")) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1u);
+  ASSERT_OK(store.Write("dev1", 1234567890123ull, block, true));
+  EXPECT_TRUE(fs::exists(dir.path() + "/exports/dev1/blocks/1234567890123"));
+}
+
+TEST(FileStore, MissingBlockIsNotFoundNotAnError) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  Bytes data = {1, 2, 3};
+  bool found = true;
+  ASSERT_OK(store.Read("never", 5, &data, &found));
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+}
+
+TEST(FileStore, ReadsBackWhatWasWrittenAndDeletes) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  for (uint64_t id = 0; id < 20; ++id) ASSERT_OK(store.Write("e", id, Pattern(512, id), false));
+  ASSERT_OK(store.Flush("e"));
+  for (uint64_t id = 0; id < 20; ++id) {
+    Bytes data;
+    bool found = false;
+    ASSERT_OK(store.Read("e", id, &data, &found));
+    ASSERT_TRUE(found);
+    EXPECT_EQ(data, Pattern(512, id));
+  }
+  std::vector<uint64_t> del = {3, 5, 7, 999};
+  ASSERT_OK(store.Delete("e", del, false));
+  std::vector<uint64_t> listed;
+  ASSERT_OK(store.ListBlocks("e", [&](uint64_t id) { listed.push_back(id); }));
+  std::sort(listed.begin(), listed.end());
+  EXPECT_EQ(listed.size(), 17u);
+  EXPECT_EQ(std::count(listed.begin(), listed.end(), 5u), 0);
+  EXPECT_EQ(std::count(listed.begin(), listed.end(), 6u), 1);
+}
+
+TEST(FileStore, ListBlocksIgnoresFilesThatAreNotBlockIds) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  ASSERT_OK(store.Write("e", 9, Pattern(512, 1), false));
+  const std::string blocks = dir.path() + "/exports/e/blocks/";
+  for (const char* junk : {".tmp.9.1.2", "007", "12a", "-1", "99999999999999999999999"})
+    std::ofstream(blocks + junk) << "x";
+  std::vector<uint64_t> listed;
+  ASSERT_OK(store.ListBlocks("e", [&](uint64_t id) { listed.push_back(id); }));
+  EXPECT_EQ(listed, std::vector<uint64_t>{9});
+}
+
+TEST(FileStore, ReplaceIsAtomicForConcurrentReaders) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const Bytes a(65536, 0xaa), b(65536, 0xbb);
+  ASSERT_OK(store.Write("e", 1, a, false));
+  std::atomic<bool> stop{false};
+  std::atomic<int> torn{0}, reads{0};
+  std::thread reader([&] {
+    Bytes data;
+    bool found;
+    while (!stop) {
+      if (!store.Read("e", 1, &data, &found).ok() || !found || (data != a && data != b)) ++torn;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < 300; ++i) ASSERT_OK(store.Write("e", 1, (i % 2) ? a : b, false));
+  while (reads < 50) std::this_thread::yield();
+  stop = true;
+  reader.join();
+  EXPECT_EQ(torn.load(), 0);
+}
+
+TEST(FileStore, EmptyFileLeftByACrashReadsAsNeverWritten) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  ASSERT_OK(store.Write("e", 1, Pattern(512, 1), false));
+  std::ofstream(dir.path() + "/exports/e/blocks/2");  // created, data never reached the disk
+  Bytes data;
+  bool found = true;
+  ASSERT_OK(store.Read("e", 2, &data, &found));
+  EXPECT_FALSE(found);
+}
+
+TEST(FileStore, MetadataRoundTripAndExportList) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  std::string text;
+  bool found = true;
+  ASSERT_OK(store.ReadMeta("a", &text, &found));
+  EXPECT_FALSE(found);
+  ASSERT_OK(store.WriteMeta("b", "format=1\n"));
+  ASSERT_OK(store.WriteMeta("a", "format=1\nsize=1\n"));
+  ASSERT_OK(store.ReadMeta("a", &text, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(text, "format=1\nsize=1\n");
+  EXPECT_TRUE(fs::is_regular_file(dir.path() + "/exports/a/metadata"));
+  std::vector<std::string> names;
+  ASSERT_OK(store.ListExports(&names));
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b"}));
+  ASSERT_OK(store.DeleteMeta("b"));
+  ASSERT_OK(store.ListExports(&names));
+  EXPECT_EQ(names, std::vector<std::string>{"a"});
+}
+
+TEST(FileStore, CheckRefusesAStorePathThatIsAFile) {
+  TempDir dir;
+  std::ofstream(dir.path() + "/file") << "x";
+  FileStore store(dir.path() + "/file");
+  Status s = store.Check();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("not a directory"), std::string::npos) << s.message();
+  FileStore relative("relative/path");
+  EXPECT_EQ(relative.Check().err(), EINVAL);
+}
+
+TEST(FileStore, FlushSyncsManyFilesAndKeepsWorkingAfterwards) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  // More than the per-file threshold: the syncfs path.
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(store.Write("e", id, Pattern(512, id), false));
+  ASSERT_OK(store.Flush("e"));
+  ASSERT_OK(store.Flush("e"));  // nothing pending
+  ASSERT_OK(store.Write("e", 1000, Pattern(512, 3), false));
+  ASSERT_OK(store.Flush("e"));
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store.Read("e", 299, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(512, static_cast<uint8_t>(299)));
+}
+
+}  // namespace
+}  // namespace s3block
