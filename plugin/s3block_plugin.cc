@@ -158,11 +158,14 @@ void* Open(int readonly) {
     VolumeEntry& e = g_volumes[name];
     if (!e.volume || (e.volume->readonly() && !readonly)) {
       std::shared_ptr<Volume> v;
-      Status s = Volume::Open(g_store, name, g_config.volume_options(readonly != 0), &v);
+      VolumeOptions options = g_config.volume_options(readonly != 0);
+      options.holder = DescribeThisProcess("nbdkit");
+      Status s = Volume::Open(g_store, name, options, &v);
       if (!s.ok()) {
         if (!e.volume) g_volumes.erase(name);
         return Fail(s);
       }
+      if (!v->lease_warning().empty()) nbdkit_debug("s3block: warning: %s", v->lease_warning().c_str());
       if (v->created())
         nbdkit_debug("s3block: created export '%s': size %llu, block size %u",
                      QuoteForMessage(name).c_str(), (unsigned long long)v->size(), v->block_size());

@@ -29,6 +29,16 @@ namespace s3block {
 
 using Bytes = std::vector<uint8_t>;
 
+// A claim on an export that keeps every other server from writing to it; released when
+// destroyed. Held by the Volume of a read-write server for as long as it serves the export.
+class ExportLease {
+ public:
+  virtual ~ExportLease() = default;
+  // An error if the claim has been lost (a lease that could not be renewed in time): the holder
+  // must stop writing.
+  virtual Status Valid() const { return Status::Ok(); }
+};
+
 class BlockStore {
  public:
   virtual ~BlockStore() = default;
@@ -78,6 +88,21 @@ class BlockStore {
   // Deletes the export's metadata document (and, for a file store, its empty directories).
   // Blocks must have been deleted first.
   virtual Status DeleteMeta(std::string_view export_name) = 0;
+
+  // Claims the export for writing by this process. `holder` describes this process (host, pid,
+  // time) and is what other processes are shown. If another process holds the export, fails
+  // with EBUSY and a message naming that holder, unless `force` (for an operator who knows the
+  // holder is dead). Stores that cannot lock fail with ENOTSUP: the caller says so rather than
+  // pretend.
+  virtual Status AcquireLease(std::string_view export_name, const std::string& holder, bool force,
+                              std::unique_ptr<ExportLease>* out) {
+    return Status::NotSupported(Describe() + " cannot lock an export against a second writer");
+  }
+
+  // Tells whether another process holds the export's lease, and who (*holder is empty if none).
+  virtual Status QueryLease(std::string_view export_name, std::string* holder) {
+    return Status::NotSupported(Describe() + " cannot lock an export against a second writer");
+  }
 };
 
 // A decorator: forwards every call to the store below. Layers derive from it and override what
@@ -110,6 +135,13 @@ class StoreDecorator : public BlockStore {
     return next_->WriteMeta(e, text);
   }
   Status DeleteMeta(std::string_view e) override { return next_->DeleteMeta(e); }
+  Status AcquireLease(std::string_view e, const std::string& holder, bool force,
+                      std::unique_ptr<ExportLease>* out) override {
+    return next_->AcquireLease(e, holder, force, out);
+  }
+  Status QueryLease(std::string_view e, std::string* holder) override {
+    return next_->QueryLease(e, holder);
+  }
 
   BlockStore* next() const { return next_.get(); }
 

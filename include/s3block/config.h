@@ -31,6 +31,8 @@ struct Config {
   std::string default_export = kDefaultExportName;
   // Create an export that a client names but that does not exist yet.
   bool create = true;
+  // Take an export's lease even if another server holds it.
+  bool force = false;
 
   // --- S3 ---
   std::string endpoint;        // empty: AWS (https://s3.REGION.amazonaws.com)

@@ -44,6 +44,11 @@ class FileStore : public BlockStore {
   Status ReadMeta(std::string_view export_name, std::string* text, bool* found) override;
   Status WriteMeta(std::string_view export_name, std::string_view text) override;
   Status DeleteMeta(std::string_view export_name) override;
+  // An advisory lock (flock) on exports/<name>/lock, which also records the holder. The kernel
+  // releases it when the process dies, however it dies, so force is never needed here.
+  Status AcquireLease(std::string_view export_name, const std::string& holder, bool force,
+                      std::unique_ptr<ExportLease>* out) override;
+  Status QueryLease(std::string_view export_name, std::string* holder) override;
 
   const std::string& root() const { return root_; }
   // Path helpers (the layout above). REQUIRES: export_name passed ValidateExportName.

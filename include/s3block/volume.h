@@ -38,7 +38,16 @@ struct VolumeOptions {
   bool readonly = false;
   // Create the export (write its metadata) if it has none.
   bool create = true;
+  // A read-write volume claims the export's lease so that no second server writes to it.
+  bool lock = true;
+  // Take the lease even from another holder (an operator who knows the holder is dead).
+  bool force = false;
+  // Who we are, for other servers' messages; empty: "PROGRAM pid N on HOST since TIME".
+  std::string holder;
 };
+
+// "<program> pid <pid> on <host> since <UTC time>".
+std::string DescribeThisProcess(const std::string& program);
 
 // Counters, for statistics. Monotonic since open.
 struct VolumeStats {
@@ -67,6 +76,9 @@ class Volume {
   BlockStore* store() const { return store_.get(); }
   // True if a created export's metadata was written by this Open.
   bool created() const { return created_; }
+  // Non-empty if the export is served read-write without a lease, saying why (the store cannot
+  // lock): the caller shows it to the user.
+  const std::string& lease_warning() const { return lease_warning_; }
 
   // Each of these requires offset + count <= size() (else EINVAL for reads, ENOSPC for writes,
   // nothing changed) and, for writes, a read-write volume (else EROFS).
@@ -123,6 +135,8 @@ class Volume {
   const ExportMeta meta_;
   const bool readonly_;
   bool created_ = false;
+  std::unique_ptr<ExportLease> lease_;
+  std::string lease_warning_;
   // While we are the only writer, a clear bit means "not stored" and saves a store request.
   const bool trust_presence_;
   PresenceMap presence_;

@@ -27,6 +27,7 @@ Status Config::Set(std::string_view key, std::string_view value) {
     return Status::Ok();
   }
   if (k == "create") return ParseBool(key, value, &create);
+  if (k == "force") return ParseBool(key, value, &force);
   if (k == "endpoint") {
     if (value.rfind("http://", 0) != 0 && value.rfind("https://", 0) != 0)
       return Status::InvalidArgument("endpoint=" + QuoteForMessage(value) +
@@ -96,6 +97,7 @@ VolumeOptions Config::volume_options(bool readonly) const {
   o.block_size_explicit = block_size_given;
   o.readonly = readonly;
   o.create = create;
+  o.force = force;
   return o;
 }
 
@@ -107,6 +109,7 @@ const char* Config::Help() {
       "                          (default 4096; an existing export keeps its own)\n"
       "default-export=NAME       export served to clients that ask for \"\" (default test_device)\n"
       "create=BOOL               create exports that clients name but that do not exist (default true)\n"
+      "force=BOOL                serve an export even if another server holds its lease (default false)\n"
       "endpoint=URL              S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS)\n"
       "region=REGION             S3 region for signing (default us-east-1)\n"
       "path-style=BOOL           path-style URLs (default: true with endpoint=, false for AWS)\n"

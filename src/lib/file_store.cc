@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -359,6 +360,8 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
   std::string exp = ExportDir(export_name);
   if (::unlink((exp + "/metadata").c_str()) != 0 && errno != ENOENT)
     return Status::FromErrno(errno, "unlink " + exp + "/metadata");
+  if (::unlink((exp + "/lock").c_str()) != 0 && errno != ENOENT)
+    return Status::FromErrno(errno, "unlink " + exp + "/lock");
   // Remove leftover temporary files, then the directories if they are empty.
   std::string blocks = BlocksDir(export_name);
   if (DIR* d = ::opendir(blocks.c_str())) {
@@ -376,6 +379,81 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
     pending_.erase(std::string(export_name));
   }
   return FsyncDir(root_ + "/exports");
+}
+
+}  // namespace s3block
+
+namespace s3block {
+namespace {
+
+class FileLease : public ExportLease {
+ public:
+  explicit FileLease(int fd) : fd_(fd) {}
+  ~FileLease() override {
+    // Clear the holder before the lock goes, so nobody reads a stale name as a live holder.
+    if (::ftruncate(fd_, 0) != 0) { /* the lock is released by close either way */ }
+    ::close(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+std::string ReadHolder(int fd) {
+  char buf[512];
+  ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return "another process";
+  std::string s(buf, static_cast<size_t>(n));
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
+  return s.empty() ? "another process" : s;
+}
+
+}  // namespace
+
+Status FileStore::AcquireLease(std::string_view export_name, const std::string& holder, bool force,
+                               std::unique_ptr<ExportLease>* out) {
+  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
+  std::string path = ExportDir(export_name) + "/lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    std::string who = ReadHolder(fd);
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " +
+                                      Describe() + " is in use by " + who +
+                                      "; stop that server first (or serve read-only with -r)");
+    }
+    return Status::FromErrno(err, "flock " + path);
+  }
+  std::string text = holder + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0) {
+    Status s = Status::FromErrno(errno, "write " + path);
+    ::close(fd);
+    return s;
+  }
+  *out = std::make_unique<FileLease>(fd);
+  return Status::Ok();
+}
+
+Status FileStore::QueryLease(std::string_view export_name, std::string* holder) {
+  holder->clear();
+  std::string path = ExportDir(export_name) + "/lock";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "open " + path);
+  }
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    int err = errno;
+    if (err == EWOULDBLOCK) *holder = ReadHolder(fd);
+    ::close(fd);
+    if (err != EWOULDBLOCK) return Status::FromErrno(err, "flock " + path);
+    return Status::Ok();
+  }
+  ::close(fd);
+  return Status::Ok();
 }
 
 }  // namespace s3block

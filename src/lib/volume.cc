@@ -1,6 +1,9 @@
 #include "s3block/volume.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <ctime>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -15,6 +18,18 @@ constexpr size_t kDeleteBatch = 1000;
 constexpr uint64_t kMaxBlocks = 1ull << 40;
 
 }  // namespace
+
+std::string DescribeThisProcess(const std::string& program) {
+  char host[256] = "unknown-host";
+  ::gethostname(host, sizeof host - 1);
+  host[sizeof host - 1] = '\0';
+  char when[32] = "";
+  std::time_t now = std::time(nullptr);
+  struct tm tm;
+  ::gmtime_r(&now, &tm);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return program + " pid " + std::to_string(::getpid()) + " on " + host + " since " + when;
+}
 
 bool IsAllZero(const uint8_t* p, size_t n) {
   // Check the first bytes one at a time, then compare the buffer with itself shifted by 16 bytes:
@@ -60,6 +75,21 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
     meta.size = options.size;
     meta.block_size = options.block_size;
   }
+  // Claim the export before writing anything or building the presence map: a second writer
+  // would make both wrong.
+  std::unique_ptr<ExportLease> lease;
+  std::string lease_warning;
+  if (!options.readonly && options.lock) {
+    std::string holder =
+        options.holder.empty() ? DescribeThisProcess("nbd-s3-backend") : options.holder;
+    Status s = store->AcquireLease(name, holder, options.force, &lease);
+    if (s.err() == ENOTSUP) {
+      lease_warning = s.message() + "; make sure no other server writes to export '" +
+                      QuoteForMessage(name) + "'";
+    } else if (!s.ok()) {
+      return s;
+    }
+  }
   if (meta.block_count() > kMaxBlocks) {
     return Status::InvalidArgument(where + ": size " + HumanSize(meta.size) + " at block size " +
                                    HumanSize(meta.block_size) +
@@ -73,6 +103,8 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   }
   std::shared_ptr<Volume> v(new Volume(store, std::string(name), meta, options.readonly));
   v->created_ = created;
+  v->lease_ = std::move(lease);
+  v->lease_warning_ = std::move(lease_warning);
   S3B_RETURN_IF_ERROR(
       store->ListBlocks(name, [&](uint64_t id) { v->presence_.Set(id); }).Annotate(where));
   *out = std::move(v);
@@ -82,6 +114,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
 Status Volume::CheckRange(uint64_t count, uint64_t offset, bool write) const {
   if (write && readonly_)
     return Status::Error(EROFS, "export '" + QuoteForMessage(name_) + "' is read-only");
+  if (write && lease_) S3B_RETURN_IF_ERROR(lease_->Valid());
   if (offset > meta_.size || count > meta_.size - offset) {
     return Status::Error(write ? ENOSPC : EINVAL,
                          "request at offset " + std::to_string(offset) + " length " +
@@ -300,6 +333,7 @@ Status Volume::Zero(uint64_t count, uint64_t offset, bool may_trim, bool fast_ze
 Status Volume::Flush() {
   stats_.flushes.fetch_add(1, std::memory_order_relaxed);
   if (readonly_) return Status::Ok();
+  if (lease_) S3B_RETURN_IF_ERROR(lease_->Valid());
   return store_->Flush(name_).Annotate("flush export '" + QuoteForMessage(name_) + "'");
 }
 

@@ -186,3 +186,31 @@ TEST(FileStore, FlushSyncsManyFilesAndKeepsWorkingAfterwards) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST(FileStore, LeaseKeepsASecondWriterOutAndNamesTheHolder) {
+  testing::TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  std::unique_ptr<ExportLease> first, second;
+  ASSERT_OK(store.AcquireLease("e", "server one pid 1", false, &first));
+  std::string holder;
+  ASSERT_OK(store.QueryLease("e", &holder));
+  EXPECT_EQ(holder, "server one pid 1");
+  Status s = store.AcquireLease("e", "server two", false, &second);
+  EXPECT_EQ(s.err(), EBUSY);
+  EXPECT_NE(s.message().find("server one pid 1"), std::string::npos) << s.message();
+  EXPECT_FALSE(second);
+  // Another export is not affected.
+  ASSERT_OK(store.AcquireLease("f", "server two", false, &second));
+  second.reset();
+  first.reset();
+  ASSERT_OK(store.QueryLease("e", &holder));
+  EXPECT_EQ(holder, "");
+  ASSERT_OK(store.AcquireLease("e", "server two", false, &second));
+}
+
+}  // namespace
+}  // namespace s3block

@@ -262,3 +262,27 @@ TEST_F(VolumeTest, ConcurrentWritersOfDifferentHalvesOfOneBlockBothLand) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST_F(VolumeTest, SecondReadWriteOpenIsRefusedReadOnlyIsAllowed) {
+  auto v = Open("shared", 1 << 20, 4096);
+  ASSERT_TRUE(v);
+  VolumeOptions o;
+  o.holder = "the second server";
+  std::shared_ptr<Volume> w;
+  Status s = Volume::Open(store_, "shared", o, &w);
+  EXPECT_EQ(s.err(), EBUSY);
+  EXPECT_NE(s.message().find("nbd-s3-backend pid"), std::string::npos) << s.message();
+  o.readonly = true;
+  ASSERT_OK(Volume::Open(store_, "shared", o, &w));
+  Bytes buf(4096, 1);
+  EXPECT_EQ(w->Write(buf.data(), 4096, 0, false).err(), EROFS);
+  v.reset();  // the first server goes away
+  o.readonly = false;
+  ASSERT_OK(Volume::Open(store_, "shared", o, &w));
+}
+
+}  // namespace
+}  // namespace s3block
