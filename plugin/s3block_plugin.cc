@@ -125,7 +125,7 @@ void Unload() {
 void DumpPlugin() {
   std::printf("s3block_version=%s\n", S3BLOCK_VERSION);
   std::printf("s3block_default_block_size=%u\n", kDefaultBlockSize);
-  std::printf("s3block_stores=file\n");
+  std::printf("s3block_stores=file,s3\n");
 }
 
 int ListExports(int readonly, int is_tls, struct nbdkit_exports* exports) {

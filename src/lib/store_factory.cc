@@ -1,12 +1,16 @@
 #include "s3block/store_factory.h"
 
 #include "s3block/file_store.h"
+#include "s3block/s3_store.h"
 
 namespace s3block {
 
 Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   if (config.is_s3()) {
-    return Status::NotSupported("store=" + config.store + ": this build has no S3 store");
+    std::shared_ptr<S3Store> s3;
+    S3B_RETURN_IF_ERROR(S3Store::Create(config, &s3));
+    *out = std::move(s3);
+    return Status::Ok();
   }
   *out = std::make_shared<FileStore>(config.store);
   return Status::Ok();

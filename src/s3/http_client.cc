@@ -1,0 +1,187 @@
+#include "s3/http_client.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+namespace s3block {
+namespace {
+
+struct Transfer {
+  HttpResponse* response;
+  size_t max_bytes;
+  bool too_large = false;
+};
+
+size_t OnBody(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t len = size * n;
+  if (t->response->body.size() + len > t->max_bytes) {
+    t->too_large = true;
+    return 0;  // makes libcurl fail the transfer with CURLE_WRITE_ERROR
+  }
+  t->response->body.append(data, len);
+  return len;
+}
+
+size_t OnHeader(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t len = size * n;
+  std::string_view line(data, len);
+  while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
+  if (line.rfind("HTTP/", 0) == 0) {
+    // A new status line (after a 100 Continue, say): forget the previous response's headers.
+    t->response->headers.clear();
+    return len;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos) return len;
+  std::string name(line.substr(0, colon));
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string_view value = line.substr(colon + 1);
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+  t->response->headers.emplace_back(std::move(name), std::string(value));
+  return len;
+}
+
+bool IsTransient(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void EnsureCurlInitialized() {
+  static const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+  (void)rc;
+}
+
+std::string HttpResponse::Header(std::string_view name) const {
+  for (auto it = headers.rbegin(); it != headers.rend(); ++it)
+    if (it->first == name) return it->second;
+  return "";
+}
+
+bool HttpResponse::HasHeader(std::string_view name) const {
+  return std::any_of(headers.begin(), headers.end(), [&](const auto& h) { return h.first == name; });
+}
+
+HttpClient::HttpClient(HttpClientOptions options) : options_(std::move(options)) {
+  EnsureCurlInitialized();
+}
+
+HttpClient::~HttpClient() {
+  for (void* h : idle_) curl_easy_cleanup(static_cast<CURL*>(h));
+}
+
+void* HttpClient::Borrow() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !idle_.empty() || created_ < std::max<size_t>(1, options_.max_connections); });
+  if (!idle_.empty()) {
+    void* h = idle_.back();
+    idle_.pop_back();
+    return h;
+  }
+  ++created_;
+  lock.unlock();
+  CURL* h = curl_easy_init();
+  if (h == nullptr) {
+    std::lock_guard<std::mutex> relock(mu_);
+    --created_;
+    cv_.notify_one();
+  }
+  return h;
+}
+
+void HttpClient::Return(void* handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_.push_back(handle);
+  cv_.notify_one();
+}
+
+Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, bool* transient) {
+  *response = HttpResponse{};
+  *transient = false;
+  CURL* h = static_cast<CURL*>(Borrow());
+  if (h == nullptr) return Status::Error(ENOMEM, "cannot create an HTTP handle");
+  // Reset options from the previous request; the handle keeps its open connections.
+  curl_easy_reset(h);
+
+  char errbuf[CURL_ERROR_SIZE] = "";
+  Transfer transfer{response, options_.max_response_bytes};
+  curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);  // keys are sent exactly as signed
+  curl_easy_setopt(h, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+  curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (!options_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, options_.ca_file.c_str());
+  long timeout_ms = static_cast<long>(options_.request_timeout * 1000);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                   std::min(timeout_ms, static_cast<long>(options_.connect_timeout * 1000)));
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, OnBody);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &transfer);
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, OnHeader);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, &transfer);
+
+  struct curl_slist* headers = nullptr;
+  for (const auto& [k, v] : request.headers)
+    headers = curl_slist_append(headers, (k + ": " + v).c_str());
+  // Never wait for a "100 Continue" (libcurl asks for one before large POST bodies).
+  headers = curl_slist_append(headers, "Expect:");
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+
+  static const char kEmpty[] = "";
+  if (request.method == "GET") {
+    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+  } else if (request.method == "HEAD") {
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+  } else if (request.method == "PUT" || request.method == "POST") {
+    // The body from memory with its length: no chunked encoding and no Expect.
+    const void* data = request.body.empty() ? static_cast<const void*>(kEmpty) : request.body.data();
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, data);
+    if (request.method == "PUT") curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
+  } else {
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, request.method.c_str());
+  }
+
+  CURLcode rc = curl_easy_perform(h);
+  long status = 0;
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(headers);
+  Return(h);
+
+  if (rc != CURLE_OK) {
+    if (transfer.too_large)
+      return Status::IoError("response body larger than " + std::to_string(options_.max_response_bytes) + " bytes");
+    *transient = IsTransient(rc);
+    std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    return Status::IoError(detail);
+  }
+  response->status = status;
+  return Status::Ok();
+}
+
+}  // namespace s3block

@@ -1,0 +1,87 @@
+// HttpClient: blocking HTTP requests over a pool of libcurl easy handles.
+//
+// Each Perform borrows a handle from the pool (waiting if `max_connections` are busy), so at most
+// that many requests are in flight, and returns it afterwards. A handle keeps its connection open
+// between requests, so a steady load reuses a set of kept-alive connections instead of opening
+// one per request. Bodies are sent from memory as a fixed-length body (never
+// "Expect: 100-continue"); responses are read into memory.
+//
+// HTTPS always verifies the server's certificate and host name (ca_file adds a private CA);
+// there is no switch to turn that off. Redirects are not followed (S3 answers a wrong region
+// with a 301 the caller must see).
+//
+// Thread safety: safe for concurrent use; each request uses its own handle.
+#ifndef S3BLOCK_S3_HTTP_CLIENT_H_
+#define S3BLOCK_S3_HTTP_CLIENT_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "s3block/status.h"
+
+namespace s3block {
+
+struct HttpClientOptions {
+  std::string ca_file;            // empty: the system's CA certificates
+  double request_timeout = 30;    // seconds for a whole request
+  double connect_timeout = 10;    // seconds to connect (capped by request_timeout)
+  size_t max_connections = 64;    // requests in flight at once (handles in the pool)
+  size_t max_response_bytes = 64u << 20;  // a longer body fails the request
+};
+
+struct HttpRequest {
+  std::string method;  // GET, HEAD, PUT, POST, DELETE
+  std::string url;     // already encoded
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::span<const uint8_t> body;  // sent for PUT and POST; must outlive Perform
+};
+
+struct HttpResponse {
+  long status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
+  std::string body;
+
+  // The value of the last header with this (lower-case) name, or "".
+  std::string Header(std::string_view name) const;
+  bool HasHeader(std::string_view name) const;
+};
+
+// Initialises libcurl for the process; called by the HttpClient constructor. The first call
+// must happen before any other thread uses libcurl (it is not thread-safe in old libcurls).
+void EnsureCurlInitialized();
+
+class HttpClient {
+ public:
+  explicit HttpClient(HttpClientOptions options);
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // Sends one request and reads the whole response. Returns OK whenever an HTTP response arrived,
+  // whatever its status. Otherwise returns EIO with libcurl's reason and sets *transient: true
+  // for failures a retry may cure (connection refused or reset, timeout, truncated response),
+  // false for those it cannot (bad certificate, unknown host, malformed URL, body too large).
+  Status Perform(const HttpRequest& request, HttpResponse* response, bool* transient);
+
+  const HttpClientOptions& options() const { return options_; }
+
+ private:
+  void* Borrow();
+  void Return(void* handle);
+
+  const HttpClientOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<void*> idle_;  // guarded by mu_: CURL* handles with their open connections
+  size_t created_ = 0;       // guarded by mu_
+};
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_S3_HTTP_CLIENT_H_

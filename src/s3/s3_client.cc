@@ -1,0 +1,321 @@
+#include "s3/s3_client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "s3/xml.h"
+#include "s3block/params.h"
+
+namespace s3block {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr double kFirstBackoff = 0.05;  // seconds
+constexpr double kMaxBackoff = 2.0;     // seconds
+constexpr int kMaxDeleteKeys = 1000;    // S3's limit for one DeleteObjects request
+
+struct Endpoint {
+  std::string scheme, authority, path;
+};
+
+Endpoint SplitEndpoint(const std::string& url) {
+  Endpoint e;
+  size_t p = url.find("://");
+  e.scheme = url.substr(0, p);
+  std::string rest = url.substr(p + 3);
+  size_t slash = rest.find('/');
+  e.authority = rest.substr(0, slash);
+  if (slash != std::string::npos) e.path = rest.substr(slash);
+  while (!e.path.empty() && e.path.back() == '/') e.path.pop_back();
+  // The Host header leaves out the scheme's default port.
+  const std::string default_port = e.scheme == "https" ? ":443" : ":80";
+  if (e.authority.size() > default_port.size() &&
+      e.authority.compare(e.authority.size() - default_port.size(), default_port.size(),
+                          default_port) == 0)
+    e.authority.resize(e.authority.size() - default_port.size());
+  return e;
+}
+
+double Jitter() {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+}
+
+bool IsHexMd5(std::string_view s) {
+  if (s.size() != 32) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Checks a 200 GET body against Content-Length and the object's MD5. Mismatches are reported
+// as errors to retry: they come from the wire or a faulty server, not from the request.
+Status VerifyBody(const HttpResponse& r, bool check_md5) {
+  std::string length = r.Header("content-length");
+  if (!length.empty() && length != std::to_string(r.body.size()))
+    return Status::IoError("received " + std::to_string(r.body.size()) + " bytes but Content-Length is " + length);
+  if (!check_md5) return Status::Ok();
+  std::string meta = r.Header(kMd5MetaHeader);
+  std::vector<uint8_t> md5 = Md5(AsBytes(r.body));
+  if (!meta.empty()) {
+    if (Base64Encode(md5) != meta)
+      return Status::IoError("content does not match the MD5 recorded with the object (" + meta +
+                             "): corrupted object or transfer");
+    return Status::Ok();
+  }
+  std::string etag = r.Header("etag");
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
+  if (IsHexMd5(etag) && Lower(etag) != HexEncode(md5))
+    return Status::IoError("content does not match its ETag " + etag + ": corrupted object or transfer");
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string S3ErrorCode(const HttpResponse& response) {
+  XmlNode root;
+  if (!ParseXml(response.body, &root).ok()) return "";
+  return root.name == "Error" ? root.ChildText("Code") : "";
+}
+
+S3Client::S3Client(S3ClientOptions options, AwsCredentials credentials)
+    : options_(std::move(options)), credentials_(std::move(credentials)) {
+  std::string endpoint = options_.endpoint.empty()
+                             ? "https://s3." + options_.region + ".amazonaws.com"
+                             : options_.endpoint;
+  endpoint_for_messages_ = endpoint;
+  Endpoint e = SplitEndpoint(endpoint);
+  scheme_ = e.scheme;
+  if (options_.path_style) {
+    host_ = e.authority;
+    base_path_ = e.path + "/" + options_.bucket;
+  } else {
+    host_ = options_.bucket + "." + e.authority;
+    base_path_ = e.path;
+  }
+  http_ = std::make_unique<HttpClient>(options_.http);
+}
+
+std::string S3Client::Where() const {
+  return "bucket '" + options_.bucket + "' at " + endpoint_for_messages_;
+}
+
+std::string S3Client::Describe(std::string_view op, const std::string& key) const {
+  return "S3 " + std::string(op) + " " + (key.empty() ? "(bucket)" : "'" + QuoteForMessage(key) + "'") +
+         " in " + Where();
+}
+
+Status S3Client::ErrorFor(std::string_view op, const std::string& key, const HttpResponse& r) const {
+  std::string msg = Describe(op, key) + ": HTTP " + std::to_string(r.status);
+  XmlNode root;
+  Status parsed = r.body.empty() ? Status::IoError("no body") : ParseXml(r.body, &root);
+  if (parsed.ok() && root.name == "Error") {
+    std::string code = root.ChildText("Code"), message = root.ChildText("Message");
+    if (!code.empty()) msg += " " + QuoteForMessage(code);
+    if (!message.empty()) msg += ": " + QuoteForMessage(message);
+  } else if (!r.body.empty()) {
+    msg += " (the error body is not an S3 error document: \"" +
+           QuoteForMessage(std::string_view(r.body).substr(0, 64)) + "\")";
+  }
+  return Status::IoError(msg);
+}
+
+Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* transient) {
+  *transient = false;
+  std::string path = base_path_;
+  if (!req.key.empty()) path += "/" + req.key;
+  if (path.empty()) path = "/";
+
+  SigV4Request sreq;
+  sreq.method = req.method;
+  sreq.path = path;
+  sreq.query = req.query;
+  sreq.payload_hash = Sha256Hex(req.body);
+  sreq.headers.emplace_back("host", host_);
+  sreq.headers.emplace_back("x-amz-content-sha256", sreq.payload_hash);
+  for (const auto& h : req.headers) sreq.headers.push_back(h);
+  SigV4Result signature =
+      SignV4(sreq, credentials_, options_.region, "s3", AmzDate(std::time(nullptr)));
+
+  HttpRequest hreq;
+  hreq.method = req.method;
+  hreq.url = scheme_ + "://" + host_ + UriEncodePath(path);
+  if (!req.query.empty()) hreq.url += "?" + CanonicalQueryString(req.query);
+  hreq.headers = sreq.headers;
+  for (const auto& h : signature.added_headers) hreq.headers.push_back(h);
+  hreq.headers.emplace_back("Authorization", signature.authorization);
+  hreq.body = req.body;
+
+  Status s = http_->Perform(hreq, response, transient);
+  if (!s.ok()) return Status::IoError(Describe(req.method, req.key) + ": " + s.message());
+  long st = response->status;
+  if (st >= 500 || st == 429 || (st == 400 && S3ErrorCode(*response) == "RequestTimeout")) {
+    *transient = true;
+    return ErrorFor(req.method, req.key, *response);
+  }
+  if (st == 200 && req.method == "GET") {
+    Status v = VerifyBody(*response, req.verify_body);
+    if (!v.ok()) {
+      *transient = true;
+      return Status::IoError(Describe(req.method, req.key) + ": " + v.message());
+    }
+  }
+  return Status::Ok();
+}
+
+Status S3Client::Execute(const Request& req, HttpResponse* response, double retry_timeout) {
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(std::max(0.0, retry_timeout)));
+  for (int attempt = 1;; ++attempt) {
+    bool transient = false;
+    Status s = Attempt(req, response, &transient);
+    if (s.ok() || !transient) return s;
+    auto now = Clock::now();
+    if (now >= deadline) {
+      double spent = std::chrono::duration<double>(now - start).count();
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1f", spent);
+      return Status::IoError(s.message() + " (gave up after " + std::to_string(attempt) +
+                             (attempt == 1 ? " attempt" : " attempts") + " in " + buf + " s)");
+    }
+    double backoff = std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20)));
+    auto delay = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff * Jitter()));
+    std::this_thread::sleep_for(std::min(delay, deadline - now));
+  }
+}
+
+Status S3Client::GetObject(const std::string& key, std::string* body, bool* found) {
+  body->clear();
+  *found = false;
+  Request req{"GET", key, {}, {}, {}, true};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  if (r.status == 200) {
+    *body = std::move(r.body);
+    *found = true;
+    return Status::Ok();
+  }
+  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("GET", key, r);
+}
+
+Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body) {
+  std::string md5 = Base64Encode(Md5(body));
+  Request req{"PUT", key, {},
+              {{"Content-Type", "application/octet-stream"}, {"Content-MD5", md5}, {kMd5MetaHeader, md5}},
+              body, false};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  if (r.status == 200) return Status::Ok();
+  return ErrorFor("PUT", key, r);
+}
+
+Status S3Client::DeleteObject(const std::string& key) {
+  Request req{"DELETE", key, {}, {}, {}, false};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  if (r.status == 204 || r.status == 200) return Status::Ok();
+  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("DELETE", key, r);
+}
+
+Status S3Client::DeleteObjects(const std::vector<std::string>& keys) {
+  if (keys.empty()) return Status::Ok();
+  if (keys.size() > static_cast<size_t>(kMaxDeleteKeys))
+    return Status::InvalidArgument("DeleteObjects takes at most 1000 keys");
+  std::string xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+                    "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
+  for (const std::string& k : keys) xml += "<Object><Key>" + XmlEscape(k) + "</Key></Object>";
+  xml += "</Delete>";
+  Request req{"POST", "", {{"delete", ""}},
+              {{"Content-Type", "application/xml"}, {"Content-MD5", Base64Encode(Md5(AsBytes(xml)))}},
+              AsBytes(xml), false};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +
+                     QuoteForMessage(keys.front()) + "')";
+  if (r.status != 200) return ErrorFor(what, "", r);
+  XmlNode root;
+  Status parsed = ParseXml(r.body, &root);
+  if (!parsed.ok()) return Status::IoError(Describe(what, "") + ": " + parsed.message());
+  if (root.name == "Error") return ErrorFor(what, "", r);
+  std::vector<const XmlNode*> errors = root.Children("Error");
+  if (!errors.empty()) {
+    const XmlNode* e = errors.front();
+    return Status::IoError(Describe(what, "") + ": " + std::to_string(errors.size()) +
+                           " keys not deleted, the first '" + QuoteForMessage(e->ChildText("Key")) +
+                           "': " + QuoteForMessage(e->ChildText("Code")) + " " +
+                           QuoteForMessage(e->ChildText("Message")));
+  }
+  return Status::Ok();
+}
+
+Status S3Client::ListObjects(const std::string& prefix, const std::string& delimiter,
+                             const std::function<void(const std::string&)>& on_key,
+                             const std::function<void(const std::string&)>& on_prefix) {
+  std::string token;
+  for (;;) {
+    Request req{"GET", "", {{"list-type", "2"}, {"prefix", prefix}, {"max-keys", std::to_string(list_page_size_)}},
+                {}, {}, false};
+    if (!delimiter.empty()) req.query.emplace_back("delimiter", delimiter);
+    if (!token.empty()) req.query.emplace_back("continuation-token", token);
+    HttpResponse r;
+    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+    std::string what = "ListObjectsV2 prefix '" + QuoteForMessage(prefix) + "'";
+    if (r.status != 200) return ErrorFor(what, "", r);
+    XmlNode root;
+    Status parsed = ParseXml(r.body, &root);
+    if (!parsed.ok()) return Status::IoError(Describe(what, "") + ": " + parsed.message());
+    if (root.name != "ListBucketResult")
+      return Status::IoError(Describe(what, "") + ": unexpected response <" + QuoteForMessage(root.name) + ">");
+    for (const XmlNode* c : root.Children("Contents"))
+      if (on_key) on_key(c->ChildText("Key"));
+    for (const XmlNode* c : root.Children("CommonPrefixes"))
+      if (on_prefix) on_prefix(c->ChildText("Prefix"));
+    if (root.ChildText("IsTruncated") != "true") return Status::Ok();
+    std::string next = root.ChildText("NextContinuationToken");
+    if (next.empty() || next == token)
+      return Status::IoError(Describe(what, "") + ": truncated listing without a new continuation token");
+    token = std::move(next);
+  }
+}
+
+Status S3Client::CheckBucket(const std::string& prefix, double retry_timeout) {
+  Request req{"GET", "", {{"list-type", "2"}, {"prefix", prefix}, {"max-keys", "1"}}, {}, {}, false};
+  HttpResponse r;
+  Status s = Execute(req, &r, retry_timeout);
+  if (!s.ok()) {
+    return Status::IoError("cannot use " + Where() + ": " +
+                           s.message().substr(s.message().find(": ") == std::string::npos
+                                                  ? 0
+                                                  : s.message().find(": ") + 2));
+  }
+  if (r.status == 200) return Status::Ok();
+  std::string code = S3ErrorCode(r);
+  std::string head = "cannot use " + Where() + ": ";
+  if (code == "NoSuchBucket" || (r.status == 404 && code.empty()))
+    return Status::IoError(head + "the bucket does not exist (HTTP 404 " + code + ")");
+  if (code == "InvalidAccessKeyId")
+    return Status::IoError(head + "the server does not know the access key '" +
+                           QuoteForMessage(credentials_.access_key) + "' (HTTP 403 InvalidAccessKeyId)");
+  if (code == "SignatureDoesNotMatch")
+    return Status::IoError(head + "the secret key is wrong for access key '" +
+                           QuoteForMessage(credentials_.access_key) + "' (HTTP 403 SignatureDoesNotMatch)");
+  if (code == "AccessDenied" || r.status == 403)
+    return Status::IoError(head + "access denied to access key '" + QuoteForMessage(credentials_.access_key) +
+                           "' (HTTP " + std::to_string(r.status) + " " + code + ")");
+  if (r.status == 301 || code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed")
+    return Status::IoError(head + "the bucket is in another region than region=" + options_.region +
+                           " (HTTP " + std::to_string(r.status) + " " + code + "); set region= to the bucket's");
+  return ErrorFor("ListObjectsV2", "", r).Annotate("cannot use " + Where());
+}
+
+}  // namespace s3block

@@ -1,0 +1,117 @@
+// S3Client: the S3 object calls the S3 store needs (GET, PUT, DELETE, DeleteObjects,
+// ListObjectsV2, and a bucket check), signed with Signature V4 and retried when the failure is
+// transient.
+//
+// Retries: a request that fails with a transient error (HTTP 5xx, 429, 400 RequestTimeout, a
+// connection refused or reset, a timeout, a truncated or corrupted body) is sent again after an
+// exponential backoff with jitter, until `retry_timeout` seconds have passed since the first
+// attempt; then the last error is returned as EIO. Every other HTTP error (403, 404, other 4xx)
+// is returned at once. Each attempt is signed afresh (the signature covers the time).
+//
+// Integrity: every PUT and POST carries Content-MD5 (the server refuses a body that does not
+// match) and x-amz-content-sha256; a GET body is checked against Content-Length and against the
+// MD5 recorded with the object (x-amz-meta-s3block-md5, written by PutObject), or, for objects
+// without it, against an ETag that is a plain MD5 (a single-part upload).
+//
+// Messages name the bucket, the key and the endpoint; never a secret.
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_S3_S3_CLIENT_H_
+#define S3BLOCK_S3_S3_CLIENT_H_
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "s3/http_client.h"
+#include "s3/sigv4.h"
+#include "s3block/status.h"
+
+namespace s3block {
+
+struct S3ClientOptions {
+  std::string endpoint;  // "http[s]://host[:port]"; empty: AWS, https://s3.REGION.amazonaws.com
+  std::string region = "us-east-1";
+  std::string bucket;
+  bool path_style = true;  // false: https://BUCKET.host/KEY
+  double retry_timeout = 60;
+  HttpClientOptions http;
+};
+
+// The header that carries the MD5 of the object's content (base64), as PutObject stores it.
+inline constexpr char kMd5MetaHeader[] = "x-amz-meta-s3block-md5";
+
+class S3Client {
+ public:
+  // REQUIRES: options.bucket is a valid bucket name. No I/O happens here.
+  S3Client(S3ClientOptions options, AwsCredentials credentials);
+
+  // Reads an object. A missing object (404 NoSuchKey) is *found = false, not an error; a missing
+  // bucket is an error.
+  Status GetObject(const std::string& key, std::string* body, bool* found);
+  // Writes an object with Content-MD5 (and the MD5 as x-amz-meta-s3block-md5).
+  Status PutObject(const std::string& key, std::span<const uint8_t> body);
+  // Deletes one object; a missing object is not an error.
+  Status DeleteObject(const std::string& key);
+  // Deletes up to 1000 objects with one DeleteObjects request; an error if the server reports
+  // any key it could not delete (missing keys count as deleted).
+  Status DeleteObjects(const std::vector<std::string>& keys);
+  // ListObjectsV2 over every page: on_key(key) for each object, on_prefix(prefix) for each
+  // common prefix (with a delimiter). Either callback may be null.
+  Status ListObjects(const std::string& prefix, const std::string& delimiter,
+                     const std::function<void(const std::string&)>& on_key,
+                     const std::function<void(const std::string&)>& on_prefix);
+  // Checks that the bucket exists and the credentials are accepted: one ListObjectsV2 with
+  // max-keys=1 under `prefix`, retried for at most `retry_timeout` seconds. The error is one
+  // line naming the bucket and the endpoint: missing bucket, access denied, bad credentials,
+  // wrong region, connection refused.
+  Status CheckBucket(const std::string& prefix, double retry_timeout);
+
+  // "http://127.0.0.1:9000, bucket b" (for messages).
+  std::string Where() const;
+  const S3ClientOptions& options() const { return options_; }
+
+  // Page size of ListObjects (default 1000, S3's maximum); tests set it small to exercise
+  // pagination.
+  void set_list_page_size_for_testing(int n) { list_page_size_ = n; }
+
+ private:
+  struct Request {
+    std::string method;
+    std::string key;  // empty: the bucket itself
+    std::vector<std::pair<std::string, std::string>> query;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::span<const uint8_t> body;
+    bool verify_body = false;  // check a 200 GET body's length and MD5
+  };
+
+  // Sends the request, retrying transient failures for up to retry_timeout seconds. Returns OK
+  // with *response for any HTTP status that is not transient (the caller interprets 4xx);
+  // EIO when the retries are exhausted or the failure is not transient.
+  Status Execute(const Request& request, HttpResponse* response, double retry_timeout);
+  // One attempt. *transient tells whether to retry an error.
+  Status Attempt(const Request& request, HttpResponse* response, bool* transient);
+  // An EIO (or EACCES/ENOENT-flavoured EIO) error for an HTTP error response.
+  Status ErrorFor(std::string_view op, const std::string& key, const HttpResponse& response) const;
+
+  std::string Describe(std::string_view op, const std::string& key) const;
+
+  const S3ClientOptions options_;
+  const AwsCredentials credentials_;
+  std::string scheme_;     // "http" or "https"
+  std::string host_;       // the Host header: host[:port] (bucket. prefix when virtual-hosted)
+  std::string base_path_;  // "/BUCKET" (path-style) or ""
+  std::string endpoint_for_messages_;
+  int list_page_size_ = 1000;
+  std::unique_ptr<HttpClient> http_;
+};
+
+// The S3 error code of an error response ("NoSuchKey"), or "" if the body has none.
+std::string S3ErrorCode(const HttpResponse& response);
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_S3_S3_CLIENT_H_

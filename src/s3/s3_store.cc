@@ -1,0 +1,183 @@
+#include "s3block/s3_store.h"
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+
+#include "s3/credentials.h"
+#include "s3/s3_client.h"
+#include "s3block/params.h"
+
+namespace s3block {
+namespace {
+
+// Check() waits at most this long for a server that is starting or briefly unreachable.
+constexpr double kMaxCheckSeconds = 10;
+// S3's limit for one DeleteObjects request.
+constexpr size_t kDeleteBatch = 1000;
+// Metadata documents are tiny; anything larger is not ours.
+constexpr size_t kMaxMetaBytes = 1 << 20;
+
+// Parses a block object's name: decimal digits only, no leading zeros (except "0").
+bool ParseBlockName(std::string_view name, uint64_t* id) {
+  if (name.empty() || name.size() > 20 || (name.size() > 1 && name[0] == '0')) return false;
+  for (char c : name)
+    if (c < '0' || c > '9') return false;
+  auto [p, ec] = std::from_chars(name.data(), name.data() + name.size(), *id);
+  return ec == std::errc() && p == name.data() + name.size();
+}
+
+}  // namespace
+
+Status S3Store::Create(const Config& config, std::shared_ptr<S3Store>* out) {
+  if (!config.is_s3()) return Status::InvalidArgument("store=" + config.store + " is not s3://BUCKET[/PREFIX]");
+  std::string rest = config.store.substr(5);
+  size_t slash = rest.find('/');
+  std::string bucket = rest.substr(0, slash);
+  std::string prefix = slash == std::string::npos ? "" : rest.substr(slash + 1);
+  while (!prefix.empty() && prefix.front() == '/') prefix.erase(prefix.begin());
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  if (bucket.size() < 3 || bucket.size() > 63)
+    return Status::InvalidArgument("store=" + config.store + ": the bucket name must be 3 to 63 characters");
+  for (char c : bucket) {
+    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
+          c == '-' || c == '.' || c == '_'))
+      return Status::InvalidArgument("store=" + QuoteForMessage(config.store) +
+                                     ": a bucket name has only a-z, 0-9, '-', '.' and '_'");
+  }
+
+  CredentialSource source{config.access_key, config.secret_key, config.session_token, config.profile};
+  AwsCredentials credentials;
+  std::string where;
+  S3B_RETURN_IF_ERROR(ResolveCredentials(source, &credentials, &where).Annotate("store=" + config.store));
+
+  S3ClientOptions o;
+  o.endpoint = config.endpoint;
+  o.region = config.region;
+  o.bucket = bucket;
+  o.path_style = config.path_style.value_or(!config.endpoint.empty());
+  o.retry_timeout = config.retry_timeout;
+  o.http.ca_file = config.ca_file;
+  o.http.request_timeout = config.request_timeout;
+  o.http.connect_timeout = std::min(10.0, config.request_timeout);
+  o.http.max_connections = config.connections;
+  o.http.max_response_bytes = 2 * static_cast<size_t>(kMaxBlockSize) + (1 << 20);
+  auto client = std::make_unique<S3Client>(std::move(o), std::move(credentials));
+  double check_timeout = std::min(config.retry_timeout, kMaxCheckSeconds);
+  out->reset(new S3Store(bucket, prefix.empty() ? "" : prefix + "/", std::move(client), check_timeout, where));
+  return Status::Ok();
+}
+
+S3Store::S3Store(std::string bucket, std::string key_prefix, std::unique_ptr<S3Client> client,
+                 double check_timeout, std::string credentials_source)
+    : bucket_(std::move(bucket)),
+      key_prefix_(std::move(key_prefix)),
+      client_(std::move(client)),
+      check_timeout_(check_timeout),
+      credentials_source_(std::move(credentials_source)) {}
+
+S3Store::~S3Store() = default;
+
+std::string S3Store::Describe() const {
+  std::string s = "s3://" + bucket_;
+  if (!key_prefix_.empty()) s += "/" + key_prefix_.substr(0, key_prefix_.size() - 1);
+  return s + " at " + (client_->options().endpoint.empty()
+                           ? "https://s3." + client_->options().region + ".amazonaws.com"
+                           : client_->options().endpoint);
+}
+
+void S3Store::set_list_page_size_for_testing(int n) { client_->set_list_page_size_for_testing(n); }
+
+std::string S3Store::ExportPrefix(std::string_view export_name) const {
+  return key_prefix_ + "exports/" + std::string(export_name) + "/";
+}
+std::string S3Store::BlockKey(std::string_view export_name, uint64_t id) const {
+  return ExportPrefix(export_name) + "blocks/" + std::to_string(id);
+}
+std::string S3Store::MetaKey(std::string_view export_name) const {
+  return ExportPrefix(export_name) + "metadata";
+}
+
+Status S3Store::Check() {
+  return client_->CheckBucket(key_prefix_ + "exports/", check_timeout_)
+      .Annotate("store=" + Describe() + " (credentials from " + credentials_source_ + ")");
+}
+
+Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
+  data->clear();
+  std::string body;
+  S3B_RETURN_IF_ERROR(client_->GetObject(BlockKey(export_name, id), &body, found));
+  data->assign(body.begin(), body.end());
+  return Status::Ok();
+}
+
+Status S3Store::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data, bool fua) {
+  return client_->PutObject(BlockKey(export_name, id), data);
+}
+
+Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
+  if (ids.empty()) return Status::Ok();
+  if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]));
+  std::vector<std::string> keys;
+  keys.reserve(std::min(ids.size(), kDeleteBatch));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    keys.push_back(BlockKey(export_name, ids[i]));
+    if (keys.size() == kDeleteBatch || i + 1 == ids.size()) {
+      S3B_RETURN_IF_ERROR(client_->DeleteObjects(keys));
+      keys.clear();
+    }
+  }
+  return Status::Ok();
+}
+
+Status S3Store::Flush(std::string_view export_name) {
+  // S3 answers a PUT or DELETE only once it is stored: what returned is durable, and nothing
+  // is buffered here.
+  return Status::Ok();
+}
+
+Status S3Store::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
+  const std::string prefix = ExportPrefix(export_name) + "blocks/";
+  return client_->ListObjects(
+      prefix, "",
+      [&](const std::string& key) {
+        uint64_t id;
+        if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
+            ParseBlockName(std::string_view(key).substr(prefix.size()), &id))
+          fn(id);
+      },
+      nullptr);
+}
+
+Status S3Store::ListExports(std::vector<std::string>* names) {
+  names->clear();
+  const std::string prefix = key_prefix_ + "exports/";
+  std::set<std::string> found;
+  S3B_RETURN_IF_ERROR(client_->ListObjects(
+      prefix, "/", nullptr, [&](const std::string& p) {
+        if (p.size() <= prefix.size() + 1 || p.compare(0, prefix.size(), prefix) != 0 || p.back() != '/')
+          return;
+        std::string name = p.substr(prefix.size(), p.size() - prefix.size() - 1);
+        if (ValidateExportName(name).ok()) found.insert(name);
+      }));
+  names->assign(found.begin(), found.end());
+  return Status::Ok();
+}
+
+Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* found) {
+  S3B_RETURN_IF_ERROR(client_->GetObject(MetaKey(export_name), text, found));
+  if (text->size() > kMaxMetaBytes)
+    return Status::IoError("S3 object '" + QuoteForMessage(MetaKey(export_name)) + "' in " + Describe() +
+                           " is too large to be metadata");
+  return Status::Ok();
+}
+
+Status S3Store::WriteMeta(std::string_view export_name, std::string_view text) {
+  return client_->PutObject(MetaKey(export_name), AsBytes(text));
+}
+
+Status S3Store::DeleteMeta(std::string_view export_name) {
+  return client_->DeleteObject(MetaKey(export_name));
+}
+
+}  // namespace s3block
