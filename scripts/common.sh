@@ -1,0 +1,59 @@
+# Shared by run-server.sh and run-tests.sh (sourced, not run): installing what is missing and
+# building. Debian 12 (bookworm) is the reference system; run as root to install.
+
+S3BLOCK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+S3BLOCK_BUILD=${S3BLOCK_BUILD:-$S3BLOCK_REPO/build}
+S3BLOCK_PLUGIN=${S3BLOCK_PLUGIN:-$S3BLOCK_BUILD/nbdkit-s3block-plugin.so}
+
+# What building the plugin, the library and the tests needs (dpkg -S of every header, library and
+# tool the code and CMakeLists.txt use).
+S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-dev libnbd-dev
+  libcurl4-openssl-dev libssl-dev libexpat1-dev libgtest-dev"
+# What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), fusermount3 (fuse3),
+# mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint (util-linux), fio for
+# the benchmarks.
+S3BLOCK_TEST_PACKAGES="libnbd-bin fuse3 e2fsprogs mount util-linux fio"
+
+s3b_log() { echo "$(basename "$0"): $*" >&2; }
+s3b_die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
+
+# Prints the packages among "$@" that are not installed.
+s3b_missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+  done
+}
+
+# Installs the packages among "$@" that are missing. The package lists are refreshed only when
+# there are none yet or when an install fails (a stale list names versions no longer served).
+s3b_install_missing() {
+  local missing
+  missing=$(s3b_missing_packages "$@" | tr '\n' ' ')
+  [ -n "${missing// /}" ] || return 0
+  [ "$(id -u)" = 0 ] || s3b_die "missing packages: $missing; run as root to install them, or install them yourself"
+  command -v apt-get >/dev/null || s3b_die "missing packages: $missing; this script installs with apt-get (Debian 12)"
+  s3b_log "installing: $missing"
+  export DEBIAN_FRONTEND=noninteractive
+  local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+  # shellcheck disable=SC2086
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    apt-get -o DPkg::Lock::Timeout=600 -q update >&2 || s3b_die "apt-get update failed"
+  fi
+  # shellcheck disable=SC2086
+  if ! "${apt[@]}" install $missing >&2; then
+    s3b_log "install failed; refreshing the package lists and trying again"
+    apt-get -o DPkg::Lock::Timeout=600 -q update >&2 || s3b_die "apt-get update failed"
+    # shellcheck disable=SC2086
+    "${apt[@]}" install $missing >&2 || s3b_die "cannot install: $missing"
+  fi
+}
+
+# Configures and builds into $S3BLOCK_BUILD. Extra arguments are build targets (default: all).
+s3b_build() {
+  local jobs targets=()
+  jobs=$(nproc 2>/dev/null || echo 2)
+  for t in "$@"; do targets+=(--target "$t"); done
+  cmake -S "$S3BLOCK_REPO" -B "$S3BLOCK_BUILD" >&2 || s3b_die "cmake configure failed"
+  cmake --build "$S3BLOCK_BUILD" -j "$jobs" "${targets[@]}" >&2 || s3b_die "build failed"
+}

@@ -1,0 +1,134 @@
+#!/bin/bash
+# Installs what is missing, builds, and runs every test: the unit tests, the integration suite
+# through real nbdkit on every available store, and the ext4 round trip on every available store.
+# Run as root (loop devices, mounts, package installs). Exits non-zero if anything failed; the
+# last line is always "N passed, N failed", counting the suites and scripts below.
+#
+#   scripts/run-tests.sh
+#
+# The S3 store is tested against a real S3-compatible server on 127.0.0.1 that
+# tests/scripts/s3_server.sh starts and stops (see tests/scripts/README-s3.md); while that script
+# does not exist, the S3 variants are skipped and this says so.
+#
+# Environment:
+#   S3BLOCK_BUILD        the build directory (default build/ in this checkout)
+#   S3BLOCK_TEST_LOGS    where each suite's full output goes (default $S3BLOCK_BUILD/test-logs)
+#   S3BLOCK_SKIP_EXT4=1  skip the ext4 round trips (they need root, /dev/fuse and loop devices)
+set -uo pipefail
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+logs=${S3BLOCK_TEST_LOGS:-$S3BLOCK_BUILD/test-logs}
+# Plugin parameter sets the ext4 round trip runs with, one line each (the integration suite has
+# its own list in tests/integration/nbdkit_fixture.cc).
+ext4_param_sets=(
+  "cache=false"
+)
+
+passed=0
+failed=0
+failed_names=()
+started=$(date +%s)
+
+# Runs one suite: "$1" names it, the rest is the command. Its output goes to a log file; a
+# failure shows the end of it.
+suite() {
+  local name=$1 log t0 rc
+  shift
+  log="$logs/$(printf '%s' "$name" | tr -c 'A-Za-z0-9_.-' '_').log"
+  t0=$(date +%s)
+  echo "==> $name"
+  ("$@") >"$log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    passed=$((passed + 1))
+    echo "    PASS $name ($(($(date +%s) - t0))s)"
+  else
+    failed=$((failed + 1))
+    failed_names+=("$name")
+    echo "    FAIL $name (exit $rc, $(($(date +%s) - t0))s); the end of $log:"
+    tail -n 150 "$log" | sed 's/^/    | /'
+  fi
+}
+
+finish() {
+  echo
+  echo "total time: $(($(date +%s) - started))s; logs in $logs"
+  for n in "${failed_names[@]}"; do echo "failed: $n"; done
+  echo "$passed passed, $failed failed"
+  [ $failed -eq 0 ]
+  exit
+}
+
+# --- Install and build: a failure here is one failed suite, and nothing else can run. ---
+install_and_build() {
+  s3b_install_missing $S3BLOCK_BUILD_PACKAGES $S3BLOCK_TEST_PACKAGES && s3b_build
+}
+mkdir -p "$logs" 2>/dev/null || { logs=$(mktemp -d /tmp/s3block-test-logs.XXXXXX); }
+suite "install and build" install_and_build
+if [ $failed -ne 0 ]; then finish; fi
+
+ctest_run() { ctest --test-dir "$S3BLOCK_BUILD" --output-on-failure --timeout 900 -j "$(nproc)" "$@"; }
+
+# --- The S3 server, if this checkout has the script that provides one. ---
+# tests/scripts/s3_server.sh start DIR PORT prints "export S3BLOCK_TEST_S3_...=..." lines;
+# stop DIR PORT ends it.
+s3_script=$S3BLOCK_REPO/tests/scripts/s3_server.sh
+s3_port=${S3BLOCK_TEST_S3_PORT:-9340}
+s3_dir=
+s3_available=0
+s3_stop() {
+  if [ -n "$s3_dir" ]; then
+    bash "$s3_script" stop "$s3_dir" "$s3_port" >>"$logs/S3_server_stop.log" 2>&1
+    rm -rf "$s3_dir"
+    s3_dir=
+  fi
+  s3_available=0
+}
+trap 's3_stop' EXIT
+trap 'exit 130' INT TERM
+if [ -f "$s3_script" ]; then
+  s3_dir=$(mktemp -d /tmp/s3block-s3.XXXXXX)
+  s3_env=$(mktemp)
+  start_s3() { bash "$s3_script" start "$s3_dir" "$s3_port" >"$s3_env"; }
+  suite "S3 server start" start_s3
+  if grep -q '^export S3BLOCK_TEST_S3_' "$s3_env"; then
+    # shellcheck disable=SC1090
+    . "$s3_env"
+    s3_available=1
+  fi
+  rm -f "$s3_env"
+else
+  echo "==> no tests/scripts/s3_server.sh: the S3 variants are skipped"
+fi
+
+# --- The suites. ---
+suite "unit tests" ctest_run -L unit
+if [ $s3_available = 1 ]; then
+  # The S3 variants must run now, not skip.
+  suite "integration tests, local store" ctest_run -L integration -E '/s3_'
+  suite "integration tests, S3 store" env S3BLOCK_TEST_REQUIRE_S3=1 ctest_run -L integration -R '/s3_'
+else
+  suite "integration tests, local store" ctest_run -L integration -E '/s3_'
+fi
+
+if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
+  ext4=$S3BLOCK_REPO/tests/scripts/ext4_roundtrip.sh
+  for params in "${ext4_param_sets[@]}"; do
+    scratch=$(mktemp -d /tmp/s3block-ext4-store.XXXXXX)
+    # shellcheck disable=SC2086
+    suite "ext4 round trip, local store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
+      "$ext4" "store=$scratch" $params
+    rm -rf "$scratch"
+    if [ $s3_available = 1 ]; then
+      # shellcheck disable=SC2086
+      suite "ext4 round trip, S3 store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
+        "$ext4" "store=s3://$S3BLOCK_TEST_S3_BUCKET/ext4-$(date +%s)-$$" \
+        "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
+        "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" $params
+    fi
+  done
+fi
+
+s3_stop
+finish
