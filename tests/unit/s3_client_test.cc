@@ -1,0 +1,337 @@
+// The S3 client against a scripted HTTP server: what it sends (signature headers, Content-MD5,
+// key encoding, no Expect), how it treats answers a healthy S3 server does not give (truncated
+// bodies, wrong ETags, non-XML errors), which failures it retries and for how long, and that
+// connections are reused.
+#include "s3/s3_client.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "fake_http_server.h"
+#include "s3/xml.h"
+#include "test_util.h"
+
+namespace s3block {
+namespace {
+
+using testing::FakeHttpServer;
+using testing::FakeRequest;
+using testing::FakeResponse;
+
+constexpr char kSecret[] = "fake-secret-never-shown";
+
+std::unique_ptr<S3Client> MakeClient(const std::string& endpoint, double retry_timeout = 0.5) {
+  S3ClientOptions o;
+  o.endpoint = endpoint;
+  o.bucket = "bucket";
+  o.path_style = true;
+  o.retry_timeout = retry_timeout;
+  o.http.request_timeout = 5;
+  o.http.max_connections = 4;
+  return std::make_unique<S3Client>(o, AwsCredentials{"AKFAKE", kSecret, ""});
+}
+
+std::string Md5Hex(std::string_view s) { return HexEncode(Md5(AsBytes(s))); }
+
+FakeResponse Ok(std::string body) {
+  FakeResponse r;
+  r.headers.emplace_back("ETag", "\"" + Md5Hex(body) + "\"");
+  r.body = std::move(body);
+  return r;
+}
+
+FakeResponse S3Error(int status, const std::string& code) {
+  FakeResponse r;
+  r.status = status;
+  r.headers.emplace_back("Content-Type", "application/xml");
+  r.body = "<?xml version=\"1.0\"?><Error><Code>" + code + "</Code><Message>m</Message></Error>";
+  return r;
+}
+
+TEST(S3Client, PutSendsChecksumsSignatureAndEncodedKey) {
+  FakeHttpServer server([](const FakeRequest&) { return FakeResponse{}; });
+  auto client = MakeClient(server.endpoint());
+  std::string body(100000, 'x');
+  ASSERT_OK(client->PutObject("p/exports/my disk %\xC3\xA9/blocks/7", AsBytes(body)));
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 1u);
+  const FakeRequest& r = got[0];
+  EXPECT_EQ(r.method, "PUT");
+  EXPECT_EQ(r.target, "/bucket/p/exports/my%20disk%20%25%C3%A9/blocks/7");
+  EXPECT_EQ(r.body, body);
+  std::string md5 = Base64Encode(Md5(AsBytes(body)));
+  EXPECT_EQ(r.headers.at("content-md5"), md5);
+  EXPECT_EQ(r.headers.at(kMd5MetaHeader), md5);
+  EXPECT_EQ(r.headers.at("x-amz-content-sha256"), Sha256Hex(std::string_view(body)));
+  EXPECT_EQ(r.headers.at("content-type"), "application/octet-stream");
+  EXPECT_EQ(r.headers.count("expect"), 0u);
+  EXPECT_EQ(r.headers.at("host"), server.endpoint().substr(7));
+  EXPECT_EQ(r.headers.at("x-amz-date").size(), 16u);
+  const std::string& auth = r.headers.at("authorization");
+  EXPECT_EQ(auth.rfind("AWS4-HMAC-SHA256 Credential=AKFAKE/", 0), 0u) << auth;
+  EXPECT_NE(auth.find("SignedHeaders=content-md5;content-type;host;x-amz-content-sha256;x-amz-date;"
+                      "x-amz-meta-s3block-md5"),
+            std::string::npos)
+      << auth;
+  for (const auto& [k, v] : r.headers) EXPECT_EQ(v.find(kSecret), std::string::npos) << k;
+}
+
+TEST(S3Client, GetVerifiesBodyAgainstEtagAndMetaMd5) {
+  std::string good = "block content";
+  FakeHttpServer server([&](const FakeRequest& r) {
+    if (r.target.find("good") != std::string::npos) return Ok(good);
+    if (r.target.find("badetag") != std::string::npos) {
+      FakeResponse f = Ok(good);
+      f.body[0] ^= 1;  // the body changed on the way; the ETag is the stored one
+      return f;
+    }
+    FakeResponse f;  // the recorded MD5 wins over the ETag
+    f.body = good;
+    f.headers.emplace_back("ETag", "\"" + Md5Hex(good) + "\"");
+    f.headers.emplace_back(kMd5MetaHeader, Base64Encode(Md5(AsBytes("something else"))));
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 0.2);
+  std::string body;
+  bool found = false;
+  ASSERT_OK(client->GetObject("good", &body, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(body, good);
+
+  Status s = client->GetObject("badetag", &body, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("ETag"), std::string::npos) << s.message();
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(body.empty());
+
+  s = client->GetObject("badmeta", &body, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("MD5 recorded"), std::string::npos) << s.message();
+}
+
+TEST(S3Client, TruncatedBodyIsAnErrorNotShortData) {
+  FakeHttpServer server([](const FakeRequest&) {
+    FakeResponse f = Ok(std::string(4096, 'a'));
+    f.truncate_at = 1000;
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 0.3);
+  std::string body;
+  bool found = true;
+  Status s = client->GetObject("k", &body, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(body.empty());
+  // Retried (a truncated transfer is transient) until the retry time ran out.
+  EXPECT_GT(server.requests(), 1);
+  EXPECT_NE(s.message().find("gave up after"), std::string::npos) << s.message();
+}
+
+TEST(S3Client, TransientErrorsAreRetriedThenSucceed) {
+  std::atomic<int> n{0};
+  FakeHttpServer server([&](const FakeRequest&) {
+    int i = n++;
+    if (i == 0) return S3Error(503, "SlowDown");
+    if (i == 1) return S3Error(500, "InternalError");
+    if (i == 2) return S3Error(429, "TooManyRequests");
+    return Ok("fine");
+  });
+  auto client = MakeClient(server.endpoint(), 10);
+  std::string body;
+  bool found = false;
+  ASSERT_OK(client->GetObject("k", &body, &found));
+  EXPECT_EQ(body, "fine");
+  EXPECT_EQ(server.requests(), 4);
+}
+
+TEST(S3Client, RetriesStopAtRetryTimeoutWithAClearError) {
+  FakeHttpServer server([](const FakeRequest&) {
+    FakeResponse f;
+    f.status = 502;
+    f.body = "<html><body>Bad Gateway</body></html>";  // a proxy's page, not S3 XML
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 0.5);
+  auto start = std::chrono::steady_clock::now();
+  Status s = client->PutObject("k", AsBytes("data"));
+  double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_GE(spent, 0.45);
+  EXPECT_LT(spent, 3.0);
+  EXPECT_GT(server.requests(), 2);
+  EXPECT_NE(s.message().find("HTTP 502"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("not an S3 error document"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("bucket 'bucket' at " + server.endpoint()), std::string::npos) << s.message();
+}
+
+TEST(S3Client, ClientErrorsAreNotRetried) {
+  FakeHttpServer server([](const FakeRequest&) { return S3Error(403, "AccessDenied"); });
+  auto client = MakeClient(server.endpoint(), 10);
+  Status s = client->PutObject("k", AsBytes("data"));
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_EQ(server.requests(), 1);
+  EXPECT_NE(s.message().find("HTTP 403 AccessDenied"), std::string::npos) << s.message();
+}
+
+TEST(S3Client, NotFoundOnlyForNoSuchKey) {
+  FakeHttpServer server([](const FakeRequest& r) {
+    if (r.target.find("nokey") != std::string::npos) return S3Error(404, "NoSuchKey");
+    if (r.target.find("nobucket") != std::string::npos) return S3Error(404, "NoSuchBucket");
+    FakeResponse f;
+    f.status = 404;
+    f.body = "not found";
+    return f;
+  });
+  auto client = MakeClient(server.endpoint());
+  std::string body;
+  bool found = true;
+  ASSERT_OK(client->GetObject("nokey", &body, &found));
+  EXPECT_FALSE(found);
+  Status s = client->GetObject("nobucket", &body, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("NoSuchBucket"), std::string::npos) << s.message();
+  s = client->GetObject("other", &body, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+}
+
+TEST(S3Client, ConnectionsAreKeptAliveAndReused) {
+  FakeHttpServer server([](const FakeRequest&) { return Ok("x"); });
+  auto client = MakeClient(server.endpoint());
+  for (int i = 0; i < 20; ++i) {
+    std::string body;
+    bool found = false;
+    ASSERT_OK(client->GetObject("k" + std::to_string(i), &body, &found));
+  }
+  EXPECT_EQ(server.requests(), 20);
+  EXPECT_EQ(server.connections(), 1);
+}
+
+TEST(S3Client, ConcurrentRequestsShareABoundedPool) {
+  FakeHttpServer server([](const FakeRequest&) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return Ok("x");
+  });
+  auto client = MakeClient(server.endpoint());  // max_connections = 4
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 12; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        std::string body;
+        bool found = false;
+        if (!client->GetObject("k" + std::to_string(t * 10 + i), &body, &found).ok() || body != "x")
+          ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(server.requests(), 60);
+  EXPECT_GE(server.connections(), 2);  // requests ran in parallel...
+  EXPECT_LE(server.connections(), 4);  // ...on at most max_connections connections
+}
+
+TEST(S3Client, DeleteObjectsSendsXmlWithContentMd5AndReportsErrors) {
+  FakeHttpServer server([](const FakeRequest& r) {
+    FakeResponse f;
+    if (r.body.find("k&amp;2") != std::string::npos)
+      f.body = "<DeleteResult><Error><Key>k&amp;2</Key><Code>AccessDenied</Code><Message>no</Message>"
+               "</Error></DeleteResult>";
+    else
+      f.body = "<DeleteResult></DeleteResult>";
+    return f;
+  });
+  auto client = MakeClient(server.endpoint());
+  ASSERT_OK(client->DeleteObjects({"a/1", "a/2"}));
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].method, "POST");
+  EXPECT_EQ(got[0].target, "/bucket?delete=");
+  EXPECT_EQ(got[0].headers.at("content-md5"), Base64Encode(Md5(AsBytes(got[0].body))));
+  XmlNode root;
+  ASSERT_OK(ParseXml(got[0].body, &root));
+  EXPECT_EQ(root.name, "Delete");
+  ASSERT_EQ(root.Children("Object").size(), 2u);
+  EXPECT_EQ(root.Children("Object")[1]->ChildText("Key"), "a/2");
+
+  Status s = client->DeleteObjects({"k1", "k&2"});
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("'k&2': AccessDenied"), std::string::npos) << s.message();
+}
+
+TEST(S3Client, ConnectionRefusedGivesOneClearCheckError) {
+  // A port nobody listens on: bind one, then close it.
+  std::string endpoint;
+  {
+    FakeHttpServer probe([](const FakeRequest&) { return FakeResponse{}; });
+    endpoint = probe.endpoint();
+  }
+  auto client = MakeClient(endpoint, 0.3);
+  auto start = std::chrono::steady_clock::now();
+  Status s = client->CheckBucket("exports/", 0.3);
+  double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_LT(spent, 3.0);
+  EXPECT_NE(s.message().find("bucket 'bucket' at " + endpoint), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find('\n'), std::string::npos) << s.message();
+}
+
+TEST(S3Client, CheckBucketNamesTheProblem) {
+  struct Case {
+    int status;
+    const char* code;
+    const char* expect;
+  };
+  for (const Case& c : {Case{404, "NoSuchBucket", "does not exist"},
+                        Case{403, "InvalidAccessKeyId", "does not know the access key 'AKFAKE'"},
+                        Case{403, "SignatureDoesNotMatch", "secret key is wrong"},
+                        Case{403, "AccessDenied", "access denied"},
+                        Case{301, "PermanentRedirect", "another region"}}) {
+    FakeHttpServer server([&](const FakeRequest&) { return S3Error(c.status, c.code); });
+    auto client = MakeClient(server.endpoint(), 5);
+    Status s = client->CheckBucket("exports/", 5);
+    EXPECT_EQ(s.err(), EIO) << c.code;
+    EXPECT_NE(s.message().find(c.expect), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("bucket 'bucket' at " + server.endpoint()), std::string::npos) << s.message();
+    EXPECT_EQ(s.message().find(kSecret), std::string::npos) << s.message();
+    EXPECT_EQ(server.requests(), 1) << c.code;
+  }
+}
+
+TEST(S3Client, ListFollowsContinuationTokens) {
+  FakeHttpServer server([](const FakeRequest& r) {
+    FakeResponse f;
+    if (r.target.find("continuation-token=t%2F2") != std::string::npos)
+      f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>c</Key></Contents>"
+               "</ListBucketResult>";
+    else
+      f.body = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>a</Key></Contents>"
+               "<Contents><Key>b</Key></Contents><NextContinuationToken>t/2</NextContinuationToken>"
+               "</ListBucketResult>";
+    return f;
+  });
+  auto client = MakeClient(server.endpoint());
+  std::vector<std::string> keys;
+  ASSERT_OK(client->ListObjects("p/", "", [&](const std::string& k) { keys.push_back(k); }, nullptr));
+  EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c"}));
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].target, "/bucket?list-type=2&max-keys=1000&prefix=p%2F");
+}
+
+TEST(S3Client, MalformedListingIsAnError) {
+  FakeHttpServer server([](const FakeRequest&) {
+    FakeResponse f;
+    f.body = "<ListBucketResult><IsTruncated>true";
+    return f;
+  });
+  auto client = MakeClient(server.endpoint());
+  Status s = client->ListObjects("p/", "/", nullptr, nullptr);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("malformed XML"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace s3block
