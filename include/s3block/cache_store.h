@@ -1,0 +1,168 @@
+// CacheStore: the shared block cache, a read-through, write-back layer over any store.
+//
+// One CacheStore serves every export and every connection of the process; it keeps one cache per
+// export (created on the first call that names it), each with its own byte budget, dirty limit,
+// locks and threads.
+//
+// Reads: a cached block costs no store request. A miss fetches the block from the store below and
+// caches it; concurrent misses of one block share one fetch. Sequential readers are detected and
+// the blocks ahead of them fetched in the background by read-ahead threads (a window that grows to
+// CacheOptions::readahead_max blocks), so a streaming read keeps many store reads in flight.
+//
+// Writes are acknowledged once the block is in the cache (dirty). Background upload threads store
+// dirty blocks in parallel once dirty data passes half the dirty limit or a block has been dirty
+// for max_dirty_age seconds; at the dirty limit writers wait for uploads (memory stays bounded).
+// Repeated writes to a dirty block cost one upload. A write with fua is stored below with fua
+// before it returns. A block whose new content is all zeros, and a deleted block, become a dirty
+// "absent" entry that is deleted below (never uploaded); deletes are batched.
+//
+// Ordering: at most one store write or delete of a block is in flight at a time, and it always
+// carries the newest content when it starts, so an upload that was in flight when the block was
+// deleted (or rewritten) is followed by the delete (or the newer upload), never overtaken by it.
+//
+// Flush(export) is the durability point: when it returns success, every Write and Delete of the
+// export that returned before Flush began is stored below and the store's Flush has returned. An
+// upload that fails keeps its block dirty (it is retried later, with back-off); the flush that
+// needed it fails with the store's error. No acknowledged write is dropped while the process lives.
+//
+// Eviction: a segmented LRU. New blocks (misses, read-ahead, writes) enter a probationary segment;
+// a block used again moves to a protected segment of at most 80% of the budget. Eviction takes the
+// least recently used probationary block first, so a scan, which uses each block once, cannot
+// flush the hot set. Only clean blocks are evicted; dirty blocks and blocks with a store request in
+// flight stay until stored.
+//
+// Threads: none run until Start() (nbdkit forks after Check, and threads started before a fork
+// are lost). Without threads the cache still works: flushes and writers at the dirty limit upload
+// in the calling thread, and there is no read-ahead. Shutdown() (also run by the destructor)
+// flushes every export, best effort, and stops the threads.
+//
+// Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
+// (known not stored, or deleted) block is charged kEntryOverhead.
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_CACHE_STORE_H_
+#define S3BLOCK_CACHE_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "s3block/block_store.h"
+#include "s3block/config.h"
+
+namespace s3block {
+
+struct CacheOptions {
+  // Byte budget of each export's cache.
+  uint64_t cache_size = 256ull << 20;
+  // Most dirty (not yet stored) bytes per export; 0 means cache_size / 4.
+  uint64_t dirty_size = 0;
+  // Background uploaders per export.
+  uint32_t upload_threads = 16;
+  // Background fetchers per export, for read-ahead.
+  uint32_t read_threads = 32;
+  // Most blocks read ahead of one sequential reader; 0 turns read-ahead off.
+  uint32_t readahead_max = 32;
+  // A block dirty for this long is uploaded even below the upload threshold.
+  double max_dirty_age = 2.0;
+
+  // The options the configuration asks for (cache-size=, dirty-size=, upload-threads=).
+  static CacheOptions FromConfig(const Config& config);
+};
+
+// Counters of one export's cache. Counts are monotonic since the cache was created; the
+// "in flight", "bytes" and "blocks" values are the state at the time of the call.
+struct CacheStats {
+  uint64_t hits = 0;              // reads answered from memory (including read-ahead blocks)
+  uint64_t misses = 0;            // reads that had to fetch the block from the store
+  uint64_t coalesced = 0;         // reads that waited for a fetch already in flight
+  uint64_t readahead_blocks = 0;  // blocks fetched ahead of a sequential reader
+  uint64_t readahead_hits = 0;    // read-ahead blocks that a reader then used
+  uint64_t store_reads = 0;       // read requests to the store
+  uint64_t store_read_bytes = 0;
+  uint64_t store_writes = 0;      // write requests (uploads) to the store
+  uint64_t store_write_bytes = 0;
+  uint64_t store_deletes = 0;     // delete requests to the store
+  uint64_t store_deleted_blocks = 0;
+  uint64_t store_flushes = 0;
+  uint64_t zero_writes = 0;       // writes of all-zero blocks, kept as deletes
+  uint64_t upload_failures = 0;   // failed store writes and deletes (the blocks stay dirty)
+  uint64_t upload_retries = 0;    // blocks queued again after a failure
+  uint64_t evictions = 0;
+  uint64_t writer_waits = 0;      // writes that waited at the dirty limit
+  uint64_t uploads_in_flight = 0;
+  uint64_t fetches_in_flight = 0;
+  uint64_t flushes_in_progress = 0;
+  uint64_t dirty_bytes = 0;
+  uint64_t dirty_blocks = 0;
+  uint64_t cached_bytes = 0;
+  uint64_t cached_blocks = 0;
+};
+
+// Renders stats as one line of "key=value" pairs separated by spaces, in the order declared above.
+std::string CacheStatsToString(const CacheStats& stats);
+// Calls fn(key, value) for every counter, in the order declared above.
+void ForEachCacheStat(const CacheStats& stats,
+                      const std::function<void(const char* key, uint64_t value)>& fn);
+
+class CacheStore : public StoreDecorator {
+ public:
+  // Bytes charged per cached block in addition to its data: the bookkeeping it costs.
+  static constexpr uint64_t kEntryOverhead = 128;
+
+  CacheStore(std::shared_ptr<BlockStore> next, CacheOptions options);
+  // Runs Shutdown().
+  ~CacheStore() override;
+  CacheStore(const CacheStore&) = delete;
+  CacheStore& operator=(const CacheStore&) = delete;
+
+  // Starts the store below, then the upload and read-ahead threads of every export (and of every
+  // export created later). Calling it again is harmless.
+  Status Start() override;
+
+  // As BlockStore; see the file comment for what the cache adds. Errors are the store's.
+  Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
+  Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+               bool fua) override;
+  Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
+  Status Flush(std::string_view export_name) override;
+  // Lists what the store holds as the cache sees it: blocks written but not yet uploaded are
+  // listed, blocks deleted but not yet deleted below are not.
+  Status ListBlocks(std::string_view export_name,
+                    const std::function<void(uint64_t)>& fn) override;
+  // Flushes the export first, so that its deletes reach the store, then forwards.
+  Status DeleteMeta(std::string_view export_name) override;
+
+  // Flushes every export (best effort: the first error is returned) and stops all threads.
+  // The cache keeps working afterwards, without threads.
+  Status Shutdown();
+
+  // The counters of one export's cache; false if the export has no cache yet.
+  bool GetStats(std::string_view export_name, CacheStats* out) const;
+  // The counters of every export's cache, by export name.
+  std::vector<std::pair<std::string, CacheStats>> AllStats() const;
+
+  const CacheOptions& options() const { return options_; }
+
+ private:
+  class ExportCache;
+
+  // The export's cache, created on first use (with threads, if Start has run).
+  ExportCache* For(std::string_view export_name);
+  ExportCache* Find(std::string_view export_name) const;
+
+  const CacheOptions options_;
+  mutable std::mutex mu_;
+  bool started_ = false;  // guarded by mu_
+  // Never erased while the store lives: callers hold plain pointers.
+  std::map<std::string, std::unique_ptr<ExportCache>, std::less<>> exports_;  // guarded by mu_
+};
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_CACHE_STORE_H_

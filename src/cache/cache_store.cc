@@ -1,0 +1,954 @@
+#include "s3block/cache_store.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <list>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "s3block/params.h"
+#include "s3block/volume.h"
+
+namespace s3block {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Deletes go below in batches of at most this many ids (S3's DeleteObjects takes 1000).
+constexpr size_t kDeleteBatch = 1000;
+// The protected segment holds at most this share of the budget; the rest is probationary.
+constexpr uint64_t kProtectedPercent = 80;
+// A reader is sequential after this many consecutive blocks; read-ahead starts then.
+constexpr uint32_t kMinSequentialRun = 2;
+// The first read-ahead window, in blocks; it doubles with each sequential read.
+constexpr uint32_t kFirstWindow = 4;
+// Sequential streams tracked per export (several connections may stream at once).
+constexpr size_t kStreams = 8;
+// A read this close to where a stream is expected still continues it: parallel requests of one
+// reader arrive slightly out of order.
+constexpr uint64_t kStreamSlack = 8;
+// Back-off after failed uploads: doubles per consecutive failure, from the first to the last.
+constexpr auto kRetryFirst = std::chrono::milliseconds(100);
+constexpr auto kRetryLast = std::chrono::seconds(30);
+
+uint64_t CostOf(const std::shared_ptr<const Bytes>& data) {
+  return (data ? data->size() : 0) + CacheStore::kEntryOverhead;
+}
+
+}  // namespace
+
+// One cached block.
+struct CacheEntry {
+  // Which list the entry is on; an entry is on at most one.
+  enum class List : uint8_t { kNone, kProbation, kProtected, kReadyData, kReadyDelete, kRetry };
+
+  uint64_t id = 0;
+  // When valid: the content; null means absent (not stored, deleted, or all zeros).
+  std::shared_ptr<const Bytes> data;
+  bool valid = false;       // data is the block's content (else a fetch is pending)
+  bool dirty = false;       // the content differs from the store's
+  bool busy = false;        // a store write or delete of this block is in flight
+  bool fetching = false;    // a fetch (fetch_token) is pending and the entry is not yet valid
+  bool prefetched = false;  // fetched by read-ahead and not yet read by anyone
+  bool hot = false;         // used more than once: belongs to the protected segment
+  List list = List::kNone;
+  std::list<CacheEntry*>::iterator pos;  // position in `list`
+  uint64_t gen = 0;          // incremented by every write and delete
+  uint64_t fetch_token = 0;  // identifies the pending fetch
+  uint64_t dirty_seq = 0;    // sequence number of the oldest write not yet stored (when dirty)
+  uint64_t redirty_seq = 0;  // the first write while busy (it becomes dirty_seq on success)
+  uint64_t cost = 0;         // bytes charged to the cache (when valid)
+  Clock::time_point ready_since;  // when it joined a ready list
+  Clock::time_point retry_at;     // when a failed upload may be tried again
+};
+
+// The cache of one export. All state is guarded by mu_; store requests are made without it.
+class CacheStore::ExportCache {
+ public:
+  ExportCache(BlockStore* next, const CacheOptions& options, std::string name)
+      : next_(next),
+        options_(options),
+        name_(std::move(name)),
+        budget_(options.cache_size),
+        dirty_limit_(options.dirty_size ? options.dirty_size : options.cache_size / 4),
+        upload_threshold_(dirty_limit_ / 2) {}
+
+  ~ExportCache() { StopThreads(); }
+
+  // Starts the upload and read-ahead threads if they are not running.
+  void StartThreads();
+  // Stops them (dirty blocks stay dirty; Flush first to store them).
+  void StopThreads();
+
+  Status Read(uint64_t id, Bytes* data, bool* found);
+  Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
+  Status Delete(std::span<const uint64_t> ids, bool fua);
+  Status Flush();
+  Status ListBlocks(const std::function<void(uint64_t)>& fn);
+  CacheStats Stats() const;
+
+ private:
+  // A flush in progress: it needs every write with a sequence number <= seq stored.
+  struct FlushWaiter {
+    uint64_t seq = 0;
+    Status error;  // the first failed upload it needed
+  };
+  // A sequential reader.
+  struct Stream {
+    uint64_t next = 0;   // the block it is expected to read next
+    uint64_t ahead = 0;  // read-ahead has been scheduled up to here (exclusive)
+    uint32_t run = 0;    // consecutive blocks read
+    uint32_t window = 0;
+    uint64_t last_used = 0;
+  };
+
+  // --- lists (REQUIRES: mu_ held for all of these) ---
+  std::list<CacheEntry*>* ListOf(CacheEntry::List l);
+  void Unlink(CacheEntry* e);
+  void LinkFront(CacheEntry* e, CacheEntry::List l);
+  // Puts a clean, valid, idle entry on its LRU segment (most recently used end).
+  void InsertLru(CacheEntry* e);
+  // Puts a dirty, idle entry on the ready list for its kind.
+  void PushReady(CacheEntry* e);
+  // Records a use of a valid entry (segment promotion).
+  void Touch(CacheEntry* e);
+  // Evicts clean entries until the cache is within budget.
+  void EvictLocked();
+  // Moves protected entries beyond the protected share back to probation.
+  void DemoteLocked();
+
+  // Makes `buf` (null: absent) the content of block id and marks it dirty.
+  // REQUIRES: mu_ held. Returns the entry (which may be busy; it is then uploaded again after).
+  CacheEntry* SetContentLocked(uint64_t id, std::shared_ptr<const Bytes> buf);
+  // Waits until block id, newly charged `need` bytes, fits in the dirty limit.
+  Status WaitForRoomLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t need);
+  // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
+  Status StoreNowLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
+                        std::shared_ptr<const Bytes> buf);
+  // Whether a background uploader may start on entry e now.
+  bool EligibleLocked(const CacheEntry* e, Clock::time_point now) const;
+  // Starts one upload (one block, or a batch of deletes) from the ready lists and waits for it.
+  // With force, ignores the thresholds. Returns false if there was nothing to start.
+  // REQUIRES: lk holds mu_ (released during the store request).
+  bool UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force);
+  // Records the outcome of a store write or delete of e, which started at generation gen.
+  void CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s);
+  // Moves failed entries due for a retry (all of them with all) back to the ready lists.
+  void RequeueRetriesLocked(bool all, Clock::time_point now);
+
+  // Creates a pending-fetch entry for block id. REQUIRES: mu_ held, id not cached.
+  CacheEntry* NewFetchLocked(uint64_t id, bool prefetched);
+  // Fetches block id for the entry created with `token`, and fills it.
+  // REQUIRES: lk holds mu_ (released during the fetch). On success, *result is the fetched
+  // content (null: absent).
+  Status FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t token,
+                     std::shared_ptr<const Bytes>* result);
+  // Notes a demand read of block id and schedules read-ahead for a sequential reader.
+  void NoteReadLocked(uint64_t id);
+  void DropPendingPrefetchesLocked();
+
+  void UploadThread();
+  void FetchThread();
+
+  BlockStore* const next_;
+  const CacheOptions& options_;
+  const std::string name_;
+  const uint64_t budget_;
+  const uint64_t dirty_limit_;
+  const uint64_t upload_threshold_;
+
+  mutable std::mutex mu_;
+  // Signalled when an entry's fetch or upload finishes, and when an upload fails.
+  std::condition_variable state_cv_;
+  std::condition_variable upload_cv_;  // work for the uploaders
+  std::condition_variable fetch_cv_;   // work for the fetchers
+
+  // Everything below is guarded by mu_.
+  std::unordered_map<uint64_t, std::unique_ptr<CacheEntry>> entries_;
+  std::list<CacheEntry*> probation_, protected_;     // clean entries, most recent first
+  std::list<CacheEntry*> ready_data_, ready_delete_;  // dirty, idle entries, oldest last
+  std::list<CacheEntry*> retry_;                      // dirty entries whose upload failed
+  std::map<uint64_t, CacheEntry*> dirty_;             // every dirty entry, by dirty_seq
+  uint64_t seq_ = 0;
+  uint64_t next_token_ = 0;
+  uint64_t cached_bytes_ = 0;     // cost of valid entries
+  uint64_t protected_bytes_ = 0;  // cost of entries on protected_
+  uint64_t cached_blocks_ = 0;    // valid entries
+  uint64_t dirty_bytes_ = 0;      // cost of dirty entries
+  uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
+  uint64_t last_block_size_ = kDefaultBlockSize;
+  std::list<FlushWaiter*> flushes_;
+  int writers_waiting_ = 0;
+  uint64_t failure_epoch_ = 0;  // incremented by every failed upload
+  Status last_failure_;
+  uint32_t consecutive_failures_ = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_;  // (id, token)
+  Stream streams_[kStreams];
+  uint64_t stream_clock_ = 0;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+  CacheStats stats_;  // the monotonic counters
+};
+
+// ---------------------------------------------------------------------------------------------
+// Lists and eviction
+
+std::list<CacheEntry*>* CacheStore::ExportCache::ListOf(CacheEntry::List l) {
+  switch (l) {
+    case CacheEntry::List::kProbation: return &probation_;
+    case CacheEntry::List::kProtected: return &protected_;
+    case CacheEntry::List::kReadyData: return &ready_data_;
+    case CacheEntry::List::kReadyDelete: return &ready_delete_;
+    case CacheEntry::List::kRetry: return &retry_;
+    case CacheEntry::List::kNone: break;
+  }
+  return nullptr;
+}
+
+void CacheStore::ExportCache::Unlink(CacheEntry* e) {
+  if (e->list == CacheEntry::List::kNone) return;
+  if (e->list == CacheEntry::List::kProtected) protected_bytes_ -= e->cost;
+  ListOf(e->list)->erase(e->pos);
+  e->list = CacheEntry::List::kNone;
+}
+
+void CacheStore::ExportCache::LinkFront(CacheEntry* e, CacheEntry::List l) {
+  Unlink(e);
+  auto* list = ListOf(l);
+  list->push_front(e);
+  e->pos = list->begin();
+  e->list = l;
+  if (l == CacheEntry::List::kProtected) protected_bytes_ += e->cost;
+}
+
+void CacheStore::ExportCache::InsertLru(CacheEntry* e) {
+  LinkFront(e, e->hot ? CacheEntry::List::kProtected : CacheEntry::List::kProbation);
+  if (e->hot) DemoteLocked();
+}
+
+void CacheStore::ExportCache::PushReady(CacheEntry* e) {
+  LinkFront(e, e->data ? CacheEntry::List::kReadyData : CacheEntry::List::kReadyDelete);
+  e->ready_since = Clock::now();
+}
+
+void CacheStore::ExportCache::Touch(CacheEntry* e) {
+  if (e->prefetched) {
+    // The first use of a read-ahead block is its first use, not a second one: a streaming reader
+    // must not promote what it streams past.
+    e->prefetched = false;
+    ++stats_.readahead_hits;
+    if (e->list == CacheEntry::List::kProbation) LinkFront(e, CacheEntry::List::kProbation);
+    return;
+  }
+  e->hot = true;
+  if (e->list == CacheEntry::List::kProbation || e->list == CacheEntry::List::kProtected) {
+    LinkFront(e, CacheEntry::List::kProtected);
+    DemoteLocked();
+  }
+}
+
+void CacheStore::ExportCache::DemoteLocked() {
+  const uint64_t cap = budget_ / 100 * kProtectedPercent;
+  while (protected_bytes_ > cap && protected_.size() > 1) {
+    CacheEntry* e = protected_.back();
+    e->hot = false;
+    LinkFront(e, CacheEntry::List::kProbation);
+  }
+}
+
+void CacheStore::ExportCache::EvictLocked() {
+  while (cached_bytes_ > budget_) {
+    std::list<CacheEntry*>* from = !probation_.empty() ? &probation_ : &protected_;
+    if (from->empty()) return;  // everything left is dirty or busy: it stays until stored
+    CacheEntry* e = from->back();
+    Unlink(e);
+    cached_bytes_ -= e->cost;
+    --cached_blocks_;
+    ++stats_.evictions;
+    entries_.erase(e->id);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+void CacheStore::ExportCache::StartThreads() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (running_) return;
+  running_ = true;
+  stopping_ = false;
+  for (uint32_t i = 0; i < options_.upload_threads; ++i)
+    threads_.emplace_back([this] { UploadThread(); });
+  if (options_.readahead_max > 0) {
+    for (uint32_t i = 0; i < options_.read_threads; ++i)
+      threads_.emplace_back([this] { FetchThread(); });
+  }
+}
+
+void CacheStore::ExportCache::StopThreads() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!running_) return;
+    stopping_ = true;
+    threads.swap(threads_);
+  }
+  upload_cv_.notify_all();
+  fetch_cv_.notify_all();
+  for (auto& t : threads) t.join();
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = false;
+  stopping_ = false;
+  DropPendingPrefetchesLocked();
+  state_cv_.notify_all();
+}
+
+void CacheStore::ExportCache::DropPendingPrefetchesLocked() {
+  // Entries whose read-ahead was never started would make readers wait for ever.
+  for (auto [id, token] : prefetch_queue_) {
+    auto it = entries_.find(id);
+    if (it != entries_.end() && it->second->fetch_token == token && it->second->fetching &&
+        !it->second->valid)
+      entries_.erase(it);
+  }
+  prefetch_queue_.clear();
+}
+
+void CacheStore::ExportCache::UploadThread() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stopping_) {
+    RequeueRetriesLocked(false, Clock::now());
+    if (UploadOneLocked(lk, false)) continue;
+    // Nothing to start now: sleep until the oldest dirty block comes of age, a failed upload is
+    // due again, or someone signals work.
+    std::optional<Clock::time_point> wake;
+    auto consider = [&](Clock::time_point t) { if (!wake || t < *wake) wake = t; };
+    const auto age = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(options_.max_dirty_age));
+    if (!ready_data_.empty()) consider(ready_data_.back()->ready_since + age);
+    if (!ready_delete_.empty()) consider(ready_delete_.back()->ready_since + age);
+    if (!retry_.empty()) consider(retry_.back()->retry_at);
+    if (wake)
+      upload_cv_.wait_until(lk, *wake);
+    else
+      upload_cv_.wait(lk);
+  }
+}
+
+void CacheStore::ExportCache::FetchThread() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stopping_) {
+    if (prefetch_queue_.empty()) {
+      fetch_cv_.wait(lk);
+      continue;
+    }
+    auto [id, token] = prefetch_queue_.front();
+    prefetch_queue_.pop_front();
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second->fetch_token != token || !it->second->fetching)
+      continue;  // written meanwhile: nothing to fetch
+    ++stats_.readahead_blocks;
+    std::shared_ptr<const Bytes> ignored;
+    Status s = FetchLocked(lk, id, token, &ignored);
+    (void)s;  // a reader waiting for this block fetches it again and sees the error
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+CacheEntry* CacheStore::ExportCache::NewFetchLocked(uint64_t id, bool prefetched) {
+  auto& slot = entries_[id];
+  slot = std::make_unique<CacheEntry>();
+  CacheEntry* e = slot.get();
+  e->id = id;
+  e->fetching = true;
+  e->prefetched = prefetched;
+  e->fetch_token = ++next_token_;
+  return e;
+}
+
+Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
+                                            uint64_t token, std::shared_ptr<const Bytes>* result) {
+  ++stats_.fetches_in_flight;
+  lk.unlock();
+  auto buf = std::make_shared<Bytes>();
+  bool found = false;
+  Status s = next_->Read(name_, id, buf.get(), &found);
+  lk.lock();
+  --stats_.fetches_in_flight;
+  ++stats_.store_reads;
+  stats_.store_read_bytes += buf->size();
+  if (s.ok() && found) {
+    last_block_size_ = buf->size();
+    *result = std::move(buf);
+  } else {
+    result->reset();
+  }
+  auto it = entries_.find(id);
+  // The entry may have been written meanwhile (the write cleared `fetching` and wins: the fetched
+  // content is older), or written, stored, evicted and fetched again (another token).
+  if (it != entries_.end() && it->second->fetch_token == token && it->second->fetching) {
+    CacheEntry* e = it->second.get();
+    if (s.ok()) {
+      e->fetching = false;
+      e->valid = true;
+      e->data = *result;
+      e->cost = CostOf(e->data);
+      cached_bytes_ += e->cost;
+      ++cached_blocks_;
+      InsertLru(e);
+    } else {
+      entries_.erase(it);  // waiting readers fetch it themselves
+    }
+  }
+  state_cv_.notify_all();
+  EvictLocked();
+  return s;
+}
+
+void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
+  if (!running_ || options_.readahead_max == 0) return;
+  ++stream_clock_;
+  Stream* s = nullptr;
+  for (Stream& st : streams_) {
+    if (st.run > 0 && id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack) {
+      s = &st;
+      break;
+    }
+  }
+  if (s == nullptr) {
+    Stream* oldest = &streams_[0];
+    for (Stream& st : streams_)
+      if (st.last_used < oldest->last_used) oldest = &st;
+    *oldest = Stream{id + 1, id + 1, 1, 0, stream_clock_};
+    return;
+  }
+  s->last_used = stream_clock_;
+  if (id < s->next) return;  // a late request of the same reader, or a repeat
+  s->next = id + 1;
+  if (++s->run < kMinSequentialRun) return;
+  // The window grows while the reader keeps going, but never beyond a quarter of the budget, so
+  // read-ahead cannot evict what it fetched before the reader gets there.
+  const uint64_t budget_blocks = budget_ / (last_block_size_ + kEntryOverhead);
+  const uint64_t max_window =
+      std::max<uint64_t>(1, std::min<uint64_t>(options_.readahead_max, budget_blocks / 4));
+  s->window = s->window == 0 ? kFirstWindow : s->window * 2;
+  if (s->window > max_window) s->window = static_cast<uint32_t>(max_window);
+  const uint64_t end = id + 1 + s->window;
+  bool queued = false;
+  uint64_t x = std::max(s->ahead, id + 1);
+  for (; x < end; ++x) {
+    if (prefetch_queue_.size() >= kStreams * options_.readahead_max) break;
+    if (entries_.count(x)) continue;
+    // The entry exists from now on, so that a reader arriving before the fetch starts waits for
+    // it instead of fetching the block a second time.
+    CacheEntry* e = NewFetchLocked(x, /*prefetched=*/true);
+    prefetch_queue_.emplace_back(x, e->fetch_token);
+    queued = true;
+  }
+  s->ahead = x;
+  if (queued) fetch_cv_.notify_all();
+}
+
+Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
+  data->clear();
+  *found = false;
+  std::unique_lock<std::mutex> lk(mu_);
+  NoteReadLocked(id);
+  bool waited = false;
+  for (;;) {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) break;
+    CacheEntry* e = it->second.get();
+    if (e->valid) {
+      ++stats_.hits;
+      Touch(e);
+      std::shared_ptr<const Bytes> content = e->data;
+      lk.unlock();  // the buffer is immutable: copy it without the lock
+      if (content) {
+        data->assign(content->begin(), content->end());
+        *found = true;
+      }
+      return Status::Ok();
+    }
+    // A fetch of this block is pending: share it rather than asking the store twice.
+    if (!waited) ++stats_.coalesced;
+    waited = true;
+    state_cv_.wait(lk);
+  }
+  ++stats_.misses;
+  CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
+  std::shared_ptr<const Bytes> content;
+  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, &content));
+  // A write that landed during the fetch is newer than what was fetched.
+  auto it = entries_.find(id);
+  if (it != entries_.end() && it->second->valid) content = it->second->data;
+  lk.unlock();
+  if (content) {
+    data->assign(content->begin(), content->end());
+    *found = true;
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes, deletes and uploads
+
+CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
+                                                      std::shared_ptr<const Bytes> buf) {
+  auto& slot = entries_[id];
+  if (!slot) {
+    slot = std::make_unique<CacheEntry>();
+    slot->id = id;
+  }
+  CacheEntry* e = slot.get();
+  const bool was_valid = e->valid;
+  const uint64_t old_cost = was_valid ? e->cost : 0;
+  Unlink(e);
+  if (was_valid && !e->prefetched) e->hot = true;  // a second use
+  e->fetching = false;  // a pending fetch would return older content: this write supersedes it
+  e->prefetched = false;
+  if (!was_valid) ++cached_blocks_;
+  e->valid = true;
+  e->data = std::move(buf);
+  if (e->data) last_block_size_ = e->data->size();
+  ++e->gen;
+  e->cost = CostOf(e->data);
+  cached_bytes_ += e->cost;
+  cached_bytes_ -= old_cost;
+  if (!e->dirty) {
+    e->dirty = true;
+    e->dirty_seq = ++seq_;
+    dirty_.emplace(e->dirty_seq, e);
+    dirty_bytes_ += e->cost;
+  } else {
+    dirty_bytes_ += e->cost;
+    dirty_bytes_ -= old_cost;
+    if (e->busy) {
+      inflight_bytes_ += e->cost;
+      inflight_bytes_ -= old_cost;
+      if (e->redirty_seq == 0) e->redirty_seq = ++seq_;
+    }
+  }
+  if (!e->busy) PushReady(e);
+  return e;
+}
+
+Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
+                                                  uint64_t need) {
+  bool counted = false;
+  for (;;) {
+    auto it = entries_.find(id);
+    const uint64_t already = it != entries_.end() && it->second->dirty ? it->second->cost : 0;
+    // Fits, or replaces dirty data at no extra cost, or nothing else is dirty (a block larger
+    // than the whole limit must still be writable).
+    if (need <= already || dirty_bytes_ - already + need <= dirty_limit_ || dirty_bytes_ == already)
+      return Status::Ok();
+    if (!counted) ++stats_.writer_waits;
+    counted = true;
+    if (running_) {
+      const uint64_t epoch = failure_epoch_;
+      ++writers_waiting_;
+      upload_cv_.notify_all();
+      state_cv_.wait(lk);
+      --writers_waiting_;
+      // Uploads are failing: report it rather than wait for a store that may never come back.
+      if (failure_epoch_ != epoch) return last_failure_;
+      continue;
+    }
+    // No background uploaders: make room in this thread.
+    const uint64_t epoch = failure_epoch_;
+    if (!UploadOneLocked(lk, true)) {
+      if (retry_.empty()) {
+        state_cv_.wait(lk);  // another thread's upload is in flight
+      } else {
+        RequeueRetriesLocked(true, Clock::now());
+      }
+    }
+    if (failure_epoch_ != epoch) return last_failure_;
+  }
+}
+
+Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
+                                               std::span<const uint64_t> ids,
+                                               std::shared_ptr<const Bytes> buf) {
+  // Wait for uploads of these blocks already in flight, so that this one lands last.
+  for (;;) {
+    bool busy = false;
+    for (uint64_t id : ids) {
+      auto it = entries_.find(id);
+      if (it != entries_.end() && it->second->busy) busy = true;
+    }
+    if (!busy) break;
+    state_cv_.wait(lk);
+  }
+  std::vector<std::pair<CacheEntry*, uint64_t>> taken;
+  taken.reserve(ids.size());
+  for (uint64_t id : ids) {
+    CacheEntry* e = SetContentLocked(id, buf);
+    if (e->busy) continue;  // a duplicate id in ids
+    Unlink(e);
+    e->busy = true;
+    inflight_bytes_ += e->cost;
+    taken.emplace_back(e, e->gen);
+  }
+  stats_.uploads_in_flight += taken.size();
+  lk.unlock();
+  Status s = buf ? next_->Write(name_, ids[0], *buf, /*fua=*/true)
+                 : next_->Delete(name_, ids, /*fua=*/true);
+  lk.lock();
+  stats_.uploads_in_flight -= taken.size();
+  if (buf) {
+    ++stats_.store_writes;
+    stats_.store_write_bytes += buf->size();
+  } else {
+    ++stats_.store_deletes;
+    stats_.store_deleted_blocks += ids.size();
+  }
+  // Busy entries are never evicted, so the pointers are still good.
+  for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
+  state_cv_.notify_all();
+  EvictLocked();
+  return s;
+}
+
+Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
+  std::shared_ptr<const Bytes> buf;
+  const bool zero = IsAllZero(data.data(), data.size());
+  if (!zero) buf = std::make_shared<const Bytes>(data.begin(), data.end());  // copied unlocked
+  std::unique_lock<std::mutex> lk(mu_);
+  if (zero) ++stats_.zero_writes;
+  if (fua) {
+    uint64_t ids[1] = {id};
+    return StoreNowLocked(lk, ids, std::move(buf));
+  }
+  if (zero) {
+    auto it = entries_.find(id);
+    if (it != entries_.end() && it->second->valid && !it->second->dirty && !it->second->busy &&
+        !it->second->data) {
+      Touch(it->second.get());
+      return Status::Ok();  // known not stored: nothing to delete
+    }
+  }
+  S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(buf)));
+  SetContentLocked(id, std::move(buf));
+  EvictLocked();
+  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (fua) {
+    for (size_t i = 0; i < ids.size(); i += kDeleteBatch)
+      S3B_RETURN_IF_ERROR(
+          StoreNowLocked(lk, ids.subspan(i, std::min(kDeleteBatch, ids.size() - i)), nullptr));
+    return Status::Ok();
+  }
+  for (uint64_t id : ids) {
+    auto it = entries_.find(id);
+    if (it != entries_.end() && it->second->valid && !it->second->dirty && !it->second->busy &&
+        !it->second->data)
+      continue;  // known not stored
+    S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(nullptr)));
+    SetContentLocked(id, nullptr);
+  }
+  EvictLocked();
+  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+  return Status::Ok();
+}
+
+bool CacheStore::ExportCache::EligibleLocked(const CacheEntry* e, Clock::time_point now) const {
+  if (!flushes_.empty() || writers_waiting_ > 0 || stopping_) return true;
+  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) return true;
+  return now - e->ready_since >= std::chrono::duration<double>(options_.max_dirty_age);
+}
+
+bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force) {
+  const auto now = Clock::now();
+  std::vector<std::pair<CacheEntry*, uint64_t>> taken;
+  std::vector<uint64_t> ids;
+  std::shared_ptr<const Bytes> buf;
+  // Deletes first: they are cheap, batched, and free the most room per request.
+  if (!ready_delete_.empty() && (force || EligibleLocked(ready_delete_.back(), now))) {
+    while (!ready_delete_.empty() && ids.size() < kDeleteBatch) {
+      CacheEntry* e = ready_delete_.back();
+      ids.push_back(e->id);
+      taken.emplace_back(e, e->gen);
+      Unlink(e);
+    }
+  } else if (!ready_data_.empty() && (force || EligibleLocked(ready_data_.back(), now))) {
+    CacheEntry* e = ready_data_.back();
+    ids.push_back(e->id);
+    buf = e->data;
+    taken.emplace_back(e, e->gen);
+    Unlink(e);
+  } else {
+    return false;
+  }
+  for (auto [e, gen] : taken) {
+    e->busy = true;
+    inflight_bytes_ += e->cost;
+  }
+  stats_.uploads_in_flight += taken.size();
+  lk.unlock();
+  Status s = buf ? next_->Write(name_, ids[0], *buf, /*fua=*/false)
+                 : next_->Delete(name_, ids, /*fua=*/false);
+  lk.lock();
+  stats_.uploads_in_flight -= taken.size();
+  if (buf) {
+    ++stats_.store_writes;
+    stats_.store_write_bytes += buf->size();
+  } else {
+    ++stats_.store_deletes;
+    stats_.store_deleted_blocks += ids.size();
+  }
+  for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
+  state_cv_.notify_all();
+  EvictLocked();
+  return true;
+}
+
+void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) {
+  e->busy = false;
+  inflight_bytes_ -= e->cost;
+  if (s.ok()) {
+    consecutive_failures_ = 0;
+    dirty_.erase(e->dirty_seq);
+    if (e->gen == gen) {
+      e->dirty = false;
+      e->dirty_seq = 0;
+      dirty_bytes_ -= e->cost;
+      InsertLru(e);
+    } else {
+      // Written again while the upload was in flight: the newer content is still to be stored,
+      // and it is as old as the first write after the upload began.
+      e->dirty_seq = e->redirty_seq;
+      dirty_.emplace(e->dirty_seq, e);
+      PushReady(e);
+    }
+    e->redirty_seq = 0;
+    return;
+  }
+  // Failed: the block stays dirty, with the sequence number of its oldest unstored write, and is
+  // tried again after a back-off. Every flush that needed it fails.
+  ++stats_.upload_failures;
+  const Status err = s.Annotate("storing block " + std::to_string(e->id) + " of export '" +
+                                QuoteForMessage(name_) + "'");
+  for (FlushWaiter* w : flushes_)
+    if (e->dirty_seq <= w->seq && w->error.ok()) w->error = err;
+  ++failure_epoch_;
+  last_failure_ = err;
+  e->redirty_seq = 0;
+  auto delay = kRetryFirst * (1u << std::min<uint32_t>(consecutive_failures_, 16));
+  if (delay > kRetryLast) delay = std::chrono::duration_cast<decltype(delay)>(kRetryLast);
+  ++consecutive_failures_;
+  e->retry_at = Clock::now() + delay;
+  LinkFront(e, CacheEntry::List::kRetry);
+}
+
+void CacheStore::ExportCache::RequeueRetriesLocked(bool all, Clock::time_point now) {
+  while (!retry_.empty() && (all || retry_.back()->retry_at <= now)) {
+    CacheEntry* e = retry_.back();
+    ++stats_.upload_retries;
+    PushReady(e);
+  }
+}
+
+Status CacheStore::ExportCache::Flush() {
+  std::unique_lock<std::mutex> lk(mu_);
+  FlushWaiter w;
+  w.seq = seq_;
+  flushes_.push_back(&w);
+  // Blocks that failed before are tried again now: this flush needs them.
+  RequeueRetriesLocked(true, Clock::now());
+  upload_cv_.notify_all();
+  Status s;
+  for (;;) {
+    if (!w.error.ok()) {
+      s = w.error;
+      break;
+    }
+    if (dirty_.empty() || dirty_.begin()->first > w.seq) break;
+    // Upload in this thread too; the background uploaders work in parallel.
+    if (UploadOneLocked(lk, true)) continue;
+    // What remains is in flight.
+    state_cv_.wait(lk);
+  }
+  flushes_.remove(&w);
+  lk.unlock();
+  if (!s.ok()) return s;
+  s = next_->Flush(name_);
+  lk.lock();
+  ++stats_.store_flushes;
+  return s;
+}
+
+Status CacheStore::ExportCache::ListBlocks(const std::function<void(uint64_t)>& fn) {
+  std::unordered_set<uint64_t> written, deleted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [seq, e] : dirty_) (e->data ? written : deleted).insert(e->id);
+  }
+  S3B_RETURN_IF_ERROR(next_->ListBlocks(name_, [&](uint64_t id) {
+    if (!written.count(id) && !deleted.count(id)) fn(id);
+  }));
+  for (uint64_t id : written) fn(id);
+  return Status::Ok();
+}
+
+CacheStats CacheStore::ExportCache::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  CacheStats s = stats_;
+  s.flushes_in_progress = flushes_.size();
+  s.dirty_bytes = dirty_bytes_;
+  s.dirty_blocks = dirty_.size();
+  s.cached_bytes = cached_bytes_;
+  s.cached_blocks = cached_blocks_;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CacheStore
+
+CacheOptions CacheOptions::FromConfig(const Config& config) {
+  CacheOptions o;
+  o.cache_size = config.cache_size;
+  o.dirty_size = config.dirty_size;
+  o.upload_threads = static_cast<uint32_t>(config.upload_threads);
+  return o;
+}
+
+CacheStore::CacheStore(std::shared_ptr<BlockStore> next, CacheOptions options)
+    : StoreDecorator(std::move(next)), options_(options) {}
+
+CacheStore::~CacheStore() { (void)Shutdown(); }
+
+Status CacheStore::Start() {
+  S3B_RETURN_IF_ERROR(next_->Start());
+  std::lock_guard<std::mutex> lock(mu_);
+  started_ = true;
+  for (auto& [name, cache] : exports_) cache->StartThreads();
+  return Status::Ok();
+}
+
+Status CacheStore::Shutdown() {
+  std::vector<ExportCache*> caches;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    started_ = false;
+    for (auto& [name, cache] : exports_) caches.push_back(cache.get());
+  }
+  Status first;
+  for (ExportCache* c : caches) {
+    Status s = c->Flush();
+    if (first.ok() && !s.ok()) first = s;
+    c->StopThreads();
+  }
+  return first;
+}
+
+CacheStore::ExportCache* CacheStore::Find(std::string_view export_name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = exports_.find(export_name);
+  return it == exports_.end() ? nullptr : it->second.get();
+}
+
+CacheStore::ExportCache* CacheStore::For(std::string_view export_name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = exports_.find(export_name);
+  if (it != exports_.end()) return it->second.get();
+  auto cache = std::make_unique<ExportCache>(next_.get(), options_, std::string(export_name));
+  if (started_) cache->StartThreads();
+  return exports_.emplace(std::string(export_name), std::move(cache)).first->second.get();
+}
+
+Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
+  return For(e)->Read(id, data, found);
+}
+
+Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) {
+  return For(e)->Write(id, data, fua);
+}
+
+Status CacheStore::Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) {
+  return For(e)->Delete(ids, fua);
+}
+
+Status CacheStore::Flush(std::string_view e) { return For(e)->Flush(); }
+
+Status CacheStore::ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) {
+  ExportCache* c = Find(e);
+  return c ? c->ListBlocks(fn) : next_->ListBlocks(e, fn);
+}
+
+Status CacheStore::DeleteMeta(std::string_view e) {
+  if (ExportCache* c = Find(e)) S3B_RETURN_IF_ERROR(c->Flush());
+  return next_->DeleteMeta(e);
+}
+
+bool CacheStore::GetStats(std::string_view export_name, CacheStats* out) const {
+  ExportCache* c = Find(export_name);
+  if (c == nullptr) return false;
+  *out = c->Stats();
+  return true;
+}
+
+std::vector<std::pair<std::string, CacheStats>> CacheStore::AllStats() const {
+  std::vector<std::pair<std::string, ExportCache*>> caches;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [name, cache] : exports_) caches.emplace_back(name, cache.get());
+  }
+  std::vector<std::pair<std::string, CacheStats>> out;
+  for (auto& [name, c] : caches) out.emplace_back(name, c->Stats());
+  return out;
+}
+
+void ForEachCacheStat(const CacheStats& s,
+                      const std::function<void(const char* key, uint64_t value)>& fn) {
+  fn("hits", s.hits);
+  fn("misses", s.misses);
+  fn("coalesced", s.coalesced);
+  fn("readahead_blocks", s.readahead_blocks);
+  fn("readahead_hits", s.readahead_hits);
+  fn("store_reads", s.store_reads);
+  fn("store_read_bytes", s.store_read_bytes);
+  fn("store_writes", s.store_writes);
+  fn("store_write_bytes", s.store_write_bytes);
+  fn("store_deletes", s.store_deletes);
+  fn("store_deleted_blocks", s.store_deleted_blocks);
+  fn("store_flushes", s.store_flushes);
+  fn("zero_writes", s.zero_writes);
+  fn("upload_failures", s.upload_failures);
+  fn("upload_retries", s.upload_retries);
+  fn("evictions", s.evictions);
+  fn("writer_waits", s.writer_waits);
+  fn("uploads_in_flight", s.uploads_in_flight);
+  fn("fetches_in_flight", s.fetches_in_flight);
+  fn("flushes_in_progress", s.flushes_in_progress);
+  fn("dirty_bytes", s.dirty_bytes);
+  fn("dirty_blocks", s.dirty_blocks);
+  fn("cached_bytes", s.cached_bytes);
+  fn("cached_blocks", s.cached_blocks);
+}
+
+std::string CacheStatsToString(const CacheStats& stats) {
+  std::string out;
+  ForEachCacheStat(stats, [&](const char* key, uint64_t value) {
+    if (!out.empty()) out += ' ';
+    out += key;
+    out += '=';
+    out += std::to_string(value);
+  });
+  return out;
+}
+
+}  // namespace s3block

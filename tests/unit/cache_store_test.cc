@@ -1,0 +1,792 @@
+#include "s3block/cache_store.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "s3block/file_store.h"
+#include "s3block/volume.h"
+#include "test_util.h"
+
+namespace s3block {
+namespace {
+
+constexpr uint32_t kBs = 4096;
+constexpr uint64_t kCost = kBs + CacheStore::kEntryOverhead;  // what one cached block is charged
+constexpr const char* kExport = "dev";
+
+// A block whose content names its id and version; never all zeros.
+Bytes MakeBlock(uint64_t id, uint64_t version) {
+  Bytes b(kBs, static_cast<uint8_t>((id * 31 + version * 7) % 251 + 1));
+  std::memcpy(b.data(), &id, 8);
+  std::memcpy(b.data() + 8, &version, 8);
+  return b;
+}
+
+// A store in memory that a test controls: its writes and deletes (uploads), and separately its
+// reads, can be held at a gate; it can be told to fail; it counts and logs what it is asked.
+// It models durability: `durable` is what survives a crash (updated by Flush and fua requests).
+class TestStore : public BlockStore {
+ public:
+  struct Op {
+    char kind;  // 'W' write, 'D' delete, 'R' read, 'F' flush
+    uint64_t id;
+    bool fua;
+  };
+
+  std::string Describe() const override { return "test"; }
+
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    log_.push_back({'R', id, false});
+    ++reads_;
+    Pass(lk, reads_gated_, blocked_reads_);
+    data->clear();
+    *found = false;
+    if (fail_reads_) return Status::IoError("injected read failure");
+    auto it = current_.find(KeyOf(e, id));
+    if (it != current_.end()) {
+      *data = it->second;
+      *found = true;
+    }
+    return Status::Ok();
+  }
+
+  Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    ++in_flight_;
+    Pass(lk, writes_gated_, blocked_writes_);
+    --in_flight_;
+    if (fail_writes_) return Status::IoError("injected write failure");
+    log_.push_back({'W', id, fua});
+    ++writes_;
+    if (fua) ++fua_writes_;
+    if (IsAllZero(data.data(), data.size())) ++zero_writes_;
+    current_[KeyOf(e, id)] = Bytes(data.begin(), data.end());
+    if (fua) durable_[KeyOf(e, id)] = Bytes(data.begin(), data.end());
+    return Status::Ok();
+  }
+
+  Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
+    std::unique_lock<std::mutex> lk(mu_);
+    ++in_flight_;
+    Pass(lk, writes_gated_, blocked_writes_);
+    --in_flight_;
+    if (fail_writes_) return Status::IoError("injected delete failure");
+    ++deletes_;
+    for (uint64_t id : ids) {
+      log_.push_back({'D', id, fua});
+      current_.erase(KeyOf(e, id));
+      if (fua) durable_.erase(KeyOf(e, id));
+    }
+    return Status::Ok();
+  }
+
+  Status Flush(std::string_view e) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (fail_flush_) return Status::IoError("injected flush failure");
+    log_.push_back({'F', 0, false});
+    ++flushes_;
+    uploads_in_flight_at_flush_.push_back(in_flight_);
+    durable_ = current_;
+    return Status::Ok();
+  }
+
+  Status ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) override {
+    std::vector<uint64_t> ids;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (const auto& [k, v] : current_)
+        if (k.first == e) ids.push_back(k.second);
+    }
+    for (uint64_t id : ids) fn(id);
+    return Status::Ok();
+  }
+  Status ListExports(std::vector<std::string>* names) override { return Status::Ok(); }
+  Status ReadMeta(std::string_view e, std::string* text, bool* found) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = meta_.find(std::string(e));
+    *found = it != meta_.end();
+    if (*found) *text = it->second;
+    return Status::Ok();
+  }
+  Status WriteMeta(std::string_view e, std::string_view text) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    meta_[std::string(e)] = std::string(text);
+    return Status::Ok();
+  }
+  Status DeleteMeta(std::string_view e) override { return Status::Ok(); }
+
+  // --- control ---
+  void Put(uint64_t id, const Bytes& b) {
+    std::lock_guard<std::mutex> lk(mu_);
+    current_[KeyOf(kExport, id)] = b;
+    durable_[KeyOf(kExport, id)] = b;
+  }
+  void GateWrites(bool closed) { SetGate(writes_gated_, closed); }
+  void GateReads(bool closed) { SetGate(reads_gated_, closed); }
+  void FailWrites(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_writes_ = fail; }
+  void FailReads(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_reads_ = fail; }
+  // Waits until at least n writes/deletes (or reads) are held at the gate.
+  void WaitBlockedWrites(int n) { WaitFor([&] { return blocked_writes_ >= n; }); }
+  void WaitBlockedReads(int n) { WaitFor([&] { return blocked_reads_ >= n; }); }
+
+  // The content of a block now and after a crash; nullopt if not stored.
+  std::optional<Bytes> Current(uint64_t id) { return Get(current_, id); }
+  std::optional<Bytes> Durable(uint64_t id) { return Get(durable_, id); }
+  std::set<uint64_t> CurrentIds() {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::set<uint64_t> out;
+    for (const auto& [k, v] : current_) out.insert(k.second);
+    return out;
+  }
+  std::vector<Op> Log() { std::lock_guard<std::mutex> lk(mu_); return log_; }
+  int reads() { std::lock_guard<std::mutex> lk(mu_); return reads_; }
+  int writes() { std::lock_guard<std::mutex> lk(mu_); return writes_; }
+  int fua_writes() { std::lock_guard<std::mutex> lk(mu_); return fua_writes_; }
+  int zero_writes() { std::lock_guard<std::mutex> lk(mu_); return zero_writes_; }
+  int deletes() { std::lock_guard<std::mutex> lk(mu_); return deletes_; }
+  int flushes() { std::lock_guard<std::mutex> lk(mu_); return flushes_; }
+  std::vector<int> uploads_in_flight_at_flush() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return uploads_in_flight_at_flush_;
+  }
+
+ private:
+  using BlockKey = std::pair<std::string, uint64_t>;
+  static BlockKey KeyOf(std::string_view e, uint64_t id) { return {std::string(e), id}; }
+
+  // Waits while `gate` is closed, counting this call as blocked meanwhile.
+  void Pass(std::unique_lock<std::mutex>& lk, const bool& gate, int& blocked) {
+    if (!gate) return;
+    ++blocked;
+    cv_.notify_all();
+    cv_.wait(lk, [&] { return !gate; });
+    --blocked;
+  }
+  void SetGate(bool& gate, bool closed) {
+    std::lock_guard<std::mutex> lk(mu_);
+    gate = closed;
+    cv_.notify_all();
+  }
+  template <typename P>
+  void WaitFor(P pred) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, pred);
+  }
+  std::optional<Bytes> Get(const std::map<std::pair<std::string, uint64_t>, Bytes>& m,
+                           uint64_t id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = m.find(KeyOf(kExport, id));
+    if (it == m.end()) return std::nullopt;
+    return it->second;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::pair<std::string, uint64_t>, Bytes> current_, durable_;
+  std::map<std::string, std::string> meta_;
+  bool writes_gated_ = false, reads_gated_ = false;
+  bool fail_writes_ = false, fail_reads_ = false, fail_flush_ = false;
+  int blocked_writes_ = 0, blocked_reads_ = 0, in_flight_ = 0;
+  int reads_ = 0, writes_ = 0, fua_writes_ = 0, zero_writes_ = 0, deletes_ = 0, flushes_ = 0;
+  std::vector<int> uploads_in_flight_at_flush_;
+  std::vector<Op> log_;
+};
+
+// Waits until pred() holds, polling the cache's counters (state, not time: the only bound is a
+// guard against hanging the whole test run).
+template <typename P>
+void WaitUntil(P pred) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!pred()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "condition never became true";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+CacheOptions Options(uint64_t blocks, uint64_t dirty_blocks = 0) {
+  CacheOptions o;
+  o.cache_size = blocks * kCost;
+  o.dirty_size = dirty_blocks * kCost;
+  o.upload_threads = 4;
+  o.read_threads = 4;
+  o.max_dirty_age = 3600;  // uploads start from the threshold or a flush unless a test says so
+  return o;
+}
+
+class CacheTest : public ::testing::Test {
+ protected:
+  void Make(const CacheOptions& o, bool start) {
+    store_ = std::make_shared<TestStore>();
+    cache_ = std::make_shared<CacheStore>(store_, o);
+    if (start) ASSERT_OK(cache_->Start());
+  }
+  CacheStats Stats() {
+    CacheStats s;
+    EXPECT_TRUE(cache_->GetStats(kExport, &s));
+    return s;
+  }
+  // Reads block id through the cache: the content, or nullopt if not stored.
+  std::optional<Bytes> Get(uint64_t id) {
+    Bytes b;
+    bool found = false;
+    Status s = cache_->Read(kExport, id, &b, &found);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!found) return std::nullopt;
+    return b;
+  }
+  Status Put(uint64_t id, const Bytes& b, bool fua = false) {
+    return cache_->Write(kExport, id, b, fua);
+  }
+  Status Del(uint64_t id, bool fua = false) {
+    uint64_t ids[1] = {id};
+    return cache_->Delete(kExport, ids, fua);
+  }
+  std::set<uint64_t> List() {
+    std::set<uint64_t> ids;
+    EXPECT_OK(cache_->ListBlocks(kExport, [&](uint64_t id) { EXPECT_TRUE(ids.insert(id).second); }));
+    return ids;
+  }
+
+  std::shared_ptr<TestStore> store_;
+  std::shared_ptr<CacheStore> cache_;
+};
+
+TEST_F(CacheTest, HitCostsNoStoreRequest) {
+  Make(Options(16), false);
+  store_->Put(1, MakeBlock(1, 1));
+  EXPECT_EQ(Get(1), MakeBlock(1, 1));
+  EXPECT_EQ(store_->reads(), 1);
+  EXPECT_EQ(Get(1), MakeBlock(1, 1));
+  EXPECT_EQ(Get(2), std::nullopt);
+  EXPECT_EQ(Get(2), std::nullopt);  // "not stored" is cached too
+  EXPECT_EQ(store_->reads(), 2);
+  CacheStats s = Stats();
+  EXPECT_EQ(s.hits, 2u);
+  EXPECT_EQ(s.misses, 2u);
+  EXPECT_EQ(s.store_reads, 2u);
+}
+
+TEST_F(CacheTest, EvictsLeastRecentlyUsedFirst) {
+  Make(Options(4), false);
+  for (uint64_t id = 0; id < 5; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t id = 0; id < 5; ++id) Get(id);  // block 4 pushes out block 0, the oldest
+  EXPECT_EQ(store_->reads(), 5);
+  EXPECT_EQ(Stats().evictions, 1u);
+  for (uint64_t id = 1; id < 5; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 0));
+  EXPECT_EQ(store_->reads(), 5);
+  EXPECT_EQ(Get(0), MakeBlock(0, 0));
+  EXPECT_EQ(store_->reads(), 6);
+}
+
+TEST_F(CacheTest, ScanDoesNotFlushTheHotSet) {
+  Make(Options(8), false);
+  for (uint64_t id = 0; id < 300; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (int round = 0; round < 2; ++round)
+    for (uint64_t id = 0; id < 4; ++id) Get(id);  // used twice: hot
+  EXPECT_EQ(store_->reads(), 4);
+  for (uint64_t id = 100; id < 200; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 0));  // a scan
+  EXPECT_EQ(store_->reads(), 104);
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 0));
+  EXPECT_EQ(store_->reads(), 104) << "the scan evicted hot blocks";
+  EXPECT_EQ(Get(199), MakeBlock(199, 0));  // the most recent scanned block is still there
+  EXPECT_EQ(store_->reads(), 104);
+  EXPECT_EQ(Get(100), MakeBlock(100, 0));  // the oldest is not
+  EXPECT_EQ(store_->reads(), 105);
+  CacheStats s = Stats();
+  EXPECT_LE(s.cached_bytes, 8 * kCost);
+  EXPECT_EQ(s.evictions, 104u + 1 - 8);
+}
+
+TEST_F(CacheTest, DirtyBlocksAreNeverEvictedBeforeTheyAreStored) {
+  Make(Options(4, 4), false);
+  for (uint64_t id = 10; id < 20; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t id = 0; id < 4; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  for (uint64_t id = 10; id < 20; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 0));
+  EXPECT_EQ(store_->writes(), 0);
+  EXPECT_EQ(Stats().dirty_blocks, 4u);
+  const int reads = store_->reads();
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));
+  EXPECT_EQ(store_->reads(), reads);  // served from memory: still cached
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  EXPECT_EQ(store_->writes(), 4);
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+}
+
+TEST_F(CacheTest, RepeatedWritesCostOneUpload) {
+  Make(Options(16), false);
+  for (uint64_t v = 1; v <= 10; ++v) ASSERT_OK(Put(3, MakeBlock(3, v)));
+  EXPECT_EQ(store_->writes(), 0);
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->writes(), 1);
+  EXPECT_EQ(store_->Durable(3), MakeBlock(3, 10));
+}
+
+TEST_F(CacheTest, FlushWithoutThreadsStoresEverything) {
+  Make(Options(256), false);
+  for (uint64_t id = 0; id < 50; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 50; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  EXPECT_EQ(store_->flushes(), 1);
+}
+
+TEST_F(CacheTest, FlushWaitsForEveryEarlierWriteAndForUploadsInFlight) {
+  CacheOptions o = Options(256);
+  o.max_dirty_age = 0;  // upload at once
+  Make(o, true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  store_->WaitBlockedWrites(1);  // block 1's upload is in flight, held at the gate
+  for (uint64_t id = 2; id < 40; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  std::atomic<bool> done{false};
+  Status flush_status;
+  std::thread flusher([&] {
+    flush_status = cache_->Flush(kExport);
+    done = true;
+  });
+  WaitUntil([&] { return Stats().flushes_in_progress == 1; });  // the flush has begun
+  // It cannot finish while an upload it needs is held.
+  EXPECT_FALSE(done.load());
+  EXPECT_EQ(store_->flushes(), 0);
+  store_->GateWrites(false);
+  flusher.join();
+  ASSERT_OK(flush_status);
+  EXPECT_EQ(store_->flushes(), 1);
+  EXPECT_EQ(store_->uploads_in_flight_at_flush(), std::vector<int>{0});
+  for (uint64_t id = 1; id < 40; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1)) << id;
+}
+
+TEST_F(CacheTest, FlushUploadsInParallel) {
+  CacheOptions o = Options(256);
+  o.upload_threads = 8;
+  Make(o, true);
+  store_->GateWrites(true);
+  for (uint64_t id = 0; id < 32; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  std::thread flusher([&] { EXPECT_OK(cache_->Flush(kExport)); });
+  // The eight uploaders and the flushing thread each hold one upload at the gate at once.
+  store_->WaitBlockedWrites(9);
+  store_->GateWrites(false);
+  flusher.join();
+  for (uint64_t id = 0; id < 32; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+}
+
+TEST_F(CacheTest, FuaWriteIsStoredBeforeItReturns) {
+  Make(Options(16), false);
+  ASSERT_OK(Put(1, MakeBlock(1, 1), /*fua=*/true));
+  EXPECT_EQ(store_->Durable(1), MakeBlock(1, 1));
+  EXPECT_EQ(store_->fua_writes(), 1);
+  ASSERT_OK(Put(2, MakeBlock(2, 1)));
+  EXPECT_EQ(store_->Current(2), std::nullopt);  // not fua: still only in the cache
+  ASSERT_OK(Del(1, /*fua=*/true));
+  EXPECT_EQ(store_->Durable(1), std::nullopt);
+  // A dirty block written again with fua: the fua content is what lands.
+  ASSERT_OK(Put(2, MakeBlock(2, 2), /*fua=*/true));
+  EXPECT_EQ(store_->Durable(2), MakeBlock(2, 2));
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+}
+
+TEST_F(CacheTest, FuaWriteWaitsForAnUploadOfTheSameBlockInFlight) {
+  CacheOptions o = Options(16);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(5, MakeBlock(5, 1)));
+  store_->WaitBlockedWrites(1);
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    EXPECT_OK(Put(5, MakeBlock(5, 2), /*fua=*/true));
+    done = true;
+  });
+  // It must not overtake the older upload: it waits (the older upload is held).
+  WaitUntil([&] { return Stats().dirty_blocks == 1 && !done; });
+  EXPECT_FALSE(done.load());
+  store_->GateWrites(false);
+  writer.join();
+  EXPECT_EQ(store_->Durable(5), MakeBlock(5, 2));
+  EXPECT_EQ(store_->Current(5), MakeBlock(5, 2));
+  std::vector<TestStore::Op> writes;
+  for (auto op : store_->Log())
+    if (op.kind == 'W') writes.push_back(op);
+  ASSERT_EQ(writes.size(), 2u);
+  EXPECT_FALSE(writes[0].fua);
+  EXPECT_TRUE(writes[1].fua);
+}
+
+TEST_F(CacheTest, ZeroBlocksAreDeletedNotUploaded) {
+  Make(Options(16), false);
+  ASSERT_OK(Put(5, MakeBlock(5, 1)));
+  ASSERT_OK(cache_->Flush(kExport));
+  ASSERT_EQ(store_->Durable(5), MakeBlock(5, 1));
+  const Bytes zeros(kBs, 0);
+  ASSERT_OK(Put(5, zeros));
+  EXPECT_EQ(Get(5), std::nullopt);  // reads as not stored: zeros
+  EXPECT_EQ(List(), std::set<uint64_t>{});
+  ASSERT_OK(Put(6, zeros));  // never stored
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->Durable(5), std::nullopt);
+  EXPECT_EQ(store_->Durable(6), std::nullopt);
+  EXPECT_EQ(store_->zero_writes(), 0);
+  EXPECT_EQ(store_->writes(), 1);
+  const int deletes = store_->deletes();
+  EXPECT_GE(deletes, 1);
+  ASSERT_OK(Put(5, zeros));  // known not stored now: costs nothing
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->deletes(), deletes);
+  EXPECT_EQ(Stats().zero_writes, 3u);
+}
+
+TEST_F(CacheTest, WriterBlocksAtTheDirtyLimitUntilUploadsComplete) {
+  Make(Options(64, 2), true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(0, MakeBlock(0, 1)));
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    EXPECT_OK(Put(2, MakeBlock(2, 1)));
+    done = true;
+  });
+  WaitUntil([&] { return Stats().writer_waits == 1; });
+  store_->WaitBlockedWrites(1);  // the waiting writer set uploads going; they are held
+  EXPECT_FALSE(done.load());     // no upload can complete, so there is no room
+  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  store_->GateWrites(false);
+  writer.join();
+  EXPECT_TRUE(done.load());
+  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 3; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+}
+
+TEST_F(CacheTest, WriterWithoutThreadsMakesRoomItself) {
+  Make(Options(64, 2), false);
+  for (uint64_t id = 0; id < 10; ++id) {
+    ASSERT_OK(Put(id, MakeBlock(id, 1)));
+    EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  }
+  EXPECT_GE(store_->writes(), 8);
+}
+
+TEST_F(CacheTest, FailedUploadsKeepBlocksDirtyAndFlushReportsThem) {
+  Make(Options(64), false);
+  for (uint64_t id = 0; id < 4; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  store_->FailWrites(true);
+  Status s = cache_->Flush(kExport);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("injected write failure"), std::string::npos) << s.message();
+  EXPECT_EQ(store_->flushes(), 0);
+  CacheStats st = Stats();
+  EXPECT_GE(st.upload_failures, 1u);
+  EXPECT_EQ(st.dirty_blocks, 4u);
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));  // nothing lost
+  EXPECT_FALSE(cache_->Flush(kExport).ok());  // still failing
+  store_->FailWrites(false);
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+  EXPECT_GE(Stats().upload_retries, 1u);
+}
+
+TEST_F(CacheTest, FailedBackgroundUploadsAreRetriedAndFlushFailsUntilTheStoreRecovers) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->FailWrites(true);
+  for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  ASSERT_OK(Del(100));
+  WaitUntil([&] { return Stats().upload_failures >= 2; });  // the uploaders met the failure
+  Status s = cache_->Flush(kExport);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_EQ(Stats().dirty_blocks, 9u);
+  for (uint64_t id = 0; id < 8; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));
+  store_->FailWrites(false);
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 8; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+}
+
+TEST_F(CacheTest, WaitingWriterGetsTheUploadError) {
+  Make(Options(64, 2), true);
+  store_->FailWrites(true);
+  ASSERT_OK(Put(0, MakeBlock(0, 1)));
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  Status s = Put(2, MakeBlock(2, 1));  // no room, and the uploads that would make it fail
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("injected"), std::string::npos) << s.message();
+  store_->FailWrites(false);
+  ASSERT_OK(Put(2, MakeBlock(2, 1)));
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < 3; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+}
+
+TEST_F(CacheTest, DeleteIsNotOvertakenByAnUploadInFlight) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(7, MakeBlock(7, 1)));
+  store_->WaitBlockedWrites(1);  // its upload is in flight
+  ASSERT_OK(Del(7));
+  EXPECT_EQ(Get(7), std::nullopt);
+  EXPECT_EQ(List(), std::set<uint64_t>{});
+  store_->GateWrites(false);
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->Current(7), std::nullopt);
+  EXPECT_EQ(store_->Durable(7), std::nullopt);
+  std::vector<char> kinds;
+  for (auto op : store_->Log())
+    if (op.id == 7 && op.kind != 'R') kinds.push_back(op.kind);
+  EXPECT_EQ(kinds, (std::vector<char>{'W', 'D'}));
+  EXPECT_EQ(Get(7), std::nullopt);
+}
+
+TEST_F(CacheTest, FuaDeleteWaitsForAnUploadInFlight) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(8, MakeBlock(8, 1)));
+  store_->WaitBlockedWrites(1);
+  std::atomic<bool> done{false};
+  std::thread deleter([&] {
+    EXPECT_OK(Del(8, /*fua=*/true));
+    done = true;
+  });
+  WaitUntil([&] { return Stats().dirty_blocks == 1; });
+  EXPECT_FALSE(done.load());
+  store_->GateWrites(false);
+  deleter.join();
+  EXPECT_EQ(store_->Current(8), std::nullopt);
+  EXPECT_EQ(store_->Durable(8), std::nullopt);
+}
+
+TEST_F(CacheTest, RewriteDuringUploadStoresTheNewerContent) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->GateWrites(true);
+  ASSERT_OK(Put(9, MakeBlock(9, 1)));
+  store_->WaitBlockedWrites(1);
+  ASSERT_OK(Put(9, MakeBlock(9, 2)));
+  std::thread flusher([&] { EXPECT_OK(cache_->Flush(kExport)); });
+  WaitUntil([&] { return Stats().flushes_in_progress == 1; });
+  store_->GateWrites(false);
+  flusher.join();
+  EXPECT_EQ(store_->Durable(9), MakeBlock(9, 2));
+  EXPECT_EQ(Get(9), MakeBlock(9, 2));
+}
+
+TEST_F(CacheTest, ConcurrentMissesShareOneFetch) {
+  Make(Options(16), false);
+  store_->Put(3, MakeBlock(3, 0));
+  store_->GateReads(true);
+  std::optional<Bytes> a, b;
+  std::thread ta([&] { a = Get(3); });
+  store_->WaitBlockedReads(1);
+  std::thread tb([&] { b = Get(3); });
+  WaitUntil([&] { return Stats().coalesced == 1; });
+  store_->GateReads(false);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(a, MakeBlock(3, 0));
+  EXPECT_EQ(b, MakeBlock(3, 0));
+  EXPECT_EQ(store_->reads(), 1);
+}
+
+TEST_F(CacheTest, FailedFetchIsAnErrorNotZeros) {
+  Make(Options(16), false);
+  store_->Put(3, MakeBlock(3, 0));
+  store_->FailReads(true);
+  Bytes b;
+  bool found = true;
+  Status s = cache_->Read(kExport, 3, &b, &found);
+  EXPECT_EQ(s.err(), EIO);
+  store_->FailReads(false);
+  EXPECT_EQ(Get(3), MakeBlock(3, 0));
+}
+
+TEST_F(CacheTest, SequentialReadsAreReadAhead) {
+  CacheOptions o = Options(1024);
+  o.readahead_max = 32;
+  Make(o, true);
+  for (uint64_t id = 0; id < 200; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t id = 0; id < 200; ++id) ASSERT_EQ(Get(id), MakeBlock(id, 0)) << id;
+  CacheStats s = Stats();
+  // The first two reads miss; from then on the reader finds each block fetched or on its way.
+  EXPECT_EQ(s.misses, 2u);
+  EXPECT_EQ(s.hits, 198u);
+  EXPECT_GE(s.readahead_blocks, 198u);
+  EXPECT_EQ(s.readahead_hits, 198u);
+  EXPECT_LE(s.store_reads, 200u + o.readahead_max);
+}
+
+TEST_F(CacheTest, ListBlocksSeesDirtyData) {
+  Make(Options(16), false);
+  store_->Put(1, MakeBlock(1, 0));
+  store_->Put(2, MakeBlock(2, 0));
+  ASSERT_OK(Put(3, MakeBlock(3, 1)));
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  ASSERT_OK(Del(2));
+  EXPECT_EQ(List(), (std::set<uint64_t>{1, 3}));
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(List(), (std::set<uint64_t>{1, 3}));
+  EXPECT_EQ(store_->CurrentIds(), (std::set<uint64_t>{1, 3}));
+}
+
+TEST_F(CacheTest, ShutdownStoresDirtyData) {
+  Make(Options(16), true);
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  ASSERT_OK(Del(2));
+  store_->Put(2, MakeBlock(2, 0));  // (stored behind the cache's back before the delete lands)
+  cache_.reset();  // the destructor flushes
+  EXPECT_EQ(store_->Durable(1), MakeBlock(1, 1));
+  EXPECT_EQ(store_->Durable(2), std::nullopt);
+}
+
+TEST_F(CacheTest, ExportsHaveSeparateCaches) {
+  Make(Options(16), true);
+  ASSERT_OK(cache_->Write("a", 1, MakeBlock(1, 1), false));
+  ASSERT_OK(cache_->Write("b", 1, MakeBlock(1, 2), false));
+  Bytes d;
+  bool found = false;
+  ASSERT_OK(cache_->Read("a", 1, &d, &found));
+  EXPECT_EQ(d, MakeBlock(1, 1));
+  ASSERT_OK(cache_->Read("b", 1, &d, &found));
+  EXPECT_EQ(d, MakeBlock(1, 2));
+  ASSERT_OK(cache_->Flush("a"));
+  auto all = cache_->AllStats();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].first, "a");
+  EXPECT_EQ(all[0].second.dirty_blocks, 0u);
+  EXPECT_EQ(all[1].second.dirty_blocks, 1u);
+  EXPECT_NE(CacheStatsToString(all[1].second).find("dirty_blocks=1"), std::string::npos);
+}
+
+// Eight threads read, write, zero, delete and flush blocks while the cache is small enough to
+// evict and upload all the time. Each thread owns a range of blocks and keeps a model of them;
+// every read of its own blocks must match its model, every read of another's must be a block
+// that was written, and at the end the store must hold exactly the model.
+TEST_F(CacheTest, ConcurrentReadersAndWritersMatchAModel) {
+  CacheOptions o = Options(24, 8);
+  o.max_dirty_age = 0.001;
+  o.readahead_max = 8;
+  Make(o, true);
+  constexpr int kThreads = 8;
+  constexpr uint64_t kPerThread = 12;
+  constexpr int kOps = 1500;
+  std::vector<std::map<uint64_t, uint64_t>> models(kThreads);  // id -> version (absent: none)
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(1234 + t);
+      auto& model = models[t];
+      const uint64_t base = t * kPerThread;
+      uint64_t version = 0;
+      for (int i = 0; i < kOps; ++i) {
+        const uint64_t id = base + rng() % kPerThread;
+        const int op = static_cast<int>(rng() % 100);
+        Bytes b;
+        bool found = false;
+        if (op < 35) {
+          model[id] = ++version;
+          if (!Put(id, MakeBlock(id, version), rng() % 20 == 0).ok()) ++failures;
+        } else if (op < 40) {
+          model.erase(id);
+          if (!Put(id, Bytes(kBs, 0)).ok()) ++failures;
+        } else if (op < 45) {
+          model.erase(id);
+          if (!Del(id, rng() % 10 == 0).ok()) ++failures;
+        } else if (op < 75) {
+          if (!cache_->Read(kExport, id, &b, &found).ok()) ++failures;
+          auto it = model.find(id);
+          if (it == model.end() ? found : (!found || b != MakeBlock(id, it->second))) ++failures;
+        } else if (op < 85) {  // a sequential run over own blocks
+          for (uint64_t x = base; x < base + kPerThread; ++x) {
+            if (!cache_->Read(kExport, x, &b, &found).ok()) ++failures;
+            auto it = model.find(x);
+            if (it == model.end() ? found : (!found || b != MakeBlock(x, it->second))) ++failures;
+          }
+        } else if (op < 98) {  // someone else's block: any version, but well formed
+          const uint64_t other = rng() % (kThreads * kPerThread);
+          if (!cache_->Read(kExport, other, &b, &found).ok()) ++failures;
+          if (found) {
+            uint64_t got;
+            std::memcpy(&got, b.data(), 8);
+            uint64_t v;
+            std::memcpy(&v, b.data() + 8, 8);
+            if (got != other || b != MakeBlock(other, v)) ++failures;
+          }
+        } else {
+          if (!cache_->Flush(kExport).ok()) ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_OK(cache_->Flush(kExport));
+  std::set<uint64_t> expected;
+  for (int t = 0; t < kThreads; ++t) {
+    for (auto [id, v] : models[t]) {
+      expected.insert(id);
+      EXPECT_EQ(store_->Durable(id), MakeBlock(id, v)) << id;
+    }
+  }
+  EXPECT_EQ(store_->CurrentIds(), expected);
+  EXPECT_EQ(List(), expected);
+  CacheStats s = Stats();
+  EXPECT_EQ(s.dirty_blocks, 0u);
+  EXPECT_GT(s.evictions, 0u);
+  EXPECT_LE(s.cached_bytes, 24 * kCost);
+}
+
+// The whole path: a Volume over the cache over a FileStore, then the same directory without the
+// cache sees what was flushed.
+TEST(CacheVolume, RoundTripThroughAFileStore) {
+  testing::TempDir dir;
+  const uint64_t size = 64 * kBs;
+  Bytes pattern(size);
+  for (size_t i = 0; i < size; ++i) pattern[i] = static_cast<uint8_t>(i * 13 + 5);
+  {
+    auto file = std::make_shared<FileStore>(dir.path());
+    ASSERT_OK(file->Check());
+    auto cache = std::make_shared<CacheStore>(file, Options(16, 4));
+    ASSERT_OK(cache->Start());
+    VolumeOptions vo;
+    vo.size = size;
+    std::shared_ptr<Volume> v;
+    ASSERT_OK(Volume::Open(cache, "vol", vo, &v));
+    ASSERT_OK(v->Write(pattern.data(), size, 0, false));
+    ASSERT_OK(v->Write(pattern.data(), 100, 5000, false));  // a partial, unaligned write
+    std::memcpy(pattern.data() + 5000, pattern.data(), 100);
+    ASSERT_OK(v->Trim(8 * kBs, 16 * kBs, false));
+    std::memset(pattern.data() + 16 * kBs, 0, 8 * kBs);
+    Bytes back(size);
+    ASSERT_OK(v->Read(back.data(), size, 0));
+    EXPECT_EQ(back, pattern);
+    ASSERT_OK(v->Flush());
+  }
+  auto file = std::make_shared<FileStore>(dir.path());
+  std::shared_ptr<Volume> v;
+  ASSERT_OK(Volume::Open(file, "vol", VolumeOptions{}, &v));
+  Bytes back(size);
+  ASSERT_OK(v->Read(back.data(), size, 0));
+  EXPECT_EQ(back, pattern);
+  EXPECT_EQ(v->StoredBlocks(), 64u - 8u);
+}
+
+}  // namespace
+}  // namespace s3block
