@@ -1,0 +1,426 @@
+// S3Store against a real S3 server (Ceph RGW started by tests/scripts/s3_server.sh), found
+// through the environment:
+//   S3BLOCK_TEST_S3_ENDPOINT, S3BLOCK_TEST_S3_BUCKET, S3BLOCK_TEST_S3_ACCESS_KEY,
+//   S3BLOCK_TEST_S3_SECRET_KEY [, S3BLOCK_TEST_S3_REGION]
+// Without them the tests are skipped, unless S3BLOCK_TEST_REQUIRE_S3=1, when they fail.
+// Each test works under its own key prefix and deletes what it wrote.
+#include "s3block/s3_store.h"
+
+#include <gtest/gtest.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <set>
+#include <thread>
+
+#include "s3/s3_client.h"
+#include "s3/sigv4.h"
+#include "s3/xml.h"
+#include "s3block/export_meta.h"
+#include "s3block/volume.h"
+#include "test_util.h"
+
+namespace s3block {
+namespace {
+
+struct S3Env {
+  std::string endpoint, bucket, access_key, secret_key, region = "us-east-1";
+};
+
+std::string Getenv(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+// Fills *env from the environment. Returns false (the test must skip) when the server is not
+// configured; records a failure instead when S3BLOCK_TEST_REQUIRE_S3=1.
+bool LoadS3Env(S3Env* env) {
+  env->endpoint = Getenv("S3BLOCK_TEST_S3_ENDPOINT");
+  env->bucket = Getenv("S3BLOCK_TEST_S3_BUCKET");
+  env->access_key = Getenv("S3BLOCK_TEST_S3_ACCESS_KEY");
+  env->secret_key = Getenv("S3BLOCK_TEST_S3_SECRET_KEY");
+  if (!Getenv("S3BLOCK_TEST_S3_REGION").empty()) env->region = Getenv("S3BLOCK_TEST_S3_REGION");
+  bool complete = !env->endpoint.empty() && !env->bucket.empty() && !env->access_key.empty() &&
+                  !env->secret_key.empty();
+  if (complete) return true;
+  if (Getenv("S3BLOCK_TEST_REQUIRE_S3") == "1") {
+    ADD_FAILURE() << "S3BLOCK_TEST_REQUIRE_S3=1 but S3BLOCK_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY "
+                     "and _SECRET_KEY are not all set (start a server with "
+                     "tests/scripts/s3_server.sh start DIR PORT and eval its output)";
+  }
+  return false;
+}
+
+std::atomic<int> g_prefix_counter{0};
+
+class S3StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!LoadS3Env(&env_)) {
+      if (HasFailure()) return;
+      GTEST_SKIP() << "no S3 server configured (S3BLOCK_TEST_S3_ENDPOINT unset)";
+    }
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    prefix_ = "unit-" + std::to_string(::getpid()) + "-" + std::to_string(g_prefix_counter++) + "-" +
+              info->name();
+    ASSERT_OK(MakeStore(&store_));
+  }
+
+  void TearDown() override {
+    if (!store_) return;
+    // Remove everything under the test's prefix.
+    S3ClientOptions o;
+    o.endpoint = env_.endpoint;
+    o.region = env_.region;
+    o.bucket = env_.bucket;
+    o.retry_timeout = 10;
+    S3Client client(o, AwsCredentials{env_.access_key, env_.secret_key, ""});
+    std::vector<std::string> keys;
+    Status s = client.ListObjects(prefix_ + "/", "", [&](const std::string& k) { keys.push_back(k); }, nullptr);
+    EXPECT_OK(s);
+    for (size_t i = 0; i < keys.size(); i += 1000) {
+      std::vector<std::string> batch(keys.begin() + i, keys.begin() + std::min(keys.size(), i + 1000));
+      EXPECT_OK(client.DeleteObjects(batch));
+    }
+  }
+
+  Config BaseConfig() const {
+    Config c;
+    c.store = "s3://" + env_.bucket + "/" + prefix_;
+    c.endpoint = env_.endpoint;
+    c.region = env_.region;
+    c.access_key = env_.access_key;
+    c.secret_key = env_.secret_key;
+    c.retry_timeout = 10;
+    c.request_timeout = 10;
+    c.connections = 16;
+    return c;
+  }
+
+  Status MakeStore(std::shared_ptr<S3Store>* out, Config c) {
+    S3B_RETURN_IF_ERROR(S3Store::Create(c, out));
+    return (*out)->Check();
+  }
+  Status MakeStore(std::shared_ptr<S3Store>* out) { return MakeStore(out, BaseConfig()); }
+
+  // GET/PUT/list with curl's own SigV4 signer, independent of ours. Returns the body.
+  std::string Curl(const std::string& args_after_url, const std::string& url_path,
+                   const std::string& extra = "") {
+    std::string cmd = "curl -s --max-time 20 --aws-sigv4 'aws:amz:" + env_.region + ":s3' --user '" +
+                      env_.access_key + ":" + env_.secret_key + "' " + extra + " '" + env_.endpoint +
+                      url_path + "' " + args_after_url;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (p == nullptr) return "";
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int rc = ::pclose(p);
+    EXPECT_EQ(rc, 0) << cmd;
+    return out;
+  }
+
+  // PUT an object with curl, with x-amz-content-sha256 (RGW needs it) and optional headers.
+  void CurlPut(const std::string& key, const std::string& body, const std::string& headers = "") {
+    testing::TempDir dir;
+    std::string file = dir.path() + "/body";
+    FILE* f = fopen(file.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    fwrite(body.data(), 1, body.size(), f);
+    fclose(f);
+    std::string out = Curl("-w '%{http_code}' -o /dev/null", "/" + env_.bucket + "/" + UriEncodePath(key),
+                           "-X PUT --data-binary @" + file + " -H 'Content-Type: application/octet-stream' "
+                           "-H 'x-amz-content-sha256: " + Sha256Hex(std::string_view(body)) + "' " + headers);
+    ASSERT_EQ(out, "200") << key;
+  }
+
+  S3Env env_;
+  std::string prefix_;
+  std::shared_ptr<S3Store> store_;
+};
+
+Bytes Pattern(size_t n, uint64_t seed) {
+  Bytes b(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b[i] = static_cast<uint8_t>(x);
+  }
+  return b;
+}
+
+TEST_F(S3StoreTest, BlocksRoundTripAndMissingBlocksAreNotFound) {
+  const std::string e = "disk";
+  const std::vector<uint64_t> ids = {0, 1, 7, 4096, (1ull << 40) + 3};
+  for (uint64_t id : ids) ASSERT_OK(store_->Write(e, id, Pattern(4096, id), false));
+  ASSERT_OK(store_->Flush(e));
+  for (uint64_t id : ids) {
+    Bytes data;
+    bool found = false;
+    ASSERT_OK(store_->Read(e, id, &data, &found));
+    EXPECT_TRUE(found) << id;
+    EXPECT_EQ(data, Pattern(4096, id)) << id;
+  }
+  // Overwrite, a large block, and an empty object.
+  ASSERT_OK(store_->Write(e, 7, Pattern(4096, 99), true));
+  ASSERT_OK(store_->Write(e, 8, Pattern(4u << 20, 8), false));
+  ASSERT_OK(store_->Write(e, 9, Bytes{}, false));
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store_->Read(e, 7, &data, &found));
+  EXPECT_EQ(data, Pattern(4096, 99));
+  ASSERT_OK(store_->Read(e, 8, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(4u << 20, 8));
+  ASSERT_OK(store_->Read(e, 9, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_TRUE(data.empty());
+
+  for (uint64_t missing : {2ull, 5000ull, ~0ull}) {
+    data = Bytes{1, 2, 3};
+    found = true;
+    ASSERT_OK(store_->Read(e, missing, &data, &found));
+    EXPECT_FALSE(found) << missing;
+    EXPECT_TRUE(data.empty());
+  }
+  // Another export does not see these blocks.
+  ASSERT_OK(store_->Read("other", 0, &data, &found));
+  EXPECT_FALSE(found);
+}
+
+TEST_F(S3StoreTest, DeleteMoreThanOneBatchOfKeys) {
+  const std::string e = "trim me";
+  const uint64_t kCount = 1205;  // two DeleteObjects requests
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint64_t id = t; id < kCount; id += 16)
+        if (!store_->Write(e, id, Pattern(64, id), false).ok()) ++failures;
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  std::set<uint64_t> listed;
+  ASSERT_OK(store_->ListBlocks(e, [&](uint64_t id) { listed.insert(id); }));
+  ASSERT_EQ(listed.size(), kCount);
+
+  // Delete all but block 1000, plus ids that were never written.
+  std::vector<uint64_t> ids;
+  for (uint64_t id = 0; id < kCount + 10; ++id)
+    if (id != 1000) ids.push_back(id);
+  ASSERT_OK(store_->Delete(e, ids, false));
+  listed.clear();
+  ASSERT_OK(store_->ListBlocks(e, [&](uint64_t id) { listed.insert(id); }));
+  EXPECT_EQ(listed, (std::set<uint64_t>{1000}));
+
+  // One key: a single DELETE; deleting it twice is not an error.
+  const uint64_t one[] = {1000};
+  ASSERT_OK(store_->Delete(e, one, true));
+  ASSERT_OK(store_->Delete(e, one, true));
+  Bytes data;
+  bool found = true;
+  ASSERT_OK(store_->Read(e, 1000, &data, &found));
+  EXPECT_FALSE(found);
+}
+
+TEST_F(S3StoreTest, ListBlocksAndExportsAcrossPages) {
+  store_->set_list_page_size_for_testing(7);
+  const std::string odd = "my disk %41 \xC3\xA9t\xC3\xA9 \xE1\x88\xB4 & <x>";
+  std::set<uint64_t> want;
+  for (uint64_t id = 0; id < 40; ++id) {
+    uint64_t block = id * id * 1001;
+    want.insert(block);
+    ASSERT_OK(store_->Write(odd, block, Pattern(32, block), false));
+  }
+  ASSERT_OK(store_->WriteMeta(odd, "format=1\n"));
+  ASSERT_OK(store_->WriteMeta("b-meta-only", "format=1\n"));
+  ASSERT_OK(store_->Write("a-blocks-only", 3, Pattern(32, 3), false));
+  // Objects under blocks/ that are not block ids are not listed as blocks.
+  CurlPut(store_->ExportPrefix(odd) + "blocks/007", "x");
+  CurlPut(store_->ExportPrefix(odd) + "blocks/.tmp", "x");
+
+  std::set<uint64_t> got;
+  int calls = 0;
+  ASSERT_OK(store_->ListBlocks(odd, [&](uint64_t id) {
+    got.insert(id);
+    ++calls;
+  }));
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(calls, 40);
+
+  std::vector<std::string> names;
+  ASSERT_OK(store_->ListExports(&names));
+  EXPECT_EQ(names, (std::vector<std::string>{"a-blocks-only", "b-meta-only", odd}));
+
+  // An empty export lists nothing.
+  calls = 0;
+  ASSERT_OK(store_->ListBlocks("nothing-here", [&](uint64_t) { ++calls; }));
+  EXPECT_EQ(calls, 0);
+}
+
+TEST_F(S3StoreTest, MetadataRoundTrip) {
+  ExportMeta meta;
+  meta.size = 10ull << 30;
+  meta.block_size = 65536;
+  std::string text;
+  bool found = true;
+  ASSERT_OK(store_->ReadMeta("vol", &text, &found));
+  EXPECT_FALSE(found);
+  ASSERT_OK(store_->WriteMeta("vol", meta.Serialize()));
+  ASSERT_OK(store_->ReadMeta("vol", &text, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(text, meta.Serialize());
+  ExportMeta parsed;
+  ASSERT_OK(ExportMeta::Parse("vol", text, &parsed));
+  EXPECT_EQ(parsed.size, meta.size);
+  EXPECT_EQ(parsed.block_size, meta.block_size);
+  ASSERT_OK(store_->DeleteMeta("vol"));
+  ASSERT_OK(store_->ReadMeta("vol", &text, &found));
+  EXPECT_FALSE(found);
+  ASSERT_OK(store_->DeleteMeta("vol"));  // already gone: not an error
+}
+
+TEST_F(S3StoreTest, KeyLayoutSeenByAnIndependentClient) {
+  const std::string e = "lay out %\xC3\xA9";
+  Bytes block = Pattern(4096, 42);
+  ASSERT_OK(store_->Write(e, 42, block, false));
+  ASSERT_OK(store_->WriteMeta(e, "format=1\nsize=4096\nblock-size=4096\n"));
+
+  // List the bucket under the prefix with curl's signer (query already sorted and encoded, and
+  // x-amz-content-sha256 given: curl does neither by itself).
+  const std::string empty_sha = Sha256Hex(std::string_view(""));
+  std::string xml = Curl("", "/" + env_.bucket + "?list-type=2&prefix=" + UriEncode(prefix_ + "/", false),
+                         "-H 'x-amz-content-sha256: " + empty_sha + "'");
+  XmlNode root;
+  ASSERT_OK(ParseXml(xml, &root));
+  std::set<std::string> keys;
+  for (const XmlNode* c : root.Children("Contents")) keys.insert(c->ChildText("Key"));
+  EXPECT_EQ(keys, (std::set<std::string>{prefix_ + "/exports/" + e + "/blocks/42",
+                                         prefix_ + "/exports/" + e + "/metadata"}));
+
+  // The block object holds exactly the raw block.
+  std::string body = Curl("", "/" + env_.bucket + "/" + UriEncodePath(prefix_ + "/exports/" + e + "/blocks/42"),
+                          "-H 'x-amz-content-sha256: " + empty_sha + "'");
+  EXPECT_EQ(Bytes(body.begin(), body.end()), block);
+
+  // And what curl writes at a block key, the store reads (an object without our MD5 header is
+  // checked against its ETag).
+  CurlPut(prefix_ + "/exports/" + e + "/blocks/43", "written by curl");
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store_->Read(e, 43, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(std::string(data.begin(), data.end()), "written by curl");
+}
+
+TEST_F(S3StoreTest, CorruptedObjectIsAnErrorNotData) {
+  Config c = BaseConfig();
+  c.retry_timeout = 0.5;
+  std::shared_ptr<S3Store> store;
+  ASSERT_OK(MakeStore(&store, c));
+  // An object whose content does not match the MD5 recorded with it.
+  std::string recorded = Base64Encode(Md5(AsBytes("the original content")));
+  CurlPut(store->BlockKey("disk", 5), "damaged content", std::string("-H '") + kMd5MetaHeader + ": " + recorded + "'");
+  Bytes data;
+  bool found = true;
+  Status s = store->Read("disk", 5, &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+  EXPECT_NE(s.message().find("MD5"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(env_.bucket), std::string::npos) << s.message();
+}
+
+TEST_F(S3StoreTest, WrongLengthBlockIsAnIoErrorThroughTheVolume) {
+  VolumeOptions vo;
+  vo.size = 1 << 20;
+  vo.block_size = 4096;
+  vo.lock = false;
+  std::shared_ptr<Volume> volume;
+  ASSERT_OK(Volume::Open(store_, "short", vo, &volume));
+  std::vector<uint8_t> buf(8192, 0xab);
+  ASSERT_OK(volume->Write(buf.data(), buf.size(), 0, true));
+  std::vector<uint8_t> back(8192);
+  ASSERT_OK(volume->Read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, buf);
+  // Replace block 1 behind the store's back with 100 bytes.
+  CurlPut(store_->BlockKey("short", 1), std::string(100, 'z'));
+  Status s = volume->Read(back.data(), back.size(), 0);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("100"), std::string::npos) << s.message();
+}
+
+TEST_F(S3StoreTest, BadCredentialsGiveOneClearMessage) {
+  Config c = BaseConfig();
+  c.secret_key = "definitely-the-wrong-secret";
+  std::shared_ptr<S3Store> store;
+  ASSERT_OK(S3Store::Create(c, &store));
+  Status s = store->Check();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("secret key is wrong"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("bucket '" + env_.bucket + "' at " + env_.endpoint), std::string::npos)
+      << s.message();
+  EXPECT_EQ(s.message().find("definitely-the-wrong-secret"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find(env_.secret_key), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find('\n'), std::string::npos) << s.message();
+
+  c = BaseConfig();
+  c.access_key = "NOSUCHKEY";
+  ASSERT_OK(S3Store::Create(c, &store));
+  s = store->Check();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("does not know the access key 'NOSUCHKEY'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(env_.endpoint), std::string::npos) << s.message();
+
+  // Block I/O with bad keys fails (is not retried into a hang, and is never zeros).
+  Bytes data;
+  bool found = true;
+  s = store->Read("disk", 0, &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+}
+
+TEST_F(S3StoreTest, MissingBucketGivesOneClearMessage) {
+  Config c = BaseConfig();
+  c.store = "s3://no-such-bucket-" + std::to_string(::getpid()) + "/x";
+  std::shared_ptr<S3Store> store;
+  ASSERT_OK(S3Store::Create(c, &store));
+  Status s = store->Check();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("bucket 'no-such-bucket-" + std::to_string(::getpid()) + "' at " + env_.endpoint),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("does not exist"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find('\n'), std::string::npos) << s.message();
+}
+
+TEST_F(S3StoreTest, VolumeRoundTripAtUnalignedOffsets) {
+  VolumeOptions vo;
+  vo.size = 1 << 20;
+  vo.block_size = 4096;
+  vo.lock = false;
+  std::shared_ptr<Volume> volume;
+  ASSERT_OK(Volume::Open(store_, "vol", vo, &volume));
+  Bytes pattern = Pattern(10000, 1);
+  ASSERT_OK(volume->Write(pattern.data(), pattern.size(), 1234, false));
+  ASSERT_OK(volume->Flush());
+  // A second store object (a restarted server) sees the same data.
+  std::shared_ptr<S3Store> again;
+  ASSERT_OK(MakeStore(&again));
+  std::shared_ptr<Volume> v2;
+  vo.readonly = true;
+  ASSERT_OK(Volume::Open(again, "vol", vo, &v2));
+  Bytes back(12000);
+  ASSERT_OK(v2->Read(back.data(), back.size(), 1000));
+  EXPECT_TRUE(std::all_of(back.begin(), back.begin() + 234, [](uint8_t b) { return b == 0; }));
+  EXPECT_TRUE(std::equal(pattern.begin(), pattern.end(), back.begin() + 234));
+  EXPECT_TRUE(std::all_of(back.begin() + 234 + 10000, back.end(), [](uint8_t b) { return b == 0; }));
+}
+
+}  // namespace
+}  // namespace s3block
