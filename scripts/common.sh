@@ -10,9 +10,10 @@ S3BLOCK_PLUGIN=${S3BLOCK_PLUGIN:-$S3BLOCK_BUILD/nbdkit-s3block-plugin.so}
 S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-dev libnbd-dev
   libcurl4-openssl-dev libssl-dev libexpat1-dev libgtest-dev"
 # What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), fusermount3 (fuse3),
-# mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint (util-linux), fio for
-# the benchmarks.
-S3BLOCK_TEST_PACKAGES="libnbd-bin fuse3 e2fsprogs mount util-linux fio"
+# mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint (util-linux), curl
+# (the S3 test server's scripts and an independent S3 client), fio for the benchmarks. The S3
+# server's own packages are installed by tests/scripts/rgw-local.sh when it first starts.
+S3BLOCK_TEST_PACKAGES="libnbd-bin fuse3 e2fsprogs mount util-linux curl fio"
 
 s3b_log() { echo "$(basename "$0"): $*" >&2; }
 s3b_die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }

@@ -3,6 +3,7 @@
 # 10809, in the foreground (Ctrl-C stops it; what clients wrote is kept).
 #
 #   scripts/run-server.sh [PARAM=VALUE...]
+#   scripts/run-server.sh --build-only      # install and build, then stop (the Docker image)
 #
 # Clients name the export they want (nbd-client localhost 10809 -N test_device); a new name
 # creates a new export of size= (default 1G). Any PARAM=VALUE is passed to the plugin (see
@@ -21,8 +22,15 @@ set -euo pipefail
 store=${S3BLOCK_STORE:-./data}
 port=${S3BLOCK_PORT:-10809}
 
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+  build_only=1
+  shift
+fi
+
 s3b_install_missing $S3BLOCK_BUILD_PACKAGES
 s3b_build nbdkit-s3block-plugin
+[ $build_only = 0 ] || exit 0
 
 # store= on the command line wins over S3BLOCK_STORE.
 have_store=0

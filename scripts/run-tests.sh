@@ -96,6 +96,8 @@ if [ -f "$s3_script" ]; then
     # shellcheck disable=SC1090
     . "$s3_env"
     s3_available=1
+    # From here on the S3 tests (unit and integration) must run, not skip.
+    export S3BLOCK_TEST_REQUIRE_S3=1
   fi
   rm -f "$s3_env"
 else
@@ -105,9 +107,8 @@ fi
 # --- The suites. ---
 suite "unit tests" ctest_run -L unit
 if [ $s3_available = 1 ]; then
-  # The S3 variants must run now, not skip.
   suite "integration tests, local store" ctest_run -L integration -E '/s3_'
-  suite "integration tests, S3 store" env S3BLOCK_TEST_REQUIRE_S3=1 ctest_run -L integration -R '/s3_'
+  suite "integration tests, S3 store" ctest_run -L integration -R '/s3_'
 else
   suite "integration tests, local store" ctest_run -L integration -E '/s3_'
 fi
