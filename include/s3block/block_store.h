@@ -89,6 +89,17 @@ class BlockStore {
   // Blocks must have been deleted first.
   virtual Status DeleteMeta(std::string_view export_name) = 0;
 
+  // Copies block `id` of export `from` to the same id of export `to` in this store; *found is
+  // false (and nothing is written) if the source block is not stored. This default reads and
+  // writes through this layer, which is right for layers that transform blocks; leaf stores that
+  // can copy without moving data (S3 CopyObject, a reflink) override it.
+  virtual Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
+    Bytes data;
+    S3B_RETURN_IF_ERROR(Read(from, id, &data, found));
+    if (!*found) return Status::Ok();
+    return Write(to, id, data, false);
+  }
+
   // Claims the export for writing by this process. `holder` describes this process (host, pid,
   // time) and is what other processes are shown. If another process holds the export, fails
   // with EBUSY and a message naming that holder, unless `force` (for an operator who knows the

@@ -6,6 +6,7 @@
 //   format=1
 //   size=1073741824
 //   block-size=4096
+//   state=incomplete        (only while an import or copy fills it, or a delete empties it)
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
 // a format number above the one this version understands.
@@ -23,7 +24,12 @@ namespace s3block {
 inline constexpr uint32_t kMetaFormatVersion = 1;
 
 struct ExportMeta {
+  // An export being filled by an import or copy, or being deleted, is not served: its blocks are
+  // not yet (or no longer) a consistent disk. Recorded as "state=..." when not ready.
+  enum class State { kReady, kIncomplete, kDeleting };
+
   uint32_t format = kMetaFormatVersion;
+  State state = State::kReady;
   uint64_t size = 0;        // bytes; a multiple of nothing in particular
   uint32_t block_size = 0;  // a power of two from 512 to 16M
 

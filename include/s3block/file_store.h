@@ -44,6 +44,8 @@ class FileStore : public BlockStore {
   Status ReadMeta(std::string_view export_name, std::string* text, bool* found) override;
   Status WriteMeta(std::string_view export_name, std::string_view text) override;
   Status DeleteMeta(std::string_view export_name) override;
+  // A reflink where the file system has them, else a copy in the kernel (copy_file_range).
+  Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
   // An advisory lock (flock) on exports/<name>/lock, which also records the holder. The kernel
   // releases it when the process dies, however it dies, so force is never needed here.
   Status AcquireLease(std::string_view export_name, const std::string& holder, bool force,

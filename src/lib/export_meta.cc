@@ -11,6 +11,8 @@ std::string ExportMeta::Serialize() const {
   out += "format=" + std::to_string(format) + "\n";
   out += "size=" + std::to_string(size) + "\n";
   out += "block-size=" + std::to_string(block_size) + "\n";
+  if (state == State::kIncomplete) out += "state=incomplete\n";
+  if (state == State::kDeleting) out += "state=deleting\n";
   return out;
 }
 
@@ -51,6 +53,11 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
         return bad(line_no, "bad block size");
       m.block_size = static_cast<uint32_t>(v);
       have_block_size = true;
+    } else if (key == "state") {
+      if (value == "ready") m.state = State::kReady;
+      else if (value == "incomplete") m.state = State::kIncomplete;
+      else if (value == "deleting") m.state = State::kDeleting;
+      else return bad(line_no, "unknown state '" + QuoteForMessage(value) + "'");
     } else if (have_format && m.format > kMetaFormatVersion) {
       continue;  // Reported below as a newer format, which is the real cause.
     } else {

@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -453,6 +455,71 @@ Status FileStore::QueryLease(std::string_view export_name, std::string* holder) 
     return Status::Ok();
   }
   ::close(fd);
+  return Status::Ok();
+}
+
+}  // namespace s3block
+
+namespace s3block {
+
+Status FileStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
+  *found = false;
+  std::string src = BlockPath(from, id);
+  int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "open " + src);
+  }
+  struct stat st;
+  if (::fstat(in, &st) != 0) {
+    Status s = Status::FromErrno(errno, "stat " + src);
+    ::close(in);
+    return s;
+  }
+  if (st.st_size == 0) {  // see Read: an empty file is a block that was never written
+    ::close(in);
+    return Status::Ok();
+  }
+  Status s = EnsureBlocksDir(to);
+  if (!s.ok()) {
+    ::close(in);
+    return s;
+  }
+  std::string dir = BlocksDir(to);
+  std::string dst = dir + "/" + std::to_string(id);
+  std::string tmp = TempName(dir, std::to_string(id));
+  int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (out < 0) {
+    s = Status::FromErrno(errno, "create " + tmp);
+    ::close(in);
+    return s;
+  }
+  if (::ioctl(out, FICLONE, in) != 0) {
+    off_t left = st.st_size;
+    while (left > 0) {
+      ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        s = n < 0 ? Status::FromErrno(errno, "copy " + src + " to " + tmp)
+                  : Status::IoError("copy " + src + ": file shrank while copying");
+        break;
+      }
+      left -= n;
+    }
+  }
+  ::close(in);
+  if (::close(out) != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
+  if (s.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0)
+    s = Status::FromErrno(errno, "rename " + tmp + " to " + dst);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  *found = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  Pending& p = PendingFor(to);
+  p.files.insert(id);
+  p.blocks_dir_changed = true;
   return Status::Ok();
 }
 

@@ -61,6 +61,13 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   bool created = false;
   if (found) {
     S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
+    if (meta.state == ExportMeta::State::kIncomplete) {
+      return Status::Error(EBUSY, where + " is incomplete: an import or copy into it did not "
+                                          "finish; run it again, or delete the export");
+    }
+    if (meta.state == ExportMeta::State::kDeleting) {
+      return Status::Error(EBUSY, where + " is being deleted; run the delete again to finish it");
+    }
     if (options.block_size_explicit && meta.block_size != options.block_size) {
       return Status::InvalidArgument(
           where + " has block size " + HumanSize(meta.block_size) + ", but block-size=" +

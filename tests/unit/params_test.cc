@@ -116,3 +116,21 @@ TEST(Config, UnknownAndMalformedParameters) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST(ExportMeta, StateRoundTripsAndReadyIsNotWritten) {
+  ExportMeta m;
+  m.size = 4096;
+  m.block_size = 4096;
+  EXPECT_EQ(m.Serialize().find("state"), std::string::npos);
+  m.state = ExportMeta::State::kDeleting;
+  ExportMeta back;
+  ASSERT_OK(ExportMeta::Parse("e", m.Serialize(), &back));
+  EXPECT_EQ(back.state, ExportMeta::State::kDeleting);
+  EXPECT_EQ(ExportMeta::Parse("e", "format=1\nsize=1\nblock-size=512\nstate=odd\n", &back).err(), EIO);
+}
+
+}  // namespace
+}  // namespace s3block

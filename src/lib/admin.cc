@@ -1,0 +1,460 @@
+#include "s3block/admin.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "s3block/params.h"
+#include "s3block/volume.h"
+
+namespace s3block {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Q(std::string_view name) { return "'" + QuoteForMessage(name) + "'"; }
+
+Status Cancelled(const std::string& what) {
+  return Status::Error(ECANCELED, what + " interrupted");
+}
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads. Stops at the first error (returned)
+// or when options.cancel becomes true (ECANCELED); reports progress a few times a second.
+Status ParallelFor(uint64_t n, const AdminOptions& options, const std::string& what,
+                   const std::function<Status(uint64_t)>& fn) {
+  std::atomic<uint64_t> next{0}, done{0};
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  Status first_error;
+  std::atomic<int64_t> last_report{0};
+  auto report = [&](bool force) {
+    if (!options.progress || n == 0) return;
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      Clock::now().time_since_epoch()).count();
+    int64_t last = last_report.load();
+    if (!force && (now - last < 200 || !last_report.compare_exchange_strong(last, now))) return;
+    std::lock_guard<std::mutex> lock(mu);
+    options.progress(done.load(), n);
+  };
+  auto worker = [&] {
+    for (;;) {
+      if (stop.load()) return;
+      if (options.cancel && options.cancel->load()) {
+        stop = true;
+        return;
+      }
+      uint64_t i = next.fetch_add(1);
+      if (i >= n) return;
+      Status s = fn(i);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.ok()) first_error = s;
+        stop = true;
+        return;
+      }
+      done.fetch_add(1);
+      report(false);
+    }
+  };
+  int threads = static_cast<int>(std::min<uint64_t>(std::max(options.threads, 1), std::max<uint64_t>(n, 1)));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  report(true);
+  if (!first_error.ok()) return first_error;
+  if (done.load() < n) return Cancelled(what);
+  return Status::Ok();
+}
+
+Status ReadMetaOf(BlockStore& store, std::string_view name, ExportMeta* meta, bool* found) {
+  std::string text;
+  S3B_RETURN_IF_ERROR(store.ReadMeta(name, &text, found));
+  if (!*found) return Status::Ok();
+  return ExportMeta::Parse(name, text, meta);
+}
+
+Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) {
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, meta, &found));
+  if (!found) return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  if (meta->state != ExportMeta::State::kReady)
+    return Status::Error(EBUSY, "export " + Q(name) + " is " +
+                                    (meta->state == ExportMeta::State::kDeleting ? "being deleted"
+                                                                                 : "incomplete"));
+  return Status::Ok();
+}
+
+Status Claim(BlockStore& store, std::string_view name, const AdminOptions& options,
+             std::unique_ptr<ExportLease>* lease) {
+  Status s = store.AcquireLease(name, DescribeThisProcess(options.holder), options.force, lease);
+  if (s.err() == ENOTSUP) return Status::Ok();  // the store cannot lock; nothing to claim
+  if (s.err() == EBUSY) return s.Annotate("refusing to change it (use --force if that server is gone)");
+  return s;
+}
+
+Status ListIds(BlockStore& store, std::string_view name, std::vector<uint64_t>* ids) {
+  ids->clear();
+  S3B_RETURN_IF_ERROR(store.ListBlocks(name, [&](uint64_t id) { ids->push_back(id); }));
+  std::sort(ids->begin(), ids->end());
+  return Status::Ok();
+}
+
+AdminOptions Quiet(const AdminOptions& options) {
+  AdminOptions q = options;
+  q.progress = nullptr;
+  return q;
+}
+
+// Deletes `ids` in batches, in parallel.
+Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uint64_t>& ids,
+                 const AdminOptions& options) {
+  constexpr uint64_t kBatch = 1000;
+  uint64_t batches = (ids.size() + kBatch - 1) / kBatch;
+  return ParallelFor(batches, options, "delete", [&](uint64_t b) {
+    size_t first = b * kBatch, n = std::min<size_t>(kBatch, ids.size() - first);
+    return store.Delete(name, std::span<const uint64_t>(ids.data() + first, n), false);
+  });
+}
+
+}  // namespace
+
+Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  *info = ExportInfo();
+  info->name = std::string(name);
+  bool found = false;
+  Status s = ReadMetaOf(store, name, &info->meta, &found);
+  if (!s.ok()) info->meta_error = s.message();
+  info->has_meta = found && s.ok();
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (!found && ids.empty() && s.ok())
+    return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  info->blocks_stored = ids.size();
+  uint32_t bs = info->has_meta ? info->meta.block_size : kDefaultBlockSize;
+  info->bytes_stored = info->blocks_stored * bs;
+  if (info->has_meta) {
+    uint64_t count = info->meta.block_count();
+    info->blocks_past_end = static_cast<uint64_t>(
+        ids.end() - std::lower_bound(ids.begin(), ids.end(), count));
+  }
+  Status q = store.QueryLease(name, &info->lease_holder);
+  if (!q.ok() && q.err() != ENOTSUP) return q;
+  return Status::Ok();
+}
+
+Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out) {
+  out->clear();
+  std::vector<std::string> names;
+  S3B_RETURN_IF_ERROR(store.ListExports(&names));
+  for (const auto& n : names) {
+    ExportInfo info;
+    Status s = GetExportInfo(store, n, &info);
+    if (s.err() == ENOENT) continue;  // an empty directory
+    S3B_RETURN_IF_ERROR(s);
+    out->push_back(std::move(info));
+  }
+  return Status::Ok();
+}
+
+Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uint32_t block_size,
+                    const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  if (size == 0 || size > kMaxExportSize) return Status::InvalidArgument("size must be from 1 byte to 4E");
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
+  ExportMeta meta;
+  bool found = false;
+  Status s = ReadMetaOf(store, name, &meta, &found);
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (found || !s.ok() || !ids.empty())
+    return Status::Error(EEXIST, "export " + Q(name) + " already exists in " + store.Describe());
+  meta = ExportMeta();
+  meta.size = size;
+  meta.block_size = block_size;
+  return store.WriteMeta(name, meta.Serialize());
+}
+
+Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size, bool allow_shrink,
+                    const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  if (new_size == 0 || new_size > kMaxExportSize) return Status::InvalidArgument("size must be from 1 byte to 4E");
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  const uint64_t old_size = meta.size;
+  if (new_size < old_size && !allow_shrink) {
+    return Status::InvalidArgument("shrinking export " + Q(name) + " from " + HumanSize(old_size) +
+                                   " to " + HumanSize(new_size) +
+                                   " deletes the data past the new end; add --force to do it");
+  }
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  ExportMeta next = meta;
+  next.size = new_size;
+  const uint64_t keep = std::min(meta.block_count(), next.block_count());
+  // Shrinking: record the new size first, so that an interruption leaves only blocks past the
+  // end, which nothing reads. Growing: first remove blocks past the old end (left by an earlier
+  // interrupted shrink), which would otherwise reappear as data.
+  if (new_size < old_size) S3B_RETURN_IF_ERROR(store.WriteMeta(name, next.Serialize()));
+  std::vector<uint64_t> doomed(std::lower_bound(ids.begin(), ids.end(), keep), ids.end());
+  S3B_RETURN_IF_ERROR(DeleteIds(store, name, doomed, options));
+  // The bytes of the last kept block past the smaller size must read as zeros if it grows again.
+  const uint64_t small = std::min(old_size, new_size);
+  if (small % meta.block_size != 0) {
+    uint64_t id = small / meta.block_size;
+    Bytes data;
+    bool found = false;
+    S3B_RETURN_IF_ERROR(store.Read(name, id, &data, &found));
+    if (found && data.size() == meta.block_size) {
+      size_t cut = small % meta.block_size;
+      if (!IsAllZero(data.data() + cut, data.size() - cut)) {
+        std::memset(data.data() + cut, 0, data.size() - cut);
+        S3B_RETURN_IF_ERROR(store.Write(name, id, data, false));
+      }
+    }
+  }
+  S3B_RETURN_IF_ERROR(store.Flush(name));
+  if (new_size >= old_size) S3B_RETURN_IF_ERROR(store.WriteMeta(name, next.Serialize()));
+  return Status::Ok();
+}
+
+Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
+  ExportMeta meta;
+  bool found = false;
+  Status ms = ReadMetaOf(store, name, &meta, &found);
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (!found && ids.empty() && ms.ok())
+    return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  // Mark it first: an interrupted delete leaves an export that is not served, rather than a
+  // disk with holes punched in it.
+  if (!ms.ok()) meta = ExportMeta();  // damaged metadata: replace it with a marker
+  if (meta.block_size == 0) meta.block_size = kDefaultBlockSize;
+  meta.state = ExportMeta::State::kDeleting;
+  S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
+  S3B_RETURN_IF_ERROR(DeleteIds(store, name, ids, options));
+  S3B_RETURN_IF_ERROR(store.Flush(name));
+  lease.reset();
+  return store.DeleteMeta(name);
+}
+
+Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
+                  const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(from));
+  S3B_RETURN_IF_ERROR(ValidateExportName(to));
+  if (from == to) return Status::InvalidArgument("source and destination are the same export");
+  std::unique_ptr<ExportLease> src_lease, dst_lease;
+  S3B_RETURN_IF_ERROR(Claim(store, from, options, &src_lease));
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(RequireReady(store, from, &meta));
+  S3B_RETURN_IF_ERROR(Claim(store, to, options, &dst_lease));
+  bool dst_found = false;
+  ExportMeta dst_meta;
+  Status ds = ReadMetaOf(store, to, &dst_meta, &dst_found);
+  std::vector<uint64_t> dst_ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, to, &dst_ids));
+  if ((dst_found && dst_meta.state != ExportMeta::State::kIncomplete) || !ds.ok() ||
+      (!dst_found && !dst_ids.empty()))
+    return Status::Error(EEXIST, "export " + Q(to) + " already exists in " + store.Describe());
+  ExportMeta next = meta;
+  next.state = ExportMeta::State::kIncomplete;
+  S3B_RETURN_IF_ERROR(store.WriteMeta(to, next.Serialize()));
+  // A re-run after an interruption starts clean: remove what the last attempt copied.
+  S3B_RETURN_IF_ERROR(DeleteIds(store, to, dst_ids, Quiet(options)));
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, from, &ids));
+  ids.erase(std::lower_bound(ids.begin(), ids.end(), meta.block_count()), ids.end());
+  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "copy", [&](uint64_t i) {
+    bool found = false;
+    return store.CopyBlock(from, to, ids[i], &found);
+  }));
+  S3B_RETURN_IF_ERROR(store.Flush(to));
+  next.state = ExportMeta::State::kReady;
+  return store.WriteMeta(to, next.Serialize());
+}
+
+Status ImportImage(BlockStore& store, std::string_view name, const std::string& path,
+                   uint32_t block_size, const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0) return Status::FromErrno(errno, "seek " + path);
+    size = static_cast<uint64_t>(end);
+  } else if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(path + " is not a regular file or a block device");
+  }
+  if (size == 0) return Status::InvalidArgument(path + " is empty");
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
+  ExportMeta meta;
+  bool found = false;
+  Status ms = ReadMetaOf(store, name, &meta, &found);
+  std::vector<uint64_t> old_ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &old_ids));
+  if ((found && meta.state != ExportMeta::State::kIncomplete) || !ms.ok() ||
+      (!found && !old_ids.empty()))
+    return Status::Error(EEXIST, "export " + Q(name) + " already exists in " + store.Describe() +
+                                     "; delete it first");
+  meta = ExportMeta();
+  meta.size = size;
+  meta.block_size = block_size;
+  meta.state = ExportMeta::State::kIncomplete;
+  S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
+  S3B_RETURN_IF_ERROR(DeleteIds(store, name, old_ids, Quiet(options)));
+  // Only blocks that overlap data in the file are read at all: holes are skipped by SEEK_DATA.
+  std::vector<uint64_t> ids;
+  const uint64_t count = meta.block_count();
+  uint64_t pos = 0;
+  while (pos < size) {
+    off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data past pos
+      data = static_cast<off_t>(pos);  // SEEK_DATA unsupported: treat everything as data
+    }
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = static_cast<off_t>(size);
+    uint64_t first = static_cast<uint64_t>(data) / block_size;
+    uint64_t last = std::min<uint64_t>((static_cast<uint64_t>(hole) + block_size - 1) / block_size, count);
+    for (uint64_t id = std::max(first, ids.empty() ? 0 : ids.back() + 1); id < last; ++id) ids.push_back(id);
+    pos = static_cast<uint64_t>(hole);
+  }
+  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "import", [&](uint64_t i) {
+    const uint64_t id = ids[i];
+    thread_local Bytes buf;
+    buf.assign(block_size, 0);
+    const uint64_t off = id * block_size;
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(block_size, size - off));
+    size_t got = 0;
+    while (got < want) {
+      ssize_t r = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Status::FromErrno(errno, "read " + path);
+      if (r == 0) return Status::IoError(path + " shrank while it was being imported");
+      got += static_cast<size_t>(r);
+    }
+    if (IsAllZero(buf.data(), buf.size())) return Status::Ok();
+    return store.Write(name, id, buf, false);
+  }));
+  S3B_RETURN_IF_ERROR(store.Flush(name));
+  meta.state = ExportMeta::State::kReady;
+  return store.WriteMeta(name, meta.Serialize());
+}
+
+Status ExportImage(BlockStore& store, std::string_view name, const std::string& path,
+                   const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  ids.erase(std::lower_bound(ids.begin(), ids.end(), meta.block_count()), ids.end());
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  const bool regular = S_ISREG(st.st_mode);
+  if (regular) {
+    // Truncate to nothing, then to the size: every block not written below is a hole.
+    if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(meta.size)) != 0)
+      return Status::FromErrno(errno, "truncate " + path);
+  }
+  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "export", [&](uint64_t i) {
+    const uint64_t id = ids[i];
+    Bytes data;
+    bool found = false;
+    S3B_RETURN_IF_ERROR(store.Read(name, id, &data, &found));
+    if (!found) return Status::Ok();
+    if (data.size() != meta.block_size)
+      return Status::IoError("block " + std::to_string(id) + " of export " + Q(name) + " has " +
+                             std::to_string(data.size()) + " bytes, not " + std::to_string(meta.block_size));
+    if (IsAllZero(data.data(), data.size()) && regular) return Status::Ok();
+    const uint64_t off = id * meta.block_size;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(meta.block_size, meta.size - off));
+    size_t put = 0;
+    while (put < n) {
+      ssize_t w = ::pwrite(fd, data.data() + put, n - put, static_cast<off_t>(off + put));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return Status::FromErrno(errno, "write " + path);
+      put += static_cast<size_t>(w);
+    }
+    return Status::Ok();
+  }));
+  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
+  return Status::Ok();
+}
+
+Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions& options,
+                    VerifyReport* report) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  *report = VerifyReport();
+  ExportMeta meta;
+  bool found = false;
+  Status ms = ReadMetaOf(store, name, &meta, &found);
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (!ms.ok()) {
+    report->problems.push_back(ms.message());
+    return Status::Ok();
+  }
+  if (!found) {
+    if (ids.empty()) return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+    report->problems.push_back("export " + Q(name) + " has blocks but no metadata");
+    meta.block_size = kDefaultBlockSize;
+    meta.size = kMaxExportSize;
+  }
+  if (meta.state != ExportMeta::State::kReady)
+    report->problems.push_back("export " + Q(name) + " is marked " +
+                               (meta.state == ExportMeta::State::kDeleting ? "deleting" : "incomplete"));
+  std::mutex mu;
+  std::atomic<uint64_t> checked{0};
+  Status s = ParallelFor(ids.size(), options, "verify", [&](uint64_t i) {
+    const uint64_t id = ids[i];
+    std::string problem;
+    if (id >= meta.block_count()) {
+      problem = "block " + std::to_string(id) + " is stored past the end of the export";
+    } else {
+      Bytes data;
+      bool present = false;
+      Status r = store.Read(name, id, &data, &present);
+      if (!r.ok()) {
+        problem = "block " + std::to_string(id) + ": " + r.message();
+      } else if (!present) {
+        problem = "block " + std::to_string(id) + " was listed but cannot be found";
+      } else if (data.size() != meta.block_size) {
+        problem = "block " + std::to_string(id) + " has " + std::to_string(data.size()) +
+                  " bytes; the block size is " + std::to_string(meta.block_size);
+      }
+    }
+    checked.fetch_add(1);
+    if (!problem.empty()) {
+      std::lock_guard<std::mutex> lock(mu);
+      report->problems.push_back(problem);
+    }
+    return Status::Ok();
+  });
+  report->blocks_checked = checked.load();
+  std::sort(report->problems.begin(), report->problems.end());
+  return s;
+}
+
+}  // namespace s3block
