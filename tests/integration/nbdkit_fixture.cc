@@ -368,7 +368,7 @@ std::vector<uint8_t> Pattern(uint64_t seed, uint64_t offset, size_t count) {
   if (diffs == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << diffs << " of " << actual.size() << " bytes differ; the first at export offset "
-         << base + first << ": read 0x" << std::hex << int(actual[first]) << ", expected 0x"
+         << base + first << ": read " << int(actual[first]) << ", expected "
          << int(expected[first]);
 }
 

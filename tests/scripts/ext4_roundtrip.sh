@@ -81,6 +81,7 @@ on_exit() {
   exit $rc
 }
 trap on_exit EXIT
+trap 'echo "ext4_roundtrip: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT TERM HUP
 
 # Waits up to $2 seconds for the file $1 to exist and not be empty.
