@@ -1,0 +1,187 @@
+#!/bin/bash
+# The admin command, s3block, end to end on one store: every subcommand, an image imported and
+# read back through a real nbdkit byte for byte, the lease of a running server respected, damage
+# made behind the store's back found by verify, and an interrupted import left unserved.
+#
+#   tests/scripts/admin_cli.sh local
+#   tests/scripts/admin_cli.sh s3        (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
+#
+# Environment: S3BLOCK_BUILD (default build/ of this checkout). Exits 0 when every check passes.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build=${S3BLOCK_BUILD:-$repo/build}
+tool=$build/s3block
+plugin=$build/nbdkit-s3block-plugin.so
+mode=${1:-local}
+
+log() { echo "admin_cli[$mode]: $*"; }
+die() { echo "admin_cli[$mode]: FAILED: $*" >&2; exit 1; }
+[ -x "$tool" ] || die "no $tool (build first)"
+[ -f "$plugin" ] || die "no $plugin (build first)"
+
+work=$(mktemp -d /tmp/s3block-admin.XXXXXX)
+nbdkit_pid=
+cleanup() {
+  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+case "$mode" in
+local)
+  store="$work/store"
+  cli_store=(--store "$store")
+  plugin_store=("store=$store")
+  ;;
+s3)
+  for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
+    n=S3BLOCK_TEST_S3_$v
+    [ -n "${!n:-}" ] || die "$n is not set"
+  done
+  store="s3://$S3BLOCK_TEST_S3_BUCKET/admin-$(date +%s)-$$"
+  export AWS_SECRET_ACCESS_KEY=$S3BLOCK_TEST_S3_SECRET_KEY
+  cli_store=(--store "$store" --endpoint "$S3BLOCK_TEST_S3_ENDPOINT" --access-key "$S3BLOCK_TEST_S3_ACCESS_KEY")
+  plugin_store=("store=$store" "endpoint=$S3BLOCK_TEST_S3_ENDPOINT"
+                "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY")
+  ;;
+*) die "usage: $0 local|s3" ;;
+esac
+
+s3b() { "$tool" "${cli_store[@]}" "$@"; }
+
+# expect_exit CODE COMMAND...: runs the command, which must exit with CODE; its stderr is kept in
+# $work/err for the caller to inspect.
+expect_exit() {
+  local want=$1 rc=0
+  shift
+  "$@" >"$work/out" 2>"$work/err" </dev/null || rc=$?
+  [ "$rc" = "$want" ] || { cat "$work/out" "$work/err" >&2; die "'$*' exited $rc, expected $want"; }
+}
+
+start_nbdkit() {
+  rm -f "$work/sock"
+  nbdkit -f -U "$work/sock" "$plugin" "${plugin_store[@]}" "$@" 2>"$work/nbdkit.log" &
+  nbdkit_pid=$!
+  for _ in $(seq 1 100); do [ -S "$work/sock" ] && return 0; sleep 0.1; done
+  cat "$work/nbdkit.log" >&2
+  die "nbdkit did not start"
+}
+stop_nbdkit() {
+  kill "$nbdkit_pid"
+  wait "$nbdkit_pid" 2>/dev/null || true
+  nbdkit_pid=
+}
+
+log "--help for every subcommand"
+for c in create list info resize delete copy import export verify stats; do
+  "$tool" "$c" --help | grep -q "s3block $c" || die "$c --help"
+done
+expect_exit 2 "$tool" "${cli_store[@]}" frobnicate
+expect_exit 2 "$tool" "${cli_store[@]}" create x --size banana
+expect_exit 2 "$tool" "${cli_store[@]}" --secret-key oops list
+grep -q "ps" "$work/err" || die "--secret-key refusal does not say why"
+
+log "create, list, info"
+s3b create empty --size 64M --block-size 64K >/dev/null
+s3b list --json >"$work/list.json"
+grep -q '"name": "empty", "size": 67108864, "block_size": 65536' "$work/list.json" || { cat "$work/list.json"; die "list --json"; }
+s3b info empty | grep -q "block size:      65536" || die "info"
+expect_exit 1 "$tool" "${cli_store[@]}" create empty
+grep -q "already exists" "$work/err" || die "create over an existing export"
+expect_exit 1 "$tool" "${cli_store[@]}" create "../escape"
+grep -q "export name" "$work/err" || die "hostile name message"
+
+log "import a sparse image and read it back through nbdkit"
+img=$work/disk.img
+truncate -s 40M "$img"
+head -c 3M /dev/urandom | dd of="$img" bs=1M seek=0 conv=notrunc status=none
+head -c 1M /dev/urandom | dd of="$img" bs=1M seek=20 conv=notrunc status=none
+head -c 12345 /dev/urandom | dd of="$img" bs=1 seek=$((40 * 1024 * 1024 - 12345)) conv=notrunc status=none
+s3b import disk "$img" >/dev/null 2>&1
+s3b info disk --json >"$work/info.json"
+blocks=$(sed -n 's/.*"blocks_stored": \([0-9]*\).*/\1/p' "$work/info.json")
+# 4 MiB + 12345 bytes of data at 4 KiB blocks: 1024 + 3 or 4 blocks, never the 10240 of the image.
+[ "$blocks" -ge 1027 ] && [ "$blocks" -le 1029 ] || die "import stored $blocks blocks"
+start_nbdkit
+nbdcopy "nbd+unix:///disk?socket=$work/sock" "$work/read.img"
+cmp "$img" "$work/read.img" || die "the image read through nbdkit differs"
+
+log "the lease of the running server is respected"
+expect_exit 4 "$tool" "${cli_store[@]}" delete disk --yes
+grep -q "nbdkit pid $nbdkit_pid" "$work/err" || { cat "$work/err"; die "delete did not name the holder"; }
+if [ "$mode" = local ]; then
+  s3b info disk | grep -q "served by:       nbdkit pid $nbdkit_pid" || die "info does not show the holder"
+fi
+stop_nbdkit
+
+log "export is sparse and exact"
+s3b export disk "$work/out.img" >/dev/null 2>&1
+cmp "$img" "$work/out.img" || die "export differs from the image"
+used=$(du -k "$work/out.img" | cut -f1)
+[ "$used" -lt 10000 ] || die "export wrote $used KiB: holes were filled"
+
+log "copy"
+s3b copy disk disk2 >/dev/null 2>&1
+s3b export disk2 "$work/copy.img" >/dev/null 2>&1
+cmp "$img" "$work/copy.img" || die "the copy differs"
+
+log "resize"
+expect_exit 2 "$tool" "${cli_store[@]}" resize disk2 1M
+grep -q -- "--force" "$work/err" || die "shrink refusal does not mention --force"
+s3b resize disk2 1M --force >/dev/null 2>&1
+s3b resize disk2 2M >/dev/null 2>&1
+s3b export disk2 "$work/small.img" >/dev/null 2>&1
+cmp -n 1048576 "$img" "$work/small.img" || die "the first MiB changed in resize"
+cmp -n 1048576 -i 1048576:0 "$work/small.img" /dev/zero || die "grown space is not zeros"
+
+log "verify finds damage made behind its back"
+s3b verify disk >/dev/null 2>&1 || die "verify of a sound export failed"
+if [ "$mode" = local ]; then
+  truncate -s 100 "$store/exports/disk/blocks/7"
+else
+  key="${store#s3://$S3BLOCK_TEST_S3_BUCKET/}/exports/disk/blocks/7"
+  printf 'short' >"$work/short"
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3BLOCK_TEST_S3_ACCESS_KEY:$S3BLOCK_TEST_S3_SECRET_KEY" \
+    -H "x-amz-content-sha256: $(sha256sum "$work/short" | cut -d' ' -f1)" -H "Content-Type: application/octet-stream" \
+    -T "$work/short" -H "Expect:" "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$key" >/dev/null 2>&1 \
+  || curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3BLOCK_TEST_S3_ACCESS_KEY:$S3BLOCK_TEST_S3_SECRET_KEY" \
+    -H "x-amz-content-sha256: $(sha256sum "$work/short" | cut -d' ' -f1)" -H "Content-Type: application/octet-stream" \
+    -X PUT --data-binary @"$work/short" "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$key" >/dev/null \
+  || die "could not damage the block with curl"
+fi
+expect_exit 3 "$tool" "${cli_store[@]}" verify disk
+grep -q "DAMAGED: block 7" "$work/out" || { cat "$work/out"; die "verify did not name block 7"; }
+
+log "an interrupted import is not served, and a re-run finishes it"
+big=$work/big.img
+head -c 200M /dev/urandom >"$big"
+"$tool" "${cli_store[@]}" import big "$big" --threads 1 >"$work/imp.out" 2>&1 </dev/null &
+imp=$!
+# Interrupt once it has stored something (the export's metadata says incomplete by then).
+for _ in $(seq 1 200); do
+  s3b info big --json 2>/dev/null | grep -q '"blocks_stored": [1-9]' && break
+  sleep 0.05
+done
+kill -INT "$imp"
+rc=0
+wait "$imp" || rc=$?
+[ "$rc" = 130 ] || { cat "$work/imp.out"; die "interrupted import exited $rc, expected 130 (it must still be running when interrupted)"; }
+s3b info big | grep -q "state:           incomplete" || die "interrupted import not marked incomplete"
+start_nbdkit
+if nbdinfo "nbd+unix:///big?socket=$work/sock" >/dev/null 2>&1; then die "an incomplete export was served"; fi
+grep -q "incomplete" "$work/nbdkit.log" || die "nbdkit did not say why"
+stop_nbdkit
+s3b import big "$big" >/dev/null 2>&1
+s3b export big "$work/big.out" >/dev/null 2>&1
+cmp "$big" "$work/big.out" || die "the re-run import differs"
+
+log "delete"
+for e in disk disk2 big empty; do s3b delete "$e" --yes >/dev/null 2>&1; done
+s3b list --json >"$work/list.json"
+[ "$(cat "$work/list.json")" = "[]" ] || { cat "$work/list.json"; die "exports left after delete"; }
+expect_exit 1 "$tool" "${cli_store[@]}" delete disk --yes
+grep -q "does not exist" "$work/err" || die "deleting a missing export"
+
+log "all checks passed"
