@@ -114,6 +114,24 @@ int AfterFork() {
   });
 }
 
+// nbdkit is shutting down cleanly: make what every export holds durable while the store's
+// threads still run (unload comes after them).
+void Cleanup() {
+  Guard("cleanup", [] {
+    std::vector<std::shared_ptr<Volume>> volumes;
+    {
+      std::lock_guard<std::mutex> lock(g_volumes_mu);
+      for (auto& [name, entry] : g_volumes)
+        if (entry.volume && !entry.volume->readonly()) volumes.push_back(entry.volume);
+    }
+    for (auto& v : volumes) {
+      Status s = v->Flush();
+      if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
+    }
+    return 0;
+  });
+}
+
 void Unload() {
   // Everything acknowledged has been made durable by flushes or by the last close; this only
   // releases memory when nbdkit does run it.
@@ -285,6 +303,7 @@ struct nbdkit_plugin MakePlugin() {
   p.version = S3BLOCK_VERSION;
   p.description = "Serves exports whose blocks are files or S3 objects, one per block.";
   p.unload = Unload;
+  p.cleanup = Cleanup;
   p.config = Config;
   p.config_complete = ConfigComplete;
   p.config_help = Config::Help();
