@@ -68,7 +68,7 @@ mkdir -p "$logs" 2>/dev/null || { logs=$(mktemp -d /tmp/s3block-test-logs.XXXXXX
 suite "install and build" install_and_build
 if [ $failed -ne 0 ]; then finish; fi
 
-ctest_run() { ctest --test-dir "$S3BLOCK_BUILD" --output-on-failure --timeout 900 -j "$(nproc)" "$@"; }
+ctest_run() { ctest --test-dir "$S3BLOCK_BUILD" --output-on-failure --timeout 300 -j "$(nproc)" "$@"; }
 
 # --- The S3 server, if this checkout has the script that provides one. ---
 # tests/scripts/s3_server.sh start DIR PORT prints "export S3BLOCK_TEST_S3_...=..." lines;

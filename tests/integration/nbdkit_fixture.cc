@@ -135,12 +135,17 @@ ScratchDir::~ScratchDir() {
 
 ExitResult RunNbdkitToExit(const std::string& dir, const std::vector<std::string>& args,
                            int limit_seconds) {
-  ExitResult r;
   std::vector<std::string> full = {"-f", "-U", dir + "/refused.sock", "--exit-with-parent",
                                    S3BLOCK_PLUGIN_PATH};
   full.insert(full.end(), args.begin(), args.end());
+  return RunNbdkit(dir, full, limit_seconds);
+}
+
+ExitResult RunNbdkit(const std::string& dir, const std::vector<std::string>& nbdkit_args,
+                     int limit_seconds) {
+  ExitResult r;
   std::string log = dir + "/run-to-exit.log";
-  pid_t pid = SpawnNbdkit(full, log);
+  pid_t pid = SpawnNbdkit(nbdkit_args, log);
   if (pid < 0) {
     r.stderr_text = "cannot start nbdkit";
     return r;

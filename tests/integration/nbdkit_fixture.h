@@ -57,8 +57,13 @@ class ScratchDir {
 struct ExitResult {
   bool exited = false;  // false: killed by a signal (or still running when given up on)
   int code = -1;        // exit code when exited
-  std::string stderr_text;
+  std::string stderr_text;  // stdout and stderr together
 };
+
+// Runs `nbdkit nbdkit_args...` until it exits, output to a log in `dir`. Gives up (and kills it)
+// after `limit_seconds`.
+ExitResult RunNbdkit(const std::string& dir, const std::vector<std::string>& nbdkit_args,
+                     int limit_seconds = 60);
 
 // Runs nbdkit with the plugin and `args` in the foreground until it exits, as a user would when
 // checking parameters. Gives up (and kills it) after `limit_seconds`, so a hang fails the test

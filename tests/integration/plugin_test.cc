@@ -700,6 +700,20 @@ TEST_P(PluginTest, ServesTheLayoutOfTheSpecificationsPythonVersion) {
   }
 }
 
+TEST(PluginHelp, ListsEveryParameterAndDumpsItsVersion) {
+  ScratchDir dir;
+  ExitResult help = RunNbdkit(dir.path(), {S3BLOCK_PLUGIN_PATH, "--help"});
+  ASSERT_TRUE(help.exited && help.code == 0) << help.stderr_text;
+  for (const char* key : {"store=", "size=", "block-size=", "default-export=", "create=",
+                          "endpoint=", "access-key=", "secret-key=", "cache=", "cache-size="})
+    EXPECT_NE(help.stderr_text.find(key), std::string::npos) << key << " is not in --help:\n"
+                                                             << help.stderr_text;
+  ExitResult dump = RunNbdkit(dir.path(), {S3BLOCK_PLUGIN_PATH, "--dump-plugin"});
+  ASSERT_TRUE(dump.exited && dump.code == 0) << dump.stderr_text;
+  EXPECT_NE(dump.stderr_text.find("thread_model=parallel"), std::string::npos) << dump.stderr_text;
+  EXPECT_NE(dump.stderr_text.find("s3block_version="), std::string::npos) << dump.stderr_text;
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, PluginTest, ::testing::ValuesIn(AllSuiteParams()),
                          SuiteParamName);
 
