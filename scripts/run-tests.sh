@@ -24,6 +24,11 @@ logs=${S3BLOCK_TEST_LOGS:-$S3BLOCK_BUILD/test-logs}
 ext4_param_sets=(
   "cache=false"
 )
+# Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
+# read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
+backend_scripts=(
+  admin_cli.sh
+)
 
 passed=0
 failed=0
@@ -130,6 +135,15 @@ if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
     fi
   done
 fi
+
+for script in "${backend_scripts[@]}"; do
+  path=$S3BLOCK_REPO/tests/scripts/$script
+  [ -f "$path" ] || continue
+  suite "$script local" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" local
+  if [ $s3_available = 1 ]; then
+    suite "$script s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3
+  fi
+done
 
 s3_stop
 finish
