@@ -320,7 +320,7 @@ TEST_P(PluginTest, FuaWritesSurviveAKillWithoutFlush) {
   ASSERT_TRUE(StartServer({"size=4M"}));
   auto c = Connect();
   ASSERT_TRUE(c);
-  ASSERT_TRUE(nbd_can_fua(c->handle()) == 1) << "the plugin advertises FUA";
+  ASSERT_TRUE(nbd_can_fua(c->handle()) == 1) << "the plugin must advertise FUA";
   Model m(4 * MiB);
   ASSERT_NO_FATAL_FAILURE(WriteAt(*c, &m, 4096 * 5, Pattern(31, 4096 * 5, 4096), /*fua=*/true));
   ASSERT_NO_FATAL_FAILURE(WriteAt(*c, &m, 4096 * 9 + 100, Pattern(32, 4096 * 9 + 100, 50), true));
