@@ -54,6 +54,8 @@ class S3Store : public BlockStore {
   Status DeleteMeta(std::string_view export_name) override;
 
   const std::string& bucket() const { return bucket_; }
+  // "s3://bucket/prefix", as given in store= (without the endpoint).
+  std::string StoreUrl() const;
   // The key prefix ending in '/', or "" (no prefix).
   const std::string& key_prefix() const { return key_prefix_; }
   // Key helpers (the layout above). REQUIRES: export_name passed ValidateExportName.

@@ -78,10 +78,14 @@ S3Store::S3Store(std::string bucket, std::string key_prefix, std::unique_ptr<S3C
 
 S3Store::~S3Store() = default;
 
-std::string S3Store::Describe() const {
+std::string S3Store::StoreUrl() const {
   std::string s = "s3://" + bucket_;
   if (!key_prefix_.empty()) s += "/" + key_prefix_.substr(0, key_prefix_.size() - 1);
-  return s + " at " + (client_->options().endpoint.empty()
+  return s;
+}
+
+std::string S3Store::Describe() const {
+  return StoreUrl() + " at " + (client_->options().endpoint.empty()
                            ? "https://s3." + client_->options().region + ".amazonaws.com"
                            : client_->options().endpoint);
 }
@@ -99,8 +103,10 @@ std::string S3Store::MetaKey(std::string_view export_name) const {
 }
 
 Status S3Store::Check() {
-  return client_->CheckBucket(key_prefix_ + "exports/", check_timeout_)
-      .Annotate("store=" + Describe() + " (credentials from " + credentials_source_ + ")");
+  Status s = client_->CheckBucket(key_prefix_ + "exports/", check_timeout_);
+  if (s.ok()) return s;
+  return Status::Error(s.err(), "store=" + StoreUrl() + ": " + s.message() + " (keys from " +
+                                    credentials_source_ + ")");
 }
 
 Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {

@@ -41,7 +41,8 @@ class FakeHttpServer {
  public:
   using Handler = std::function<FakeResponse(const FakeRequest&)>;
 
-  explicit FakeHttpServer(Handler handler) : handler_(std::move(handler)) {
+  // Listens on 127.0.0.1:port (0: any free port).
+  explicit FakeHttpServer(Handler handler, int port = 0) : handler_(std::move(handler)) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (listen_fd_ < 0) throw std::runtime_error("socket");
     int one = 1;
@@ -49,7 +50,7 @@ class FakeHttpServer {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
     if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
         ::listen(listen_fd_, 64) != 0)
       throw std::runtime_error("bind/listen");

@@ -335,3 +335,57 @@ TEST(S3Client, MalformedListingIsAnError) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST(S3Client, VirtualHostedAddressingPutsTheBucketInTheHostName) {
+  // libcurl resolves every *.localhost name to the loopback address, so "bucket.localhost"
+  // reaches the scripted server without DNS.
+  FakeHttpServer server([](const FakeRequest&) { return Ok("v"); });
+  std::string port = server.endpoint().substr(server.endpoint().rfind(':') + 1);
+  S3ClientOptions o;
+  o.endpoint = "http://localhost:" + port;
+  o.bucket = "my-bucket";
+  o.path_style = false;
+  o.retry_timeout = 1;
+  S3Client client(o, AwsCredentials{"AK", "SK", "session-token-value"});
+  std::string body;
+  bool found = false;
+  ASSERT_OK(client.GetObject("exports/a b/blocks/1", &body, &found));
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].headers.at("host"), "my-bucket.localhost:" + port);
+  EXPECT_EQ(got[0].target, "/exports/a%20b/blocks/1");
+  EXPECT_EQ(got[0].headers.at("x-amz-security-token"), "session-token-value");
+  EXPECT_NE(got[0].headers.at("authorization").find("x-amz-security-token"), std::string::npos);
+}
+
+TEST(S3Client, ServerDownThenBack) {
+  // A port with nothing listening: writes fail with EIO once the retry time is spent...
+  int port;
+  {
+    FakeHttpServer probe([](const FakeRequest&) { return FakeResponse{}; });
+    port = std::stoi(probe.endpoint().substr(probe.endpoint().rfind(':') + 1));
+  }
+  auto client = MakeClient("http://127.0.0.1:" + std::to_string(port), 0.3);
+  Status s = client->PutObject("k", AsBytes("data"));
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("gave up after"), std::string::npos) << s.message();
+
+  // ...and a write that is retrying when the server comes back succeeds.
+  auto patient = MakeClient("http://127.0.0.1:" + std::to_string(port), 10);
+  std::unique_ptr<FakeHttpServer> server;
+  std::thread starter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    server = std::make_unique<FakeHttpServer>([](const FakeRequest&) { return FakeResponse{}; }, port);
+  });
+  Status later = patient->PutObject("k", AsBytes("data"));
+  starter.join();
+  EXPECT_OK(later);
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->requests(), 1);
+}
+
+}  // namespace
+}  // namespace s3block
