@@ -101,6 +101,13 @@ int GetReady() {
   return Guard("get_ready", [] {
     Status s = MakeStoreStack(g_config, &g_store);
     if (s.ok()) s = g_store->Check();
+    if (s.ok()) {
+      // Reading the default export's metadata makes the codec layer check the key of an
+      // encrypted export now, while a refusal still reaches the terminal, not at the first client.
+      std::string text;
+      bool found = false;
+      s = g_store->ReadMeta(g_config.default_export, &text, &found);
+    }
     if (!s.ok()) return Fail(s);
     nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());
     return 0;
@@ -184,9 +191,11 @@ void* Open(int readonly) {
         return Fail(s);
       }
       if (!v->lease_warning().empty()) nbdkit_debug("s3block: warning: %s", v->lease_warning().c_str());
+      if (!v->encoding_note().empty()) nbdkit_debug("s3block: %s", v->encoding_note().c_str());
       if (v->created())
-        nbdkit_debug("s3block: created export '%s': size %llu, block size %u",
-                     QuoteForMessage(name).c_str(), (unsigned long long)v->size(), v->block_size());
+        nbdkit_debug("s3block: created export '%s': size %llu, block size %u, encoding %s",
+                     QuoteForMessage(name).c_str(), (unsigned long long)v->size(), v->block_size(),
+                     v->encoding().Describe().c_str());
       e.volume = std::move(v);
     }
     ++e.connections;

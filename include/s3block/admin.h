@@ -39,6 +39,7 @@ struct AdminOptions {
   const std::atomic<bool>* cancel = nullptr;   // set (e.g. by SIGINT) to stop between blocks
   ProgressFn progress;                         // may be empty
   std::string holder = "s3block";              // recorded in the lease while we work
+  BlockEncoding encoding;                      // of the exports that create and import make
 };
 
 // Information about one export (errors: the store's; a missing export is ENOENT).

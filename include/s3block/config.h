@@ -34,6 +34,15 @@ struct Config {
   // Take an export's lease even if another server holds it.
   bool force = false;
 
+  // --- Block encoding of new exports (compression=, encryption=, checksum=) ---
+  // Recorded in a new export's metadata; an existing export keeps the encoding it was created
+  // with. With encryption, Finish() fills in the key check value.
+  BlockEncoding encoding;
+  bool encoding_given = false;
+  // The 32-byte encryption key, from key-file= or else the environment variable S3BLOCK_KEY
+  // (never a parameter value, which would show in ps). Never printed.
+  std::string encryption_key;
+
   // --- S3 ---
   std::string endpoint;        // empty: AWS (https://s3.REGION.amazonaws.com)
   std::string region = "us-east-1";
@@ -55,7 +64,9 @@ struct Config {
 
   // Sets one parameter. Errors: EINVAL, naming the parameter and what it accepts.
   Status Set(std::string_view key, std::string_view value);
-  // Checks the combination (store given, sizes consistent). Call once after the last Set.
+  // Checks the combination (store given, sizes consistent), reads S3BLOCK_KEY if no key-file=
+  // was given, and with encryption makes the key check value for new exports. Call once after
+  // the last Set.
   Status Finish();
 
   bool is_s3() const { return store.rfind("s3://", 0) == 0; }

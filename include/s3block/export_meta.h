@@ -7,9 +7,16 @@
 //   size=1073741824
 //   block-size=4096
 //   state=incomplete        (only while an import or copy fills it, or a delete empties it)
+//   compression=zstd:3      (only for an export whose blocks are encoded; see BlockEncoding)
+//   encryption=aes-256-gcm
+//   key-check=SALT:MAC
+//   checksum=crc32c
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
-// a format number above the one this version understands.
+// a format number above the one this version understands. An export with the raw encoding (the
+// default) has none of the encoding keys, so its document is the same as before they existed; an
+// older version refuses an encoded export's document (unknown key) rather than serve its blocks as
+// they are.
 #ifndef S3BLOCK_EXPORT_META_H_
 #define S3BLOCK_EXPORT_META_H_
 
@@ -23,6 +30,40 @@ namespace s3block {
 
 inline constexpr uint32_t kMetaFormatVersion = 1;
 
+// How an export's blocks are stored, chosen when the export is created and fixed for its life.
+// All off (the default) is the specification's raw layout: each object is exactly one plain block.
+// Anything else stores each block as an encoded object with a small header (codec_store.h).
+struct BlockEncoding {
+  enum class Compression { kNone, kZstd };
+  enum class Encryption { kNone, kAes256Gcm };
+
+  static constexpr int kDefaultZstdLevel = 3;
+
+  Compression compression = Compression::kNone;
+  int level = kDefaultZstdLevel;  // zstd level, 1 to 22; meaningful with kZstd only
+  Encryption encryption = Encryption::kNone;
+  // With encryption: "SALT:MAC" in hex (MakeKeyCheck in codec_store.h), which tells whether a key
+  // is the export's key without revealing anything about it. Empty without encryption.
+  std::string key_check;
+  // A CRC-32C in each stored object (with encryption, the cipher's tag does this job instead).
+  bool checksum = false;
+
+  bool raw() const {
+    return compression == Compression::kNone && encryption == Encryption::kNone && !checksum;
+  }
+  // "raw", or the choices joined by '+': "zstd:3+aes-256-gcm+crc32c".
+  std::string Describe() const;
+  // True if both make the same choices (the key check is not compared: its salt is random).
+  bool SameChoices(const BlockEncoding& other) const;
+
+  // Parse the value of compression= ("none", "zstd" or "zstd:LEVEL"), encryption= ("none" or
+  // "aes-256-gcm") and checksum= ("none" or "crc32c") into *this. Errors: EINVAL, naming the
+  // parameter and what it accepts.
+  Status SetCompression(std::string_view value);
+  Status SetEncryption(std::string_view value);
+  Status SetChecksum(std::string_view value);
+};
+
 struct ExportMeta {
   // An export being filled by an import or copy, or being deleted, is not served: its blocks are
   // not yet (or no longer) a consistent disk. Recorded as "state=..." when not ready.
@@ -32,6 +73,7 @@ struct ExportMeta {
   State state = State::kReady;
   uint64_t size = 0;        // bytes; a multiple of nothing in particular
   uint32_t block_size = 0;  // a power of two from 512 to 16M
+  BlockEncoding encoding;   // raw unless the export was created with compression, encryption...
 
   // Serialises the metadata as the document above.
   std::string Serialize() const;

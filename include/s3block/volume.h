@@ -44,6 +44,10 @@ struct VolumeOptions {
   bool force = false;
   // Who we are, for other servers' messages; empty: "PROGRAM pid N on HOST since TIME".
   std::string holder;
+  // Block encoding of a new export. An existing export keeps its recorded encoding; if one was
+  // given explicitly (encoding_explicit) and differs, Open says so in encoding_note().
+  BlockEncoding encoding;
+  bool encoding_explicit = false;
 };
 
 // "<program> pid <pid> on <host> since <UTC time>".
@@ -79,6 +83,10 @@ class Volume {
   // Non-empty if the export is served read-write without a lease, saying why (the store cannot
   // lock): the caller shows it to the user.
   const std::string& lease_warning() const { return lease_warning_; }
+  // Non-empty if an encoding was given explicitly that differs from the export's recorded one,
+  // saying which one is used (the recorded one): the caller shows it to the user.
+  const std::string& encoding_note() const { return encoding_note_; }
+  const BlockEncoding& encoding() const { return meta_.encoding; }
 
   // Each of these requires offset + count <= size() (else EINVAL for reads, ENOSPC for writes,
   // nothing changed) and, for writes, a read-write volume (else EROFS).
@@ -137,6 +145,7 @@ class Volume {
   bool created_ = false;
   std::unique_ptr<ExportLease> lease_;
   std::string lease_warning_;
+  std::string encoding_note_;
   // While we are the only writer, a clear bit means "not stored" and saves a store request.
   const bool trust_presence_;
   PresenceMap presence_;

@@ -233,8 +233,13 @@ void CacheStore::ExportCache::InsertLru(CacheEntry* e) {
 }
 
 void CacheStore::ExportCache::PushReady(CacheEntry* e) {
-  LinkFront(e, e->data ? CacheEntry::List::kReadyData : CacheEntry::List::kReadyDelete);
+  const auto list = e->data ? CacheEntry::List::kReadyData : CacheEntry::List::kReadyDelete;
+  const bool was_empty = ListOf(list)->empty();
+  LinkFront(e, list);
   e->ready_since = Clock::now();
+  // Idle uploaders sleep without a deadline when there is nothing to age: one must wake to
+  // learn the new one.
+  if (was_empty) upload_cv_.notify_one();
 }
 
 void CacheStore::ExportCache::Touch(CacheEntry* e) {

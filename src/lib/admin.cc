@@ -180,6 +180,7 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
   meta = ExportMeta();
   meta.size = size;
   meta.block_size = block_size;
+  meta.encoding = options.encoding;
   return store.WriteMeta(name, meta.Serialize());
 }
 
@@ -317,6 +318,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
   meta = ExportMeta();
   meta.size = size;
   meta.block_size = block_size;
+  meta.encoding = options.encoding;
   meta.state = ExportMeta::State::kIncomplete;
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
   S3B_RETURN_IF_ERROR(DeleteIds(store, name, old_ids, Quiet(options)));

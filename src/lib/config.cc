@@ -1,6 +1,28 @@
 #include "s3block/config.h"
 
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+
+#include "s3block/codec_store.h"
+
 namespace s3block {
+namespace {
+
+// Reads a key file. The message names the file, never its content.
+Status ReadKeyFile(std::string_view path, std::string* key) {
+  const std::string where = "key-file=" + std::string(path);
+  std::ifstream f{std::string(path), std::ios::binary};
+  if (!f) return Status::InvalidArgument(where + ": cannot open it");
+  std::string text;
+  text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  if (f.bad()) return Status::InvalidArgument(where + ": cannot read it");
+  Status s = ParseEncryptionKey(where, text, key);
+  std::fill(text.begin(), text.end(), '\0');
+  return s;
+}
+
+}  // namespace
 
 Status Config::Set(std::string_view key, std::string_view value) {
   std::string k(key);
@@ -28,6 +50,19 @@ Status Config::Set(std::string_view key, std::string_view value) {
   }
   if (k == "create") return ParseBool(key, value, &create);
   if (k == "force") return ParseBool(key, value, &force);
+  if (k == "compression") {
+    encoding_given = true;
+    return encoding.SetCompression(value);
+  }
+  if (k == "encryption") {
+    encoding_given = true;
+    return encoding.SetEncryption(value);
+  }
+  if (k == "checksum") {
+    encoding_given = true;
+    return encoding.SetChecksum(value);
+  }
+  if (k == "key-file") return ReadKeyFile(value, &encryption_key);
   if (k == "endpoint") {
     if (value.rfind("http://", 0) != 0 && value.rfind("https://", 0) != 0)
       return Status::InvalidArgument("endpoint=" + QuoteForMessage(value) +
@@ -78,6 +113,18 @@ Status Config::Finish() {
   } else if (store[0] != '/') {
     return Status::InvalidArgument("store=" + store + ": the directory must be an absolute path");
   }
+  if (encryption_key.empty()) {
+    const char* env = std::getenv("S3BLOCK_KEY");
+    if (env != nullptr && *env != '\0') S3B_RETURN_IF_ERROR(ParseEncryptionKey("S3BLOCK_KEY", env, &encryption_key));
+  }
+  encoding.key_check.clear();
+  if (encoding.encryption != BlockEncoding::Encryption::kNone) {
+    if (encryption_key.empty())
+      return Status::InvalidArgument(
+          "encryption=aes-256-gcm needs a key: give key-file=FILE (32 bytes, or 64 hex digits) or "
+          "set S3BLOCK_KEY");
+    S3B_RETURN_IF_ERROR(MakeKeyCheck(encryption_key, &encoding.key_check));
+  }
   if (cache) {
     uint64_t dirty = dirty_size ? dirty_size : cache_size / 4;
     if (cache_size < 2ull * block_size)
@@ -98,6 +145,8 @@ VolumeOptions Config::volume_options(bool readonly) const {
   o.readonly = readonly;
   o.create = create;
   o.force = force;
+  o.encoding = encoding;
+  o.encoding_explicit = encoding_given;
   return o;
 }
 
@@ -110,6 +159,12 @@ const char* Config::Help() {
       "default-export=NAME       export served to clients that ask for \"\" (default test_device)\n"
       "create=BOOL               create exports that clients name but that do not exist (default true)\n"
       "force=BOOL                serve an export even if another server holds its lease (default false)\n"
+      "compression=none|zstd[:LEVEL]  compress the blocks of a new export (default none; level 1-22,\n"
+      "                          default 3); an existing export keeps what it was created with\n"
+      "encryption=none|aes-256-gcm  encrypt the blocks of a new export (default none)\n"
+      "key-file=FILE             the encryption key: 32 bytes or 64 hex digits (default: the\n"
+      "                          environment variable S3BLOCK_KEY)\n"
+      "checksum=none|crc32c      a CRC-32C in each block of a new export (default none)\n"
       "endpoint=URL              S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS)\n"
       "region=REGION             S3 region for signing (default us-east-1)\n"
       "path-style=BOOL           path-style URLs (default: true with endpoint=, false for AWS)\n"

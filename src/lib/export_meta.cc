@@ -5,12 +5,86 @@
 #include "s3block/params.h"
 
 namespace s3block {
+namespace {
+
+bool IsHex(std::string_view s) {
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+// "SALT:MAC": 16 bytes of salt and 16 of MAC, in lower-case hex.
+bool IsKeyCheck(std::string_view s) {
+  return s.size() == 65 && s[32] == ':' && IsHex(s.substr(0, 32)) && IsHex(s.substr(33));
+}
+
+}  // namespace
+
+std::string BlockEncoding::Describe() const {
+  std::string out;
+  auto add = [&](const std::string& part) { out += (out.empty() ? "" : "+") + part; };
+  if (compression == Compression::kZstd) add("zstd:" + std::to_string(level));
+  if (encryption == Encryption::kAes256Gcm) add("aes-256-gcm");
+  if (checksum) add("crc32c");
+  return out.empty() ? "raw" : out;
+}
+
+bool BlockEncoding::SameChoices(const BlockEncoding& o) const {
+  return compression == o.compression && (compression == Compression::kNone || level == o.level) &&
+         encryption == o.encryption && checksum == o.checksum;
+}
+
+Status BlockEncoding::SetCompression(std::string_view value) {
+  if (value == "none") {
+    compression = Compression::kNone;
+    return Status::Ok();
+  }
+  int lvl = kDefaultZstdLevel;
+  if (value.rfind("zstd:", 0) == 0) {
+    std::string_view digits = value.substr(5);
+    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), lvl);
+    if (digits.empty() || ec != std::errc() || ptr != digits.data() + digits.size() || lvl < 1 ||
+        lvl > 22)
+      return Status::InvalidArgument("compression=" + QuoteForMessage(value) +
+                                     ": the zstd level must be from 1 to 22");
+  } else if (value != "zstd") {
+    return Status::InvalidArgument("compression=" + QuoteForMessage(value) +
+                                   ": expected none, zstd or zstd:LEVEL");
+  }
+  compression = Compression::kZstd;
+  level = lvl;
+  return Status::Ok();
+}
+
+Status BlockEncoding::SetEncryption(std::string_view value) {
+  if (value == "none") encryption = Encryption::kNone;
+  else if (value == "aes-256-gcm") encryption = Encryption::kAes256Gcm;
+  else
+    return Status::InvalidArgument("encryption=" + QuoteForMessage(value) +
+                                   ": expected none or aes-256-gcm");
+  return Status::Ok();
+}
+
+Status BlockEncoding::SetChecksum(std::string_view value) {
+  if (value == "none") checksum = false;
+  else if (value == "crc32c") checksum = true;
+  else
+    return Status::InvalidArgument("checksum=" + QuoteForMessage(value) +
+                                   ": expected none or crc32c");
+  return Status::Ok();
+}
 
 std::string ExportMeta::Serialize() const {
   std::string out = "# nbd-s3-backend export metadata\n";
   out += "format=" + std::to_string(format) + "\n";
   out += "size=" + std::to_string(size) + "\n";
   out += "block-size=" + std::to_string(block_size) + "\n";
+  // Only what differs from the raw encoding is written: a raw export's document stays as it was.
+  if (encoding.compression == BlockEncoding::Compression::kZstd)
+    out += "compression=zstd:" + std::to_string(encoding.level) + "\n";
+  if (encoding.encryption == BlockEncoding::Encryption::kAes256Gcm)
+    out += "encryption=aes-256-gcm\nkey-check=" + encoding.key_check + "\n";
+  if (encoding.checksum) out += "checksum=crc32c\n";
   if (state == State::kIncomplete) out += "state=incomplete\n";
   if (state == State::kDeleting) out += "state=deleting\n";
   return out;
@@ -58,6 +132,18 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
       else if (value == "incomplete") m.state = State::kIncomplete;
       else if (value == "deleting") m.state = State::kDeleting;
       else return bad(line_no, "unknown state '" + QuoteForMessage(value) + "'");
+    } else if (key == "compression") {
+      Status s = m.encoding.SetCompression(value);
+      if (!s.ok()) return bad(line_no, s.message());
+    } else if (key == "encryption") {
+      Status s = m.encoding.SetEncryption(value);
+      if (!s.ok()) return bad(line_no, s.message());
+    } else if (key == "key-check") {
+      if (!IsKeyCheck(value)) return bad(line_no, "bad key-check (expected SALT:MAC in hex)");
+      m.encoding.key_check = std::string(value);
+    } else if (key == "checksum") {
+      Status s = m.encoding.SetChecksum(value);
+      if (!s.ok()) return bad(line_no, s.message());
     } else if (have_format && m.format > kMetaFormatVersion) {
       continue;  // Reported below as a newer format, which is the real cause.
     } else {
@@ -72,6 +158,11 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
   }
   if (!have_size || !have_block_size)
     return Status::IoError(where + " is corrupt: size or block-size missing");
+  const bool encrypted = m.encoding.encryption != BlockEncoding::Encryption::kNone;
+  if (encrypted && m.encoding.key_check.empty())
+    return Status::IoError(where + " is corrupt: encryption without key-check");
+  if (!encrypted && !m.encoding.key_check.empty())
+    return Status::IoError(where + " is corrupt: key-check without encryption");
   *out = m;
   return Status::Ok();
 }

@@ -1,5 +1,7 @@
 #include "s3block/store_factory.h"
 
+#include "s3block/cache_store.h"
+#include "s3block/codec_store.h"
 #include "s3block/file_store.h"
 #include "s3block/s3_store.h"
 
@@ -9,6 +11,7 @@ Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   if (config.is_s3()) {
     std::shared_ptr<S3Store> s3;
     S3B_RETURN_IF_ERROR(S3Store::Create(config, &s3));
+    s3->set_lease_timeout(config.lease_timeout);
     *out = std::move(s3);
     return Status::Ok();
   }
@@ -16,9 +19,18 @@ Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   return Status::Ok();
 }
 
+Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out) {
+  std::shared_ptr<BlockStore> leaf;
+  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &leaf));
+  *out = std::make_shared<CodecStore>(std::move(leaf), config.encryption_key);
+  return Status::Ok();
+}
+
 Status MakeStoreStack(const Config& config, std::shared_ptr<BlockStore>* out) {
   std::shared_ptr<BlockStore> store;
-  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store));
+  S3B_RETURN_IF_ERROR(MakeCodedStore(config, &store));
+  if (config.cache)
+    store = std::make_shared<CacheStore>(std::move(store), CacheOptions::FromConfig(config));
   *out = std::move(store);
   return Status::Ok();
 }

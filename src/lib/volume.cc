@@ -59,6 +59,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   S3B_RETURN_IF_ERROR(store->ReadMeta(name, &text, &found).Annotate(where));
   ExportMeta meta;
   bool created = false;
+  std::string encoding_note;
   if (found) {
     S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
     if (meta.state == ExportMeta::State::kIncomplete) {
@@ -74,6 +75,11 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
           HumanSize(options.block_size) + " was given; omit block-size or give " +
           std::to_string(meta.block_size));
     }
+    if (options.encoding_explicit && !meta.encoding.SameChoices(options.encoding)) {
+      encoding_note = where + " keeps the block encoding it was created with (" +
+                      meta.encoding.Describe() + "); the encoding given (" +
+                      options.encoding.Describe() + ") applies only to new exports";
+    }
   } else {
     if (!options.create)
       return Status::Error(ENOENT, where + " does not exist");
@@ -81,6 +87,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
       return Status::InvalidArgument("size " + HumanSize(options.size) + " is too large");
     meta.size = options.size;
     meta.block_size = options.block_size;
+    meta.encoding = options.encoding;
   }
   // Claim the export before writing anything or building the presence map: a second writer
   // would make both wrong.
@@ -112,6 +119,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   v->created_ = created;
   v->lease_ = std::move(lease);
   v->lease_warning_ = std::move(lease_warning);
+  v->encoding_note_ = std::move(encoding_note);
   S3B_RETURN_IF_ERROR(
       store->ListBlocks(name, [&](uint64_t id) { v->presence_.Set(id); }).Annotate(where));
   *out = std::move(v);

@@ -512,6 +512,9 @@ TEST_F(CacheTest, FailedBackgroundUploadsAreRetriedAndFlushFailsUntilTheStoreRec
   EXPECT_EQ(Stats().dirty_blocks, 9u);
   for (uint64_t id = 0; id < 8; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));
   store_->FailWrites(false);
+  // An upload that was already in flight may still fail, and a flush that began meanwhile would
+  // rightly report it; every upload that starts from now on succeeds.
+  WaitUntil([&] { return Stats().uploads_in_flight == 0; });
   ASSERT_OK(cache_->Flush(kExport));
   for (uint64_t id = 0; id < 8; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
   EXPECT_EQ(Stats().dirty_blocks, 0u);
@@ -526,6 +529,7 @@ TEST_F(CacheTest, WaitingWriterGetsTheUploadError) {
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("injected"), std::string::npos) << s.message();
   store_->FailWrites(false);
+  WaitUntil([&] { return Stats().uploads_in_flight == 0; });  // as above
   ASSERT_OK(Put(2, MakeBlock(2, 1)));
   ASSERT_OK(cache_->Flush(kExport));
   for (uint64_t id = 0; id < 3; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
