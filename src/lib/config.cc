@@ -32,9 +32,12 @@ Status Config::Set(std::string_view key, std::string_view value) {
     return Status::Ok();
   }
   if (k == "size") {
-    S3B_RETURN_IF_ERROR(ParseSize(key, value, &size));
-    if (size == 0 || size > kMaxExportSize)
-      return Status::InvalidArgument("size=" + std::string(value) + ": must be from 1 byte to 4E");
+    // Parsed aside: a refused value leaves the previous one in place.
+    uint64_t v = 0;
+    S3B_RETURN_IF_ERROR(ParseSize(key, value, &v));
+    if (v == 0 || v > kMaxExportSize)
+      return Status::InvalidArgument("size=" + QuoteForMessage(value) + ": must be from 1 byte to 4E");
+    size = v;
     size_given = true;
     return Status::Ok();
   }
@@ -89,8 +92,10 @@ Status Config::Set(std::string_view key, std::string_view value) {
   if (k == "profile") { profile = std::string(value); return Status::Ok(); }
   if (k == "retry-timeout") return ParseSeconds(key, value, &retry_timeout);
   if (k == "request-timeout") {
-    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &request_timeout));
-    if (request_timeout < 0.1) return Status::InvalidArgument("request-timeout must be at least 100ms");
+    double v = 0;
+    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &v));
+    if (v < 0.1) return Status::InvalidArgument("request-timeout must be at least 100ms");
+    request_timeout = v;
     return Status::Ok();
   }
   if (k == "connections") return ParseCount(key, value, 1, 1024, &connections);
