@@ -19,10 +19,13 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 logs=${S3BLOCK_TEST_LOGS:-$S3BLOCK_BUILD/test-logs}
+# The key of the compressed and encrypted set below: made fresh by this script, removed at exit.
+ext4_key=$(mktemp /tmp/s3block-ext4-key.XXXXXX) && head -c 32 /dev/urandom >"$ext4_key"
 # Plugin parameter sets the ext4 round trip runs with, one line each (the integration suite has
 # its own list in tests/integration/nbdkit_fixture.cc).
 ext4_param_sets=(
   "cache=false"
+  "cache=false compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
 )
 # Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
 # read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
@@ -90,7 +93,7 @@ s3_stop() {
   fi
   s3_available=0
 }
-trap 's3_stop' EXIT
+trap 's3_stop; rm -f "$ext4_key"' EXIT
 trap 'exit 130' INT TERM
 if [ -f "$s3_script" ]; then
   s3_dir=$(mktemp -d /tmp/s3block-s3.XXXXXX)

@@ -57,6 +57,11 @@ const char kUsage[] =
     "  --session-token T, --profile P, --retry-timeout S, --request-timeout S, --connections N\n"
     "                                as the plugin's parameters of the same names; the secret key\n"
     "                                comes from AWS_SECRET_ACCESS_KEY or ~/.aws, never the command line\n"
+    "  --compression none|zstd[:LEVEL], --encryption none|aes-256-gcm, --checksum none|crc32c\n"
+    "                                the block encoding of exports that create and import make\n"
+    "                                (others keep their own)\n"
+    "  --key-file FILE               the encryption key (default: $S3BLOCK_KEY), needed to read,\n"
+    "                                copy or import an encrypted export\n"
     "  --threads N                   blocks in flight at once (default 16)\n"
     "  --force                       act even if a server holds the export; shrink; delete\n"
     "  --yes                         do not ask before deleting\n"
@@ -198,7 +203,8 @@ int Report(const Status& s) {
 int ParseArgs(int argc, char** argv, Args* a) {
   static const char* kStoreKeys[] = {"store", "endpoint", "region", "path-style", "ca-file",
                                      "access-key", "session-token", "profile", "retry-timeout",
-                                     "request-timeout", "connections"};
+                                     "request-timeout", "connections", "compression",
+                                     "encryption", "checksum", "key-file"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0 || arg == "--") {
@@ -342,7 +348,7 @@ int Run(int argc, char** argv) {
     if (!s.ok()) return Usage(s.message());
   }
   std::shared_ptr<BlockStore> store;
-  Status s = MakeLeafStore(a.config, &store);
+  Status s = MakeCodedStore(a.config, &store);
   if (s.ok()) s = store->Check();
   if (!s.ok()) return Report(s);
 
@@ -357,6 +363,7 @@ int Run(int argc, char** argv) {
   options.force = a.force;
   options.cancel = &g_cancel;
   options.holder = "s3block " + a.command;
+  options.encoding = a.config.encoding;
   uint32_t block_size = kDefaultBlockSize;
   if (!a.block_size.empty()) {
     s = ParseBlockSize("--block-size", a.block_size, &block_size);
@@ -400,6 +407,7 @@ int Run(int argc, char** argv) {
       std::printf("size:            %s\n", HumanSize(e.meta.size).c_str());
       std::printf("block size:      %s\n", HumanSize(e.meta.block_size).c_str());
       std::printf("state:           %s\n", StateName(e.meta.state));
+      std::printf("encoding:        %s\n", e.meta.encoding.Describe().c_str());
     } else {
       std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
     }
