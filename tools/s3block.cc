@@ -343,12 +343,20 @@ int Run(int argc, char** argv) {
     if ((rc = NeedArgs(a, 1)) >= 0) return rc;
     return RunStats(a);
   }
-  {
-    Status s = a.config.Finish();
-    if (!s.ok()) return Usage(s.message());
+  Status s = a.config.Finish();
+  if (!s.ok()) return Usage(s.message());
+  uint32_t block_size = kDefaultBlockSize;
+  if (!a.block_size.empty() && !(s = ParseBlockSize("--block-size", a.block_size, &block_size)).ok())
+    return Usage(s.message());
+  uint64_t size_arg = kDefaultExportSize;
+  if (!a.size.empty() && !(s = ParseSize("--size", a.size, &size_arg)).ok()) return Usage(s.message());
+  // The secret never comes from the command line: with --access-key, take it from the
+  // environment as the plugin's credential chain would.
+  if (!a.config.access_key.empty() && a.config.secret_key.empty()) {
+    if (const char* env = ::getenv("AWS_SECRET_ACCESS_KEY")) a.config.secret_key = env;
   }
   std::shared_ptr<BlockStore> store;
-  Status s = MakeCodedStore(a.config, &store);
+  s = MakeCodedStore(a.config, &store);
   if (s.ok()) s = store->Check();
   if (!s.ok()) return Report(s);
 
@@ -364,11 +372,6 @@ int Run(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.holder = "s3block " + a.command;
   options.encoding = a.config.encoding;
-  uint32_t block_size = kDefaultBlockSize;
-  if (!a.block_size.empty()) {
-    s = ParseBlockSize("--block-size", a.block_size, &block_size);
-    if (!s.ok()) return Usage(s.message());
-  }
   auto with_progress = [&](const std::string& label, uint64_t bytes_per_item) {
     auto p = std::make_shared<Progress>(label, bytes_per_item);
     options.progress = [p](uint64_t done, uint64_t total) { p->Update(done, total); };
@@ -419,8 +422,7 @@ int Run(int argc, char** argv) {
   }
   if (cmd == "create") {
     if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    uint64_t size = kDefaultExportSize;
-    if (!a.size.empty() && !(s = ParseSize("--size", a.size, &size)).ok()) return Usage(s.message());
+    const uint64_t size = size_arg;
     s = CreateExport(*store, a.positional[0], size, block_size, options);
     if (!s.ok()) return Report(s);
     std::printf("created export '%s': size %s, block size %s\n", QuoteForMessage(a.positional[0]).c_str(),

@@ -55,12 +55,15 @@ struct Config {
   double retry_timeout = 60;   // seconds of retrying a transient failure before reporting it
   double request_timeout = 30; // seconds for one HTTP request
   uint64_t connections = 64;   // most HTTP requests in flight at once
+  double lease_timeout = 60;   // seconds an S3 export lease lasts without renewal
 
   // --- Cache ---
   bool cache = true;
   uint64_t cache_size = 256ull << 20;
   uint64_t dirty_size = 0;     // 0: a quarter of cache_size
   uint64_t upload_threads = 16;
+  // A file the plugin rewrites about once a second with the cache's counters (JSON); empty: none.
+  std::string stats_file;
 
   // Sets one parameter. Errors: EINVAL, naming the parameter and what it accepts.
   Status Set(std::string_view key, std::string_view value);

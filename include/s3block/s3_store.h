@@ -16,6 +16,7 @@
 #ifndef S3BLOCK_S3_STORE_H_
 #define S3BLOCK_S3_STORE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -26,7 +27,7 @@ namespace s3block {
 
 class S3Client;
 
-class S3Store : public BlockStore {
+class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> {
  public:
   // Builds a store for config.store = s3://BUCKET[/PREFIX]. Resolves the credentials (no I/O
   // beyond reading ~/.aws files). Errors: EINVAL for a bad store= or missing credentials.
@@ -53,6 +54,20 @@ class S3Store : public BlockStore {
   Status WriteMeta(std::string_view export_name, std::string_view text) override;
   Status DeleteMeta(std::string_view export_name) override;
 
+  // A lease object at exports/<name>/lease, written with a conditional PUT (If-None-Match: *),
+  // renewed by a thread with If-Match on its ETag every lease_timeout/3 seconds, deleted when
+  // released, and taken over after it has expired (or with force). If the server ignores
+  // conditional writes (checked once with a probe object), fails with ENOTSUP saying so.
+  Status AcquireLease(std::string_view export_name, const std::string& holder, bool force,
+                      std::unique_ptr<ExportLease>* out) override;
+  Status QueryLease(std::string_view export_name, std::string* holder) override;
+  // A server-side copy (CopyObject): the data does not pass through this process.
+  Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
+
+  // Seconds a lease stays valid without renewal (lease-timeout=, default 60).
+  void set_lease_timeout(double seconds) { lease_timeout_ = seconds; }
+  std::string LeaseKey(std::string_view export_name) const;
+
   const std::string& bucket() const { return bucket_; }
   // "s3://bucket/prefix", as given in store= (without the endpoint).
   std::string StoreUrl() const;
@@ -75,6 +90,9 @@ class S3Store : public BlockStore {
   std::unique_ptr<S3Client> client_;
   const double check_timeout_;
   const std::string credentials_source_;
+  double lease_timeout_ = 60;
+  // Whether the server honours If-None-Match on PUT: 0 unknown, 1 yes, -1 no (probed once).
+  std::atomic<int> conditional_writes_{0};
 };
 
 }  // namespace s3block

@@ -98,11 +98,21 @@ Status Config::Set(std::string_view key, std::string_view value) {
     request_timeout = v;
     return Status::Ok();
   }
+  if (k == "lease-timeout") {
+    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &lease_timeout));
+    if (lease_timeout < 3) return Status::InvalidArgument("lease-timeout must be at least 3 seconds");
+    return Status::Ok();
+  }
   if (k == "connections") return ParseCount(key, value, 1, 1024, &connections);
   if (k == "cache") return ParseBool(key, value, &cache);
   if (k == "cache-size") return ParseSize(key, value, &cache_size);
   if (k == "dirty-size") return ParseSize(key, value, &dirty_size);
   if (k == "upload-threads") return ParseCount(key, value, 1, 256, &upload_threads);
+  if (k == "stats-file") {
+    if (value.empty()) return Status::InvalidArgument("stats-file= is empty: give a file name");
+    stats_file = std::string(value);
+    return Status::Ok();
+  }
   return Status::InvalidArgument("unknown parameter '" + QuoteForMessage(key) +
                                  "' (see --help for the list)");
 }
@@ -181,10 +191,12 @@ const char* Config::Help() {
       "retry-timeout=SECONDS     how long to retry transient S3 failures (default 60)\n"
       "request-timeout=SECONDS   time limit of one S3 request (default 30)\n"
       "connections=N             most S3 requests in flight at once (default 64)\n"
+      "lease-timeout=SECONDS     an S3 export's lease lasts this long unless renewed (default 60)\n"
       "cache=BOOL                shared read/write-back block cache (default true)\n"
       "cache-size=SIZE           cache budget per export (default 256M)\n"
       "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
-      "upload-threads=N          background uploaders per export (default 16)";
+      "upload-threads=N          background uploaders per export (default 16)\n"
+      "stats-file=FILE           rewrite FILE about once a second with the cache's counters (JSON)";
 }
 
 }  // namespace s3block

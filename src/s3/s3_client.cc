@@ -218,6 +218,76 @@ Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body
   return ErrorFor("PUT", key, r);
 }
 
+namespace {
+std::string Unquote(std::string etag) {
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
+  return etag;
+}
+}  // namespace
+
+Status S3Client::GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
+                                   std::string* etag) {
+  body->clear();
+  etag->clear();
+  *found = false;
+  Request req{"GET", key, {}, {}, {}, true};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  if (r.status == 200) {
+    *body = std::move(r.body);
+    *etag = Unquote(r.Header("etag"));
+    *found = true;
+    return Status::Ok();
+  }
+  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("GET", key, r);
+}
+
+Status S3Client::PutObjectConditional(const std::string& key, std::span<const uint8_t> body,
+                                      bool if_none_match_any, const std::string& if_match,
+                                      std::string* etag, bool* precondition_failed) {
+  *precondition_failed = false;
+  etag->clear();
+  std::string md5 = Base64Encode(Md5(body));
+  for (int form = 0; form < 2; ++form) {
+    Request req{"PUT", key, {},
+                {{"Content-Type", "application/octet-stream"}, {"Content-MD5", md5}, {kMd5MetaHeader, md5}},
+                body, false};
+    if (if_none_match_any) req.headers.push_back({"If-None-Match", "*"});
+    if (!if_match.empty())
+      req.headers.push_back({"If-Match", form == 0 ? "\"" + if_match + "\"" : if_match});
+    HttpResponse r;
+    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+    if (r.status == 200) {
+      *etag = Unquote(r.Header("etag"));
+      return Status::Ok();
+    }
+    if (r.status == 412 || r.status == 409 || (r.status == 404 && !if_match.empty())) {
+      *precondition_failed = true;
+      if (if_match.empty()) return Status::Ok();
+      continue;  // try the other form of If-Match once
+    }
+    return ErrorFor("conditional PUT", key, r);
+  }
+  return Status::Ok();
+}
+
+Status S3Client::CopyObject(const std::string& from_key, const std::string& to_key, bool* found) {
+  *found = false;
+  std::string source = "/" + options_.bucket + "/" + UriEncodePath(from_key);
+  Request req{"PUT", to_key, {}, {{"x-amz-copy-source", source}}, {}, false};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  if (r.status == 200) {
+    // A copy can fail after the 200 has been sent: the error is then in the body.
+    if (r.body.find("<Error>") != std::string::npos) return ErrorFor("COPY", to_key, r);
+    *found = true;
+    return Status::Ok();
+  }
+  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("COPY " + from_key + " to", to_key, r);
+}
+
 Status S3Client::DeleteObject(const std::string& key) {
   Request req{"DELETE", key, {}, {}, {}, false};
   HttpResponse r;

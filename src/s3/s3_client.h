@@ -54,6 +54,21 @@ class S3Client {
   Status GetObject(const std::string& key, std::string* body, bool* found);
   // Writes an object with Content-MD5 (and the MD5 as x-amz-meta-s3block-md5).
   Status PutObject(const std::string& key, std::span<const uint8_t> body);
+  // Reads an object and its ETag (without quotes).
+  Status GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
+                           std::string* etag);
+  // Writes an object only if a precondition holds: with if_none_match_any, only if no object
+  // has the key (If-None-Match: *); with a non-empty if_match, only if the object's ETag is
+  // that (If-Match). A failed precondition (412, or 409 for a conflicting concurrent write) is
+  // not an error: *precondition_failed = true. On success *etag is the new ETag (no quotes).
+  // Servers differ in how they compare If-Match: AWS wants the ETag quoted, Ceph RGW 16 compares
+  // it unquoted; the quoted form is sent first and the other once if that fails.
+  Status PutObjectConditional(const std::string& key, std::span<const uint8_t> body,
+                              bool if_none_match_any, const std::string& if_match,
+                              std::string* etag, bool* precondition_failed);
+  // Server-side copy of an object within the bucket (x-amz-copy-source). *found = false if the
+  // source does not exist.
+  Status CopyObject(const std::string& from_key, const std::string& to_key, bool* found);
   // Deletes one object; a missing object is not an error.
   Status DeleteObject(const std::string& key);
   // Deletes up to 1000 objects with one DeleteObjects request; an error if the server reports

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -420,6 +421,87 @@ TEST_F(S3StoreTest, VolumeRoundTripAtUnalignedOffsets) {
   EXPECT_TRUE(std::all_of(back.begin(), back.begin() + 234, [](uint8_t b) { return b == 0; }));
   EXPECT_TRUE(std::equal(pattern.begin(), pattern.end(), back.begin() + 234));
   EXPECT_TRUE(std::all_of(back.begin() + 234 + 10000, back.end(), [](uint8_t b) { return b == 0; }));
+}
+
+}  // namespace
+}  // namespace s3block
+
+// The export lease on S3: conditional writes against the real server.
+namespace s3block {
+namespace {
+
+TEST_F(S3StoreTest, LeaseKeepsASecondWriterOutAndIsReleased) {
+  std::unique_ptr<ExportLease> first, second;
+  ASSERT_OK(store_->AcquireLease("e", "server one", false, &first));
+  ASSERT_OK(first->Valid());
+  std::string holder;
+  ASSERT_OK(store_->QueryLease("e", &holder));
+  EXPECT_EQ(holder, "server one");
+  // A second store object stands for a second server.
+  std::shared_ptr<S3Store> other;
+  ASSERT_OK(MakeStore(&other));
+  Status s = other->AcquireLease("e", "server two", false, &second);
+  EXPECT_EQ(s.err(), EBUSY) << s.ToString();
+  EXPECT_NE(s.message().find("server one"), std::string::npos) << s.message();
+  ASSERT_OK(other->AcquireLease("f", "server two", false, &second));  // other exports are free
+  second.reset();
+  first.reset();  // released: the lease object is deleted
+  ASSERT_OK(store_->QueryLease("e", &holder));
+  EXPECT_EQ(holder, "");
+  ASSERT_OK(other->AcquireLease("e", "server two", false, &second));
+}
+
+TEST_F(S3StoreTest, ForcedTakeOverMakesTheOldHolderStopWriting) {
+  Config c = BaseConfig();
+  std::shared_ptr<S3Store> a, b;
+  ASSERT_OK(MakeStore(&a, c));
+  ASSERT_OK(MakeStore(&b, c));
+  a->set_lease_timeout(3);  // renewed every second
+  std::unique_ptr<ExportLease> la, lb;
+  ASSERT_OK(a->AcquireLease("e", "server a", false, &la));
+  ASSERT_OK(b->AcquireLease("e", "server b", true, &lb));  // force
+  // a finds out at its next renewal (about a second); wait for that, bounded.
+  Status valid;
+  for (int i = 0; i < 300 && (valid = la->Valid()).ok(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(valid.err(), EIO);
+  EXPECT_NE(valid.message().find("taken over"), std::string::npos) << valid.message();
+  ASSERT_OK(lb->Valid());
+  std::string holder;
+  ASSERT_OK(b->QueryLease("e", &holder));
+  EXPECT_EQ(holder, "server b");
+  la.reset();  // must not delete b's lease object
+  ASSERT_OK(b->QueryLease("e", &holder));
+  EXPECT_EQ(holder, "server b");
+}
+
+TEST_F(S3StoreTest, ExpiredLeaseIsTakenOverWithoutForce) {
+  std::shared_ptr<S3Store> a, b;
+  ASSERT_OK(MakeStore(&a));
+  ASSERT_OK(MakeStore(&b));
+  // A lease written by a server that died: expired, never renewed.
+  std::string key = a->LeaseKey("e");
+  std::string dead = "holder=a dead server\ntoken=0123\nexpires=1000\n";
+  CurlPut(key, dead);
+  std::unique_ptr<ExportLease> lb;
+  ASSERT_OK(b->AcquireLease("e", "server b", false, &lb));
+  std::string holder;
+  ASSERT_OK(b->QueryLease("e", &holder));
+  EXPECT_EQ(holder, "server b");
+}
+
+TEST_F(S3StoreTest, CopyBlockIsAServerSideCopy) {
+  std::vector<uint8_t> block(4096, 0x3c);
+  ASSERT_OK(store_->Write("a", 5, block, false));
+  bool found = false;
+  ASSERT_OK(store_->CopyBlock("a", "b", 5, &found));
+  EXPECT_TRUE(found);
+  ASSERT_OK(store_->CopyBlock("a", "b", 6, &found));
+  EXPECT_FALSE(found);
+  Bytes back;
+  ASSERT_OK(store_->Read("b", 5, &back, &found));
+  ASSERT_TRUE(found);
+  EXPECT_EQ(back, block);
 }
 
 }  // namespace

@@ -1,0 +1,254 @@
+// The S3 store's export lease: one writer per export across machines, with conditional writes.
+//
+// The lease object (exports/<name>/lease) holds "holder=", "token=" and "expires=" lines. It is
+// created with If-None-Match: * (so exactly one of two racing servers gets it), renewed with
+// If-Match on the ETag of our own last write (so a server that has lost it finds out instead of
+// overwriting the new holder's), and deleted on release. A lease whose expiry time has passed is
+// taken over with If-Match on the ETag read, so two servers taking over at once cannot both win.
+// Expiry uses wall-clock time: servers sharing a bucket need clocks within a few seconds.
+#include <openssl/rand.h>
+
+#include <chrono>
+#include <cstring>
+#include <condition_variable>
+#include <ctime>
+#include <mutex>
+#include <thread>
+
+#include "s3/s3_client.h"
+#include "s3block/params.h"
+#include "s3block/s3_store.h"
+
+namespace s3block {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct LeaseDoc {
+  std::string holder, token;
+  int64_t expires = 0;
+};
+
+std::string RandomToken() {
+  unsigned char raw[16];
+  if (RAND_bytes(raw, sizeof raw) != 1) {
+    // Fall back on time and address: the token only has to differ between servers.
+    uint64_t t = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+    std::memcpy(raw, &t, 8);
+    uint64_t p = reinterpret_cast<uintptr_t>(&t);
+    std::memcpy(raw + 8, &p, 8);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string s;
+  for (unsigned char c : raw) {
+    s.push_back(kHex[c >> 4]);
+    s.push_back(kHex[c & 15]);
+  }
+  return s;
+}
+
+int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+std::string Serialize(const LeaseDoc& d) {
+  std::string holder = d.holder;
+  for (char& c : holder)
+    if (c == '\n' || c == '\r') c = ' ';
+  return "holder=" + holder + "\ntoken=" + d.token + "\nexpires=" + std::to_string(d.expires) + "\n";
+}
+
+LeaseDoc Parse(const std::string& text) {
+  LeaseDoc d;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+    size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    std::string k = line.substr(0, eq), v = line.substr(eq + 1);
+    if (k == "holder") d.holder = v;
+    else if (k == "token") d.token = v;
+    else if (k == "expires") d.expires = std::strtoll(v.c_str(), nullptr, 10);
+  }
+  if (d.holder.empty()) d.holder = "another server";
+  return d;
+}
+
+std::span<const uint8_t> AsSpan(const std::string& s) {
+  return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+class S3Lease : public ExportLease {
+ public:
+  S3Lease(std::shared_ptr<const void> keep_alive, S3Client* client, std::string key, std::string export_name, LeaseDoc doc,
+          std::string etag, double timeout)
+      : keep_alive_(std::move(keep_alive)), client_(client), key_(std::move(key)), export_name_(std::move(export_name)),
+        doc_(std::move(doc)), etag_(std::move(etag)), timeout_(timeout),
+        valid_until_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(timeout))) {
+    renewer_ = std::thread([this] { RenewLoop(); });
+  }
+
+  ~S3Lease() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    renewer_.join();
+    // Release: delete the lease object if it is still ours.
+    if (lost_) return;
+    std::string body, etag;
+    bool found = false;
+    if (client_->GetObjectWithEtag(key_, &body, &found, &etag).ok() && found &&
+        Parse(body).token == doc_.token) {
+      (void)client_->DeleteObject(key_);
+    }
+  }
+
+  Status Valid() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lost_) return Status::IoError(lost_reason_);
+    if (Clock::now() > valid_until_) {
+      return Status::IoError("the lease of export '" + QuoteForMessage(export_name_) +
+                             "' could not be renewed in time; refusing to write while another "
+                             "server may have taken it over");
+    }
+    return Status::Ok();
+  }
+
+ private:
+  void RenewLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto interval = std::chrono::duration<double>(timeout_ / 3);
+    while (!stop_ && !lost_) {
+      cv_.wait_for(lock, interval, [this] { return stop_; });
+      if (stop_) return;
+      LeaseDoc next = doc_;
+      next.expires = Now() + static_cast<int64_t>(timeout_);
+      std::string etag = etag_;
+      lock.unlock();
+      std::string new_etag;
+      bool failed = false;
+      auto started = Clock::now();
+      Status s = client_->PutObjectConditional(key_, AsSpan(Serialize(next)), false, etag,
+                                               &new_etag, &failed);
+      if (s.ok() && failed) {
+        // Our own earlier renewal may have landed with its answer lost: check the token.
+        std::string body, cur;
+        bool found = false;
+        if (client_->GetObjectWithEtag(key_, &body, &found, &cur).ok() && found &&
+            Parse(body).token == doc_.token) {
+          failed = false;
+          new_etag = cur;
+        }
+      }
+      lock.lock();
+      if (s.ok() && !failed) {
+        etag_ = new_etag;
+        doc_ = next;
+        // Count validity from when the renewal was sent: the server may have applied it at once.
+        valid_until_ = started + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(timeout_));
+        interval = std::chrono::duration<double>(timeout_ / 3);
+      } else if (s.ok() && failed) {
+        lost_ = true;
+        lost_reason_ = "the lease of export '" + QuoteForMessage(export_name_) +
+                       "' was taken over by another server; refusing to write";
+      } else {
+        interval = std::chrono::duration<double>(1.0);  // try again soon
+      }
+    }
+  }
+
+  const std::shared_ptr<const void> keep_alive_;  // the store, which owns client_
+  S3Client* const client_;
+  const std::string key_, export_name_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  LeaseDoc doc_;            // guarded by mu_
+  std::string etag_;        // guarded by mu_
+  const double timeout_;
+  Clock::time_point valid_until_;  // guarded by mu_
+  bool stop_ = false, lost_ = false;  // guarded by mu_
+  std::string lost_reason_;
+  std::thread renewer_;
+};
+
+}  // namespace
+
+std::string S3Store::LeaseKey(std::string_view export_name) const {
+  return ExportPrefix(export_name) + "lease";
+}
+
+Status S3Store::AcquireLease(std::string_view export_name, const std::string& holder, bool force,
+                             std::unique_ptr<ExportLease>* out) {
+  if (conditional_writes_.load() == 0) {
+    // Probe once: a server that ignores If-None-Match would let two servers hold one lease.
+    std::string probe = key_prefix_ + ".s3block-conditional-probe-" + RandomToken();
+    std::string etag;
+    bool failed = false;
+    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(probe, AsSpan("probe"), true, "", &etag, &failed));
+    Status second = client_->PutObjectConditional(probe, AsSpan("probe"), true, "", &etag, &failed);
+    (void)client_->DeleteObject(probe);
+    S3B_RETURN_IF_ERROR(second);
+    conditional_writes_.store(failed ? 1 : -1);
+  }
+  if (conditional_writes_.load() < 0) {
+    return Status::NotSupported("the S3 server at " + client_->Where() +
+                                " ignores conditional writes (If-None-Match), so a second server "
+                                "on the same export cannot be detected");
+  }
+  const std::string key = LeaseKey(export_name);
+  LeaseDoc doc{holder, RandomToken(), Now() + static_cast<int64_t>(lease_timeout_)};
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    std::string etag;
+    bool failed = false;
+    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(key, AsSpan(Serialize(doc)), true, "", &etag, &failed));
+    if (!failed) {
+      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, etag, lease_timeout_);
+      return Status::Ok();
+    }
+    std::string body, cur_etag;
+    bool found = false;
+    S3B_RETURN_IF_ERROR(client_->GetObjectWithEtag(key, &body, &found, &cur_etag));
+    if (!found) continue;  // released between our two requests: try again
+    LeaseDoc cur = Parse(body);
+    if (cur.token == doc.token) {  // our own PUT landed and its answer was lost
+      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, cur_etag, lease_timeout_);
+      return Status::Ok();
+    }
+    const int64_t left = cur.expires - Now();
+    if (left > 0 && !force) {
+      return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
+                                      " is in use by " + cur.holder + " (its lease expires in " +
+                                      std::to_string(left) + " s unless renewed); stop that "
+                                      "server first, or give force=true if it is dead");
+    }
+    S3B_RETURN_IF_ERROR(
+        client_->PutObjectConditional(key, AsSpan(Serialize(doc)), false, cur_etag, &etag, &failed));
+    if (!failed) {
+      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, etag, lease_timeout_);
+      return Status::Ok();
+    }
+  }
+  return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
+                                  ": another server is taking its lease at the same time");
+}
+
+Status S3Store::QueryLease(std::string_view export_name, std::string* holder) {
+  holder->clear();
+  std::string body, etag;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(client_->GetObjectWithEtag(LeaseKey(export_name), &body, &found, &etag));
+  if (!found) return Status::Ok();
+  LeaseDoc d = Parse(body);
+  if (d.expires > Now()) *holder = d.holder;
+  return Status::Ok();
+}
+
+Status S3Store::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
+  return client_->CopyObject(BlockKey(from, id), BlockKey(to, id), found);
+}
+
+}  // namespace s3block
