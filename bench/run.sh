@@ -1,0 +1,588 @@
+#!/bin/bash
+# The benchmark: this project against its peers and against the S3 server's own ceiling, on one
+# machine, one S3 server, one run. See bench/README.md.
+#
+#   bench/run.sh                 # full run (about 25 minutes on 2 cores)
+#   BENCH_QUICK=1 bench/run.sh   # every system and workload once, small sizes (a few minutes)
+#
+# Installs what is missing (apt-get), builds the plugin into $S3BLOCK_BUILD, starts Ceph RGW
+# (bluestore) on 127.0.0.1:$BENCH_PORT, runs every workload on every system through NBD, stops
+# everything it started, and writes bench/results/ (results.md, results.csv, results.png).
+# Must run as root (packages, loop devices, mounts, dropping the page cache).
+#
+# Environment (defaults for the full run; BENCH_QUICK=1 changes the sizes):
+#   BENCH_REPEATS     runs of every system and workload; medians are reported (default 1)
+#   BENCH_SIZE        working set of the fio workloads = export size (256M; quick 32M)
+#   BENCH_CACHE       cache-size= of this project, and s3backer's block cache (64M; quick 8M)
+#   BENCH_CAP         seconds at most per fio workload; slower systems stop early and their
+#                     throughput is taken over what they did (15; quick 3)
+#   BENCH_WARM_SECS   seconds of warm random reads over the hot set (4; quick 1)
+#   BENCH_EXT4_SIZE   export size for mkfs.ext4 and the small files (512M; quick 256M)
+#   BENCH_FILES       small files in the tree (3000; quick 300)
+#   BENCH_SYSTEMS     space-separated subset of the systems (default all; see ALL_SYSTEMS)
+#   BENCH_WORKLOADS   space-separated subset of the workloads (default all; see ALL_WORKLOADS)
+#   BENCH_PORT        RGW port (9500; the monitor takes the next one)
+#   BENCH_OUT         where the results go (bench/results)
+#   BENCH_KEEP=1      keep the work directory (raw fio output, logs) instead of deleting it
+#   S3BLOCK_BUILD     build directory (default build/ of this checkout)
+set -uo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+. "$BENCH_DIR/../scripts/common.sh"
+REPO=$S3BLOCK_REPO
+
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300
+else
+  d_size=256M d_cache=64M d_cap=15 d_warm=4 d_ext4=512M d_files=3000
+fi
+REPEATS=${BENCH_REPEATS:-1}
+SIZE=${BENCH_SIZE:-$d_size}
+CACHE=${BENCH_CACHE:-$d_cache}
+CAP=${BENCH_CAP:-$d_cap}
+WARM_SECS=${BENCH_WARM_SECS:-$d_warm}
+EXT4_SIZE=${BENCH_EXT4_SIZE:-$d_ext4}
+FILES=${BENCH_FILES:-$d_files}
+PORT=${BENCH_PORT:-9500}
+OUT=${BENCH_OUT:-$BENCH_DIR/results}
+BUCKET=bench
+
+ALL_SYSTEMS="s3block-local-4K s3block-local-1M s3block-s3-4K s3block-s3-1M nbdkit-memory
+  nbdkit-file nbdkit-S3-4K nbdkit-S3-64K s3backer-4K s3backer-1M"
+ALL_WORKLOADS="seqwrite seqread-cold seqread-warm randread randread-warm randwrite randrw mkfs
+  smallfiles"
+SYSTEMS=$(echo ${BENCH_SYSTEMS:-$ALL_SYSTEMS})
+WORKLOADS=$(echo ${BENCH_WORKLOADS:-$ALL_WORKLOADS})
+
+log() { echo "bench: $(date +%H:%M:%S) $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+# Sizes in bytes: 64M -> 67108864.
+bytes() {
+  local v=${1^^} m=1
+  case "$v" in
+    *K) m=1024; v=${v%K} ;; *M) m=$((1 << 20)); v=${v%M} ;; *G) m=$((1 << 30)); v=${v%G} ;;
+  esac
+  echo $((v * m))
+}
+SIZE_B=$(bytes "$SIZE")
+CACHE_B=$(bytes "$CACHE")
+EXT4_B=$(bytes "$EXT4_SIZE")
+
+[ "$(id -u)" = 0 ] || die "run as root (packages, loop devices, mounts, drop_caches)"
+
+# ---------------------------------------------------------------------------------------------
+# Install and build.
+BENCH_PACKAGES="fio libnbd-bin fuse3 e2fsprogs mount util-linux curl procps python3
+  s3backer nbdkit nbdkit-plugin-python python3-boto3 gnuplot-nox"
+# shellcheck disable=SC2086
+s3b_install_missing $S3BLOCK_BUILD_PACKAGES $BENCH_PACKAGES
+if [ ! -f "$S3BLOCK_BUILD/CMakeCache.txt" ]; then
+  cmake -S "$REPO" -B "$S3BLOCK_BUILD" -DS3BLOCK_BUILD_TESTS=OFF >&2 || die "cmake failed"
+fi
+log "building into $S3BLOCK_BUILD"
+build_log=$(mktemp /tmp/s3block-bench-build.XXXXXX)
+if ! (s3b_build nbdkit-s3block-plugin s3block) 2>"$build_log"; then
+  tail -n 40 "$build_log" >&2
+  rm -f "$build_log"
+  die "build failed"
+fi
+rm -f "$build_log"
+CEILING=$S3BLOCK_BUILD/bench-s3ceiling
+# shellcheck disable=SC2046
+g++ -O2 -std=c++20 -I"$REPO/include" -I"$REPO/src" "$BENCH_DIR/s3ceiling.cc" \
+  "$S3BLOCK_BUILD/libs3block.a" $(pkg-config --libs libcurl expat libzstd) -lcrypto -lpthread \
+  -o "$CEILING" || die "building bench/s3ceiling.cc failed"
+[ -f "$S3BLOCK_PLUGIN" ] || die "no plugin at $S3BLOCK_PLUGIN"
+modprobe fuse 2>/dev/null || true
+[ -c /dev/fuse ] || die "/dev/fuse is missing"
+
+# ---------------------------------------------------------------------------------------------
+# Everything started is recorded so that every exit path stops it.
+WORK=$(mktemp -d /tmp/s3block-bench.XXXXXX)
+RAW=$WORK/raw.tsv
+RUNID=run-$(date +%s)
+S3DIR=$WORK/rgw
+S3_STARTED=0
+declare -a SERVER_PIDS=()   # the current system's server processes (RSS is read from these)
+S3BACKER_MNT=
+FUSE_DIR=
+FUSE_PID=
+LOOP=
+MNT=$WORK/mnt
+mkdir -p "$MNT" "$WORK/logs" "$WORK/fio"
+
+detach_ext4() {
+  if mountpoint -q "$MNT"; then umount "$MNT" || umount -l "$MNT" || true; fi
+  if [ -n "$LOOP" ]; then losetup -d "$LOOP" 2>/dev/null || true; LOOP=; fi
+  if [ -n "$FUSE_DIR" ] && mountpoint -q "$FUSE_DIR"; then
+    fusermount3 -u "$FUSE_DIR" 2>/dev/null || fusermount3 -uz "$FUSE_DIR" || true
+  fi
+  if [ -n "$FUSE_PID" ]; then kill "$FUSE_PID" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; FUSE_PID=; fi
+  FUSE_DIR=
+}
+
+stop_servers() {
+  local p
+  for p in "${SERVER_PIDS[@]}"; do
+    # nbdkit first (it holds s3backer's file open), then s3backer through fusermount.
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nbdkit ] || continue
+    kill -TERM "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  if [ -n "$S3BACKER_MNT" ]; then
+    mountpoint -q "$S3BACKER_MNT" && { fusermount -u "$S3BACKER_MNT" 2>/dev/null || fusermount3 -u "$S3BACKER_MNT" 2>/dev/null || fusermount -uz "$S3BACKER_MNT"; }
+    S3BACKER_MNT=
+  fi
+  for p in "${SERVER_PIDS[@]}"; do
+    # s3backer writes back its dirty blocks after the unmount: give it time.
+    for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  SERVER_PIDS=()
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  detach_ext4
+  stop_servers
+  if [ "$S3_STARTED" = 1 ]; then
+    bash "$REPO/tests/scripts/s3_server.sh" stop "$S3DIR" "$PORT" >>"$WORK/logs/rgw-stop.log" 2>&1
+  fi
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# ---------------------------------------------------------------------------------------------
+# The S3 server: RGW on a bluestore OSD, logging every request (RGW_DEBUG=1) so that the
+# requests each workload causes can be counted from its access log, the same way for every system.
+log "starting Ceph RGW (bluestore) on 127.0.0.1:$PORT"
+store_gb=$(( (SIZE_B * 10 + EXT4_B * 4 + (3 << 30)) * REPEATS / (1 << 30) + 8 ))
+RGW_OBJECTSTORE=bluestore RGW_DEBUG=1 RGW_STORE_GB=$store_gb S3BLOCK_TEST_S3_BUCKET_WANTED=$BUCKET \
+  S3BLOCK_TEST_S3_ACCESS_KEY_WANTED=bench-key S3BLOCK_TEST_S3_SECRET_KEY_WANTED=bench-secret \
+  bash "$REPO/tests/scripts/s3_server.sh" start "$S3DIR" "$PORT" >"$WORK/s3.env" \
+  2>"$WORK/logs/rgw-start.log" || { cat "$WORK/logs/rgw-start.log" >&2; die "RGW did not start"; }
+S3_STARTED=1
+# shellcheck disable=SC1091
+. "$WORK/s3.env"
+ENDPOINT=$S3BLOCK_TEST_S3_ENDPOINT
+AK=$S3BLOCK_TEST_S3_ACCESS_KEY
+SK=$S3BLOCK_TEST_S3_SECRET_KEY
+printf '%s' "$SK" >"$WORK/secret" && chmod 600 "$WORK/secret"
+printf '%s:%s\n' "$AK" "$SK" >"$WORK/s3backer_passwd" && chmod 600 "$WORK/s3backer_passwd"
+RGW_LOG=$S3DIR/log/client.rgw.local.log
+RGW_PIDS=$(awk '{print $2}' "$S3DIR/pids" | tr '\n' ' ')
+RGW_LOG_OFF=0
+CLK_TCK=$(getconf CLK_TCK)
+
+# CPU seconds used so far by the S3 server's daemons (monitor, OSD, gateway).
+s3_cpu() {
+  local p t=0 s
+  for p in $RGW_PIDS; do
+    s=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || s=0
+    t=$((t + ${s:-0}))
+  done
+  awk -v t="$t" -v h="$CLK_TCK" 'BEGIN { printf "%.2f", t / h }'
+}
+
+# Requests the gateway logged since the last call, as "GET PUT HEAD DELETE POST".
+s3_requests() {
+  local size
+  sleep 0.5  # the log is written by a background thread
+  size=$(stat -c %s "$RGW_LOG")
+  tail -c +$((RGW_LOG_OFF + 1)) "$RGW_LOG" | head -c $((size - RGW_LOG_OFF)) | awk '
+    / beast: / { if (match($0, /"[A-Z]+ /)) { m = substr($0, RSTART + 1, RLENGTH - 2); n[m]++ } }
+    END { printf "%d %d %d %d %d", n["GET"], n["PUT"], n["HEAD"], n["DELETE"], n["POST"] }'
+  RGW_LOG_OFF=$size
+}
+
+# ---------------------------------------------------------------------------------------------
+# The systems under test. start_system NAME STORE_ID EXPORT_BYTES serves the export on the unix
+# socket $SOCK; the same STORE_ID brings back the same data (a restart). Every system is an
+# nbdkit process; s3backer's FUSE file is served by nbdkit's file plugin.
+SOCK=$WORK/nbd.sock
+URI="nbd+unix:///?socket=$SOCK"
+
+wait_for_socket() {
+  local i
+  for ((i = 0; i < 600; i++)); do
+    [ -S "$SOCK" ] && nbdinfo --size "$URI" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start_system() {
+  local name=$1 sid=$2 size=$3 store bs nlog=$WORK/logs/$1.log
+  rm -f "$SOCK"
+  local nbdkit=(nbdkit -f -U "$SOCK" --exit-with-parent)
+  case "$name" in
+    s3block-local-*|s3block-s3-*)
+      bs=${name##*-}
+      if [ "${name#s3block-local}" != "$name" ]; then
+        store=$WORK/stores/$sid
+        mkdir -p "$WORK/stores"
+        set -- store="$store"
+      else
+        set -- store="s3://$BUCKET/$RUNID/$sid" endpoint="$ENDPOINT" access-key="$AK" \
+          secret-key="+$WORK/secret"
+      fi
+      "${nbdkit[@]}" "$S3BLOCK_PLUGIN" "$@" size="$size" block-size="$bs" \
+        cache-size="$CACHE" </dev/null >>"$nlog" 2>&1 &
+      SERVER_PIDS=($!)
+      ;;
+    nbdkit-memory)
+      "${nbdkit[@]}" memory size="$size" </dev/null >>"$nlog" 2>&1 &
+      SERVER_PIDS=($!)
+      ;;
+    nbdkit-file)
+      mkdir -p "$WORK/stores"
+      [ -f "$WORK/stores/$sid.img" ] || truncate -s "$size" "$WORK/stores/$sid.img"
+      "${nbdkit[@]}" file file="$WORK/stores/$sid.img" </dev/null >>"$nlog" 2>&1 &
+      SERVER_PIDS=($!)
+      ;;
+    nbdkit-S3-*)
+      bs=${name##*-}
+      # The plugin refuses requests smaller than an object (EINVAL); its manual points to the
+      # blocksize filter, which turns them into read-modify-write cycles.
+      "${nbdkit[@]}" --filter=blocksize S3 minblock="$bs" endpoint-url="$ENDPOINT" bucket="$BUCKET" key="$RUNID/$sid" \
+        size="$size" object-size="$bs" access-key="$AK" secret-key="$SK" \
+        </dev/null >>"$nlog" 2>&1 &
+      SERVER_PIDS=($!)
+      ;;
+    s3backer-*)
+      bs=${name##*-}
+      S3BACKER_MNT=$WORK/s3backer-mnt
+      mkdir -p "$S3BACKER_MNT"
+      # Path-style URLs need --baseURL and no --region. --directIO: the kernel's page cache must
+      # not answer for s3backer. Its block cache gets the same budget as this project's cache.
+      s3backer -f --baseURL="http://127.0.0.1:$PORT/" --accessFile="$WORK/s3backer_passwd" \
+        --prefix="$RUNID/$sid/" --size="$size" --blockSize="$bs" --listBlocks --directIO \
+        --blockCacheSize=$((CACHE_B / $(bytes "$bs"))) "$BUCKET" "$S3BACKER_MNT" \
+        </dev/null >>"$WORK/logs/$name-s3backer.log" 2>&1 &
+      SERVER_PIDS=($!)
+      local i
+      for ((i = 0; i < 300; i++)); do [ -e "$S3BACKER_MNT/file" ] && break; sleep 0.1; done
+      [ -e "$S3BACKER_MNT/file" ] || { tail "$WORK/logs/$name-s3backer.log" >&2; return 1; }
+      "${nbdkit[@]}" file file="$S3BACKER_MNT/file" </dev/null >>"$nlog" 2>&1 &
+      SERVER_PIDS+=($!)
+      ;;
+    *) die "unknown system $name" ;;
+  esac
+  wait_for_socket || { tail "$nlog" >&2; return 1; }
+}
+
+# Peak RSS (KiB) of the current system's server processes, summed.
+server_rss_kib() {
+  local p t=0 v
+  for p in "${SERVER_PIDS[@]}"; do
+    v=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    t=$((t + ${v:-0}))
+  done
+  echo $t
+}
+
+PEAK_RSS=0
+stop_system() {
+  local r
+  r=$(server_rss_kib)
+  [ "$r" -gt "$PEAK_RSS" ] && PEAK_RSS=$r
+  stop_servers
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# s3backer answers a flush (fsync) before its write-back cache has uploaded the dirty blocks, so
+# its flush does not make the data durable in S3. For a fair comparison with systems whose flush
+# does, the time until its statistics show no dirty block is added to each write workload.
+# Prints the seconds waited (0 for every other system).
+durable_wait() {
+  case "$SYSTEM" in s3backer-*) ;; *) echo 0; return ;; esac
+  local t0 i r
+  t0=$(now)
+  for ((i = 0; i < 12000; i++)); do
+    r=$(awk '/^block_cache_dirty_ratio/ { print $2 }' "$S3BACKER_MNT/stats" 2>/dev/null)
+    [ -n "$r" ] && awk -v r="$r" 'BEGIN { exit !(r == 0) }' && break
+    sleep 0.05
+  done
+  since "$t0"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements. Each appends one row to $RAW:
+# rep system workload seconds mib_read mib_written iops mbps lat_mean_ms lat_p99_ms
+#   s3_get s3_put s3_head s3_delete s3_post s3_cpu_s capped
+REP=0
+SYSTEM=
+record() {  # workload seconds mib_r mib_w iops mbps lat_mean lat_p99 capped cpu0
+  local wl=$1 cpu0=${10} req cpu1
+  req=$(s3_requests)
+  cpu1=$(s3_cpu)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "$wl" "$2" "$3" "$4" \
+    "$5" "$6" "$7" "$8" "$(echo "$req" | tr ' ' '\t')" \
+    "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')	$9" >>"$RAW"
+}
+
+# fio_run WORKLOAD FIO_ARGS...: one fio job through the nbd engine, recorded.
+fio_run() {
+  local wl=$1 out=$WORK/fio/$REP-$SYSTEM-$1.json cpu0 parsed extra=0
+  shift
+  s3_requests >/dev/null
+  cpu0=$(s3_cpu)
+  fio --name="$wl" --ioengine=nbd --uri="$URI" --output-format=json --output="$out" \
+    --runtime="$CAP" "$@" >"$out.log" 2>&1
+  case "$wl" in seqwrite|randwrite|randrw) extra=$(durable_wait) ;; esac
+  parsed=$(python3 "$BENCH_DIR/report.py" fio "$out" "$CAP" "$extra") || {
+    log "$SYSTEM $wl: fio failed: $(tail -3 "$out.log" | tr '\n' ' ')"
+    s3_requests >/dev/null
+    return 1
+  }
+  # parsed: seconds mib_r mib_w iops mbps lat_mean lat_p99 capped
+  # shellcheck disable=SC2086
+  record "$wl" $parsed "$cpu0"
+  log "$SYSTEM $wl: $(echo "$parsed" | awk '{printf "%.1f s, %.0f IOPS, %.1f MB/s, p99 %.2f ms%s", $1, $4, $5, $7, ($8 == 1 ? " (time cap)" : "")}')"
+}
+
+# MiB written through the loop device since it was attached (its counters outlive losetup -d).
+LOOP_W0=0
+loop_sectors_written() { awk '{ print $7 }' "/sys/block/$(basename "$LOOP")/stat"; }
+loop_written_mib() {
+  awk -v s="$(loop_sectors_written)" -v s0="$LOOP_W0" 'BEGIN { printf "%.3f", (s - s0) * 512 / 1048576 }'
+}
+
+# nbd export -> nbdfuse file -> loop device (as tests/scripts/ext4_roundtrip.sh does).
+attach_ext4() {
+  FUSE_DIR=$WORK/fuse
+  mkdir -p "$FUSE_DIR"
+  rm -f "$WORK/nbdfuse.pid"
+  nbdfuse -P "$WORK/nbdfuse.pid" "$FUSE_DIR" "$URI" </dev/null >>"$WORK/logs/nbdfuse.log" 2>&1 &
+  FUSE_PID=$!
+  local i
+  for ((i = 0; i < 300; i++)); do [ -s "$WORK/nbdfuse.pid" ] && break; sleep 0.1; done
+  [ -f "$FUSE_DIR/nbd" ] || { log "nbdfuse did not start"; return 1; }
+  LOOP=$(losetup --find --show "$FUSE_DIR/nbd") || return 1
+  LOOP_W0=$(loop_sectors_written)
+}
+
+# Everything written reaches the NBD server and is flushed (nbdfuse turns fsync into NBD flush).
+flush_ext4() {
+  blockdev --flushbufs "$LOOP" && sync "$FUSE_DIR/nbd"
+}
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+
+# The small-files tree, made once: FILES files of 512 B to 8 KiB in directories of 100.
+make_tree() {
+  python3 - "$WORK/tree" "$FILES" <<'EOF'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(42)
+for i in range(n):
+    d = os.path.join(root, "d%03d" % (i // 100), "e%d" % (i % 7))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(512, 8192)))
+EOF
+}
+
+want() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# Runs every workload on one system (one repeat).
+run_system() {
+  SYSTEM=$1
+  local sid="$1-r$REP" w_b w_mib hot written cpu0 t0 secs mib
+  PEAK_RSS=0
+  log "=== $SYSTEM (repeat $REP)"
+  start_system "$SYSTEM" "$sid" "$SIZE_B" || { log "$SYSTEM did not start"; stop_system; return 1; }
+
+  # Sequential write, 1 MiB requests at queue depth 8, one pass over the export, then a flush.
+  w_b=$SIZE_B
+  if want seqwrite || want seqread-cold || want seqread-warm || want randread || want randread-warm; then
+    if want seqwrite; then
+      fio_run seqwrite --rw=write --bs=1M --iodepth=8 --size="$SIZE_B" --end_fsync=1
+    else
+      fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 \
+        --size="$SIZE_B" --end_fsync=1 --runtime="$CAP" --output-format=json \
+        --output="$WORK/fio/$REP-$SYSTEM-fill.json" >/dev/null 2>&1
+    fi
+    # A system that hit the time cap wrote less: later workloads stay on what it wrote.
+    written=$(python3 "$BENCH_DIR/report.py" written "$WORK/fio/$REP-$SYSTEM-seqwrite.json" \
+      "$WORK/fio/$REP-$SYSTEM-fill.json" 2>/dev/null || echo "$SIZE_B")
+    w_b=$(( written / 1048576 * 1048576 ))
+    [ "$w_b" -ge 1048576 ] || w_b=1048576
+    [ "$w_b" -le "$SIZE_B" ] || w_b=$SIZE_B
+  fi
+  w_mib=$((w_b / 1048576))
+  [ "$w_b" -lt "$SIZE_B" ] && log "$SYSTEM: later workloads use the $w_mib MiB written"
+
+  # Cold: the server restarted (the memory plugin cannot be: its data would be gone) and the
+  # page cache dropped.
+  restart() {
+    if [ "$SYSTEM" != nbdkit-memory ]; then
+      stop_system
+      drop_caches
+      start_system "$SYSTEM" "$sid" "$SIZE_B" || return 1
+    else
+      drop_caches
+    fi
+  }
+  if want seqread-cold || want seqread-warm; then
+    restart || { log "$SYSTEM did not restart"; stop_system; return 1; }
+    want seqread-cold && fio_run seqread-cold --rw=read --bs=1M --iodepth=8 --size="$w_b"
+    want seqread-warm && fio_run seqread-warm --rw=read --bs=1M --iodepth=8 --size="$w_b"
+  fi
+  # Random 4 KiB reads, one pass over what was written, from a cold start.
+  if want randread; then
+    restart || { log "$SYSTEM did not restart"; stop_system; return 1; }
+    fio_run randread --rw=randread --bs=4K --iodepth=32 --size="$w_b"
+  fi
+  # Warm random 4 KiB reads: a hot set of half the cache, read once sequentially, then random
+  # reads over it for BENCH_WARM_SECS (this one measures the cache on purpose).
+  if want randread-warm; then
+    hot=$((CACHE_B / 2))
+    [ "$hot" -le "$w_b" ] || hot=$w_b
+    fio --name=prime --ioengine=nbd --uri="$URI" --rw=read --bs=1M --iodepth=8 --size="$hot" \
+      --output-format=json --output="$WORK/fio/$REP-$SYSTEM-prime.json" >/dev/null 2>&1
+    fio_run randread-warm --rw=randread --bs=4K --iodepth=32 --size="$hot" --time_based \
+      --runtime="$WARM_SECS"
+  fi
+  # Random 4 KiB writes and a 70/30 random mix at queue depth 32, one pass, then a flush.
+  want randwrite && fio_run randwrite --rw=randwrite --bs=4K --iodepth=32 --size="$w_b" \
+    --end_fsync=1
+  want randrw && fio_run randrw --rw=randrw --rwmixread=70 --bs=4K --iodepth=32 \
+    --size="$w_b" --end_fsync=1
+  stop_system
+
+  # mkfs.ext4 and the small-files tree on a fresh export, through nbdfuse and a loop device.
+  if want mkfs || want smallfiles; then
+    start_system "$SYSTEM" "$sid-ext4" "$EXT4_B" || { log "$SYSTEM did not start"; stop_system; return 1; }
+    if attach_ext4; then
+      s3_requests >/dev/null
+      cpu0=$(s3_cpu)
+      t0=$(now)
+      # nodiscard: the export is new (all holes); discarding it would only time the trim path.
+      if timeout 900 mkfs.ext4 -q -F -E nodiscard "$LOOP" >>"$WORK/logs/mkfs.log" 2>&1 && flush_ext4 \
+        && durable_wait >/dev/null; then
+        secs=$(since "$t0")
+        mib=$(loop_written_mib)
+        want mkfs && record mkfs "$secs" 0 "$mib" 0 0 0 0 0 "$cpu0"
+        log "$SYSTEM mkfs: $secs s, $mib MiB written"
+        if want smallfiles && ! mount "$LOOP" "$MNT" 2>>"$WORK/logs/mkfs.log"; then
+          log "$SYSTEM: mounting the new ext4 failed: $(tail -1 "$WORK/logs/mkfs.log")"
+        elif want smallfiles; then
+          s3_requests >/dev/null
+          cpu0=$(s3_cpu)
+          local m0=$mib
+          t0=$(now)
+          # Copy the tree, unmount (writes back and flushes), and flush the layers below.
+          if timeout 900 cp -a "$WORK/tree/." "$MNT/" && umount "$MNT" && flush_ext4 \
+            && durable_wait >/dev/null; then
+            secs=$(since "$t0")
+            mib=$(awk -v a="$(loop_written_mib)" -v b="$m0" 'BEGIN { printf "%.3f", a - b }')
+            record smallfiles "$secs" 0 "$mib" 0 0 0 0 0 "$cpu0"
+            log "$SYSTEM smallfiles: $secs s, $mib MiB written"
+          else
+            log "$SYSTEM smallfiles failed"
+            s3_requests >/dev/null
+          fi
+        fi
+      else
+        log "$SYSTEM mkfs failed"
+      fi
+    fi
+    detach_ext4
+    stop_system
+  fi
+  printf '%s\t%s\t_rss\t%s\n' "$REP" "$SYSTEM" "$PEAK_RSS" >>"$RAW"
+  log "$SYSTEM peak RSS $((PEAK_RSS / 1024)) MiB"
+}
+
+# The raw S3 ceiling: parallel PUT then GET of block-sized objects by an efficient client.
+CEIL_THREADS=${BENCH_CEILING_THREADS:-32}
+run_ceiling() {
+  local size=$1 count out cpu0 req put get
+  SYSTEM=raw-S3-$size
+  local b
+  b=$(bytes "$size")
+  # Enough objects to keep the server busy for the time cap (twice the working set, at least
+  # 2000, at most 100000); the phase stops at the cap.
+  count=$(( SIZE_B * 2 / b ))
+  [ "$count" -ge 2000 ] || count=2000
+  [ "$count" -le 100000 ] || count=100000
+  s3_requests >/dev/null
+  cpu0=$(s3_cpu)
+  out=$(AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$CEILING" "$ENDPOINT" "$BUCKET" \
+    "$RUNID/ceiling-$size-r$REP" "$b" "$count" "$CEIL_THREADS" "$CAP" 2>>"$WORK/logs/ceiling.log")
+  put=$(echo "$out" | sed -n 's/^put objects=\([0-9]*\) bytes=\([0-9]*\) seconds=\([0-9.]*\)/\1 \2 \3/p')
+  get=$(echo "$out" | sed -n 's/^get objects=\([0-9]*\) bytes=\([0-9]*\) seconds=\([0-9.]*\)/\1 \2 \3/p')
+  # The two phases share one request count and CPU figure; split by phase below.
+  read -r pn pb ps <<<"$put"
+  read -r gn gb gs <<<"$get"
+  [ -n "${ps:-}" ] && [ -n "${gs:-}" ] || { log "$SYSTEM failed: $(tail -2 "$WORK/logs/ceiling.log")"; return 1; }
+  req=$(s3_requests)
+  local cpu1
+  cpu1=$(s3_cpu)
+  local cpu
+  cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')
+  read -r rg rp rh rd rpo <<<"$req"
+  printf '%s\t%s\tput\t%s\t0\t%s\t%s\t%s\t0\t0\t0\t%s\t0\t0\t0\t%s\t%s\n' "$REP" "$SYSTEM" "$ps" \
+    "$(awk -v b="$pb" 'BEGIN { printf "%.3f", b / 1048576 }')" \
+    "$(awk -v n="$pn" -v s="$ps" 'BEGIN { printf "%.1f", n / s }')" \
+    "$(awk -v b="$pb" -v s="$ps" 'BEGIN { printf "%.2f", b / s / 1e6 }')" "$rp" "$cpu" \
+    "$(awk -v n="$pn" -v c="$count" 'BEGIN { print (n < c) ? 1 : 0 }')" >>"$RAW"
+  printf '%s\t%s\tget\t%s\t%s\t0\t%s\t%s\t0\t0\t%s\t0\t0\t0\t0\t%s\t%s\n' "$REP" "$SYSTEM" "$gs" \
+    "$(awk -v b="$gb" 'BEGIN { printf "%.3f", b / 1048576 }')" \
+    "$(awk -v n="$gn" -v s="$gs" 'BEGIN { printf "%.1f", n / s }')" \
+    "$(awk -v b="$gb" -v s="$gs" 'BEGIN { printf "%.2f", b / s / 1e6 }')" "$rg" "$cpu" \
+    "$(awk -v n="$gn" -v c="$pn" 'BEGIN { print (n < c) ? 1 : 0 }')" >>"$RAW"
+  log "$SYSTEM: PUT $pn in $ps s, GET $gn in $gs s"
+}
+
+# ---------------------------------------------------------------------------------------------
+log "systems: $SYSTEMS"
+log "workloads: $WORKLOADS; working set $SIZE, cache $CACHE, cap ${CAP}s, repeats $REPEATS"
+make_tree
+started=$(date +%s)
+for ((REP = 1; REP <= REPEATS; REP++)); do
+  for size in 4K 64K 1M; do run_ceiling "$size"; done
+  for s in $SYSTEMS; do run_system "$s"; done
+done
+elapsed=$(( $(date +%s) - started ))
+log "measurements took ${elapsed}s"
+
+# The S3 server's memory after the run (its daemons' peak RSS).
+rgw_rss=$(for p in $RGW_PIDS; do awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null; done | awk '{ t += $1 } END { print t + 0 }')
+
+mkdir -p "$OUT"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "nproc=$(nproc)"
+  echo "memory=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+  echo "kernel=$(uname -r)"
+  echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "s3server=Ceph RGW $(radosgw --version 2>/dev/null | awk '{print $3}'), bluestore OSD, 127.0.0.1"
+  echo "s3server_rss_mib=$((rgw_rss / 1024))"
+  echo "versions=nbdkit $(nbdkit --version | awk '{print $2}'), s3backer $(dpkg-query -W -f='${Version}' s3backer), fio $(fio --version | sed 's/fio-//')"
+  echo "quick=$QUICK"
+  echo "repeats=$REPEATS"
+  echo "size=$SIZE"
+  echo "cache=$CACHE"
+  echo "cap=$CAP"
+  echo "warm_secs=$WARM_SECS"
+  echo "ext4_size=$EXT4_SIZE"
+  echo "files=$FILES"
+  echo "tree_mib=$(du -sm "$WORK/tree" | awk '{print $1}')"
+  echo "ceiling_threads=$CEIL_THREADS"
+  echo "elapsed_s=$elapsed"
+} >"$WORK/meta.txt"
+cp "$RAW" "$OUT/raw.tsv"
+python3 "$BENCH_DIR/report.py" report "$RAW" "$WORK/meta.txt" "$OUT" || die "report failed"
+log "results in $OUT"
