@@ -26,6 +26,7 @@ ext4_key=$(mktemp /tmp/s3block-ext4-key.XXXXXX) && head -c 32 /dev/urandom >"$ex
 ext4_param_sets=(
   "cache=false"
   "cache=false compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
+  # "cache=true cache-size=256K dirty-size=64K"    # the cache, smaller than the working set
 )
 # Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
 # read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.

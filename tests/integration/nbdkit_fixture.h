@@ -4,7 +4,7 @@
 // Every test is parameterised over a SuiteParam: which store the blocks live in ("local": a fresh
 // directory; "s3": a fresh prefix in the bucket named by S3BLOCK_TEST_S3_*) and which extra plugin
 // parameters are given on every start (cache off, cache on and small, ...). A new combination is
-// one line in kSuiteParams (nbdkit_fixture.cc).
+// one line in kParameterSets (nbdkit_fixture.cc).
 //
 // The S3 variants need S3BLOCK_TEST_S3_BUCKET, S3BLOCK_TEST_S3_ENDPOINT,
 // S3BLOCK_TEST_S3_ACCESS_KEY and S3BLOCK_TEST_S3_SECRET_KEY (tests/scripts/s3_server.sh prints
