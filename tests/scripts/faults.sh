@@ -1,0 +1,158 @@
+#!/bin/bash
+# Faults in the S3 store: tests/faultproxy/faultproxy.py sits between the plugin and the real S3
+# server and, for each kind of fault in turn (500, 503 SlowDown, connection resets, stalls past the
+# request timeout, truncated bodies, corrupted bodies, error bodies that are not XML), injects it
+# into a share of the requests while the export is in use. For each kind:
+#
+#  1. blockmodel (tests/tools/blockmodel.cc) writes, reads back and flushes with the faults at a
+#     high rate and a short retry-timeout, so that some requests fail for good: a failed request
+#     is acceptable, a read that returns wrong or lost data never is. Then the faults stop and,
+#     on the same nbdkit (no restart), every unit must hold a version at least as new as the last
+#     successful flush, with no error, and new writes must work; then nbdkit is restarted and
+#     everything flushed must still be there.
+#  2. fio (nbd engine, verify=crc32c) writes and verifies with the faults at a lower rate and a
+#     retry-timeout long enough to ride them out: it must finish with every block verified.
+#
+# The number of faults injected of each kind is printed at the end ("faults injected: ...");
+# every kind must have been injected at least once.
+#
+#   tests/scripts/faults.sh       (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
+#
+# Environment: S3BLOCK_BUILD (default build/ of this checkout); FAULTS_KINDS (default every kind);
+# FAULTS_PORT (default 9610; the proxy's control port is FAULTS_PORT+1).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build=${S3BLOCK_BUILD:-$repo/build}
+plugin=$build/nbdkit-s3block-plugin.so
+model=$build/tests/blockmodel
+kinds=${FAULTS_KINDS:-"500 503 reset stall truncate corrupt html"}
+port=${FAULTS_PORT:-9610}
+ctl_port=$((port + 1))
+
+log() { echo "faults: $(date +%H:%M:%S) $*"; }
+die() { echo "faults: FAILED: $*" >&2; exit 1; }
+[ -f "$plugin" ] || die "no $plugin (build first)"
+[ -x "$model" ] || die "no $model (build first)"
+for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
+  n=S3BLOCK_TEST_S3_$v
+  [ -n "${!n:-}" ] || die "$n is not set (tests/scripts/s3_server.sh start prints it)"
+done
+for tool in nbdkit nbdinfo fio curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
+
+work=$(mktemp -d /tmp/s3block-faults.XXXXXX)
+sock=$work/nbd.sock
+proxy_pid=
+nbdkit_pid=
+cleanup() {
+  local rc=$?
+  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
+  if [ $rc -ne 0 ]; then
+    for f in "$work"/nbdkit-*.log "$work/proxy.log"; do
+      [ -f "$f" ] || continue
+      echo "---- the end of $(basename "$f") ----" >&2
+      tail -n 30 "$f" >&2
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for_file() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do [ -s "$1" ] && return 0; sleep 0.1; done
+  return 1
+}
+
+ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
+# The count of one fault kind in the proxy's statistics.
+injected() { ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['faults']['$1'])"; }
+
+python3 "$repo/tests/faultproxy/faultproxy.py" --listen "$port" --control "$ctl_port" \
+  --upstream "$S3BLOCK_TEST_S3_ENDPOINT" --ready-file "$work/proxy.ready" >"$work/proxy.log" 2>&1 &
+proxy_pid=$!
+wait_for_file "$work/proxy.ready" 20 || die "the proxy did not start"
+
+start_nbdkit() {  # LABEL PARAMS...
+  local label=$1
+  shift
+  rm -f "$work/nbdkit.pid" "$sock"
+  nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
+    "endpoint=http://127.0.0.1:$port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
+    "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=64M "$@" \
+    </dev/null >>"$work/nbdkit-$label.log" 2>&1 &
+  nbdkit_pid=$!
+  wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start ($label)"
+}
+stop_nbdkit() {
+  local rc=0
+  kill -TERM "$nbdkit_pid"
+  wait "$nbdkit_pid" || rc=$?
+  nbdkit_pid=
+  [ $rc -eq 0 ] || die "nbdkit exited with $rc on SIGTERM"
+}
+
+uri="nbd+unix:///disk?socket=$sock"
+units=2048   # 8 MiB: more than the cache below holds, so reads go to the store
+summary=()
+total=0
+for kind in $kinds; do
+  prefix=faults-$$-$kind
+  state=$work/$kind.state
+  # Stalls cost a request timeout each: fewer of them.
+  if [ "$kind" = stall ]; then rate_hi=0.1; rate_lo=0.02; else rate_hi=0.4; rate_lo=0.15; fi
+
+  log "$kind: model writer under faults at rate $rate_hi, retry-timeout=1"
+  start_nbdkit "$kind" retry-timeout=1 request-timeout=2 cache-size=1M upload-threads=4
+  # Open the export (metadata, lease) before the faults: opening is not what is tested here, and
+  # the export stays open while nbdkit runs.
+  nbdinfo --size "$uri" >/dev/null || die "$kind: cannot open the export"
+  ctl "set?kinds=$kind&rate=$rate_hi&stall=3&seed=7" >/dev/null || die "cannot set faults"
+  "$model" write --uri "$uri" --state "$state" --units $units --seconds 8 --depth 8 \
+    --flush-every 3 --keep-going --seed 11 | tee -a "$work/model.out" || die "$kind: the model writer saw lost or wrong data"
+  ctl off >/dev/null
+  n1=$(injected "$kind")
+  log "$kind: faults off ($n1 injected so far); the same nbdkit must serve every flushed byte"
+  "$model" verify --uri "$uri" --state "$state" --strict | tee -a "$work/model.out" ||
+    die "$kind: after the faults stopped, the device lost data or still fails"
+  if [ "$kind" = html ]; then
+    # Requests that failed for good said what the server sent instead of an S3 error document.
+    grep -q 'not an S3 error document' "$work/nbdkit-$kind.log" ||
+      die "html: no message quoting the non-XML error body in the nbdkit log"
+  fi
+  stop_nbdkit
+  log "$kind: restarted; everything flushed must be there"
+  start_nbdkit "$kind-restart" cache=false
+  "$model" verify --uri "$uri" --state "$state" --strict | tee -a "$work/model.out" ||
+    die "$kind: data lost across a restart"
+  stop_nbdkit
+
+  log "$kind: fio verify=crc32c under faults at rate $rate_lo, retry-timeout=30"
+  start_nbdkit "$kind-fio" retry-timeout=30 request-timeout=2 cache=false
+  nbdinfo --size "nbd+unix:///fio?socket=$sock" >/dev/null || die "$kind: cannot open the fio export"
+  ctl "set?kinds=$kind&rate=$rate_lo&stall=3&seed=9" >/dev/null
+  fio --name="faults-$kind" --ioengine=nbd --uri="nbd+unix:///fio?socket=$sock" --rw=randwrite \
+    --bs=4k --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+    --randrepeat=0 --output="$work/fio.out" >/dev/null 2>&1 ||
+    { cat "$work/fio.out" >&2 || true; die "$kind: fio failed or found a block that does not verify"; }
+  grep -q 'err= 0' "$work/fio.out" || { cat "$work/fio.out" >&2; die "$kind: fio reported an error"; }
+  ctl off >/dev/null
+  stop_nbdkit
+  n=$(injected "$kind")
+  [ "$n" -gt 0 ] || die "$kind: no fault was injected"
+  log "$kind: done, $n faults injected"
+  summary+=("$kind=$n")
+  total=$((total + n))
+done
+reqs=$(ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['requests'])")
+# The model's own counts, summed over every run above (each run already failed the script if any
+# was not 0).
+lost=$(sed -n 's/.* \([0-9]*\) lost, \([0-9]*\) wrong$/\1/p' "$work/model.out" | awk '{ s += $1 } END { print s + 0 }')
+wrong=$(sed -n 's/.* \([0-9]*\) lost, \([0-9]*\) wrong$/\2/p' "$work/model.out" | awk '{ s += $1 } END { print s + 0 }')
+checked=$(sed -n 's/.* \([0-9]*\) bytes checked.*/\1/p' "$work/model.out" | awk '{ s += $1 } END { print s + 0 }')
+echo "faults injected: ${summary[*]} (total $total in $reqs requests)"
+echo "model: $checked bytes checked, $((lost * 4096)) bytes lost, $wrong wrong reads"
+[ "$lost" -eq 0 ] && [ "$wrong" -eq 0 ] || die "lost or wrong data"
