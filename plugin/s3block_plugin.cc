@@ -7,6 +7,9 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -14,7 +17,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
+#include "s3block/cache_store.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
@@ -77,6 +82,11 @@ int Config(const char* key, const char* value) {
       if (abs == nullptr) return -1;
       v = abs;
       std::free(abs);
+    } else if (k == "stats-file") {
+      char* abs = nbdkit_absolute_path(value);  // nbdkit changes directory to '/'
+      if (abs == nullptr) return -1;
+      v = abs;
+      std::free(abs);
     } else if (k == "secret-key") {
       // -, +FILE and -FD read the secret without it showing in ps (nbdkit_read_password).
       char* secret = nullptr;
@@ -114,10 +124,94 @@ int GetReady() {
   });
 }
 
+// --- Cache statistics: logged with nbdkit_debug every few seconds while they change, and written
+// to stats-file= (JSON, replaced atomically) about once a second, for people and scripts.
+
+constexpr int kStatsDebugEverySeconds = 5;
+std::mutex g_stats_mu;
+std::condition_variable g_stats_cv;
+bool g_stats_stop = false;  // guarded by g_stats_mu
+std::thread g_stats_thread;
+
+CacheStore* Cache() { return dynamic_cast<CacheStore*>(g_store.get()); }
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+void WriteStatsFile(const std::vector<std::pair<std::string, CacheStats>>& all) {
+  std::string text = "{\"exports\": {";
+  for (size_t i = 0; i < all.size(); ++i) {
+    text += (i ? ",\n  " : "\n  ") + JsonString(all[i].first) + ": {";
+    bool first = true;
+    ForEachCacheStat(all[i].second, [&](const char* key, uint64_t value) {
+      text += (first ? "\"" : ", \"") + std::string(key) + "\": " + std::to_string(value);
+      first = false;
+    });
+    text += "}";
+  }
+  text += "\n}}\n";
+  // A reader never sees a half-written file: write beside it, then rename over it.
+  const std::string tmp = g_config.stats_file + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return;
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) == 0 && ok) std::rename(tmp.c_str(), g_config.stats_file.c_str());
+}
+
+void StatsLoop(CacheStore* cache) {
+  std::map<std::string, std::string> logged;
+  int seconds = 0;
+  std::unique_lock<std::mutex> lock(g_stats_mu);
+  while (!g_stats_stop) {
+    g_stats_cv.wait_for(lock, std::chrono::seconds(1));
+    const bool stopping = g_stats_stop;
+    lock.unlock();
+    auto all = cache->AllStats();
+    if (!g_config.stats_file.empty()) WriteStatsFile(all);
+    if (++seconds % kStatsDebugEverySeconds == 0 || stopping) {
+      for (const auto& [name, stats] : all) {
+        std::string line = CacheStatsToString(stats);
+        if (logged[name] == line) continue;
+        nbdkit_debug("s3block: cache of export '%s': %s", QuoteForMessage(name).c_str(),
+                     line.c_str());
+        logged[name] = std::move(line);
+      }
+    }
+    lock.lock();
+  }
+}
+
+// Stops the statistics thread after one last report.
+void StopStatsThread() {
+  if (!g_stats_thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(g_stats_mu);
+    g_stats_stop = true;
+  }
+  g_stats_cv.notify_all();
+  g_stats_thread.join();
+}
+
 int AfterFork() {
   return Guard("after_fork", [] {
     Status s = g_store->Start();
-    return s.ok() ? 0 : Fail(s);
+    if (!s.ok()) return Fail(s);
+    if (CacheStore* cache = Cache()) g_stats_thread = std::thread(StatsLoop, cache);
+    return 0;
   });
 }
 
@@ -140,6 +234,7 @@ void Cleanup() {
 }
 
 void Unload() {
+  StopStatsThread();
   // Everything acknowledged has been made durable by flushes or by the last close; this only
   // releases memory when nbdkit does run it.
   std::lock_guard<std::mutex> lock(g_volumes_mu);
@@ -219,6 +314,11 @@ void Close(void* handle) {
     if (last && !h->volume->readonly()) {
       Status s = h->volume->Flush();
       if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
+    }
+    CacheStats stats;
+    if (last && Cache() != nullptr && Cache()->GetStats(h->volume->name(), &stats)) {
+      nbdkit_debug("s3block: cache of export '%s' at last close: %s",
+                   QuoteForMessage(h->volume->name()).c_str(), CacheStatsToString(stats).c_str());
     }
     return 0;
   });
