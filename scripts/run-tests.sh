@@ -132,10 +132,14 @@ if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
     rm -rf "$scratch"
     if [ $s3_available = 1 ]; then
       # shellcheck disable=SC2086
+      # The secret goes in a file (secret-key=+FILE), out of ps and of every log.
+      secret_file=$(mktemp)
+      printf '%s' "$S3BLOCK_TEST_S3_SECRET_KEY" >"$secret_file"
       suite "ext4 round trip, S3 store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
         "$ext4" "store=s3://$S3BLOCK_TEST_S3_BUCKET/ext4-$(date +%s)-$$" \
         "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
-        "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" $params
+        "secret-key=+$secret_file" $params
+      rm -f "$secret_file"
     fi
   done
 fi

@@ -190,7 +190,8 @@ class NbdkitTest : public ::testing::TestWithParam<SuiteParam> {
 
  private:
   std::string local_root_;
-  std::string s3_store_;  // s3://bucket/unique-prefix
+  std::string s3_store_;     // s3://bucket/unique-prefix
+  std::string secret_file_;  // the S3 secret key, for secret-key=+FILE
 };
 
 }  // namespace s3block::testing

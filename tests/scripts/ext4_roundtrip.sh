@@ -30,6 +30,8 @@ size=${EXT4_SIZE:-1G}
 data_mb=${EXT4_DATA_MB:-24}
 
 log() { echo "ext4_roundtrip: $(date +%H:%M:%S) $*"; }
+# The arguments as they may be shown: a secret-key= value never is.
+shown() { printf '%s\n' "$*" | sed -E 's/(secret-key=)[^ ]*/\1(hidden)/g'; }
 die() { echo "ext4_roundtrip: FAILED: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || die "usage: $0 STORE_ARGS... (for example store=/tmp/scratch)"
@@ -96,7 +98,7 @@ wait_for_file() {
 
 start_nbdkit() {
   rm -f "$work/nbdkit.pid" "$sock"
-  echo "\$ nbdkit $plugin $* size=$size" >>"$work/nbdkit.log"
+  echo "\$ nbdkit $plugin $(shown "$@") size=$size" >>"$work/nbdkit.log"
   nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "$@" "size=$size" \
     </dev/null >>"$work/nbdkit.log" 2>&1 &
   nbdkit_pid=$!
@@ -134,7 +136,7 @@ detach() {
   fuse_pid=
 }
 
-log "store: $*; export $export_name, size $size"
+log "store: $(shown "$@"); export $export_name, size $size"
 start_nbdkit "$@"
 
 # The export must be fresh: this is about to format it.
