@@ -111,7 +111,19 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   }
   if (!found && !options.readonly) {
     // Blocks without metadata are served as they are: that is the layout the specification's
-    // first version wrote. Recording the metadata now fixes the size and block size.
+    // first version wrote. Recording the metadata now fixes the size and block size, and keeps
+    // such blocks raw: recording another encoding would make them unreadable.
+    if (!meta.encoding.raw()) {
+      bool has_blocks = false;
+      S3B_RETURN_IF_ERROR(
+          store->ListBlocks(name, [&](uint64_t) { has_blocks = true; }).Annotate(where));
+      if (has_blocks) {
+        encoding_note = where + " has blocks but no metadata (the first version's layout): its "
+                                "blocks stay raw; the encoding given (" +
+                        meta.encoding.Describe() + ") applies only to new exports";
+        meta.encoding = BlockEncoding();
+      }
+    }
     S3B_RETURN_IF_ERROR(store->WriteMeta(name, meta.Serialize()).Annotate(where));
     created = true;
   }

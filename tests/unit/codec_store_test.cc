@@ -693,5 +693,76 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   EXPECT_TRUE(v->encoding_note().empty());
 }
 
+TEST_F(CodecConfigTest, BlocksWithoutMetadataStayRaw) {
+  ::unsetenv("S3BLOCK_KEY");
+  // The first version's layout: block files, no metadata.
+  FileStore file(dir_.path() + "/store");
+  ASSERT_OK(file.Check());
+  Bytes old(4096, 'o');
+  ASSERT_OK(file.Write("legacy", 2, old, true));
+  Config c = Base();
+  ASSERT_OK(c.Set("compression", "zstd"));
+  ASSERT_OK(c.Set("checksum", "crc32c"));
+  ASSERT_OK(c.Finish());
+  std::shared_ptr<BlockStore> store;
+  ASSERT_OK(MakeStoreStack(c, &store));
+  std::shared_ptr<Volume> v;
+  ASSERT_OK(Volume::Open(store, "legacy", c.volume_options(false), &v));
+  EXPECT_TRUE(v->encoding().raw());
+  EXPECT_NE(v->encoding_note().find("has blocks but no metadata"), std::string::npos)
+      << v->encoding_note();
+  Bytes back(4096);
+  ASSERT_OK(v->Read(back.data(), back.size(), 2 * 4096));
+  EXPECT_TRUE(back == old);
+  // A new export of the same server gets the encoding.
+  ASSERT_OK(Volume::Open(store, "fresh", c.volume_options(false), &v));
+  EXPECT_EQ(v->encoding().Describe(), "zstd:3+crc32c");
+  EXPECT_TRUE(v->encoding_note().empty());
+}
+
+TEST_F(CodecConfigTest, AdminCreateAndImportRecordTheEncoding) {
+  ::unsetenv("S3BLOCK_KEY");
+  Config c = Base();
+  const std::string key_path = dir_.path() + "/key";
+  std::ofstream(key_path) << kKeyA;
+  ASSERT_OK(c.Set("key-file", key_path));
+  ASSERT_OK(c.Set("encryption", "aes-256-gcm"));
+  ASSERT_OK(c.Set("compression", "zstd:2"));
+  ASSERT_OK(c.Finish());
+  std::shared_ptr<BlockStore> store;
+  ASSERT_OK(MakeCodedStore(c, &store));
+  ASSERT_OK(store->Check());
+  AdminOptions ao;
+  ao.threads = 2;
+  ao.encoding = c.encoding;
+  ASSERT_OK(CreateExport(*store, "made", 1 << 20, 4096, ao));
+  ExportInfo info;
+  ASSERT_OK(GetExportInfo(*store, "made", &info));
+  EXPECT_EQ(info.meta.encoding.Describe(), "zstd:2+aes-256-gcm");
+
+  // An image imported and exported again, byte for byte, with encoded objects in between.
+  const std::string image = dir_.path() + "/image", out = dir_.path() + "/out";
+  std::mt19937_64 rng(9);
+  Bytes data = CompressibleBlock(3 * 4096 + 100, rng);
+  Spit(image, data);
+  ASSERT_OK(ImportImage(*store, "imported", image, 4096, ao));
+  FileStore file(c.store);
+  Bytes object = Slurp(file.BlockPath("imported", 1));
+  EXPECT_EQ(std::string(object.begin(), object.begin() + 4), "S3BE");
+  EXPECT_LT(object.size(), 4096u);
+  ASSERT_OK(ExportImage(*store, "imported", out, ao));
+  EXPECT_TRUE(Slurp(out) == data);
+  VerifyReport report;
+  ASSERT_OK(VerifyExport(*store, "imported", ao, &report));
+  EXPECT_EQ(report.blocks_checked, 4u);
+  EXPECT_TRUE(report.problems.empty());
+  // Verify reports a damaged block through the layer.
+  object[object.size() / 2] ^= 1;
+  Spit(file.BlockPath("imported", 1), object);
+  ASSERT_OK(VerifyExport(*store, "imported", ao, &report));
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_NE(report.problems[0].find("block 1"), std::string::npos) << report.problems[0];
+}
+
 }  // namespace
 }  // namespace s3block
