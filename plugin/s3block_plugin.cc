@@ -225,8 +225,10 @@ void Cleanup() {
       for (auto& [name, entry] : g_volumes)
         if (entry.volume && !entry.volume->readonly()) volumes.push_back(entry.volume);
     }
+    // Close, not just flush: a connection may still hold the Volume, and its lease must go now
+    // so that a server started next can serve the export.
     for (auto& v : volumes) {
-      Status s = v->Flush();
+      Status s = v->Close();
       if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
     }
     return 0;

@@ -101,6 +101,10 @@ class Volume {
   // Makes every earlier acknowledged write durable.
   Status Flush();
 
+  // Flushes, then gives up the export's lease so that another server may take it; writes after
+  // this fail with ESHUTDOWN. For a clean shutdown, when connections may still hold the Volume.
+  Status Close();
+
   // Calls fn(offset, length, hole) for consecutive runs covering [offset, offset + count), as far
   // as fn returns true. A hole is a range of blocks that are not stored (they read as zeros).
   Status Extents(uint64_t count, uint64_t offset,
@@ -143,8 +147,11 @@ class Volume {
   const ExportMeta meta_;
   const bool readonly_;
   bool created_ = false;
-  std::unique_ptr<ExportLease> lease_;
+  // Read with std::atomic_load: Close() drops it while writers may be checking it.
+  std::shared_ptr<ExportLease> lease_;
   std::string lease_warning_;
+  std::atomic<bool> closed_{false};
+  std::mutex close_mu_;
   std::string encoding_note_;
   // While we are the only writer, a clear bit means "not stored" and saves a store request.
   const bool trust_presence_;

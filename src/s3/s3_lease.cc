@@ -6,9 +6,15 @@
 // overwriting the new holder's), and deleted on release. A lease whose expiry time has passed is
 // taken over with If-Match on the ETag read, so two servers taking over at once cannot both win.
 // Expiry uses wall-clock time: servers sharing a bucket need clocks within a few seconds.
+// A lease left by a crashed process of this same machine (same host name and boot, and its pid
+// no longer runs with the recorded start time) is taken over at once.
 #include <openssl/rand.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <cstring>
 #include <condition_variable>
 #include <ctime>
@@ -27,7 +33,55 @@ using Clock = std::chrono::steady_clock;
 struct LeaseDoc {
   std::string holder, token;
   int64_t expires = 0;
+  // Identity of the holding process, so that a server restarted on the same machine after a
+  // crash (kill -9) can tell that the holder is dead without waiting for the lease to expire.
+  std::string host, boot_id, start_time;
+  int64_t pid = 0;
 };
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream f(path);
+  std::string s;
+  std::getline(f, s, '\0');
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// Field 22 of /proc/PID/stat: the process's start time in clock ticks since boot. A pid that is
+// reused by another process has another start time.
+std::string ProcessStartTime(int64_t pid) {
+  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return "";
+  std::istringstream in(stat.substr(paren + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && (in >> field); ++i) {
+    if (i == 22) return field;
+  }
+  return "";
+}
+
+std::string HostName() {
+  char host[256] = "";
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
+void FillIdentity(LeaseDoc* d) {
+  d->host = HostName();
+  d->boot_id = ReadSmallFile("/proc/sys/kernel/random/boot_id");
+  d->pid = ::getpid();
+  d->start_time = ProcessStartTime(d->pid);
+}
+
+// True if the lease was written by a process of this machine, since its last boot, that no
+// longer runs.
+bool HolderIsDeadHere(const LeaseDoc& d) {
+  if (d.host.empty() || d.boot_id.empty() || d.pid <= 0 || d.start_time.empty()) return false;
+  if (d.host != HostName() || d.boot_id != ReadSmallFile("/proc/sys/kernel/random/boot_id"))
+    return false;
+  return ProcessStartTime(d.pid) != d.start_time;
+}
 
 std::string RandomToken() {
   unsigned char raw[16];
@@ -53,7 +107,9 @@ std::string Serialize(const LeaseDoc& d) {
   std::string holder = d.holder;
   for (char& c : holder)
     if (c == '\n' || c == '\r') c = ' ';
-  return "holder=" + holder + "\ntoken=" + d.token + "\nexpires=" + std::to_string(d.expires) + "\n";
+  return "holder=" + holder + "\ntoken=" + d.token + "\nexpires=" + std::to_string(d.expires) +
+         "\nhost=" + d.host + "\nboot-id=" + d.boot_id + "\npid=" + std::to_string(d.pid) +
+         "\nstart-time=" + d.start_time + "\n";
 }
 
 LeaseDoc Parse(const std::string& text) {
@@ -69,6 +125,10 @@ LeaseDoc Parse(const std::string& text) {
     if (k == "holder") d.holder = v;
     else if (k == "token") d.token = v;
     else if (k == "expires") d.expires = std::strtoll(v.c_str(), nullptr, 10);
+    else if (k == "host") d.host = v;
+    else if (k == "boot-id") d.boot_id = v;
+    else if (k == "pid") d.pid = std::strtoll(v.c_str(), nullptr, 10);
+    else if (k == "start-time") d.start_time = v;
   }
   if (d.holder.empty()) d.holder = "another server";
   return d;
@@ -200,7 +260,11 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
                                 "on the same export cannot be detected");
   }
   const std::string key = LeaseKey(export_name);
-  LeaseDoc doc{holder, RandomToken(), Now() + static_cast<int64_t>(lease_timeout_)};
+  LeaseDoc doc;
+  doc.holder = holder;
+  doc.token = RandomToken();
+  doc.expires = Now() + static_cast<int64_t>(lease_timeout_);
+  FillIdentity(&doc);
   for (int attempt = 0; attempt < 4; ++attempt) {
     std::string etag;
     bool failed = false;
@@ -219,7 +283,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
       return Status::Ok();
     }
     const int64_t left = cur.expires - Now();
-    if (left > 0 && !force) {
+    if (left > 0 && !force && !HolderIsDeadHere(cur)) {
       return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                                       " is in use by " + cur.holder + " (its lease expires in " +
                                       std::to_string(left) + " s unless renewed); stop that "
