@@ -104,9 +104,18 @@ s3b info disk --json >"$work/info.json"
 blocks=$(sed -n 's/.*"blocks_stored": \([0-9]*\).*/\1/p' "$work/info.json")
 # 4 MiB + 12345 bytes of data at 4 KiB blocks: 1024 + 3 or 4 blocks, never the 10240 of the image.
 [ "$blocks" -ge 1027 ] && [ "$blocks" -le 1029 ] || die "import stored $blocks blocks"
-start_nbdkit
+start_nbdkit "stats-file=$work/stats.json"
 nbdcopy "nbd+unix:///disk?socket=$work/sock" "$work/read.img"
 cmp "$img" "$work/read.img" || die "the image read through nbdkit differs"
+
+log "stats of the running server"
+# The server rewrites the file about once a second; wait for one that counts the reads above.
+for _ in $(seq 1 100); do
+  "$tool" stats "$work/stats.json" >"$work/stats.txt" 2>/dev/null && grep -q '^disk store_reads [1-9]' "$work/stats.txt" && break
+  sleep 0.1
+done
+grep -q '^disk store_reads [1-9]' "$work/stats.txt" || { cat "$work/stats.txt"; die "stats do not show the reads"; }
+"$tool" stats "$work/stats.json" --json | grep -q '"disk": {' || die "stats --json"
 
 log "the lease of the running server is respected"
 expect_exit 4 "$tool" "${cli_store[@]}" delete disk --yes
