@@ -65,7 +65,8 @@ def cmd_fio(path, cap, extra):
     # Stopped by the time cap: fewer bytes than the job's size (sizes are given in bytes).
     opts = job.get("job options", {})
     capped = 0
-    if "time_based" not in opts and str(opts.get("size", "")).isdigit():
+    # (A time-based job is given a runtime other than the cap: fio leaves time_based out.)
+    if str(opts.get("runtime", cap)) == str(cap) and str(opts.get("size", "")).isdigit():
         capped = 1 if rb + wb < int(opts["size"]) else 0
     print("%.3f %.3f %.3f %.1f %.2f %.3f %.3f %d" % (
         seconds, rb / 1048576, wb / 1048576, iops, mbps, lat_mean, p99 / 1e6, capped))
@@ -409,6 +410,15 @@ def chart(med, systems, outdir, meta):
     table(os.path.join(tmp, "lat.dat"), SEQ + RAND, "lat_p99_ms")
     table(os.path.join(tmp, "ext4.dat"), EXT4, "seconds")
     n = len(names)
+    palette = {
+        "s3block-local-4K": "#1f77b4", "s3block-local-1M": "#6baed6",
+        "s3block-s3-4K": "#2ca02c", "s3block-s3-1M": "#98df8a",
+        "nbdkit-memory": "#7f7f7f", "nbdkit-file": "#c7c7c7",
+        "nbdkit-S3-4K": "#d62728", "nbdkit-S3-64K": "#ff9896",
+        "s3backer-4K": "#ff7f0e", "s3backer-1M": "#ffbb78",
+        "raw-S3-4K": "#000000", "raw-S3-1M": "#555555",
+    }
+    colors = " ".join(palette.get(x, "#9467bd") for x in names)
     title = "nbd-s3-backend benchmark, %s, %s cores, %s%s" % (
         meta.get("date"), meta.get("nproc"), meta.get("s3server", "").split(",")[0],
         " (quick mode)" if meta.get("quick") == "1" else "")
@@ -424,22 +434,23 @@ set logscale y
 set grid ytics
 set key outside right top vertical
 set xtics nomirror
+colors = "%(colors)s"
 set multiplot layout 4,1 title "%(title)s"
 set title "Sequential 1 MiB, queue depth 8 (MB/s, higher is better; raw-S3 = PUT/GET ceiling)"
 set ylabel "MB/s"
-plot for [i=2:%(nc)d] '%(d)s/seq.dat' using i:xtic(1) title columnheader(i)
+plot for [i=2:%(nc)d] '%(d)s/seq.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
 set title "Random 4 KiB, queue depth 32 (IOPS, higher is better)"
 set ylabel "IOPS"
-plot for [i=2:%(nc)d] '%(d)s/rand.dat' using i:xtic(1) title columnheader(i)
+plot for [i=2:%(nc)d] '%(d)s/rand.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
 set title "99th percentile completion latency (ms, lower is better)"
 set ylabel "ms"
-plot for [i=2:%(nl)d] '%(d)s/lat.dat' using i:xtic(1) title columnheader(i)
+plot for [i=2:%(nl)d] '%(d)s/lat.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
 set title "ext4 through nbdfuse + loop: wall time (s, lower is better)"
 set ylabel "seconds"
-plot for [i=2:%(nl)d] '%(d)s/ext4.dat' using i:xtic(1) title columnheader(i)
+plot for [i=2:%(nl)d] '%(d)s/ext4.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
 unset multiplot
 """ % {"out": os.path.join(outdir, "results.png"), "title": title, "nc": n + 1,
-       "nl": n - 1, "d": tmp}
+       "nl": n - 1, "d": tmp, "colors": colors}
     with open(os.path.join(tmp, "chart.gp"), "w", encoding="utf-8") as f:
         f.write(script)
     subprocess.run(["gnuplot", os.path.join(tmp, "chart.gp")], check=True)

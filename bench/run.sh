@@ -107,6 +107,7 @@ RUNID=run-$(date +%s)
 S3DIR=$WORK/rgw
 S3_STARTED=0
 declare -a SERVER_PIDS=()   # the current system's server processes (RSS is read from these)
+S3BACKER_PID=
 S3BACKER_MNT=
 FUSE_DIR=
 FUSE_PID=
@@ -124,25 +125,39 @@ detach_ext4() {
   FUSE_DIR=
 }
 
+# The process exists and is not a zombie waiting to be reaped.
+alive() {
+  local st
+  st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
 stop_servers() {
-  local p
+  local p i n
+  # nbdkit first (it holds s3backer's file open), then s3backer through its unmount.
   for p in "${SERVER_PIDS[@]}"; do
-    # nbdkit first (it holds s3backer's file open), then s3backer through fusermount.
-    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nbdkit ] || continue
+    [ "$p" = "$S3BACKER_PID" ] && continue
     kill -TERM "$p" 2>/dev/null
-    wait "$p" 2>/dev/null
+    # nbdkit with the Python S3 plugin does not always exit on SIGTERM; every write of that
+    # plugin is already durable, so it gets a SIGKILL below.
+    for ((i = 0; i < 50; i++)); do alive "$p" || break; sleep 0.1; done
   done
   if [ -n "$S3BACKER_MNT" ]; then
-    mountpoint -q "$S3BACKER_MNT" && { fusermount -u "$S3BACKER_MNT" 2>/dev/null || fusermount3 -u "$S3BACKER_MNT" 2>/dev/null || fusermount -uz "$S3BACKER_MNT"; }
+    if mountpoint -q "$S3BACKER_MNT"; then
+      fusermount -u "$S3BACKER_MNT" 2>/dev/null || fusermount -uz "$S3BACKER_MNT" 2>/dev/null
+    fi
     S3BACKER_MNT=
   fi
   for p in "${SERVER_PIDS[@]}"; do
-    # s3backer writes back its dirty blocks after the unmount: give it time.
-    for _ in $(seq 1 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    # s3backer writes back what is still dirty after the unmount: give it time.
+    n=10
+    [ "$p" = "$S3BACKER_PID" ] && n=600
+    for ((i = 0; i < n; i++)); do alive "$p" || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null
     wait "$p" 2>/dev/null
   done
   SERVER_PIDS=()
+  S3BACKER_PID=
 }
 
 cleanup() {
@@ -266,6 +281,7 @@ start_system() {
         --prefix="$RUNID/$sid/" --size="$size" --blockSize="$bs" --listBlocks --directIO \
         --blockCacheSize=$((CACHE_B / $(bytes "$bs"))) "$BUCKET" "$S3BACKER_MNT" \
         </dev/null >>"$WORK/logs/$name-s3backer.log" 2>&1 &
+      S3BACKER_PID=$!
       SERVER_PIDS=($!)
       local i
       for ((i = 0; i < 300; i++)); do [ -e "$S3BACKER_MNT/file" ] && break; sleep 0.1; done
@@ -449,6 +465,7 @@ run_system() {
     hot=$((CACHE_B / 2))
     [ "$hot" -le "$w_b" ] || hot=$w_b
     fio --name=prime --ioengine=nbd --uri="$URI" --rw=read --bs=1M --iodepth=8 --size="$hot" \
+      --runtime="$CAP" \
       --output-format=json --output="$WORK/fio/$REP-$SYSTEM-prime.json" >/dev/null 2>&1
     fio_run randread-warm --rw=randread --bs=4K --iodepth=32 --size="$hot" --time_based \
       --runtime="$WARM_SECS"
