@@ -235,8 +235,10 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                     STATE.count(kind)
                     i = len(data) // 3
                     data = data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:]
-                self.send_response(status, reason, rheaders, data,
-                                   declared_length=len(data), head=head)
+                declared = len(data)
+                if head:  # no body: keep the length the server announced
+                    declared = int(dict((k.lower(), v) for k, v in rheaders).get("content-length", "0"))
+                self.send_response(status, reason, rheaders, data, declared_length=declared, head=head)
         except (ConnectionError, OSError):
             return
 
