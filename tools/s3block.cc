@@ -460,6 +460,7 @@ int Run(int argc, char** argv) {
     std::printf("bytes stored:    %s\n", HumanSize(e.bytes_stored).c_str());
     if (e.blocks_past_end) std::printf("past the end:    %" PRIu64 " blocks\n", e.blocks_past_end);
     std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
+    if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());
     return kExitOk;
   }
   if (cmd == "create") {

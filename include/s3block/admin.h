@@ -28,6 +28,7 @@ struct ExportInfo {
   uint64_t bytes_stored = 0;     // blocks_stored * block size for plain blocks
   uint64_t blocks_past_end = 0;  // stored blocks beyond the export's size (left by a crash)
   std::string lease_holder;      // non-empty while a server holds the export
+  std::string key_error;         // non-empty if the export is encrypted and the key given is not its
 };
 
 // Progress of a long operation: called from worker threads, at most a few times a second.

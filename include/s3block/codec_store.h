@@ -84,7 +84,8 @@ class CodecStore : public StoreDecorator {
   // to its export (same encoding and block size, no encryption, no checksum); otherwise reads it
   // here and writes it again, so that it is bound (and encrypted) for its new export.
   Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
-  // Forwards, then learns the export's encoding. EPERM for an encrypted export without the key.
+  // Forwards, then learns the export's encoding. EPERM for an encrypted export without the key;
+  // *text and *found are set even then, for callers that only show the metadata (s3block info).
   Status ReadMeta(std::string_view export_name, std::string* text, bool* found) override;
   // Learns the export's encoding from the document, then forwards. EPERM if it records an
   // encryption key check that this layer's key does not match (blocks written now could not be

@@ -576,6 +576,15 @@ TEST_F(CodecTamperTest, CopyingAnEncryptedExportNeedsTheKey) {
   auto keyless = std::make_shared<CodecStore>(file_, "");
   AdminOptions ao;
   EXPECT_EQ(CopyExport(*keyless, "e", "f", ao).err(), EPERM);
+  // Its information can be shown without the key: the metadata is sound, only the key is missing.
+  ExportInfo info;
+  ASSERT_OK(GetExportInfo(*keyless, "e", &info));
+  EXPECT_TRUE(info.has_meta);
+  EXPECT_TRUE(info.meta_error.empty()) << info.meta_error;
+  EXPECT_EQ(info.meta.size, 4u * kBs);
+  EXPECT_NE(info.key_error.find("no key was given"), std::string::npos) << info.key_error;
+  ASSERT_OK(GetExportInfo(*std::make_shared<CodecStore>(file_, kKeyA), "e", &info));
+  EXPECT_TRUE(info.key_error.empty());
   // Deleting does not: a lost key must not leave an export that cannot be removed.
   EXPECT_OK(DeleteExport(*keyless, "e", ao));
   EXPECT_FALSE(fs::exists(file_->ExportDir("e") + "/metadata"));
