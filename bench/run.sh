@@ -15,7 +15,7 @@
 #   BENCH_SIZE        working set of the fio workloads = export size (256M; quick 32M)
 #   BENCH_CACHE       cache-size= of this project, and s3backer's block cache (64M; quick 8M)
 #   BENCH_CAP         seconds at most per fio workload; slower systems stop early and their
-#                     throughput is taken over what they did (15; quick 3)
+#                     throughput is taken over what they did (12; quick 3)
 #   BENCH_WARM_SECS   seconds of warm random reads over the hot set (4; quick 1)
 #   BENCH_EXT4_SIZE   export size for mkfs.ext4 and the small files (512M; quick 256M)
 #   BENCH_FILES       small files in the tree (3000; quick 300)
@@ -36,7 +36,7 @@ QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300
 else
-  d_size=256M d_cache=64M d_cap=15 d_warm=4 d_ext4=512M d_files=3000
+  d_size=256M d_cache=64M d_cap=12 d_warm=4 d_ext4=512M d_files=3000
 fi
 REPEATS=${BENCH_REPEATS:-1}
 SIZE=${BENCH_SIZE:-$d_size}
