@@ -33,8 +33,8 @@ struct ParameterSet {
 };
 const std::vector<ParameterSet> kParameterSets = {
     {"nocache", {"cache=false"}},
-    // The cache, smaller than any test's working set, once the store stack includes it:
-    // {"smallcache", {"cache=true", "cache-size=256K", "dirty-size=64K"}},
+    // The cache, smaller than any test's working set, so that eviction and write-back run.
+    {"smallcache", {"cache=true", "cache-size=256K", "dirty-size=64K"}},
 };
 
 const char* Env(const char* name) {
