@@ -14,6 +14,7 @@
 #   S3BLOCK_BUILD        the build directory (default build/ in this checkout)
 #   S3BLOCK_TEST_LOGS    where each suite's full output goes (default $S3BLOCK_BUILD/test-logs)
 #   S3BLOCK_SKIP_EXT4=1  skip the ext4 round trips (they need root, /dev/fuse and loop devices)
+#   S3BLOCK_SKIP_SANITIZERS=1  skip the ASan+UBSan and TSan builds and runs (build/asan, build/tsan)
 set -uo pipefail
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -32,6 +33,8 @@ ext4_param_sets=(
 # read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
 backend_scripts=(
   admin_cli.sh
+  crash.sh
+  tls.sh
 )
 # Scripts in tests/scripts/ that need the S3 server and take no argument; one line each.
 s3_scripts=(
@@ -162,6 +165,19 @@ if [ $s3_available = 1 ]; then
     [ -f "$path" ] || continue
     suite "$script" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path"
   done
+fi
+
+# Reliability (issue 6): faults injected between the plugin and S3, sanitizer builds, fuzzing.
+if [ $s3_available = 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/faults.sh" ]; then
+  suite "faults.sh s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$S3BLOCK_REPO/tests/scripts/faults.sh"
+fi
+if [ "${S3BLOCK_SKIP_SANITIZERS:-0}" != 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" ]; then
+  suite "ASan+UBSan: unit and local integration tests" \
+    bash "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" address "$S3BLOCK_BUILD/asan"
+  suite "TSan: concurrency tests" bash "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" thread "$S3BLOCK_BUILD/tsan"
+fi
+if [ -f "$S3BLOCK_REPO/tests/scripts/fuzz.sh" ]; then
+  suite "fuzz (libFuzzer, 20 s a target)" bash "$S3BLOCK_REPO/tests/scripts/fuzz.sh" "$S3BLOCK_BUILD/fuzz"
 fi
 
 s3_stop
