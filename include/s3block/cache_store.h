@@ -95,6 +95,8 @@ struct CacheStats {
   uint64_t upload_retries = 0;    // blocks queued again after a failure
   uint64_t evictions = 0;
   uint64_t writer_waits = 0;      // writes that waited at the dirty limit
+  uint64_t ordered_waits = 0;     // fua writes and deletes that waited for an earlier store
+                                  // request of the same block to finish
   uint64_t uploads_in_flight = 0;
   uint64_t fetches_in_flight = 0;
   uint64_t flushes_in_progress = 0;

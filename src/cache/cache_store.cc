@@ -585,6 +585,7 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
                                                std::span<const uint64_t> ids,
                                                std::shared_ptr<const Bytes> buf) {
   // Wait for uploads of these blocks already in flight, so that this one lands last.
+  bool waited = false;
   for (;;) {
     bool busy = false;
     for (uint64_t id : ids) {
@@ -592,6 +593,8 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
       if (it != entries_.end() && it->second->busy) busy = true;
     }
     if (!busy) break;
+    if (!waited) ++stats_.ordered_waits;
+    waited = true;
     state_cv_.wait(lk);
   }
   std::vector<std::pair<CacheEntry*, uint64_t>> taken;
@@ -703,6 +706,9 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
     inflight_bytes_ += e->cost;
   }
   stats_.uploads_in_flight += taken.size();
+  // Pass the baton: if work remains, an idle uploader must look at it (it may be asleep with
+  // no deadline, or a later one) while this thread is busy.
+  if (!ready_data_.empty() || !ready_delete_.empty()) upload_cv_.notify_one();
   lk.unlock();
   Status s = buf ? next_->Write(name_, ids[0], *buf, /*fua=*/false)
                  : next_->Delete(name_, ids, /*fua=*/false);
@@ -936,6 +942,7 @@ void ForEachCacheStat(const CacheStats& s,
   fn("upload_retries", s.upload_retries);
   fn("evictions", s.evictions);
   fn("writer_waits", s.writer_waits);
+  fn("ordered_waits", s.ordered_waits);
   fn("uploads_in_flight", s.uploads_in_flight);
   fn("fetches_in_flight", s.fetches_in_flight);
   fn("flushes_in_progress", s.flushes_in_progress);

@@ -139,6 +139,7 @@ class TestStore : public BlockStore {
   // Waits until at least n writes/deletes (or reads) are held at the gate.
   void WaitBlockedWrites(int n) { WaitFor([&] { return blocked_writes_ >= n; }); }
   void WaitBlockedReads(int n) { WaitFor([&] { return blocked_reads_ >= n; }); }
+  int blocked_writes() { std::lock_guard<std::mutex> lk(mu_); return blocked_writes_; }
 
   // The content of a block now and after a crash; nullopt if not stored.
   std::optional<Bytes> Current(uint64_t id) { return Get(current_, id); }
@@ -355,7 +356,7 @@ TEST_F(CacheTest, FlushWaitsForEveryEarlierWriteAndForUploadsInFlight) {
     flush_status = cache_->Flush(kExport);
     done = true;
   });
-  WaitUntil([&] { return Stats().flushes_in_progress == 1; });  // the flush has begun
+  WaitUntil([&] { return Stats().flushes_in_progress == 1 || done; });  // the flush has begun
   // It cannot finish while an upload it needs is held.
   EXPECT_FALSE(done.load());
   EXPECT_EQ(store_->flushes(), 0);
@@ -365,6 +366,30 @@ TEST_F(CacheTest, FlushWaitsForEveryEarlierWriteAndForUploadsInFlight) {
   EXPECT_EQ(store_->flushes(), 1);
   EXPECT_EQ(store_->uploads_in_flight_at_flush(), std::vector<int>{0});
   for (uint64_t id = 1; id < 40; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1)) << id;
+}
+
+TEST_F(CacheTest, FlushWaitsForUploadsThatWereInFlightWhenItBegan) {
+  CacheOptions o = Options(256);
+  o.max_dirty_age = 0;
+  o.upload_threads = 4;
+  Make(o, true);
+  store_->GateWrites(true);
+  for (uint64_t id = 0; id < 4; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  store_->WaitBlockedWrites(4);  // every dirty block is being uploaded: nothing left to start
+  std::atomic<bool> done{false};
+  Status flush_status;
+  std::thread flusher([&] {
+    flush_status = cache_->Flush(kExport);
+    done = true;
+  });
+  WaitUntil([&] { return Stats().flushes_in_progress == 1 || done; });
+  EXPECT_FALSE(done.load());
+  EXPECT_EQ(store_->flushes(), 0);
+  store_->GateWrites(false);
+  flusher.join();
+  ASSERT_OK(flush_status);
+  EXPECT_EQ(store_->uploads_in_flight_at_flush(), std::vector<int>{0});
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
 }
 
 TEST_F(CacheTest, FlushUploadsInParallel) {
@@ -408,8 +433,10 @@ TEST_F(CacheTest, FuaWriteWaitsForAnUploadOfTheSameBlockInFlight) {
     EXPECT_OK(Put(5, MakeBlock(5, 2), /*fua=*/true));
     done = true;
   });
-  // It must not overtake the older upload: it waits (the older upload is held).
-  WaitUntil([&] { return Stats().dirty_blocks == 1 && !done; });
+  // It must not overtake the older upload: it waits in the cache (the older upload is held)
+  // rather than reach the store beside it.
+  WaitUntil([&] { return Stats().ordered_waits == 1 || store_->blocked_writes() > 1 || done; });
+  EXPECT_EQ(store_->blocked_writes(), 1);
   EXPECT_FALSE(done.load());
   store_->GateWrites(false);
   writer.join();
@@ -457,7 +484,7 @@ TEST_F(CacheTest, WriterBlocksAtTheDirtyLimitUntilUploadsComplete) {
     EXPECT_OK(Put(2, MakeBlock(2, 1)));
     done = true;
   });
-  WaitUntil([&] { return Stats().writer_waits == 1; });
+  WaitUntil([&] { return Stats().writer_waits == 1 || done; });
   store_->WaitBlockedWrites(1);  // the waiting writer set uploads going; they are held
   EXPECT_FALSE(done.load());     // no upload can complete, so there is no room
   EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
@@ -568,7 +595,8 @@ TEST_F(CacheTest, FuaDeleteWaitsForAnUploadInFlight) {
     EXPECT_OK(Del(8, /*fua=*/true));
     done = true;
   });
-  WaitUntil([&] { return Stats().dirty_blocks == 1; });
+  WaitUntil([&] { return Stats().ordered_waits == 1 || store_->blocked_writes() > 1 || done; });
+  EXPECT_EQ(store_->blocked_writes(), 1);
   EXPECT_FALSE(done.load());
   store_->GateWrites(false);
   deleter.join();
