@@ -184,6 +184,8 @@ def cmd_report(raw, meta_path, outdir):
     L.append("")
     L.append("- machine: %s cores (`nproc`), %s memory, kernel %s, CPU %s" % (
         meta.get("nproc"), meta.get("memory"), meta.get("kernel"), meta.get("cpu")))
+    L.append("- load average (1, 5, 15 min; other work on the machine shows here): %s" %
+             meta.get("load"))
     L.append("- S3 server: %s, sharing the cores with the system under test; its daemons' peak "
              "RSS %s MiB" % (meta.get("s3server"), meta.get("s3server_rss_mib")))
     L.append("- peers: %s" % meta.get("versions"))

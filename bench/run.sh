@@ -53,8 +53,9 @@ ALL_SYSTEMS="s3block-local-4K s3block-local-1M s3block-s3-4K s3block-s3-1M nbdki
   nbdkit-file nbdkit-S3-4K nbdkit-S3-64K s3backer-4K s3backer-1M"
 ALL_WORKLOADS="seqwrite seqread-cold seqread-warm randread randread-warm randwrite randrw mkfs
   smallfiles"
-SYSTEMS=$(echo ${BENCH_SYSTEMS:-$ALL_SYSTEMS})
-WORKLOADS=$(echo ${BENCH_WORKLOADS:-$ALL_WORKLOADS})
+# Lists as one line, single spaces.
+SYSTEMS=$(tr -s ' \n' '  ' <<<"${BENCH_SYSTEMS:-$ALL_SYSTEMS}" | sed 's/^ //; s/ $//')
+WORKLOADS=$(tr -s ' \n' '  ' <<<"${BENCH_WORKLOADS:-$ALL_WORKLOADS}" | sed 's/^ //; s/ $//')
 
 log() { echo "bench: $(date +%H:%M:%S) $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -542,13 +543,16 @@ run_ceiling() {
   # The two phases share one request count and CPU figure; split by phase below.
   read -r pn pb ps <<<"$put"
   read -r gn gb gs <<<"$get"
-  [ -n "${ps:-}" ] && [ -n "${gs:-}" ] || { log "$SYSTEM failed: $(tail -2 "$WORK/logs/ceiling.log")"; return 1; }
+  if [ -z "${ps:-}" ] || [ -z "${gs:-}" ]; then
+    log "$SYSTEM failed: $(tail -2 "$WORK/logs/ceiling.log")"
+    return 1
+  fi
   req=$(s3_requests)
   local cpu1
   cpu1=$(s3_cpu)
   local cpu
   cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')
-  read -r rg rp rh rd rpo <<<"$req"
+  read -r rg rp _ <<<"$req"
   printf '%s\t%s\tput\t%s\t0\t%s\t%s\t%s\t0\t0\t0\t%s\t0\t0\t0\t%s\t%s\n' "$REP" "$SYSTEM" "$ps" \
     "$(awk -v b="$pb" 'BEGIN { printf "%.3f", b / 1048576 }')" \
     "$(awk -v n="$pn" -v s="$ps" 'BEGIN { printf "%.1f", n / s }')" \
@@ -567,11 +571,13 @@ log "systems: $SYSTEMS"
 log "workloads: $WORKLOADS; working set $SIZE, cache $CACHE, cap ${CAP}s, repeats $REPEATS"
 make_tree
 started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((REP = 1; REP <= REPEATS; REP++)); do
   for size in 4K 64K 1M; do run_ceiling "$size"; done
   for s in $SYSTEMS; do run_system "$s"; done
 done
 elapsed=$(( $(date +%s) - started ))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 log "measurements took ${elapsed}s"
 
 # The S3 server's memory after the run (its daemons' peak RSS).
@@ -584,7 +590,10 @@ mkdir -p "$OUT"
   echo "memory=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
   echo "kernel=$(uname -r)"
   echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-  echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git -C "$REPO" diff --quiet HEAD -- src plugin include CMakeLists.txt 2>/dev/null \
+    || commit="$commit with uncommitted changes to the sources"
+  echo "commit=$commit"
   echo "s3server=Ceph RGW $(radosgw --version 2>/dev/null | awk '{print $3}'), bluestore OSD, 127.0.0.1"
   echo "s3server_rss_mib=$((rgw_rss / 1024))"
   echo "versions=nbdkit $(nbdkit --version | awk '{print $2}'), s3backer $(dpkg-query -W -f='${Version}' s3backer), fio $(fio --version | sed 's/fio-//')"
@@ -599,6 +608,7 @@ mkdir -p "$OUT"
   echo "tree_mib=$(du -sm "$WORK/tree" | awk '{print $1}')"
   echo "ceiling_threads=$CEIL_THREADS"
   echo "elapsed_s=$elapsed"
+  echo "load=$load_start at the start, $load_end at the end"
 } >"$WORK/meta.txt"
 cp "$RAW" "$OUT/raw.tsv"
 python3 "$BENCH_DIR/report.py" report "$RAW" "$WORK/meta.txt" "$OUT" || die "report failed"
