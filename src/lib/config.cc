@@ -99,8 +99,10 @@ Status Config::Set(std::string_view key, std::string_view value) {
     return Status::Ok();
   }
   if (k == "lease-timeout") {
-    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &lease_timeout));
-    if (lease_timeout < 3) return Status::InvalidArgument("lease-timeout must be at least 3 seconds");
+    double v = 0;
+    S3B_RETURN_IF_ERROR(ParseSeconds(key, value, &v));
+    if (v < 3) return Status::InvalidArgument("lease-timeout must be at least 3 seconds");
+    lease_timeout = v;
     return Status::Ok();
   }
   if (k == "connections") return ParseCount(key, value, 1, 1024, &connections);

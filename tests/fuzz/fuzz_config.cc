@@ -49,6 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Require(c.upload_threads >= 1 && c.upload_threads <= 256, "upload-threads out of range");
   Require(c.request_timeout >= 0.1, "request-timeout below 100ms");
   Require(c.retry_timeout >= 0, "negative retry-timeout");
+  Require(c.lease_timeout >= 3, "lease-timeout below 3 seconds");
   Require(c.endpoint.empty() || c.endpoint.rfind("http://", 0) == 0 ||
               c.endpoint.rfind("https://", 0) == 0,
           "an endpoint that is not http:// or https://");

@@ -17,6 +17,9 @@ TEST(HostileConfig, ARefusedValueKeepsThePreviousOne) {
   EXPECT_EQ(c.size, 10ull << 30);
   EXPECT_EQ(c.Set("request-timeout", "50ms").err(), EINVAL);
   EXPECT_EQ(c.request_timeout, 5.0);
+  ASSERT_OK(c.Set("lease-timeout", "30"));
+  EXPECT_EQ(c.Set("lease-timeout", "1").err(), EINVAL);
+  EXPECT_EQ(c.lease_timeout, 30.0);
   EXPECT_EQ(c.Set("block-size", "1000").err(), EINVAL);
   EXPECT_EQ(c.block_size, kDefaultBlockSize);
   EXPECT_EQ(c.Set("connections", "0").err(), EINVAL);
