@@ -19,7 +19,7 @@
 #   tests/scripts/faults.sh       (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout); FAULTS_KINDS (default every kind);
-# FAULTS_PORT (default 9610; the proxy's control port is FAULTS_PORT+1).
+# FAULTS_PORT (default: two free ports from 9600-9699; the proxy's control port is FAULTS_PORT+1).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,8 +28,6 @@ build=${S3BLOCK_BUILD:-$repo/build}
 plugin=$build/nbdkit-s3block-plugin.so
 model=$build/tests/blockmodel
 kinds=${FAULTS_KINDS:-"500 503 reset stall truncate corrupt html"}
-port=${FAULTS_PORT:-9610}
-ctl_port=$((port + 1))
 
 log() { echo "faults: $(date +%H:%M:%S) $*"; }
 die() { echo "faults: FAILED: $*" >&2; exit 1; }
@@ -40,6 +38,33 @@ for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
   [ -n "${!n:-}" ] || die "$n is not set (tests/scripts/s3_server.sh start prints it)"
 done
 for tool in nbdkit nbdinfo fio curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
+# The first of N consecutive free ports on 127.0.0.1 from 9600 to 9699 (several runs of the tests
+# may share a machine), chosen at random to make two runs picking at once unlikely to collide.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+starts = list(range(9600, 9700 - n + 1, n))
+random.shuffle(starts)
+for p in starts:
+    socks = []
+    try:
+        for q in range(p, p + n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", q))
+            socks.append(s)
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(p)
+    sys.exit(0)
+sys.exit("no free ports in 9600-9699")
+PY
+}
+port=${FAULTS_PORT:-$(free_ports 2)}
+ctl_port=$((port + 1))
 
 work=$(mktemp -d /tmp/s3block-faults.XXXXXX)
 sock=$work/nbd.sock

@@ -14,8 +14,9 @@
 #   tests/scripts/tls.sh local
 #   tests/scripts/tls.sh s3      (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
-# Environment: S3BLOCK_BUILD (default build/ of this checkout); TLS_PORT (default 9620, the
-# HTTPS proxy; TLS_PORT+1 is its control port, TLS_PORT+2 nbdkit's TCP port for the X.509 test).
+# Environment: S3BLOCK_BUILD (default build/ of this checkout); TLS_PORT (default: three free
+# ports from 9600-9699; the HTTPS proxy, TLS_PORT+1 its control port, TLS_PORT+2 nbdkit's TCP port
+# for the X.509 test).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,13 +24,38 @@ repo=$(cd "$here/../.." && pwd)
 build=${S3BLOCK_BUILD:-$repo/build}
 plugin=$build/nbdkit-s3block-plugin.so
 mode=${1:-local}
-port=${TLS_PORT:-9620}
-nbd_port=$((port + 2))
 
 log() { echo "tls[$mode]: $(date +%H:%M:%S) $*"; }
 die() { echo "tls[$mode]: FAILED: $*" >&2; exit 1; }
 [ -f "$plugin" ] || die "no $plugin (build first)"
 for tool in nbdkit nbdcopy nbdinfo openssl cmp; do command -v $tool >/dev/null || die "$tool is not installed"; done
+# The first of N consecutive free ports on 127.0.0.1 from 9600 to 9699 (several runs of the tests
+# may share a machine), chosen at random to make two runs picking at once unlikely to collide.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+starts = list(range(9600, 9700 - n + 1, n))
+random.shuffle(starts)
+for p in starts:
+    socks = []
+    try:
+        for q in range(p, p + n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", q))
+            socks.append(s)
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(p)
+    sys.exit(0)
+sys.exit("no free ports in 9600-9699")
+PY
+}
+port=${TLS_PORT:-$(free_ports 3)}
+nbd_port=$((port + 2))
 
 work=$(mktemp -d /tmp/s3block-tls.XXXXXX)
 sock=$work/nbd.sock
