@@ -4,7 +4,7 @@
 #   tests/scripts/sanitizers.sh address [BUILD_DIR]   ASan+UBSan: the unit tests and the
 #                                                     integration tests on the local store
 #   tests/scripts/sanitizers.sh thread [BUILD_DIR]    TSan: the concurrency tests (cache, volume,
-#                                                     file store)
+#                                                     file store: the target concurrency_tests)
 #
 # BUILD_DIR defaults to build/asan or build/tsan of this checkout. The plugin is loaded by an
 # uninstrumented nbdkit, so the sanitizer's runtime is preloaded into it (LD_PRELOAD, inherited by
@@ -27,8 +27,11 @@ esac
 
 cmake -S "$repo" -B "$build" -DS3BLOCK_SANITIZE="$kind" -DCMAKE_BUILD_TYPE=Debug >&2 ||
   die "cmake configure failed"
-targets=(--target unit_tests)
-[ "$kind" = address ] && targets+=(--target integration_tests --target nbdkit-s3block-plugin)
+if [ "$kind" = address ]; then
+  targets=(--target unit_tests --target integration_tests --target nbdkit-s3block-plugin)
+else
+  targets=(--target concurrency_tests)
+fi
 cmake --build "$build" -j "$jobs" "${targets[@]}" >&2 || die "build failed"
 
 preload=$(${CXX:-g++} -print-file-name="$runtime")
@@ -50,8 +53,8 @@ if [ "$kind" = address ]; then
   ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" LD_PRELOAD=$preload ctest --test-dir "$build" \
     --output-on-failure --timeout 600 -j "$jobs" -L integration -E '/s3_|AStorePathThatIsAFile' || rc=1
 else
-  ctest --test-dir "$build" --output-on-failure --timeout 900 -j "$jobs" -L unit \
-    -R 'Cache|Volume|FileStore|FileStorage|PresenceMap' || rc=1
+  # The cache, volume and file-store tests (tests/CMakeLists.txt: concurrency_tests).
+  "$build/tests/concurrency_tests" || rc=1
 fi
 [ $rc -eq 0 ] || die "$kind: a test failed or the sanitizer reported an error (see above)"
 echo "sanitizers: $kind: every test passed with no report"
