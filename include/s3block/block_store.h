@@ -100,6 +100,13 @@ class BlockStore {
     return Write(to, id, data, false);
   }
 
+  // A hint from the layer above: may_be_stored(id) is false only for blocks of the export that
+  // are certainly not stored (never written, deleted, or past the end of the export). A layer
+  // that reads ahead uses it to skip requests that would find nothing (each one a GET on S3).
+  // The function must be cheap and safe to call from any thread; nullptr removes the hint.
+  virtual void SetPresenceHint(std::string_view export_name,
+                               std::function<bool(uint64_t id)> may_be_stored) {}
+
   // Claims the export for writing by this process. `holder` describes this process (host, pid,
   // time) and is what other processes are shown. If another process holds the export, fails
   // with EBUSY and a message naming that holder, unless `force` (for an operator who knows the
@@ -146,6 +153,9 @@ class StoreDecorator : public BlockStore {
     return next_->WriteMeta(e, text);
   }
   Status DeleteMeta(std::string_view e) override { return next_->DeleteMeta(e); }
+  void SetPresenceHint(std::string_view e, std::function<bool(uint64_t)> fn) override {
+    next_->SetPresenceHint(e, std::move(fn));
+  }
   Status AcquireLease(std::string_view e, const std::string& holder, bool force,
                       std::unique_ptr<ExportLease>* out) override {
     return next_->AcquireLease(e, holder, force, out);

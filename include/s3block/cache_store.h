@@ -139,6 +139,9 @@ class CacheStore : public StoreDecorator {
                     const std::function<void(uint64_t)>& fn) override;
   // Flushes the export first, so that its deletes reach the store, then forwards.
   Status DeleteMeta(std::string_view export_name) override;
+  // Read-ahead skips blocks the hint says are not stored (and so never reads past the end).
+  void SetPresenceHint(std::string_view export_name,
+                       std::function<bool(uint64_t)> may_be_stored) override;
 
   // Flushes every export (best effort: the first error is returned) and stops all threads.
   // The cache keeps working afterwards, without threads.

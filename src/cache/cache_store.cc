@@ -91,6 +91,10 @@ class CacheStore::ExportCache {
   Status Flush();
   Status ListBlocks(const std::function<void(uint64_t)>& fn);
   CacheStats Stats() const;
+  void SetPresenceHint(std::function<bool(uint64_t)> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    presence_hint_ = std::move(fn);
+  }
 
  private:
   // A flush in progress: it needs every write with a sequence number <= seq stored.
@@ -190,6 +194,8 @@ class CacheStore::ExportCache {
   std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_;  // (id, token)
   Stream streams_[kStreams];
   uint64_t stream_clock_ = 0;
+  // From the Volume above: false for blocks certainly not stored. Guarded by mu_.
+  std::function<bool(uint64_t)> presence_hint_;
   bool running_ = false;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
@@ -452,6 +458,7 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
   for (; x < end; ++x) {
     if (prefetch_queue_.size() >= kStreams * options_.readahead_max) break;
     if (entries_.count(x)) continue;
+    if (presence_hint_ && !presence_hint_(x)) continue;  // nothing to fetch: a hole or past the end
     // The entry exists from now on, so that a reader arriving before the fetch starts waits for
     // it instead of fetching the block a second time.
     CacheEntry* e = NewFetchLocked(x, /*prefetched=*/true);
@@ -894,6 +901,16 @@ Status CacheStore::Delete(std::string_view e, std::span<const uint64_t> ids, boo
 }
 
 Status CacheStore::Flush(std::string_view e) { return For(e)->Flush(); }
+
+void CacheStore::SetPresenceHint(std::string_view export_name,
+                                 std::function<bool(uint64_t)> may_be_stored) {
+  if (may_be_stored) {
+    For(export_name)->SetPresenceHint(may_be_stored);
+  } else if (ExportCache* c = Find(export_name)) {
+    c->SetPresenceHint(nullptr);
+  }
+  next_->SetPresenceHint(export_name, std::move(may_be_stored));
+}
 
 Status CacheStore::ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) {
   ExportCache* c = Find(e);

@@ -48,7 +48,9 @@ Volume::Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta m
       trust_presence_(!readonly),
       presence_(meta.block_count()) {}
 
-Volume::~Volume() = default;
+Volume::~Volume() {
+  if (trust_presence_) store_->SetPresenceHint(name_, nullptr);
+}
 
 Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
                     const VolumeOptions& options, std::shared_ptr<Volume>* out) {
@@ -134,6 +136,14 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   v->encoding_note_ = std::move(encoding_note);
   S3B_RETURN_IF_ERROR(
       store->ListBlocks(name, [&](uint64_t id) { v->presence_.Set(id); }).Annotate(where));
+  if (v->trust_presence_) {
+    // Layers that read ahead (the cache) skip blocks we know are not stored.
+    std::weak_ptr<Volume> weak = v;
+    store->SetPresenceHint(name, [weak](uint64_t id) {
+      std::shared_ptr<Volume> live = weak.lock();
+      return !live || live->presence_.Test(id);
+    });
+  }
   *out = std::move(v);
   return Status::Ok();
 }

@@ -286,3 +286,53 @@ TEST_F(VolumeTest, SecondReadWriteOpenIsRefusedReadOnlyIsAllowed) {
 
 }  // namespace
 }  // namespace s3block
+
+#include "s3block/cache_store.h"
+
+namespace s3block {
+namespace {
+
+// Counts the block reads that reach the store below the cache.
+class CountingStore : public StoreDecorator {
+ public:
+  using StoreDecorator::StoreDecorator;
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
+    reads_.fetch_add(1);
+    if (id >= max_id_seen_.load()) max_id_seen_.store(id);
+    return next_->Read(e, id, data, found);
+  }
+  std::atomic<uint64_t> reads_{0}, max_id_seen_{0};
+};
+
+TEST_F(VolumeTest, ReadAheadSkipsHolesAndNeverReadsPastTheEnd) {
+  auto counting = std::make_shared<CountingStore>(store_);
+  CacheOptions co;
+  co.cache_size = 64 << 20;
+  auto cache = std::make_shared<CacheStore>(counting, co);
+  ASSERT_OK(cache->Start());
+  VolumeOptions o;
+  o.size = 64 * 4096;
+  o.block_size = 4096;
+  std::shared_ptr<Volume> v;
+  ASSERT_OK(Volume::Open(cache, "ra", o, &v));
+  Bytes data(8 * 4096, 7);
+  ASSERT_OK(v->Write(data.data(), data.size(), 0, false));  // blocks 0-7; 8-63 are holes
+  ASSERT_OK(v->Flush());
+  ASSERT_OK(cache->Shutdown());  // drop what the cache holds: reads must go below
+  cache = std::make_shared<CacheStore>(counting, co);
+  ASSERT_OK(cache->Start());
+  v.reset();
+  ASSERT_OK(Volume::Open(cache, "ra", o, &v));
+  counting->reads_ = 0;
+  Bytes buf(4096);
+  for (uint64_t id = 0; id < 64; ++id) {  // a sequential reader over the whole export
+    ASSERT_OK(v->Read(buf.data(), 4096, id * 4096));
+    ASSERT_EQ(buf[0], id < 8 ? 7 : 0);
+  }
+  ASSERT_OK(cache->Shutdown());  // waits for read-ahead still in flight
+  EXPECT_LE(counting->reads_.load(), 8u);  // only the stored blocks were ever fetched
+  EXPECT_LT(counting->max_id_seen_.load(), 8u);
+}
+
+}  // namespace
+}  // namespace s3block
