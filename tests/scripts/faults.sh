@@ -139,6 +139,9 @@ for kind in $kinds; do
   "$model" write --uri "$uri" --state "$state" --units $units --seconds 8 --depth 8 \
     --flush-every 3 --keep-going --seed 11 | tee -a "$work/model.out" || die "$kind: the model writer saw lost or wrong data"
   ctl off >/dev/null
+  # A request stalled just before the switch still stalls until the proxy lets it go and then
+  # times out; let those end before judging the device (this waits, it asserts nothing on time).
+  if [ "$kind" = stall ]; then sleep 5; fi
   n1=$(injected "$kind")
   log "$kind: faults off ($n1 injected so far); the same nbdkit must serve every flushed byte"
   "$model" verify --uri "$uri" --state "$state" --strict | tee -a "$work/model.out" ||
@@ -159,7 +162,7 @@ for kind in $kinds; do
   start_nbdkit "$kind-fio" retry-timeout=30 request-timeout=2 cache=false
   nbdinfo --size "nbd+unix:///fio?socket=$sock" >/dev/null || die "$kind: cannot open the fio export"
   ctl "set?kinds=$kind&rate=$rate_lo&stall=3&seed=9" >/dev/null
-  fio --name="faults-$kind" --ioengine=nbd --uri="nbd+unix:///fio?socket=$sock" --rw=randwrite \
+  fio --name="faults-$kind" --verify_state_save=0 --ioengine=nbd --uri="nbd+unix:///fio?socket=$sock" --rw=randwrite \
     --bs=4k --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
     --randrepeat=0 --output="$work/fio.out" >/dev/null 2>&1 ||
     { cat "$work/fio.out" >&2 || true; die "$kind: fio failed or found a block that does not verify"; }
