@@ -32,6 +32,7 @@ do_ext4=${CRASH_EXT4:-1}
 
 log() { echo "crash[$mode]: $(date +%H:%M:%S) $*"; }
 die() { echo "crash[$mode]: FAILED: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 [ -f "$plugin" ] || die "no $plugin (build first)"
 [ -x "$model" ] || die "no $model (build first)"
 
@@ -73,10 +74,7 @@ local)
   store_args=("store=$store")
   ;;
 s3)
-  for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
-    n=S3BLOCK_TEST_S3_$v
-    [ -n "${!n:-}" ] || die "$n is not set (tests/scripts/s3_server.sh start prints it)"
-  done
+  require_s3_env
   # force=true: the killed server's lease is still in the bucket, and the operator knows its
   # holder is dead (without it the restart would wait for lease-timeout=).
   store_args=("store=s3://$S3BLOCK_TEST_S3_BUCKET/crash-$$-$(date +%s)"
@@ -86,11 +84,6 @@ s3)
 *) die "usage: $0 local|s3" ;;
 esac
 
-wait_for_file() {
-  local i
-  for ((i = 0; i < $2 * 20; i++)); do [ -s "$1" ] && return 0; sleep 0.05; done
-  return 1
-}
 start_nbdkit() {
   rm -f "$work/nbdkit.pid" "$sock"
   echo "\$ nbdkit $plugin ${store_args[0]} $*" >>"$work/nbdkit.log"
@@ -103,13 +96,6 @@ kill9_nbdkit() {
   kill -9 "$nbdkit_pid"
   wait "$nbdkit_pid" 2>/dev/null || true
   nbdkit_pid=
-}
-stop_nbdkit() {
-  local rc=0
-  kill -TERM "$nbdkit_pid"
-  wait "$nbdkit_pid" || rc=$?
-  nbdkit_pid=
-  [ $rc -eq 0 ] || die "nbdkit exited with status $rc on SIGTERM"
 }
 
 # --- Model rounds ---

@@ -31,38 +31,11 @@ kinds=${FAULTS_KINDS:-"500 503 reset stall truncate corrupt html"}
 
 log() { echo "faults: $(date +%H:%M:%S) $*"; }
 die() { echo "faults: FAILED: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 [ -f "$plugin" ] || die "no $plugin (build first)"
 [ -x "$model" ] || die "no $model (build first)"
-for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
-  n=S3BLOCK_TEST_S3_$v
-  [ -n "${!n:-}" ] || die "$n is not set (tests/scripts/s3_server.sh start prints it)"
-done
+require_s3_env
 for tool in nbdkit nbdinfo fio curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
-# The first of N consecutive free ports on 127.0.0.1 from 9600 to 9699 (several runs of the tests
-# may share a machine), chosen at random to make two runs picking at once unlikely to collide.
-free_ports() {
-  python3 - "$1" <<'PY'
-import random, socket, sys
-n = int(sys.argv[1])
-starts = list(range(9600, 9700 - n + 1, n))
-random.shuffle(starts)
-for p in starts:
-    socks = []
-    try:
-        for q in range(p, p + n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", q))
-            socks.append(s)
-    except OSError:
-        continue
-    finally:
-        for s in socks:
-            s.close()
-    print(p)
-    sys.exit(0)
-sys.exit("no free ports in 9600-9699")
-PY
-}
 port=${FAULTS_PORT:-$(free_ports 2)}
 ctl_port=$((port + 1))
 
@@ -86,11 +59,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for_file() {
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do [ -s "$1" ] && return 0; sleep 0.1; done
-  return 1
-}
 
 ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
 # The count of one fault kind in the proxy's statistics.
@@ -111,13 +79,6 @@ start_nbdkit() {  # LABEL PARAMS...
     </dev/null >>"$work/nbdkit-$label.log" 2>&1 &
   nbdkit_pid=$!
   wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start ($label)"
-}
-stop_nbdkit() {
-  local rc=0
-  kill -TERM "$nbdkit_pid"
-  wait "$nbdkit_pid" || rc=$?
-  nbdkit_pid=
-  [ $rc -eq 0 ] || die "nbdkit exited with $rc on SIGTERM"
 }
 
 uri="nbd+unix:///disk?socket=$sock"

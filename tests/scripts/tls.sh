@@ -27,33 +27,9 @@ mode=${1:-local}
 
 log() { echo "tls[$mode]: $(date +%H:%M:%S) $*"; }
 die() { echo "tls[$mode]: FAILED: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 [ -f "$plugin" ] || die "no $plugin (build first)"
 for tool in nbdkit nbdcopy nbdinfo openssl cmp; do command -v $tool >/dev/null || die "$tool is not installed"; done
-# The first of N consecutive free ports on 127.0.0.1 from 9600 to 9699 (several runs of the tests
-# may share a machine), chosen at random to make two runs picking at once unlikely to collide.
-free_ports() {
-  python3 - "$1" <<'PY'
-import random, socket, sys
-n = int(sys.argv[1])
-starts = list(range(9600, 9700 - n + 1, n))
-random.shuffle(starts)
-for p in starts:
-    socks = []
-    try:
-        for q in range(p, p + n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", q))
-            socks.append(s)
-    except OSError:
-        continue
-    finally:
-        for s in socks:
-            s.close()
-    print(p)
-    sys.exit(0)
-sys.exit("no free ports in 9600-9699")
-PY
-}
 port=${TLS_PORT:-$(free_ports 3)}
 nbd_port=$((port + 2))
 
@@ -74,11 +50,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for_file() {
-  local i
-  for ((i = 0; i < $2 * 20; i++)); do [ -s "$1" ] && return 0; sleep 0.05; done
-  return 1
-}
 start_nbdkit() {  # NBDKIT_OPTIONS... -- PLUGIN_PARAMS...  (listens on $sock unless -p is given)
   local opts=()
   while [ "$1" != -- ]; do opts+=("$1"); shift; done
@@ -91,21 +62,11 @@ start_nbdkit() {  # NBDKIT_OPTIONS... -- PLUGIN_PARAMS...  (listens on $sock unl
   nbdkit_pid=$!
   wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start"
 }
-stop_nbdkit() {
-  local rc=0
-  kill -TERM "$nbdkit_pid"
-  wait "$nbdkit_pid" || rc=$?
-  nbdkit_pid=
-  [ $rc -eq 0 ] || die "nbdkit exited with status $rc on SIGTERM"
-}
 
 case "$mode" in
 local) store_args=("store=$work/store") ;;
 s3)
-  for v in ENDPOINT BUCKET ACCESS_KEY SECRET_KEY; do
-    n=S3BLOCK_TEST_S3_$v
-    [ -n "${!n:-}" ] || die "$n is not set (tests/scripts/s3_server.sh start prints it)"
-  done
+  require_s3_env
   prefix=tls-$$-$(date +%s)
   store_args=("store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" "endpoint=$S3BLOCK_TEST_S3_ENDPOINT"
     "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY")
