@@ -89,21 +89,28 @@ Status FsyncDir(const std::string& path) {
   return Status::Ok();
 }
 
-Status WriteFileAtomically(const std::string& path, std::string_view data) {
-  size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-  std::string tmp = TempName(dir, path.substr(slash + 1));
+// Writes data to a temporary file in dir and renames it to path: readers see the old file or the
+// new one, never a mix. With sync, the data is on disk before the rename.
+static Status ReplaceFile(const std::string& dir, const std::string& path, std::string_view base,
+                   std::span<const uint8_t> data, bool sync) {
+  std::string tmp = TempName(dir, base);
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::FromErrno(errno, "create " + tmp);
-  Status s = WriteAll(fd.get(), reinterpret_cast<const uint8_t*>(data.data()), data.size(), tmp);
-  if (s.ok() && ::fsync(fd.get()) != 0) s = Status::FromErrno(errno, "fsync " + tmp);
+  Status s = WriteAll(fd.get(), data.data(), data.size(), tmp);
+  if (s.ok() && sync && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + tmp);
   if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
   if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
     s = Status::FromErrno(errno, "rename " + tmp + " to " + path);
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
+  if (!s.ok()) ::unlink(tmp.c_str());
+  return s;
+}
+
+Status WriteFileAtomically(const std::string& path, std::string_view data) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  S3B_RETURN_IF_ERROR(ReplaceFile(
+      dir, path, path.substr(slash + 1),
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()), true));
   return FsyncDir(dir);
 }
 
@@ -207,19 +214,8 @@ Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<con
                         bool fua) {
   S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
   std::string dir = BlocksDir(export_name);
-  std::string path = dir + "/" + std::to_string(id);
-  std::string tmp = TempName(dir, std::to_string(id));
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return Status::FromErrno(errno, "create " + tmp);
-  Status s = WriteAll(fd.get(), data.data(), data.size(), tmp);
-  if (s.ok() && fua && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + tmp);
-  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
-    s = Status::FromErrno(errno, "rename " + tmp + " to " + path);
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
+  const std::string base = std::to_string(id);
+  S3B_RETURN_IF_ERROR(ReplaceFile(dir, dir + "/" + base, base, data, fua));
   if (fua) return FsyncDir(dir);
   std::lock_guard<std::mutex> lock(mu_);
   Pending& p = PendingFor(export_name);

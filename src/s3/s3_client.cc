@@ -193,18 +193,8 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
 }
 
 Status S3Client::GetObject(const std::string& key, std::string* body, bool* found) {
-  body->clear();
-  *found = false;
-  Request req{"GET", key, {}, {}, {}, true};
-  HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
-  if (r.status == 200) {
-    *body = std::move(r.body);
-    *found = true;
-    return Status::Ok();
-  }
-  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
-  return ErrorFor("GET", key, r);
+  std::string etag;
+  return GetObjectWithEtag(key, body, found, &etag);
 }
 
 Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body) {
