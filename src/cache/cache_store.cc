@@ -131,6 +131,12 @@ class CacheStore::ExportCache {
   CacheEntry* SetContentLocked(uint64_t id, std::shared_ptr<const Bytes> buf);
   // Waits until block id, newly charged `need` bytes, fits in the dirty limit.
   Status WaitForRoomLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t need);
+  // Sends one store request for the entries in `taken`, already marked busy and counted in
+  // uploads_in_flight: a write of buf to ids[0], or (buf null) a delete of ids; then records the
+  // outcome. REQUIRES: lk holds mu_ (released during the request).
+  Status SendLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
+                    const std::shared_ptr<const Bytes>& buf,
+                    const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, bool fua);
   // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
   Status StoreNowLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
                         std::shared_ptr<const Bytes> buf);
@@ -615,23 +621,7 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
     taken.emplace_back(e, e->gen);
   }
   stats_.uploads_in_flight += taken.size();
-  lk.unlock();
-  Status s = buf ? next_->Write(name_, ids[0], *buf, /*fua=*/true)
-                 : next_->Delete(name_, ids, /*fua=*/true);
-  lk.lock();
-  stats_.uploads_in_flight -= taken.size();
-  if (buf) {
-    ++stats_.store_writes;
-    stats_.store_write_bytes += buf->size();
-  } else {
-    ++stats_.store_deletes;
-    stats_.store_deleted_blocks += ids.size();
-  }
-  // Busy entries are never evicted, so the pointers are still good.
-  for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
-  state_cv_.notify_all();
-  EvictLocked();
-  return s;
+  return SendLocked(lk, ids, buf, taken, /*fua=*/true);
 }
 
 Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
@@ -716,9 +706,17 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   // Pass the baton: if work remains, an idle uploader must look at it (it may be asleep with
   // no deadline, or a later one) while this thread is busy.
   if (!ready_data_.empty() || !ready_delete_.empty()) upload_cv_.notify_one();
+  (void)SendLocked(lk, ids, buf, taken, /*fua=*/false);
+  return true;
+}
+
+Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
+                                           std::span<const uint64_t> ids,
+                                           const std::shared_ptr<const Bytes>& buf,
+                                           const std::vector<std::pair<CacheEntry*, uint64_t>>& taken,
+                                           bool fua) {
   lk.unlock();
-  Status s = buf ? next_->Write(name_, ids[0], *buf, /*fua=*/false)
-                 : next_->Delete(name_, ids, /*fua=*/false);
+  Status s = buf ? next_->Write(name_, ids[0], *buf, fua) : next_->Delete(name_, ids, fua);
   lk.lock();
   stats_.uploads_in_flight -= taken.size();
   if (buf) {
@@ -728,10 +726,11 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
     ++stats_.store_deletes;
     stats_.store_deleted_blocks += ids.size();
   }
+  // Busy entries are never evicted, so the pointers are still good.
   for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
   state_cv_.notify_all();
   EvictLocked();
-  return true;
+  return s;
 }
 
 void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) {
