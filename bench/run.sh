@@ -2,8 +2,8 @@
 # The benchmark: this project against its peers and against the S3 server's own ceiling, on one
 # machine, one S3 server, one run. See bench/README.md.
 #
-#   bench/run.sh                 # full run (about 25 minutes on 2 cores)
-#   BENCH_QUICK=1 bench/run.sh   # every system and workload once, small sizes (a few minutes)
+#   bench/run.sh                 # full run (about 17 minutes on 2 cores)
+#   BENCH_QUICK=1 bench/run.sh   # every system and workload once, small sizes (about 9 minutes)
 #
 # Installs what is missing (apt-get), builds the plugin into $S3BLOCK_BUILD, starts Ceph RGW
 # (bluestore) on 127.0.0.1:$BENCH_PORT, runs every workload on every system through NBD, stops
