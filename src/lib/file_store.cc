@@ -425,6 +425,16 @@ Status FileStore::AcquireLease(std::string_view export_name, const std::string& 
     }
     return Status::FromErrno(err, "flock " + path);
   }
+  // We are the export's only writer now: temporary files in its directories were left by a
+  // writer that died mid-write (they were never renamed into place, so they are not data).
+  for (const std::string& dir : {ExportDir(export_name), BlocksDir(export_name)}) {
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (struct dirent* e = ::readdir(d)) {
+        if (std::strncmp(e->d_name, ".tmp.", 5) == 0) ::unlinkat(::dirfd(d), e->d_name, 0);
+      }
+      ::closedir(d);
+    }
+  }
   std::string text = holder + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0) {
     Status s = Status::FromErrno(errno, "write " + path);

@@ -212,5 +212,20 @@ TEST(FileStore, LeaseKeepsASecondWriterOutAndNamesTheHolder) {
   ASSERT_OK(store.AcquireLease("e", "server two", false, &second));
 }
 
+TEST(FileStore, TheLeaseHolderSweepsTemporaryFilesOfADeadWriter) {
+  testing::TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  ASSERT_OK(store.Write("e", 1, Pattern(512, 1), false));
+  const std::string blocks = dir.path() + "/exports/e/blocks/";
+  std::ofstream(blocks + ".tmp.7.123.4") << "half a block";
+  std::ofstream(dir.path() + "/exports/e/.tmp.metadata.123.5") << "format=";
+  std::unique_ptr<ExportLease> lease;
+  ASSERT_OK(store.AcquireLease("e", "me", false, &lease));
+  EXPECT_FALSE(fs::exists(blocks + ".tmp.7.123.4"));
+  EXPECT_FALSE(fs::exists(dir.path() + "/exports/e/.tmp.metadata.123.5"));
+  EXPECT_TRUE(fs::exists(blocks + "1"));
+}
+
 }  // namespace
 }  // namespace s3block
