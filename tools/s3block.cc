@@ -269,7 +269,13 @@ int ParseArgs(int argc, char** argv, Args* a) {
   if (a->command != "stats" && !a->store_given) {
     const char* env = ::getenv("S3BLOCK_STORE");
     if (env == nullptr || *env == '\0') return Usage("--store is required (or set S3BLOCK_STORE)");
-    Status s = a->config.Set("store", env);
+    std::string value = env;
+    if (value.rfind("s3://", 0) != 0 && value[0] != '/') {
+      char* abs = ::realpath(value.c_str(), nullptr);
+      if (abs != nullptr) { value = abs; std::free(abs); }
+      else value = std::string(::getenv("PWD") ? ::getenv("PWD") : ".") + "/" + value;
+    }
+    Status s = a->config.Set("store", value);
     if (!s.ok()) return Usage(s.message());
   }
   return -1;

@@ -91,6 +91,20 @@ Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) 
   return Status::Ok();
 }
 
+// ENOENT unless the export has metadata or blocks: checked before claiming it, since claiming
+// creates the export's directory in a file store.
+Status RequireExists(BlockStore& store, std::string_view name) {
+  std::string text;
+  bool found = false;
+  // Metadata that cannot be read (damaged, or encrypted without the key) still exists: the
+  // operation itself says what is wrong with it.
+  if (!store.ReadMeta(name, &text, &found).ok() || found) return Status::Ok();
+  bool any = false;
+  S3B_RETURN_IF_ERROR(store.ListBlocks(name, [&](uint64_t) { any = true; }));
+  if (any) return Status::Ok();
+  return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+}
+
 Status Claim(BlockStore& store, std::string_view name, const AdminOptions& options,
              std::unique_ptr<ExportLease>* lease) {
   Status s = store.AcquireLease(name, DescribeThisProcess(options.holder), options.force, lease);
@@ -196,6 +210,7 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
                     const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   if (new_size == 0 || new_size > kMaxExportSize) return Status::InvalidArgument("size must be from 1 byte to 4E");
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -239,6 +254,7 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
 
 Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -265,6 +281,7 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   S3B_RETURN_IF_ERROR(ValidateExportName(from));
   S3B_RETURN_IF_ERROR(ValidateExportName(to));
   if (from == to) return Status::InvalidArgument("source and destination are the same export");
+  S3B_RETURN_IF_ERROR(RequireExists(store, from));
   std::unique_ptr<ExportLease> src_lease, dst_lease;
   S3B_RETURN_IF_ERROR(Claim(store, from, options, &src_lease));
   ExportMeta meta;

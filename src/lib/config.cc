@@ -170,12 +170,13 @@ VolumeOptions Config::volume_options(bool readonly) const {
 const char* Config::Help() {
   return
       "store=DIR|s3://BUCKET[/PREFIX]  (required) where blocks live; DIR may be given alone\n"
-      "size=SIZE                 size of a new export (default 1G; K, M, G, T suffixes)\n"
+      "size=SIZE                 size of a new export (default 1G; K, M, G, T, P, E suffixes)\n"
       "block-size=SIZE           block size of a new export: a power of two from 512 to 16M\n"
       "                          (default 4096; an existing export keeps its own)\n"
       "default-export=NAME       export served to clients that ask for \"\" (default test_device)\n"
       "create=BOOL               create exports that clients name but that do not exist (default true)\n"
-      "force=BOOL                serve an export even if another server holds its lease (default false)\n"
+      "force=BOOL                take an S3 export's lease from another server (default false); a local\n"
+      "                          export's lock goes by itself when its holder dies\n"
       "compression=none|zstd[:LEVEL]  compress the blocks of a new export (default none; level 1-22,\n"
       "                          default 3); an existing export keeps what it was created with\n"
       "encryption=none|aes-256-gcm  encrypt the blocks of a new export (default none)\n"

@@ -26,7 +26,7 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
 Status ParseSize(std::string_view param, std::string_view text, uint64_t* out) {
   auto bad = [&](const std::string& why) {
     return Status::InvalidArgument(std::string(param) + "=" + Quoted(text) + ": " + why +
-                                   " (expected bytes, or a number with K, M, G, T suffix, e.g. 1G)");
+                                   " (expected bytes, or a number with a K, M, G, T, P or E suffix, e.g. 1G)");
   };
   if (text.empty()) return bad("empty value");
   uint64_t value = 0;

@@ -179,3 +179,17 @@ TEST_F(AdminTest, VerifyFindsDamageBehindItsBack) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST_F(AdminTest, ChangingAMissingExportFailsAndLeavesNothingBehind) {
+  EXPECT_EQ(DeleteExport(*store_, "ghost", options_).err(), ENOENT);
+  EXPECT_EQ(ResizeExport(*store_, "ghost", 1 << 20, false, options_).err(), ENOENT);
+  EXPECT_EQ(CopyExport(*store_, "ghost", "ghost2", options_).err(), ENOENT);
+  EXPECT_FALSE(fs::exists(dir_.path() + "/store/exports/ghost"));
+  EXPECT_FALSE(fs::exists(dir_.path() + "/store/exports/ghost2"));
+}
+
+}  // namespace
+}  // namespace s3block
