@@ -76,6 +76,15 @@ class BlockStore {
   virtual Status ListBlocks(std::string_view export_name,
                             const std::function<void(uint64_t id)>& fn) = 0;
 
+  // As ListBlocks, with what the store knows of each block's content: the MD5 of the stored
+  // bytes as 32 lower-case hex digits, or "" where the store cannot tell (this default, and an S3
+  // object whose ETag is not a plain MD5). A layer that keeps copies of blocks (the disk cache)
+  // checks them against it.
+  virtual Status ListBlockDigests(std::string_view export_name,
+                                  const std::function<void(uint64_t id, std::string_view md5_hex)>& fn) {
+    return ListBlocks(export_name, [&](uint64_t id) { fn(id, {}); });
+  }
+
   // The names of the exports in the store (those with metadata or blocks), sorted.
   virtual Status ListExports(std::vector<std::string>* names) = 0;
 
@@ -144,6 +153,10 @@ class StoreDecorator : public BlockStore {
   Status Flush(std::string_view e) override { return next_->Flush(e); }
   Status ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) override {
     return next_->ListBlocks(e, fn);
+  }
+  Status ListBlockDigests(std::string_view e,
+                          const std::function<void(uint64_t, std::string_view)>& fn) override {
+    return next_->ListBlockDigests(e, fn);
   }
   Status ListExports(std::vector<std::string>* names) override { return next_->ListExports(names); }
   Status ReadMeta(std::string_view e, std::string* text, bool* found) override {

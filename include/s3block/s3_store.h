@@ -49,6 +49,10 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   Status Flush(std::string_view export_name) override;
   Status ListBlocks(std::string_view export_name,
                     const std::function<void(uint64_t)>& fn) override;
+  // The digest of a block is its object's ETag where that is a plain MD5 (every object this
+  // store writes: one PUT each).
+  Status ListBlockDigests(std::string_view export_name,
+                          const std::function<void(uint64_t, std::string_view)>& fn) override;
   Status ListExports(std::vector<std::string>* names) override;
   Status ReadMeta(std::string_view export_name, std::string* text, bool* found) override;
   Status WriteMeta(std::string_view export_name, std::string_view text) override;

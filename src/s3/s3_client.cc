@@ -319,7 +319,7 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys) {
 }
 
 Status S3Client::ListObjects(const std::string& prefix, const std::string& delimiter,
-                             const std::function<void(const std::string&)>& on_key,
+                             const std::function<void(const std::string&, std::string_view)>& on_key,
                              const std::function<void(const std::string&)>& on_prefix) {
   std::string token;
   for (;;) {
@@ -336,8 +336,12 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
     if (!parsed.ok()) return Status::IoError(Describe(what, "") + ": " + parsed.message());
     if (root.name != "ListBucketResult")
       return Status::IoError(Describe(what, "") + ": unexpected response <" + QuoteForMessage(root.name) + ">");
-    for (const XmlNode* c : root.Children("Contents"))
-      if (on_key) on_key(c->ChildText("Key"));
+    for (const XmlNode* c : root.Children("Contents")) {
+      if (!on_key) continue;
+      std::string etag = c->ChildText("ETag");
+      if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
+      on_key(c->ChildText("Key"), etag);
+    }
     for (const XmlNode* c : root.Children("CommonPrefixes"))
       if (on_prefix) on_prefix(c->ChildText("Prefix"));
     if (root.ChildText("IsTruncated") != "true") return Status::Ok();

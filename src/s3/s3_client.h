@@ -74,10 +74,11 @@ class S3Client {
   // Deletes up to 1000 objects with one DeleteObjects request; an error if the server reports
   // any key it could not delete (missing keys count as deleted).
   Status DeleteObjects(const std::vector<std::string>& keys);
-  // ListObjectsV2 over every page: on_key(key) for each object, on_prefix(prefix) for each
-  // common prefix (with a delimiter). Either callback may be null.
+  // ListObjectsV2 over every page: on_key(key, etag) for each object (the ETag without its
+  // quotes), on_prefix(prefix) for each common prefix (with a delimiter). Either callback may be
+  // null.
   Status ListObjects(const std::string& prefix, const std::string& delimiter,
-                     const std::function<void(const std::string&)>& on_key,
+                     const std::function<void(const std::string& key, std::string_view etag)>& on_key,
                      const std::function<void(const std::string&)>& on_prefix);
   // Checks that the bucket exists and the credentials are accepted: one ListObjectsV2 with
   // max-keys=1 under `prefix`, retried for at most `retry_timeout` seconds. The error is one

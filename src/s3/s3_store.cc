@@ -27,6 +27,14 @@ bool ParseBlockName(std::string_view name, uint64_t* id) {
   return ec == std::errc() && p == name.data() + name.size();
 }
 
+// An ETag that is the MD5 of the object (a single PUT): 32 lower-case hex digits. A multipart
+// ETag ("...-N") or a server's own form is not, and then the content is unknown.
+bool IsPlainMd5(std::string_view etag) {
+  return etag.size() == 32 && std::all_of(etag.begin(), etag.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 }  // namespace
 
 Status S3Store::Create(const Config& config, std::shared_ptr<S3Store>* out) {
@@ -143,14 +151,19 @@ Status S3Store::Flush(std::string_view export_name) {
 }
 
 Status S3Store::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
+  return ListBlockDigests(export_name, [&](uint64_t id, std::string_view) { fn(id); });
+}
+
+Status S3Store::ListBlockDigests(std::string_view export_name,
+                                 const std::function<void(uint64_t, std::string_view)>& fn) {
   const std::string prefix = ExportPrefix(export_name) + "blocks/";
   return client_->ListObjects(
       prefix, "",
-      [&](const std::string& key) {
+      [&](const std::string& key, std::string_view etag) {
         uint64_t id;
         if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
             ParseBlockName(std::string_view(key).substr(prefix.size()), &id))
-          fn(id);
+          fn(id, IsPlainMd5(etag) ? etag : std::string_view());
       },
       nullptr);
 }

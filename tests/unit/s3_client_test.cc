@@ -304,7 +304,8 @@ TEST(S3Client, ListFollowsContinuationTokens) {
   FakeHttpServer server([](const FakeRequest& r) {
     FakeResponse f;
     if (r.target.find("continuation-token=t%2F2") != std::string::npos)
-      f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>c</Key></Contents>"
+      f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>c</Key>"
+               "<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag></Contents>"
                "</ListBucketResult>";
     else
       f.body = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>a</Key></Contents>"
@@ -313,9 +314,14 @@ TEST(S3Client, ListFollowsContinuationTokens) {
     return f;
   });
   auto client = MakeClient(server.endpoint());
-  std::vector<std::string> keys;
-  ASSERT_OK(client->ListObjects("p/", "", [&](const std::string& k) { keys.push_back(k); }, nullptr));
+  std::vector<std::string> keys, etags;
+  ASSERT_OK(client->ListObjects("p/", "", [&](const std::string& k, std::string_view etag) {
+    keys.push_back(k);
+    etags.emplace_back(etag);
+  }, nullptr));
   EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c"}));
+  // The ETag comes without its quotes; an object listed without one has "".
+  EXPECT_EQ(etags, (std::vector<std::string>{"", "", "0123456789abcdef0123456789abcdef"}));
   auto got = server.received();
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[0].target, "/bucket?list-type=2&max-keys=1000&prefix=p%2F");

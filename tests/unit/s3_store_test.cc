@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -79,7 +80,7 @@ class S3StoreTest : public ::testing::Test {
     o.retry_timeout = 10;
     S3Client client(o, AwsCredentials{env_.access_key, env_.secret_key, ""});
     std::vector<std::string> keys;
-    Status s = client.ListObjects(prefix_ + "/", "", [&](const std::string& k) { keys.push_back(k); }, nullptr);
+    Status s = client.ListObjects(prefix_ + "/", "", [&](const std::string& k, std::string_view) { keys.push_back(k); }, nullptr);
     EXPECT_OK(s);
     for (size_t i = 0; i < keys.size(); i += 1000) {
       std::vector<std::string> batch(keys.begin() + i, keys.begin() + std::min(keys.size(), i + 1000));
@@ -262,6 +263,20 @@ TEST_F(S3StoreTest, ListBlocksAndExportsAcrossPages) {
   calls = 0;
   ASSERT_OK(store_->ListBlocks("nothing-here", [&](uint64_t) { ++calls; }));
   EXPECT_EQ(calls, 0);
+}
+
+TEST_F(S3StoreTest, ListBlockDigestsGivesEachBlocksMd5) {
+  // What the disk cache checks its copies against: the ETag of each block, the MD5 of its bytes.
+  const std::string e = "digests";
+  std::map<uint64_t, std::string> want;
+  for (uint64_t id : {0, 5, 4097}) {
+    Bytes data = Pattern(4096, id);
+    ASSERT_OK(store_->Write(e, id, data, false));
+    want[id] = HexEncode(Md5(data));
+  }
+  std::map<uint64_t, std::string> got;
+  ASSERT_OK(store_->ListBlockDigests(e, [&](uint64_t id, std::string_view md5) { got[id] = std::string(md5); }));
+  EXPECT_EQ(got, want);
 }
 
 TEST_F(S3StoreTest, MetadataRoundTrip) {
