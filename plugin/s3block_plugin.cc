@@ -21,6 +21,7 @@
 
 #include "s3block/cache_store.h"
 #include "s3block/config.h"
+#include "s3block/disk_cache_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
 
@@ -81,6 +82,13 @@ int Config(const char* key, const char* value) {
       char* abs = nbdkit_absolute_path(value);
       if (abs == nullptr) return -1;
       v = abs;
+      std::free(abs);
+    } else if (k == "disk-cache" && v.find(',') != std::string::npos) {
+      // DIR,SIZE: only DIR is a path (nbdkit changes directory to '/').
+      const size_t comma = v.rfind(',');
+      char* abs = nbdkit_absolute_path(v.substr(0, comma).c_str());
+      if (abs == nullptr) return -1;
+      v = abs + v.substr(comma);
       std::free(abs);
     } else if (k == "stats-file") {
       char* abs = nbdkit_absolute_path(value);  // nbdkit changes directory to '/'
@@ -152,15 +160,62 @@ std::string JsonString(const std::string& s) {
   return out + "\"";
 }
 
-void WriteStatsFile(const std::vector<std::pair<std::string, CacheStats>>& all) {
+DiskCacheStore* DiskCache() {
+  for (BlockStore* s = g_store.get(); s != nullptr;) {
+    if (auto* d = dynamic_cast<DiskCacheStore*>(s)) return d;
+    auto* decorator = dynamic_cast<StoreDecorator*>(s);
+    s = decorator ? decorator->next() : nullptr;
+  }
+  return nullptr;
+}
+
+// Every counter of every export: the block cache's, then the disk cache's as "disk_<counter>".
+using ExportCounters = std::vector<std::pair<std::string, std::vector<std::pair<std::string, uint64_t>>>>;
+ExportCounters CollectStats(CacheStore* cache, DiskCacheStore* disk) {
+  ExportCounters out;
+  auto add = [&](const std::string& name) -> std::vector<std::pair<std::string, uint64_t>>& {
+    for (auto& [n, counters] : out)
+      if (n == name) return counters;
+    return out.emplace_back(name, std::vector<std::pair<std::string, uint64_t>>()).second;
+  };
+  if (cache != nullptr) {
+    for (const auto& [name, stats] : cache->AllStats()) {
+      auto& counters = add(name);
+      ForEachCacheStat(stats, [&](const char* key, uint64_t value) { counters.emplace_back(key, value); });
+    }
+  }
+  if (disk != nullptr) {
+    std::vector<std::string> names;
+    {
+      std::lock_guard<std::mutex> lock(g_volumes_mu);
+      for (const auto& [name, entry] : g_volumes) names.push_back(name);
+    }
+    for (const auto& name : names) {
+      auto& counters = add(name);
+      ForEachDiskCacheStat(disk->Stats(name), [&](const char* key, uint64_t value) {
+        counters.emplace_back(std::string("disk_") + key, value);
+      });
+    }
+  }
+  return out;
+}
+
+std::string CountersToString(const std::vector<std::pair<std::string, uint64_t>>& counters) {
+  std::string line;
+  for (const auto& [key, value] : counters)
+    line += (line.empty() ? "" : " ") + key + "=" + std::to_string(value);
+  return line;
+}
+
+void WriteStatsFile(const ExportCounters& all) {
   std::string text = "{\"exports\": {";
   for (size_t i = 0; i < all.size(); ++i) {
     text += (i ? ",\n  " : "\n  ") + JsonString(all[i].first) + ": {";
     bool first = true;
-    ForEachCacheStat(all[i].second, [&](const char* key, uint64_t value) {
-      text += (first ? "\"" : ", \"") + std::string(key) + "\": " + std::to_string(value);
+    for (const auto& [key, value] : all[i].second) {
+      text += (first ? "\"" : ", \"") + key + "\": " + std::to_string(value);
       first = false;
-    });
+    }
     text += "}";
   }
   text += "\n}}\n";
@@ -172,7 +227,7 @@ void WriteStatsFile(const std::vector<std::pair<std::string, CacheStats>>& all) 
   if (std::fclose(f) == 0 && ok) std::rename(tmp.c_str(), g_config.stats_file.c_str());
 }
 
-void StatsLoop(CacheStore* cache) {
+void StatsLoop(CacheStore* cache, DiskCacheStore* disk) {
   std::map<std::string, std::string> logged;
   int seconds = 0;
   std::unique_lock<std::mutex> lock(g_stats_mu);
@@ -180,11 +235,11 @@ void StatsLoop(CacheStore* cache) {
     g_stats_cv.wait_for(lock, std::chrono::seconds(1));
     const bool stopping = g_stats_stop;
     lock.unlock();
-    auto all = cache->AllStats();
+    auto all = CollectStats(cache, disk);
     if (!g_config.stats_file.empty()) WriteStatsFile(all);
     if (++seconds % kStatsDebugEverySeconds == 0 || stopping) {
-      for (const auto& [name, stats] : all) {
-        std::string line = CacheStatsToString(stats);
+      for (const auto& [name, counters] : all) {
+        std::string line = CountersToString(counters);
         if (logged[name] == line) continue;
         nbdkit_debug("s3block: cache of export '%s': %s", QuoteForMessage(name).c_str(),
                      line.c_str());
@@ -210,7 +265,8 @@ int AfterFork() {
   return Guard("after_fork", [] {
     Status s = g_store->Start();
     if (!s.ok()) return Fail(s);
-    if (CacheStore* cache = Cache()) g_stats_thread = std::thread(StatsLoop, cache);
+    if (Cache() != nullptr || DiskCache() != nullptr)
+      g_stats_thread = std::thread(StatsLoop, Cache(), DiskCache());
     return 0;
   });
 }

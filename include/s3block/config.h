@@ -65,6 +65,11 @@ struct Config {
   // A file the plugin rewrites about once a second with the cache's counters (JSON); empty: none.
   std::string stats_file;
 
+  // --- Disk cache (disk-cache=DIR,SIZE): a persistent local copy of S3 blocks ---
+  // Absolute (the plugin makes it so with nbdkit_absolute_path); empty: no disk cache.
+  std::string disk_cache_dir;
+  uint64_t disk_cache_size = 0;
+
   // Sets one parameter. Errors: EINVAL, naming the parameter and what it accepts.
   Status Set(std::string_view key, std::string_view value);
   // Checks the combination (store given, sizes consistent), reads S3BLOCK_KEY if no key-file=

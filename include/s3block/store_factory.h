@@ -1,5 +1,6 @@
 // Assembles the store stack from the configuration: the one place that decides which layers
-// run and in what order (leaf store at the bottom, then the codec layer, then the cache).
+// run and in what order (leaf store at the bottom, then the disk cache if disk-cache= is given,
+// then the codec layer, then the cache).
 // The codec layer is always there, even without compression=, encryption= or checksum=: an
 // export's encoding comes from its metadata, and a raw export passes through it untouched.
 #ifndef S3BLOCK_STORE_FACTORY_H_

@@ -110,6 +110,21 @@ Status Config::Set(std::string_view key, std::string_view value) {
   if (k == "cache-size") return ParseSize(key, value, &cache_size);
   if (k == "dirty-size") return ParseSize(key, value, &dirty_size);
   if (k == "upload-threads") return ParseCount(key, value, 1, 256, &upload_threads);
+  if (k == "disk-cache") {
+    // DIR,SIZE: the size follows the last comma, so DIR may hold commas.
+    const size_t comma = value.rfind(',');
+    const std::string where = "disk-cache=" + QuoteForMessage(value);
+    if (comma == std::string_view::npos || comma == 0)
+      return Status::InvalidArgument(where + ": expected DIR,SIZE (for example /var/cache/s3block,10G)");
+    const std::string_view dir = value.substr(0, comma);
+    if (dir[0] != '/') return Status::InvalidArgument(where + ": the directory must be an absolute path");
+    uint64_t v = 0;
+    S3B_RETURN_IF_ERROR(ParseSize("disk-cache SIZE", value.substr(comma + 1), &v));
+    if (v == 0) return Status::InvalidArgument(where + ": the size must be more than 0");
+    disk_cache_dir = std::string(dir);
+    disk_cache_size = v;
+    return Status::Ok();
+  }
   if (k == "stats-file") {
     if (value.empty()) return Status::InvalidArgument("stats-file= is empty: give a file name");
     stats_file = std::string(value);
@@ -142,6 +157,9 @@ Status Config::Finish() {
           "set S3BLOCK_KEY");
     S3B_RETURN_IF_ERROR(MakeKeyCheck(encryption_key, &encoding.key_check));
   }
+  if (!disk_cache_dir.empty() && !is_s3())
+    return Status::InvalidArgument("disk-cache=" + disk_cache_dir + ": caches an S3 store (store=s3://...); store=" +
+                                   store + " is on local disk already");
   if (cache) {
     uint64_t dirty = dirty_size ? dirty_size : cache_size / 4;
     if (cache_size < 2ull * block_size)
@@ -199,6 +217,8 @@ const char* Config::Help() {
       "cache-size=SIZE           cache budget per export (default 256M)\n"
       "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
       "upload-threads=N          background uploaders per export (default 16)\n"
+      "disk-cache=DIR,SIZE       keep up to SIZE of S3 blocks in DIR, reused after a restart once\n"
+      "                          checked against the store (default: none)\n"
       "stats-file=FILE           rewrite FILE about once a second with the cache's counters (JSON)";
 }
 

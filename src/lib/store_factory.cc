@@ -2,6 +2,7 @@
 
 #include "s3block/cache_store.h"
 #include "s3block/codec_store.h"
+#include "s3block/disk_cache_store.h"
 #include "s3block/file_store.h"
 #include "s3block/s3_store.h"
 
@@ -28,7 +29,13 @@ Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out) {
 
 Status MakeStoreStack(const Config& config, std::shared_ptr<BlockStore>* out) {
   std::shared_ptr<BlockStore> store;
-  S3B_RETURN_IF_ERROR(MakeCodedStore(config, &store));
+  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store));
+  // Under the codec layer, so that the local copies are what the store holds: compressed and
+  // encrypted blocks stay so on the local disk, and are checked by the codec as S3's are.
+  if (!config.disk_cache_dir.empty())
+    store = std::make_shared<DiskCacheStore>(std::move(store), config.disk_cache_dir,
+                                             config.disk_cache_size);
+  store = std::make_shared<CodecStore>(std::move(store), config.encryption_key);
   if (config.cache)
     store = std::make_shared<CacheStore>(std::move(store), CacheOptions::FromConfig(config));
   *out = std::move(store);

@@ -114,6 +114,26 @@ TEST(Config, UnknownAndMalformedParameters) {
   EXPECT_EQ(rel.Finish().err(), EINVAL);
 }
 
+TEST(Config, DiskCacheTakesAnAbsoluteDirectoryAndASizeForAnS3Store) {
+  Config c;
+  ASSERT_OK(c.Set("disk-cache", "/var/cache/s3,block,10G"));  // the size follows the last comma
+  EXPECT_EQ(c.disk_cache_dir, "/var/cache/s3,block");
+  EXPECT_EQ(c.disk_cache_size, 10ull << 30);
+  for (const char* bad : {"/var/cache", "/var/cache,", "/var/cache,0", "/var/cache,lots", "relative,1G", ",1G"}) {
+    Config d;
+    Status s = d.Set("disk-cache", bad);
+    EXPECT_EQ(s.err(), EINVAL) << bad;
+    EXPECT_NE(s.message().find("disk-cache"), std::string::npos) << s.message();
+    EXPECT_TRUE(d.disk_cache_dir.empty()) << bad;
+  }
+  ASSERT_OK(c.Set("store", "/tmp/x"));
+  Status local = c.Finish();
+  EXPECT_EQ(local.err(), EINVAL);
+  EXPECT_NE(local.message().find("S3"), std::string::npos) << local.message();
+  ASSERT_OK(c.Set("store", "s3://bucket/prefix"));
+  ASSERT_OK(c.Finish());
+}
+
 }  // namespace
 }  // namespace s3block
 
