@@ -9,14 +9,15 @@ S3BLOCK_PLUGIN=${S3BLOCK_PLUGIN:-$S3BLOCK_BUILD/nbdkit-s3block-plugin.so}
 # tool the code and CMakeLists.txt use).
 S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-dev libnbd-dev
   libcurl4-openssl-dev libssl-dev libexpat1-dev libzstd-dev libgtest-dev"
-# What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), fusermount3 (fuse3),
-# mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint (util-linux), curl
-# (the S3 test server's scripts and an independent S3 client), fio for the benchmarks. The S3
-# server's own packages are installed by tests/scripts/rgw-local.sh when it first starts. The
-# reliability tests add clang and its runtimes (libFuzzer and the sanitizers, tests/fuzz), openssl
-# (certificates and keys of the TLS tests) and python3 (the fault-injecting proxy).
-S3BLOCK_TEST_PACKAGES="libnbd-bin fuse3 e2fsprogs mount util-linux curl fio clang libclang-rt-14-dev
-  openssl python3"
+# What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), nbdsh (python3-libnbd),
+# fusermount3 (fuse3), mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint
+# (util-linux), curl (the S3 test server's scripts and an independent S3 client), fio for the
+# benchmarks. The S3 server's own packages are installed by tests/scripts/rgw-local.sh when it
+# first starts. The reliability tests add clang and its runtimes (libFuzzer and the sanitizers,
+# tests/fuzz), openssl (certificates and keys of the TLS tests) and python3 (the fault-injecting
+# proxy).
+S3BLOCK_TEST_PACKAGES="libnbd-bin python3-libnbd fuse3 e2fsprogs mount util-linux curl fio clang
+  libclang-rt-14-dev openssl python3"
 
 s3b_log() { echo "$(basename "$0"): $*" >&2; }
 s3b_die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }

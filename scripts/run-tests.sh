@@ -29,6 +29,12 @@ ext4_param_sets=(
   "cache=false compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
   "cache=true cache-size=256K dirty-size=64K"    # the cache, smaller than the working set
 )
+# Parameter sets the ext4 round trip runs with on the S3 store only: the disk cache (its directory
+# made fresh by this script, removed at exit), under a small block cache so that reads reach it.
+ext4_disk_cache=$(mktemp -d /tmp/s3block-ext4-diskcache.XXXXXX)
+ext4_s3_param_sets=(
+  "cache-size=1M disk-cache=$ext4_disk_cache,256M compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
+)
 # Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
 # read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
 backend_scripts=(
@@ -38,6 +44,7 @@ backend_scripts=(
 )
 # Scripts in tests/scripts/ that need the S3 server and take no argument; one line each.
 s3_scripts=(
+  disk_cache.sh
 )
 
 passed=0
@@ -100,7 +107,7 @@ s3_stop() {
   fi
   s3_available=0
 }
-trap 's3_stop; rm -f "$ext4_key"' EXIT
+trap 's3_stop; rm -rf "$ext4_key" "$ext4_disk_cache"' EXIT
 trap 'exit 130' INT TERM
 if [ -f "$s3_script" ]; then
   s3_dir=$(mktemp -d /tmp/s3block-s3.XXXXXX)
@@ -128,6 +135,18 @@ else
   suite "integration tests, local store" ctest_run -L integration -E '/s3_'
 fi
 
+ext4_s3() {  # PARAMS: the ext4 round trip on a fresh prefix of the S3 server
+  # The secret goes in a file (secret-key=+FILE), out of ps and of every log.
+  local secret_file
+  secret_file=$(mktemp)
+  printf '%s' "$S3BLOCK_TEST_S3_SECRET_KEY" >"$secret_file"
+  # shellcheck disable=SC2086
+  suite "ext4 round trip, S3 store, $1" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
+    "$ext4" "store=s3://$S3BLOCK_TEST_S3_BUCKET/ext4-$(date +%s)-$$" \
+    "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
+    "secret-key=+$secret_file" $1
+  rm -f "$secret_file"
+}
 if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
   ext4=$S3BLOCK_REPO/tests/scripts/ext4_roundtrip.sh
   for params in "${ext4_param_sets[@]}"; do
@@ -136,18 +155,11 @@ if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
     suite "ext4 round trip, local store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
       "$ext4" "store=$scratch" $params
     rm -rf "$scratch"
-    if [ $s3_available = 1 ]; then
-      # shellcheck disable=SC2086
-      # The secret goes in a file (secret-key=+FILE), out of ps and of every log.
-      secret_file=$(mktemp)
-      printf '%s' "$S3BLOCK_TEST_S3_SECRET_KEY" >"$secret_file"
-      suite "ext4 round trip, S3 store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
-        "$ext4" "store=s3://$S3BLOCK_TEST_S3_BUCKET/ext4-$(date +%s)-$$" \
-        "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
-        "secret-key=+$secret_file" $params
-      rm -f "$secret_file"
-    fi
+    if [ $s3_available = 1 ]; then ext4_s3 "$params"; fi
   done
+  if [ $s3_available = 1 ]; then
+    for params in "${ext4_s3_param_sets[@]}"; do ext4_s3 "$params"; done
+  fi
 fi
 
 for script in "${backend_scripts[@]}"; do
