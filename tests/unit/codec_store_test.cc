@@ -11,6 +11,7 @@
 #include "codec/crc32c.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
+#include "s3block/disk_cache_store.h"
 #include "s3block/file_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
@@ -214,11 +215,14 @@ std::string Getenv(const char* name) {
 
 std::atomic<int> g_counter{0};
 
+// Where the blocks go: a directory, S3, or S3 under the disk cache (disk-cache=).
+enum Backend { kFile, kS3, kS3DiskCache };
+
 // Each test runs over a fresh store: a directory, or a fresh prefix of the S3 test bucket.
-class CodecRoundTripTest : public ::testing::TestWithParam<std::tuple<Combo, bool>> {
+class CodecRoundTripTest : public ::testing::TestWithParam<std::tuple<Combo, Backend>> {
  protected:
   void SetUp() override {
-    s3_ = std::get<1>(GetParam());
+    s3_ = std::get<1>(GetParam()) != kFile;
     config_.store = dir_.path() + "/store";
     if (s3_) {
       if (Getenv("S3BLOCK_TEST_S3_ENDPOINT").empty()) {
@@ -236,6 +240,9 @@ class CodecRoundTripTest : public ::testing::TestWithParam<std::tuple<Combo, boo
       config_.retry_timeout = 10;
     }
     ASSERT_OK(MakeLeafStore(config_, &leaf_));
+    // The disk cache sits where the store stack puts it: between the leaf and the codec layer.
+    if (std::get<1>(GetParam()) == kS3DiskCache)
+      leaf_ = std::make_shared<DiskCacheStore>(leaf_, dir_.path() + "/disk-cache", 64 << 20);
     ASSERT_OK(leaf_->Check());
   }
   void TearDown() override {
@@ -375,12 +382,18 @@ const Combo kCombos[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(File, CodecRoundTripTest,
-                         ::testing::Combine(::testing::ValuesIn(kCombos), ::testing::Values(false)),
+                         ::testing::Combine(::testing::ValuesIn(kCombos), ::testing::Values(kFile)),
                          [](const auto& info) {
                            return ComboName({std::get<0>(info.param), info.index});
                          });
 INSTANTIATE_TEST_SUITE_P(S3, CodecRoundTripTest,
-                         ::testing::Combine(::testing::ValuesIn(kCombos), ::testing::Values(true)),
+                         ::testing::Combine(::testing::ValuesIn(kCombos), ::testing::Values(kS3)),
+                         [](const auto& info) {
+                           return ComboName({std::get<0>(info.param), info.index});
+                         });
+INSTANTIATE_TEST_SUITE_P(S3DiskCache, CodecRoundTripTest,
+                         ::testing::Combine(::testing::ValuesIn(kCombos),
+                                            ::testing::Values(kS3DiskCache)),
                          [](const auto& info) {
                            return ComboName({std::get<0>(info.param), info.index});
                          });
