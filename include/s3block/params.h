@@ -39,6 +39,10 @@ Status ParseSeconds(std::string_view param, std::string_view text, double* out);
 Status ParseCount(std::string_view param, std::string_view text, uint64_t min, uint64_t max,
                   uint64_t* out);
 
+// Checks that an export size is from 1 byte to kMaxExportSize; the error reads
+// "<shown>: must be from 1 byte to 4E".
+Status ValidateExportSize(std::string_view shown, uint64_t size);
+
 // Checks that an export name can be used as a directory name and an object key component:
 // not empty, at most 255 bytes, no '/', no control characters (bytes below 0x20 and 0x7f), no
 // leading or trailing white space, not "." or "..", and valid UTF-8.

@@ -20,6 +20,11 @@ using Clock = std::chrono::steady_clock;
 
 std::string Q(std::string_view name) { return "'" + QuoteForMessage(name) + "'"; }
 
+// The error of every command that names an export the store does not hold.
+Status NotFound(BlockStore& store, std::string_view name) {
+  return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+}
+
 Status Cancelled(const std::string& what) {
   return Status::Error(ECANCELED, what + " interrupted");
 }
@@ -83,7 +88,7 @@ Status ReadMetaOf(BlockStore& store, std::string_view name, ExportMeta* meta, bo
 Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) {
   bool found = false;
   S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, meta, &found));
-  if (!found) return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  if (!found) return NotFound(store, name);
   if (meta->state != ExportMeta::State::kReady)
     return Status::Error(EBUSY, "export " + Q(name) + " is " +
                                     (meta->state == ExportMeta::State::kDeleting ? "being deleted"
@@ -102,7 +107,7 @@ Status RequireExists(BlockStore& store, std::string_view name) {
   bool any = false;
   S3B_RETURN_IF_ERROR(store.ListBlocks(name, [&](uint64_t) { any = true; }));
   if (any) return Status::Ok();
-  return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  return NotFound(store, name);
 }
 
 Status Claim(BlockStore& store, std::string_view name, const AdminOptions& options,
@@ -158,7 +163,7 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!found && ids.empty() && s.ok())
-    return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+    return NotFound(store, name);
   info->blocks_stored = ids.size();
   uint32_t bs = info->has_meta ? info->meta.block_size : kDefaultBlockSize;
   info->bytes_stored = info->blocks_stored * bs;
@@ -189,7 +194,7 @@ Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out) {
 Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uint32_t block_size,
                     const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  if (size == 0 || size > kMaxExportSize) return Status::InvalidArgument("size must be from 1 byte to 4E");
+  S3B_RETURN_IF_ERROR(ValidateExportSize("size", size));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -209,7 +214,7 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
 Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size, bool allow_shrink,
                     const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  if (new_size == 0 || new_size > kMaxExportSize) return Status::InvalidArgument("size must be from 1 byte to 4E");
+  S3B_RETURN_IF_ERROR(ValidateExportSize("size", new_size));
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
@@ -263,7 +268,7 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!found && ids.empty() && ms.ok())
-    return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+    return NotFound(store, name);
   // Mark it first: an interrupted delete leaves an export that is not served, rather than a
   // disk with holes punched in it.
   if (!ms.ok()) meta = ExportMeta();  // damaged metadata: replace it with a marker
@@ -444,7 +449,7 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
     return Status::Ok();
   }
   if (!found) {
-    if (ids.empty()) return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+    if (ids.empty()) return NotFound(store, name);
     report->problems.push_back("export " + Q(name) + " has blocks but no metadata");
     meta.block_size = kDefaultBlockSize;
     meta.size = kMaxExportSize;

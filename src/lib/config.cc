@@ -35,8 +35,7 @@ Status Config::Set(std::string_view key, std::string_view value) {
     // Parsed aside: a refused value leaves the previous one in place.
     uint64_t v = 0;
     S3B_RETURN_IF_ERROR(ParseSize(key, value, &v));
-    if (v == 0 || v > kMaxExportSize)
-      return Status::InvalidArgument("size=" + QuoteForMessage(value) + ": must be from 1 byte to 4E");
+    S3B_RETURN_IF_ERROR(ValidateExportSize("size=" + QuoteForMessage(value), v));
     size = v;
     size_given = true;
     return Status::Ok();

@@ -144,6 +144,12 @@ bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
 
 }  // namespace
 
+Status ValidateExportSize(std::string_view shown, uint64_t size) {
+  if (size == 0 || size > kMaxExportSize)
+    return Status::InvalidArgument(std::string(shown) + ": must be from 1 byte to 4E");
+  return Status::Ok();
+}
+
 Status ValidateExportName(std::string_view name) {
   auto bad = [&](const std::string& why) {
     return Status::InvalidArgument("export name " + Quoted(name) + " refused: " + why);
