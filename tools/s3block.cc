@@ -202,6 +202,18 @@ int Report(const Status& s) {
 }
 
 // Parses the command line; returns -1 to go on, or an exit code.
+// A store directory as an absolute path (the lease and messages name it); s3:// as it is.
+std::string AbsoluteStore(std::string value) {
+  if (value.rfind("s3://", 0) == 0) return value;
+  if (char* abs = ::realpath(value.c_str(), nullptr)) {
+    value = abs;
+    std::free(abs);
+  } else if (value[0] != '/') {
+    value = std::string(::getenv("PWD") ? ::getenv("PWD") : ".") + "/" + value;
+  }
+  return value;
+}
+
 int ParseArgs(int argc, char** argv, Args* a) {
   static const char* kStoreKeys[] = {"store", "endpoint", "region", "path-style", "ca-file",
                                      "access-key", "session-token", "profile", "retry-timeout",
@@ -250,11 +262,7 @@ int ParseArgs(int argc, char** argv, Args* a) {
     if (!take()) return Usage("--" + key + " needs a value");
     if (key == "store") {
       a->store_given = true;
-      if (value.rfind("s3://", 0) != 0) {
-        char* abs = ::realpath(value.c_str(), nullptr);
-        if (abs != nullptr) { value = abs; std::free(abs); }
-        else if (value[0] != '/') value = std::string(::getenv("PWD") ? ::getenv("PWD") : ".") + "/" + value;
-      }
+      value = AbsoluteStore(value);
     }
     Status s = a->config.Set(key, value);
     if (!s.ok()) return Usage(s.message());
@@ -269,13 +277,7 @@ int ParseArgs(int argc, char** argv, Args* a) {
   if (a->command != "stats" && !a->store_given) {
     const char* env = ::getenv("S3BLOCK_STORE");
     if (env == nullptr || *env == '\0') return Usage("--store is required (or set S3BLOCK_STORE)");
-    std::string value = env;
-    if (value.rfind("s3://", 0) != 0 && value[0] != '/') {
-      char* abs = ::realpath(value.c_str(), nullptr);
-      if (abs != nullptr) { value = abs; std::free(abs); }
-      else value = std::string(::getenv("PWD") ? ::getenv("PWD") : ".") + "/" + value;
-    }
-    Status s = a->config.Set("store", value);
+    Status s = a->config.Set("store", AbsoluteStore(env));
     if (!s.ok()) return Usage(s.message());
   }
   return -1;
