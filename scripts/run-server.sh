@@ -29,7 +29,7 @@ if [ "${1:-}" = --build-only ]; then
 fi
 
 s3b_install_missing $S3BLOCK_BUILD_PACKAGES
-s3b_build nbdkit-s3block-plugin
+s3b_build nbdkit-s3block-plugin s3block-admin
 [ $build_only = 0 ] || exit 0
 
 # store= on the command line wins over S3BLOCK_STORE.
