@@ -83,8 +83,8 @@ int Config(const char* key, const char* value) {
       if (abs == nullptr) return -1;
       v = abs;
       std::free(abs);
-    } else if (k == "disk-cache" && v.find(',') != std::string::npos) {
-      // DIR,SIZE: only DIR is a path (nbdkit changes directory to '/').
+    } else if (k == "disk-cache" && v.rfind(',') != std::string::npos && v.rfind(',') > 0) {
+      // DIR,SIZE: only DIR is a path (nbdkit changes directory to '/'); Set refuses the rest.
       const size_t comma = v.rfind(',');
       char* abs = nbdkit_absolute_path(v.substr(0, comma).c_str());
       if (abs == nullptr) return -1;

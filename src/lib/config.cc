@@ -159,6 +159,9 @@ Status Config::Finish() {
   if (!disk_cache_dir.empty() && !is_s3())
     return Status::InvalidArgument("disk-cache=" + disk_cache_dir + ": caches an S3 store (store=s3://...); store=" +
                                    store + " is on local disk already");
+  if (!disk_cache_dir.empty() && disk_cache_size < 2ull * block_size)
+    return Status::InvalidArgument("disk-cache=" + disk_cache_dir + "," + HumanSize(disk_cache_size) +
+                                   ": the size is smaller than two blocks of " + HumanSize(block_size));
   if (cache) {
     uint64_t dirty = dirty_size ? dirty_size : cache_size / 4;
     if (cache_size < 2ull * block_size)

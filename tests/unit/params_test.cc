@@ -132,6 +132,11 @@ TEST(Config, DiskCacheTakesAnAbsoluteDirectoryAndASizeForAnS3Store) {
   EXPECT_NE(local.message().find("S3"), std::string::npos) << local.message();
   ASSERT_OK(c.Set("store", "s3://bucket/prefix"));
   ASSERT_OK(c.Finish());
+  // Smaller than two blocks would keep nothing.
+  ASSERT_OK(c.Set("disk-cache", "/var/cache,4K"));
+  Status tiny = c.Finish();
+  EXPECT_EQ(tiny.err(), EINVAL);
+  EXPECT_NE(tiny.message().find("smaller than two blocks"), std::string::npos) << tiny.message();
 }
 
 }  // namespace
