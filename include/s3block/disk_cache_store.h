@@ -114,7 +114,7 @@ class DiskCacheStore : public StoreDecorator {
   struct Export;
   struct Entry {
     std::array<uint8_t, 16> md5;
-    uint32_t size = 0;
+    uint32_t size = 0;  // a block is at most 16 MiB, and a stored one only a header more
     // False for a copy left by an earlier run until a listing shows it current.
     bool checked = false;
     uint64_t born = 0;    // insertion sequence number (0: loaded from disk)
@@ -163,6 +163,10 @@ class DiskCacheStore : public StoreDecorator {
   // Returns true if no write or delete of the block started or ended since BeginLocked returned
   // `gen` (with changes=false).
   bool EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes);
+  // Drops the copies of `ids` and begins a change (write, delete) of each; returns their
+  // generations for EndLocked or EndChanges. REQUIRES: mu_ not held.
+  std::vector<uint64_t> BeginChanges(Export* e, std::span<const uint64_t> ids);
+  void EndChanges(Export* e, std::span<const uint64_t> ids, const std::vector<uint64_t>& gens);
 
   const std::string dir_;
   const uint64_t size_;

@@ -367,7 +367,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
     gen = BeginLocked(e, id, false);
   }
   Status s = next_->Read(export_name, id, data, found);
-  const bool keep = s.ok() && *found && data->size() <= UINT32_MAX;
+  const bool keep = s.ok() && *found;
   Digest fresh{};
   bool written = false;
   if (keep) {
@@ -391,28 +391,32 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
   return s;
 }
 
+std::vector<uint64_t> DiskCacheStore::BeginChanges(Export* e, std::span<const uint64_t> ids) {
+  std::vector<std::string> unlink;
+  std::vector<uint64_t> gens;
+  gens.reserve(ids.size());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t id : ids) {
+      unlink.push_back(DropLocked(e, id));
+      gens.push_back(BeginLocked(e, id, true));
+    }
+  }
+  UnlinkAll(unlink);
+  return gens;
+}
+
+void DiskCacheStore::EndChanges(Export* e, std::span<const uint64_t> ids,
+                                const std::vector<uint64_t>& gens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < ids.size(); ++i) EndLocked(e, ids[i], gens[i], true);
+}
+
 Status DiskCacheStore::Write(std::string_view export_name, uint64_t id,
                              std::span<const uint8_t> data, bool fua) {
   Export* e = For(export_name);
-  if (!e->usable || data.size() > UINT32_MAX) {
-    if (e->usable) {
-      std::string old;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        old = DropLocked(e, id);
-      }
-      UnlinkAll({old});
-    }
-    return next_->Write(export_name, id, data, fua);
-  }
-  std::string old;
-  uint64_t gen;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    old = DropLocked(e, id);
-    gen = BeginLocked(e, id, true);
-  }
-  UnlinkAll({old});
+  if (!e->usable) return next_->Write(export_name, id, data, fua);
+  const uint64_t gen = BeginChanges(e, {&id, 1})[0];
   Status s = next_->Write(export_name, id, data, fua);
   Digest md5{};
   bool written = false;
@@ -441,20 +445,9 @@ Status DiskCacheStore::Delete(std::string_view export_name, std::span<const uint
                               bool fua) {
   Export* e = For(export_name);
   if (!e->usable) return next_->Delete(export_name, ids, fua);
-  std::vector<std::string> unlink;
-  std::vector<uint64_t> gens;
-  gens.reserve(ids.size());
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (uint64_t id : ids) {
-      unlink.push_back(DropLocked(e, id));
-      gens.push_back(BeginLocked(e, id, true));
-    }
-  }
-  UnlinkAll(unlink);
+  const std::vector<uint64_t> gens = BeginChanges(e, ids);
   Status s = next_->Delete(export_name, ids, fua);
-  std::lock_guard<std::mutex> lock(mu_);
-  for (size_t i = 0; i < ids.size(); ++i) EndLocked(e, ids[i], gens[i], true);
+  EndChanges(e, ids, gens);
   return s;
 }
 
@@ -462,17 +455,9 @@ Status DiskCacheStore::CopyBlock(std::string_view from, std::string_view to, uin
                                  bool* found) {
   Export* e = For(to);
   if (!e->usable) return next_->CopyBlock(from, to, id, found);
-  std::string old;
-  uint64_t gen;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    old = DropLocked(e, id);
-    gen = BeginLocked(e, id, true);
-  }
-  UnlinkAll({old});
+  const std::vector<uint64_t> gens = BeginChanges(e, {&id, 1});
   Status s = next_->CopyBlock(from, to, id, found);
-  std::lock_guard<std::mutex> lock(mu_);
-  EndLocked(e, id, gen, true);
+  EndChanges(e, {&id, 1}, gens);
   return s;
 }
 
