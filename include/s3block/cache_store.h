@@ -129,6 +129,9 @@ class CacheStore : public StoreDecorator {
 
   // As BlockStore; see the file comment for what the cache adds. Errors are the store's.
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
+  // Copies only the range from the cached block (fetching the block on a miss, as Read).
+  Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
+                   uint32_t offset, std::span<uint8_t> out, bool* found) override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -86,6 +87,8 @@ class CacheStore::ExportCache {
   void StopThreads();
 
   Status Read(uint64_t id, Bytes* data, bool* found);
+  Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
+                   bool* found);
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
   Status Flush();
@@ -158,6 +161,10 @@ class CacheStore::ExportCache {
   // content (null: absent).
   Status FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t token,
                      std::shared_ptr<const Bytes>* result);
+  // Finds block id in the cache, or fetches it, and sets *content to a reference to its
+  // immutable buffer (null: not stored). The reference keeps the buffer alive after eviction,
+  // so callers copy from it without the lock.
+  Status Lookup(uint64_t id, std::shared_ptr<const Bytes>* content);
   // Notes a demand read of block id and schedules read-ahead for a sequential reader.
   void NoteReadLocked(uint64_t id);
   void DropPendingPrefetchesLocked();
@@ -475,9 +482,8 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
   if (queued) fetch_cv_.notify_all();
 }
 
-Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
-  data->clear();
-  *found = false;
+Status CacheStore::ExportCache::Lookup(uint64_t id, std::shared_ptr<const Bytes>* content) {
+  content->reset();
   std::unique_lock<std::mutex> lk(mu_);
   NoteReadLocked(id);
   bool waited = false;
@@ -488,12 +494,7 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
     if (e->valid) {
       ++stats_.hits;
       Touch(e);
-      std::shared_ptr<const Bytes> content = e->data;
-      lk.unlock();  // the buffer is immutable: copy it without the lock
-      if (content) {
-        data->assign(content->begin(), content->end());
-        *found = true;
-      }
+      *content = e->data;
       return Status::Ok();
     }
     // A fetch of this block is pending: share it rather than asking the store twice.
@@ -503,16 +504,36 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
   }
   ++stats_.misses;
   CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
-  std::shared_ptr<const Bytes> content;
-  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, &content));
+  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, content));
   // A write that landed during the fetch is newer than what was fetched.
   auto it = entries_.find(id);
-  if (it != entries_.end() && it->second->valid) content = it->second->data;
-  lk.unlock();
+  if (it != entries_.end() && it->second->valid) *content = it->second->data;
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
+  data->clear();
+  *found = false;
+  std::shared_ptr<const Bytes> content;
+  S3B_RETURN_IF_ERROR(Lookup(id, &content));
+  // The buffer is immutable and our reference keeps it alive: copy it without the lock.
   if (content) {
     data->assign(content->begin(), content->end());
     *found = true;
   }
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint32_t offset,
+                                          std::span<uint8_t> out, bool* found) {
+  *found = false;
+  std::shared_ptr<const Bytes> content;
+  S3B_RETURN_IF_ERROR(Lookup(id, &content));
+  if (!content) return Status::Ok();
+  if (content->size() != block_size)
+    return WrongBlockLength(*next_, name_, id, content->size(), block_size);
+  std::memcpy(out.data(), content->data() + offset, out.size());
+  *found = true;
   return Status::Ok();
 }
 
@@ -889,6 +910,11 @@ CacheStore::ExportCache* CacheStore::For(std::string_view export_name) {
 
 Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
   return For(e)->Read(id, data, found);
+}
+
+Status CacheStore::ReadRange(std::string_view e, uint64_t id, uint32_t block_size,
+                             uint32_t offset, std::span<uint8_t> out, bool* found) {
+  return For(e)->ReadRange(id, block_size, offset, out, found);
 }
 
 Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -276,6 +277,36 @@ TEST_F(CacheTest, HitCostsNoStoreRequest) {
   EXPECT_EQ(s.hits, 2u);
   EXPECT_EQ(s.misses, 2u);
   EXPECT_EQ(s.store_reads, 2u);
+}
+
+TEST_F(CacheTest, ReadRangeCopiesThePartAskedForAndChecksTheBlockLength) {
+  Make(Options(16), false);
+  store_->Put(1, MakeBlock(1, 1));
+  store_->Put(2, Bytes(100, 9));  // not a whole block
+  const Bytes whole = MakeBlock(1, 1);
+  Bytes out(300, 0xee);
+  bool found = false;
+  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, 1000, std::span<uint8_t>(out).subspan(0, 200),
+                              &found));
+  EXPECT_TRUE(found);
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + 200, whole.begin() + 1000));
+  EXPECT_EQ(out[200], 0xee);  // nothing past the range
+  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, kBs - 8, std::span<uint8_t>(out).subspan(0, 8),
+                              &found));  // a hit this time
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + 8, whole.end() - 8));
+  // Not stored: not found, and the buffer is left as it was.
+  std::fill(out.begin(), out.end(), 0xee);
+  ASSERT_OK(cache_->ReadRange(kExport, 3, kBs, 0, out, &found));
+  EXPECT_FALSE(found);
+  EXPECT_EQ(out, Bytes(300, 0xee));
+  // A block of another length is an error, never data.
+  Status s = cache_->ReadRange(kExport, 2, kBs, 0, out, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("has 100 bytes"), std::string::npos) << s.ToString();
+  EXPECT_EQ(store_->reads(), 3);
+  CacheStats st = Stats();
+  EXPECT_EQ(st.hits, 1u);
+  EXPECT_EQ(st.misses, 3u);
 }
 
 TEST_F(CacheTest, EvictsLeastRecentlyUsedFirst) {
