@@ -24,14 +24,15 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kDeleteBatch = 1000;
 // The protected segment holds at most this share of the budget; the rest is probationary.
 constexpr uint64_t kProtectedPercent = 80;
-// A reader is sequential after this many consecutive blocks; read-ahead starts then.
+// A reader is sequential after this many consecutive blocks, each but the last read whole;
+// read-ahead starts then.
 constexpr uint32_t kMinSequentialRun = 2;
 // The first read-ahead window, in blocks; it doubles with each sequential read.
 constexpr uint32_t kFirstWindow = 4;
 // Sequential streams tracked per export (several connections may stream at once).
 constexpr size_t kStreams = 8;
-// A read this close to where a stream is expected still continues it: parallel requests of one
-// reader arrive slightly out of order.
+// A read this close to where a sequential stream is expected still continues it: parallel
+// requests of one reader arrive slightly out of order.
 constexpr uint64_t kStreamSlack = 8;
 // Back-off after failed uploads: doubles per consecutive failure, from the first to the last.
 constexpr auto kRetryFirst = std::chrono::milliseconds(100);
@@ -88,7 +89,7 @@ class CacheStore::ExportCache {
 
   Status Read(uint64_t id, Bytes* data, bool* found);
   Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
-                   bool* found);
+                   ReadIntent intent, bool* found);
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
   Status Flush();
@@ -107,9 +108,10 @@ class CacheStore::ExportCache {
   };
   // A sequential reader.
   struct Stream {
-    uint64_t next = 0;   // the block it is expected to read next
-    uint64_t ahead = 0;  // read-ahead has been scheduled up to here (exclusive)
-    uint32_t run = 0;    // consecutive blocks read
+    uint64_t next = 0;     // the block it is expected to read next
+    uint64_t ahead = 0;    // read-ahead has been scheduled up to here (exclusive)
+    uint64_t covered = 0;  // bytes read in block next - 1, until the stream is sequential
+    uint32_t run = 0;      // consecutive blocks read
     uint32_t window = 0;
     uint64_t last_used = 0;
   };
@@ -164,9 +166,14 @@ class CacheStore::ExportCache {
   // Finds block id in the cache, or fetches it, and sets *content to a reference to its
   // immutable buffer (null: not stored). The reference keeps the buffer alive after eviction,
   // so callers copy from it without the lock.
-  Status Lookup(uint64_t id, std::shared_ptr<const Bytes>* content);
-  // Notes a demand read of block id and schedules read-ahead for a sequential reader.
-  void NoteReadLocked(uint64_t id);
+  // A reader's read of `len` bytes of the block (of block_size bytes) is noted for read-ahead;
+  // with len 0, nothing is noted (the read of a read-modify-write).
+  Status Lookup(uint64_t id, uint32_t len, uint32_t block_size,
+                std::shared_ptr<const Bytes>* content);
+  // Notes a reader's read of `len` bytes of block id (of block_size bytes) and schedules
+  // read-ahead for a sequential reader. Returns true if the read goes on reading a block that
+  // a stream has just read from (not a second use of the block, for the LRU).
+  bool NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size);
   void DropPendingPrefetchesLocked();
 
   void UploadThread();
@@ -437,12 +444,21 @@ Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, ui
   return s;
 }
 
-void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
-  if (!running_ || options_.readahead_max == 0) return;
+bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size) {
+  if (!running_ || options_.readahead_max == 0) return false;
   ++stream_clock_;
   Stream* s = nullptr;
   for (Stream& st : streams_) {
-    if (st.run > 0 && id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack) {
+    if (st.run == 0) continue;
+    // Before a stream is sequential it continues only in its block, or into the next one once
+    // its block has been read whole: random reads into a few large blocks often land in the
+    // same or the next block, but almost never cover a whole block before moving on. Once
+    // sequential, the slack lets a reader's parallel requests arrive out of order.
+    const bool match =
+        st.run >= kMinSequentialRun
+            ? id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack
+            : id + 1 == st.next || (id == st.next && st.covered >= block_size);
+    if (match) {
       s = &st;
       break;
     }
@@ -451,13 +467,18 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
     Stream* oldest = &streams_[0];
     for (Stream& st : streams_)
       if (st.last_used < oldest->last_used) oldest = &st;
-    *oldest = Stream{id + 1, id + 1, 1, 0, stream_clock_};
-    return;
+    *oldest = Stream{id + 1, id + 1, len, 1, 0, stream_clock_};
+    return false;
   }
   s->last_used = stream_clock_;
-  if (id < s->next) return;  // a late request of the same reader, or a repeat
+  if (id < s->next) {  // a late request of the same reader, a repeat, or more of its block
+    if (id + 1 != s->next) return false;
+    s->covered += len;
+    return true;
+  }
   s->next = id + 1;
-  if (++s->run < kMinSequentialRun) return;
+  s->covered = len;
+  if (++s->run < kMinSequentialRun) return false;
   // The window grows while the reader keeps going, but never beyond a quarter of the budget, so
   // read-ahead cannot evict what it fetched before the reader gets there.
   const uint64_t budget_blocks = budget_ / (last_block_size_ + kEntryOverhead);
@@ -480,12 +501,16 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
   }
   s->ahead = x;
   if (queued) fetch_cv_.notify_all();
+  return false;
 }
 
-Status CacheStore::ExportCache::Lookup(uint64_t id, std::shared_ptr<const Bytes>* content) {
+Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block_size,
+                                       std::shared_ptr<const Bytes>* content) {
   content->reset();
   std::unique_lock<std::mutex> lk(mu_);
-  NoteReadLocked(id);
+  // A reader going through a large block in small requests uses it once, not many times: it
+  // must not promote every block it streams through (and evict what was read ahead for it).
+  const bool same_use = len > 0 && NoteReadLocked(id, len, block_size);
   bool waited = false;
   for (;;) {
     auto it = entries_.find(id);
@@ -493,7 +518,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, std::shared_ptr<const Bytes>
     CacheEntry* e = it->second.get();
     if (e->valid) {
       ++stats_.hits;
-      Touch(e);
+      if (!same_use) Touch(e);
       *content = e->data;
       return Status::Ok();
     }
@@ -515,7 +540,8 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
   data->clear();
   *found = false;
   std::shared_ptr<const Bytes> content;
-  S3B_RETURN_IF_ERROR(Lookup(id, &content));
+  // A whole block, whatever its size.
+  S3B_RETURN_IF_ERROR(Lookup(id, 1, 1, &content));
   // The buffer is immutable and our reference keeps it alive: copy it without the lock.
   if (content) {
     data->assign(content->begin(), content->end());
@@ -525,10 +551,12 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
 }
 
 Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint32_t offset,
-                                          std::span<uint8_t> out, bool* found) {
+                                          std::span<uint8_t> out, ReadIntent intent,
+                                          bool* found) {
   *found = false;
   std::shared_ptr<const Bytes> content;
-  S3B_RETURN_IF_ERROR(Lookup(id, &content));
+  const uint32_t noted = intent == ReadIntent::kRead ? static_cast<uint32_t>(out.size()) : 0;
+  S3B_RETURN_IF_ERROR(Lookup(id, noted, block_size, &content));
   if (!content) return Status::Ok();
   if (content->size() != block_size)
     return WrongBlockLength(*next_, name_, id, content->size(), block_size);
@@ -913,8 +941,9 @@ Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* foun
 }
 
 Status CacheStore::ReadRange(std::string_view e, uint64_t id, uint32_t block_size,
-                             uint32_t offset, std::span<uint8_t> out, bool* found) {
-  return For(e)->ReadRange(id, block_size, offset, out, found);
+                             uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                             bool* found) {
+  return For(e)->ReadRange(id, block_size, offset, out, intent, found);
 }
 
 Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) {

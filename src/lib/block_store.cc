@@ -15,7 +15,8 @@ Status WrongBlockLength(const BlockStore& store, std::string_view export_name, u
 }
 
 Status BlockStore::ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
-                             uint32_t offset, std::span<uint8_t> out, bool* found) {
+                             uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                             bool* found) {
   // Kept per thread so that a read costs no allocation; at most one block per thread that reads
   // through a store without a cache.
   thread_local Bytes data;

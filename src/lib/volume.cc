@@ -165,13 +165,14 @@ Status Volume::CheckRange(uint64_t count, uint64_t offset, bool write) const {
   return Status::Ok();
 }
 
-Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out) {
+Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent) {
   if (trust_presence_ && !presence_.Test(id)) {
     std::memset(out, 0, n);
     return Status::Ok();
   }
   bool found = false;
-  Status s = store_->ReadRange(name_, id, meta_.block_size, in, std::span<uint8_t>(out, n), &found);
+  Status s = store_->ReadRange(name_, id, meta_.block_size, in, std::span<uint8_t>(out, n),
+                               intent, &found);
   if (!s.ok()) {
     return s.Annotate("read block " + std::to_string(id) + " of export '" +
                       QuoteForMessage(name_) + "'");
@@ -205,7 +206,7 @@ Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const u
   std::lock_guard<std::mutex> lock(LockFor(id));
   thread_local Bytes buf;
   buf.resize(meta_.block_size);
-  S3B_RETURN_IF_ERROR(ReadRange(id, 0, meta_.block_size, buf.data()));
+  S3B_RETURN_IF_ERROR(ReadRange(id, 0, meta_.block_size, buf.data(), ReadIntent::kPartialWrite));
   if (data != nullptr)
     std::memcpy(buf.data() + off, data, len);
   else
@@ -236,7 +237,7 @@ Status Volume::Read(uint8_t* buf, uint64_t count, uint64_t offset) {
     // Only the bytes asked for, straight into the caller's buffer: a 4 KiB read of a 1 MiB
     // cached block copies 4 KiB.
     Piece p = PieceAt(pos, end);
-    S3B_RETURN_IF_ERROR(ReadRange(p.id, p.in, p.n, buf));
+    S3B_RETURN_IF_ERROR(ReadRange(p.id, p.in, p.n, buf, ReadIntent::kRead));
     buf += p.n;
     pos += p.n;
   }
