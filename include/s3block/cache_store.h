@@ -40,7 +40,10 @@
 // flushes every export, best effort, and stops the threads.
 //
 // Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
-// (known not stored, or deleted) block is charged kEntryOverhead.
+// (known not stored, or deleted) block is charged kEntryOverhead. A block being fetched is
+// charged from when its fetch starts (at the size of the last block seen), so that the cache
+// evicts to make room for it before it arrives; read-ahead in flight is held to an eighth of the
+// budget.
 //
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_CACHE_STORE_H_

@@ -158,11 +158,12 @@ class CacheStore::ExportCache {
 
   // Creates a pending-fetch entry for block id. REQUIRES: mu_ held, id not cached.
   CacheEntry* NewFetchLocked(uint64_t id, bool prefetched);
-  // Fetches block id for the entry created with `token`, and fills it.
+  // Fetches block id for the entry created with `token`, and fills it. The block is charged to
+  // the budget while it is in flight, so that the cache makes room for it first.
   // REQUIRES: lk holds mu_ (released during the fetch). On success, *result is the fetched
   // content (null: absent).
   Status FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t token,
-                     std::shared_ptr<const Bytes>* result);
+                     bool readahead, std::shared_ptr<const Bytes>* result);
   // Finds block id in the cache, or fetches it, and sets *content to a reference to its
   // immutable buffer (null: not stored). The reference keeps the buffer alive after eviction,
   // so callers copy from it without the lock.
@@ -205,6 +206,8 @@ class CacheStore::ExportCache {
   uint64_t cached_blocks_ = 0;    // valid entries
   uint64_t dirty_bytes_ = 0;      // cost of dirty entries
   uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
+  uint64_t fetch_bytes_ = 0;      // expected cost of the fetches in flight
+  uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
   uint64_t last_block_size_ = kDefaultBlockSize;
   std::list<FlushWaiter*> flushes_;
   int writers_waiting_ = 0;
@@ -294,7 +297,8 @@ void CacheStore::ExportCache::DemoteLocked() {
 }
 
 void CacheStore::ExportCache::EvictLocked() {
-  while (cached_bytes_ > budget_) {
+  // Blocks on their way in count too: what the process holds is the cache plus its fetches.
+  while (cached_bytes_ + fetch_bytes_ > budget_) {
     std::list<CacheEntry*>* from = !probation_.empty() ? &probation_ : &protected_;
     if (from->empty()) return;  // everything left is dirty or busy: it stays until stored
     CacheEntry* e = from->back();
@@ -375,7 +379,12 @@ void CacheStore::ExportCache::UploadThread() {
 void CacheStore::ExportCache::FetchThread() {
   std::unique_lock<std::mutex> lk(mu_);
   while (!stopping_) {
-    if (prefetch_queue_.empty()) {
+    // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
+    // blocks, 32 fetchers would otherwise hold half of a 64 MiB budget in buffers on their way
+    // in, and evict as much to make room for them.
+    const uint64_t charge = last_block_size_ + kEntryOverhead;
+    if (prefetch_queue_.empty() ||
+        (readahead_bytes_ > 0 && readahead_bytes_ + charge > budget_ / 8)) {
       fetch_cv_.wait(lk);
       continue;
     }
@@ -386,7 +395,7 @@ void CacheStore::ExportCache::FetchThread() {
       continue;  // written meanwhile: nothing to fetch
     ++stats_.readahead_blocks;
     std::shared_ptr<const Bytes> ignored;
-    Status s = FetchLocked(lk, id, token, &ignored);
+    Status s = FetchLocked(lk, id, token, /*readahead=*/true, &ignored);
     (void)s;  // a reader waiting for this block fetches it again and sees the error
   }
 }
@@ -406,14 +415,26 @@ CacheEntry* CacheStore::ExportCache::NewFetchLocked(uint64_t id, bool prefetched
 }
 
 Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
-                                            uint64_t token, std::shared_ptr<const Bytes>* result) {
+                                            uint64_t token, bool readahead,
+                                            std::shared_ptr<const Bytes>* result) {
   ++stats_.fetches_in_flight;
+  // The block's size is not known before it arrives: the last one seen is the best guess (all
+  // blocks of an export but encoded ones have the same size).
+  const uint64_t charge = last_block_size_ + kEntryOverhead;
+  fetch_bytes_ += charge;
+  if (readahead) readahead_bytes_ += charge;
+  EvictLocked();
   lk.unlock();
   auto buf = std::make_shared<Bytes>();
   bool found = false;
   Status s = next_->Read(name_, id, buf.get(), &found);
   lk.lock();
   --stats_.fetches_in_flight;
+  fetch_bytes_ -= charge;
+  if (readahead) {
+    readahead_bytes_ -= charge;
+    fetch_cv_.notify_one();
+  }
   ++stats_.store_reads;
   stats_.store_read_bytes += buf->size();
   if (s.ok() && found) {
@@ -529,7 +550,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
   }
   ++stats_.misses;
   CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
-  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, content));
+  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, /*readahead=*/false, content));
   // A write that landed during the fetch is newer than what was fetched.
   auto it = entries_.find(id);
   if (it != entries_.end() && it->second->valid) *content = it->second->data;

@@ -668,6 +668,28 @@ TEST_F(CacheTest, ConcurrentMissesShareOneFetch) {
   EXPECT_EQ(store_->reads(), 1);
 }
 
+TEST_F(CacheTest, BlockBeingFetchedIsChargedToTheBudgetBeforeItArrives) {
+  Make(Options(4), false);
+  for (uint64_t id = 0; id < 5; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t id = 0; id < 4; ++id) Get(id);  // the cache is full
+  EXPECT_EQ(Stats().evictions, 0u);
+  store_->GateReads(true);
+  std::thread reader([&] { EXPECT_EQ(Get(4), MakeBlock(4, 0)); });
+  store_->WaitBlockedReads(1);
+  // While block 4 is on its way, room has been made for it: memory stays within the budget.
+  CacheStats s = Stats();
+  EXPECT_EQ(s.fetches_in_flight, 1u);
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 3 * kCost);
+  store_->GateReads(false);
+  reader.join();
+  s = Stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 4 * kCost);
+  EXPECT_EQ(Get(0), MakeBlock(0, 0));  // block 0, the oldest, was the one evicted
+  EXPECT_EQ(store_->reads(), 6);
+}
+
 TEST_F(CacheTest, FailedFetchIsAnErrorNotZeros) {
   Make(Options(16), false);
   store_->Put(3, MakeBlock(3, 0));
