@@ -7,6 +7,8 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <malloc.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -117,6 +119,15 @@ int ConfigComplete() {
 
 int GetReady() {
   return Guard("get_ready", [] {
+    // One malloc arena for the process. By default glibc gives threads arenas of their own (up
+    // to 8 per core) and serves block buffers of 1 MiB from them once the first such buffer has
+    // been freed; each arena keeps what is freed in it, so with dozens of threads (nbdkit's,
+    // the uploaders, the fetchers) the blocks that pass through the cache left about 100 MiB
+    // more resident than the cache's budget. One arena reuses those buffers; small allocations
+    // still go through glibc's per-thread caches without its lock. (Mapping each large buffer
+    // on its own, M_MMAP_THRESHOLD, bounded memory as well but halved random I/O at 1 MiB
+    // blocks with the page faults of every new buffer.)
+    mallopt(M_ARENA_MAX, 1);
     Status s = MakeStoreStack(g_config, &g_store);
     if (s.ok()) s = g_store->Check();
     if (s.ok()) {

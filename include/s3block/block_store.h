@@ -39,6 +39,12 @@ class ExportLease {
   virtual Status Valid() const { return Status::Ok(); }
 };
 
+// Why ReadRange is called, for a layer that reads ahead of sequential readers.
+enum class ReadIntent : uint8_t {
+  kRead,          // bytes a reader asked for: a run of these may be a sequential reader
+  kPartialWrite,  // the read of a read-modify-write: never taken for a reader's progress
+};
+
 class BlockStore {
  public:
   virtual ~BlockStore() = default;
@@ -58,6 +64,19 @@ class BlockStore {
   // A block that was never written, or was deleted, is not an error: *found = false and *data is
   // left empty. Every other failure (I/O error, access denied, timeout) is an error, never zeros.
   virtual Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) = 0;
+
+  // Reads bytes [offset, offset + out.size()) of block `id` into out and sets *found, for a
+  // caller that knows the export's block size: a stored block of any other length than
+  // block_size is an error (EIO, with a message naming the block and both lengths). A block that
+  // is not stored is not an error: *found = false and out is left as it was. `intent` says why
+  // the block is read (a layer that reads ahead follows only readers).
+  // REQUIRES: offset + out.size() <= block_size.
+  // This default reads the whole block with Read and copies the range. A layer that holds blocks
+  // in memory (the cache) overrides it to copy only the range; StoreDecorator does not forward
+  // it, so a layer that transforms blocks in Read (the codec) is never bypassed.
+  virtual Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
+                           uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                           bool* found);
 
   // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
   // With fua, the block is durable when this returns; otherwise it is durable after the next
@@ -132,7 +151,11 @@ class BlockStore {
   }
 };
 
-// A decorator: forwards every call to the store below. Layers derive from it and override what
+// The error ReadRange returns for a stored block whose length is not the export's block size.
+Status WrongBlockLength(const BlockStore& store, std::string_view export_name, uint64_t id,
+                        size_t stored, uint32_t block_size);
+
+// A decorator: forwards every call to the store below (except ReadRange: see there). Layers derive from it and override what
 // they change.
 class StoreDecorator : public BlockStore {
  public:

@@ -8,6 +8,9 @@
 // caches it; concurrent misses of one block share one fetch. Sequential readers are detected and
 // the blocks ahead of them fetched in the background by read-ahead threads (a window that grows to
 // CacheOptions::readahead_max blocks), so a streaming read keeps many store reads in flight.
+// A reader counts as sequential once it has read the whole of one block and gone on to the next:
+// random reads that land in the same or a neighbouring large block, and the reads of
+// read-modify-writes, never start read-ahead (each would be a store request nobody asked for).
 //
 // Writes are acknowledged once the block is in the cache (dirty). Background upload threads store
 // dirty blocks in parallel once dirty data passes half the dirty limit or a block has been dirty
@@ -37,7 +40,10 @@
 // flushes every export, best effort, and stops the threads.
 //
 // Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
-// (known not stored, or deleted) block is charged kEntryOverhead.
+// (known not stored, or deleted) block is charged kEntryOverhead. A block being fetched is
+// charged from when its fetch starts (at the size of the last block seen), so that the cache
+// evicts to make room for it before it arrives; read-ahead in flight is held to an eighth of the
+// budget.
 //
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_CACHE_STORE_H_
@@ -129,6 +135,11 @@ class CacheStore : public StoreDecorator {
 
   // As BlockStore; see the file comment for what the cache adds. Errors are the store's.
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
+  // Copies only the range from the cached block (fetching the block on a miss, as Read).
+  // Reads with ReadIntent::kPartialWrite are never taken for a sequential reader.
+  Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
+                   uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                   bool* found) override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;

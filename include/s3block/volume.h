@@ -119,8 +119,9 @@ class Volume {
 
   Status CheckRange(uint64_t count, uint64_t offset, bool write) const;
   std::mutex& LockFor(uint64_t id) { return locks_[id % locks_.size()]; }
-  // Reads block `id` into out (block_size bytes). REQUIRES: id < block count.
-  Status ReadBlock(uint64_t id, uint8_t* out);
+  // Reads bytes [in, in + n) of block `id` into out; a block that is not stored reads as zeros.
+  // REQUIRES: id < block count, in + n <= block_size().
+  Status ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent);
   // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.
   Status StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero);
   // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, by

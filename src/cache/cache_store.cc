@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -23,14 +24,15 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kDeleteBatch = 1000;
 // The protected segment holds at most this share of the budget; the rest is probationary.
 constexpr uint64_t kProtectedPercent = 80;
-// A reader is sequential after this many consecutive blocks; read-ahead starts then.
+// A reader is sequential after this many consecutive blocks, each but the last read whole;
+// read-ahead starts then.
 constexpr uint32_t kMinSequentialRun = 2;
 // The first read-ahead window, in blocks; it doubles with each sequential read.
 constexpr uint32_t kFirstWindow = 4;
 // Sequential streams tracked per export (several connections may stream at once).
 constexpr size_t kStreams = 8;
-// A read this close to where a stream is expected still continues it: parallel requests of one
-// reader arrive slightly out of order.
+// A read this close to where a sequential stream is expected still continues it: parallel
+// requests of one reader arrive slightly out of order.
 constexpr uint64_t kStreamSlack = 8;
 // Back-off after failed uploads: doubles per consecutive failure, from the first to the last.
 constexpr auto kRetryFirst = std::chrono::milliseconds(100);
@@ -86,6 +88,8 @@ class CacheStore::ExportCache {
   void StopThreads();
 
   Status Read(uint64_t id, Bytes* data, bool* found);
+  Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
+                   ReadIntent intent, bool* found);
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
   Status Flush();
@@ -104,9 +108,10 @@ class CacheStore::ExportCache {
   };
   // A sequential reader.
   struct Stream {
-    uint64_t next = 0;   // the block it is expected to read next
-    uint64_t ahead = 0;  // read-ahead has been scheduled up to here (exclusive)
-    uint32_t run = 0;    // consecutive blocks read
+    uint64_t next = 0;     // the block it is expected to read next
+    uint64_t ahead = 0;    // read-ahead has been scheduled up to here (exclusive)
+    uint64_t covered = 0;  // bytes read in block next - 1, until the stream is sequential
+    uint32_t run = 0;      // consecutive blocks read
     uint32_t window = 0;
     uint64_t last_used = 0;
   };
@@ -153,13 +158,23 @@ class CacheStore::ExportCache {
 
   // Creates a pending-fetch entry for block id. REQUIRES: mu_ held, id not cached.
   CacheEntry* NewFetchLocked(uint64_t id, bool prefetched);
-  // Fetches block id for the entry created with `token`, and fills it.
+  // Fetches block id for the entry created with `token`, and fills it. The block is charged to
+  // the budget while it is in flight, so that the cache makes room for it first.
   // REQUIRES: lk holds mu_ (released during the fetch). On success, *result is the fetched
   // content (null: absent).
   Status FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t token,
-                     std::shared_ptr<const Bytes>* result);
-  // Notes a demand read of block id and schedules read-ahead for a sequential reader.
-  void NoteReadLocked(uint64_t id);
+                     bool readahead, std::shared_ptr<const Bytes>* result);
+  // Finds block id in the cache, or fetches it, and sets *content to a reference to its
+  // immutable buffer (null: not stored). The reference keeps the buffer alive after eviction,
+  // so callers copy from it without the lock.
+  // A reader's read of `len` bytes of the block (of block_size bytes) is noted for read-ahead;
+  // with len 0, nothing is noted (the read of a read-modify-write).
+  Status Lookup(uint64_t id, uint32_t len, uint32_t block_size,
+                std::shared_ptr<const Bytes>* content);
+  // Notes a reader's read of `len` bytes of block id (of block_size bytes) and schedules
+  // read-ahead for a sequential reader. Returns true if the read goes on reading a block that
+  // a stream has just read from (not a second use of the block, for the LRU).
+  bool NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size);
   void DropPendingPrefetchesLocked();
 
   void UploadThread();
@@ -191,6 +206,9 @@ class CacheStore::ExportCache {
   uint64_t cached_blocks_ = 0;    // valid entries
   uint64_t dirty_bytes_ = 0;      // cost of dirty entries
   uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
+  uint64_t fetch_bytes_ = 0;      // expected cost of the fetches in flight
+  uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
+  bool readahead_held_ = false;   // a fetcher waits for readahead_bytes_ to fall
   uint64_t last_block_size_ = kDefaultBlockSize;
   std::list<FlushWaiter*> flushes_;
   int writers_waiting_ = 0;
@@ -280,7 +298,8 @@ void CacheStore::ExportCache::DemoteLocked() {
 }
 
 void CacheStore::ExportCache::EvictLocked() {
-  while (cached_bytes_ > budget_) {
+  // Blocks on their way in count too: what the process holds is the cache plus its fetches.
+  while (cached_bytes_ + fetch_bytes_ > budget_) {
     std::list<CacheEntry*>* from = !probation_.empty() ? &probation_ : &protected_;
     if (from->empty()) return;  // everything left is dirty or busy: it stays until stored
     CacheEntry* e = from->back();
@@ -361,7 +380,16 @@ void CacheStore::ExportCache::UploadThread() {
 void CacheStore::ExportCache::FetchThread() {
   std::unique_lock<std::mutex> lk(mu_);
   while (!stopping_) {
+    // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
+    // blocks, 32 fetchers would otherwise hold half of a 64 MiB budget in buffers on their way
+    // in, and evict as much to make room for them.
+    const uint64_t charge = last_block_size_ + kEntryOverhead;
     if (prefetch_queue_.empty()) {
+      fetch_cv_.wait(lk);
+      continue;
+    }
+    if (readahead_bytes_ > 0 && readahead_bytes_ + charge > budget_ / 8) {
+      readahead_held_ = true;  // the fetch that completes next wakes a fetcher
       fetch_cv_.wait(lk);
       continue;
     }
@@ -372,7 +400,7 @@ void CacheStore::ExportCache::FetchThread() {
       continue;  // written meanwhile: nothing to fetch
     ++stats_.readahead_blocks;
     std::shared_ptr<const Bytes> ignored;
-    Status s = FetchLocked(lk, id, token, &ignored);
+    Status s = FetchLocked(lk, id, token, /*readahead=*/true, &ignored);
     (void)s;  // a reader waiting for this block fetches it again and sees the error
   }
 }
@@ -392,14 +420,31 @@ CacheEntry* CacheStore::ExportCache::NewFetchLocked(uint64_t id, bool prefetched
 }
 
 Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
-                                            uint64_t token, std::shared_ptr<const Bytes>* result) {
+                                            uint64_t token, bool readahead,
+                                            std::shared_ptr<const Bytes>* result) {
   ++stats_.fetches_in_flight;
+  // The block's size is not known before it arrives: the last one seen is the best guess (all
+  // blocks of an export but encoded ones have the same size).
+  const uint64_t charge = last_block_size_ + kEntryOverhead;
+  fetch_bytes_ += charge;
+  if (readahead) readahead_bytes_ += charge;
+  EvictLocked();
   lk.unlock();
   auto buf = std::make_shared<Bytes>();
   bool found = false;
   Status s = next_->Read(name_, id, buf.get(), &found);
   lk.lock();
   --stats_.fetches_in_flight;
+  fetch_bytes_ -= charge;
+  if (readahead) {
+    readahead_bytes_ -= charge;
+    // Only when a fetcher waits for room: waking one for every completed fetch costs a context
+    // switch per block (about 15% of a sequential read's throughput at 4K blocks).
+    if (readahead_held_) {
+      readahead_held_ = false;
+      fetch_cv_.notify_one();
+    }
+  }
   ++stats_.store_reads;
   stats_.store_read_bytes += buf->size();
   if (s.ok() && found) {
@@ -430,12 +475,21 @@ Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, ui
   return s;
 }
 
-void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
-  if (!running_ || options_.readahead_max == 0) return;
+bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size) {
+  if (!running_ || options_.readahead_max == 0) return false;
   ++stream_clock_;
   Stream* s = nullptr;
   for (Stream& st : streams_) {
-    if (st.run > 0 && id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack) {
+    if (st.run == 0) continue;
+    // Before a stream is sequential it continues only in its block, or into the next one once
+    // its block has been read whole: random reads into a few large blocks often land in the
+    // same or the next block, but almost never cover a whole block before moving on. Once
+    // sequential, the slack lets a reader's parallel requests arrive out of order.
+    const bool match =
+        st.run >= kMinSequentialRun
+            ? id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack
+            : id + 1 == st.next || (id == st.next && st.covered >= block_size);
+    if (match) {
       s = &st;
       break;
     }
@@ -444,13 +498,18 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
     Stream* oldest = &streams_[0];
     for (Stream& st : streams_)
       if (st.last_used < oldest->last_used) oldest = &st;
-    *oldest = Stream{id + 1, id + 1, 1, 0, stream_clock_};
-    return;
+    *oldest = Stream{id + 1, id + 1, len, 1, 0, stream_clock_};
+    return false;
   }
   s->last_used = stream_clock_;
-  if (id < s->next) return;  // a late request of the same reader, or a repeat
+  if (id < s->next) {  // a late request of the same reader, a repeat, or more of its block
+    if (id + 1 != s->next) return false;
+    s->covered += len;
+    return true;
+  }
   s->next = id + 1;
-  if (++s->run < kMinSequentialRun) return;
+  s->covered = len;
+  if (++s->run < kMinSequentialRun) return false;
   // The window grows while the reader keeps going, but never beyond a quarter of the budget, so
   // read-ahead cannot evict what it fetched before the reader gets there.
   const uint64_t budget_blocks = budget_ / (last_block_size_ + kEntryOverhead);
@@ -473,13 +532,16 @@ void CacheStore::ExportCache::NoteReadLocked(uint64_t id) {
   }
   s->ahead = x;
   if (queued) fetch_cv_.notify_all();
+  return false;
 }
 
-Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
-  data->clear();
-  *found = false;
+Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block_size,
+                                       std::shared_ptr<const Bytes>* content) {
+  content->reset();
   std::unique_lock<std::mutex> lk(mu_);
-  NoteReadLocked(id);
+  // A reader going through a large block in small requests uses it once, not many times: it
+  // must not promote every block it streams through (and evict what was read ahead for it).
+  const bool same_use = len > 0 && NoteReadLocked(id, len, block_size);
   bool waited = false;
   for (;;) {
     auto it = entries_.find(id);
@@ -487,13 +549,8 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
     CacheEntry* e = it->second.get();
     if (e->valid) {
       ++stats_.hits;
-      Touch(e);
-      std::shared_ptr<const Bytes> content = e->data;
-      lk.unlock();  // the buffer is immutable: copy it without the lock
-      if (content) {
-        data->assign(content->begin(), content->end());
-        *found = true;
-      }
+      if (!same_use) Touch(e);
+      *content = e->data;
       return Status::Ok();
     }
     // A fetch of this block is pending: share it rather than asking the store twice.
@@ -503,16 +560,39 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
   }
   ++stats_.misses;
   CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
-  std::shared_ptr<const Bytes> content;
-  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, &content));
+  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, /*readahead=*/false, content));
   // A write that landed during the fetch is newer than what was fetched.
   auto it = entries_.find(id);
-  if (it != entries_.end() && it->second->valid) content = it->second->data;
-  lk.unlock();
+  if (it != entries_.end() && it->second->valid) *content = it->second->data;
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
+  data->clear();
+  *found = false;
+  std::shared_ptr<const Bytes> content;
+  // A whole block, whatever its size.
+  S3B_RETURN_IF_ERROR(Lookup(id, 1, 1, &content));
+  // The buffer is immutable and our reference keeps it alive: copy it without the lock.
   if (content) {
     data->assign(content->begin(), content->end());
     *found = true;
   }
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint32_t offset,
+                                          std::span<uint8_t> out, ReadIntent intent,
+                                          bool* found) {
+  *found = false;
+  std::shared_ptr<const Bytes> content;
+  const uint32_t noted = intent == ReadIntent::kRead ? static_cast<uint32_t>(out.size()) : 0;
+  S3B_RETURN_IF_ERROR(Lookup(id, noted, block_size, &content));
+  if (!content) return Status::Ok();
+  if (content->size() != block_size)
+    return WrongBlockLength(*next_, name_, id, content->size(), block_size);
+  std::memcpy(out.data(), content->data() + offset, out.size());
+  *found = true;
   return Status::Ok();
 }
 
@@ -889,6 +969,12 @@ CacheStore::ExportCache* CacheStore::For(std::string_view export_name) {
 
 Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
   return For(e)->Read(id, data, found);
+}
+
+Status CacheStore::ReadRange(std::string_view e, uint64_t id, uint32_t block_size,
+                             uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                             bool* found) {
+  return For(e)->ReadRange(id, block_size, offset, out, intent, found);
 }
 
 Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 
 namespace s3block {
@@ -13,16 +14,25 @@ struct Transfer {
   HttpResponse* response;
   size_t max_bytes;
   bool too_large = false;
+  long status = 0;  // of the response whose headers are being read
 };
+
+// Whether this response's body goes to response->data rather than response->body.
+bool ToData(const Transfer* t) { return t->response->data && t->status >= 200 && t->status < 300; }
 
 size_t OnBody(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   size_t len = size * n;
-  if (t->response->body.size() + len > t->max_bytes) {
+  const size_t have = ToData(t) ? t->response->data->size() : t->response->body.size();
+  if (have + len > t->max_bytes) {
     t->too_large = true;
     return 0;  // makes libcurl fail the transfer with CURLE_WRITE_ERROR
   }
-  t->response->body.append(data, len);
+  if (ToData(t)) {
+    t->response->data->insert(t->response->data->end(), data, data + len);
+  } else {
+    t->response->body.append(data, len);
+  }
   return len;
 }
 
@@ -34,6 +44,8 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
   if (line.rfind("HTTP/", 0) == 0) {
     // A new status line (after a 100 Continue, say): forget the previous response's headers.
     t->response->headers.clear();
+    size_t sp = line.find(' ');
+    t->status = sp == std::string_view::npos ? 0 : std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
     return len;
   }
   size_t colon = line.find(':');
@@ -43,6 +55,18 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
   std::string_view value = line.substr(colon + 1);
   while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
   while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+  if (name == "content-length") {
+    // Room for the whole body at once: growing it as it arrives costs copies and, at its last
+    // doubling, half as much again in memory. Never more than a response may hold.
+    unsigned long long n = std::strtoull(std::string(value).c_str(), nullptr, 10);
+    if (n > 0 && n <= t->max_bytes) {
+      if (ToData(t)) {
+        t->response->data->reserve(n);
+      } else {
+        t->response->body.reserve(n);
+      }
+    }
+  }
   t->response->headers.emplace_back(std::move(name), std::string(value));
   return len;
 }
@@ -114,8 +138,16 @@ void HttpClient::Return(void* handle) {
   cv_.notify_one();
 }
 
+std::span<const uint8_t> HttpResponse::Body() const {
+  if (data != nullptr && status >= 200 && status < 300) return *data;
+  return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size());
+}
+
 Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, bool* transient) {
+  std::vector<uint8_t>* data = response->data;
   *response = HttpResponse{};
+  response->data = data;
+  if (data != nullptr) data->clear();
   *transient = false;
   CURL* h = static_cast<CURL*>(Borrow());
   if (h == nullptr) return Status::Error(ENOMEM, "cannot create an HTTP handle");

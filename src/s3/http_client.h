@@ -46,6 +46,14 @@ struct HttpResponse {
   long status = 0;
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
   std::string body;
+  // When set before Perform: the body of a 2xx response is read into *data instead of `body`
+  // (sized from Content-Length before it arrives), so that a block needs no copy from a string
+  // into bytes; other responses' bodies (S3 error documents) still go to `body`. Perform keeps
+  // the pointer and empties *data first.
+  std::vector<uint8_t>* data = nullptr;
+
+  // The body received: *data if it was read there, else `body`.
+  std::span<const uint8_t> Body() const;
 
   // The value of the last header with this (lower-case) name, or "".
   std::string Header(std::string_view name) const;

@@ -58,12 +58,13 @@ std::string Lower(std::string s) {
 // Checks a 200 GET body against Content-Length and the object's MD5. Mismatches are reported
 // as errors to retry: they come from the wire or a faulty server, not from the request.
 Status VerifyBody(const HttpResponse& r, bool check_md5) {
+  const std::span<const uint8_t> body = r.Body();
   std::string length = r.Header("content-length");
-  if (!length.empty() && length != std::to_string(r.body.size()))
-    return Status::IoError("received " + std::to_string(r.body.size()) + " bytes but Content-Length is " + length);
+  if (!length.empty() && length != std::to_string(body.size()))
+    return Status::IoError("received " + std::to_string(body.size()) + " bytes but Content-Length is " + length);
   if (!check_md5) return Status::Ok();
   std::string meta = r.Header(kMd5MetaHeader);
-  std::vector<uint8_t> md5 = Md5(AsBytes(r.body));
+  std::vector<uint8_t> md5 = Md5(body);
   if (!meta.empty()) {
     if (Base64Encode(md5) != meta)
       return Status::IoError("content does not match the MD5 recorded with the object (" + meta +
@@ -218,19 +219,33 @@ std::string Unquote(std::string etag) {
 Status S3Client::GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
                                    std::string* etag) {
   body->clear();
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Get(key, &r, found, etag));
+  if (*found) *body = std::move(r.body);
+  return Status::Ok();
+}
+
+Status S3Client::GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found) {
+  HttpResponse r;
+  r.data = data;
+  std::string etag;
+  Status s = Get(key, &r, found, &etag);
+  if (!s.ok() || !*found) data->clear();
+  return s;
+}
+
+Status S3Client::Get(const std::string& key, HttpResponse* r, bool* found, std::string* etag) {
   etag->clear();
   *found = false;
   Request req{"GET", key, {}, {}, {}, true};
-  HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
-  if (r.status == 200) {
-    *body = std::move(r.body);
-    *etag = Unquote(r.Header("etag"));
+  S3B_RETURN_IF_ERROR(Execute(req, r, options_.retry_timeout));
+  if (r->status == 200) {
+    *etag = Unquote(r->Header("etag"));
     *found = true;
     return Status::Ok();
   }
-  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
-  return ErrorFor("GET", key, r);
+  if (r->status == 404 && S3ErrorCode(*r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("GET", key, *r);
 }
 
 Status S3Client::PutObjectConditional(const std::string& key, std::span<const uint8_t> body,

@@ -52,6 +52,9 @@ class S3Client {
   // Reads an object. A missing object (404 NoSuchKey) is *found = false, not an error; a missing
   // bucket is an error.
   Status GetObject(const std::string& key, std::string* body, bool* found);
+  // The same, read straight into bytes (a block: no copy from a string). *data is empty unless
+  // the object was found.
+  Status GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found);
   // Writes an object with Content-MD5 (and the MD5 as x-amz-meta-s3block-md5).
   Status PutObject(const std::string& key, std::span<const uint8_t> body);
   // Reads an object and its ETag (without quotes).
@@ -104,6 +107,9 @@ class S3Client {
     bool verify_body = false;  // check a 200 GET body's length and MD5
   };
 
+  // A GET of an object into *r (whose `data`, if set, receives a 2xx body): *found and *etag
+  // for 200, *found = false for 404 NoSuchKey, an error otherwise.
+  Status Get(const std::string& key, HttpResponse* r, bool* found, std::string* etag);
   // Sends the request, retrying transient failures for up to retry_timeout seconds. Returns OK
   // with *response for any HTTP status that is not transient (the caller interprets 4xx);
   // EIO when the retries are exhausted or the failure is not transient.

@@ -12,6 +12,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -146,6 +147,7 @@ class S3Lease : public ExportLease {
         doc_(std::move(doc)), etag_(std::move(etag)), timeout_(timeout),
         valid_until_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                         std::chrono::duration<double>(timeout))) {
+    valid_until_ticks_.store(valid_until_.time_since_epoch().count());
     renewer_ = std::thread([this] { RenewLoop(); });
   }
 
@@ -167,6 +169,11 @@ class S3Lease : public ExportLease {
   }
 
   Status Valid() const override {
+    // Every write and flush asks: the answer "valid" comes from two atomics, without the mutex
+    // the renewer holds around its bookkeeping. The message of a lost lease is built under it.
+    if (!lost_flag_.load(std::memory_order_acquire) &&
+        Clock::now().time_since_epoch().count() <= valid_until_ticks_.load(std::memory_order_acquire))
+      return Status::Ok();
     std::lock_guard<std::mutex> lock(mu_);
     if (lost_) return Status::IoError(lost_reason_);
     if (Clock::now() > valid_until_) {
@@ -210,11 +217,14 @@ class S3Lease : public ExportLease {
         // Count validity from when the renewal was sent: the server may have applied it at once.
         valid_until_ = started + std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(timeout_));
+        valid_until_ticks_.store(valid_until_.time_since_epoch().count(),
+                                 std::memory_order_release);
         interval = std::chrono::duration<double>(timeout_ / 3);
       } else if (s.ok() && failed) {
         lost_ = true;
         lost_reason_ = "the lease of export '" + QuoteForMessage(export_name_) +
                        "' was taken over by another server; refusing to write";
+        lost_flag_.store(true, std::memory_order_release);
       } else {
         interval = std::chrono::duration<double>(1.0);  // try again soon
       }
@@ -231,6 +241,10 @@ class S3Lease : public ExportLease {
   const double timeout_;
   Clock::time_point valid_until_;  // guarded by mu_
   bool stop_ = false, lost_ = false;  // guarded by mu_
+  // Copies of valid_until_ (in clock ticks) and lost_, stored under mu_ when they change and read
+  // without it by Valid().
+  std::atomic<Clock::rep> valid_until_ticks_{0};
+  std::atomic<bool> lost_flag_{false};
   std::string lost_reason_;
   std::thread renewer_;
 };

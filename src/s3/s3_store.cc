@@ -118,11 +118,7 @@ Status S3Store::Check() {
 }
 
 Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
-  data->clear();
-  std::string body;
-  S3B_RETURN_IF_ERROR(client_->GetObject(BlockKey(export_name, id), &body, found));
-  data->assign(body.begin(), body.end());
-  return Status::Ok();
+  return client_->GetObject(BlockKey(export_name, id), data, found);
 }
 
 Status S3Store::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data, bool fua) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -276,6 +277,36 @@ TEST_F(CacheTest, HitCostsNoStoreRequest) {
   EXPECT_EQ(s.hits, 2u);
   EXPECT_EQ(s.misses, 2u);
   EXPECT_EQ(s.store_reads, 2u);
+}
+
+TEST_F(CacheTest, ReadRangeCopiesThePartAskedForAndChecksTheBlockLength) {
+  Make(Options(16), false);
+  store_->Put(1, MakeBlock(1, 1));
+  store_->Put(2, Bytes(100, 9));  // not a whole block
+  const Bytes whole = MakeBlock(1, 1);
+  Bytes out(300, 0xee);
+  bool found = false;
+  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, 1000, std::span<uint8_t>(out).subspan(0, 200),
+                              ReadIntent::kRead, &found));
+  EXPECT_TRUE(found);
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + 200, whole.begin() + 1000));
+  EXPECT_EQ(out[200], 0xee);  // nothing past the range
+  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, kBs - 8, std::span<uint8_t>(out).subspan(0, 8),
+                              ReadIntent::kRead, &found));  // a hit this time
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + 8, whole.end() - 8));
+  // Not stored: not found, and the buffer is left as it was.
+  std::fill(out.begin(), out.end(), 0xee);
+  ASSERT_OK(cache_->ReadRange(kExport, 3, kBs, 0, out, ReadIntent::kRead, &found));
+  EXPECT_FALSE(found);
+  EXPECT_EQ(out, Bytes(300, 0xee));
+  // A block of another length is an error, never data.
+  Status s = cache_->ReadRange(kExport, 2, kBs, 0, out, ReadIntent::kRead, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("has 100 bytes"), std::string::npos) << s.ToString();
+  EXPECT_EQ(store_->reads(), 3);
+  CacheStats st = Stats();
+  EXPECT_EQ(st.hits, 1u);
+  EXPECT_EQ(st.misses, 3u);
 }
 
 TEST_F(CacheTest, EvictsLeastRecentlyUsedFirst) {
@@ -637,6 +668,28 @@ TEST_F(CacheTest, ConcurrentMissesShareOneFetch) {
   EXPECT_EQ(store_->reads(), 1);
 }
 
+TEST_F(CacheTest, BlockBeingFetchedIsChargedToTheBudgetBeforeItArrives) {
+  Make(Options(4), false);
+  for (uint64_t id = 0; id < 5; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t id = 0; id < 4; ++id) Get(id);  // the cache is full
+  EXPECT_EQ(Stats().evictions, 0u);
+  store_->GateReads(true);
+  std::thread reader([&] { EXPECT_EQ(Get(4), MakeBlock(4, 0)); });
+  store_->WaitBlockedReads(1);
+  // While block 4 is on its way, room has been made for it: memory stays within the budget.
+  CacheStats s = Stats();
+  EXPECT_EQ(s.fetches_in_flight, 1u);
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 3 * kCost);
+  store_->GateReads(false);
+  reader.join();
+  s = Stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 4 * kCost);
+  EXPECT_EQ(Get(0), MakeBlock(0, 0));  // block 0, the oldest, was the one evicted
+  EXPECT_EQ(store_->reads(), 6);
+}
+
 TEST_F(CacheTest, FailedFetchIsAnErrorNotZeros) {
   Make(Options(16), false);
   store_->Put(3, MakeBlock(3, 0));
@@ -783,6 +836,114 @@ TEST_F(CacheTest, ConcurrentReadersAndWritersMatchAModel) {
   EXPECT_EQ(s.dirty_blocks, 0u);
   EXPECT_GT(s.evictions, 0u);
   EXPECT_LE(s.cached_bytes, 24 * kCost);
+}
+
+// Random 4 KiB requests into large blocks, as a file system or a database does, through a Volume
+// over the cache: 64 blocks of 256 KiB stored, a cache of 16 of them.
+class RandomRequestsTest : public ::testing::Test {
+ protected:
+  static constexpr uint32_t kBig = 256 << 10;
+  static constexpr uint64_t kBlocks = 64;
+
+  void SetUp() override {
+    store_ = std::make_shared<TestStore>();
+    // Every block stored, and recorded in the metadata, before the cache sees anything.
+    std::shared_ptr<Volume> plain;
+    VolumeOptions vo;
+    vo.size = kBlocks * kBig;
+    vo.block_size = kBig;
+    vo.lock = false;
+    ASSERT_OK(Volume::Open(store_, kExport, vo, &plain));
+    Bytes block(kBig);
+    for (uint64_t id = 0; id < kBlocks; ++id) {
+      for (size_t i = 0; i < kBig; ++i) block[i] = static_cast<uint8_t>(id * 7 + i % 251 + 1);
+      ASSERT_OK(plain->Write(block.data(), kBig, id * kBig, false));
+    }
+    CacheOptions o;
+    o.cache_size = 16 * (kBig + CacheStore::kEntryOverhead);
+    o.upload_threads = 4;
+    o.read_threads = 4;
+    o.readahead_max = 32;
+    o.max_dirty_age = 3600;
+    cache_ = std::make_shared<CacheStore>(store_, o);
+    ASSERT_OK(cache_->Start());
+    vo.lock = true;
+    ASSERT_OK(Volume::Open(cache_, kExport, vo, &volume_));
+    reads_before_ = store_->reads();
+    writes_before_ = store_->writes();
+  }
+  void TearDown() override {
+    volume_.reset();
+    if (cache_) EXPECT_OK(cache_->Shutdown());
+  }
+  CacheStats Stats() {
+    CacheStats s;
+    EXPECT_TRUE(cache_->GetStats(kExport, &s));
+    return s;
+  }
+  // A 4 KiB-aligned offset anywhere in the export.
+  static uint64_t RandomOffset(std::mt19937_64& rng) {
+    return (rng() % (kBlocks * kBig / 4096)) * 4096;
+  }
+
+  std::shared_ptr<TestStore> store_;
+  std::shared_ptr<CacheStore> cache_;
+  std::shared_ptr<Volume> volume_;
+  int reads_before_ = 0, writes_before_ = 0;
+};
+
+TEST_F(RandomRequestsTest, RandomReadCostsAtMostOneStoreReadOfAnUncachedBlock) {
+  std::mt19937_64 rng(42);
+  Bytes buf(4096);
+  for (int i = 0; i < 3000; ++i) {
+    const uint64_t off = RandomOffset(rng);
+    ASSERT_OK(volume_->Read(buf.data(), buf.size(), off));
+    ASSERT_EQ(buf[0], static_cast<uint8_t>((off / kBig) * 7 + (off % kBig) % 251 + 1)) << off;
+  }
+  ASSERT_OK(cache_->Shutdown());  // waits for read-ahead still in flight
+  CacheStats s = Stats();
+  // Nothing was read ahead: random reads landing in the same or a neighbouring block are not
+  // a sequential reader, and each store read is the fetch of a block a read missed.
+  EXPECT_EQ(s.readahead_blocks, 0u);
+  EXPECT_EQ(static_cast<uint64_t>(store_->reads() - reads_before_), s.misses);
+  EXPECT_EQ(s.hits + s.misses, 3000u);
+}
+
+TEST_F(RandomRequestsTest, SequentialReaderIn4KiBRequestsIsStillReadAhead) {
+  Bytes buf(4096);
+  for (uint64_t off = 0; off < 32 * kBig; off += buf.size()) {
+    ASSERT_OK(volume_->Read(buf.data(), buf.size(), off));
+    ASSERT_EQ(buf[0], static_cast<uint8_t>((off / kBig) * 7 + (off % kBig) % 251 + 1)) << off;
+  }
+  ASSERT_OK(cache_->Shutdown());
+  CacheStats s = Stats();
+  // Block 0 is read whole, then the reader enters block 1: from there on every block it reaches
+  // has been fetched ahead of it, or is on its way.
+  EXPECT_EQ(s.misses, 2u);
+  EXPECT_GE(s.readahead_blocks, 30u);
+  EXPECT_EQ(s.readahead_hits, 30u);
+  EXPECT_EQ(static_cast<uint64_t>(store_->reads() - reads_before_),
+            s.misses + s.readahead_blocks);
+}
+
+TEST_F(RandomRequestsTest, RandomWriteCostsAtMostOneStoreReadAndOneUploadPerBlockTouched) {
+  std::mt19937_64 rng(7);
+  Bytes buf(4096, 0x5a);
+  for (int i = 0; i < 3000; ++i) {
+    ASSERT_OK(volume_->Write(buf.data(), buf.size(), RandomOffset(rng), false));
+    if (i % 500 == 499) ASSERT_OK(volume_->Flush());
+  }
+  ASSERT_OK(volume_->Flush());
+  ASSERT_OK(cache_->Shutdown());
+  CacheStats s = Stats();
+  // The read of each read-modify-write is not a reader: nothing is read ahead for it, and a
+  // block is read from the store only when a write finds it uncached.
+  EXPECT_EQ(s.readahead_blocks, 0u);
+  EXPECT_EQ(static_cast<uint64_t>(store_->reads() - reads_before_), s.misses);
+  EXPECT_LE(s.misses, 3000u);
+  // Every upload stores a block that a write made dirty since its last upload.
+  EXPECT_LE(static_cast<uint64_t>(store_->writes() - writes_before_), 3000u);
+  EXPECT_EQ(s.store_writes, static_cast<uint64_t>(store_->writes() - writes_before_));
 }
 
 // The whole path: a Volume over the cache over a FileStore, then the same directory without the

@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "fake_http_server.h"
+#include "s3block/block_store.h"
 #include "s3/xml.h"
 #include "test_util.h"
 
@@ -108,6 +109,60 @@ TEST(S3Client, GetVerifiesBodyAgainstEtagAndMetaMd5) {
   s = client->GetObject("badmeta", &body, &found);
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("MD5 recorded"), std::string::npos) << s.message();
+}
+
+// Blocks are read straight into bytes; everything else about a GET is the same.
+TEST(S3Client, GetIntoBytesVerifiesRetriesAndKeepsErrorBodiesApart) {
+  const std::string good(300000, 'g');  // several reads from the socket
+  std::atomic<int> flaky{0};
+  FakeHttpServer server([&](const FakeRequest& r) {
+    if (r.target.find("good") != std::string::npos) return Ok(good);
+    if (r.target.find("badetag") != std::string::npos) {
+      FakeResponse f = Ok(good);
+      f.body[0] ^= 1;
+      return f;
+    }
+    if (r.target.find("truncated") != std::string::npos) {
+      FakeResponse f = Ok(good);
+      f.truncate_at = 1000;
+      return f;
+    }
+    if (r.target.find("flaky") != std::string::npos)
+      return flaky++ == 0 ? S3Error(503, "SlowDown") : Ok("second answer");
+    if (r.target.find("nokey") != std::string::npos) return S3Error(404, "NoSuchKey");
+    return S3Error(404, "NoSuchBucket");
+  });
+  auto client = MakeClient(server.endpoint(), 0.3);
+  Bytes data{1, 2, 3};
+  bool found = false;
+  ASSERT_OK(client->GetObject("good", &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Bytes(good.begin(), good.end()));
+
+  Status s = client->GetObject("badetag", &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("ETag"), std::string::npos) << s.message();
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+
+  s = client->GetObject("truncated", &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+
+  // The error document of the first attempt is not mixed into the body of the second.
+  ASSERT_OK(client->GetObject("flaky", &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Bytes(AsBytes("second answer").begin(), AsBytes("second answer").end()));
+
+  data = {1};
+  ASSERT_OK(client->GetObject("nokey", &data, &found));
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+  s = client->GetObject("nobucket", &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("NoSuchBucket"), std::string::npos) << s.message();
+  EXPECT_TRUE(data.empty());
 }
 
 TEST(S3Client, TruncatedBodyIsAnErrorNotShortData) {
