@@ -99,8 +99,9 @@ class BlockStore {
   // bytes as 32 lower-case hex digits, or "" where the store cannot tell (this default, and an S3
   // object whose ETag is not a plain MD5). A layer that keeps copies of blocks (the disk cache)
   // checks them against it.
-  virtual Status ListBlockDigests(std::string_view export_name,
-                                  const std::function<void(uint64_t id, std::string_view md5_hex)>& fn) {
+  virtual Status ListBlockDigests(
+      std::string_view export_name,
+      const std::function<void(uint64_t id, std::string_view md5_hex)>& fn) {
     return ListBlocks(export_name, [&](uint64_t id) { fn(id, {}); });
   }
 
@@ -155,8 +156,8 @@ class BlockStore {
 Status WrongBlockLength(const BlockStore& store, std::string_view export_name, uint64_t id,
                         size_t stored, uint32_t block_size);
 
-// A decorator: forwards every call to the store below (except ReadRange: see there). Layers derive from it and override what
-// they change.
+// A decorator: forwards every call to the store below (except ReadRange: see there). Layers
+// derive from it and override what they change.
 class StoreDecorator : public BlockStore {
  public:
   explicit StoreDecorator(std::shared_ptr<BlockStore> next) : next_(std::move(next)) {}

@@ -204,7 +204,8 @@ void DiskCacheStore::Load(Export* e) {
     if (DIR* top = ::opendir(e->dir.c_str())) {
       while (struct dirent* d = ::readdir(top)) {
         std::string_view shard = d->d_name;
-        if (shard.empty() || shard.find_first_not_of("0123456789") != std::string_view::npos) continue;
+        if (shard.empty() || shard.find_first_not_of("0123456789") != std::string_view::npos)
+          continue;
         const std::string shard_dir = e->dir + "/" + std::string(shard);
         DIR* sd = ::opendir(shard_dir.c_str());
         if (sd == nullptr) continue;
