@@ -396,6 +396,9 @@ def chart(med, systems, outdir, meta):
     names = systems + ["raw-S3-4K", "raw-S3-1M"]
 
     def table(path, workloads, field, extra=None):
+        """Writes one panel's data; returns whether it holds any figure (a subset of systems or
+        workloads may leave a panel empty, and gnuplot refuses to plot one)."""
+        any_value = False
         with open(path, "w", encoding="utf-8") as f:
             f.write("workload " + " ".join(n for n in names) + "\n")
             for w in workloads:
@@ -405,7 +408,9 @@ def chart(med, systems, outdir, meta):
                         cells.append(extra(n, w) if extra else "?")
                     else:
                         cells.append(val(n, w, field))
+                any_value = any_value or any(c != "?" for c in cells)
                 f.write(w + " " + " ".join(cells) + "\n")
+        return any_value
 
     def raw_seq(n, w):
         return val(n, "put" if w == "seqwrite" else "get", "mbps")
@@ -415,10 +420,12 @@ def chart(med, systems, outdir, meta):
             return "?"
         return val(n, "put" if w == "randwrite" else "get", "iops")
 
-    table(os.path.join(tmp, "seq.dat"), SEQ, "mbps", raw_seq)
-    table(os.path.join(tmp, "rand.dat"), RAND, "iops", raw_rand)
-    table(os.path.join(tmp, "lat.dat"), SEQ + RAND, "lat_p99_ms")
-    table(os.path.join(tmp, "ext4.dat"), EXT4, "seconds")
+    has = {
+        "seq": table(os.path.join(tmp, "seq.dat"), SEQ, "mbps", raw_seq),
+        "rand": table(os.path.join(tmp, "rand.dat"), RAND, "iops", raw_rand),
+        "lat": table(os.path.join(tmp, "lat.dat"), SEQ + RAND, "lat_p99_ms"),
+        "ext4": table(os.path.join(tmp, "ext4.dat"), EXT4, "seconds"),
+    }
     n = len(names)
     palette = {
         "s3block-local-4K": "#1f77b4", "s3block-local-1M": "#6baed6",
@@ -432,8 +439,18 @@ def chart(med, systems, outdir, meta):
     title = "nbd-s3-backend benchmark, %s, %s cores, %s%s" % (
         meta.get("date"), meta.get("nproc"), meta.get("s3server", "").split(",")[0],
         " (quick mode)" if meta.get("quick") == "1" else "")
+    panels = [
+        ("seq", "Sequential 1 MiB, queue depth 8 (MB/s, higher is better; raw-S3 = PUT/GET ceiling)",
+         "MB/s", n + 1),
+        ("rand", "Random 4 KiB, queue depth 32 (IOPS, higher is better)", "IOPS", n + 1),
+        ("lat", "99th percentile completion latency (ms, lower is better)", "ms", n - 1),
+        ("ext4", "ext4 through nbdfuse + loop: wall time (s, lower is better)", "seconds", n - 1),
+    ]
+    panels = [p for p in panels if has[p[0]]]
+    if not panels:
+        return
     script = """
-set terminal pngcairo size 1600,2000 font ",10"
+set terminal pngcairo size 1600,%(height)d font ",10"
 set output '%(out)s'
 set datafile missing '?'
 set style data histograms
@@ -445,22 +462,15 @@ set grid ytics
 set key outside right top vertical
 set xtics nomirror
 colors = "%(colors)s"
-set multiplot layout 4,1 title "%(title)s"
-set title "Sequential 1 MiB, queue depth 8 (MB/s, higher is better; raw-S3 = PUT/GET ceiling)"
-set ylabel "MB/s"
-plot for [i=2:%(nc)d] '%(d)s/seq.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
-set title "Random 4 KiB, queue depth 32 (IOPS, higher is better)"
-set ylabel "IOPS"
-plot for [i=2:%(nc)d] '%(d)s/rand.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
-set title "99th percentile completion latency (ms, lower is better)"
-set ylabel "ms"
-plot for [i=2:%(nl)d] '%(d)s/lat.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
-set title "ext4 through nbdfuse + loop: wall time (s, lower is better)"
-set ylabel "seconds"
-plot for [i=2:%(nl)d] '%(d)s/ext4.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
-unset multiplot
-""" % {"out": os.path.join(outdir, "results.png"), "title": title, "nc": n + 1,
-       "nl": n - 1, "d": tmp, "colors": colors}
+set multiplot layout %(rows)d,1 title "%(title)s"
+""" % {"out": os.path.join(outdir, "results.png"), "title": title, "colors": colors,
+       "rows": len(panels), "height": 500 * len(panels)}
+    for name, ptitle, ylabel, last in panels:
+        script += """set title "%s"
+set ylabel "%s"
+plot for [i=2:%d] '%s/%s.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
+""" % (ptitle, ylabel, last, tmp, name)
+    script += "unset multiplot\n"
     with open(os.path.join(tmp, "chart.gp"), "w", encoding="utf-8") as f:
         f.write(script)
     subprocess.run(["gnuplot", os.path.join(tmp, "chart.gp")], check=True)
