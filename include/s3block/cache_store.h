@@ -69,7 +69,7 @@ struct CacheOptions {
   // Most dirty (not yet stored) bytes per export; 0 means cache_size / 4.
   uint64_t dirty_size = 0;
   // Background uploaders per export.
-  uint32_t upload_threads = 16;
+  uint32_t upload_threads = 32;
   // Background fetchers per export, for read-ahead.
   uint32_t read_threads = 32;
   // Most blocks read ahead of one sequential reader; 0 turns read-ahead off.

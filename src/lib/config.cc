@@ -218,7 +218,7 @@ const char* Config::Help() {
       "cache=BOOL                shared read/write-back block cache (default true)\n"
       "cache-size=SIZE           cache budget per export (default 256M)\n"
       "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
-      "upload-threads=N          background uploaders per export (default 16)\n"
+      "upload-threads=N          background uploaders per export (default 32)\n"
       "disk-cache=DIR,SIZE       keep up to SIZE of S3 blocks in DIR, reused after a restart once\n"
       "                          checked against the store (default: none)\n"
       "stats-file=FILE           rewrite FILE about once a second with the cache's counters (JSON)";
