@@ -59,10 +59,7 @@ teardown() {
 cleanup() {
   local rc=$?
   teardown
-  if [ $rc -ne 0 ] && [ -f "$work/nbdkit.log" ]; then
-    echo "---- the end of the nbdkit log ----" >&2
-    tail -n 30 "$work/nbdkit.log" >&2
-  fi
+  show_nbdkit_log_on_failure "$rc" "$work/nbdkit.log"
   rm -rf "$work"
 }
 trap cleanup EXIT

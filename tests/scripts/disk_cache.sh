@@ -35,10 +35,7 @@ nbdkit_pid=
 cleanup() {
   local rc=$?
   if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  if [ $rc -ne 0 ] && [ -f "$work/nbdkit.log" ]; then
-    echo "---- the end of the nbdkit log ----" >&2
-    tail -n 30 "$work/nbdkit.log" >&2
-  fi
+  show_nbdkit_log_on_failure "$rc" "$work/nbdkit.log"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -52,3 +52,12 @@ stop_nbdkit() {
   nbdkit_pid=
   [ $rc -eq 0 ] || die "nbdkit exited with status $rc on SIGTERM"
 }
+
+# show_nbdkit_log_on_failure RC LOG: for a script's EXIT trap; shows the end of nbdkit's LOG on
+# standard error when the script is failing (RC non-zero).
+show_nbdkit_log_on_failure() {
+  if [ "$1" -ne 0 ] && [ -f "$2" ]; then
+    echo "---- the end of the nbdkit log ----" >&2
+    tail -n 30 "$2" >&2
+  fi
+}
