@@ -96,7 +96,7 @@ class BlockStore {
                             const std::function<void(uint64_t id)>& fn) = 0;
 
   // As ListBlocks, with what the store knows of each block's content: the MD5 of the stored
-  // bytes as 32 lower-case hex digits, or "" where the store cannot tell (this default, and an S3
+  // bytes as 32 hex digits, or "" where the store cannot tell (this default, and an S3
   // object whose ETag is not a plain MD5). A layer that keeps copies of blocks (the disk cache)
   // checks them against it.
   virtual Status ListBlockDigests(

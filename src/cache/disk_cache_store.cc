@@ -30,10 +30,11 @@ Digest Md5Of(std::span<const uint8_t> data) {
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
 
-// 32 lower-case hex digits (our file names, and S3Store's plain-MD5 ETags).
+// 32 hex digits (our file names, and the digests ListBlockDigests gives).
 bool ParseHexMd5(std::string_view hex, Digest* out) {
   if (hex.size() != 32) return false;
   for (size_t i = 0; i < out->size(); ++i) {
@@ -56,7 +57,9 @@ bool ParseCopyName(std::string_view name, uint64_t* id, Digest* md5) {
     if (v > (UINT64_MAX - 9) / 10) return false;
     v = v * 10 + static_cast<uint64_t>(c - '0');
   }
-  if (!ParseHexMd5(name.substr(dot + 1), md5)) return false;
+  // Written by HexEncode, lower-case: any other spelling is not a file of ours.
+  std::string_view hex = name.substr(dot + 1);
+  if (hex.find_first_of("ABCDEF") != std::string_view::npos || !ParseHexMd5(hex, md5)) return false;
   *id = v;
   return true;
 }

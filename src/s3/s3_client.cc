@@ -10,6 +10,11 @@
 #include "s3block/params.h"
 
 namespace s3block {
+bool IsHexMd5(std::string_view s) {
+  if (s.size() != 32) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -45,10 +50,6 @@ double Jitter() {
   return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
 }
 
-bool IsHexMd5(std::string_view s) {
-  if (s.size() != 32) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
-}
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -353,9 +354,7 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
       return Status::IoError(Describe(what, "") + ": unexpected response <" + QuoteForMessage(root.name) + ">");
     for (const XmlNode* c : root.Children("Contents")) {
       if (!on_key) continue;
-      std::string etag = c->ChildText("ETag");
-      if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
-      on_key(c->ChildText("Key"), etag);
+      on_key(c->ChildText("Key"), Unquote(c->ChildText("ETag")));
     }
     for (const XmlNode* c : root.Children("CommonPrefixes"))
       if (on_prefix) on_prefix(c->ChildText("Prefix"));

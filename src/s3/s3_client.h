@@ -41,6 +41,10 @@ struct S3ClientOptions {
   HttpClientOptions http;
 };
 
+// True if s is an MD5 in hex (32 hex digits): the ETag of an object written in one PUT, where a
+// multipart upload's ETag ("...-N") is not.
+bool IsHexMd5(std::string_view s);
+
 // The header that carries the MD5 of the object's content (base64), as PutObject stores it.
 inline constexpr char kMd5MetaHeader[] = "x-amz-meta-s3block-md5";
 

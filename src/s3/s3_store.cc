@@ -27,14 +27,6 @@ bool ParseBlockName(std::string_view name, uint64_t* id) {
   return ec == std::errc() && p == name.data() + name.size();
 }
 
-// An ETag that is the MD5 of the object (a single PUT): 32 lower-case hex digits. A multipart
-// ETag ("...-N") or a server's own form is not, and then the content is unknown.
-bool IsPlainMd5(std::string_view etag) {
-  return etag.size() == 32 && std::all_of(etag.begin(), etag.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
-
 }  // namespace
 
 Status S3Store::Create(const Config& config, std::shared_ptr<S3Store>* out) {
@@ -159,7 +151,7 @@ Status S3Store::ListBlockDigests(std::string_view export_name,
         uint64_t id;
         if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
             ParseBlockName(std::string_view(key).substr(prefix.size()), &id))
-          fn(id, IsPlainMd5(etag) ? etag : std::string_view());
+          fn(id, IsHexMd5(etag) ? etag : std::string_view());
       },
       nullptr);
 }
