@@ -78,6 +78,21 @@ class BlockStore {
                            uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
                            bool* found);
 
+  // Replaces bytes [offset, offset + data.size()) of block `id` (of block_size bytes) and keeps
+  // the rest, as a read-modify-write would; a block that is not stored reads as zeros around the
+  // range. With base_zero the caller knows the block is not stored (no read is needed to merge).
+  // Durability as for Write. The caller serialises writes to one block (the Volume's per-block
+  // locks), as for a read-modify-write of its own.
+  // This default returns ENOTSUP: the caller then reads, merges and writes the block itself.
+  // The cache overrides it to keep just the new bytes, and read the rest of the block only when
+  // it must (to store the block, or for a reader of bytes it does not hold); StoreDecorator does
+  // not forward it.
+  virtual Status WriteRange(std::string_view export_name, uint64_t id, uint32_t block_size,
+                            uint32_t offset, std::span<const uint8_t> data, bool base_zero,
+                            bool fua) {
+    return Status::NotSupported(Describe() + " does not write part of a block");
+  }
+
   // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
   // With fua, the block is durable when this returns; otherwise it is durable after the next
   // Flush(export_name) returns.

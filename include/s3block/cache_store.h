@@ -12,6 +12,12 @@
 // random reads that land in the same or a neighbouring large block, and the reads of
 // read-modify-writes, never start read-ahead (each would be a store request nobody asked for).
 //
+// Writes of part of a block that is not in memory keep just the bytes written (in 4 KiB pages): the
+// rest of the block is read from the store only when the block is stored, or when a reader asks
+// for bytes those parts do not hold; never if writes fill the block first, or if the caller knows
+// it is not stored. Many small writes into one large block thus cost one read and one upload,
+// and a cache full of such blocks holds only what was written.
+//
 // Writes are acknowledged once the block is in the cache (dirty). Background upload threads store
 // dirty blocks in parallel once dirty data passes half the dirty limit or a block has been dirty
 // for max_dirty_age seconds; at the dirty limit writers wait for uploads (memory stays bounded).
@@ -40,7 +46,9 @@
 // flushes every export, best effort, and stops the threads.
 //
 // Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
-// (known not stored, or deleted) block is charged kEntryOverhead. A block being fetched is
+// (known not stored, or deleted) block is charged kEntryOverhead; a block written in part, its
+// pages and their bookkeeping plus kEntryOverhead. A block being fetched (or the rest of a block
+// written in part) is
 // charged from when its fetch starts (at the size of the last block seen), so that the cache
 // evicts to make room for it before it arrives; read-ahead in flight is held to an eighth of the
 // budget.
@@ -110,6 +118,8 @@ struct CacheStats {
   uint64_t dirty_blocks = 0;
   uint64_t cached_bytes = 0;
   uint64_t cached_blocks = 0;
+  uint64_t partial_writes = 0;    // writes of part of a block kept without reading the block
+  uint64_t partial_reads = 0;     // store reads of the rest of a block written in part
 };
 
 // Renders stats as one line of "key=value" pairs separated by spaces, in the order declared above.
@@ -142,6 +152,12 @@ class CacheStore : public StoreDecorator {
                    bool* found) override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
+  // Keeps the bytes written without reading the block, when the block is not in memory and the
+  // range is in whole 512-byte sectors (see the file comment); otherwise reads (or finds), merges
+  // and writes the block as Write.
+  Status WriteRange(std::string_view export_name, uint64_t id, uint32_t block_size,
+                    uint32_t offset, std::span<const uint8_t> data, bool base_zero,
+                    bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
   Status Flush(std::string_view export_name) override;
   // Lists what the store holds as the cache sees it: blocks written but not yet uploaded are

@@ -124,9 +124,10 @@ class Volume {
   Status ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent);
   // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.
   Status StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero);
-  // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, by
-  // read-modify-write under the block's lock. keep_zero stores an all-zero result instead of
-  // deleting it.
+  // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, under the block's
+  // lock: through the store's WriteRange (the cache keeps the bytes and reads the rest of the
+  // block later, if at all), or by read-modify-write where the store has no WriteRange.
+  // keep_zero stores an all-zero result instead of deleting it (always read-modify-write).
   Status WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua);
   Status WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua,
                           bool keep_zero);
@@ -158,6 +159,8 @@ class Volume {
   const bool trust_presence_;
   PresenceMap presence_;
   std::array<std::mutex, 1024> locks_;
+  // False once the store has answered WriteRange with ENOTSUP.
+  std::atomic<bool> write_ranges_{true};
 
   struct AtomicStats {
     std::atomic<uint64_t> reads{0}, writes{0}, trims{0}, zeros{0}, flushes{0};

@@ -44,6 +44,108 @@ uint64_t CostOf(const std::shared_ptr<const Bytes>& data) {
 
 }  // namespace
 
+// The newest bytes of parts of a block whose stored content is not in memory: a block written in
+// part and not read since. Kept in pages allocated as they are written, with one bit per 512-byte
+// sector that holds new bytes. Only whole sectors are kept (other writes merge with the block).
+class BlockOverlay {
+ public:
+  static constexpr uint32_t kSector = 512;
+  static constexpr uint32_t kPage = 4096;
+
+  BlockOverlay(uint32_t block_size, bool base_zero)
+      : block_size_(block_size),
+        page_size_(std::min(kPage, block_size)),
+        base_zero_(base_zero),
+        pages_(block_size / page_size_),
+        bits_((block_size / kSector + 63) / 64, 0) {}
+
+  static bool Aligned(uint32_t offset, size_t len) {
+    return offset % kSector == 0 && len % kSector == 0;
+  }
+  uint32_t block_size() const { return block_size_; }
+  // The block is known not to be stored: what is not in the overlay is zeros.
+  bool base_zero() const { return base_zero_; }
+  // Bytes of memory it holds (pages and bookkeeping).
+  uint64_t Cost() const { return CostWith(0); }
+  // Bytes it would hold after Apply(offset, len).
+  uint64_t CostAfter(uint32_t offset, size_t len) const {
+    uint64_t more = 0;
+    for (uint32_t p = offset / page_size_; p * uint64_t{page_size_} < offset + len; ++p)
+      if (!pages_[p]) ++more;
+    return CostWith(more);
+  }
+  bool Full() const { return present_ == block_size_ / kSector; }
+  bool Covers(uint32_t offset, size_t len) const {
+    if (!Aligned(offset, len)) return false;
+    for (uint32_t sec = offset / kSector; sec < (offset + len) / kSector; ++sec)
+      if (!Test(sec)) return false;
+    return true;
+  }
+  // REQUIRES: Aligned(offset, data.size()), offset + data.size() <= block_size.
+  void Apply(uint32_t offset, std::span<const uint8_t> data) {
+    for (size_t done = 0; done < data.size();) {
+      const uint32_t at = offset + static_cast<uint32_t>(done);
+      const uint32_t p = at / page_size_, in = at % page_size_;
+      const size_t n = std::min<size_t>(page_size_ - in, data.size() - done);
+      if (!pages_[p]) {
+        pages_[p] = std::make_unique<uint8_t[]>(page_size_);
+        ++pages_used_;
+      }
+      std::memcpy(pages_[p].get() + in, data.data() + done, n);
+      done += n;
+    }
+    for (uint32_t sec = offset / kSector; sec < (offset + data.size()) / kSector; ++sec) {
+      if (Test(sec)) continue;
+      bits_[sec / 64] |= uint64_t{1} << (sec % 64);
+      ++present_;
+    }
+  }
+  // REQUIRES: Covers(offset, out.size()).
+  void CopyOut(uint32_t offset, std::span<uint8_t> out) const {
+    for (size_t done = 0; done < out.size();) {
+      const uint32_t at = offset + static_cast<uint32_t>(done);
+      const uint32_t p = at / page_size_, in = at % page_size_;
+      const size_t n = std::min<size_t>(page_size_ - in, out.size() - done);
+      std::memcpy(out.data() + done, pages_[p].get() + in, n);
+      done += n;
+    }
+  }
+  // Copies every sector it holds over `block` (block_size bytes).
+  void MergeInto(uint8_t* block) const {
+    const uint32_t per_page = page_size_ / kSector;
+    for (uint32_t p = 0; p < pages_.size(); ++p) {
+      if (!pages_[p]) continue;
+      for (uint32_t i = 0; i < per_page;) {
+        const uint32_t sec = p * per_page + i;
+        if (!Test(sec)) {
+          ++i;
+          continue;
+        }
+        uint32_t run = 1;  // copy runs of present sectors at once
+        while (i + run < per_page && Test(sec + run)) ++run;
+        std::memcpy(block + uint64_t{sec} * kSector, pages_[p].get() + i * kSector,
+                    run * kSector);
+        i += run;
+      }
+    }
+  }
+
+ private:
+  bool Test(uint32_t sec) const { return (bits_[sec / 64] >> (sec % 64)) & 1; }
+  uint64_t CostWith(uint64_t more_pages) const {
+    return (pages_used_ + more_pages) * page_size_ + pages_.size() * sizeof(pages_[0]) +
+           bits_.size() * sizeof(uint64_t);
+  }
+
+  const uint32_t block_size_;
+  const uint32_t page_size_;
+  const bool base_zero_;
+  std::vector<std::unique_ptr<uint8_t[]>> pages_;
+  std::vector<uint64_t> bits_;
+  uint32_t present_ = 0;     // sectors set
+  uint32_t pages_used_ = 0;  // pages allocated
+};
+
 // One cached block.
 struct CacheEntry {
   // Which list the entry is on; an entry is on at most one.
@@ -52,7 +154,11 @@ struct CacheEntry {
   uint64_t id = 0;
   // When valid: the content; null means absent (not stored, deleted, or all zeros).
   std::shared_ptr<const Bytes> data;
-  bool valid = false;       // data is the block's content (else a fetch is pending)
+  // When set: the block was written in part and the rest of it is not in memory. The entry is
+  // then dirty and not valid, and it is never busy: the rest is read (resolved) first.
+  std::unique_ptr<BlockOverlay> overlay;
+  bool valid = false;       // data is the block's content (else a fetch is pending, or overlay)
+  bool resolving = false;   // the rest of an overlay's block is being read
   bool dirty = false;       // the content differs from the store's
   bool busy = false;        // a store write or delete of this block is in flight
   bool fetching = false;    // a fetch (fetch_token) is pending and the entry is not yet valid
@@ -64,7 +170,7 @@ struct CacheEntry {
   uint64_t fetch_token = 0;  // identifies the pending fetch
   uint64_t dirty_seq = 0;    // sequence number of the oldest write not yet stored (when dirty)
   uint64_t redirty_seq = 0;  // the first write while busy (it becomes dirty_seq on success)
-  uint64_t cost = 0;         // bytes charged to the cache (when valid)
+  uint64_t cost = 0;         // bytes charged to the cache (when valid or overlay)
   Clock::time_point ready_since;  // when it joined a ready list
   Clock::time_point retry_at;     // when a failed upload may be tried again
 };
@@ -91,6 +197,8 @@ class CacheStore::ExportCache {
   Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
                    ReadIntent intent, bool* found);
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
+  Status WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,
+                    std::span<const uint8_t> data, bool base_zero, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
   Status Flush();
   Status ListBlocks(const std::function<void(uint64_t)>& fn);
@@ -131,6 +239,22 @@ class CacheStore::ExportCache {
   // Moves protected entries beyond the protected share back to probation.
   void DemoteLocked();
 
+  // Charges entry e (valid or overlay) `cost` bytes from now on.
+  void RechargeLocked(CacheEntry* e, uint64_t cost);
+  // Makes overlay entry e valid: its overlay merged onto base (the stored block, or zeros).
+  void CompleteOverlayLocked(CacheEntry* e, Bytes base);
+  // Writes `data` at `offset` into valid entry e (a block of block_size bytes), in place when
+  // nobody else holds its buffer. REQUIRES: lk holds mu_ (maybe released meanwhile).
+  // Sets *done to false if e changed while the lock was released (the caller looks again).
+  Status MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, uint32_t block_size,
+                     uint32_t offset, std::span<const uint8_t> data, bool* done);
+  // Reads the rest of overlay entry e (unless it is known to be zeros) and completes it.
+  // For an uploader (for_upload): on success *out is the entry, idle and dirty, unlinked for the
+  // caller to store (null if someone else stores it); on failure the failure is recorded as an
+  // upload's. For a reader: *out is the entry if it is valid now.
+  // REQUIRES: lk holds mu_ (released during the read), e->overlay, !e->resolving, !e->busy.
+  Status ResolveLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, bool for_upload,
+                       CacheEntry** out);
   // Makes `buf` (null: absent) the content of block id and marks it dirty.
   // REQUIRES: mu_ held. Returns the entry (which may be busy; it is then uploaded again after).
   CacheEntry* SetContentLocked(uint64_t id, std::shared_ptr<const Bytes> buf);
@@ -153,6 +277,9 @@ class CacheStore::ExportCache {
   bool UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force);
   // Records the outcome of a store write or delete of e, which started at generation gen.
   void CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s);
+  // Records a failed store request for idle, dirty entry e: every flush that needed it fails,
+  // and it is tried again after a back-off.
+  void FailUploadLocked(CacheEntry* e, const Status& s);
   // Moves failed entries due for a retry (all of them with all) back to the ready lists.
   void RequeueRetriesLocked(bool all, Clock::time_point now);
 
@@ -169,8 +296,11 @@ class CacheStore::ExportCache {
   // so callers copy from it without the lock.
   // A reader's read of `len` bytes of the block (of block_size bytes) is noted for read-ahead;
   // with len 0, nothing is noted (the read of a read-modify-write).
+  // With `copied`: if the block was written in part and those parts hold all of `out` (bytes
+  // from `offset`), they are copied to out instead, and *copied is set.
   Status Lookup(uint64_t id, uint32_t len, uint32_t block_size,
-                std::shared_ptr<const Bytes>* content);
+                std::shared_ptr<const Bytes>* content, uint32_t offset = 0,
+                std::span<uint8_t> out = {}, bool* copied = nullptr);
   // Notes a reader's read of `len` bytes of block id (of block_size bytes) and schedules
   // read-ahead for a sequential reader. Returns true if the read goes on reading a block that
   // a stream has just read from (not a second use of the block, for the LRU).
@@ -263,7 +393,8 @@ void CacheStore::ExportCache::InsertLru(CacheEntry* e) {
 }
 
 void CacheStore::ExportCache::PushReady(CacheEntry* e) {
-  const auto list = e->data ? CacheEntry::List::kReadyData : CacheEntry::List::kReadyDelete;
+  const auto list = e->data || e->overlay ? CacheEntry::List::kReadyData
+                                           : CacheEntry::List::kReadyDelete;
   const bool was_empty = ListOf(list)->empty();
   LinkFront(e, list);
   e->ready_since = Clock::now();
@@ -536,8 +667,10 @@ bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t
 }
 
 Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block_size,
-                                       std::shared_ptr<const Bytes>* content) {
+                                       std::shared_ptr<const Bytes>* content, uint32_t offset,
+                                       std::span<uint8_t> out, bool* copied) {
   content->reset();
+  if (copied != nullptr) *copied = false;
   std::unique_lock<std::mutex> lk(mu_);
   // A reader going through a large block in small requests uses it once, not many times: it
   // must not promote every block it streams through (and evict what was read ahead for it).
@@ -553,7 +686,26 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
       *content = e->data;
       return Status::Ok();
     }
-    // A fetch of this block is pending: share it rather than asking the store twice.
+    if (e->overlay) {
+      if (copied != nullptr && !out.empty() && e->overlay->Covers(offset, out.size())) {
+        ++stats_.hits;  // the bytes asked for were all written since the block was last read
+        e->overlay->CopyOut(offset, out);
+        *copied = true;
+        return Status::Ok();
+      }
+      if (!e->resolving) {
+        ++stats_.misses;
+        CacheEntry* got = nullptr;
+        S3B_RETURN_IF_ERROR(ResolveLocked(lk, e, /*for_upload=*/false, &got));
+        if (got != nullptr) {
+          *content = got->data;
+          return Status::Ok();
+        }
+        continue;
+      }
+    }
+    // A fetch of this block (or of the rest of a block written in part) is pending: share it
+    // rather than asking the store twice.
     if (!waited) ++stats_.coalesced;
     waited = true;
     state_cv_.wait(lk);
@@ -587,7 +739,12 @@ Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint
   *found = false;
   std::shared_ptr<const Bytes> content;
   const uint32_t noted = intent == ReadIntent::kRead ? static_cast<uint32_t>(out.size()) : 0;
-  S3B_RETURN_IF_ERROR(Lookup(id, noted, block_size, &content));
+  bool copied = false;
+  S3B_RETURN_IF_ERROR(Lookup(id, noted, block_size, &content, offset, out, &copied));
+  if (copied) {
+    *found = true;
+    return Status::Ok();
+  }
   if (!content) return Status::Ok();
   if (content->size() != block_size)
     return WrongBlockLength(*next_, name_, id, content->size(), block_size);
@@ -608,12 +765,14 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
   }
   CacheEntry* e = slot.get();
   const bool was_valid = e->valid;
-  const uint64_t old_cost = was_valid ? e->cost : 0;
+  const bool charged = was_valid || e->overlay;
+  const uint64_t old_cost = charged ? e->cost : 0;
   Unlink(e);
   if (was_valid && !e->prefetched) e->hot = true;  // a second use
   e->fetching = false;  // a pending fetch would return older content: this write supersedes it
   e->prefetched = false;
-  if (!was_valid) ++cached_blocks_;
+  e->overlay.reset();   // so are the parts written before, and the rest being read for them
+  if (!charged) ++cached_blocks_;
   e->valid = true;
   e->data = std::move(buf);
   if (e->data) last_block_size_ = e->data->size();
@@ -635,8 +794,136 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
       if (e->redirty_seq == 0) e->redirty_seq = ++seq_;
     }
   }
-  if (!e->busy) PushReady(e);
+  if (!e->busy && !e->resolving) PushReady(e);
   return e;
+}
+
+void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
+  cached_bytes_ = cached_bytes_ + cost - e->cost;
+  if (e->dirty) dirty_bytes_ = dirty_bytes_ + cost - e->cost;
+  if (e->busy) inflight_bytes_ = inflight_bytes_ + cost - e->cost;
+  if (e->list == CacheEntry::List::kProtected) protected_bytes_ = protected_bytes_ + cost - e->cost;
+  e->cost = cost;
+}
+
+void CacheStore::ExportCache::CompleteOverlayLocked(CacheEntry* e, Bytes base) {
+  e->overlay->MergeInto(base.data());
+  e->overlay.reset();
+  e->valid = true;
+  if (IsAllZero(base.data(), base.size())) {
+    e->data.reset();
+  } else {
+    last_block_size_ = base.size();
+    e->data = std::make_shared<Bytes>(std::move(base));
+  }
+  RechargeLocked(e, CostOf(e->data));
+}
+
+Status CacheStore::ExportCache::MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e,
+                                            uint32_t block_size, uint32_t offset,
+                                            std::span<const uint8_t> data, bool* done) {
+  *done = true;
+  const uint64_t id = e->id;
+  if (e->data && e->data->size() != block_size)
+    return WrongBlockLength(*next_, name_, id, e->data->size(), block_size);
+  const bool zero_range = IsAllZero(data.data(), data.size());
+  if (e->data && e->data.use_count() == 1 && !e->busy) {
+    // Nobody else holds the buffer (readers and uploads take a reference while they use it, and
+    // only under the lock): write into it rather than copy the whole block.
+    S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, e->cost));
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.get() != e || !e->valid || !e->data ||
+        e->data.use_count() != 1 || e->busy) {
+      *done = false;  // changed while waiting for room
+      return Status::Ok();
+    }
+    auto* block = const_cast<Bytes*>(e->data.get());  // created mutable; see the comment above
+    std::memcpy(block->data() + offset, data.data(), data.size());
+    std::shared_ptr<const Bytes> buf = e->data;
+    if (zero_range && IsAllZero(block->data(), block->size())) buf.reset();
+    SetContentLocked(id, std::move(buf));
+    return Status::Ok();
+  }
+  // Copy without the lock; the caller (the Volume) keeps other writers of the block away, so
+  // the content only changes if the entry is evicted and fetched again meanwhile.
+  std::shared_ptr<const Bytes> old = e->data;
+  lk.unlock();
+  auto merged = std::make_shared<Bytes>(block_size, 0);
+  if (old) std::memcpy(merged->data(), old->data(), block_size);
+  std::memcpy(merged->data() + offset, data.data(), data.size());
+  std::shared_ptr<const Bytes> buf;
+  if (!(zero_range && IsAllZero(merged->data(), merged->size()))) buf = std::move(merged);
+  lk.lock();
+  auto it = entries_.find(id);
+  if (it == entries_.end() || !it->second->valid || it->second->data != old) {
+    *done = false;
+    return Status::Ok();
+  }
+  S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(buf)));
+  it = entries_.find(id);
+  if (it == entries_.end() || !it->second->valid || it->second->data != old) {
+    *done = false;
+    return Status::Ok();
+  }
+  SetContentLocked(id, std::move(buf));
+  return Status::Ok();
+}
+
+Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e,
+                                              bool for_upload, CacheEntry** out) {
+  *out = nullptr;
+  const uint64_t id = e->id;
+  const uint32_t block_size = e->overlay->block_size();
+  Unlink(e);  // off the ready lists: nobody else starts on it meanwhile
+  Bytes base;
+  bool found = false;
+  Status s;
+  if (!e->overlay->base_zero()) {
+    e->resolving = true;
+    const uint64_t token = e->fetch_token = ++next_token_;
+    // Charged like a fetch, so that the cache makes room for the whole block first.
+    const uint64_t charge = block_size + kEntryOverhead;
+    fetch_bytes_ += charge;
+    ++stats_.fetches_in_flight;
+    ++stats_.partial_reads;
+    EvictLocked();
+    lk.unlock();
+    s = next_->Read(name_, id, &base, &found);
+    lk.lock();
+    fetch_bytes_ -= charge;
+    --stats_.fetches_in_flight;
+    ++stats_.store_reads;
+    stats_.store_read_bytes += base.size();
+    state_cv_.notify_all();
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second->fetch_token != token) {
+      // Written whole with fua meanwhile, stored and evicted: nothing left to do.
+      EvictLocked();
+      return s;
+    }
+    e = it->second.get();
+    e->resolving = false;
+    if (!e->overlay) s = Status::Ok();  // superseded: what was read is not needed
+    if (s.ok() && found && base.size() != block_size)
+      s = WrongBlockLength(*next_, name_, id, base.size(), block_size);
+  }
+  // Written whole or deleted meanwhile, the overlay is gone and what was read is older.
+  if (s.ok() && e->overlay) {
+    if (!found) base.assign(block_size, 0);
+    CompleteOverlayLocked(e, std::move(base));
+  }
+  if (!e->busy && e->dirty && e->list == CacheEntry::List::kNone) {
+    if (!s.ok() && for_upload) {
+      FailUploadLocked(e, s);
+    } else if (!s.ok() || !for_upload) {
+      PushReady(e);
+    }
+  }
+  if (s.ok() && (for_upload ? !e->busy && e->dirty && e->list == CacheEntry::List::kNone
+                            : e->valid))
+    *out = e;
+  EvictLocked();
+  return s;
 }
 
 Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
@@ -707,7 +994,8 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
 Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
   std::shared_ptr<const Bytes> buf;
   const bool zero = IsAllZero(data.data(), data.size());
-  if (!zero) buf = std::make_shared<const Bytes>(data.begin(), data.end());  // copied unlocked
+  // Copied unlocked; mutable, so that a later partial write may change it in place.
+  if (!zero) buf = std::make_shared<Bytes>(data.begin(), data.end());
   std::unique_lock<std::mutex> lk(mu_);
   if (zero) ++stats_.zero_writes;
   if (fua) {
@@ -727,6 +1015,72 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
   EvictLocked();
   if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
   return Status::Ok();
+}
+
+Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,
+                                           std::span<const uint8_t> data, bool base_zero,
+                                           bool fua) {
+  if (!fua && BlockOverlay::Aligned(offset, data.size())) {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      auto it = entries_.find(id);
+      CacheEntry* e = it == entries_.end() ? nullptr : it->second.get();
+      if (e != nullptr && e->valid) {
+        // In memory: merge now.
+        bool done = false;
+        S3B_RETURN_IF_ERROR(MergeLocked(lk, e, block_size, offset, data, &done));
+        if (!done) continue;
+        EvictLocked();
+        if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+        return Status::Ok();
+      }
+      if (e != nullptr && !e->overlay) {
+        state_cv_.wait(lk);  // a fetch is pending: merge with what it brings
+        continue;
+      }
+      // Not in memory: keep just these bytes; the rest is read when the block is stored (not
+      // at all if writes fill the block first, or it is known to be zeros).
+      const uint64_t need =
+          kEntryOverhead + (e != nullptr ? e->overlay->CostAfter(offset, data.size())
+                                         : BlockOverlay(block_size, base_zero)
+                                               .CostAfter(offset, data.size()));
+      S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, need));
+      it = entries_.find(id);
+      if (it == entries_.end() ? e != nullptr : it->second.get() != e || !e->overlay)
+        continue;  // changed while waiting for room: look again
+      if (e == nullptr) {
+        auto& slot = entries_[id];
+        slot = std::make_unique<CacheEntry>();
+        e = slot.get();
+        e->id = id;
+        e->overlay = std::make_unique<BlockOverlay>(block_size, base_zero);
+        e->dirty = true;
+        e->dirty_seq = ++seq_;
+        dirty_.emplace(e->dirty_seq, e);
+        ++cached_blocks_;
+      }
+      e->overlay->Apply(offset, data);
+      ++e->gen;
+      ++stats_.partial_writes;
+      RechargeLocked(e, e->overlay->Cost() + kEntryOverhead);
+      if (e->overlay->Full()) CompleteOverlayLocked(e, Bytes(block_size, 0));
+      if (!e->busy && !e->resolving) PushReady(e);
+      EvictLocked();
+      if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+      return Status::Ok();
+    }
+  }
+  // With fua, or not in whole sectors: read, merge and write the whole block. The caller keeps
+  // other writers of the block away meanwhile.
+  std::shared_ptr<const Bytes> content;
+  S3B_RETURN_IF_ERROR(Lookup(id, 0, block_size, &content));
+  if (content && content->size() != block_size)
+    return WrongBlockLength(*next_, name_, id, content->size(), block_size);
+  Bytes merged(block_size, 0);
+  if (content) std::memcpy(merged.data(), content->data(), block_size);
+  content.reset();
+  std::memcpy(merged.data() + offset, data.data(), data.size());
+  return Write(id, merged, fua);
 }
 
 Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) {
@@ -771,6 +1125,17 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
     }
   } else if (!ready_data_.empty() && (force || EligibleLocked(ready_data_.back(), now))) {
     CacheEntry* e = ready_data_.back();
+    if (e->overlay) {
+      // Written in part: read the rest first (this thread stores it right after).
+      CacheEntry* got = nullptr;
+      (void)ResolveLocked(lk, e, /*for_upload=*/true, &got);
+      if (got == nullptr) return true;
+      e = got;
+      if (!e->data) {  // all zeros: a delete
+        PushReady(e);
+        return true;
+      }
+    }
     ids.push_back(e->id);
     buf = e->data;
     taken.emplace_back(e, e->gen);
@@ -834,8 +1199,12 @@ void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, 
     e->redirty_seq = 0;
     return;
   }
-  // Failed: the block stays dirty, with the sequence number of its oldest unstored write, and is
-  // tried again after a back-off. Every flush that needed it fails.
+  FailUploadLocked(e, s);
+}
+
+void CacheStore::ExportCache::FailUploadLocked(CacheEntry* e, const Status& s) {
+  // The block stays dirty, with the sequence number of its oldest unstored write, and is tried
+  // again after a back-off. Every flush that needed it fails.
   ++stats_.upload_failures;
   const Status err = s.Annotate("storing block " + std::to_string(e->id) + " of export '" +
                                 QuoteForMessage(name_) + "'");
@@ -892,7 +1261,7 @@ Status CacheStore::ExportCache::ListBlocks(const std::function<void(uint64_t)>& 
   std::unordered_set<uint64_t> written, deleted;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [seq, e] : dirty_) (e->data ? written : deleted).insert(e->id);
+    for (const auto& [seq, e] : dirty_) (e->data || e->overlay ? written : deleted).insert(e->id);
   }
   S3B_RETURN_IF_ERROR(next_->ListBlocks(name_, [&](uint64_t id) {
     if (!written.count(id) && !deleted.count(id)) fn(id);
@@ -981,6 +1350,12 @@ Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_
   return For(e)->Write(id, data, fua);
 }
 
+Status CacheStore::WriteRange(std::string_view e, uint64_t id, uint32_t block_size,
+                              uint32_t offset, std::span<const uint8_t> data, bool base_zero,
+                              bool fua) {
+  return For(e)->WriteRange(id, block_size, offset, data, base_zero, fua);
+}
+
 Status CacheStore::Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) {
   return For(e)->Delete(ids, fua);
 }
@@ -1052,6 +1427,8 @@ void ForEachCacheStat(const CacheStats& s,
   fn("dirty_blocks", s.dirty_blocks);
   fn("cached_bytes", s.cached_bytes);
   fn("cached_blocks", s.cached_blocks);
+  fn("partial_writes", s.partial_writes);
+  fn("partial_reads", s.partial_reads);
 }
 
 std::string CacheStatsToString(const CacheStats& stats) {

@@ -204,6 +204,26 @@ Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const u
   if (data == nullptr && !keep_zero && trust_presence_ && !presence_.Test(id))
     return Status::Ok();  // zeroing part of a block that reads as zeros anyway
   std::lock_guard<std::mutex> lock(LockFor(id));
+  if (!keep_zero && write_ranges_.load(std::memory_order_relaxed)) {
+    thread_local Bytes zeros;
+    if (data == nullptr) {
+      zeros.assign(len, 0);
+      data = zeros.data();
+    }
+    // Known under the block's lock, before the bit is set (a set bit means "may be stored").
+    const bool base_zero = trust_presence_ && !presence_.Test(id);
+    presence_.Set(id);
+    Status s = store_->WriteRange(name_, id, meta_.block_size, off,
+                                  std::span<const uint8_t>(data, len), base_zero, fua);
+    if (s.err() != ENOTSUP) {
+      if (!s.ok()) {
+        return s.Annotate("write block " + std::to_string(id) + " of export '" +
+                          QuoteForMessage(name_) + "'");
+      }
+      return Status::Ok();
+    }
+    write_ranges_.store(false, std::memory_order_relaxed);
+  }
   thread_local Bytes buf;
   buf.resize(meta_.block_size);
   S3B_RETURN_IF_ERROR(ReadRange(id, 0, meta_.block_size, buf.data(), ReadIntent::kPartialWrite));
