@@ -184,7 +184,8 @@ class CacheStore::ExportCache {
         name_(std::move(name)),
         budget_(options.cache_size),
         dirty_limit_(options.dirty_size ? options.dirty_size : options.cache_size / 4),
-        upload_threshold_(dirty_limit_ / 2) {}
+        upload_threshold_(dirty_limit_ / 2),
+        inflight_limit_(std::max(dirty_limit_, budget_ / 2)) {}
 
   ~ExportCache() { StopThreads(); }
 
@@ -269,6 +270,8 @@ class CacheStore::ExportCache {
   // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
   Status StoreNowLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
                         std::shared_ptr<const Bytes> buf);
+  // Whether uploads in flight leave room for one of entry e.
+  bool RoomToUploadLocked(const CacheEntry* e) const;
   // Whether a background uploader may start on entry e now.
   bool EligibleLocked(const CacheEntry* e, Clock::time_point now) const;
   // Starts one upload (one block, or a batch of deletes) from the ready lists and waits for it.
@@ -316,6 +319,9 @@ class CacheStore::ExportCache {
   const uint64_t budget_;
   const uint64_t dirty_limit_;
   const uint64_t upload_threshold_;
+  // Most bytes of uploads in flight (unless only one is): with the dirty limit on what waits to
+  // be uploaded, this bounds the memory that written data holds.
+  const uint64_t inflight_limit_;
 
   mutable std::mutex mu_;
   // Signalled when an entry's fetch or upload finishes, and when an upload fails.
@@ -338,6 +344,7 @@ class CacheStore::ExportCache {
   uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
   uint64_t fetch_bytes_ = 0;      // expected cost of the fetches in flight
   uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
+  uint64_t resolve_bytes_ = 0;    // the part of fetch_bytes_ that is the rest of blocks written in part
   bool readahead_held_ = false;   // a fetcher waits for readahead_bytes_ to fall
   uint64_t last_block_size_ = kDefaultBlockSize;
   std::list<FlushWaiter*> flushes_;
@@ -884,6 +891,7 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     // Charged like a fetch, so that the cache makes room for the whole block first.
     const uint64_t charge = block_size + kEntryOverhead;
     fetch_bytes_ += charge;
+    resolve_bytes_ += charge;
     ++stats_.fetches_in_flight;
     ++stats_.partial_reads;
     EvictLocked();
@@ -891,6 +899,7 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     s = next_->Read(name_, id, &base, &found);
     lk.lock();
     fetch_bytes_ -= charge;
+    resolve_bytes_ -= charge;
     --stats_.fetches_in_flight;
     ++stats_.store_reads;
     stats_.store_read_bytes += base.size();
@@ -931,10 +940,15 @@ Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& 
   bool counted = false;
   for (;;) {
     auto it = entries_.find(id);
-    const uint64_t already = it != entries_.end() && it->second->dirty ? it->second->cost : 0;
-    // Fits, or replaces dirty data at no extra cost, or nothing else is dirty (a block larger
+    // The limit is on dirty data that no upload has taken yet: uploads in flight are bounded
+    // apart (inflight_limit_), so writers go on while they run.
+    const uint64_t pending = dirty_bytes_ - inflight_bytes_;
+    const uint64_t already = it != entries_.end() && it->second->dirty && !it->second->busy
+                                 ? it->second->cost
+                                 : 0;
+    // Fits, or replaces dirty data at no extra cost, or nothing else waits (a block larger
     // than the whole limit must still be writable).
-    if (need <= already || dirty_bytes_ - already + need <= dirty_limit_ || dirty_bytes_ == already)
+    if (need <= already || pending - already + need <= dirty_limit_ || pending == already)
       return Status::Ok();
     if (!counted) ++stats_.writer_waits;
     counted = true;
@@ -1110,6 +1124,13 @@ bool CacheStore::ExportCache::EligibleLocked(const CacheEntry* e, Clock::time_po
   return now - e->ready_since >= std::chrono::duration<double>(options_.max_dirty_age);
 }
 
+bool CacheStore::ExportCache::RoomToUploadLocked(const CacheEntry* e) const {
+  const uint64_t busy = inflight_bytes_ + resolve_bytes_;
+  // A block written in part is uploaded whole, once its rest has been read.
+  const uint64_t cost = e->overlay ? e->overlay->block_size() + kEntryOverhead : e->cost;
+  return busy == 0 || busy + cost <= inflight_limit_;
+}
+
 bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force) {
   const auto now = Clock::now();
   std::vector<std::pair<CacheEntry*, uint64_t>> taken;
@@ -1123,7 +1144,8 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
       taken.emplace_back(e, e->gen);
       Unlink(e);
     }
-  } else if (!ready_data_.empty() && (force || EligibleLocked(ready_data_.back(), now))) {
+  } else if (!ready_data_.empty() && (force || EligibleLocked(ready_data_.back(), now)) &&
+             RoomToUploadLocked(ready_data_.back())) {
     CacheEntry* e = ready_data_.back();
     if (e->overlay) {
       // Written in part: read the rest first (this thread stores it right after).
@@ -1148,6 +1170,8 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
     inflight_bytes_ += e->cost;
   }
   stats_.uploads_in_flight += taken.size();
+  // What is in flight no longer counts against the dirty limit: waiting writers may go on.
+  if (writers_waiting_ > 0) state_cv_.notify_all();
   // Pass the baton: if work remains, an idle uploader must look at it (it may be asleep with
   // no deadline, or a later one) while this thread is busy.
   if (!ready_data_.empty() || !ready_delete_.empty()) upload_cv_.notify_one();

@@ -512,26 +512,30 @@ TEST_F(CacheTest, ZeroBlocksAreDeletedNotUploaded) {
 }
 
 TEST_F(CacheTest, WriterBlocksAtTheDirtyLimitUntilUploadsComplete) {
-  Make(Options(64, 2), true);
+  // Dirty data that no upload has taken is held to 2 blocks, uploads in flight to half the
+  // budget of 8 blocks: a writer waits once 6 blocks are dirty and no upload can complete.
+  Make(Options(8, 2), true);
   store_->GateWrites(true);
-  ASSERT_OK(Put(0, MakeBlock(0, 1)));
-  ASSERT_OK(Put(1, MakeBlock(1, 1)));
-  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
-  std::atomic<bool> done{false};
+  std::atomic<int> written{0};
   std::thread writer([&] {
-    EXPECT_OK(Put(2, MakeBlock(2, 1)));
-    done = true;
+    for (uint64_t id = 0; id < 10; ++id) {
+      EXPECT_OK(Put(id, MakeBlock(id, 1)));
+      ++written;
+    }
   });
-  WaitUntil([&] { return Stats().writer_waits == 1 || done; });
-  store_->WaitBlockedWrites(1);  // the waiting writer set uploads going; they are held
-  EXPECT_FALSE(done.load());     // no upload can complete, so there is no room
-  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  store_->WaitBlockedWrites(4);  // as many uploads in flight as the limit allows, held
+  WaitUntil([&] { return written.load() >= 6; });
+  CacheStats s = Stats();
+  EXPECT_EQ(written.load(), 6);  // no upload can complete, so there is no room for a 7th
+  EXPECT_EQ(s.dirty_blocks, 6u);
+  EXPECT_EQ(s.uploads_in_flight, 4u);
+  EXPECT_GT(s.writer_waits, 0u);
+  EXPECT_EQ(store_->blocked_writes(), 4);
   store_->GateWrites(false);
   writer.join();
-  EXPECT_TRUE(done.load());
-  EXPECT_LE(Stats().dirty_bytes, 2 * kCost);
+  EXPECT_EQ(written.load(), 10);
   ASSERT_OK(cache_->Flush(kExport));
-  for (uint64_t id = 0; id < 3; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  for (uint64_t id = 0; id < 10; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
 }
 
 TEST_F(CacheTest, WriterWithoutThreadsMakesRoomItself) {
