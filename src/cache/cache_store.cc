@@ -44,9 +44,11 @@ uint64_t CostOf(const std::shared_ptr<const Bytes>& data) {
 
 }  // namespace
 
-// The newest bytes of parts of a block whose stored content is not in memory: a block written in
-// part and not read since. Kept in pages allocated as they are written, with one bit per 512-byte
-// sector that holds new bytes. Only whole sectors are kept (other writes merge with the block).
+// The newest bytes of parts of a block, kept apart from the rest of it: a block written in part
+// that was not in memory, or was clean in memory (then the stored content stays beside it, as a
+// base that may be dropped to make room). Kept in pages allocated as they are written, with one
+// bit per 512-byte sector that holds new bytes. Only whole sectors are kept (other writes merge
+// with the block).
 class BlockOverlay {
  public:
   static constexpr uint32_t kSector = 512;
@@ -65,6 +67,11 @@ class BlockOverlay {
   uint32_t block_size() const { return block_size_; }
   // The block is known not to be stored: what is not in the overlay is zeros.
   bool base_zero() const { return base_zero_; }
+  // The stored content, if kept (null: not kept, or base_zero).
+  const std::shared_ptr<const Bytes>& base() const { return base_; }
+  void set_base(std::shared_ptr<const Bytes> base) { base_ = std::move(base); }
+  // Whether the rest of the block is known without reading the store.
+  bool BaseKnown() const { return base_zero_ || base_ != nullptr; }
   // Bytes of memory it holds (pages and bookkeeping).
   uint64_t Cost() const { return CostWith(0); }
   // Bytes it would hold after Apply(offset, len).
@@ -100,14 +107,23 @@ class BlockOverlay {
       ++present_;
     }
   }
-  // REQUIRES: Covers(offset, out.size()).
+  // Copies bytes [offset, offset + out.size()) of the block as it is now to out.
+  // REQUIRES: Covers(offset, out.size()) or BaseKnown().
   void CopyOut(uint32_t offset, std::span<uint8_t> out) const {
-    for (size_t done = 0; done < out.size();) {
-      const uint32_t at = offset + static_cast<uint32_t>(done);
-      const uint32_t p = at / page_size_, in = at % page_size_;
-      const size_t n = std::min<size_t>(page_size_ - in, out.size() - done);
-      std::memcpy(out.data() + done, pages_[p].get() + in, n);
-      done += n;
+    if (out.empty()) return;
+    if (!Covers(offset, out.size())) {
+      if (base_)
+        std::memcpy(out.data(), base_->data() + offset, out.size());
+      else
+        std::memset(out.data(), 0, out.size());
+    }
+    const uint64_t end = offset + uint64_t{out.size()};
+    for (uint32_t sec = offset / kSector; sec * uint64_t{kSector} < end; ++sec) {
+      if (!Test(sec)) continue;
+      const uint64_t lo = std::max<uint64_t>(offset, sec * uint64_t{kSector});
+      const uint64_t hi = std::min<uint64_t>(end, (sec + 1) * uint64_t{kSector});
+      std::memcpy(out.data() + (lo - offset), pages_[lo / page_size_].get() + lo % page_size_,
+                  hi - lo);
     }
   }
   // Copies every sector it holds over `block` (block_size bytes).
@@ -140,6 +156,7 @@ class BlockOverlay {
   const uint32_t block_size_;
   const uint32_t page_size_;
   const bool base_zero_;
+  std::shared_ptr<const Bytes> base_;
   std::vector<std::unique_ptr<uint8_t[]>> pages_;
   std::vector<uint64_t> bits_;
   uint32_t present_ = 0;     // sectors set
@@ -171,6 +188,7 @@ struct CacheEntry {
   uint64_t dirty_seq = 0;    // sequence number of the oldest write not yet stored (when dirty)
   uint64_t redirty_seq = 0;  // the first write while busy (it becomes dirty_seq on success)
   uint64_t cost = 0;         // bytes charged to the cache (when valid or overlay)
+  uint64_t base_cost = 0;    // bytes charged for the overlay's base (clean: not dirty)
   Clock::time_point ready_since;  // when it joined a ready list
   Clock::time_point retry_at;     // when a failed upload may be tried again
 };
@@ -240,6 +258,10 @@ class CacheStore::ExportCache {
   // Moves protected entries beyond the protected share back to probation.
   void DemoteLocked();
 
+  // Stops charging (and keeping) overlay entry e's base.
+  void DropBaseLocked(CacheEntry* e);
+  // Turns clean, valid, idle entry e into an overlay entry (dirty) whose base is its content.
+  void MakeOverlayLocked(CacheEntry* e, uint32_t block_size);
   // Charges entry e (valid or overlay) `cost` bytes from now on.
   void RechargeLocked(CacheEntry* e, uint64_t cost);
   // Makes overlay entry e valid: its overlay merged onto base (the stored block, or zeros).
@@ -344,6 +366,7 @@ class CacheStore::ExportCache {
   uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
   uint64_t fetch_bytes_ = 0;      // expected cost of the fetches in flight
   uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
+  uint64_t bases_ = 0;            // overlay entries that keep their base (on ready_data_ or not)
   uint64_t resolve_bytes_ = 0;    // the part of fetch_bytes_ that is the rest of blocks written in part
   bool readahead_held_ = false;   // a fetcher waits for readahead_bytes_ to fall
   uint64_t last_block_size_ = kDefaultBlockSize;
@@ -439,7 +462,18 @@ void CacheStore::ExportCache::EvictLocked() {
   // Blocks on their way in count too: what the process holds is the cache plus its fetches.
   while (cached_bytes_ + fetch_bytes_ > budget_) {
     std::list<CacheEntry*>* from = !probation_.empty() ? &probation_ : &protected_;
-    if (from->empty()) return;  // everything left is dirty or busy: it stays until stored
+    if (from->empty()) {
+      // Everything left is dirty or busy, and stays until stored; but the stored content kept
+      // beside a block's written parts can go (it is read again when the block is stored).
+      if (bases_ == 0) return;
+      for (auto it = ready_data_.rbegin(); it != ready_data_.rend(); ++it) {
+        CacheEntry* d = *it;
+        if (d->base_cost == 0) continue;
+        DropBaseLocked(d);
+        break;
+      }
+      continue;
+    }
     CacheEntry* e = from->back();
     Unlink(e);
     cached_bytes_ -= e->cost;
@@ -694,8 +728,9 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
       return Status::Ok();
     }
     if (e->overlay) {
-      if (copied != nullptr && !out.empty() && e->overlay->Covers(offset, out.size())) {
-        ++stats_.hits;  // the bytes asked for were all written since the block was last read
+      if (copied != nullptr && !out.empty() &&
+          (e->overlay->BaseKnown() || e->overlay->Covers(offset, out.size()))) {
+        ++stats_.hits;  // the parts written and the rest of the block are in memory
         e->overlay->CopyOut(offset, out);
         *copied = true;
         return Status::Ok();
@@ -771,6 +806,7 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
     slot->id = id;
   }
   CacheEntry* e = slot.get();
+  DropBaseLocked(e);
   const bool was_valid = e->valid;
   const bool charged = was_valid || e->overlay;
   const uint64_t old_cost = charged ? e->cost : 0;
@@ -805,6 +841,36 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
   return e;
 }
 
+void CacheStore::ExportCache::DropBaseLocked(CacheEntry* e) {
+  if (e->base_cost == 0) return;
+  cached_bytes_ -= e->base_cost;
+  e->base_cost = 0;
+  --bases_;
+  if (e->overlay) e->overlay->set_base(nullptr);
+}
+
+void CacheStore::ExportCache::MakeOverlayLocked(CacheEntry* e, uint32_t block_size) {
+  Unlink(e);
+  if (!e->prefetched) e->hot = true;  // a second use
+  e->prefetched = false;
+  auto overlay = std::make_unique<BlockOverlay>(block_size, /*base_zero=*/e->data == nullptr);
+  const uint64_t old_cost = e->cost;
+  if (e->data) {
+    e->base_cost = e->data->size();
+    ++bases_;
+    overlay->set_base(std::move(e->data));
+  }
+  e->data.reset();
+  e->valid = false;
+  e->overlay = std::move(overlay);
+  e->cost = e->overlay->Cost() + kEntryOverhead;
+  cached_bytes_ = cached_bytes_ + e->cost + e->base_cost - old_cost;
+  e->dirty = true;
+  e->dirty_seq = ++seq_;
+  dirty_.emplace(e->dirty_seq, e);
+  dirty_bytes_ += e->cost;
+}
+
 void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
   cached_bytes_ = cached_bytes_ + cost - e->cost;
   if (e->dirty) dirty_bytes_ = dirty_bytes_ + cost - e->cost;
@@ -815,6 +881,7 @@ void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
 
 void CacheStore::ExportCache::CompleteOverlayLocked(CacheEntry* e, Bytes base) {
   e->overlay->MergeInto(base.data());
+  DropBaseLocked(e);
   e->overlay.reset();
   e->valid = true;
   if (IsAllZero(base.data(), base.size())) {
@@ -885,7 +952,10 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
   Bytes base;
   bool found = false;
   Status s;
-  if (!e->overlay->base_zero()) {
+  if (const auto& known = e->overlay->base()) {
+    base.assign(known->begin(), known->end());
+    found = true;
+  } else if (!e->overlay->base_zero()) {
     e->resolving = true;
     const uint64_t token = e->fetch_token = ++next_token_;
     // Charged like a fetch, so that the cache makes room for the whole block first.
@@ -1036,11 +1106,16 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
                                            bool fua) {
   if (!fua && BlockOverlay::Aligned(offset, data.size())) {
     std::unique_lock<std::mutex> lk(mu_);
+    // A clean block in memory (of the right length) keeps its content as the base of an overlay:
+    // only the bytes written count as dirty, and storing it reads nothing.
+    auto clean = [&](const CacheEntry* e) {
+      return e->valid && !e->dirty && !e->busy && (!e->data || e->data->size() == block_size);
+    };
     for (;;) {
       auto it = entries_.find(id);
       CacheEntry* e = it == entries_.end() ? nullptr : it->second.get();
-      if (e != nullptr && e->valid) {
-        // In memory: merge now.
+      if (e != nullptr && e->valid && !clean(e)) {
+        // Dirty in memory already (or being stored): merge now.
         bool done = false;
         S3B_RETURN_IF_ERROR(MergeLocked(lk, e, block_size, offset, data, &done));
         if (!done) continue;
@@ -1048,19 +1123,20 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
         return Status::Ok();
       }
-      if (e != nullptr && !e->overlay) {
-        state_cv_.wait(lk);  // a fetch is pending: merge with what it brings
+      if (e != nullptr && !e->valid && !e->overlay) {
+        state_cv_.wait(lk);  // a fetch is pending: look again when it is done
         continue;
       }
-      // Not in memory: keep just these bytes; the rest is read when the block is stored (not
-      // at all if writes fill the block first, or it is known to be zeros).
+      // Keep just these bytes; the rest is read when the block is stored (not at all if writes
+      // fill the block first, or it is known).
       const uint64_t need =
-          kEntryOverhead + (e != nullptr ? e->overlay->CostAfter(offset, data.size())
-                                         : BlockOverlay(block_size, base_zero)
-                                               .CostAfter(offset, data.size()));
+          kEntryOverhead + (e != nullptr && e->overlay
+                                ? e->overlay->CostAfter(offset, data.size())
+                                : BlockOverlay(block_size, base_zero).CostAfter(offset, data.size()));
       S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, need));
       it = entries_.find(id);
-      if (it == entries_.end() ? e != nullptr : it->second.get() != e || !e->overlay)
+      CacheEntry* now = it == entries_.end() ? nullptr : it->second.get();
+      if (now != e || (e != nullptr && !e->overlay && !clean(e)))
         continue;  // changed while waiting for room: look again
       if (e == nullptr) {
         auto& slot = entries_[id];
@@ -1072,6 +1148,8 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         e->dirty_seq = ++seq_;
         dirty_.emplace(e->dirty_seq, e);
         ++cached_blocks_;
+      } else if (!e->overlay) {
+        MakeOverlayLocked(e, block_size);
       }
       e->overlay->Apply(offset, data);
       ++e->gen;
