@@ -346,7 +346,8 @@ class CacheStore::ExportCache {
   const uint64_t inflight_limit_;
 
   mutable std::mutex mu_;
-  // Signalled when an entry's fetch or upload finishes, and when an upload fails.
+  // Signalled when an entry's fetch or upload finishes (or the rest of a block written in part
+  // has been read), when an upload fails, and when an upload starts with writers waiting.
   std::condition_variable state_cv_;
   std::condition_variable upload_cv_;  // work for the uploaders
   std::condition_variable fetch_cv_;   // work for the fetchers
@@ -466,12 +467,13 @@ void CacheStore::ExportCache::EvictLocked() {
       // Everything left is dirty or busy, and stays until stored; but the stored content kept
       // beside a block's written parts can go (it is read again when the block is stored).
       if (bases_ == 0) return;
-      for (auto it = ready_data_.rbegin(); it != ready_data_.rend(); ++it) {
-        CacheEntry* d = *it;
-        if (d->base_cost == 0) continue;
-        DropBaseLocked(d);
-        break;
+      bool dropped = false;
+      for (auto it = ready_data_.rbegin(); it != ready_data_.rend() && !dropped; ++it) {
+        if ((*it)->base_cost == 0) continue;
+        DropBaseLocked(*it);
+        dropped = true;
       }
+      if (!dropped) return;
       continue;
     }
     CacheEntry* e = from->back();

@@ -29,7 +29,9 @@ size_t OnBody(char* data, size_t size, size_t n, void* user) {
     return 0;  // makes libcurl fail the transfer with CURLE_WRITE_ERROR
   }
   if (ToData(t)) {
-    t->response->data->insert(t->response->data->end(), data, data + len);
+    // As bytes: inserting chars into a vector of uint8_t converts them one at a time.
+    const auto* bytes = reinterpret_cast<const uint8_t*>(data);
+    t->response->data->insert(t->response->data->end(), bytes, bytes + len);
   } else {
     t->response->body.append(data, len);
   }
