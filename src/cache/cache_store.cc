@@ -171,8 +171,9 @@ struct CacheEntry {
   uint64_t id = 0;
   // When valid: the content; null means absent (not stored, deleted, or all zeros).
   std::shared_ptr<const Bytes> data;
-  // When set: the block was written in part and the rest of it is not in memory. The entry is
-  // then dirty and not valid, and it is never busy: the rest is read (resolved) first.
+  // When set: the block was written in part, and its parts are kept apart from the rest (which
+  // is in memory only if the overlay keeps a base). The entry is then dirty and not valid, and it
+  // is never busy: it is made whole (resolved) before it is stored.
   std::unique_ptr<BlockOverlay> overlay;
   bool valid = false;       // data is the block's content (else a fetch is pending, or overlay)
   bool resolving = false;   // the rest of an overlay's block is being read
@@ -271,7 +272,8 @@ class CacheStore::ExportCache {
   // Sets *done to false if e changed while the lock was released (the caller looks again).
   Status MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, uint32_t block_size,
                      uint32_t offset, std::span<const uint8_t> data, bool* done);
-  // Reads the rest of overlay entry e (unless it is known to be zeros) and completes it.
+  // Makes overlay entry e whole: merges its parts onto its base, read from the store unless it
+  // is known (zeros, or kept).
   // For an uploader (for_upload): on success *out is the entry, idle and dirty, unlinked for the
   // caller to store (null if someone else stores it); on failure the failure is recorded as an
   // upload's. For a reader: *out is the entry if it is valid now.
@@ -322,7 +324,8 @@ class CacheStore::ExportCache {
   // A reader's read of `len` bytes of the block (of block_size bytes) is noted for read-ahead;
   // with len 0, nothing is noted (the read of a read-modify-write).
   // With `copied`: if the block was written in part and those parts hold all of `out` (bytes
-  // from `offset`), they are copied to out instead, and *copied is set.
+  // from `offset`), or the rest of the block is known, the bytes are copied to out instead, and
+  // *copied is set.
   Status Lookup(uint64_t id, uint32_t len, uint32_t block_size,
                 std::shared_ptr<const Bytes>* content, uint32_t offset = 0,
                 std::span<uint8_t> out = {}, bool* copied = nullptr);
@@ -738,7 +741,8 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
         return Status::Ok();
       }
       if (!e->resolving) {
-        ++stats_.misses;
+        // A store read, unless the rest of the block is known.
+        if (e->overlay->BaseKnown()) ++stats_.hits; else ++stats_.misses;
         CacheEntry* got = nullptr;
         S3B_RETURN_IF_ERROR(ResolveLocked(lk, e, /*for_upload=*/false, &got));
         if (got != nullptr) {
