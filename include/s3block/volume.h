@@ -149,8 +149,8 @@ class Volume {
   const ExportMeta meta_;
   const bool readonly_;
   bool created_ = false;
-  // Read with std::atomic_load: Close() drops it while writers may be checking it.
-  std::shared_ptr<ExportLease> lease_;
+  // Atomic: Close() drops it while writers may be checking it.
+  std::atomic<std::shared_ptr<ExportLease>> lease_;
   std::string lease_warning_;
   std::atomic<bool> closed_{false};
   std::mutex close_mu_;

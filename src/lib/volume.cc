@@ -131,7 +131,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   }
   std::shared_ptr<Volume> v(new Volume(store, std::string(name), meta, options.readonly));
   v->created_ = created;
-  v->lease_ = std::shared_ptr<ExportLease>(std::move(lease));
+  v->lease_.store(std::shared_ptr<ExportLease>(std::move(lease)));
   v->lease_warning_ = std::move(lease_warning);
   v->encoding_note_ = std::move(encoding_note);
   S3B_RETURN_IF_ERROR(
@@ -154,7 +154,7 @@ Status Volume::CheckRange(uint64_t count, uint64_t offset, bool write) const {
   if (write && closed_.load(std::memory_order_acquire))
     return Status::Error(ESHUTDOWN, "export '" + QuoteForMessage(name_) + "' has been closed");
   if (write) {
-    if (auto lease = std::atomic_load(&lease_)) S3B_RETURN_IF_ERROR(lease->Valid());
+    if (auto lease = lease_.load()) S3B_RETURN_IF_ERROR(lease->Valid());
   }
   if (offset > meta_.size || count > meta_.size - offset) {
     return Status::Error(write ? ENOSPC : EINVAL,
@@ -378,7 +378,7 @@ Status Volume::Zero(uint64_t count, uint64_t offset, bool may_trim, bool fast_ze
 Status Volume::Flush() {
   stats_.flushes.fetch_add(1, std::memory_order_relaxed);
   if (readonly_) return Status::Ok();
-  if (auto lease = std::atomic_load(&lease_)) S3B_RETURN_IF_ERROR(lease->Valid());
+  if (auto lease = lease_.load()) S3B_RETURN_IF_ERROR(lease->Valid());
   return store_->Flush(name_).Annotate("flush export '" + QuoteForMessage(name_) + "'");
 }
 
@@ -390,7 +390,7 @@ Status Volume::Close() {
   // Writes already past their check may still be running; the store keeps them durable on its
   // own (a PUT that returned is stored) or they are lost with the process, as unflushed writes
   // may be. The lease goes only after the flush, so nobody else writes before ours are stored.
-  std::atomic_store(&lease_, std::shared_ptr<ExportLease>());
+  lease_.store(nullptr);
   return s;
 }
 
