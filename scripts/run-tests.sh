@@ -28,6 +28,8 @@ ext4_param_sets=(
   "cache=false"
   "cache=false compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
   "cache=true cache-size=256K dirty-size=64K"    # the cache, smaller than the working set
+  # Blocks larger than ext4's: its writes are parts of blocks, kept apart and merged later.
+  "block-size=64K cache-size=2M dirty-size=512K"
 )
 # Parameter sets the ext4 round trip runs with on the S3 store only: the disk cache (its directory
 # made fresh by this script, removed at exit), under a small block cache so that reads reach it.
