@@ -74,6 +74,12 @@ class BlockOverlay {
   bool BaseKnown() const { return base_zero_ || base_ != nullptr; }
   // Bytes of memory it holds (pages and bookkeeping).
   uint64_t Cost() const { return CostWith(0); }
+  // Bytes a new overlay of a block of block_size would hold after Apply(offset, len).
+  static uint64_t NewCost(uint32_t block_size, uint32_t offset, size_t len) {
+    const uint32_t page = std::min(kPage, block_size);
+    const uint64_t touched = (offset + len + page - 1) / page - offset / page;
+    return Bookkeeping(block_size, touched, page);
+  }
   // Bytes it would hold after Apply(offset, len).
   uint64_t CostAfter(uint32_t offset, size_t len) const {
     uint64_t more = 0;
@@ -149,8 +155,12 @@ class BlockOverlay {
  private:
   bool Test(uint32_t sec) const { return (bits_[sec / 64] >> (sec % 64)) & 1; }
   uint64_t CostWith(uint64_t more_pages) const {
-    return (pages_used_ + more_pages) * page_size_ + pages_.size() * sizeof(pages_[0]) +
-           bits_.size() * sizeof(uint64_t);
+    return Bookkeeping(block_size_, pages_used_ + more_pages, page_size_);
+  }
+  // Pages of page bytes, the page table and the sector bits of a block of block_size.
+  static uint64_t Bookkeeping(uint32_t block_size, uint64_t pages, uint32_t page) {
+    return pages * page + uint64_t{block_size / page} * sizeof(std::unique_ptr<uint8_t[]>) +
+           uint64_t{(block_size / kSector + 63) / 64} * sizeof(uint64_t);
   }
 
   const uint32_t block_size_;
@@ -294,6 +304,12 @@ class CacheStore::ExportCache {
   // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
   Status StoreNowLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
                         std::shared_ptr<const Bytes> buf);
+  // Dirty bytes that no upload has taken yet.
+  uint64_t PendingBytesLocked() const { return dirty_bytes_ - inflight_bytes_; }
+  // Wakes an uploader if what waits for one has passed the upload threshold.
+  void WakeUploaderIfDueLocked() {
+    if (PendingBytesLocked() > upload_threshold_) upload_cv_.notify_one();
+  }
   // Whether uploads in flight leave room for one of entry e.
   bool RoomToUploadLocked(const CacheEntry* e) const;
   // Whether a background uploader may start on entry e now.
@@ -1018,7 +1034,7 @@ Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& 
     auto it = entries_.find(id);
     // The limit is on dirty data that no upload has taken yet: uploads in flight are bounded
     // apart (inflight_limit_), so writers go on while they run.
-    const uint64_t pending = dirty_bytes_ - inflight_bytes_;
+    const uint64_t pending = PendingBytesLocked();
     const uint64_t already = it != entries_.end() && it->second->dirty && !it->second->busy
                                  ? it->second->cost
                                  : 0;
@@ -1103,7 +1119,7 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
   S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(buf)));
   SetContentLocked(id, std::move(buf));
   EvictLocked();
-  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+  WakeUploaderIfDueLocked();
   return Status::Ok();
 }
 
@@ -1126,7 +1142,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         S3B_RETURN_IF_ERROR(MergeLocked(lk, e, block_size, offset, data, &done));
         if (!done) continue;
         EvictLocked();
-        if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+        WakeUploaderIfDueLocked();
         return Status::Ok();
       }
       if (e != nullptr && !e->valid && !e->overlay) {
@@ -1138,7 +1154,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
       const uint64_t need =
           kEntryOverhead + (e != nullptr && e->overlay
                                 ? e->overlay->CostAfter(offset, data.size())
-                                : BlockOverlay(block_size, base_zero).CostAfter(offset, data.size()));
+                                : BlockOverlay::NewCost(block_size, offset, data.size()));
       S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, need));
       it = entries_.find(id);
       CacheEntry* now = it == entries_.end() ? nullptr : it->second.get();
@@ -1164,7 +1180,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
       if (e->overlay->Full()) CompleteOverlayLocked(e, Bytes(block_size, 0));
       if (!e->busy && !e->resolving) PushReady(e);
       EvictLocked();
-      if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+      WakeUploaderIfDueLocked();
       return Status::Ok();
     }
   }
@@ -1198,13 +1214,13 @@ Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) 
     SetContentLocked(id, nullptr);
   }
   EvictLocked();
-  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) upload_cv_.notify_one();
+  WakeUploaderIfDueLocked();
   return Status::Ok();
 }
 
 bool CacheStore::ExportCache::EligibleLocked(const CacheEntry* e, Clock::time_point now) const {
   if (!flushes_.empty() || writers_waiting_ > 0 || stopping_) return true;
-  if (dirty_bytes_ - inflight_bytes_ > upload_threshold_) return true;
+  if (PendingBytesLocked() > upload_threshold_) return true;
   return now - e->ready_since >= std::chrono::duration<double>(options_.max_dirty_age);
 }
 
