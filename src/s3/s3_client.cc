@@ -3,13 +3,21 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <thread>
 
+#include "codec/crc32c.h"
 #include "s3/xml.h"
 #include "s3block/params.h"
 
 namespace s3block {
+std::string Crc32cHex(std::span<const uint8_t> data) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", Crc32c(0, data.data(), data.size()));
+  return hex;
+}
+
 bool IsHexMd5(std::string_view s) {
   if (s.size() != 32) return false;
   return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
@@ -56,14 +64,22 @@ std::string Lower(std::string s) {
   return s;
 }
 
-// Checks a 200 GET body against Content-Length and the object's MD5. Mismatches are reported
-// as errors to retry: they come from the wire or a faulty server, not from the request.
-Status VerifyBody(const HttpResponse& r, bool check_md5) {
+// Checks a 200 GET body against Content-Length and the checksum recorded with the object (its
+// CRC-32C, or the MD5 of earlier versions, or else a plain-MD5 ETag). Mismatches are reported as
+// errors to retry: they come from the wire or a faulty server, not from the request.
+Status VerifyBody(const HttpResponse& r, bool check_content) {
   const std::span<const uint8_t> body = r.Body();
   std::string length = r.Header("content-length");
   if (!length.empty() && length != std::to_string(body.size()))
     return Status::IoError("received " + std::to_string(body.size()) + " bytes but Content-Length is " + length);
-  if (!check_md5) return Status::Ok();
+  if (!check_content) return Status::Ok();
+  std::string crc = r.Header(kCrc32cMetaHeader);
+  if (!crc.empty()) {
+    if (Lower(crc) != Crc32cHex(body))
+      return Status::IoError("content does not match the CRC-32C recorded with the object (" + crc +
+                             "): corrupted object or transfer");
+    return Status::Ok();
+  }
   std::string meta = r.Header(kMd5MetaHeader);
   std::vector<uint8_t> md5 = Md5(body);
   if (!meta.empty()) {
@@ -200,9 +216,8 @@ Status S3Client::GetObject(const std::string& key, std::string* body, bool* foun
 }
 
 Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body) {
-  std::string md5 = Base64Encode(Md5(body));
   Request req{"PUT", key, {},
-              {{"Content-Type", "application/octet-stream"}, {"Content-MD5", md5}, {kMd5MetaHeader, md5}},
+              {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, Crc32cHex(body)}},
               body, false};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
@@ -254,10 +269,10 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
                                       std::string* etag, bool* precondition_failed) {
   *precondition_failed = false;
   etag->clear();
-  std::string md5 = Base64Encode(Md5(body));
+  const std::string crc = Crc32cHex(body);
   for (int form = 0; form < 2; ++form) {
     Request req{"PUT", key, {},
-                {{"Content-Type", "application/octet-stream"}, {"Content-MD5", md5}, {kMd5MetaHeader, md5}},
+                {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, crc}},
                 body, false};
     if (if_none_match_any) req.headers.push_back({"If-None-Match", "*"});
     if (!if_match.empty())

@@ -1,13 +1,14 @@
-// The S3 client against a scripted HTTP server: what it sends (signature headers, Content-MD5,
-// key encoding, no Expect), how it treats answers a healthy S3 server does not give (truncated
-// bodies, wrong ETags, non-XML errors), which failures it retries and for how long, and that
-// connections are reused.
+// The S3 client against a scripted HTTP server: what it sends (signature headers, the content's
+// CRC-32C, key encoding, no Expect), how it treats answers a healthy S3 server does not give
+// (truncated bodies, wrong checksums or ETags, non-XML errors), which failures it retries and for
+// how long, and that connections are reused.
 #include "s3/s3_client.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 
+#include "codec/crc32c.h"
 #include "fake_http_server.h"
 #include "s3block/block_store.h"
 #include "s3/xml.h"
@@ -61,9 +62,11 @@ TEST(S3Client, PutSendsChecksumsSignatureAndEncodedKey) {
   EXPECT_EQ(r.method, "PUT");
   EXPECT_EQ(r.target, "/bucket/p/exports/my%20disk%20%25%C3%A9/blocks/7");
   EXPECT_EQ(r.body, body);
-  std::string md5 = Base64Encode(Md5(AsBytes(body)));
-  EXPECT_EQ(r.headers.at("content-md5"), md5);
-  EXPECT_EQ(r.headers.at(kMd5MetaHeader), md5);
+  char crc[9];
+  std::snprintf(crc, sizeof crc, "%08x", Crc32c(0, body.data(), body.size()));
+  EXPECT_EQ(r.headers.at(kCrc32cMetaHeader), crc);
+  EXPECT_EQ(r.headers.count("content-md5"), 0u);  // the signed SHA-256 of the body covers it
+  EXPECT_EQ(r.headers.count(kMd5MetaHeader), 0u);
   EXPECT_EQ(r.headers.at("x-amz-content-sha256"), Sha256Hex(std::string_view(body)));
   EXPECT_EQ(r.headers.at("content-type"), "application/octet-stream");
   EXPECT_EQ(r.headers.count("expect"), 0u);
@@ -71,8 +74,8 @@ TEST(S3Client, PutSendsChecksumsSignatureAndEncodedKey) {
   EXPECT_EQ(r.headers.at("x-amz-date").size(), 16u);
   const std::string& auth = r.headers.at("authorization");
   EXPECT_EQ(auth.rfind("AWS4-HMAC-SHA256 Credential=AKFAKE/", 0), 0u) << auth;
-  EXPECT_NE(auth.find("SignedHeaders=content-md5;content-type;host;x-amz-content-sha256;x-amz-date;"
-                      "x-amz-meta-s3block-md5"),
+  EXPECT_NE(auth.find("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;"
+                      "x-amz-meta-s3block-crc32c"),
             std::string::npos)
       << auth;
   for (const auto& [k, v] : r.headers) EXPECT_EQ(v.find(kSecret), std::string::npos) << k;
@@ -82,6 +85,13 @@ TEST(S3Client, GetVerifiesBodyAgainstEtagAndMetaMd5) {
   std::string good = "block content";
   FakeHttpServer server([&](const FakeRequest& r) {
     if (r.target.find("good") != std::string::npos) return Ok(good);
+    if (r.target.find("md5meta") != std::string::npos) {
+      FakeResponse f;  // an object of an earlier version: its MD5 recorded, a multipart ETag
+      f.body = good;
+      f.headers.emplace_back("ETag", "\"0123-2\"");
+      f.headers.emplace_back(kMd5MetaHeader, Base64Encode(Md5(AsBytes(good))));
+      return f;
+    }
     if (r.target.find("badetag") != std::string::npos) {
       FakeResponse f = Ok(good);
       f.body[0] ^= 1;  // the body changed on the way; the ETag is the stored one
@@ -109,6 +119,58 @@ TEST(S3Client, GetVerifiesBodyAgainstEtagAndMetaMd5) {
   s = client->GetObject("badmeta", &body, &found);
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("MD5 recorded"), std::string::npos) << s.message();
+
+  ASSERT_OK(client->GetObject("md5meta", &body, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(body, good);
+}
+
+// An object this client wrote carries its CRC-32C: a GET checks the body against it (and not
+// against the ETag or an MD5, which it then need not compute).
+TEST(S3Client, GetVerifiesBodyAgainstRecordedCrc32c) {
+  const std::string good(200000, 'c');
+  std::atomic<int> flipped{0};
+  FakeHttpServer server([&](const FakeRequest& r) {
+    FakeResponse f;
+    f.body = good;
+    f.headers.emplace_back(kCrc32cMetaHeader, Crc32cHex(AsBytes(good)));
+    if (r.target.find("upper") != std::string::npos) {
+      f.headers.back().second = Crc32cHex(AsBytes(good));
+      for (char& ch : f.headers.back().second) ch = static_cast<char>(std::toupper(ch));
+    }
+    // The CRC-32C wins over the ETag: a multipart-style ETag, or one that is wrong, is not looked at.
+    f.headers.emplace_back("ETag", r.target.find("etag") != std::string::npos
+                                       ? "\"" + Md5Hex("something else") + "\""
+                                       : std::string("\"abc-3\""));
+    if (r.target.find("flipped") != std::string::npos) {
+      f.body[12345] ^= 0x10;  // one bit changed on the way
+      ++flipped;
+    }
+    if (r.target.find("once") != std::string::npos && flipped++ == 0) f.body[7] ^= 1;
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 0.3);
+  Bytes data;
+  bool found = false;
+  for (const char* key : {"good", "upper", "etag"}) {
+    SCOPED_TRACE(key);
+    ASSERT_OK(client->GetObject(key, &data, &found));
+    EXPECT_TRUE(found);
+    EXPECT_EQ(data, Bytes(good.begin(), good.end()));
+  }
+
+  Status s = client->GetObject("flipped", &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("CRC-32C recorded"), std::string::npos) << s.message();
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+  EXPECT_GT(flipped.load(), 1);  // retried: a corrupted transfer is transient
+
+  // A body corrupted once is fetched again and the good copy returned.
+  flipped = 0;
+  ASSERT_OK(client->GetObject("once", &data, &found));
+  EXPECT_EQ(data, Bytes(good.begin(), good.end()));
+  EXPECT_EQ(flipped.load(), 2);
 }
 
 // Blocks are read straight into bytes; everything else about a GET is the same.

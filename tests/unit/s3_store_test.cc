@@ -352,6 +352,33 @@ TEST_F(S3StoreTest, CorruptedObjectIsAnErrorNotData) {
   EXPECT_NE(s.message().find(env_.bucket), std::string::npos) << s.message();
 }
 
+// Against the real server: a block carries the CRC-32C of its content, the server keeps it and
+// gives it back, and a body that does not match it is an error, not data.
+TEST_F(S3StoreTest, BlocksCarryTheirCrc32cAndAMismatchIsAnError) {
+  const std::string e = "crc";
+  Bytes block = Pattern(4096, 9);
+  ASSERT_OK(store_->Write(e, 3, block, false));
+  std::string empty_sha = Sha256Hex(std::string_view());
+  std::string head = Curl("-D - -o /dev/null", "/" + env_.bucket + "/" + UriEncodePath(store_->BlockKey(e, 3)),
+                          "-H 'x-amz-content-sha256: " + empty_sha + "'");
+  for (char& ch : head) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  EXPECT_NE(head.find(std::string(kCrc32cMetaHeader) + ": " + Crc32cHex(block)), std::string::npos) << head;
+
+  Config c = BaseConfig();
+  c.retry_timeout = 0.5;
+  std::shared_ptr<S3Store> store;
+  ASSERT_OK(MakeStore(&store, c));
+  CurlPut(store->BlockKey(e, 4), "damaged content",
+          std::string("-H '") + kCrc32cMetaHeader + ": " + Crc32cHex(AsBytes("the original content")) + "'");
+  Bytes data;
+  bool found = true;
+  Status s = store->Read(e, 4, &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_FALSE(found);
+  EXPECT_TRUE(data.empty());
+  EXPECT_NE(s.message().find("CRC-32C"), std::string::npos) << s.message();
+}
+
 TEST_F(S3StoreTest, WrongLengthBlockIsAnIoErrorThroughTheVolume) {
   VolumeOptions vo;
   vo.size = 1 << 20;
