@@ -368,6 +368,19 @@ class CacheStore::ExportCache {
   // Signalled when an entry's fetch or upload finishes (or the rest of a block written in part
   // has been read), when an upload fails, and when an upload starts with writers waiting.
   std::condition_variable state_cv_;
+  // Readers and writers waiting for the fetch of one block (or the read of the rest of a block
+  // written in part) wait on the one of these its id picks, so that a finished fetch wakes the
+  // threads waiting for that block (and few others), not every thread waiting for any block: at
+  // 4 KiB blocks, a sequential reader's parallel requests each wait for their next block, and
+  // waking all of them for every block was a context switch each. Signalled where state_cv_
+  // is, except that a finished fetch signals only its block's.
+  static constexpr size_t kBlockCvs = 16;
+  std::condition_variable block_cv_[kBlockCvs];
+  std::condition_variable& BlockCv(uint64_t id) { return block_cv_[id % kBlockCvs]; }
+  void NotifyAllLocked() {
+    state_cv_.notify_all();
+    for (auto& cv : block_cv_) cv.notify_all();
+  }
   std::condition_variable upload_cv_;  // work for the uploaders
   std::condition_variable fetch_cv_;   // work for the fetchers
 
@@ -535,7 +548,7 @@ void CacheStore::ExportCache::StopThreads() {
   running_ = false;
   stopping_ = false;
   DropPendingPrefetchesLocked();
-  state_cv_.notify_all();
+  NotifyAllLocked();
 }
 
 void CacheStore::ExportCache::DropPendingPrefetchesLocked() {
@@ -664,6 +677,7 @@ Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, ui
     }
   }
   state_cv_.notify_all();
+  BlockCv(id).notify_all();
   EvictLocked();
   return s;
 }
@@ -772,7 +786,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
     // rather than asking the store twice.
     if (!waited) ++stats_.coalesced;
     waited = true;
-    state_cv_.wait(lk);
+    BlockCv(id).wait(lk);
   }
   ++stats_.misses;
   CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
@@ -996,6 +1010,7 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     ++stats_.store_reads;
     stats_.store_read_bytes += base.size();
     state_cv_.notify_all();
+    BlockCv(id).notify_all();
     auto it = entries_.find(id);
     if (it == entries_.end() || it->second->fetch_token != token) {
       // Written whole with fua meanwhile, stored and evicted: nothing left to do.
@@ -1146,7 +1161,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         return Status::Ok();
       }
       if (e != nullptr && !e->valid && !e->overlay) {
-        state_cv_.wait(lk);  // a fetch is pending: look again when it is done
+        BlockCv(id).wait(lk);  // a fetch is pending: look again when it is done
         continue;
       }
       // Keep just these bytes; the rest is read when the block is stored (not at all if writes
@@ -1297,7 +1312,7 @@ Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
   }
   // Busy entries are never evicted, so the pointers are still good.
   for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
-  state_cv_.notify_all();
+  NotifyAllLocked();
   EvictLocked();
   return s;
 }
