@@ -372,8 +372,9 @@ class CacheStore::ExportCache {
   // written in part) wait on the one of these its id picks, so that a finished fetch wakes the
   // threads waiting for that block (and few others), not every thread waiting for any block: at
   // 4 KiB blocks, a sequential reader's parallel requests each wait for their next block, and
-  // waking all of them for every block was a context switch each. Signalled where state_cv_
-  // is, except that a finished fetch signals only its block's.
+  // waking all of them for every block was a context switch each. A finished fetch or read of
+  // the rest signals its block's, so does a write that supersedes a pending fetch; the end of an
+  // upload and Stop signal all of them.
   static constexpr size_t kBlockCvs = 16;
   std::condition_variable block_cv_[kBlockCvs];
   std::condition_variable& BlockCv(uint64_t id) { return block_cv_[id % kBlockCvs]; }
@@ -848,7 +849,10 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
   const uint64_t old_cost = charged ? e->cost : 0;
   Unlink(e);
   if (was_valid && !e->prefetched) e->hot = true;  // a second use
-  e->fetching = false;  // a pending fetch would return older content: this write supersedes it
+  // A pending fetch would return older content: this write supersedes it. Readers waiting for
+  // that fetch can use this content now (a read-ahead not yet started never finishes to wake them).
+  if (e->fetching) BlockCv(id).notify_all();
+  e->fetching = false;
   e->prefetched = false;
   e->overlay.reset();   // so are the parts written before, and the rest being read for them
   if (!charged) ++cached_blocks_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -731,6 +732,34 @@ TEST_F(CacheTest, SequentialReadsAreReadAhead) {
   EXPECT_GE(s.readahead_blocks, 198u);
   EXPECT_EQ(s.readahead_hits, 198u);
   EXPECT_LE(s.store_reads, 200u + o.readahead_max);
+}
+
+// A reader waiting for a block that read-ahead has queued but not yet fetched goes on as soon as
+// a write supersedes that fetch: with the only fetcher held and uploads held, nothing else would
+// ever wake it.
+TEST_F(CacheTest, WriteOverAQueuedReadAheadWakesItsReader) {
+  CacheOptions o = Options(64);
+  o.read_threads = 1;
+  o.readahead_max = 8;
+  Make(o, true);
+  for (uint64_t id = 0; id < 16; ++id) store_->Put(id, MakeBlock(id, 0));
+  ASSERT_EQ(Get(0), MakeBlock(0, 0));
+  store_->GateReads(true);
+  store_->GateWrites(true);
+  // The second read of a run queues read-ahead of the next blocks; the one fetcher takes the
+  // first of them and is held, with the reader's own fetch of block 1.
+  auto first = std::async(std::launch::async, [&] { return Get(1); });
+  store_->WaitBlockedReads(2);
+  auto reader = std::async(std::launch::async, [&] { return Get(4); });
+  while (Stats().coalesced == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_OK(Put(4, MakeBlock(4, 7)));
+  const bool woke = reader.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  EXPECT_TRUE(woke) << "the reader still waits for a fetch that will never run";
+  store_->GateReads(false);
+  store_->GateWrites(false);
+  ASSERT_OK(cache_->Flush(kExport));  // an upload's end wakes every waiter: the test ends either way
+  EXPECT_EQ(reader.get(), MakeBlock(4, 7));
+  EXPECT_EQ(first.get(), MakeBlock(1, 0));
 }
 
 TEST_F(CacheTest, ListBlocksSeesDirtyData) {
