@@ -149,6 +149,8 @@ TEST(S3Client, GetVerifiesBodyAgainstRecordedCrc32c) {
     if (r.target.find("once") != std::string::npos && flipped++ == 0) f.body[7] ^= 1;
     return f;
   });
+  EXPECT_EQ(Crc32cHex(AsBytes("123456789")), "e3069283");  // the standard check value
+  EXPECT_EQ(Crc32cHex({}), "00000000");
   auto client = MakeClient(server.endpoint(), 0.3);
   Bytes data;
   bool found = false;
