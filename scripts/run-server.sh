@@ -46,5 +46,5 @@ fi
 listen=(-p "$port")
 [ -n "${S3BLOCK_IPADDR:-}" ] && listen+=(-i "$S3BLOCK_IPADDR")
 
-s3b_log "serving ${params[0]} on port $port (export test_device by default); Ctrl-C to stop"
+s3b_log "starting nbdkit: ${params[0]} on port $port (export test_device by default); Ctrl-C to stop"
 exec nbdkit -f "${listen[@]}" "$S3BLOCK_PLUGIN" "${params[@]}"

@@ -45,7 +45,7 @@ const char kUsage[] =
     "  list                          every export: size, block size, blocks and bytes stored\n"
     "  info NAME                     one export, and the server holding it if it is served\n"
     "  resize NAME SIZE [--force]    grow (instant) or, with --force, shrink an export\n"
-    "  delete NAME [--force]         delete an export and all its blocks\n"
+    "  delete NAME [--yes]           delete an export and all its blocks\n"
     "  copy SRC DST                  copy an export to a new one (server-side on S3)\n"
     "  import NAME FILE [--block-size SIZE]\n"
     "                                create an export from a raw disk image (sparse-aware)\n"

@@ -114,7 +114,7 @@ Status Claim(BlockStore& store, std::string_view name, const AdminOptions& optio
              std::unique_ptr<ExportLease>* lease) {
   Status s = store.AcquireLease(name, DescribeThisProcess(options.holder), options.force, lease);
   if (s.err() == ENOTSUP) return Status::Ok();  // the store cannot lock; nothing to claim
-  if (s.err() == EBUSY) return s.Annotate("refusing to change it (use --force if that server is gone)");
+  if (s.err() == EBUSY) return s.Annotate("refusing to change it");
   return s;
 }
 

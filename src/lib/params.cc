@@ -77,7 +77,7 @@ Status ParseBool(std::string_view param, std::string_view text, bool* out) {
     if (EqualsIgnoreCase(text, f)) { *out = false; return Status::Ok(); }
   }
   return Status::InvalidArgument(std::string(param) + "=" + Quoted(text) +
-                                 ": expected true or false");
+                                 ": expected true, false, yes, no, on, off, 1 or 0");
 }
 
 Status ParseSeconds(std::string_view param, std::string_view text, double* out) {

@@ -301,7 +301,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
       return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                                       " is in use by " + cur.holder + " (its lease expires in " +
                                       std::to_string(left) + " s unless renewed); stop that "
-                                      "server first, or give force=true if it is dead");
+                                      "server first, or if it is dead give force=true (s3block: --force)");
     }
     S3B_RETURN_IF_ERROR(
         client_->PutObjectConditional(key, AsSpan(Serialize(doc)), false, cur_etag, &etag, &failed));
