@@ -3,7 +3,8 @@
 // Parallel PUTs of COUNT objects of OBJECT_SIZE bytes, then parallel GETs of the same objects,
 // from THREADS threads sharing one S3Client (the project's libcurl client: kept-alive
 // connections, SigV4 with the signed SHA-256 of each body, the CRC-32C recorded on PUT and checked
-// on GET). No block device, no cache: only the requests. Each phase stops after COUNT objects or SECONDS seconds, whichever comes first.
+// on GET). No block device, no cache: only the requests. Each phase stops after COUNT objects or
+// SECONDS seconds, whichever comes first.
 //
 //   s3ceiling ENDPOINT BUCKET PREFIX OBJECT_SIZE COUNT THREADS SECONDS
 //

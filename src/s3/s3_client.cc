@@ -64,6 +64,11 @@ std::string Lower(std::string s) {
   return s;
 }
 
+std::string Unquote(std::string etag) {
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
+  return etag;
+}
+
 // Checks a 200 GET body against Content-Length and the checksum recorded with the object (its
 // CRC-32C, or the MD5 of earlier versions, or else a plain-MD5 ETag). Mismatches are reported as
 // errors to retry: they come from the wire or a faulty server, not from the request.
@@ -80,17 +85,16 @@ Status VerifyBody(const HttpResponse& r, bool check_content) {
                              "): corrupted object or transfer");
     return Status::Ok();
   }
+  // Only objects without a CRC-32C cost an MD5, and only those with a digest to compare it to.
   std::string meta = r.Header(kMd5MetaHeader);
-  std::vector<uint8_t> md5 = Md5(body);
   if (!meta.empty()) {
-    if (Base64Encode(md5) != meta)
+    if (Base64Encode(Md5(body)) != meta)
       return Status::IoError("content does not match the MD5 recorded with the object (" + meta +
                              "): corrupted object or transfer");
     return Status::Ok();
   }
-  std::string etag = r.Header("etag");
-  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
-  if (IsHexMd5(etag) && Lower(etag) != HexEncode(md5))
+  std::string etag = Unquote(r.Header("etag"));
+  if (IsHexMd5(etag) && Lower(etag) != HexEncode(Md5(body)))
     return Status::IoError("content does not match its ETag " + etag + ": corrupted object or transfer");
   return Status::Ok();
 }
@@ -225,12 +229,6 @@ Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body
   return ErrorFor("PUT", key, r);
 }
 
-namespace {
-std::string Unquote(std::string etag) {
-  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
-  return etag;
-}
-}  // namespace
 
 Status S3Client::GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
                                    std::string* etag) {
