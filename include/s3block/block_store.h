@@ -99,6 +99,18 @@ class BlockStore {
   virtual Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                        bool fua) = 0;
 
+  // As Write, for a caller whose blocks are raw bytes (every byte stands for itself): a store
+  // may then replace the stored block in place when that is cheaper. A reader still sees the old
+  // content or the new, never a mix, and durability is as for Write; but a crash (of the machine,
+  // not of the process) before the block is durable may leave it with some 4 KiB pages old and
+  // the others new, as a disk may after a write it has not yet acknowledged as flushed. A layer
+  // that transforms blocks (the codec) must not pass it on for blocks it encodes, which a mix
+  // would corrupt. This default calls Write, which is right for every layer that does not
+  // override it: a decorator's own Write.
+  virtual Status Overwrite(std::string_view export_name, uint64_t id,
+                           std::span<const uint8_t> data, bool fua) {
+    return Write(export_name, id, data, fua);
+  }
   // Deletes the given blocks; deleting a missing block is not an error. Durability as for Write.
   virtual Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) = 0;
 

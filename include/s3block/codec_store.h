@@ -80,6 +80,9 @@ class CodecStore : public StoreDecorator {
   // Encodes and stores. REQUIRES: for an encoded export, data is one block of the export's size.
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
+  // A raw export's blocks go to the store below as Overwrite; an encoded export's as Write.
+  Status Overwrite(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                   bool fua) override;
   // Copies the stored object as it is (the store's server-side copy) when nothing in it is bound
   // to its export (same encoding and block size, no encryption, no checksum); otherwise reads it
   // here and writes it again, so that it is bound (and encrypted) for its new export.

@@ -6,6 +6,11 @@
 // A missing block file reads as "not found" (zeros to the client). Writes go to a temporary file
 // in the blocks directory (a name starting with '.', which is never a block id) and are renamed
 // over the block, so a reader or a crash sees the old block or the new one, never a mix.
+// Overwrite (raw blocks only: see BlockStore::Overwrite) instead writes into the block's file
+// where it already holds a block of the same length and has no other link: no new file, no
+// rename, and the old file's blocks are not freed and allocated again (on ext4, replacing a file
+// by rename also writes the new file's data back at once). Readers are kept from seeing the
+// file half written by a lock per block; a crash before the next flush may leave a mix.
 // Durability: Flush fsyncs every file written and every directory changed since the previous
 // flush (or, when that is many files, syncfs() on the store's file system).
 //
@@ -13,8 +18,10 @@
 #ifndef S3BLOCK_FILE_STORE_H_
 #define S3BLOCK_FILE_STORE_H_
 
+#include <array>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -36,6 +43,8 @@ class FileStore : public BlockStore {
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
+  Status Overwrite(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                   bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
   Status Flush(std::string_view export_name) override;
   Status ListBlocks(std::string_view export_name,
@@ -61,18 +70,27 @@ class FileStore : public BlockStore {
  private:
   // What must be made durable at the next flush of one export.
   struct Pending {
-    std::unordered_set<uint64_t> files;  // blocks renamed into place since the last flush
+    std::unordered_set<uint64_t> files;  // blocks written since the last flush
     bool blocks_dir_changed = false;     // a rename or unlink happened in blocks/
   };
 
   // Creates exports/<name>/blocks (and parents) if missing, fsyncing each parent that changed.
   Status EnsureBlocksDir(std::string_view export_name);
   Pending& PendingFor(std::string_view export_name);  // REQUIRES: mu_ held
+  // Writes data into the existing file of block id if it holds as many bytes and has one link;
+  // *done is false otherwise (nothing was changed, or a write failed part way: either way the
+  // caller replaces the file whole).
+  Status OverwriteInPlace(std::string_view export_name, uint64_t id,
+                          std::span<const uint8_t> data, bool fua, bool* done);
+  // The lock that a reader of block id shares and an in-place writer of it holds alone.
+  std::shared_mutex& BlockLock(std::string_view export_name, uint64_t id);
 
   const std::string root_;
   std::mutex mu_;
   std::unordered_map<std::string, Pending> pending_;       // guarded by mu_
   std::unordered_set<std::string> dirs_ready_;             // guarded by mu_
+  static constexpr size_t kBlockLocks = 64;
+  std::array<std::shared_mutex, kBlockLocks> block_locks_;
 };
 
 // Writes `data` to `path` atomically and durably: a temporary file beside it, fsync, rename,

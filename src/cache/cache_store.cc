@@ -1304,7 +1304,7 @@ Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
                                            const std::vector<std::pair<CacheEntry*, uint64_t>>& taken,
                                            bool fua) {
   lk.unlock();
-  Status s = buf ? next_->Write(name_, ids[0], *buf, fua) : next_->Delete(name_, ids, fua);
+  Status s = buf ? next_->Overwrite(name_, ids[0], *buf, fua) : next_->Delete(name_, ids, fua);
   lk.lock();
   stats_.uploads_in_flight -= taken.size();
   if (buf) {

@@ -274,6 +274,14 @@ Status CodecStore::Write(std::string_view export_name, uint64_t id, std::span<co
   return next_->Write(export_name, id, object, fua);
 }
 
+Status CodecStore::Overwrite(std::string_view export_name, uint64_t id,
+                             std::span<const uint8_t> data, bool fua) {
+  std::shared_ptr<const ExportCodec> codec;
+  S3B_RETURN_IF_ERROR(Lookup(export_name, &codec));
+  if (codec->encoding.raw()) return next_->Overwrite(export_name, id, data, fua);
+  return Write(export_name, id, data, fua);
+}
+
 Status CodecStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id,
                              bool* found) {
   std::shared_ptr<const ExportCodec> a, b;

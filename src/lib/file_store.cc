@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <functional>
 #include <cstring>
 
 #include "s3block/params.h"
@@ -176,10 +177,16 @@ Status FileStore::EnsureBlocksDir(std::string_view export_name) {
   return Status::Ok();
 }
 
+std::shared_mutex& FileStore::BlockLock(std::string_view export_name, uint64_t id) {
+  const size_t h = std::hash<std::string_view>{}(export_name) ^ (id * 0x9E3779B97F4A7C15ull);
+  return block_locks_[(h ^ (h >> 29)) % kBlockLocks];
+}
+
 Status FileStore::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
   data->clear();
   *found = false;
   std::string path = BlockPath(export_name, id);
+  std::shared_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     if (errno == ENOENT) return Status::Ok();
@@ -221,6 +228,49 @@ Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<con
   Pending& p = PendingFor(export_name);
   p.files.insert(id);
   p.blocks_dir_changed = true;
+  return Status::Ok();
+}
+
+Status FileStore::Overwrite(std::string_view export_name, uint64_t id,
+                            std::span<const uint8_t> data, bool fua) {
+  bool done = false;
+  S3B_RETURN_IF_ERROR(OverwriteInPlace(export_name, id, data, fua, &done));
+  return done ? Status::Ok() : Write(export_name, id, data, fua);
+}
+
+Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
+                                   std::span<const uint8_t> data, bool fua, bool* done) {
+  *done = false;
+  const std::string path = BlockPath(export_name, id);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return Status::Ok();  // not there (or not writable): Write says why
+  struct stat st;
+  // Another link (a copy made with cp -l) would see the change; a file of another length is a
+  // block stored by something else (or cut short by a crash): both are replaced whole.
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+      st.st_size != static_cast<off_t>(data.size()) || data.empty())
+    return Status::Ok();
+  {
+    std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
+    size_t off = 0;
+    while (off < data.size()) {
+      ssize_t w = ::pwrite(fd.get(), data.data() + off, data.size() - off, static_cast<off_t>(off));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        // Part may have been written: the caller replaces the file whole instead (Write), and
+        // reports its error if that fails too.
+        return Status::Ok();
+      }
+      off += static_cast<size_t>(w);
+    }
+  }
+  *done = true;
+  if (fua) {
+    if (::fdatasync(fd.get()) != 0) return Status::FromErrno(errno, "fdatasync " + path);
+    return Status::Ok();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  PendingFor(export_name).files.insert(id);
   return Status::Ok();
 }
 

@@ -191,7 +191,7 @@ Status Volume::StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool
     return Status::Ok();
   }
   presence_.Set(id);  // before the write: a set bit only means "may be stored"
-  return store_->Write(name_, id, std::span<const uint8_t>(data, meta_.block_size), fua);
+  return store_->Overwrite(name_, id, std::span<const uint8_t>(data, meta_.block_size), fua);
 }
 
 Status Volume::WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "test_util.h"
 
@@ -120,6 +121,91 @@ TEST(FileStore, ReplaceIsAtomicForConcurrentReaders) {
   stop = true;
   reader.join();
   EXPECT_EQ(torn.load(), 0);
+}
+
+ino_t Inode(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_ino;
+}
+
+TEST(FileStore, OverwriteWritesABlockOfTheSameLengthInPlace) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const std::string path = store.BlockPath("e", 1);
+  ASSERT_OK(store.Write("e", 1, Pattern(4096, 1), false));
+  const ino_t first = Inode(path);
+  ASSERT_OK(store.Overwrite("e", 1, Pattern(4096, 2), false));
+  EXPECT_EQ(Inode(path), first);  // the same file: no new file, no rename
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store.Read("e", 1, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(4096, 2));
+  ASSERT_OK(store.Overwrite("e", 1, Pattern(4096, 3), true));  // with fua
+  EXPECT_EQ(Inode(path), first);
+  EXPECT_EQ(ReadFile(path), std::string(reinterpret_cast<const char*>(Pattern(4096, 3).data()), 4096));
+  ASSERT_OK(store.Flush("e"));
+
+  // A missing block is created as by Write.
+  ASSERT_OK(store.Overwrite("e", 2, Pattern(512, 4), false));
+  ASSERT_OK(store.Read("e", 2, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(512, 4));
+  // No temporary file is left behind by either path.
+  for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
+    EXPECT_NE(entry.path().filename().string()[0], '.') << entry.path();
+}
+
+TEST(FileStore, OverwriteReplacesAFileOfAnotherLengthOrWithAnotherLink) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const std::string path = store.BlockPath("e", 1);
+  ASSERT_OK(store.Write("e", 1, Pattern(4096, 1), false));
+  ino_t before = Inode(path);
+  // Another length: written whole into a new file, not into the old one's first bytes.
+  ASSERT_OK(store.Overwrite("e", 1, Pattern(1024, 2), false));
+  EXPECT_NE(Inode(path), before);
+  EXPECT_EQ(fs::file_size(path), 1024u);
+  // A hard link elsewhere (a copy made with cp -l) keeps the old content.
+  const std::string other = dir.path() + "/saved";
+  ASSERT_EQ(::link(path.c_str(), other.c_str()), 0);
+  before = Inode(path);
+  ASSERT_OK(store.Overwrite("e", 1, Pattern(1024, 3), false));
+  EXPECT_NE(Inode(path), before);
+  EXPECT_EQ(ReadFile(other), std::string(reinterpret_cast<const char*>(Pattern(1024, 2).data()), 1024));
+  EXPECT_EQ(ReadFile(path), std::string(reinterpret_cast<const char*>(Pattern(1024, 3).data()), 1024));
+}
+
+TEST(FileStore, OverwriteInPlaceIsAtomicForConcurrentReaders) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const Bytes a(1 << 20, 0xaa), b(1 << 20, 0xbb);
+  ASSERT_OK(store.Write("e", 1, a, false));
+  const ino_t ino = Inode(store.BlockPath("e", 1));
+  std::atomic<bool> stop{false};
+  std::atomic<int> torn{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; ++t) {
+    readers.emplace_back([&] {
+      Bytes data;
+      bool found;
+      while (!stop) {
+        if (!store.Read("e", 1, &data, &found).ok() || !found || (data != a && data != b)) ++torn;
+        ++reads;
+      }
+    });
+  }
+  // Until the readers have read many times while it was being written.
+  for (int i = 0; i < 2000 || reads < 500; ++i)
+    ASSERT_OK(store.Overwrite("e", 1, (i % 2) ? a : b, false));
+  stop = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(torn.load(), 0);
+  EXPECT_EQ(Inode(store.BlockPath("e", 1)), ino);  // it was written in place throughout
 }
 
 TEST(FileStore, EmptyFileLeftByACrashReadsAsNeverWritten) {
