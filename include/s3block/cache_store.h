@@ -48,10 +48,10 @@
 // Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
 // (known not stored, or deleted) block is charged kEntryOverhead; a block written in part, its
 // pages and their bookkeeping plus kEntryOverhead. A block being fetched (or the rest of a block
-// written in part) is
-// charged from when its fetch starts (at the size of the last block seen), so that the cache
-// evicts to make room for it before it arrives; read-ahead in flight is held to an eighth of the
-// budget.
+// written in part) is charged from when its fetch starts (at the size of the last block seen), so
+// that the cache evicts to make room for it before it arrives; read-ahead in flight is held to an
+// eighth of the budget. Content written over while an upload of it is in flight stays in memory
+// until that upload ends, and is charged until then too.
 //
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_CACHE_STORE_H_

@@ -200,6 +200,11 @@ struct CacheEntry {
   uint64_t redirty_seq = 0;  // the first write while busy (it becomes dirty_seq on success)
   uint64_t cost = 0;         // bytes charged to the cache (when valid or overlay)
   uint64_t base_cost = 0;    // bytes charged for the overlay's base (clean: not dirty)
+  // The content a store write in flight is storing (while busy with a write). Written over
+  // meanwhile, it is no longer data, yet held until the write ends: then sending_apart is set and
+  // its bytes are charged to held_bytes_.
+  std::shared_ptr<const Bytes> sending;
+  bool sending_apart = false;
   Clock::time_point ready_since;  // when it joined a ready list
   Clock::time_point retry_at;     // when a failed upload may be tried again
 };
@@ -269,6 +274,8 @@ class CacheStore::ExportCache {
   // Moves protected entries beyond the protected share back to probation.
   void DemoteLocked();
 
+  // Charges or discharges e->sending to held_bytes_ after e's content may have changed.
+  void RecountSendingLocked(CacheEntry* e);
   // Stops charging (and keeping) overlay entry e's base.
   void DropBaseLocked(CacheEntry* e);
   // Turns clean, valid, idle entry e into an overlay entry (dirty) whose base is its content.
@@ -402,6 +409,7 @@ class CacheStore::ExportCache {
   uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
   uint64_t bases_ = 0;            // overlay entries that keep their base (on ready_data_ or not)
   uint64_t resolve_bytes_ = 0;    // the part of fetch_bytes_ that is the rest of blocks written in part
+  uint64_t held_bytes_ = 0;       // content written over while a store write of it is in flight
   bool readahead_held_ = false;   // a fetcher waits for readahead_bytes_ to fall
   uint64_t last_block_size_ = kDefaultBlockSize;
   std::list<FlushWaiter*> flushes_;
@@ -493,8 +501,9 @@ void CacheStore::ExportCache::DemoteLocked() {
 }
 
 void CacheStore::ExportCache::EvictLocked() {
-  // Blocks on their way in count too: what the process holds is the cache plus its fetches.
-  while (cached_bytes_ + fetch_bytes_ > budget_) {
+  // Blocks on their way in count too, and content written over while a store write still holds
+  // it: what the process holds is the cache, its fetches and those.
+  while (cached_bytes_ + fetch_bytes_ + held_bytes_ > budget_) {
     std::list<CacheEntry*>* from = !probation_.empty() ? &probation_ : &protected_;
     if (from->empty()) {
       // Everything left is dirty or busy, and stays until stored; but the stored content kept
@@ -877,8 +886,20 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
       if (e->redirty_seq == 0) e->redirty_seq = ++seq_;
     }
   }
+  RecountSendingLocked(e);
   if (!e->busy && !e->resolving) PushReady(e);
   return e;
+}
+
+void CacheStore::ExportCache::RecountSendingLocked(CacheEntry* e) {
+  if (!e->sending) return;
+  const bool apart = e->sending != e->data;
+  if (apart == e->sending_apart) return;
+  if (apart)
+    held_bytes_ += e->sending->size();
+  else
+    held_bytes_ -= e->sending->size();
+  e->sending_apart = apart;
 }
 
 void CacheStore::ExportCache::DropBaseLocked(CacheEntry* e) {
@@ -909,6 +930,7 @@ void CacheStore::ExportCache::MakeOverlayLocked(CacheEntry* e, uint32_t block_si
   e->dirty_seq = ++seq_;
   dirty_.emplace(e->dirty_seq, e);
   dirty_bytes_ += e->cost;
+  RecountSendingLocked(e);
 }
 
 void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
@@ -931,6 +953,7 @@ void CacheStore::ExportCache::CompleteOverlayLocked(CacheEntry* e, Bytes base) {
     e->data = std::make_shared<Bytes>(std::move(base));
   }
   RechargeLocked(e, CostOf(e->data));
+  RecountSendingLocked(e);
 }
 
 Status CacheStore::ExportCache::MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e,
@@ -1109,6 +1132,7 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
     if (e->busy) continue;  // a duplicate id in ids
     Unlink(e);
     e->busy = true;
+    e->sending = buf;
     inflight_bytes_ += e->cost;
     taken.emplace_back(e, e->gen);
   }
@@ -1286,6 +1310,7 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   }
   for (auto [e, gen] : taken) {
     e->busy = true;
+    e->sending = buf;  // null for deletes
     inflight_bytes_ += e->cost;
   }
   stats_.uploads_in_flight += taken.size();
@@ -1323,6 +1348,9 @@ Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
 
 void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) {
   e->busy = false;
+  if (e->sending_apart) held_bytes_ -= e->sending->size();
+  e->sending_apart = false;
+  e->sending.reset();
   inflight_bytes_ -= e->cost;
   if (s.ok()) {
     consecutive_failures_ = 0;

@@ -668,6 +668,35 @@ TEST_F(CacheTest, RewriteDuringUploadStoresTheNewerContent) {
   EXPECT_EQ(Get(9), MakeBlock(9, 2));
 }
 
+TEST_F(CacheTest, ContentWrittenOverDuringItsUploadIsChargedUntilTheUploadEnds) {
+  CacheOptions o = Options(4);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  for (uint64_t id : {0, 4, 8}) {  // apart: no read-ahead
+    store_->Put(id, MakeBlock(id, 0));
+    Get(id);
+  }
+  store_->GateWrites(true);
+  ASSERT_OK(Put(12, MakeBlock(12, 1)));  // the cache is full: three clean blocks and this one
+  store_->WaitBlockedWrites(1);
+  EXPECT_EQ(Stats().evictions, 0u);
+  // The upload still holds version 1 while version 2 replaces it in the cache: both are in
+  // memory, so a clean block makes room for the one held.
+  ASSERT_OK(Put(12, MakeBlock(12, 2)));
+  CacheStats s = Stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 3 * kCost);
+  store_->GateWrites(false);
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->Durable(12), MakeBlock(12, 2));
+  // Once the upload has let version 1 go, the cache has its whole budget again.
+  store_->Put(20, MakeBlock(20, 0));
+  EXPECT_EQ(Get(20), MakeBlock(20, 0));
+  s = Stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.cached_bytes, 4 * kCost);
+}
+
 TEST_F(CacheTest, ConcurrentMissesShareOneFetch) {
   Make(Options(16), false);
   store_->Put(3, MakeBlock(3, 0));
