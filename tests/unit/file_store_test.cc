@@ -123,6 +123,8 @@ TEST(FileStore, ReplaceIsAtomicForConcurrentReaders) {
   EXPECT_EQ(torn.load(), 0);
 }
 
+std::string AsText(const Bytes& b) { return std::string(b.begin(), b.end()); }
+
 ino_t Inode(const std::string& path) {
   struct stat st;
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
@@ -145,7 +147,7 @@ TEST(FileStore, OverwriteWritesABlockOfTheSameLengthInPlace) {
   EXPECT_EQ(data, Pattern(4096, 2));
   ASSERT_OK(store.Overwrite("e", 1, Pattern(4096, 3), true));  // with fua
   EXPECT_EQ(Inode(path), first);
-  EXPECT_EQ(ReadFile(path), std::string(reinterpret_cast<const char*>(Pattern(4096, 3).data()), 4096));
+  EXPECT_EQ(ReadFile(path), AsText(Pattern(4096, 3)));
   ASSERT_OK(store.Flush("e"));
 
   // A missing block is created as by Write.
@@ -175,8 +177,8 @@ TEST(FileStore, OverwriteReplacesAFileOfAnotherLengthOrWithAnotherLink) {
   before = Inode(path);
   ASSERT_OK(store.Overwrite("e", 1, Pattern(1024, 3), false));
   EXPECT_NE(Inode(path), before);
-  EXPECT_EQ(ReadFile(other), std::string(reinterpret_cast<const char*>(Pattern(1024, 2).data()), 1024));
-  EXPECT_EQ(ReadFile(path), std::string(reinterpret_cast<const char*>(Pattern(1024, 3).data()), 1024));
+  EXPECT_EQ(ReadFile(other), AsText(Pattern(1024, 2)));
+  EXPECT_EQ(ReadFile(path), AsText(Pattern(1024, 3)));
 }
 
 TEST(FileStore, OverwriteInPlaceIsAtomicForConcurrentReaders) {
