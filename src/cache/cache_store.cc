@@ -274,7 +274,9 @@ class CacheStore::ExportCache {
   // Moves protected entries beyond the protected share back to probation.
   void DemoteLocked();
 
-  // Charges or discharges e->sending to held_bytes_ after e's content may have changed.
+  // Charges or discharges e->sending to held_bytes_ after e's content may have changed. Only
+  // SetContentLocked changes a busy entry's content (overlay entries are never busy, and only
+  // idle entries become overlays), so it is the one caller.
   void RecountSendingLocked(CacheEntry* e);
   // Stops charging (and keeping) overlay entry e's base.
   void DropBaseLocked(CacheEntry* e);
@@ -930,7 +932,6 @@ void CacheStore::ExportCache::MakeOverlayLocked(CacheEntry* e, uint32_t block_si
   e->dirty_seq = ++seq_;
   dirty_.emplace(e->dirty_seq, e);
   dirty_bytes_ += e->cost;
-  RecountSendingLocked(e);
 }
 
 void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
@@ -953,7 +954,6 @@ void CacheStore::ExportCache::CompleteOverlayLocked(CacheEntry* e, Bytes base) {
     e->data = std::make_shared<Bytes>(std::move(base));
   }
   RechargeLocked(e, CostOf(e->data));
-  RecountSendingLocked(e);
 }
 
 Status CacheStore::ExportCache::MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e,

@@ -13,8 +13,8 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
-#include <functional>
 #include <cstring>
+#include <functional>
 
 #include "s3block/params.h"
 
@@ -251,18 +251,10 @@ Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
       st.st_size != static_cast<off_t>(data.size()) || data.empty())
     return Status::Ok();
   {
+    // The file was just opened, so it is written from its first byte. If a write fails part way,
+    // the caller replaces the file whole instead (Write), and reports its error if that fails too.
     std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
-    size_t off = 0;
-    while (off < data.size()) {
-      ssize_t w = ::pwrite(fd.get(), data.data() + off, data.size() - off, static_cast<off_t>(off));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        // Part may have been written: the caller replaces the file whole instead (Write), and
-        // reports its error if that fails too.
-        return Status::Ok();
-      }
-      off += static_cast<size_t>(w);
-    }
+    if (!WriteAll(fd.get(), data.data(), data.size(), path).ok()) return Status::Ok();
   }
   *done = true;
   if (fua) {
