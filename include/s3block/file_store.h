@@ -9,8 +9,11 @@
 // Overwrite (raw blocks only: see BlockStore::Overwrite) instead writes into the block's file
 // where it already holds a block of the same length and has no other link: no new file, no
 // rename, and the old file's blocks are not freed and allocated again (on ext4, replacing a file
-// by rename also writes the new file's data back at once). Readers are kept from seeing the
-// file half written by a lock per block; a crash before the next flush may leave a mix.
+// by rename also writes the new file's data back at once); and it creates a missing block's file
+// under its own name (one directory change instead of two). Readers are kept from seeing a file
+// half written by a lock per block; a crash before the next flush may leave a mix of old and new
+// pages (for a block that had no file, zeros and new pages, or an empty file, which reads as a
+// block never written).
 // Durability: Flush fsyncs every file written and every directory changed since the previous
 // flush (or, when that is many files, syncfs() on the store's file system).
 //
@@ -79,9 +82,14 @@ class FileStore : public BlockStore {
   Pending& PendingFor(std::string_view export_name);  // REQUIRES: mu_ held
   // Writes data into the existing file of block id if it holds as many bytes and has one link;
   // *done is false otherwise (nothing was changed, or a write failed part way: either way the
-  // caller replaces the file whole).
+  // caller replaces the file whole). *missing tells that the block has no file.
   Status OverwriteInPlace(std::string_view export_name, uint64_t id,
-                          std::span<const uint8_t> data, bool fua, bool* done);
+                          std::span<const uint8_t> data, bool fua, bool* done, bool* missing);
+  // Creates the file of block id, which has none, and writes data into it: no temporary file and
+  // no rename. *done is false if the file exists by now (nothing was changed); an error means the
+  // block still has no file.
+  Status CreateInPlace(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                       bool fua, bool* done);
   // The lock that a reader of block id shares and an in-place writer of it holds alone.
   std::shared_mutex& BlockLock(std::string_view export_name, uint64_t id);
 

@@ -233,17 +233,58 @@ Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<con
 
 Status FileStore::Overwrite(std::string_view export_name, uint64_t id,
                             std::span<const uint8_t> data, bool fua) {
-  bool done = false;
-  S3B_RETURN_IF_ERROR(OverwriteInPlace(export_name, id, data, fua, &done));
+  bool done = false, missing = false;
+  S3B_RETURN_IF_ERROR(OverwriteInPlace(export_name, id, data, fua, &done, &missing));
+  if (!done && missing) S3B_RETURN_IF_ERROR(CreateInPlace(export_name, id, data, fua, &done));
   return done ? Status::Ok() : Write(export_name, id, data, fua);
 }
 
-Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
-                                   std::span<const uint8_t> data, bool fua, bool* done) {
+Status FileStore::CreateInPlace(std::string_view export_name, uint64_t id,
+                                std::span<const uint8_t> data, bool fua, bool* done) {
   *done = false;
+  if (data.empty()) return Status::Ok();
+  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
+  const std::string dir = BlocksDir(export_name);
+  const std::string path = dir + "/" + std::to_string(id);
+  // Held until the data is in, so that no reader opens the file half written.
+  std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return Status::Ok();  // made meanwhile, or cannot be: Write replaces or says why
+  // The file takes its full length before any data, so a crash before the data is on disk leaves
+  // it empty (read as never written) or a whole block whose unwritten pages read as zeros (the
+  // block was all zeros before): never a short file, which would read as damaged.
+  Status s;
+  if (::ftruncate(fd.get(), static_cast<off_t>(data.size())) != 0)
+    s = Status::FromErrno(errno, "truncate " + path);
+  if (s.ok()) s = WriteAll(fd.get(), data.data(), data.size(), path);
+  if (s.ok() && fua && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + path);
+  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + path);
+  if (!s.ok()) {
+    // The block did not exist before: removing the file leaves it so.
+    ::unlink(path.c_str());
+    return s;
+  }
+  block_lock.unlock();
+  *done = true;
+  if (fua) return FsyncDir(dir);
+  std::lock_guard<std::mutex> lock(mu_);
+  Pending& p = PendingFor(export_name);
+  p.files.insert(id);
+  p.blocks_dir_changed = true;
+  return Status::Ok();
+}
+
+Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
+                                   std::span<const uint8_t> data, bool fua, bool* done,
+                                   bool* missing) {
+  *done = false;
+  *missing = false;
   const std::string path = BlockPath(export_name, id);
   Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (fd.get() < 0) return Status::Ok();  // not there (or not writable): Write says why
+  if (fd.get() < 0) {  // not there (or not writable: Write says why)
+    *missing = errno == ENOENT;
+    return Status::Ok();
+  }
   struct stat st;
   // Another link (a copy made with cp -l) would see the change; a file of another length is a
   // block stored by something else (or cut short by a crash): both are replaced whole.

@@ -1,6 +1,8 @@
 #include "s3block/file_store.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -155,6 +157,7 @@ TEST(FileStore, OverwriteWritesABlockOfTheSameLengthInPlace) {
   ASSERT_OK(store.Read("e", 2, &data, &found));
   EXPECT_TRUE(found);
   EXPECT_EQ(data, Pattern(512, 4));
+  EXPECT_EQ(fs::file_size(store.BlockPath("e", 2)), 512u);
   // No temporary file is left behind by either path.
   for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
     EXPECT_NE(entry.path().filename().string()[0], '.') << entry.path();
@@ -208,6 +211,73 @@ TEST(FileStore, OverwriteInPlaceIsAtomicForConcurrentReaders) {
   for (auto& r : readers) r.join();
   EXPECT_EQ(torn.load(), 0);
   EXPECT_EQ(Inode(store.BlockPath("e", 1)), ino);  // it was written in place throughout
+}
+
+TEST(FileStore, OverwriteCreatesAMissingBlockAtomicallyForConcurrentReaders) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const Bytes a(4 << 20, 0xaa);
+  const uint64_t ids[] = {1};
+  std::atomic<bool> stop{false};
+  std::atomic<int> torn{0}, reads{0}, seen{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&] {
+      Bytes data;
+      bool found;
+      while (!stop) {
+        // Not there yet, or all of it: never a file of the right length still being filled.
+        if (!store.Read("e", 1, &data, &found).ok() || (found && data != a)) ++torn;
+        if (found) ++seen;
+        ++reads;
+      }
+    });
+  }
+  for (int i = 0; i < 300 || reads < 1000 || seen < 100; ++i) {
+    ASSERT_OK(store.Overwrite("e", 1, a, false));
+    ASSERT_EQ(fs::file_size(store.BlockPath("e", 1)), a.size());
+    ASSERT_OK(store.Delete("e", ids, false));
+  }
+  stop = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(torn.load(), 0) << "of " << reads << " reads, " << seen << " found the block";
+  for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
+    ADD_FAILURE() << "left behind: " << entry.path();
+}
+
+TEST(FileStore, ACreateThatFailsPartWayLeavesTheBlockUnwritten) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  ASSERT_OK(store.Write("e", 1, Pattern(4096, 1), false));
+  // Files may not grow past 1 KiB: creating a 4 KiB block fails after its file was made.
+  struct rlimit old_limit;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 1024;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  Status created = store.Overwrite("e", 2, Pattern(4096, 2), false);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  ::signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(created.err(), EFBIG) << created.message();
+  EXPECT_NE(created.message().find(store.BlockPath("e", 2)), std::string::npos) << created.message();
+  Bytes data;
+  bool found = true;
+  ASSERT_OK(store.Read("e", 2, &data, &found));
+  EXPECT_FALSE(found);
+  EXPECT_FALSE(fs::exists(store.BlockPath("e", 2)));
+  ASSERT_OK(store.Read("e", 1, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(4096, 1));
+  for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
+    EXPECT_EQ(entry.path().filename(), "1");
+  // With room again, the block is created.
+  ASSERT_OK(store.Overwrite("e", 2, Pattern(4096, 2), true));
+  ASSERT_OK(store.Read("e", 2, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, Pattern(4096, 2));
 }
 
 TEST(FileStore, EmptyFileLeftByACrashReadsAsNeverWritten) {
