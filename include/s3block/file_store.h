@@ -90,6 +90,9 @@ class FileStore : public BlockStore {
   // block still has no file.
   Status CreateInPlace(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                        bool fua, bool* done);
+  // Notes block id's file, new in the blocks directory dir, for the next Flush; with fua, makes
+  // its directory entry durable now instead (the caller made the file's data durable).
+  Status FileAdded(std::string_view export_name, const std::string& dir, uint64_t id, bool fua);
   // The lock that a reader of block id shares and an in-place writer of it holds alone.
   std::shared_mutex& BlockLock(std::string_view export_name, uint64_t id);
 

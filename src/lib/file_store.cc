@@ -223,6 +223,11 @@ Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<con
   std::string dir = BlocksDir(export_name);
   const std::string base = std::to_string(id);
   S3B_RETURN_IF_ERROR(ReplaceFile(dir, dir + "/" + base, base, data, fua));
+  return FileAdded(export_name, dir, id, fua);
+}
+
+Status FileStore::FileAdded(std::string_view export_name, const std::string& dir, uint64_t id,
+                            bool fua) {
   if (fua) return FsyncDir(dir);
   std::lock_guard<std::mutex> lock(mu_);
   Pending& p = PendingFor(export_name);
@@ -266,12 +271,7 @@ Status FileStore::CreateInPlace(std::string_view export_name, uint64_t id,
   }
   block_lock.unlock();
   *done = true;
-  if (fua) return FsyncDir(dir);
-  std::lock_guard<std::mutex> lock(mu_);
-  Pending& p = PendingFor(export_name);
-  p.files.insert(id);
-  p.blocks_dir_changed = true;
-  return Status::Ok();
+  return FileAdded(export_name, dir, id, fua);
 }
 
 Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
@@ -605,11 +605,7 @@ Status FileStore::CopyBlock(std::string_view from, std::string_view to, uint64_t
     return s;
   }
   *found = true;
-  std::lock_guard<std::mutex> lock(mu_);
-  Pending& p = PendingFor(to);
-  p.files.insert(id);
-  p.blocks_dir_changed = true;
-  return Status::Ok();
+  return FileAdded(to, dir, id, /*fua=*/false);
 }
 
 }  // namespace s3block
