@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -102,27 +103,53 @@ TEST(FileStore, ListBlocksIgnoresFilesThatAreNotBlockIds) {
   EXPECT_EQ(listed, std::vector<uint64_t>{9});
 }
 
+// Threads that read block 1 of export "e" until stopped, counting the reads that fail or that
+// `whole` rejects as torn. The destructor stops them too, so a failed ASSERT in a test's writing
+// loop ends that test instead of leaving its readers running.
+class BlockReaders {
+ public:
+  BlockReaders(FileStore& store, int threads, std::function<bool(bool found, const Bytes&)> whole) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, &store, whole] {
+        Bytes data;
+        bool found;
+        while (!stop_) {
+          if (!store.Read("e", 1, &data, &found).ok() || !whole(found, data)) ++torn_;
+          if (found) ++seen_;
+          ++reads_;
+        }
+      });
+    }
+  }
+  ~BlockReaders() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  int reads() const { return reads_; }
+  int seen() const { return seen_; }  // reads that found the block
+  int torn() const { return torn_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> torn_{0}, reads_{0}, seen_{0};
+  std::vector<std::thread> threads_;
+};
+
 TEST(FileStore, ReplaceIsAtomicForConcurrentReaders) {
   TempDir dir;
   FileStore store(dir.path());
   ASSERT_OK(store.Check());
   const Bytes a(65536, 0xaa), b(65536, 0xbb);
   ASSERT_OK(store.Write("e", 1, a, false));
-  std::atomic<bool> stop{false};
-  std::atomic<int> torn{0}, reads{0};
-  std::thread reader([&] {
-    Bytes data;
-    bool found;
-    while (!stop) {
-      if (!store.Read("e", 1, &data, &found).ok() || !found || (data != a && data != b)) ++torn;
-      ++reads;
-    }
+  BlockReaders readers(store, 1, [&](bool found, const Bytes& data) {
+    return found && (data == a || data == b);
   });
   for (int i = 0; i < 300; ++i) ASSERT_OK(store.Write("e", 1, (i % 2) ? a : b, false));
-  while (reads < 50) std::this_thread::yield();
-  stop = true;
-  reader.join();
-  EXPECT_EQ(torn.load(), 0);
+  while (readers.reads() < 50) std::this_thread::yield();
+  readers.Stop();
+  EXPECT_EQ(readers.torn(), 0);
 }
 
 std::string AsText(const Bytes& b) { return std::string(b.begin(), b.end()); }
@@ -191,25 +218,14 @@ TEST(FileStore, OverwriteInPlaceIsAtomicForConcurrentReaders) {
   const Bytes a(1 << 20, 0xaa), b(1 << 20, 0xbb);
   ASSERT_OK(store.Write("e", 1, a, false));
   const ino_t ino = Inode(store.BlockPath("e", 1));
-  std::atomic<bool> stop{false};
-  std::atomic<int> torn{0}, reads{0};
-  std::vector<std::thread> readers;
-  for (int t = 0; t < 2; ++t) {
-    readers.emplace_back([&] {
-      Bytes data;
-      bool found;
-      while (!stop) {
-        if (!store.Read("e", 1, &data, &found).ok() || !found || (data != a && data != b)) ++torn;
-        ++reads;
-      }
-    });
-  }
+  BlockReaders readers(store, 2, [&](bool found, const Bytes& data) {
+    return found && (data == a || data == b);
+  });
   // Until the readers have read many times while it was being written.
-  for (int i = 0; i < 2000 || reads < 500; ++i)
+  for (int i = 0; i < 2000 || readers.reads() < 500; ++i)
     ASSERT_OK(store.Overwrite("e", 1, (i % 2) ? a : b, false));
-  stop = true;
-  for (auto& r : readers) r.join();
-  EXPECT_EQ(torn.load(), 0);
+  readers.Stop();
+  EXPECT_EQ(readers.torn(), 0);
   EXPECT_EQ(Inode(store.BlockPath("e", 1)), ino);  // it was written in place throughout
 }
 
@@ -219,29 +235,16 @@ TEST(FileStore, OverwriteCreatesAMissingBlockAtomicallyForConcurrentReaders) {
   ASSERT_OK(store.Check());
   const Bytes a(4 << 20, 0xaa);
   const uint64_t ids[] = {1};
-  std::atomic<bool> stop{false};
-  std::atomic<int> torn{0}, reads{0}, seen{0};
-  std::vector<std::thread> readers;
-  for (int t = 0; t < 3; ++t) {
-    readers.emplace_back([&] {
-      Bytes data;
-      bool found;
-      while (!stop) {
-        // Not there yet, or all of it: never a file of the right length still being filled.
-        if (!store.Read("e", 1, &data, &found).ok() || (found && data != a)) ++torn;
-        if (found) ++seen;
-        ++reads;
-      }
-    });
-  }
-  for (int i = 0; i < 300 || reads < 1000 || seen < 100; ++i) {
+  // Not there yet, or all of it: never a file of the right length still being filled.
+  BlockReaders readers(store, 3, [&](bool found, const Bytes& data) { return !found || data == a; });
+  for (int i = 0; i < 300 || readers.reads() < 1000 || readers.seen() < 100; ++i) {
     ASSERT_OK(store.Overwrite("e", 1, a, false));
     ASSERT_EQ(fs::file_size(store.BlockPath("e", 1)), a.size());
     ASSERT_OK(store.Delete("e", ids, false));
   }
-  stop = true;
-  for (auto& r : readers) r.join();
-  EXPECT_EQ(torn.load(), 0) << "of " << reads << " reads, " << seen << " found the block";
+  readers.Stop();
+  EXPECT_EQ(readers.torn(), 0) << "of " << readers.reads() << " reads, " << readers.seen()
+                               << " found the block";
   for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
     ADD_FAILURE() << "left behind: " << entry.path();
 }
