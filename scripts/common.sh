@@ -8,7 +8,7 @@ S3BLOCK_PLUGIN=${S3BLOCK_PLUGIN:-$S3BLOCK_BUILD/nbdkit-s3block-plugin.so}
 # What building the plugin, the library and the tests needs (dpkg -S of every header, library and
 # tool the code and CMakeLists.txt use).
 S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-dev libnbd-dev
-  libcurl4-openssl-dev libssl-dev libexpat1-dev libzstd-dev libgtest-dev"
+  libcurl4-openssl-dev libssl-dev libexpat1-dev libzstd-dev liburing-dev libgtest-dev"
 # What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), nbdsh (python3-libnbd),
 # fusermount3 (fuse3), mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint
 # (util-linux), curl (the S3 test server's scripts and an independent S3 client), fio for the

@@ -45,6 +45,14 @@ enum class ReadIntent : uint8_t {
   kPartialWrite,  // the read of a read-modify-write: never taken for a reader's progress
 };
 
+// One block of a ReadBatch: the block to read, and what Read would have given for it.
+struct BlockRead {
+  uint64_t id = 0;
+  Bytes* data = nullptr;  // REQUIRES: not null
+  bool found = false;
+  Status status;
+};
+
 class BlockStore {
  public:
   virtual ~BlockStore() = default;
@@ -65,6 +73,18 @@ class BlockStore {
   // left empty. Every other failure (I/O error, access denied, timeout) is an error, never zeros.
   virtual Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) = 0;
 
+  // Reads several blocks of one export, each as Read would: reads[i].data, .found and .status
+  // are what Read(export_name, reads[i].id, ...) would have set and returned, and a failure of
+  // one block does not stop the others. A store that can overlap the reads of many blocks (the
+  // file store, with io_uring) reads them in one go. This default calls Read for each in turn,
+  // which is right for every layer; StoreDecorator does not forward it, so a layer that
+  // transforms blocks in Read is never bypassed.
+  virtual void ReadBatch(std::string_view export_name, std::span<BlockRead> reads);
+
+  // How many blocks one ReadBatch reads at less cost than as many calls of Read. 1 (this
+  // default) means no gain: a caller with several blocks to read spreads them over threads.
+  virtual size_t ReadBatchSize() const { return 1; }
+
   // Reads bytes [offset, offset + out.size()) of block `id` into out and sets *found, for a
   // caller that knows the export's block size: a stored block of any other length than
   // block_size is an error (EIO, with a message naming the block and both lengths). A block that
@@ -77,6 +97,14 @@ class BlockStore {
   virtual Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
                            uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
                            bool* found);
+
+  // Reads `count` whole blocks from block `first` on (each of block_size bytes) into out, which
+  // holds count * block_size bytes, for a reader (ReadIntent::kRead); a block that is not stored
+  // reads as zeros. A stored block of another length is an error, as for ReadRange.
+  // This default calls ReadRange for each block. The cache overrides it to take its lock once
+  // for a run of blocks it holds, rather than once per block; StoreDecorator does not forward it.
+  virtual Status ReadBlocks(std::string_view export_name, uint64_t first, uint32_t count,
+                            uint32_t block_size, uint8_t* out);
 
   // Replaces bytes [offset, offset + data.size()) of block `id` (of block_size bytes) and keeps
   // the rest, as a read-modify-write would; a block that is not stored reads as zeros around the

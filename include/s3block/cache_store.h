@@ -150,6 +150,10 @@ class CacheStore : public StoreDecorator {
   Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
                    uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
                    bool* found) override;
+  // Blocks it holds are copied with one lock of the export's cache for up to 64 of them; a block
+  // it must wait for or fetch is read as by ReadRange.
+  Status ReadBlocks(std::string_view export_name, uint64_t first, uint32_t count,
+                    uint32_t block_size, uint8_t* out) override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   // Keeps the bytes written without reading the block, when the block is not in memory and the

@@ -122,6 +122,8 @@ class Volume {
   // Reads bytes [in, in + n) of block `id` into out; a block that is not stored reads as zeros.
   // REQUIRES: id < block count, in + n <= block_size().
   Status ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent);
+  // Reads `count` whole blocks from block `first` on into out (a block not stored: zeros).
+  Status ReadBlocks(uint64_t first, uint32_t count, uint8_t* out);
   // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.
   Status StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero);
   // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, under the block's

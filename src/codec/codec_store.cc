@@ -264,6 +264,23 @@ Status CodecStore::Read(std::string_view export_name, uint64_t id, Bytes* data, 
   return Decode(export_name, id, *codec, object, data);
 }
 
+void CodecStore::ReadBatch(std::string_view export_name, std::span<BlockRead> reads) {
+  std::shared_ptr<const ExportCodec> codec;
+  Status s = Lookup(export_name, &codec);
+  if (!s.ok()) {
+    for (BlockRead& r : reads) r.status = s;
+    return;
+  }
+  next_->ReadBatch(export_name, reads);
+  if (codec->encoding.raw()) return;
+  thread_local Bytes block;
+  for (BlockRead& r : reads) {
+    if (!r.status.ok() || !r.found) continue;
+    r.status = Decode(export_name, r.id, *codec, *r.data, &block);
+    if (r.status.ok()) r.data->swap(block);
+  }
+}
+
 Status CodecStore::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                          bool fua) {
   std::shared_ptr<const ExportCodec> codec;

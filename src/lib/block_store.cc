@@ -14,6 +14,10 @@ Status WrongBlockLength(const BlockStore& store, std::string_view export_name, u
                          std::to_string(block_size));
 }
 
+void BlockStore::ReadBatch(std::string_view export_name, std::span<BlockRead> reads) {
+  for (BlockRead& r : reads) r.status = Read(export_name, r.id, r.data, &r.found);
+}
+
 Status BlockStore::ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
                              uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
                              bool* found) {
@@ -25,6 +29,17 @@ Status BlockStore::ReadRange(std::string_view export_name, uint64_t id, uint32_t
   if (data.size() != block_size)
     return WrongBlockLength(*this, export_name, id, data.size(), block_size);
   std::memcpy(out.data(), data.data() + offset, out.size());
+  return Status::Ok();
+}
+
+Status BlockStore::ReadBlocks(std::string_view export_name, uint64_t first, uint32_t count,
+                              uint32_t block_size, uint8_t* out) {
+  for (uint32_t i = 0; i < count; ++i, out += block_size) {
+    bool found = false;
+    S3B_RETURN_IF_ERROR(ReadRange(export_name, first + i, block_size, 0,
+                                  std::span<uint8_t>(out, block_size), ReadIntent::kRead, &found));
+    if (!found) std::memset(out, 0, block_size);
+  }
   return Status::Ok();
 }
 

@@ -9,7 +9,10 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <liburing.h>
+
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -33,6 +36,10 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  void Reset(int fd) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
   // Closes, reporting the error (close can report a delayed write error on some file systems).
   int Close() { int r = ::close(fd_); fd_ = -1; return r; }
  private:
@@ -51,6 +58,89 @@ Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
   }
   return Status::Ok();
 }
+
+// Opens the block file at path for reading and checks it. *size is its length, or 0 if there is
+// no file or an empty one: both read as a block never written. (A file that is empty after a
+// crash was created but its data never reached the disk: the block it was to replace did not
+// exist, since a replaced block keeps its old data until the rename is durable.)
+Status OpenBlockFile(const std::string& path, Fd* fd, size_t* size) {
+  *size = 0;
+  fd->Reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd->get() < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "open " + path);
+  }
+  struct stat st;
+  if (::fstat(fd->get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::IoError(path + " is not a regular file");
+  if (st.st_size > static_cast<off_t>(kMaxBlockSize) * 2)
+    return Status::IoError(path + " is " + std::to_string(st.st_size) + " bytes, far larger than any block");
+  *size = static_cast<size_t>(st.st_size);
+  return Status::Ok();
+}
+
+// Reads the file from byte `done` into the rest of *data, which is cut short where the file ends.
+Status ReadRest(int fd, Bytes* data, size_t done, const std::string& path) {
+  while (done < data->size()) {
+    ssize_t r = ::pread(fd, data->data() + done, data->size() - done, static_cast<off_t>(done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read " + path);
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  data->resize(done);
+  return Status::Ok();
+}
+
+// The blocks of one ReadBatch call that are read with one io_uring submission.
+constexpr unsigned kRingEntries = 32;
+
+// Whether this kernel lets us read files with io_uring (it may be too old, or a seccomp policy,
+// such as a container runtime's, may refuse it).
+bool IoUringReads() {
+  static const bool available = [] {
+    io_uring ring;
+    if (io_uring_queue_init(2, &ring, 0) != 0) return false;
+    io_uring_probe* probe = io_uring_get_probe_ring(&ring);
+    const bool ok = probe != nullptr && io_uring_opcode_supported(probe, IORING_OP_READ);
+    if (probe != nullptr) io_uring_free_probe(probe);
+    io_uring_queue_exit(&ring);
+    return ok;
+  }();
+  return available;
+}
+
+// The calling thread's ring for ReadBatch, made on first use (the threads that read batches are
+// few and long-lived: the cache's fetchers).
+class ThreadRing {
+ public:
+  ~ThreadRing() { Drop(); }
+  // nullptr if io_uring is not available (or failed on this thread): read one block at a time.
+  io_uring* Get() {
+    if (!ready_ && !broken_ && IoUringReads()) {
+      if (io_uring_queue_init(kRingEntries, &ring_, 0) == 0)
+        ready_ = true;
+      else
+        broken_ = true;
+    }
+    return ready_ ? &ring_ : nullptr;
+  }
+  // Gives the ring up for good. Requests not yet submitted are discarded with it.
+  void Drop() {
+    if (ready_) io_uring_queue_exit(&ring_);
+    ready_ = false;
+    broken_ = true;
+  }
+
+ private:
+  io_uring ring_{};
+  bool ready_ = false;
+  bool broken_ = false;
+};
+
+thread_local ThreadRing t_ring;
 
 Status MkdirIfMissing(const std::string& path, bool* created) {
   if (::mkdir(path.c_str(), 0755) == 0) {
@@ -187,34 +277,107 @@ Status FileStore::Read(std::string_view export_name, uint64_t id, Bytes* data, b
   *found = false;
   std::string path = BlockPath(export_name, id);
   std::shared_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "open " + path);
-  }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  if (!S_ISREG(st.st_mode)) return Status::IoError(path + " is not a regular file");
-  // A file that is empty after a crash was created but its data never reached the disk: the
-  // block it was to replace did not exist (a replaced block keeps its old data until the rename
-  // is durable), so it reads as never written.
-  if (st.st_size == 0) return Status::Ok();
-  if (st.st_size > static_cast<off_t>(kMaxBlockSize) * 2)
-    return Status::IoError(path + " is " + std::to_string(st.st_size) + " bytes, far larger than any block");
-  data->resize(static_cast<size_t>(st.st_size));
-  size_t done = 0;
-  while (done < data->size()) {
-    ssize_t r = ::pread(fd.get(), data->data() + done, data->size() - done, static_cast<off_t>(done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + path);
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
-  }
-  data->resize(done);
+  Fd fd;
+  size_t size = 0;
+  S3B_RETURN_IF_ERROR(OpenBlockFile(path, &fd, &size));
+  if (size == 0) return Status::Ok();
+  data->resize(size);
+  S3B_RETURN_IF_ERROR(ReadRest(fd.get(), data, 0, path));
   *found = true;
   return Status::Ok();
+}
+
+size_t FileStore::ReadBatchSize() const { return IoUringReads() ? kRingEntries : 1; }
+
+void FileStore::ReadBatch(std::string_view export_name, std::span<BlockRead> reads) {
+  while (!reads.empty()) {
+    const size_t n = std::min<size_t>(reads.size(), kRingEntries);
+    ReadBatchPart(export_name, reads.first(n));
+    reads = reads.subspan(n);
+  }
+}
+
+// The files are opened one by one (io_uring would hand each open to a kernel worker thread, which
+// costs more); their reads go to the kernel in one submission, under one block plug, so that the
+// reads of files that lie next to each other on the disk are merged into one disk request.
+void FileStore::ReadBatchPart(std::string_view export_name, std::span<BlockRead> reads) {
+  io_uring* ring = reads.size() > 1 ? t_ring.Get() : nullptr;
+  if (ring == nullptr) {
+    BlockStore::ReadBatch(export_name, reads);
+    return;
+  }
+  // Every block's lock, shared, for the whole batch; each lock once (a shared_mutex must not be
+  // locked twice by one thread), in address order. Writers take one block lock at a time, so
+  // readers of batches cannot deadlock with them or with each other.
+  std::array<std::shared_mutex*, kRingEntries> locks;
+  size_t nlocks = 0;
+  for (const BlockRead& r : reads) locks[nlocks++] = &BlockLock(export_name, r.id);
+  std::sort(locks.begin(), locks.begin() + nlocks);
+  nlocks = static_cast<size_t>(std::unique(locks.begin(), locks.begin() + nlocks) - locks.begin());
+  for (size_t i = 0; i < nlocks; ++i) locks[i]->lock_shared();
+  struct Unlock {
+    std::span<std::shared_mutex*> held;
+    ~Unlock() {
+      for (std::shared_mutex* m : held) m->unlock_shared();
+    }
+  } unlock{std::span<std::shared_mutex*>(locks.data(), nlocks)};
+
+  struct File {
+    Fd fd;
+    std::string path;
+    size_t done = 0;  // bytes read so far
+  };
+  std::array<File, kRingEntries> files;
+  unsigned queued = 0;
+  for (size_t i = 0; i < reads.size(); ++i) {
+    BlockRead& r = reads[i];
+    r.data->clear();
+    r.found = false;
+    files[i].path = BlockPath(export_name, r.id);
+    size_t size = 0;
+    r.status = OpenBlockFile(files[i].path, &files[i].fd, &size);
+    if (!r.status.ok() || size == 0) {
+      files[i].fd.Reset(-1);
+      continue;
+    }
+    r.data->resize(size);
+    io_uring_sqe* sqe = io_uring_get_sqe(ring);
+    if (sqe == nullptr) continue;  // not seen (the ring is empty, and as large as a batch): read below
+    io_uring_prep_read(sqe, files[i].fd.get(), r.data->data(), static_cast<unsigned>(size), 0);
+    io_uring_sqe_set_data64(sqe, i);
+    ++queued;
+  }
+  int submitted = queued > 0 ? io_uring_submit(ring) : 0;
+  bool give_up = submitted < static_cast<int>(queued);
+  if (submitted < 0) submitted = 0;
+  for (int got = 0; got < submitted;) {
+    io_uring_cqe* cqe = nullptr;
+    int w = io_uring_wait_cqe(ring, &cqe);
+    if (w == -EINTR || w == -EAGAIN) continue;
+    if (w < 0) {
+      // Not seen in practice (the completion queue is twice the largest batch, so it cannot
+      // overflow). The reads still in flight are given up with the ring, and read below.
+      give_up = true;
+      break;
+    }
+    const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+    const int res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    ++got;
+    if (res >= 0)
+      files[i].done = static_cast<size_t>(res);
+    else if (res != -EINTR && res != -EAGAIN && res != -ECANCELED)
+      reads[i].status = Status::FromErrno(-res, "read " + files[i].path);
+  }
+  if (give_up) t_ring.Drop();  // from now on this thread reads one block at a time
+  // What the ring did not read (a short read, a read it gave up, or one never submitted) is
+  // read here.
+  for (size_t i = 0; i < reads.size(); ++i) {
+    BlockRead& r = reads[i];
+    if (files[i].fd.get() < 0 || !r.status.ok()) continue;
+    r.status = ReadRest(files[i].fd.get(), r.data, files[i].done, files[i].path);
+    r.found = r.status.ok();
+  }
 }
 
 Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,

@@ -181,6 +181,16 @@ Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, Rea
   return Status::Ok();
 }
 
+Status Volume::ReadBlocks(uint64_t first, uint32_t count, uint8_t* out) {
+  Status s = store_->ReadBlocks(name_, first, count, meta_.block_size, out);
+  if (!s.ok()) {
+    return s.Annotate("read blocks " + std::to_string(first) + " to " +
+                      std::to_string(first + count - 1) + " of export '" +
+                      QuoteForMessage(name_) + "'");
+  }
+  return Status::Ok();
+}
+
 Status Volume::StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero) {
   if (!keep_zero && IsAllZero(data, meta_.block_size)) {
     stats_.zero_blocks_elided.fetch_add(1, std::memory_order_relaxed);
@@ -253,10 +263,22 @@ Status Volume::Read(uint8_t* buf, uint64_t count, uint64_t offset) {
   stats_.reads.fetch_add(1, std::memory_order_relaxed);
   const uint64_t end = offset + count;
   uint64_t pos = offset;
+  const uint32_t bs = meta_.block_size;
   while (pos < end) {
+    Piece p = PieceAt(pos, end);
+    if (p.in == 0 && p.n == bs && !(trust_presence_ && !presence_.Test(p.id))) {
+      // A run of whole blocks that may be stored, read with one call (the cache takes its lock
+      // once for many of them).
+      uint32_t count = 1;
+      while (count < (end - pos) / bs && !(trust_presence_ && !presence_.Test(p.id + count)))
+        ++count;
+      S3B_RETURN_IF_ERROR(ReadBlocks(p.id, count, buf));
+      buf += static_cast<uint64_t>(count) * bs;
+      pos += static_cast<uint64_t>(count) * bs;
+      continue;
+    }
     // Only the bytes asked for, straight into the caller's buffer: a 4 KiB read of a 1 MiB
     // cached block copies 4 KiB.
-    Piece p = PieceAt(pos, end);
     S3B_RETURN_IF_ERROR(ReadRange(p.id, p.in, p.n, buf, ReadIntent::kRead));
     buf += p.n;
     pos += p.n;

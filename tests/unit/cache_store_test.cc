@@ -63,6 +63,17 @@ class TestStore : public BlockStore {
     return Status::Ok();
   }
 
+  // Reads as Read would, one block after another, and logs the batch's size.
+  void ReadBatch(std::string_view e, std::span<BlockRead> reads) override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      batches_.push_back(reads.size());
+    }
+    BlockStore::ReadBatch(e, reads);
+  }
+  // As a store that reads batches says; set before the export is first used.
+  size_t ReadBatchSize() const override { return batch_size_; }
+
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     std::unique_lock<std::mutex> lk(mu_);
     ++in_flight_;
@@ -160,6 +171,9 @@ class TestStore : public BlockStore {
     return history_[id];
   }
   int reads() { std::lock_guard<std::mutex> lk(mu_); return reads_; }
+  void SetBatchSize(size_t n) { batch_size_ = n; }
+  // The size of every ReadBatch asked for, in order.
+  std::vector<size_t> Batches() { std::lock_guard<std::mutex> lk(mu_); return batches_; }
   int writes() { std::lock_guard<std::mutex> lk(mu_); return writes_; }
   int fua_writes() { std::lock_guard<std::mutex> lk(mu_); return fua_writes_; }
   int zero_writes() { std::lock_guard<std::mutex> lk(mu_); return zero_writes_; }
@@ -209,6 +223,8 @@ class TestStore : public BlockStore {
   int blocked_writes_ = 0, blocked_reads_ = 0, in_flight_ = 0;
   int reads_ = 0, writes_ = 0, fua_writes_ = 0, zero_writes_ = 0, deletes_ = 0, flushes_ = 0;
   std::vector<int> uploads_in_flight_at_flush_;
+  std::vector<size_t> batches_;
+  size_t batch_size_ = 1;
   std::vector<Op> log_;
   std::map<uint64_t, std::vector<Bytes>> history_;
 };
@@ -315,6 +331,96 @@ TEST_F(CacheTest, ReadRangeCopiesThePartAskedForAndChecksTheBlockLength) {
   CacheStats st = Stats();
   EXPECT_EQ(st.hits, 1u);
   EXPECT_EQ(st.misses, 3u);
+}
+
+// ReadBlocks gives, block by block, what ReadRange gives for the whole block, whatever state
+// each block is in; its errors are ReadRange's.
+TEST_F(CacheTest, ReadBlocksReadsWhatReadRangeReads) {
+  Make(Options(64), true);
+  for (uint64_t id : {0, 1, 2, 3, 7, 10, 500}) store_->Put(id, MakeBlock(id, 0));
+  store_->Put(11, Bytes(100, 9));  // not a whole block
+  std::vector<std::optional<Bytes>> want(11);
+  for (uint64_t id : {0, 1, 2, 3}) want[id] = MakeBlock(id, 0);  // only in the store
+  for (uint64_t id : {4, 5}) {                                    // written, not yet stored
+    ASSERT_OK(Put(id, MakeBlock(id, 1)));
+    want[id] = MakeBlock(id, 1);
+  }
+  ASSERT_OK(Put(6, MakeBlock(6, 1)));  // written, then deleted
+  ASSERT_OK(Del(6));
+  const Bytes part(300, 0x5a);  // written in part: over a stored block and over none
+  ASSERT_OK(cache_->WriteRange(kExport, 7, kBs, 100, part, false, false));
+  want[7] = MakeBlock(7, 0);
+  std::copy(part.begin(), part.end(), want[7]->begin() + 100);
+  ASSERT_OK(cache_->WriteRange(kExport, 8, kBs, kBs - 300, part, true, false));
+  want[8] = Bytes(kBs, 0);
+  std::copy(part.begin(), part.end(), want[8]->end() - 300);
+  ASSERT_TRUE(Get(10));  // 9 never stored; 10 held clean
+  want[10] = MakeBlock(10, 0);
+
+  Bytes out(11 * kBs, 0xee);
+  ASSERT_OK(cache_->ReadBlocks(kExport, 0, 11, kBs, out.data()));
+  for (uint64_t id = 0; id < 11; ++id) {
+    Bytes one(kBs, 0xee);
+    bool found = false;
+    ASSERT_OK(cache_->ReadRange(kExport, id, kBs, 0, one, ReadIntent::kRead, &found));
+    if (!found) one.assign(kBs, 0);
+    EXPECT_TRUE(std::equal(one.begin(), one.end(), out.begin() + id * kBs)) << "block " << id;
+    EXPECT_EQ(one, want[id] ? *want[id] : Bytes(kBs, 0)) << "block " << id;
+  }
+  // A stored block of another length, or a store that fails, is an error, never zeros.
+  Status s = cache_->ReadBlocks(kExport, 9, 3, kBs, out.data());
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("block 11 "), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("has 100 bytes"), std::string::npos) << s.ToString();
+  store_->FailReads(true);
+  s = cache_->ReadBlocks(kExport, 499, 2, kBs, out.data());  // far from what was read ahead
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("injected read failure"), std::string::npos) << s.ToString();
+}
+
+// A store that reads many blocks at once is read ahead in batches of at most its size; every
+// block comes back right, each fetched once.
+TEST_F(CacheTest, AStoreThatReadsBatchesIsReadAheadInBatches) {
+  Make(Options(1024), true);
+  store_->SetBatchSize(8);
+  constexpr uint64_t kBlocks = 400;
+  for (uint64_t id = 0; id < kBlocks; ++id) store_->Put(id, MakeBlock(id, 0));
+  Bytes out(16 * kBs);
+  for (uint64_t first = 0; first < kBlocks; first += 16) {  // a reader of 64 KiB requests
+    ASSERT_OK(cache_->ReadBlocks(kExport, first, 16, kBs, out.data()));
+    for (uint64_t i = 0; i < 16; ++i) {
+      const Bytes want = MakeBlock(first + i, 0);
+      ASSERT_TRUE(std::equal(want.begin(), want.end(), out.begin() + i * kBs)) << first + i;
+    }
+  }
+  ASSERT_OK(cache_->Shutdown());  // waits for read-ahead still in flight
+  const std::vector<size_t> batches = store_->Batches();
+  size_t largest = 0, blocks = 0;
+  for (size_t n : batches) {
+    largest = std::max(largest, n);
+    blocks += n;
+  }
+  EXPECT_EQ(largest, 8u);
+  EXPECT_LT(batches.size(), blocks / 2) << "most blocks should come in batches";
+  CacheStats st = Stats();
+  EXPECT_LE(st.misses, 2u);
+  EXPECT_EQ(st.store_reads, static_cast<uint64_t>(store_->reads()));
+  EXPECT_EQ(blocks, st.store_reads);  // every fetch is a ReadBatch: a reader's miss, one block
+  // Past the last block read-ahead asks for blocks that are not stored, a window at most.
+  EXPECT_LE(st.store_reads, kBlocks + 4 * 32);
+}
+
+// A store that gains nothing from batches is read one block per request, from many threads.
+TEST_F(CacheTest, AStoreThatDoesNotReadBatchesIsReadABlockAtATime) {
+  Make(Options(1024), true);
+  for (uint64_t id = 0; id < 200; ++id) store_->Put(id, MakeBlock(id, 0));
+  Bytes out(16 * kBs);
+  for (uint64_t first = 0; first < 192; first += 16)
+    ASSERT_OK(cache_->ReadBlocks(kExport, first, 16, kBs, out.data()));
+  ASSERT_OK(cache_->Shutdown());
+  const std::vector<size_t> batches = store_->Batches();
+  EXPECT_GE(batches.size(), 150u);
+  for (size_t n : batches) ASSERT_EQ(n, 1u);
 }
 
 TEST_F(CacheTest, EvictsLeastRecentlyUsedFirst) {

@@ -313,6 +313,24 @@ TEST_P(CodecRoundTripTest, WritesReadBackThroughAFreshLayer) {
   Bytes back(model.size());
   ASSERT_OK(v->Read(back.data(), back.size(), 0));
   EXPECT_TRUE(back == model);
+  // A batch read through the layer is decoded as Read is; a block never written is not found.
+  std::vector<Bytes> blocks(kBlocks + 1, Bytes{1, 2, 3});
+  std::vector<BlockRead> reads(kBlocks + 1);
+  for (uint64_t id = 0; id <= kBlocks; ++id) {
+    reads[id].id = id;
+    reads[id].data = &blocks[id];
+  }
+  store->ReadBatch("disk", reads);
+  for (uint64_t id = 0; id <= kBlocks; ++id) {
+    ASSERT_OK(reads[id].status);
+    EXPECT_EQ(reads[id].found, id < kBlocks) << "block " << id;
+    if (id == kBlocks) {
+      EXPECT_TRUE(blocks[id].empty());
+      continue;
+    }
+    EXPECT_TRUE(std::equal(blocks[id].begin(), blocks[id].end(), model.begin() + id * kBs) &&
+                blocks[id].size() == kBs) << "block " << id;
+  }
 
   // What the leaf holds: raw blocks as they are; anything else never the plain block.
   for (uint64_t id = 0; id < kBlocks; ++id) {

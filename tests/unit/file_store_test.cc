@@ -1,6 +1,7 @@
 #include "s3block/file_store.h"
 
 #include <fcntl.h>
+#include <liburing.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "s3block/params.h"
 #include "test_util.h"
 
 namespace s3block {
@@ -104,19 +106,31 @@ TEST(FileStore, ListBlocksIgnoresFilesThatAreNotBlockIds) {
 }
 
 // Threads that read block 1 of export "e" until stopped, counting the reads that fail or that
-// `whole` rejects as torn. The destructor stops them too, so a failed ASSERT in a test's writing
+// `whole` rejects as torn. With batch, they read it with ReadBatch, twice in each batch and
+// beside its neighbours. The destructor stops them too, so a failed ASSERT in a test's writing
 // loop ends that test instead of leaving its readers running.
 class BlockReaders {
  public:
-  BlockReaders(FileStore& store, int threads, std::function<bool(bool found, const Bytes&)> whole) {
+  BlockReaders(FileStore& store, int threads, std::function<bool(bool found, const Bytes&)> whole,
+               bool batch = false) {
     for (int t = 0; t < threads; ++t) {
-      threads_.emplace_back([this, &store, whole] {
-        Bytes data;
+      threads_.emplace_back([this, &store, whole, batch] {
+        Bytes data[4];
         bool found;
         while (!stop_) {
-          if (!store.Read("e", 1, &data, &found).ok() || !whole(found, data)) ++torn_;
-          if (found) ++seen_;
-          ++reads_;
+          if (!batch) {
+            if (!store.Read("e", 1, &data[0], &found).ok() || !whole(found, data[0])) ++torn_;
+            if (found) ++seen_;
+            ++reads_;
+            continue;
+          }
+          BlockRead reads[4] = {{0, &data[0]}, {1, &data[1]}, {2, &data[2]}, {1, &data[3]}};
+          store.ReadBatch("e", reads);
+          for (int i : {1, 3}) {
+            if (!reads[i].status.ok() || !whole(reads[i].found, data[i])) ++torn_;
+            if (reads[i].found) ++seen_;
+            ++reads_;
+          }
         }
       });
     }
@@ -247,6 +261,97 @@ TEST(FileStore, OverwriteCreatesAMissingBlockAtomicallyForConcurrentReaders) {
                                << " found the block";
   for (const auto& entry : fs::directory_iterator(store.BlocksDir("e")))
     ADD_FAILURE() << "left behind: " << entry.path();
+}
+
+TEST(FileStore, BatchReadersNeverSeeABlockHalfWritten) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const Bytes a(1 << 20, 0xaa), b(1 << 20, 0xbb);
+  const uint64_t ids[] = {1};
+  ASSERT_OK(store.Write("e", 0, Pattern(4096, 1), false));
+  BlockReaders readers(store, 2, [&](bool found, const Bytes& data) {
+    return !found || data == a || data == b;
+  }, /*batch=*/true);
+  // Created in place, written over in place, deleted: over and over.
+  for (int i = 0; i < 200 || readers.reads() < 1000 || readers.seen() < 200; ++i) {
+    ASSERT_OK(store.Overwrite("e", 1, a, false));
+    ASSERT_OK(store.Overwrite("e", 1, b, false));
+    if (i % 2) ASSERT_OK(store.Delete("e", ids, false));
+  }
+  readers.Stop();
+  EXPECT_EQ(readers.torn(), 0) << "of " << readers.reads() << " reads, " << readers.seen()
+                               << " found the block";
+}
+
+// Whether this kernel lets a process read files with io_uring, asked directly.
+bool KernelHasIoUring() {
+  io_uring ring;
+  if (io_uring_queue_init(2, &ring, 0) != 0) return false;
+  io_uring_queue_exit(&ring);
+  return true;
+}
+
+TEST(FileStore, ReadBatchReadsEachBlockAsReadDoes) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  // More blocks than one io_uring submission takes, of every kind a block file can be.
+  constexpr uint64_t kBlocks = 70;
+  for (uint64_t id = 0; id < kBlocks; ++id) {
+    switch (id % 5) {
+      case 0: ASSERT_OK(store.Write("e", id, Pattern(4096, static_cast<uint8_t>(id)), false)); break;
+      case 1: break;  // never written
+      case 2: ASSERT_OK(store.Write("e", id, Pattern(8192, static_cast<uint8_t>(id)), false)); break;
+      case 3: ASSERT_OK(store.Write("e", id, Pattern(100, static_cast<uint8_t>(id)), false)); break;
+      case 4: std::ofstream(store.BlockPath("e", id)); break;  // empty: never written
+    }
+  }
+  fs::create_directory(store.BlockPath("e", kBlocks));  // not a regular file: an error
+  {
+    std::ofstream huge(store.BlockPath("e", kBlocks + 1));  // far larger than any block
+  }
+  fs::resize_file(store.BlockPath("e", kBlocks + 1), 2ull * kMaxBlockSize + 1);
+  std::vector<uint64_t> ids;
+  for (uint64_t id = 0; id < kBlocks + 2; ++id) ids.push_back(id);
+  ids.insert(ids.begin() + 10, {5, 5, 6});  // the same block twice in a batch, and out of order
+
+  std::vector<Bytes> data(ids.size(), Bytes{9, 9});
+  std::vector<BlockRead> reads(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    reads[i].id = ids[i];
+    reads[i].data = &data[i];
+  }
+  store.ReadBatch("e", reads);
+  int found = 0, errors = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Bytes want;
+    bool want_found = false;
+    Status s = store.Read("e", ids[i], &want, &want_found);
+    EXPECT_EQ(reads[i].status.err(), s.err()) << "block " << ids[i] << ": " << reads[i].status.ToString();
+    EXPECT_EQ(reads[i].status.message(), s.message()) << "block " << ids[i];
+    if (!s.ok()) {
+      ++errors;
+      continue;
+    }
+    EXPECT_EQ(reads[i].found, want_found) << "block " << ids[i];
+    EXPECT_TRUE(data[i] == want) << "block " << ids[i] << ": " << data[i].size() << " bytes, not "
+                                 << want.size();
+    if (want_found) ++found;
+  }
+  EXPECT_EQ(found, 44);  // 14 of each of ids % 5 == 0, 2 and 3, and block 5 twice more
+  EXPECT_EQ(errors, 2);
+
+  // An export with no blocks at all.
+  BlockRead none[2] = {{1, &data[0]}, {2, &data[1]}};
+  store.ReadBatch("nothing-here", none);
+  for (const BlockRead& r : none) {
+    EXPECT_OK(r.status);
+    EXPECT_FALSE(r.found);
+    EXPECT_TRUE(r.data->empty());
+  }
+  // A batch costs less than as many reads only where the kernel allows io_uring.
+  EXPECT_EQ(store.ReadBatchSize(), KernelHasIoUring() ? 32u : 1u);
 }
 
 TEST(FileStore, ACreateThatFailsPartWayLeavesTheBlockUnwritten) {

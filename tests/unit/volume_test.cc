@@ -304,6 +304,58 @@ class CountingStore : public StoreDecorator {
   std::atomic<uint64_t> reads_{0}, max_id_seen_{0};
 };
 
+// Reads of every shape (inside a block, across runs of whole blocks, holes and a short last
+// block) return what was written, straight on the file store and through the cache.
+TEST_F(VolumeTest, ReadsOfEveryShapeAcrossHolesMatchTheWrites) {
+  constexpr uint32_t kBs = 4096;
+  const uint64_t size = 48 * kBs + 1000;  // the last block is short
+  CacheOptions co;
+  co.cache_size = 1 << 20;
+  auto cache = std::make_shared<CacheStore>(store_, co);
+  ASSERT_OK(cache->Start());
+  for (bool cached : {false, true}) {
+    SCOPED_TRACE(cached ? "through the cache" : "on the file store");
+    VolumeOptions o;
+    o.size = size;
+    o.block_size = kBs;
+    std::shared_ptr<Volume> v;
+    const std::string name = cached ? "shapes-cached" : "shapes";
+    ASSERT_OK(Volume::Open(cached ? std::shared_ptr<BlockStore>(cache) : store_, name, o, &v));
+    std::mt19937_64 rng(cached ? 21 : 12);
+    Bytes model(size, 0);
+    for (int i = 0; i < 40; ++i) {  // writes of up to 6 blocks, and trims that make holes
+      const uint64_t off = rng() % size;
+      const uint64_t len = std::min<uint64_t>(1 + rng() % (6 * kBs), size - off);
+      if (i % 4 == 3) {
+        ASSERT_OK(v->Trim(len, off, false));
+        std::fill(model.begin() + off, model.begin() + off + len, 0);
+      } else {
+        Bytes b = Random(len, rng);
+        ASSERT_OK(v->Write(b.data(), len, off, false));
+        std::copy(b.begin(), b.end(), model.begin() + off);
+      }
+    }
+    if (cached) {  // a cache that holds nothing yet: its reads wait for fetches mid-request
+      ASSERT_OK(v->Flush());
+      v.reset();
+      ASSERT_OK(cache->Shutdown());
+      cache = std::make_shared<CacheStore>(store_, co);
+      ASSERT_OK(cache->Start());
+      o.create = false;
+      ASSERT_OK(Volume::Open(cache, name, o, &v));
+    }
+    for (int i = 0; i < 400; ++i) {
+      const uint64_t off = i == 0 ? 0 : rng() % size;
+      const uint64_t len = i == 0 ? size : std::min<uint64_t>(1 + rng() % (20 * kBs), size - off);
+      Bytes back(len, 0xee);
+      ASSERT_OK(v->Read(back.data(), len, off));
+      ASSERT_TRUE(std::equal(back.begin(), back.end(), model.begin() + off))
+          << "read of " << len << " bytes at " << off;
+    }
+  }
+  ASSERT_OK(cache->Shutdown());
+}
+
 TEST_F(VolumeTest, ReadAheadSkipsHolesAndNeverReadsPastTheEnd) {
   auto counting = std::make_shared<CountingStore>(store_);
   CacheOptions co;
