@@ -122,6 +122,9 @@ class Volume {
   // Reads bytes [in, in + n) of block `id` into out; a block that is not stored reads as zeros.
   // REQUIRES: id < block count, in + n <= block_size().
   Status ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent);
+  // True only for a block this server knows is not stored (never written, trimmed, or all
+  // zeros): it reads as zeros without asking the store.
+  bool KnownNotStored(uint64_t id) const { return trust_presence_ && !presence_.Test(id); }
   // Reads `count` whole blocks from block `first` on into out (a block not stored: zeros).
   Status ReadBlocks(uint64_t first, uint32_t count, uint8_t* out);
   // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.

@@ -166,7 +166,7 @@ Status Volume::CheckRange(uint64_t count, uint64_t offset, bool write) const {
 }
 
 Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent) {
-  if (trust_presence_ && !presence_.Test(id)) {
+  if (KnownNotStored(id)) {
     std::memset(out, 0, n);
     return Status::Ok();
   }
@@ -194,7 +194,7 @@ Status Volume::ReadBlocks(uint64_t first, uint32_t count, uint8_t* out) {
 Status Volume::StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero) {
   if (!keep_zero && IsAllZero(data, meta_.block_size)) {
     stats_.zero_blocks_elided.fetch_add(1, std::memory_order_relaxed);
-    if (trust_presence_ && !presence_.Test(id)) return Status::Ok();
+    if (KnownNotStored(id)) return Status::Ok();
     uint64_t ids[1] = {id};
     S3B_RETURN_IF_ERROR(store_->Delete(name_, ids, fua));
     presence_.Clear(id);
@@ -211,7 +211,7 @@ Status Volume::WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8
 
 Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,
                                 bool fua, bool keep_zero) {
-  if (data == nullptr && !keep_zero && trust_presence_ && !presence_.Test(id))
+  if (data == nullptr && !keep_zero && KnownNotStored(id))
     return Status::Ok();  // zeroing part of a block that reads as zeros anyway
   std::lock_guard<std::mutex> lock(LockFor(id));
   if (!keep_zero && write_ranges_.load(std::memory_order_relaxed)) {
@@ -221,7 +221,7 @@ Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const u
       data = zeros.data();
     }
     // Known under the block's lock, before the bit is set (a set bit means "may be stored").
-    const bool base_zero = trust_presence_ && !presence_.Test(id);
+    const bool base_zero = KnownNotStored(id);
     presence_.Set(id);
     Status s = store_->WriteRange(name_, id, meta_.block_size, off,
                                   std::span<const uint8_t>(data, len), base_zero, fua);
@@ -266,11 +266,11 @@ Status Volume::Read(uint8_t* buf, uint64_t count, uint64_t offset) {
   const uint32_t bs = meta_.block_size;
   while (pos < end) {
     Piece p = PieceAt(pos, end);
-    if (p.in == 0 && p.n == bs && !(trust_presence_ && !presence_.Test(p.id))) {
+    if (p.in == 0 && p.n == bs && !KnownNotStored(p.id)) {
       // A run of whole blocks that may be stored, read with one call (the cache takes its lock
       // once for many of them).
       uint32_t count = 1;
-      while (count < (end - pos) / bs && !(trust_presence_ && !presence_.Test(p.id + count)))
+      while (count < (end - pos) / bs && !KnownNotStored(p.id + count))
         ++count;
       S3B_RETURN_IF_ERROR(ReadBlocks(p.id, count, buf));
       buf += static_cast<uint64_t>(count) * bs;
