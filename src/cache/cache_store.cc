@@ -248,6 +248,11 @@ class CacheStore::ExportCache {
   Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
                    ReadIntent intent, bool* found);
   Status ReadBlocks(uint64_t first, uint32_t count, uint32_t block_size, uint8_t* out);
+  // Copies bytes [offset, offset + out.size()) of a block's content to out and sets *found;
+  // null content (not stored) copies nothing. A block of another length than block_size is an
+  // error, never data.
+  Status CopyOut(uint64_t id, const Bytes* content, uint32_t block_size, uint32_t offset,
+                 std::span<uint8_t> out, bool* found) const;
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
   Status WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,
                     std::span<const uint8_t> data, bool base_zero, bool fua);
@@ -934,7 +939,14 @@ Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint
     *found = true;
     return Status::Ok();
   }
-  if (!content) return Status::Ok();
+  return CopyOut(id, content.get(), block_size, offset, out, found);
+}
+
+Status CacheStore::ExportCache::CopyOut(uint64_t id, const Bytes* content, uint32_t block_size,
+                                        uint32_t offset, std::span<uint8_t> out,
+                                        bool* found) const {
+  *found = false;
+  if (content == nullptr) return Status::Ok();
   if (content->size() != block_size)
     return WrongBlockLength(*next_, name_, id, content->size(), block_size);
   std::memcpy(out.data(), content->data() + offset, out.size());
@@ -966,13 +978,10 @@ Status CacheStore::ExportCache::ReadBlocks(uint64_t first, uint32_t count, uint3
     for (uint32_t k = 0; k < n; ++k, ++i) {
       uint8_t* dst = out + static_cast<size_t>(i) * block_size;
       const std::shared_ptr<const Bytes> content = std::move(run[k]);
-      if (!content) {
-        std::memset(dst, 0, block_size);
-      } else if (content->size() != block_size) {
-        return WrongBlockLength(*next_, name_, first + i, content->size(), block_size);
-      } else {
-        std::memcpy(dst, content->data(), block_size);
-      }
+      bool found = false;
+      S3B_RETURN_IF_ERROR(CopyOut(first + i, content.get(), block_size, 0,
+                                  std::span<uint8_t>(dst, block_size), &found));
+      if (!found) std::memset(dst, 0, block_size);
     }
     if (n == kRun || i == count) continue;
     // Block i is not held (or is being fetched, or was written in part): the one-block path
