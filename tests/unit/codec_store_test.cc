@@ -51,10 +51,13 @@ TEST(Crc32cTest, KnownVectors) {
 
 TEST(Crc32cTest, ImplementationsAgreeAndExtendAcrossSplits) {
   std::mt19937_64 rng(7);
-  Bytes data(5000 + 3);  // the longest run (4999 bytes) from the furthest start (3)
+  // Lengths around the hardware version's strides of three lanes (4080 bytes), several strides
+  // and a block of 1 MiB, each from three starts, and continued across a cut.
+  const std::vector<size_t> lengths = {1,    7,    8,    9,     63,    4079,          4080,
+                                       4081, 4096, 4999, 8160,  12247, (size_t{1} << 20) + 13};
+  Bytes data(lengths.back() + 3);  // the longest run from the furthest start (3)
   for (auto& c : data) c = static_cast<uint8_t>(rng());
-  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{63}, size_t{4096},
-                   size_t{4999}}) {
+  for (size_t n : lengths) {
     for (size_t start : {size_t{0}, size_t{1}, size_t{3}}) {
       const uint32_t whole = Crc32cTable(0, data.data() + start, n);
       if (Crc32cHardwareAvailable()) {
