@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "codec/crc32c.h"
+
 namespace s3block {
 namespace {
 
@@ -35,6 +37,8 @@ size_t OnBody(char* data, size_t size, size_t n, void* user) {
   } else {
     t->response->body.append(data, len);
   }
+  t->response->received_crc32c = Crc32c(t->response->received_crc32c, data, len);
+  t->response->received_bytes += len;
   return len;
 }
 
@@ -143,6 +147,11 @@ void HttpClient::Return(void* handle) {
 std::span<const uint8_t> HttpResponse::Body() const {
   if (data != nullptr && status >= 200 && status < 300) return *data;
   return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(body.data()), body.size());
+}
+
+uint32_t HttpResponse::BodyCrc32c() const {
+  const std::span<const uint8_t> b = Body();
+  return received_bytes == b.size() ? received_crc32c : Crc32c(0, b.data(), b.size());
 }
 
 Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, bool* transient) {

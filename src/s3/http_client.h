@@ -55,6 +55,13 @@ struct HttpResponse {
   // The body received: *data if it was read there, else `body`.
   std::span<const uint8_t> Body() const;
 
+  // The CRC-32C of the body's bytes, computed piece by piece as they arrive (while they are
+  // still in the CPU's cache), and how many bytes it covers. BodyCrc32c is that CRC when it
+  // covers exactly Body(), and otherwise computes it.
+  uint32_t received_crc32c = 0;
+  size_t received_bytes = 0;
+  uint32_t BodyCrc32c() const;
+
   // The value of the last header with this (lower-case) name, or "".
   std::string Header(std::string_view name) const;
   bool HasHeader(std::string_view name) const;

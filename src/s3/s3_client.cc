@@ -12,10 +12,14 @@
 #include "s3block/params.h"
 
 namespace s3block {
-std::string Crc32cHex(std::span<const uint8_t> data) {
+std::string Hex32(uint32_t v) {
   char hex[9];
-  std::snprintf(hex, sizeof hex, "%08x", Crc32c(0, data.data(), data.size()));
+  std::snprintf(hex, sizeof hex, "%08x", v);
   return hex;
+}
+
+std::string Crc32cHex(std::span<const uint8_t> data) {
+  return Hex32(Crc32c(0, data.data(), data.size()));
 }
 
 bool IsHexMd5(std::string_view s) {
@@ -80,7 +84,8 @@ Status VerifyBody(const HttpResponse& r, bool check_content) {
   if (!check_content) return Status::Ok();
   std::string crc = r.Header(kCrc32cMetaHeader);
   if (!crc.empty()) {
-    if (Lower(crc) != Crc32cHex(body))
+    // Computed as the body arrived: the whole body is not read again.
+    if (Lower(crc) != Hex32(r.BodyCrc32c()))
       return Status::IoError("content does not match the CRC-32C recorded with the object (" + crc +
                              "): corrupted object or transfer");
     return Status::Ok();

@@ -11,6 +11,7 @@
 #include "codec/crc32c.h"
 #include "fake_http_server.h"
 #include "s3block/block_store.h"
+#include "s3/http_client.h"
 #include "s3/xml.h"
 #include "test_util.h"
 
@@ -173,6 +174,36 @@ TEST(S3Client, GetVerifiesBodyAgainstRecordedCrc32c) {
   ASSERT_OK(client->GetObject("once", &data, &found));
   EXPECT_EQ(data, Bytes(good.begin(), good.end()));
   EXPECT_EQ(flipped.load(), 2);
+}
+
+// The CRC-32C of a body is computed as its pieces arrive, over exactly the bytes received: into
+// bytes (a 2xx body) and into the string (an error document) alike, and afresh for each request.
+TEST(HttpClient, CrcOfTheBodyIsComputedAsItArrives) {
+  std::string big(300001, 'b');  // several reads from the socket
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + i / 4096);
+  FakeHttpServer server([&](const FakeRequest& r) {
+    if (r.target.find("err") != std::string::npos) return S3Error(404, "NoSuchKey");
+    return Ok(r.target.find("small") != std::string::npos ? std::string("123456789") : big);
+  });
+  HttpClient http(HttpClientOptions{});
+  Bytes data;
+  for (const char* path : {"/big", "/small", "/err", "/big"}) {
+    SCOPED_TRACE(path);
+    HttpResponse response;
+    response.data = &data;
+    bool transient = false;
+    ASSERT_OK(http.Perform({"GET", server.endpoint() + path, {}, {}}, &response, &transient));
+    const std::span<const uint8_t> body = response.Body();
+    ASSERT_EQ(response.received_bytes, body.size());
+    EXPECT_EQ(response.received_crc32c, Crc32c(0, body.data(), body.size()));
+    EXPECT_EQ(response.BodyCrc32c(), response.received_crc32c);
+    if (std::string(path) == "/small") EXPECT_EQ(response.BodyCrc32c(), 0xE3069283u);
+    if (std::string(path) == "/err") EXPECT_GT(response.body.size(), 0u);
+  }
+  // A response whose running CRC does not cover its body has it computed.
+  HttpResponse r;
+  r.body = "123456789";
+  EXPECT_EQ(r.BodyCrc32c(), 0xE3069283u);
 }
 
 // Blocks are read straight into bytes; everything else about a GET is the same.
