@@ -128,6 +128,17 @@ int GetReady() {
     // on its own, M_MMAP_THRESHOLD, bounded memory as well but halved random I/O at 1 MiB
     // blocks with the page faults of every new buffer.)
     mallopt(M_ARENA_MAX, 1);
+    // And that arena keeps what it frees. glibc's defaults give back any free memory above 2 MiB
+    // at the top of the heap (once a 1 MiB buffer has raised its thresholds), so the cache's
+    // churn of block buffers had the kernel zero fresh pages for about two thirds of the blocks
+    // passing through: 41,000 page faults per 256 MiB written at 1M blocks. Setting the trim
+    // threshold alone would turn off the raised mmap threshold (every buffer mapped on its own,
+    // as above), so both are set: buffers under 32 MiB come from the heap, and the heap keeps up
+    // to 64 MiB free at its top. Measured apart against one RGW at 1M blocks: 25,000 faults,
+    // less of the plugin's CPU (writing 256 MiB 0.59-0.63 s instead of 0.61-0.70; reading it
+    // cold 0.35-0.42 instead of 0.39-0.48), random 4K writes and peak RSS the same.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     Status s = MakeStoreStack(g_config, &g_store);
     if (s.ok()) s = g_store->Check();
     if (s.ok()) {

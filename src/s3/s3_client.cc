@@ -12,11 +12,13 @@
 #include "s3block/params.h"
 
 namespace s3block {
+namespace {
 std::string Hex32(uint32_t v) {
   char hex[9];
   std::snprintf(hex, sizeof hex, "%08x", v);
   return hex;
 }
+}  // namespace
 
 std::string Crc32cHex(std::span<const uint8_t> data) {
   return Hex32(Crc32c(0, data.data(), data.size()));
