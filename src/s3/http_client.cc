@@ -34,11 +34,12 @@ size_t OnBody(char* data, size_t size, size_t n, void* user) {
     // As bytes: inserting chars into a vector of uint8_t converts them one at a time.
     const auto* bytes = reinterpret_cast<const uint8_t*>(data);
     t->response->data->insert(t->response->data->end(), bytes, bytes + len);
+    // Only bytes (blocks) have a running CRC: error documents and listings never need one.
+    t->response->received_crc32c = Crc32c(t->response->received_crc32c, data, len);
+    t->response->received_bytes += len;
   } else {
     t->response->body.append(data, len);
   }
-  t->response->received_crc32c = Crc32c(t->response->received_crc32c, data, len);
-  t->response->received_bytes += len;
   return len;
 }
 

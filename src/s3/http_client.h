@@ -55,9 +55,9 @@ struct HttpResponse {
   // The body received: *data if it was read there, else `body`.
   std::span<const uint8_t> Body() const;
 
-  // The CRC-32C of the body's bytes, computed piece by piece as they arrive (while they are
-  // still in the CPU's cache), and how many bytes it covers. BodyCrc32c is that CRC when it
-  // covers exactly Body(), and otherwise computes it.
+  // The CRC-32C of a body read into *data, computed piece by piece as it arrives (while it is
+  // still in the CPU's cache), and how many bytes it covers; bodies read into `body` have none.
+  // BodyCrc32c is that CRC when it covers exactly Body(), and otherwise computes it.
   uint32_t received_crc32c = 0;
   size_t received_bytes = 0;
   uint32_t BodyCrc32c() const;
