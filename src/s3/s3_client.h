@@ -8,9 +8,11 @@
 // attempt; then the last error is returned as EIO. Every other HTTP error (403, 404, other 4xx)
 // is returned at once. Each attempt is signed afresh (the signature covers the time).
 //
-// Integrity: every request is signed with the SHA-256 of its body (x-amz-content-sha256), which
-// the server checks (AWS and Ceph RGW refuse a body that does not match with
-// XAmzContentSHA256Mismatch); a POST also carries Content-MD5, which S3 requires there. A PUT
+// Integrity: over plain HTTP every request is signed with the SHA-256 of its body
+// (x-amz-content-sha256), which the server checks (AWS and Ceph RGW refuse a body that does not
+// match with XAmzContentSHA256Mismatch). Over HTTPS, TLS guarantees the body arrives as sent, and
+// requests say UNSIGNED-PAYLOAD instead: hashing every block written would cost more CPU than
+// anything else on the way. A POST also carries Content-MD5, which S3 requires there. A PUT
 // records the CRC-32C of the content with the object (x-amz-meta-s3block-crc32c). A GET body is
 // checked against Content-Length and against that CRC-32C; an object without it against the MD5
 // recorded by earlier versions (x-amz-meta-s3block-md5), or else against an ETag that is a plain

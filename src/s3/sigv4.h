@@ -36,9 +36,12 @@ struct SigV4Request {
   // Every header to sign, with its value as sent (Host included). x-amz-date and, with a session
   // token, x-amz-security-token are added by SignV4 and must not be given here.
   std::vector<std::pair<std::string, std::string>> headers;
-  // Hex SHA-256 of the body (or "UNSIGNED-PAYLOAD"); the last line of the canonical request.
+  // Hex SHA-256 of the body (or kUnsignedPayload); the last line of the canonical request.
   std::string payload_hash;
 };
+
+// The payload hash of a request whose body the signature does not cover.
+inline constexpr char kUnsignedPayload[] = "UNSIGNED-PAYLOAD";
 
 struct SigV4Result {
   std::string canonical_request;

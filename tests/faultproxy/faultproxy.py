@@ -22,7 +22,11 @@ Faults are switched at run time through the control port (plain HTTP on 127.0.0.
 
   GET /set?kinds=500,503&rate=0.2[&stall=3][&methods=GET,PUT][&seed=1]   turn faults on
   GET /off                                                               turn them off
-  GET /stats     {"requests": N, "forwarded": N, "faults": {"500": N, ...}, "kinds": [...], "rate": R}
+  GET /stats     {"requests": N, "forwarded": N, "faults": {"500": N, ...}, "kinds": [...], "rate": R,
+                  "payload": {"sha256": N, "unsigned": N, "other": N}}
+
+"payload" counts the requests by their x-amz-content-sha256 header: a SHA-256 of the body (64 hex
+digits), UNSIGNED-PAYLOAD, or anything else (absent included).
 
 Python 3 standard library only. Start it with --ready-file FILE to know when it listens.
 """
@@ -56,6 +60,7 @@ class FaultState:
         self.requests = 0
         self.forwarded = 0
         self.faults = {k: 0 for k in KINDS}
+        self.payload = {"sha256": 0, "unsigned": 0, "other": 0}
 
     def configure(self, kinds, rate, stall, methods, seed):
         with self.lock:
@@ -85,6 +90,17 @@ class FaultState:
         with self.lock:
             self.faults[kind] += 1
 
+    def count_payload(self, headers):
+        value = next((v for n, v in headers if n.lower() == "x-amz-content-sha256"), "")
+        if value == "UNSIGNED-PAYLOAD":
+            kind = "unsigned"
+        elif len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            kind = "sha256"
+        else:
+            kind = "other"
+        with self.lock:
+            self.payload[kind] += 1
+
     def count_forwarded(self):
         with self.lock:
             self.forwarded += 1
@@ -93,7 +109,7 @@ class FaultState:
         with self.lock:
             return {"requests": self.requests, "forwarded": self.forwarded,
                     "faults": dict(self.faults), "kinds": list(self.kinds), "rate": self.rate,
-                    "stall": self.stall}
+                    "stall": self.stall, "payload": dict(self.payload)}
 
 
 STATE = FaultState()
@@ -202,6 +218,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                     method, target, headers, body = self.read_request()
                 except (ClientGone, ConnectionError, socket.timeout, OSError):
                     return
+                STATE.count_payload(headers)
                 head = method == "HEAD"
                 kind, before = STATE.choose(method)
                 if kind in ("500", "503", "reset", "html") and before:

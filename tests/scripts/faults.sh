@@ -137,6 +137,9 @@ for kind in $kinds; do
   total=$((total + n))
 done
 reqs=$(ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['requests'])")
+# Over plain HTTP every request's signature covers a SHA-256 of its body, which the server checks.
+unhashed=$(ctl stats | python3 -c "import json,sys; p=json.load(sys.stdin)['payload']; print(p['unsigned'] + p['other'])")
+[ "$unhashed" -eq 0 ] || die "over HTTP, $unhashed of $reqs requests did not carry a SHA-256 of their body"
 # The model's own counts, summed over every run above (each run already failed the script if any
 # was not 0).
 lost=$(sed -n 's/.* \([0-9]*\) lost, \([0-9]*\) wrong$/\1/p' "$work/model.out" | awk '{ s += $1 } END { print s + 0 }')

@@ -155,7 +155,15 @@ start_nbdkit -- "${https_args[@]}" "ca-file=$certs/ca-cert.pem" size=16M cache=f
 roundtrip "nbd+unix:///https?socket=$sock" || die "nbdkit with ca-file= cannot write and read over HTTPS"
 stop_nbdkit
 # The data went through the HTTPS proxy to the real server.
-reqs=$(curl -sf "http://127.0.0.1:$((port + 1))/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['forwarded'])")
+stats=$(curl -sf "http://127.0.0.1:$((port + 1))/stats")
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)" <<<"$stats"; }
+reqs=$(field "['forwarded']")
 [ "$reqs" -gt 0 ] || die "no request went through the HTTPS endpoint"
-log "HTTPS: refused without the CA, $reqs requests served with ca-file="
+# Over HTTPS the body is not hashed into the signature (TLS protects it): every request says
+# UNSIGNED-PAYLOAD, and the server accepted them (the data round-tripped above).
+unsigned=$(field "['payload']['unsigned']")
+hashed=$(field "['payload']['sha256']")
+[ "$hashed" -eq 0 ] && [ "$unsigned" -eq "$(field "['requests']")" ] ||
+  die "over HTTPS, $hashed requests carried a SHA-256 of their body and $unsigned of $(field "['requests']") UNSIGNED-PAYLOAD"
+log "HTTPS: refused without the CA, $reqs requests served with ca-file=, all with UNSIGNED-PAYLOAD"
 log "PASS"
