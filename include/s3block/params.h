@@ -48,7 +48,9 @@ Status ValidateExportSize(std::string_view shown, uint64_t size);
 // leading or trailing white space, not "." or "..", and valid UTF-8.
 Status ValidateExportName(std::string_view name);
 
-// Renders a name for a message: printable ASCII as is, everything else as \xNN, cut at 64 bytes.
+// Renders a name for a message: printable ASCII and printable UTF-8 characters as they are,
+// every other byte (controls, invalid UTF-8, a backslash, ', and invisible characters such as
+// zero-width spaces and direction overrides) as \xNN; cut at 64 bytes, never inside a character.
 std::string QuoteForMessage(std::string_view text);
 
 // Renders a byte count for people: "4096 (4K)", "1073741824 (1G)".

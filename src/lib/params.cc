@@ -115,27 +115,33 @@ Status ParseCount(std::string_view param, std::string_view text, uint64_t min, u
 
 namespace {
 
-// Returns true if `s` is well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF).
+// The length of the UTF-8 sequence that starts with the byte text[i] (not ASCII) and its code
+// point, or 0 if it is not a well-formed one (overlong, a surrogate, above U+10FFFF, cut short).
+size_t Utf8At(std::string_view text, size_t i, uint32_t* cp) {
+  unsigned char c = static_cast<unsigned char>(text[i]);
+  size_t n;
+  if ((c & 0xe0) == 0xc0) { n = 1; *cp = c & 0x1f; }
+  else if ((c & 0xf0) == 0xe0) { n = 2; *cp = c & 0x0f; }
+  else if ((c & 0xf8) == 0xf0) { n = 3; *cp = c & 0x07; }
+  else return 0;
+  if (i + n >= text.size()) return 0;
+  for (size_t k = 1; k <= n; ++k) {
+    unsigned char cc = static_cast<unsigned char>(text[i + k]);
+    if ((cc & 0xc0) != 0x80) return 0;
+    *cp = (*cp << 6) | (cc & 0x3f);
+  }
+  if ((n == 1 && *cp < 0x80) || (n == 2 && *cp < 0x800) || (n == 3 && *cp < 0x10000)) return 0;
+  if (*cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff)) return 0;
+  return n + 1;
+}
+
+// Returns true if `s` is well-formed UTF-8.
 bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n;
+  for (size_t i = 0; i < s.size();) {
     uint32_t cp;
-    if (c < 0x80) { ++i; continue; }
-    if ((c & 0xe0) == 0xc0) { n = 1; cp = c & 0x1f; }
-    else if ((c & 0xf0) == 0xe0) { n = 2; cp = c & 0x0f; }
-    else if ((c & 0xf8) == 0xf0) { n = 3; cp = c & 0x07; }
-    else return false;
-    for (size_t k = 1; k <= n; ++k) {
-      if (i + k >= s.size()) return false;
-      unsigned char cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3f);
-    }
-    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000)) return false;
-    if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += n + 1;
+    size_t n = static_cast<unsigned char>(s[i]) < 0x80 ? 1 : Utf8At(s, i, &cp);
+    if (n == 0) return false;
+    i += n;
   }
   return true;
 }
@@ -173,20 +179,45 @@ Status ValidateExportName(std::string_view name) {
   return Status::Ok();
 }
 
+namespace {
+
+// Characters shown as they are: not the C1 controls, and none of the invisible ones that can
+// make a name look like another (zero-width characters, direction overrides, separators).
+bool ShownAsIs(uint32_t cp) {
+  if (cp < 0xa0 || cp == 0xad) return false;
+  if (cp >= 0x200b && cp <= 0x200f) return false;
+  if (cp >= 0x2028 && cp <= 0x202e) return false;
+  if (cp >= 0x2060 && cp <= 0x206f) return false;
+  return cp != 0xfeff;
+}
+
+}  // namespace
+
 std::string QuoteForMessage(std::string_view text) {
   std::string out;
-  size_t limit = text.size() > 64 ? 64 : text.size();
-  for (size_t i = 0; i < limit; ++i) {
+  const size_t limit = text.size() > 64 ? 64 : text.size();
+  size_t i = 0;
+  while (i < limit) {
     unsigned char c = static_cast<unsigned char>(text[i]);
     if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
       out.push_back(static_cast<char>(c));
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
+      ++i;
+      continue;
     }
+    uint32_t cp = 0;
+    size_t n = c >= 0x80 ? Utf8At(text, i, &cp) : 0;
+    if (n > 0 && ShownAsIs(cp)) {
+      if (i + n > limit) break;  // never half a character
+      out.append(text.substr(i, n));
+      i += n;
+      continue;
+    }
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+    ++i;
   }
-  if (limit < text.size()) out += "...(" + std::to_string(text.size()) + " bytes)";
+  if (i < text.size()) out += "...(" + std::to_string(text.size()) + " bytes)";
   return out;
 }
 

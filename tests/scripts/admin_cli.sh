@@ -92,6 +92,13 @@ expect_exit 1 "$tool" "${cli_store[@]}" create empty
 grep -q "already exists" "$work/err" || die "create over an existing export"
 expect_exit 1 "$tool" "${cli_store[@]}" create "../escape"
 grep -q "export name" "$work/err" || die "hostile name message"
+# A name in UTF-8 is shown as it is; one with an invisible direction override is escaped.
+s3b create "naïve-日本" --size 1M >/dev/null
+s3b list | grep -q "^naïve-日本 " || { s3b list; die "list does not show a UTF-8 name as it is"; }
+s3b info "naïve-日本" | grep -q "naïve-日本" || die "info does not show a UTF-8 name as it is"
+s3b delete "naïve-日本" --yes >/dev/null
+expect_exit 1 "$tool" "${cli_store[@]}" info "$(printf 'rlo-\342\200\256-x')"
+grep -q 'rlo-\\xe2\\x80\\xae-x' "$work/err" || { cat "$work/err"; die "a direction override in a name is not escaped"; }
 
 log "import a sparse image and read it back through nbdkit"
 img=$work/disk.img

@@ -76,6 +76,28 @@ TEST(ValidateExportName, RefusesNamesThatEscapeOrBreakKeys) {
   }
 }
 
+TEST(QuoteForMessage, ShowsPrintableTextAndEscapesTheRest) {
+  EXPECT_EQ(QuoteForMessage("test_device"), "test_device");
+  EXPECT_EQ(QuoteForMessage("ok-name-\xc3\xbc"), "ok-name-\xc3\xbc");        // ü as it is
+  EXPECT_EQ(QuoteForMessage("\xe6\x97\xa5\xf0\x9f\x92\xbe"), "\xe6\x97\xa5\xf0\x9f\x92\xbe");  // 3 and 4 bytes
+  EXPECT_EQ(QuoteForMessage("a'b\\c"), "a\\x27b\\x5cc");
+  EXPECT_EQ(QuoteForMessage(std::string("a\nb\0c", 5)), "a\\x0ab\\x00c");
+  EXPECT_EQ(QuoteForMessage("\xff\xc0\xaf"), "\\xff\\xc0\\xaf");                  // not UTF-8, overlong
+  EXPECT_EQ(QuoteForMessage("x\xc3"), "x\\xc3");                                // cut short
+  EXPECT_EQ(QuoteForMessage("\xed\xa0\x80"), "\\xed\\xa0\\x80");                  // a surrogate
+  EXPECT_EQ(QuoteForMessage("\xc2\x85"), "\\xc2\\x85");                          // C1 control
+  EXPECT_EQ(QuoteForMessage("ab\xe2\x80\xae" "cd"), "ab\\xe2\\x80\\xaecd");          // right-to-left override
+  EXPECT_EQ(QuoteForMessage("a\xe2\x80\x8b" "b"), "a\\xe2\\x80\\x8bb");              // zero-width space
+  EXPECT_EQ(QuoteForMessage("\xef\xbb\xbf"), "\\xef\\xbb\\xbf");                  // BOM
+  // Cut at 64 bytes, never inside a character: 21 three-byte characters are 63 bytes, and the
+  // 22nd would end past the limit.
+  std::string cjk;
+  for (int i = 0; i < 30; ++i) cjk += "\xe6\x97\xa5";
+  EXPECT_EQ(QuoteForMessage(cjk), cjk.substr(0, 63) + "...(90 bytes)");
+  EXPECT_EQ(QuoteForMessage(std::string(70, 'x')), std::string(64, 'x') + "...(70 bytes)");
+  EXPECT_EQ(QuoteForMessage(std::string(64, 'x')), std::string(64, 'x'));
+}
+
 TEST(ExportMeta, RoundTrip) {
   ExportMeta m;
   m.size = 10ull << 30;
