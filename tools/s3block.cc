@@ -556,8 +556,9 @@ int Run(int argc, char** argv) {
       std::printf("]}\n");
     } else {
       for (const auto& p : report.problems) std::printf("DAMAGED: %s\n", p.c_str());
-      std::printf("%" PRIu64 " blocks checked, %zu problems\n", report.blocks_checked,
-                  report.problems.size());
+      std::printf("%" PRIu64 " block%s checked, %zu problem%s\n", report.blocks_checked,
+                  report.blocks_checked == 1 ? "" : "s", report.problems.size(),
+                  report.problems.size() == 1 ? "" : "s");
     }
     return report.problems.empty() ? kExitOk : kExitDamage;
   }

@@ -169,6 +169,7 @@ else
 fi
 expect_exit 3 "$tool" "${cli_store[@]}" verify disk
 grep -q "DAMAGED: block 7" "$work/out" || { cat "$work/out"; die "verify did not name block 7"; }
+grep -qE "^[0-9]+ blocks checked, 1 problem$" "$work/out" || { cat "$work/out"; die "verify's summary does not count one problem"; }
 
 log "an interrupted import is not served, and a re-run finishes it"
 big=$work/big.img
