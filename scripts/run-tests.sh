@@ -48,6 +48,10 @@ backend_scripts=(
 s3_scripts=(
   disk_cache.sh
 )
+# Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
+local_scripts=(
+  disk_full.sh
+)
 
 passed=0
 failed=0
@@ -171,6 +175,12 @@ for script in "${backend_scripts[@]}"; do
   if [ $s3_available = 1 ]; then
     suite "$script s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3
   fi
+done
+
+for script in "${local_scripts[@]}"; do
+  path=$S3BLOCK_REPO/tests/scripts/$script
+  [ -f "$path" ] || continue
+  suite "$script" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path"
 done
 
 if [ $s3_available = 1 ]; then
