@@ -184,7 +184,7 @@ namespace {
 // Characters shown as they are: not the C1 controls, and none of the invisible ones that can
 // make a name look like another (zero-width characters, direction overrides, separators).
 bool ShownAsIs(uint32_t cp) {
-  if (cp < 0xa0 || cp == 0xad) return false;
+  if (cp < 0xa0 || cp == 0xad || cp == 0x061c) return false;
   if (cp >= 0x200b && cp <= 0x200f) return false;
   if (cp >= 0x2028 && cp <= 0x202e) return false;
   if (cp >= 0x2060 && cp <= 0x206f) return false;

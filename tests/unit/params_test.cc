@@ -89,6 +89,7 @@ TEST(QuoteForMessage, ShowsPrintableTextAndEscapesTheRest) {
   EXPECT_EQ(QuoteForMessage("ab\xe2\x80\xae" "cd"), "ab\\xe2\\x80\\xaecd");          // right-to-left override
   EXPECT_EQ(QuoteForMessage("a\xe2\x80\x8b" "b"), "a\\xe2\\x80\\x8bb");              // zero-width space
   EXPECT_EQ(QuoteForMessage("\xef\xbb\xbf"), "\\xef\\xbb\\xbf");                  // BOM
+  EXPECT_EQ(QuoteForMessage("\xd8\x9c"), "\\xd8\\x9c");                          // Arabic letter mark
   // Cut at 64 bytes, never inside a character: 21 three-byte characters are 63 bytes, and the
   // 22nd would end past the limit.
   std::string cjk;
