@@ -409,9 +409,10 @@ def chart(med, systems, outdir, meta):
     names = systems + ["raw-S3-4K", "raw-S3-1M"]
 
     def table(path, workloads, field, extra=None):
-        """Writes one panel's data; returns whether it holds any figure (a subset of systems or
-        workloads may leave a panel empty, and gnuplot refuses to plot one)."""
-        any_value = False
+        """Writes one panel's data; returns the data file's columns that hold a figure (a subset
+        of systems or workloads may leave some empty, and gnuplot warns about a column with no
+        figure and refuses a panel with none)."""
+        columns = set()
         with open(path, "w", encoding="utf-8") as f:
             f.write("workload " + " ".join(n for n in names) + "\n")
             for w in workloads:
@@ -421,9 +422,9 @@ def chart(med, systems, outdir, meta):
                         cells.append(extra(n, w) if extra else "?")
                     else:
                         cells.append(val(n, w, field))
-                any_value = any_value or any(c != "?" for c in cells)
+                columns.update(i + 2 for i, c in enumerate(cells) if c != "?")
                 f.write(w + " " + " ".join(cells) + "\n")
-        return any_value
+        return sorted(columns)
 
     def raw_seq(n, w):
         return val(n, "put" if w == "seqwrite" else "get", "mbps")
@@ -454,10 +455,10 @@ def chart(med, systems, outdir, meta):
         " (quick mode)" if meta.get("quick") == "1" else "")
     panels = [
         ("seq", "Sequential 1 MiB, queue depth 8 (MB/s, higher is better; raw-S3 = PUT/GET ceiling)",
-         "MB/s", n + 1),
-        ("rand", "Random 4 KiB, queue depth 32 (IOPS, higher is better)", "IOPS", n + 1),
-        ("lat", "99th percentile completion latency (ms, lower is better)", "ms", n - 1),
-        ("ext4", "ext4 through nbdfuse + loop: wall time (s, lower is better)", "seconds", n - 1),
+         "MB/s"),
+        ("rand", "Random 4 KiB, queue depth 32 (IOPS, higher is better)", "IOPS"),
+        ("lat", "99th percentile completion latency (ms, lower is better)", "ms"),
+        ("ext4", "ext4 through nbdfuse + loop: wall time (s, lower is better)", "seconds"),
     ]
     panels = [p for p in panels if has[p[0]]]
     if not panels:
@@ -478,11 +479,12 @@ colors = "%(colors)s"
 set multiplot layout %(rows)d,1 title "%(title)s"
 """ % {"out": os.path.join(outdir, "results.png"), "title": title, "colors": colors,
        "rows": len(panels), "height": 500 * len(panels)}
-    for name, ptitle, ylabel, last in panels:
+    for name, ptitle, ylabel in panels:
+        # Only the columns with a figure: each keeps its system's colour.
         script += """set title "%s"
 set ylabel "%s"
-plot for [i=2:%d] '%s/%s.dat' using i:xtic(1) title columnheader(i) lc rgb word(colors, i-1)
-""" % (ptitle, ylabel, last, tmp, name)
+plot for [c in "%s"] '%s/%s.dat' using int(c):xtic(1) title columnheader(int(c)) lc rgb word(colors, int(c)-1)
+""" % (ptitle, ylabel, " ".join(str(c) for c in has[name]), tmp, name)
     script += "unset multiplot\n"
     with open(os.path.join(tmp, "chart.gp"), "w", encoding="utf-8") as f:
         f.write(script)
