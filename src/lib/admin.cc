@@ -136,7 +136,15 @@ Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uin
                  const AdminOptions& options) {
   constexpr uint64_t kBatch = 1000;
   uint64_t batches = (ids.size() + kBatch - 1) / kBatch;
-  return ParallelFor(batches, options, "delete", [&](uint64_t b) {
+  // Progress in blocks, not in batches: every batch but the last holds kBatch of them.
+  AdminOptions o = options;
+  if (options.progress) {
+    o.progress = [&](uint64_t done, uint64_t total) {
+      options.progress(done == total ? ids.size() : std::min<uint64_t>(done * kBatch, ids.size()),
+                       ids.size());
+    };
+  }
+  return ParallelFor(batches, o, "delete", [&](uint64_t b) {
     size_t first = b * kBatch, n = std::min<size_t>(kBatch, ids.size() - first);
     return store.Delete(name, std::span<const uint64_t>(ids.data() + first, n), false);
   });

@@ -154,6 +154,15 @@ grep -qi 'certificate' "$work/noca.log" || die "the refusal does not mention the
 start_nbdkit -- "${https_args[@]}" "ca-file=$certs/ca-cert.pem" size=16M cache=false
 roundtrip "nbd+unix:///https?socket=$sock" || die "nbdkit with ca-file= cannot write and read over HTTPS"
 stop_nbdkit
+# Listing and deleting (ListObjectsV2, DeleteObjects) over HTTPS, with the admin command.
+s3b_https() {
+  AWS_SECRET_ACCESS_KEY=$S3BLOCK_TEST_S3_SECRET_KEY "$build/s3block" \
+    --store "s3://$S3BLOCK_TEST_S3_BUCKET/$prefix-https" --endpoint "https://127.0.0.1:$port" \
+    --ca-file "$certs/ca-cert.pem" --access-key "$S3BLOCK_TEST_S3_ACCESS_KEY" "$@" </dev/null
+}
+s3b_https list | grep -q '^https ' || die "s3block over HTTPS does not list the export written"
+s3b_https delete https --yes >/dev/null || die "s3block over HTTPS cannot delete the export"
+s3b_https list --json | grep -q '"name": "https"' && die "the export deleted over HTTPS is still listed"
 # The data went through the HTTPS proxy to the real server.
 stats=$(curl -sf "http://127.0.0.1:$((port + 1))/stats")
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)" <<<"$stats"; }

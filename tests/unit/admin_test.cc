@@ -6,7 +6,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "s3block/file_store.h"
 #include "s3block/volume.h"
@@ -145,6 +148,33 @@ TEST_F(AdminTest, DeleteRemovesEverythingAndInterruptedOperationsAreNotServed) {
   EXPECT_NE(s.message().find("incomplete"), std::string::npos) << s.message();
   ASSERT_OK(ImportImage(*store_, "i", image, 4096, options_));  // a re-run finishes it
   ASSERT_OK(Volume::Open(store_, "i", VolumeOptions(), &v));
+}
+
+// Deletes go in batches of a thousand blocks; the progress they report counts blocks.
+TEST_F(AdminTest, DeleteReportsProgressInBlocks) {
+  const uint64_t kBlocks = 2500;
+  std::string path = dir_.path() + "/full";
+  {
+    std::mt19937_64 rng(5);
+    std::string data(kBlocks * 4096, '\0');
+    for (auto& c : data) c = static_cast<char>(rng() | 1);  // no block of zeros
+    std::ofstream(path, std::ios::binary) << data;
+  }
+  ASSERT_OK(ImportImage(*store_, "big", path, 4096, options_));
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  AdminOptions o = options_;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    std::lock_guard<std::mutex> lock(mu);
+    calls.emplace_back(done, total);
+  };
+  ASSERT_OK(DeleteExport(*store_, "big", o));
+  ASSERT_FALSE(calls.empty());
+  for (const auto& [done, total] : calls) {
+    EXPECT_EQ(total, kBlocks);
+    EXPECT_LE(done, kBlocks);
+  }
+  EXPECT_EQ(calls.back(), std::make_pair(kBlocks, kBlocks));
 }
 
 TEST_F(AdminTest, RefusesToChangeAServedExportUnlessForced) {
