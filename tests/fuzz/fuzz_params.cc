@@ -2,8 +2,8 @@
 // chooses the parser, the rest is the text.
 //
 // Properties checked besides "no crash, no sanitizer report": every refusal has a message, and
-// that message is printable ASCII of bounded length whatever the input (it is shown to users and
-// written to logs); every value accepted is within what the parser promises.
+// that message is printable (printable.h) and of bounded length whatever the input (it is shown
+// to users and written to logs); every value accepted is within what the parser promises.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "printable.h"
 #include "s3block/params.h"
 
 namespace {
@@ -23,11 +24,6 @@ void Require(bool ok, const char* what) {
   }
 }
 
-bool Printable(const std::string& s) {
-  for (unsigned char c : s)
-    if (c < 0x20 || c >= 0x7f) return false;
-  return true;
-}
 
 // A refusal: a message, printable, and not much longer than the fixed text around the quoted input
 // (QuoteForMessage cuts the input at 64 bytes, each shown as at most 4 characters).

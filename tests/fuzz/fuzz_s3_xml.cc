@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "printable.h"
 #include "s3/s3_client.h"
 #include "s3/xml.h"
 
@@ -24,11 +25,6 @@ void Require(bool ok, const char* what) {
   }
 }
 
-bool Printable(const std::string& s) {
-  for (unsigned char c : s)
-    if (c < 0x20 || c >= 0x7f) return false;
-  return true;
-}
 
 size_t Walk(const s3block::XmlNode& n, int depth) {
   Require(depth <= 64, "a tree deeper than the limit");
