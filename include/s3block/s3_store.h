@@ -17,7 +17,9 @@
 #define S3BLOCK_S3_STORE_H_
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "s3block/block_store.h"
@@ -59,9 +61,18 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   Status DeleteMeta(std::string_view export_name) override;
 
   // A lease object at exports/<name>/lease, written with a conditional PUT (If-None-Match: *),
-  // renewed by a thread with If-Match on its ETag every lease_timeout/3 seconds, deleted when
+  // renewed by a thread with If-Match on its ETag every lease_timeout/4 seconds, deleted when
   // released, and taken over after it has expired (or with force). If the server ignores
   // conditional writes (checked once with a probe object), fails with ENOTSUP saying so.
+  //
+  // While this store holds an export's lease, every request that changes the export (block and
+  // metadata PUTs and DELETEs, copies into it), and every retry of one, first asks the lease: if
+  // it was taken over or released, or has less than half a second of validity left (its
+  // renewals failed), the request is not sent; otherwise it is given at most the time the lease
+  // has left, so that no request of ours is still running when another server can take the
+  // export over. Uploads queued in the cache then fail and stay dirty, and flushes say why. An
+  // export this store never leased (read-only, or a server without conditional writes) is not
+  // fenced.
   Status AcquireLease(std::string_view export_name, const std::string& holder, bool force,
                       std::unique_ptr<ExportLease>* out) override;
   Status QueryLease(std::string_view export_name, std::string* holder) override;
@@ -97,6 +108,18 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   double lease_timeout_ = 60;
   // Whether the server honours If-None-Match on PUT: 0 unknown, 1 yes, -1 no (probed once).
   std::atomic<int> conditional_writes_{0};
+
+ public:
+  // How long the lease of each export held by this store is valid (see s3_lease.cc).
+  struct LeaseState;
+  // The fence (S3Client's WriteFence) of requests that change `export_name`. Public for tests.
+  Status CheckLease(std::string_view export_name, double* seconds_left) const;
+
+ private:
+  void RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state);
+  mutable std::mutex leases_mu_;
+  // The state of the last lease this store took on each export (kept after its release).
+  std::map<std::string, std::shared_ptr<LeaseState>, std::less<>> leases_;  // guarded by leases_mu_
 };
 
 }  // namespace s3block

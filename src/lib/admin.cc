@@ -285,8 +285,10 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
   S3B_RETURN_IF_ERROR(DeleteIds(store, name, ids, options));
   S3B_RETURN_IF_ERROR(store.Flush(name));
+  // The last change, while the lease is still held; releasing it then removes what is left.
+  S3B_RETURN_IF_ERROR(store.DeleteMeta(name));
   lease.reset();
-  return store.DeleteMeta(name);
+  return Status::Ok();
 }
 
 Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,

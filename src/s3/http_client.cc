@@ -180,7 +180,9 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
   if (!options_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, options_.ca_file.c_str());
-  long timeout_ms = static_cast<long>(options_.request_timeout * 1000);
+  const double timeout = request.timeout > 0 ? std::min(request.timeout, options_.request_timeout)
+                                             : options_.request_timeout;
+  long timeout_ms = std::max(1L, static_cast<long>(timeout * 1000));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                    std::min(timeout_ms, static_cast<long>(options_.connect_timeout * 1000)));

@@ -40,6 +40,8 @@ struct HttpRequest {
   std::string url;     // already encoded
   std::vector<std::pair<std::string, std::string>> headers;
   std::span<const uint8_t> body;  // sent for PUT and POST; must outlive Perform
+  // Seconds this request may take at most, if fewer than the client's request_timeout (0: that).
+  double timeout = 0;
 };
 
 struct HttpResponse {

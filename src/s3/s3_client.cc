@@ -156,7 +156,8 @@ Status S3Client::ErrorFor(std::string_view op, const std::string& key, const Htt
   return Status::IoError(msg);
 }
 
-Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* transient) {
+Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* transient,
+                         double timeout) {
   *transient = false;
   std::string path = base_path_;
   if (!req.key.empty()) path += "/" + req.key;
@@ -185,6 +186,7 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* trans
   for (const auto& h : signature.added_headers) hreq.headers.push_back(h);
   hreq.headers.emplace_back("Authorization", signature.authorization);
   hreq.body = req.body;
+  hreq.timeout = timeout;
 
   Status s = http_->Perform(hreq, response, transient);
   if (!s.ok()) return Status::IoError(Describe(req.method, req.key) + ": " + s.message());
@@ -208,8 +210,13 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(std::max(0.0, retry_timeout)));
   for (int attempt = 1;; ++attempt) {
+    double timeout = 0;
+    if (req.fence) {
+      Status f = (*req.fence)(&timeout);
+      if (!f.ok()) return f.Annotate(Describe(req.method, req.key));
+    }
     bool transient = false;
-    Status s = Attempt(req, response, &transient);
+    Status s = Attempt(req, response, &transient, timeout);
     if (s.ok() || !transient) return s;
     auto now = Clock::now();
     if (now >= deadline) {
@@ -230,10 +237,11 @@ Status S3Client::GetObject(const std::string& key, std::string* body, bool* foun
   return GetObjectWithEtag(key, body, found, &etag);
 }
 
-Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body) {
+Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body,
+                           const WriteFence* fence) {
   Request req{"PUT", key, {},
               {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, Crc32cHex(body)}},
-              body, false};
+              body, false, fence};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
   if (r.status == 200) return Status::Ok();
@@ -302,10 +310,11 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
   return Status::Ok();
 }
 
-Status S3Client::CopyObject(const std::string& from_key, const std::string& to_key, bool* found) {
+Status S3Client::CopyObject(const std::string& from_key, const std::string& to_key, bool* found,
+                            const WriteFence* fence) {
   *found = false;
   std::string source = "/" + options_.bucket + "/" + UriEncodePath(from_key);
-  Request req{"PUT", to_key, {}, {{"x-amz-copy-source", source}}, {}, false};
+  Request req{"PUT", to_key, {}, {{"x-amz-copy-source", source}}, {}, false, fence};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
   if (r.status == 200) {
@@ -318,8 +327,8 @@ Status S3Client::CopyObject(const std::string& from_key, const std::string& to_k
   return ErrorFor("COPY " + from_key + " to", to_key, r);
 }
 
-Status S3Client::DeleteObject(const std::string& key) {
-  Request req{"DELETE", key, {}, {}, {}, false};
+Status S3Client::DeleteObject(const std::string& key, const WriteFence* fence) {
+  Request req{"DELETE", key, {}, {}, {}, false, fence};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
   if (r.status == 204 || r.status == 200) return Status::Ok();
@@ -327,7 +336,7 @@ Status S3Client::DeleteObject(const std::string& key) {
   return ErrorFor("DELETE", key, r);
 }
 
-Status S3Client::DeleteObjects(const std::vector<std::string>& keys) {
+Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence) {
   if (keys.empty()) return Status::Ok();
   if (keys.size() > static_cast<size_t>(kMaxDeleteKeys))
     return Status::InvalidArgument("DeleteObjects takes at most 1000 keys");
@@ -337,7 +346,7 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys) {
   xml += "</Delete>";
   Request req{"POST", "", {{"delete", ""}},
               {{"Content-Type", "application/xml"}, {"Content-MD5", Base64Encode(Md5(AsBytes(xml)))}},
-              AsBytes(xml), false};
+              AsBytes(xml), false, fence};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
   std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +

@@ -62,6 +62,13 @@ inline constexpr char kMd5MetaHeader[] = "x-amz-meta-s3block-md5";
 // The value of kCrc32cMetaHeader for this content.
 std::string Crc32cHex(std::span<const uint8_t> data);
 
+// Asked before every attempt of a request that changes an export (and so before every retry):
+// an error stops the request at once, unsent and not retried; OK with *seconds_left > 0 limits
+// the attempt to that many seconds, and with 0 leaves the request timeout as it is. The S3
+// store's fence keeps a server whose lease on the export has lapsed or was taken over from
+// storing anything, and ends every request before the lease could be taken over.
+using WriteFence = std::function<Status(double* seconds_left)>;
+
 class S3Client {
  public:
   // REQUIRES: options.bucket is a valid bucket name. No I/O happens here.
@@ -74,7 +81,8 @@ class S3Client {
   // the object was found.
   Status GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found);
   // Writes an object, with its CRC-32C as x-amz-meta-s3block-crc32c.
-  Status PutObject(const std::string& key, std::span<const uint8_t> body);
+  Status PutObject(const std::string& key, std::span<const uint8_t> body,
+                   const WriteFence* fence = nullptr);
   // Reads an object and its ETag (without quotes).
   Status GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
                            std::string* etag);
@@ -89,12 +97,13 @@ class S3Client {
                               std::string* etag, bool* precondition_failed);
   // Server-side copy of an object within the bucket (x-amz-copy-source). *found = false if the
   // source does not exist.
-  Status CopyObject(const std::string& from_key, const std::string& to_key, bool* found);
+  Status CopyObject(const std::string& from_key, const std::string& to_key, bool* found,
+                    const WriteFence* fence = nullptr);
   // Deletes one object; a missing object is not an error.
-  Status DeleteObject(const std::string& key);
+  Status DeleteObject(const std::string& key, const WriteFence* fence = nullptr);
   // Deletes up to 1000 objects with one DeleteObjects request; an error if the server reports
   // any key it could not delete (missing keys count as deleted).
-  Status DeleteObjects(const std::vector<std::string>& keys);
+  Status DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence = nullptr);
   // ListObjectsV2 over every page: on_key(key, etag) for each object (the ETag without its
   // quotes), on_prefix(prefix) for each common prefix (with a delimiter). Either callback may be
   // null.
@@ -123,6 +132,7 @@ class S3Client {
     std::vector<std::pair<std::string, std::string>> headers;
     std::span<const uint8_t> body;
     bool verify_body = false;  // check a 200 GET body's length and MD5
+    const WriteFence* fence = nullptr;  // asked before every attempt
   };
 
   // A GET of an object into *r (whose `data`, if set, receives a 2xx body): *found and *etag
@@ -132,8 +142,9 @@ class S3Client {
   // with *response for any HTTP status that is not transient (the caller interprets 4xx);
   // EIO when the retries are exhausted or the failure is not transient.
   Status Execute(const Request& request, HttpResponse* response, double retry_timeout);
-  // One attempt. *transient tells whether to retry an error.
-  Status Attempt(const Request& request, HttpResponse* response, bool* transient);
+  // One attempt, of at most `timeout` seconds if that is above 0. *transient tells whether to
+  // retry an error.
+  Status Attempt(const Request& request, HttpResponse* response, bool* transient, double timeout);
   // An EIO (or EACCES/ENOENT-flavoured EIO) error for an HTTP error response.
   Status ErrorFor(std::string_view op, const std::string& key, const HttpResponse& response) const;
 

@@ -27,7 +27,29 @@
 #include "s3block/s3_store.h"
 
 namespace s3block {
+
+// Shared by an export's lease and the store's fence (S3Store::CheckLease): until when the lease
+// is valid, on the steady clock, whether another server has taken it over, and whether it was
+// released. The store keeps it after the lease is gone: once this store has held an export's
+// lease, it changes the export only while it holds it again.
+struct S3Store::LeaseState {
+  std::atomic<std::chrono::steady_clock::rep> valid_until_ticks{0};
+  std::atomic<bool> lost{false};
+  std::atomic<bool> released{false};
+};
+
 namespace {
+
+// A request that changes an export starts only with at least this much of its lease left.
+constexpr double kLeaseMinLeft = 0.5;
+
+// Until when a lease whose expiry was written as now + timeout is valid here: a second less,
+// because the expiry is written in whole seconds, rounded down.
+std::chrono::steady_clock::time_point ValidUntil(std::chrono::steady_clock::time_point now,
+                                                 double timeout) {
+  return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                   std::chrono::duration<double>(timeout - 1.0));
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -142,16 +164,19 @@ std::span<const uint8_t> AsSpan(const std::string& s) {
 class S3Lease : public ExportLease {
  public:
   S3Lease(std::shared_ptr<const void> keep_alive, S3Client* client, std::string key, std::string export_name, LeaseDoc doc,
-          std::string etag, double timeout)
+          std::string etag, double timeout, Clock::time_point valid_until,
+          std::shared_ptr<S3Store::LeaseState> state)
       : keep_alive_(std::move(keep_alive)), client_(client), key_(std::move(key)), export_name_(std::move(export_name)),
-        doc_(std::move(doc)), etag_(std::move(etag)), timeout_(timeout),
-        valid_until_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                        std::chrono::duration<double>(timeout))) {
-    valid_until_ticks_.store(valid_until_.time_since_epoch().count());
+        doc_(std::move(doc)), etag_(std::move(etag)), timeout_(timeout), valid_until_(valid_until),
+        state_(std::move(state)) {
+    state_->valid_until_ticks.store(valid_until_.time_since_epoch().count());
     renewer_ = std::thread([this] { RenewLoop(); });
   }
 
   ~S3Lease() override {
+    // Nothing more is stored under this lease, from now on: what a cache still holds would land
+    // after the lease is gone, when another server may hold it.
+    state_->released.store(true, std::memory_order_release);
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
@@ -171,8 +196,8 @@ class S3Lease : public ExportLease {
   Status Valid() const override {
     // Every write and flush asks: the answer "valid" comes from two atomics, without the mutex
     // the renewer holds around its bookkeeping. The message of a lost lease is built under it.
-    if (!lost_flag_.load(std::memory_order_acquire) &&
-        Clock::now().time_since_epoch().count() <= valid_until_ticks_.load(std::memory_order_acquire))
+    if (!state_->lost.load(std::memory_order_acquire) &&
+        Clock::now().time_since_epoch().count() <= state_->valid_until_ticks.load(std::memory_order_acquire))
       return Status::Ok();
     std::lock_guard<std::mutex> lock(mu_);
     if (lost_) return Status::IoError(lost_reason_);
@@ -187,17 +212,19 @@ class S3Lease : public ExportLease {
  private:
   void RenewLoop() {
     std::unique_lock<std::mutex> lock(mu_);
-    auto interval = std::chrono::duration<double>(timeout_ / 3);
+    // Renewed four times a lease's span: a renewal that fails is tried again every second, and
+    // the lease keeps at least a second to spare meanwhile at lease-timeout=3.
+    auto interval = std::chrono::duration<double>(timeout_ / 4);
     while (!stop_ && !lost_) {
       cv_.wait_for(lock, interval, [this] { return stop_; });
       if (stop_) return;
+      const auto started = Clock::now();
       LeaseDoc next = doc_;
       next.expires = Now() + static_cast<int64_t>(timeout_);
       std::string etag = etag_;
       lock.unlock();
       std::string new_etag;
       bool failed = false;
-      auto started = Clock::now();
       Status s = client_->PutObjectConditional(key_, AsSpan(Serialize(next)), false, etag,
                                                &new_etag, &failed);
       if (s.ok() && failed) {
@@ -215,16 +242,15 @@ class S3Lease : public ExportLease {
         etag_ = new_etag;
         doc_ = next;
         // Count validity from when the renewal was sent: the server may have applied it at once.
-        valid_until_ = started + std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(timeout_));
-        valid_until_ticks_.store(valid_until_.time_since_epoch().count(),
-                                 std::memory_order_release);
-        interval = std::chrono::duration<double>(timeout_ / 3);
+        valid_until_ = ValidUntil(started, timeout_);
+        state_->valid_until_ticks.store(valid_until_.time_since_epoch().count(),
+                                        std::memory_order_release);
+        interval = std::chrono::duration<double>(timeout_ / 4);
       } else if (s.ok() && failed) {
         lost_ = true;
         lost_reason_ = "the lease of export '" + QuoteForMessage(export_name_) +
                        "' was taken over by another server; refusing to write";
-        lost_flag_.store(true, std::memory_order_release);
+        state_->lost.store(true, std::memory_order_release);
       } else {
         interval = std::chrono::duration<double>(1.0);  // try again soon
       }
@@ -242,9 +268,8 @@ class S3Lease : public ExportLease {
   Clock::time_point valid_until_;  // guarded by mu_
   bool stop_ = false, lost_ = false;  // guarded by mu_
   // Copies of valid_until_ (in clock ticks) and lost_, stored under mu_ when they change and read
-  // without it by Valid().
-  std::atomic<Clock::rep> valid_until_ticks_{0};
-  std::atomic<bool> lost_flag_{false};
+  // without it by Valid() and by the store's fence.
+  const std::shared_ptr<S3Store::LeaseState> state_;
   std::string lost_reason_;
   std::thread renewer_;
 };
@@ -277,14 +302,30 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
   LeaseDoc doc;
   doc.holder = holder;
   doc.token = RandomToken();
-  doc.expires = Now() + static_cast<int64_t>(lease_timeout_);
   FillIdentity(&doc);
+  // Before each request that may take the lease: it expires (for other servers, on the wall
+  // clock) and stops being valid here (on the steady clock) lease_timeout from now, before the
+  // server can have applied it.
+  Clock::time_point valid_until;
+  auto sending = [&] {
+    doc.expires = Now() + static_cast<int64_t>(lease_timeout_);
+    valid_until = ValidUntil(Clock::now(), lease_timeout_);
+  };
+  auto make = [&](const std::string& etag) {
+    auto state = std::make_shared<LeaseState>();
+    auto lease = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key,
+                                           std::string(export_name), doc, etag, lease_timeout_,
+                                           valid_until, state);
+    RegisterLease(export_name, std::move(state));
+    return lease;
+  };
   for (int attempt = 0; attempt < 4; ++attempt) {
     std::string etag;
     bool failed = false;
+    sending();
     S3B_RETURN_IF_ERROR(client_->PutObjectConditional(key, AsSpan(Serialize(doc)), true, "", &etag, &failed));
     if (!failed) {
-      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, etag, lease_timeout_);
+      *out = make(etag);
       return Status::Ok();
     }
     std::string body, cur_etag;
@@ -293,7 +334,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     if (!found) continue;  // released between our two requests: try again
     LeaseDoc cur = Parse(body);
     if (cur.token == doc.token) {  // our own PUT landed and its answer was lost
-      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, cur_etag, lease_timeout_);
+      *out = make(cur_etag);
       return Status::Ok();
     }
     const int64_t left = cur.expires - Now();
@@ -303,15 +344,50 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
                                       std::to_string(left) + " s unless renewed); stop that "
                                       "server first, or if it is dead give force=true (s3block: --force)");
     }
+    sending();
     S3B_RETURN_IF_ERROR(
         client_->PutObjectConditional(key, AsSpan(Serialize(doc)), false, cur_etag, &etag, &failed));
     if (!failed) {
-      *out = std::make_unique<S3Lease>(shared_from_this(), client_.get(), key, std::string(export_name), doc, etag, lease_timeout_);
+      *out = make(etag);
       return Status::Ok();
     }
   }
   return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                                   ": another server is taking its lease at the same time");
+}
+
+void S3Store::RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state) {
+  std::lock_guard<std::mutex> lock(leases_mu_);
+  leases_[std::string(export_name)] = state;
+}
+
+Status S3Store::CheckLease(std::string_view export_name, double* seconds_left) const {
+  *seconds_left = 0;
+  std::shared_ptr<LeaseState> state;
+  {
+    std::lock_guard<std::mutex> lock(leases_mu_);
+    auto it = leases_.find(export_name);
+    if (it != leases_.end()) state = it->second;
+  }
+  if (!state) return Status::Ok();  // never leased here (read-only, or no conditional writes)
+  if (state->released.load(std::memory_order_acquire)) {
+    return Status::IoError("this server released the lease of export '" +
+                           QuoteForMessage(export_name) + "'; storing nothing more in it");
+  }
+  if (state->lost.load(std::memory_order_acquire)) {
+    return Status::IoError("the lease of export '" + QuoteForMessage(export_name) +
+                           "' was taken over by another server; storing nothing more in it");
+  }
+  const Clock::duration left(state->valid_until_ticks.load(std::memory_order_acquire) -
+                             Clock::now().time_since_epoch().count());
+  const double secs = std::chrono::duration<double>(left).count();
+  if (secs < kLeaseMinLeft) {
+    return Status::IoError("the lease of export '" + QuoteForMessage(export_name) +
+                           "' could not be renewed in time; storing nothing in it while another "
+                           "server may take it over");
+  }
+  *seconds_left = secs;
+  return Status::Ok();
 }
 
 Status S3Store::QueryLease(std::string_view export_name, std::string* holder) {
@@ -326,7 +402,8 @@ Status S3Store::QueryLease(std::string_view export_name, std::string* holder) {
 }
 
 Status S3Store::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
-  return client_->CopyObject(BlockKey(from, id), BlockKey(to, id), found);
+  const WriteFence fence = [&](double* left) { return CheckLease(to, left); };
+  return client_->CopyObject(BlockKey(from, id), BlockKey(to, id), found, &fence);
 }
 
 }  // namespace s3block

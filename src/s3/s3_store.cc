@@ -114,18 +114,20 @@ Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, boo
 }
 
 Status S3Store::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data, bool fua) {
-  return client_->PutObject(BlockKey(export_name, id), data);
+  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  return client_->PutObject(BlockKey(export_name, id), data, &fence);
 }
 
 Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
   if (ids.empty()) return Status::Ok();
-  if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]));
+  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]), &fence);
   std::vector<std::string> keys;
   keys.reserve(std::min(ids.size(), kDeleteBatch));
   for (size_t i = 0; i < ids.size(); ++i) {
     keys.push_back(BlockKey(export_name, ids[i]));
     if (keys.size() == kDeleteBatch || i + 1 == ids.size()) {
-      S3B_RETURN_IF_ERROR(client_->DeleteObjects(keys));
+      S3B_RETURN_IF_ERROR(client_->DeleteObjects(keys, &fence));
       keys.clear();
     }
   }
@@ -180,11 +182,13 @@ Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* 
 }
 
 Status S3Store::WriteMeta(std::string_view export_name, std::string_view text) {
-  return client_->PutObject(MetaKey(export_name), AsBytes(text));
+  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  return client_->PutObject(MetaKey(export_name), AsBytes(text), &fence);
 }
 
 Status S3Store::DeleteMeta(std::string_view export_name) {
-  return client_->DeleteObject(MetaKey(export_name));
+  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  return client_->DeleteObject(MetaKey(export_name), &fence);
 }
 
 }  // namespace s3block

@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "codec/crc32c.h"
 #include "fake_http_server.h"
@@ -213,6 +215,60 @@ TEST(HttpClient, CrcOfTheBodyIsComputedAsItArrives) {
   HttpResponse r;
   r.body = "123456789";
   EXPECT_EQ(r.BodyCrc32c(), 0xE3069283u);
+}
+
+// A write fence is asked before every attempt: its error stops the request unsent and without
+// retries, and the time it gives bounds the attempt.
+TEST(S3Client, WriteFenceStopsOrBoundsEveryAttempt) {
+  std::atomic<int> puts{0};
+  FakeHttpServer server([&](const FakeRequest& r) {
+    if (r.method == "PUT") ++puts;
+    if (r.target.find("slow") != std::string::npos)
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+    if (r.target.find("fail") != std::string::npos) return S3Error(503, "SlowDown");
+    return Ok("");
+  });
+  auto client = MakeClient(server.endpoint(), 2.0);  // the request timeout is 5 s
+  const std::vector<uint8_t> body(100, 7);
+  int asked = 0;
+  const WriteFence refuse = [&](double*) {
+    ++asked;
+    return Status::IoError("the lease is gone");
+  };
+  Status s = client->PutObject("k", body, &refuse);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("the lease is gone"), std::string::npos) << s.message();
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(client->DeleteObject("k", &refuse).err(), EIO);
+  EXPECT_EQ(client->DeleteObjects({"a", "b"}, &refuse).err(), EIO);
+  bool found = false;
+  EXPECT_EQ(client->CopyObject("a", "b", &found, &refuse).err(), EIO);
+  EXPECT_EQ(puts.load(), 0);
+
+  // Asked again before every retry.
+  asked = 0;
+  const WriteFence allow = [&](double* left) {
+    ++asked;
+    *left = 0;  // no limit of its own
+    return Status::Ok();
+  };
+  EXPECT_EQ(client->PutObject("fail", body, &allow).err(), EIO);
+  EXPECT_GE(asked, 2);
+  EXPECT_EQ(asked, puts.load());
+
+  // An attempt gets at most the time the fence gives (the server takes 3 s to answer).
+  const WriteFence short_time = [&](double* left) {
+    *left = 0.5;
+    return Status::Ok();
+  };
+  client = MakeClient(server.endpoint(), 0);  // one attempt
+  const auto start = std::chrono::steady_clock::now();
+  s = client->PutObject("slow", body, &short_time);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_LT(took, 2.5) << s.message();
+  // Without a fence, the same request waits for its answer.
+  ASSERT_OK(client->PutObject("slow", body));
 }
 
 // Blocks are read straight into bytes; everything else about a GET is the same.

@@ -498,7 +498,7 @@ TEST_F(S3StoreTest, ForcedTakeOverMakesTheOldHolderStopWriting) {
   std::shared_ptr<S3Store> a, b;
   ASSERT_OK(MakeStore(&a, c));
   ASSERT_OK(MakeStore(&b, c));
-  a->set_lease_timeout(3);  // renewed every second
+  a->set_lease_timeout(3);  // renewed every 0.75 s
   std::unique_ptr<ExportLease> la, lb;
   ASSERT_OK(a->AcquireLease("e", "server a", false, &la));
   ASSERT_OK(b->AcquireLease("e", "server b", true, &lb));  // force
@@ -515,6 +515,46 @@ TEST_F(S3StoreTest, ForcedTakeOverMakesTheOldHolderStopWriting) {
   la.reset();  // must not delete b's lease object
   ASSERT_OK(b->QueryLease("e", &holder));
   EXPECT_EQ(holder, "server b");
+}
+
+// A server whose lease was taken over stores nothing more in the export: not blocks its cache
+// still had to upload, not deletes, not metadata. The new holder's data stays.
+TEST_F(S3StoreTest, AServerThatLostTheLeaseStoresNothingMore) {
+  std::shared_ptr<S3Store> a, b;
+  ASSERT_OK(MakeStore(&a));
+  ASSERT_OK(MakeStore(&b));
+  a->set_lease_timeout(3);  // renewed every 0.75 s
+  std::unique_ptr<ExportLease> la, lb;
+  ASSERT_OK(a->AcquireLease("e", "server a", false, &la));
+  const std::vector<uint8_t> mine(4096, 'A'), theirs(4096, 'B');
+  ASSERT_OK(a->Write("e", 0, mine, false));  // while a holds it
+  double left = 0;
+  ASSERT_OK(a->CheckLease("e", &left));
+  EXPECT_GT(left, 0.5);
+  EXPECT_LE(left, 3.0);
+  ASSERT_OK(b->AcquireLease("e", "server b", true, &lb));  // force
+  ASSERT_OK(b->Write("e", 0, theirs, false));
+  Status valid;
+  for (int i = 0; i < 300 && (valid = la->Valid()).ok(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(valid.err(), EIO);
+  Status s = a->Write("e", 0, mine, false);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("taken over"), std::string::npos) << s.message();
+  const uint64_t ids[] = {0, 1};
+  EXPECT_EQ(a->Delete("e", std::span<const uint64_t>(ids, 1), false).err(), EIO);
+  EXPECT_EQ(a->Delete("e", ids, false).err(), EIO);
+  EXPECT_EQ(a->WriteMeta("e", "size=1\n").err(), EIO);
+  bool found = false;
+  EXPECT_EQ(a->CopyBlock("x", "e", 0, &found).err(), EIO);
+  Bytes back;
+  ASSERT_OK(b->Read("e", 0, &back, &found));
+  ASSERT_TRUE(found);
+  EXPECT_EQ(back, theirs);
+  // Other exports, and a store without the lease, are not fenced.
+  ASSERT_OK(a->Write("other", 0, mine, false));
+  ASSERT_OK(b->CheckLease("e", &left));
+  EXPECT_GT(left, 1.0);
 }
 
 TEST_F(S3StoreTest, ExpiredLeaseIsTakenOverWithoutForce) {
