@@ -47,13 +47,7 @@ cleanup() {
   local rc=$?
   if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
   if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
-  if [ $rc -ne 0 ]; then
-    for f in "$work"/nbdkit-*.log "$work/proxy.log"; do
-      [ -f "$f" ] || continue
-      echo "---- the end of $(basename "$f") ----" >&2
-      tail -n 30 "$f" >&2
-    done
-  fi
+  show_logs_on_failure "$rc" "$work"/nbdkit-*.log "$work/proxy.log"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -37,13 +37,7 @@ pid_a= pid_b= proxy_pid=
 cleanup() {
   local rc=$?
   for p in $pid_a $pid_b $proxy_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  if [ $rc -ne 0 ]; then
-    for f in "$work"/nbdkit-*.log "$work/proxy.log"; do
-      [ -f "$f" ] || continue
-      echo "---- the end of $(basename "$f") ----" >&2
-      tail -n 20 "$f" >&2
-    done
-  fi
+  show_logs_on_failure "$rc" "$work"/nbdkit-*.log "$work/proxy.log"
   rm -rf "$work"
 }
 trap cleanup EXIT

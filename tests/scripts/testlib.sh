@@ -53,6 +53,19 @@ stop_nbdkit() {
   [ $rc -eq 0 ] || die "nbdkit exited with status $rc on SIGTERM"
 }
 
+# show_logs_on_failure RC FILE...: for a script's EXIT trap; shows the end of each FILE that
+# exists on standard error when the script is failing (RC non-zero).
+show_logs_on_failure() {
+  local rc=$1 f
+  shift
+  [ "$rc" -ne 0 ] || return 0
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    echo "---- the end of $(basename "$f") ----" >&2
+    tail -n 30 "$f" >&2
+  done
+}
+
 # show_nbdkit_log_on_failure RC LOG: for a script's EXIT trap; shows the end of nbdkit's LOG on
 # standard error when the script is failing (RC non-zero).
 show_nbdkit_log_on_failure() {
