@@ -9,6 +9,7 @@
 
 #include <malloc.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -100,7 +101,11 @@ int Config(const char* key, const char* value) {
     } else if (k == "secret-key") {
       // -, +FILE and -FD read the secret without it showing in ps (nbdkit_read_password).
       char* secret = nullptr;
-      if (nbdkit_read_password(value, &secret) == -1) return -1;
+      if (nbdkit_read_password(value, &secret) == -1) {
+        // Only the -, +FILE and -FD forms can fail, and they hold no secret: name them.
+        nbdkit_error("secret-key=%s: cannot read the secret key (above: why)", value);
+        return -1;
+      }
       v = secret;
       std::memset(secret, 0, std::strlen(secret));
       std::free(secret);
@@ -147,6 +152,18 @@ int GetReady() {
       std::string text;
       bool found = false;
       s = g_store->ReadMeta(g_config.default_export, &text, &found);
+    }
+    if (s.ok() && !g_config.stats_file.empty()) {
+      // The file is written in the background, where a failure would go unseen: check now that
+      // its directory takes it.
+      const std::string tmp = g_config.stats_file + ".tmp";
+      FILE* f = std::fopen(tmp.c_str(), "w");
+      if (f == nullptr) {
+        s = Status::FromErrno(errno, "stats-file=" + g_config.stats_file + ": cannot write " + tmp);
+      } else {
+        std::fclose(f);
+        std::remove(tmp.c_str());
+      }
     }
     if (!s.ok()) return Fail(s);
     nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());

@@ -640,6 +640,10 @@ TEST_P(PluginTest, MalformedParametersStopNbdkitWithAClearMessage) {
       {"block-size=256", {"block-size", "256"}},
       {"no-such-key=1", {"no-such-key"}},
       {"size=0", {"size"}},
+      // Checked before the server forks, where the background writer would fail unseen.
+      {"stats-file=/nonexistent-dir/stats.json", {"stats-file", "/nonexistent-dir"}},
+      // The forms that read the secret from elsewhere hold none, so the message names them.
+      {"secret-key=+/nonexistent-dir/secret", {"secret-key=+/nonexistent-dir/secret"}},
   };
   for (const auto& b : bad) {
     std::vector<std::string> args = StoreArgs();
