@@ -640,10 +640,6 @@ TEST_P(PluginTest, MalformedParametersStopNbdkitWithAClearMessage) {
       {"block-size=256", {"block-size", "256"}},
       {"no-such-key=1", {"no-such-key"}},
       {"size=0", {"size"}},
-      // Checked before the server forks, where the background writer would fail unseen.
-      {"stats-file=/nonexistent-dir/stats.json", {"stats-file", "/nonexistent-dir"}},
-      // The forms that read the secret from elsewhere hold none, so the message names them.
-      {"secret-key=+/nonexistent-dir/secret", {"secret-key=+/nonexistent-dir/secret"}},
   };
   for (const auto& b : bad) {
     std::vector<std::string> args = StoreArgs();
@@ -658,6 +654,26 @@ TEST_P(PluginTest, MalformedParametersStopNbdkitWithAClearMessage) {
   ExitResult r = RunNbdkitToExit(scratch_->path(), {});
   EXPECT_TRUE(r.exited && r.code != 0) << r.stderr_text;
   EXPECT_NE(r.stderr_text.find("store"), std::string::npos) << r.stderr_text;
+}
+
+// Apart from the test above: the sanitizer run leaves it out (scripts/sanitizers.sh), as these
+// failures leave nbdkit deadlocked at exit under the preloaded ASan runtime, in libp11-kit's
+// finalizer, outside any code of ours.
+TEST_P(PluginTest, StartupFailuresNameTheParameter) {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      // Checked before the server forks, where the background writer would fail unseen.
+      {"stats-file=/nonexistent-dir/stats.json", "stats-file=/nonexistent-dir/stats.json"},
+      // The forms that read the secret from elsewhere hold none, so the message names them.
+      {"secret-key=+/nonexistent-dir/secret", "secret-key=+/nonexistent-dir/secret"},
+  };
+  for (const auto& [param, words] : bad) {
+    std::vector<std::string> args = StoreArgs();
+    args.push_back(param);
+    ExitResult r = RunNbdkitToExit(scratch_->path(), args);
+    EXPECT_TRUE(r.exited) << param << ": " << r.stderr_text;
+    EXPECT_NE(r.code, 0) << param;
+    EXPECT_NE(r.stderr_text.find(words), std::string::npos) << param << ": " << r.stderr_text;
+  }
 }
 
 TEST_P(PluginTest, ServesTheLayoutOfTheSpecificationsPythonVersion) {
