@@ -631,7 +631,9 @@ TEST_F(CacheTest, WriterBlocksAtTheDirtyLimitUntilUploadsComplete) {
     }
   });
   store_->WaitBlockedWrites(4);  // as many uploads in flight as the limit allows, held
-  WaitUntil([&] { return written.load() >= 6; });
+  // Six writes return, and the seventh waits: the writer's count of six can be seen before it
+  // has begun the seventh, so wait for the wait itself.
+  WaitUntil([&] { return written.load() >= 6 && Stats().writer_waits > 0; });
   CacheStats s = Stats();
   EXPECT_EQ(written.load(), 6);  // no upload can complete, so there is no room for a 7th
   EXPECT_EQ(s.dirty_blocks, 6u);
