@@ -401,9 +401,4 @@ Status S3Store::QueryLease(std::string_view export_name, std::string* holder) {
   return Status::Ok();
 }
 
-Status S3Store::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
-  const WriteFence fence = [&](double* left) { return CheckLease(to, left); };
-  return client_->CopyObject(BlockKey(from, id), BlockKey(to, id), found, &fence);
-}
-
 }  // namespace s3block

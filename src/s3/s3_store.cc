@@ -27,6 +27,11 @@ bool ParseBlockName(std::string_view name, uint64_t* id) {
   return ec == std::errc() && p == name.data() + name.size();
 }
 
+// The fence of every request that changes an export: its lease, asked before each attempt.
+WriteFence FenceOf(const S3Store& store, std::string_view export_name) {
+  return [&store, export_name](double* left) { return store.CheckLease(export_name, left); };
+}
+
 }  // namespace
 
 Status S3Store::Create(const Config& config, std::shared_ptr<S3Store>* out) {
@@ -114,13 +119,13 @@ Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, boo
 }
 
 Status S3Store::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data, bool fua) {
-  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  const WriteFence fence = FenceOf(*this, export_name);
   return client_->PutObject(BlockKey(export_name, id), data, &fence);
 }
 
 Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
   if (ids.empty()) return Status::Ok();
-  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  const WriteFence fence = FenceOf(*this, export_name);
   if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]), &fence);
   std::vector<std::string> keys;
   keys.reserve(std::min(ids.size(), kDeleteBatch));
@@ -182,13 +187,18 @@ Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* 
 }
 
 Status S3Store::WriteMeta(std::string_view export_name, std::string_view text) {
-  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  const WriteFence fence = FenceOf(*this, export_name);
   return client_->PutObject(MetaKey(export_name), AsBytes(text), &fence);
 }
 
 Status S3Store::DeleteMeta(std::string_view export_name) {
-  const WriteFence fence = [&](double* left) { return CheckLease(export_name, left); };
+  const WriteFence fence = FenceOf(*this, export_name);
   return client_->DeleteObject(MetaKey(export_name), &fence);
+}
+
+Status S3Store::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
+  const WriteFence fence = FenceOf(*this, to);
+  return client_->CopyObject(BlockKey(from, id), BlockKey(to, id), found, &fence);
 }
 
 }  // namespace s3block
