@@ -122,6 +122,9 @@ int ConfigComplete() {
   });
 }
 
+// Where the stats file is written before it is renamed over stats-file=.
+std::string StatsTmpPath() { return g_config.stats_file + ".tmp"; }
+
 int GetReady() {
   return Guard("get_ready", [] {
     // One malloc arena for the process. By default glibc gives threads arenas of their own (up
@@ -156,7 +159,7 @@ int GetReady() {
     if (s.ok() && !g_config.stats_file.empty()) {
       // The file is written in the background, where a failure would go unseen: check now that
       // its directory takes it.
-      const std::string tmp = g_config.stats_file + ".tmp";
+      const std::string tmp = StatsTmpPath();
       FILE* f = std::fopen(tmp.c_str(), "w");
       if (f == nullptr) {
         s = Status::FromErrno(errno, "stats-file=" + g_config.stats_file + ": cannot write " + tmp);
@@ -259,7 +262,7 @@ void WriteStatsFile(const ExportCounters& all) {
   }
   text += "\n}}\n";
   // A reader never sees a half-written file: write beside it, then rename over it.
-  const std::string tmp = g_config.stats_file + ".tmp";
+  const std::string tmp = StatsTmpPath();
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return;
   const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
