@@ -14,10 +14,10 @@ S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-de
 # (util-linux), curl (the S3 test server's scripts and an independent S3 client), fio for the
 # benchmarks. The S3 server's own packages are installed by tests/scripts/rgw-local.sh when it
 # first starts. The reliability tests add clang and its runtimes (libFuzzer and the sanitizers,
-# tests/fuzz), openssl (certificates and keys of the TLS tests) and python3 (the fault-injecting
-# proxy).
+# tests/fuzz), openssl (certificates and keys of the TLS tests), python3 (the fault-injecting
+# proxy) and libfaketime (servers whose clocks disagree).
 S3BLOCK_TEST_PACKAGES="libnbd-bin python3-libnbd fuse3 e2fsprogs mount util-linux curl fio clang
-  libclang-rt-14-dev openssl python3"
+  libclang-rt-14-dev openssl python3 libfaketime"
 
 s3b_log() { echo "$(basename "$0"): $*" >&2; }
 s3b_die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }

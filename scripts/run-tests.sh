@@ -47,6 +47,7 @@ backend_scripts=(
 # Scripts in tests/scripts/ that need the S3 server and take no argument; one line each.
 s3_scripts=(
   disk_cache.sh
+  lease_clock.sh
   lease_fence.sh
 )
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.

@@ -188,8 +188,10 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* trans
   hreq.body = req.body;
   hreq.timeout = timeout;
 
+  const double sent = ServerClock::SteadyNow();
   Status s = http_->Perform(hreq, response, transient);
   if (!s.ok()) return Status::IoError(Describe(req.method, req.key) + ": " + s.message());
+  server_clock_.Observe(response->Header("date"), sent, ServerClock::SteadyNow());
   long st = response->status;
   if (st >= 500 || st == 429 || (st == 400 && S3ErrorCode(*response) == "RequestTimeout")) {
     *transient = true;

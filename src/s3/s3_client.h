@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "s3/http_client.h"
+#include "s3/server_clock.h"
 #include "s3/sigv4.h"
 #include "s3block/status.h"
 
@@ -119,6 +120,8 @@ class S3Client {
   // "http://127.0.0.1:9000, bucket b" (for messages).
   std::string Where() const;
   const S3ClientOptions& options() const { return options_; }
+  // The server's time, from the Date header of every answer (the leases go by it).
+  const ServerClock& server_clock() const { return server_clock_; }
 
   // Page size of ListObjects (default 1000, S3's maximum); tests set it small to exercise
   // pagination.
@@ -158,6 +161,7 @@ class S3Client {
   std::string endpoint_for_messages_;
   int list_page_size_ = 1000;
   std::unique_ptr<HttpClient> http_;
+  ServerClock server_clock_;
 };
 
 // The S3 error code of an error response ("NoSuchKey"), or "" if the body has none.

@@ -5,7 +5,11 @@
 // If-Match on the ETag of our own last write (so a server that has lost it finds out instead of
 // overwriting the new holder's), and deleted on release. A lease whose expiry time has passed is
 // taken over with If-Match on the ETag read, so two servers taking over at once cannot both win.
-// Expiry uses wall-clock time: servers sharing a bucket need clocks within a few seconds.
+// The expiry is a time of the S3 server's clock, as its Date headers tell it (ServerClock): the
+// holder writes one that it is sure comes after its lease stops being valid here, and another
+// server takes over only once it is sure that the server's time has passed it. The machines'
+// own clocks need not agree (S3 itself accepts clocks up to 15 minutes off); only a server that
+// sends no Date header leaves each machine to go by its own wall clock.
 // A lease left by a crashed process of this same machine (same host name and boot, and its pid
 // no longer runs with the recorded start time) is taken over at once.
 #include <openssl/rand.h>
@@ -14,11 +18,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <cstring>
 #include <condition_variable>
-#include <ctime>
 #include <mutex>
 #include <thread>
 
@@ -43,8 +47,7 @@ namespace {
 // A request that changes an export starts only with at least this much of its lease left.
 constexpr double kLeaseMinLeft = 0.5;
 
-// Until when a lease whose expiry was written as now + timeout is valid here: a second less,
-// because the expiry is written in whole seconds, rounded down.
+// Until when a lease sent at `now` is valid here: a second short of its span, to spare.
 std::chrono::steady_clock::time_point ValidUntil(std::chrono::steady_clock::time_point now,
                                                  double timeout) {
   return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -52,6 +55,35 @@ std::chrono::steady_clock::time_point ValidUntil(std::chrono::steady_clock::time
 }
 
 using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+// The S3 server's time at steady time `now` (seconds since the epoch), as bounds: from the Date
+// headers of its answers, or, if none carried one, this machine's wall clock for both.
+void ServerTime(const S3Client& client, Clock::time_point now, double* earliest, double* latest) {
+  if (client.server_clock().Bounds(Seconds(now), earliest, latest)) return;
+  *earliest = *latest =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// The expiry to write in a lease sent at steady time `sent`: a whole second of the server's
+// clock that comes, for sure, after the moment the lease stops being valid here
+// (ValidUntil(sent, timeout)), drift included.
+int64_t ExpiryFor(const S3Client& client, Clock::time_point sent, double timeout) {
+  double earliest = 0, latest = 0;
+  ServerTime(client, sent, &earliest, &latest);
+  return static_cast<int64_t>(std::ceil(latest + (timeout - 1.0) * (1 + ServerClock::kMaxDrift)));
+}
+
+// Seconds until the server's time is for sure past `expires`: a lease may be taken over once
+// this is 0 or less.
+double SecondsLeft(const S3Client& client, int64_t expires) {
+  double earliest = 0, latest = 0;
+  ServerTime(client, Clock::now(), &earliest, &latest);
+  return static_cast<double>(expires) - earliest;
+}
 
 struct LeaseDoc {
   std::string holder, token;
@@ -123,8 +155,6 @@ std::string RandomToken() {
   }
   return s;
 }
-
-int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
 
 std::string Serialize(const LeaseDoc& d) {
   std::string holder = d.holder;
@@ -220,7 +250,7 @@ class S3Lease : public ExportLease {
       if (stop_) return;
       const auto started = Clock::now();
       LeaseDoc next = doc_;
-      next.expires = Now() + static_cast<int64_t>(timeout_);
+      next.expires = ExpiryFor(*client_, started, timeout_);
       std::string etag = etag_;
       lock.unlock();
       std::string new_etag;
@@ -308,8 +338,9 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
   // server can have applied it.
   Clock::time_point valid_until;
   auto sending = [&] {
-    doc.expires = Now() + static_cast<int64_t>(lease_timeout_);
-    valid_until = ValidUntil(Clock::now(), lease_timeout_);
+    const auto now = Clock::now();
+    doc.expires = ExpiryFor(*client_, now, lease_timeout_);
+    valid_until = ValidUntil(now, lease_timeout_);
   };
   auto make = [&](const std::string& etag) {
     auto state = std::make_shared<LeaseState>();
@@ -337,11 +368,12 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
       *out = make(cur_etag);
       return Status::Ok();
     }
-    const int64_t left = cur.expires - Now();
+    const double left = SecondsLeft(*client_, cur.expires);
     if (left > 0 && !force && !HolderIsDeadHere(cur)) {
       return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                                       " is in use by " + cur.holder + " (its lease expires in " +
-                                      std::to_string(left) + " s unless renewed); stop that "
+                                      std::to_string(static_cast<int64_t>(std::ceil(left))) +
+                                      " s unless renewed); stop that "
                                       "server first, or if it is dead give force=true (s3block: --force)");
     }
     sending();
@@ -397,7 +429,7 @@ Status S3Store::QueryLease(std::string_view export_name, std::string* holder) {
   S3B_RETURN_IF_ERROR(client_->GetObjectWithEtag(LeaseKey(export_name), &body, &found, &etag));
   if (!found) return Status::Ok();
   LeaseDoc d = Parse(body);
-  if (d.expires > Now()) *holder = d.holder;
+  if (SecondsLeft(*client_, d.expires) > 0) *holder = d.holder;
   return Status::Ok();
 }
 

@@ -1,0 +1,53 @@
+#include "s3/server_clock.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+
+namespace s3block {
+
+double ServerClock::SteadyNow() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+bool ServerClock::Observe(std::string_view date_header, double sent, double received) {
+  if (date_header.empty()) return false;
+  const time_t t = curl_getdate(std::string(date_header).c_str(), nullptr);
+  if (t <= 0) return false;
+  ObserveSeconds(static_cast<double>(t), sent, received);
+  return true;
+}
+
+void ServerClock::ObserveSeconds(double date, double sent, double received) {
+  const double low = date - received, high = date + 1 - sent;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (known_) {
+    // What was known, widened for the drift since it was learnt, then narrowed by this answer.
+    const double drift = kMaxDrift * std::max(0.0, received - at_);
+    const double old_low = low_ - drift, old_high = high_ + drift;
+    if (low <= old_high && old_low <= high) {
+      low_ = std::max(low, old_low);
+      high_ = std::min(high, old_high);
+      at_ = std::max(at_, received);
+      return;
+    }
+    // This answer does not fit: the server's clock was set. Its own interval is all there is.
+  }
+  known_ = true;
+  low_ = low;
+  high_ = high;
+  at_ = received;
+}
+
+bool ServerClock::Bounds(double now, double* earliest, double* latest) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!known_) return false;
+  const double drift = kMaxDrift * std::max(0.0, now - at_);
+  *earliest = now + low_ - drift;
+  *latest = now + high_ + drift;
+  return true;
+}
+
+}  // namespace s3block

@@ -1,0 +1,102 @@
+// ServerClock: the bounds of the S3 server's time learnt from Date headers, with made-up
+// send and receive times, and through the S3 client from a scripted server whose clock is an
+// hour ahead of this machine's.
+#include "s3/server_clock.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+
+#include "fake_http_server.h"
+#include "s3/s3_client.h"
+#include "test_util.h"
+
+namespace s3block {
+namespace {
+
+TEST(ServerClock, KnowsNothingBeforeAnAnswerWithADate) {
+  ServerClock c;
+  double lo = 0, hi = 0;
+  EXPECT_FALSE(c.Bounds(100, &lo, &hi));
+  EXPECT_FALSE(c.Observe("", 1, 2));
+  EXPECT_FALSE(c.Observe("not a date", 1, 2));
+  EXPECT_FALSE(c.Bounds(100, &lo, &hi));
+}
+
+TEST(ServerClock, ParsesHttpDates) {
+  ServerClock c;
+  // 2026-12-01 10:05:00 UTC is 1796119500 s since the epoch.
+  ASSERT_TRUE(c.Observe("Tue, 01 Dec 2026 10:05:00 GMT", 1000, 1000.25));
+  double lo = 0, hi = 0;
+  ASSERT_TRUE(c.Bounds(1000.25, &lo, &hi));
+  // Answered between 1000 and 1000.25 (steady), at a server time in [D, D + 1).
+  EXPECT_DOUBLE_EQ(lo, 1796119500.0);
+  EXPECT_DOUBLE_EQ(hi, 1796119500.0 + 1 + 0.25);
+}
+
+TEST(ServerClock, EachAnswerNarrowsTheBounds) {
+  // The server's time is the steady time + 5000.3 exactly; answers take 10 ms.
+  constexpr double kOffset = 5000.3;
+  ServerClock c;
+  double lo = 0, hi = 0;
+  for (double sent = 10; sent < 12; sent += 0.07) {
+    const double answered = sent + 0.004;
+    c.ObserveSeconds(std::floor(answered + kOffset), sent, sent + 0.01);
+    ASSERT_TRUE(c.Bounds(sent + 0.01, &lo, &hi));
+    EXPECT_LE(lo, sent + 0.01 + kOffset);
+    EXPECT_GT(hi, sent + 0.01 + kOffset);
+  }
+  // After answers spread over two seconds, the bounds are about a round trip apart.
+  EXPECT_LT(hi - lo, 0.1);
+  // Later, the bounds still hold the true time, widened for the drift.
+  ASSERT_TRUE(c.Bounds(3612, &lo, &hi));
+  EXPECT_LE(lo, 3612 + kOffset);
+  EXPECT_GT(hi, 3612 + kOffset);
+  EXPECT_NEAR(hi - lo, 0.1 + 2 * ServerClock::kMaxDrift * 3600, 0.1);
+}
+
+TEST(ServerClock, AnAnswerThatDoesNotFitReplacesTheBounds) {
+  ServerClock c;
+  double lo = 0, hi = 0;
+  c.ObserveSeconds(1000, 10, 10.01);
+  // The server's clock was set back by a minute.
+  c.ObserveSeconds(945, 20, 20.01);
+  ASSERT_TRUE(c.Bounds(20.01, &lo, &hi));
+  EXPECT_DOUBLE_EQ(lo, 945);
+  EXPECT_DOUBLE_EQ(hi, 946.01);
+}
+
+TEST(ServerClock, TheS3ClientLearnsTheServersTimeFromEveryAnswer) {
+  // A server whose clock is an hour ahead of this machine's.
+  const time_t ahead = std::time(nullptr) + 3600;
+  char date[64];
+  struct tm tm;
+  gmtime_r(&ahead, &tm);
+  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  testing::FakeHttpServer server([&](const testing::FakeRequest&) {
+    testing::FakeResponse r;
+    r.headers.emplace_back("Date", date);
+    return r;
+  });
+  S3ClientOptions o;
+  o.endpoint = server.endpoint();
+  o.bucket = "bucket";
+  o.retry_timeout = 0.5;
+  S3Client client(o, AwsCredentials{"AKFAKE", "secret", ""});
+  double lo = 0, hi = 0;
+  EXPECT_FALSE(client.server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
+  ASSERT_OK(client.PutObject("k", AsBytes(std::string("x"))));
+  ASSERT_TRUE(client.server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
+  const double wall =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  // The server's time an hour ahead of ours, to the second and the time the answer took.
+  EXPECT_NEAR(lo, wall + 3600, 2.0);
+  EXPECT_LE(lo, static_cast<double>(ahead) + 1.5);
+  EXPECT_GE(hi, static_cast<double>(ahead));
+  EXPECT_LT(hi - lo, 2.0);
+}
+
+}  // namespace
+}  // namespace s3block
