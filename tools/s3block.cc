@@ -93,11 +93,12 @@ const std::map<std::string, std::string> kCommandHelp = {
                "Creates export NAME from the raw image FILE (its size is the export's size). Holes\n"
                "and runs of zeros are not stored. An interrupted import leaves NAME marked incomplete.\n"},
     {"export", "s3block export NAME FILE\n"
-               "Writes export NAME to the raw image FILE; blocks that are not stored become holes.\n"},
+               "Writes export NAME to the raw image FILE; blocks that are not stored become holes\n"
+               "(zeros on a block device). Refused while a server holds the export.\n"},
     {"verify", "s3block verify NAME [--json]\n"
                "Reads every stored block and checks it can be read and has the right length (and,\n"
                "on S3, that its content matches the checksum the server stored). Exit status 3 if\n"
-               "anything is damaged.\n"},
+               "anything is damaged. Refused while a server holds the export.\n"},
     {"stats", "s3block stats STATS-FILE [--json]\n"
               "Prints the counters a running server writes to the file given as its stats-file=.\n"},
 };

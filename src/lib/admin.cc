@@ -110,12 +110,32 @@ Status RequireExists(BlockStore& store, std::string_view name) {
   return NotFound(store, name);
 }
 
+// Takes the export's lease, as a serving nbdkit does: to change the export, or to read all of it
+// (export, verify) while nothing else changes it. `refusing` heads the message when a server
+// holds it.
 Status Claim(BlockStore& store, std::string_view name, const AdminOptions& options,
-             std::unique_ptr<ExportLease>* lease) {
+             std::unique_ptr<ExportLease>* lease, const char* refusing = "refusing to change it") {
   Status s = store.AcquireLease(name, DescribeThisProcess(options.holder), options.force, lease);
   if (s.err() == ENOTSUP) return Status::Ok();  // the store cannot lock; nothing to claim
-  if (s.err() == EBUSY) return s.Annotate("refusing to change it");
+  if (s.err() == EBUSY) return s.Annotate(refusing);
   return s;
+}
+
+// Writes `len` zero bytes at `off` of the block device fd: with one request to the device
+// (fallocate's ZERO_RANGE, the kernel's BLKZEROOUT) where it can, else by writing zeros.
+Status ZeroDeviceRange(int fd, uint64_t off, uint64_t len, const std::string& path) {
+  if (::fallocate(fd, FALLOC_FL_ZERO_RANGE, static_cast<off_t>(off), static_cast<off_t>(len)) == 0)
+    return Status::Ok();
+  static const std::vector<uint8_t> zeros(1 << 20, 0);
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, zeros.size()));
+    ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return Status::FromErrno(errno, "write " + path);
+    off += static_cast<uint64_t>(w);
+    len -= static_cast<uint64_t>(w);
+  }
+  return Status::Ok();
 }
 
 Status ListIds(BlockStore& store, std::string_view name, std::vector<uint64_t>* ids) {
@@ -404,6 +424,10 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
 Status ExportImage(BlockStore& store, std::string_view name, const std::string& path,
                    const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  // The image is of one moment: no server may write the export meanwhile.
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to export it while it changes"));
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
   std::vector<uint64_t> ids;
@@ -419,6 +443,25 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     // Truncate to nothing, then to the size: every block not written below is a hole.
     if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(meta.size)) != 0)
       return Status::FromErrno(errno, "truncate " + path);
+  } else if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0) return Status::FromErrno(errno, "seek " + path);
+    if (static_cast<uint64_t>(end) < meta.size)
+      return Status::InvalidArgument(path + " holds " + std::to_string(end) + " bytes, less than export " +
+                                     Q(name) + "'s " + std::to_string(meta.size));
+    // A device keeps what it held: the blocks not stored are written as zeros, run by run.
+    uint64_t next = 0;
+    auto zero_until = [&](uint64_t id) -> Status {
+      const uint64_t from = next * meta.block_size;
+      const uint64_t to = std::min<uint64_t>(id * meta.block_size, meta.size);
+      if (to > from) S3B_RETURN_IF_ERROR(ZeroDeviceRange(fd, from, to - from, path));
+      next = id + 1;
+      return Status::Ok();
+    };
+    for (uint64_t id : ids) S3B_RETURN_IF_ERROR(zero_until(id));
+    S3B_RETURN_IF_ERROR(zero_until(meta.block_count()));
+  } else {
+    return Status::InvalidArgument(path + " is not a regular file or a block device");
   }
   S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "export", [&](uint64_t i) {
     const uint64_t id = ids[i];
@@ -449,6 +492,10 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
                     VerifyReport* report) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   *report = VerifyReport();
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  // A block a server trims or rewrites while it is read would look damaged.
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to verify it while it changes"));
   ExportMeta meta;
   bool found = false;
   Status ms = ReadMetaOf(store, name, &meta, &found);

@@ -130,6 +130,12 @@ grep -q "nbdkit pid $nbdkit_pid" "$work/err" || { cat "$work/err"; die "delete d
 if [ "$mode" = local ]; then
   s3b info disk | grep -q "served by:       nbdkit pid $nbdkit_pid" || die "info does not show the holder"
 fi
+# Reading all of an export that a server may change meanwhile would give a torn image, or
+# blocks trimmed after the listing reported as damage: both are refused while it is served.
+expect_exit 4 "$tool" "${cli_store[@]}" verify disk
+grep -q "refusing to verify it while it changes.*nbdkit pid $nbdkit_pid" "$work/err" || { cat "$work/err"; die "verify of a served export was not refused"; }
+expect_exit 4 "$tool" "${cli_store[@]}" export disk "$work/served.img"
+grep -q "refusing to export it while it changes.*nbdkit pid $nbdkit_pid" "$work/err" || { cat "$work/err"; die "export of a served export was not refused"; }
 stop_nbdkit
 
 log "export is sparse and exact"
@@ -137,6 +143,30 @@ s3b export disk "$work/out.img" >/dev/null 2>&1
 cmp "$img" "$work/out.img" || die "export differs from the image"
 used=$(du -k "$work/out.img" | cut -f1)
 [ "$used" -lt 10000 ] || die "export wrote $used KiB: holes were filled"
+if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null; then
+  log "export onto a block device that held other data"
+  # The device is larger than the export and full of 0xAA: the export's blocks that are not
+  # stored must become zeros on it, and what lies past the export must stay.
+  head -c 44M /dev/zero | tr '\0' '\252' >"$work/dev.img"
+  loopdev=$(losetup --find --show "$work/dev.img")
+  rc=0
+  s3b export disk "$loopdev" >/dev/null 2>"$work/err" || rc=$?
+  cmp -n $((40 * 1024 * 1024)) "$img" "$loopdev" || rc=10
+  tail -c 4M "$work/dev.img" | tr -d '\252' | cmp -s - /dev/null || rc=11
+  losetup -d "$loopdev"
+  case $rc in
+  0) ;;
+  10) die "the block device does not hold the export" ;;
+  11) die "export changed the block device past the export's end" ;;
+  *) cat "$work/err" >&2; die "export onto a block device exited $rc" ;;
+  esac
+  truncate -s 39M "$work/dev.img"
+  loopdev=$(losetup --find --show "$work/dev.img")
+  rc=0
+  s3b export disk "$loopdev" >/dev/null 2>"$work/err" || rc=$?
+  losetup -d "$loopdev"
+  [ "$rc" = 1 ] && grep -q "less than export" "$work/err" || { cat "$work/err"; die "export onto a smaller device exited $rc"; }
+fi
 
 log "copy"
 s3b copy disk disk2 >/dev/null 2>&1
