@@ -122,10 +122,13 @@ class DiskCacheStore : public StoreDecorator {
     std::list<std::pair<Export*, uint64_t>>::iterator lru;
   };
   // Requests in flight on one block: a read's copy is kept only if no write or delete of the
-  // block started or ended while the read was in the store.
+  // block was in the store at any moment of the read's: none started or ended meanwhile, and
+  // none was under way when it began (a write under way may have landed, or may land, whatever
+  // it answers).
   struct Pending {
     uint64_t gen = 0;
     int users = 0;
+    int changes = 0;  // writes and deletes under way
   };
   struct Export {
     std::string name;
@@ -160,8 +163,8 @@ class DiskCacheStore : public StoreDecorator {
   bool HoldsLocked(const Export* e, uint64_t id, const std::array<uint8_t, 16>& md5) const;
   // REQUIRES: mu_ held. Starts / ends a request on a block (see Pending).
   uint64_t BeginLocked(Export* e, uint64_t id, bool changes);
-  // Returns true if no write or delete of the block started or ended since BeginLocked returned
-  // `gen` (with changes=false).
+  // Returns true if no write or delete of the block was in the store during the read that
+  // BeginLocked(changes=false) gave `gen` (see Pending); for a write, if it was the only change.
   bool EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes);
   // Drops the copies of `ids` and begins a change (write, delete) of each; returns their
   // generations for EndLocked or EndChanges. REQUIRES: mu_ not held.

@@ -316,20 +316,31 @@ void DiskCacheStore::InsertLocked(Export* e, uint64_t id, const Digest& md5, uin
   }
 }
 
+// The generation a read gets when a write or delete of its block is under way: its copy is not
+// kept. Generations count changes from 0 and never reach it.
+constexpr uint64_t kReadDuringChange = ~uint64_t{0};
+
 uint64_t DiskCacheStore::BeginLocked(Export* e, uint64_t id, bool changes) {
   Pending& p = e->pending[id];
   ++p.users;
-  if (changes) ++p.gen;
-  return p.gen;
+  if (changes) {
+    ++p.changes;
+    return ++p.gen;
+  }
+  return p.changes > 0 ? kReadDuringChange : p.gen;
 }
 
 bool DiskCacheStore::EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes) {
   auto it = e->pending.find(id);
-  if (changes) ++it->second.gen;
-  // A read: no write or delete began or ended meanwhile. A write: its end is the only change
-  // since its beginning.
-  const bool current = it->second.gen == gen + (changes ? 1 : 0);
-  if (--it->second.users == 0) e->pending.erase(it);
+  Pending& p = it->second;
+  if (changes) {
+    --p.changes;
+    ++p.gen;
+  }
+  // A read: no write or delete was under way when it began, and none began or ended meanwhile.
+  // A write: its end is the only change since its beginning.
+  const bool current = changes ? p.gen == gen + 1 : gen != kReadDuringChange && p.gen == gen;
+  if (--p.users == 0) e->pending.erase(it);
   return current;
 }
 

@@ -50,10 +50,18 @@ class MemStore : public BlockStore {
     return Status::Ok();
   }
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool) override {
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_);
+    if (gate_writes_) {
+      // The write waits, not yet applied, until the test opens the gate.
+      ++held_writes_;
+      cv_.notify_all();
+      cv_.wait(lk, [&] { return !gate_writes_; });
+    }
     if (fail_writes) return Status::IoError("injected write failure");
     ++writes;
     blocks_[{std::string(e), id}] = Bytes(data.begin(), data.end());
+    // A write whose answer was lost: applied, yet reported as failed.
+    if (fail_after_applying) return Status::IoError("injected failure after the write landed");
     return Status::Ok();
   }
   Status Delete(std::string_view e, std::span<const uint64_t> ids, bool) override {
@@ -106,16 +114,29 @@ class MemStore : public BlockStore {
     gate_reads_ = false;
     cv_.notify_all();
   }
+  void GateWrites() {
+    std::lock_guard<std::mutex> lk(mu_);
+    gate_writes_ = true;
+  }
+  void WaitWriteHeld(int n) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return held_writes_ >= n; });
+  }
+  void OpenWriteGate() {
+    std::lock_guard<std::mutex> lk(mu_);
+    gate_writes_ = false;
+    cv_.notify_all();
+  }
 
   std::atomic<int> reads{0}, writes{0};
-  std::atomic<bool> fail_reads{false}, fail_writes{false};
+  std::atomic<bool> fail_reads{false}, fail_writes{false}, fail_after_applying{false};
 
  private:
   const bool digests_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool gate_reads_ = false;
-  int held_ = 0;
+  bool gate_reads_ = false, gate_writes_ = false;
+  int held_ = 0, held_writes_ = 0;
   std::map<std::pair<std::string, uint64_t>, Bytes> blocks_;
 };
 
@@ -372,6 +393,29 @@ TEST(DiskCacheStoreTest, ReadRacingAWriteLeavesNoOlderCopy) {
   auto files = CopyFiles(cache);
   ASSERT_EQ(files.size(), 1u);
   EXPECT_EQ(files[0].filename(), "1." + HexEncode(Md5(Block(kBs, 2))));
+}
+
+TEST(DiskCacheStoreTest, ReadDuringAWriteThatFailsLeavesNoCopy) {
+  // A read that starts while a write is in the store, and ends before it, reads the old
+  // content. If the write then fails with its outcome unknown (applied, its answer lost), a copy
+  // of that old content would be served from the disk while the store holds the new one, until
+  // the copy is evicted or found stale: the block would change back without a write.
+  TempDir dir;
+  auto mem = std::make_shared<MemStore>();
+  mem->Put("vol", 1, Block(kBs, 1));
+  DiskCacheStore cache(mem, dir.path() + "/dc", 1 << 20);
+  ASSERT_OK(cache.ListBlocks("vol", [](uint64_t) {}));
+  mem->GateWrites();
+  mem->fail_after_applying = true;
+  std::thread writer([&] { EXPECT_FALSE(cache.Write("vol", 1, Block(kBs, 2), false).ok()); });
+  mem->WaitWriteHeld(1);
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));  // the write has not landed yet
+  mem->OpenWriteGate();
+  writer.join();
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 2));  // what the store holds
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 2));
+  for (const auto& f : CopyFiles(cache))
+    EXPECT_NE(f.filename(), "1." + HexEncode(Md5(Block(kBs, 1)))) << "a copy of the old content is kept";
 }
 
 TEST(DiskCacheStoreTest, ReadRacingADeleteLeavesNoCopy) {
