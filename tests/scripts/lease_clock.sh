@@ -29,8 +29,7 @@ die() { echo "lease_clock: FAILED: $*" >&2; exit 1; }
 [ -x "$admin" ] || die "no $admin (build first)"
 require_s3_env
 command -v nbdkit >/dev/null || die "nbdkit is not installed"
-py=/usr/bin/python3   # Debian's, with python3-libnbd's module
-$py -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
 # libfaketime preloaded by hand (the faketime command would stay between us and nbdkit): the
 # wall clock only; the steady clock, which times requests and the lease's validity here, stays.
 libfaketime=$(dpkg -L libfaketime 2>/dev/null | grep '/libfaketimeMT\.so\.1$' | head -n 1)
@@ -73,16 +72,6 @@ stop() {  # NAME: SIGTERM, and the server must exit 0
   kill -TERM "${!pid_var}"
   wait "${!pid_var}" || die "nbdkit $name exited with status $? on SIGTERM"
   printf -v "$pid_var" %s ""
-}
-# nbd_io SOCKET python-statements...: runs them with h connected to the export "disk".
-nbd_io() {
-  local sock=$1
-  shift
-  $py -c "import nbd, sys
-h = nbd.NBD()
-h.connect_uri('nbd+unix:///disk?socket=$sock')
-$*
-h.shutdown()"
 }
 # b_is_refused WHEN: server B, on this machine's clock, must not get the export.
 b_is_refused() {

@@ -26,8 +26,7 @@ die() { echo "lease_fence: FAILED: $*" >&2; exit 1; }
 [ -f "$plugin" ] || die "no $plugin (build first)"
 require_s3_env
 for tool in nbdkit curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
-py=/usr/bin/python3   # Debian's, with python3-libnbd's module
-$py -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
 port=$(free_ports 2)
 ctl_port=$((port + 1))
 
@@ -59,16 +58,6 @@ start() {  # NAME ENDPOINT PARAMS...: starts nbdkit on $work/NAME.sock, sets pid
     </dev/null >>"$work/nbdkit-$name.log" 2>&1 &
   printf -v "pid_$name" %s $!
   wait_for_file "$work/$name.pid" 60 || die "nbdkit $name did not start"
-}
-# nbd_io SOCKET python-statements...: runs them with h connected to the export "disk".
-nbd_io() {
-  local sock=$1
-  shift
-  $py -c "import nbd, sys
-h = nbd.NBD()
-h.connect_uri('nbd+unix:///disk?socket=$sock')
-$*
-h.shutdown()"
 }
 
 log "server A through the proxy (lease-timeout=6); every request stalls from now on"

@@ -74,3 +74,15 @@ show_nbdkit_log_on_failure() {
     tail -n 30 "$2" >&2
   fi
 }
+
+# nbd_io SOCKET python-statements...: runs them in Debian's python3 (the one with python3-libnbd's
+# module) with h connected to the export "disk" on the unix socket SOCKET.
+nbd_io() {
+  local sock=$1
+  shift
+  /usr/bin/python3 -c "import nbd, sys
+h = nbd.NBD()
+h.connect_uri('nbd+unix:///disk?socket=$sock')
+$*
+h.shutdown()"
+}

@@ -40,23 +40,13 @@ class MemStore : public BlockStore {
     auto it = blocks_.find({std::string(e), id});
     *found = it != blocks_.end();
     *data = *found ? it->second : Bytes();
-    if (gate_reads_) {
-      // The read has its data; it returns only when the test opens the gate.
-      ++held_;
-      cv_.notify_all();
-      cv_.wait(lk, [&] { return !gate_reads_; });
-    }
+    Pass(kReads, lk);  // with its data: it returns once the test opens the gate
     if (fail_reads) return Status::IoError("injected read failure");
     return Status::Ok();
   }
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool) override {
     std::unique_lock<std::mutex> lk(mu_);
-    if (gate_writes_) {
-      // The write waits, not yet applied, until the test opens the gate.
-      ++held_writes_;
-      cv_.notify_all();
-      cv_.wait(lk, [&] { return !gate_writes_; });
-    }
+    Pass(kWrites, lk);  // not yet applied
     if (fail_writes) return Status::IoError("injected write failure");
     ++writes;
     blocks_[{std::string(e), id}] = Bytes(data.begin(), data.end());
@@ -101,30 +91,20 @@ class MemStore : public BlockStore {
     std::lock_guard<std::mutex> lk(mu_);
     blocks_.erase({e, id});
   }
-  void GateReads() {
+  // Gates: once closed, every read (or write) waits at its gate until the test opens it.
+  enum GateOf { kReads, kWrites };
+  void Close(GateOf g) {
     std::lock_guard<std::mutex> lk(mu_);
-    gate_reads_ = true;
+    gates_[g].closed = true;
   }
-  void WaitHeld(int n) {
+  // Until n requests have come to the gate.
+  void WaitHeld(GateOf g, int n) {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return held_ >= n; });
+    cv_.wait(lk, [&] { return gates_[g].held >= n; });
   }
-  void OpenGate() {
+  void Open(GateOf g) {
     std::lock_guard<std::mutex> lk(mu_);
-    gate_reads_ = false;
-    cv_.notify_all();
-  }
-  void GateWrites() {
-    std::lock_guard<std::mutex> lk(mu_);
-    gate_writes_ = true;
-  }
-  void WaitWriteHeld(int n) {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return held_writes_ >= n; });
-  }
-  void OpenWriteGate() {
-    std::lock_guard<std::mutex> lk(mu_);
-    gate_writes_ = false;
+    gates_[g].closed = false;
     cv_.notify_all();
   }
 
@@ -135,8 +115,16 @@ class MemStore : public BlockStore {
   const bool digests_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool gate_reads_ = false, gate_writes_ = false;
-  int held_ = 0, held_writes_ = 0;
+  struct Gate {
+    bool closed = false;
+    int held = 0;
+  } gates_[2];
+  void Pass(GateOf g, std::unique_lock<std::mutex>& lk) {
+    if (!gates_[g].closed) return;
+    ++gates_[g].held;
+    cv_.notify_all();
+    cv_.wait(lk, [&] { return !gates_[g].closed; });
+  }
   std::map<std::pair<std::string, uint64_t>, Bytes> blocks_;
 };
 
@@ -377,15 +365,15 @@ TEST(DiskCacheStoreTest, ReadRacingAWriteLeavesNoOlderCopy) {
   mem->Put("vol", 1, Block(kBs, 1));
   DiskCacheStore cache(mem, dir.path() + "/dc", 1 << 20);
   ASSERT_OK(cache.ListBlocks("vol", [](uint64_t) {}));
-  mem->GateReads();
+  mem->Close(MemStore::kReads);
   Bytes old_data;
   std::thread reader([&] {
     bool found = false;
     EXPECT_OK(cache.Read("vol", 1, &old_data, &found));
   });
-  mem->WaitHeld(1);  // the reader holds version 1 from the store
+  mem->WaitHeld(MemStore::kReads, 1);  // the reader holds version 1 from the store
   ASSERT_OK(cache.Write("vol", 1, Block(kBs, 2), false));
-  mem->OpenGate();
+  mem->Open(MemStore::kReads);
   reader.join();
   EXPECT_EQ(old_data, Block(kBs, 1));
   // The reader's older copy must not have replaced the write's.
@@ -405,12 +393,12 @@ TEST(DiskCacheStoreTest, ReadDuringAWriteThatFailsLeavesNoCopy) {
   mem->Put("vol", 1, Block(kBs, 1));
   DiskCacheStore cache(mem, dir.path() + "/dc", 1 << 20);
   ASSERT_OK(cache.ListBlocks("vol", [](uint64_t) {}));
-  mem->GateWrites();
+  mem->Close(MemStore::kWrites);
   mem->fail_after_applying = true;
   std::thread writer([&] { EXPECT_FALSE(cache.Write("vol", 1, Block(kBs, 2), false).ok()); });
-  mem->WaitWriteHeld(1);
+  mem->WaitHeld(MemStore::kWrites, 1);
   EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));  // the write has not landed yet
-  mem->OpenWriteGate();
+  mem->Open(MemStore::kWrites);
   writer.join();
   EXPECT_EQ(MustRead(cache, 1), Block(kBs, 2));  // what the store holds
   EXPECT_EQ(MustRead(cache, 1), Block(kBs, 2));
@@ -423,12 +411,12 @@ TEST(DiskCacheStoreTest, ReadRacingADeleteLeavesNoCopy) {
   auto mem = std::make_shared<MemStore>();
   mem->Put("vol", 1, Block(kBs, 1));
   DiskCacheStore cache(mem, dir.path() + "/dc", 1 << 20);
-  mem->GateReads();
+  mem->Close(MemStore::kReads);
   std::thread reader([&] { MustRead(cache, 1); });
-  mem->WaitHeld(1);
+  mem->WaitHeld(MemStore::kReads, 1);
   const uint64_t ids[] = {1};
   ASSERT_OK(cache.Delete("vol", ids, false));
-  mem->OpenGate();
+  mem->Open(MemStore::kReads);
   reader.join();
   MustRead(cache, 1, false);
   EXPECT_EQ(CopyFiles(cache).size(), 0u);
