@@ -423,6 +423,7 @@ int Run(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.holder = "s3block " + a.command;
   options.encoding = a.config.encoding;
+  options.warn = [](const std::string& w) { std::fprintf(stderr, "s3block: warning: %s\n", w.c_str()); };
   auto with_progress = [&](const std::string& label, uint64_t bytes_per_item) {
     auto p = std::make_shared<Progress>(label, bytes_per_item);
     options.progress = [p](uint64_t done, uint64_t total) { p->Update(done, total); };

@@ -41,6 +41,7 @@ struct AdminOptions {
   ProgressFn progress;                         // may be empty
   std::string holder = "s3block";              // recorded in the lease while we work
   BlockEncoding encoding;                      // of the exports that create and import make
+  std::function<void(const std::string&)> warn;  // a warning for the user; may be empty
 };
 
 // Information about one export (errors: the store's; a missing export is ENOENT).

@@ -121,6 +121,23 @@ Status Claim(BlockStore& store, std::string_view name, const AdminOptions& optio
   return s;
 }
 
+// Claim for export and verify, which only read. Where the lease cannot be taken for another
+// reason than a holder (read-only credentials: S3 refuses the lease's PUT), they read without it
+// as long as no server holds the export, and say so.
+Status ClaimToRead(BlockStore& store, std::string_view name, const AdminOptions& options,
+                   std::unique_ptr<ExportLease>* lease, const char* refusing) {
+  Status s = Claim(store, name, options, lease, refusing);
+  if (s.ok() || s.err() == EBUSY || s.err() == ECANCELED) return s;
+  std::string holder;
+  if (!store.QueryLease(name, &holder).ok()) return s;
+  if (!holder.empty())
+    return Status::Error(EBUSY, std::string(refusing) + ": export " + Q(name) + " is in use by " + holder);
+  if (options.warn)
+    options.warn("could not take the lease of export " + Q(name) + " (" + s.message() +
+                 "); reading it without: a server that starts meanwhile could change it");
+  return Status::Ok();
+}
+
 // Writes `len` zero bytes at `off` of the block device fd: with one request to the device
 // (fallocate's ZERO_RANGE, the kernel's BLKZEROOUT) where it can, else by writing zeros.
 Status ZeroDeviceRange(int fd, uint64_t off, uint64_t len, const std::string& path) {
@@ -427,7 +444,7 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
   // The image is of one moment: no server may write the export meanwhile.
   std::unique_ptr<ExportLease> lease;
-  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to export it while it changes"));
+  S3B_RETURN_IF_ERROR(ClaimToRead(store, name, options, &lease, "refusing to export it while it changes"));
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
   std::vector<uint64_t> ids;
@@ -495,7 +512,7 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
   // A block a server trims or rewrites while it is read would look damaged.
   std::unique_ptr<ExportLease> lease;
-  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to verify it while it changes"));
+  S3B_RETURN_IF_ERROR(ClaimToRead(store, name, options, &lease, "refusing to verify it while it changes"));
   ExportMeta meta;
   bool found = false;
   Status ms = ReadMetaOf(store, name, &meta, &found);

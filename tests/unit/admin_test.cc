@@ -192,6 +192,62 @@ TEST_F(AdminTest, RefusesToChangeAServedExportUnlessForced) {
   EXPECT_EQ(info.lease_holder, "nbdkit pid 4242");
 }
 
+// A store whose leases cannot be taken, as with read-only S3 credentials (the lease's PUT is
+// refused); QueryLease still answers who holds one.
+class NoLeaseStore : public FileStore {
+ public:
+  using FileStore::FileStore;
+  Status AcquireLease(std::string_view, const std::string&, bool,
+                      std::unique_ptr<ExportLease>*) override {
+    return Status::IoError("PUT lease: HTTP 403 'AccessDenied'");
+  }
+  Status QueryLease(std::string_view, std::string* holder) override {
+    *holder = holder_;
+    return Status::Ok();
+  }
+  std::string holder_;
+};
+
+TEST_F(AdminTest, ExportAndVerifyTakeTheLeaseOrReadWithoutItWhenTheyCannot) {
+  std::string image = MakeImage(1 << 20);
+  ASSERT_OK(ImportImage(*store_, "r", image, 4096, options_));
+  const std::string out = dir_.path() + "/out";
+  VerifyReport report;
+  {
+    // A served export: both refuse, naming the server.
+    std::shared_ptr<Volume> served;
+    VolumeOptions vo;
+    vo.holder = "nbdkit pid 4242";
+    ASSERT_OK(Volume::Open(store_, "r", vo, &served));
+    Status s = VerifyExport(*store_, "r", options_, &report);
+    EXPECT_EQ(s.err(), EBUSY);
+    EXPECT_NE(s.message().find("refusing to verify it while it changes"), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("nbdkit pid 4242"), std::string::npos) << s.message();
+    s = ExportImage(*store_, "r", out, options_);
+    EXPECT_EQ(s.err(), EBUSY);
+    EXPECT_NE(s.message().find("refusing to export it while it changes"), std::string::npos) << s.message();
+  }
+  // Leases that cannot be taken: read without one, with a warning, unless someone holds it.
+  NoLeaseStore ro(dir_.path() + "/store");
+  ASSERT_OK(ro.Check());
+  std::vector<std::string> warnings;
+  AdminOptions o = options_;
+  o.warn = [&](const std::string& w) { warnings.push_back(w); };
+  ASSERT_OK(ExportImage(ro, "r", out, o));
+  EXPECT_EQ(Slurp(out), Slurp(image));
+  ASSERT_OK(VerifyExport(ro, "r", o, &report));
+  EXPECT_TRUE(report.problems.empty());
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_NE(warnings[0].find("AccessDenied"), std::string::npos) << warnings[0];
+  ro.holder_ = "nbdkit pid 77";
+  Status s = VerifyExport(ro, "r", o, &report);
+  EXPECT_EQ(s.err(), EBUSY);
+  EXPECT_NE(s.message().find("nbdkit pid 77"), std::string::npos) << s.message();
+  EXPECT_EQ(ExportImage(ro, "r", out, o).err(), EBUSY);
+  // The others change the export: they need the lease.
+  EXPECT_FALSE(ResizeExport(ro, "r", 2 << 20, false, o).ok());
+}
+
 TEST_F(AdminTest, VerifyFindsDamageBehindItsBack) {
   std::string image = MakeImage(1 << 20);
   ASSERT_OK(ImportImage(*store_, "v", image, 4096, options_));
