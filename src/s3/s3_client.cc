@@ -299,6 +299,7 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
     HttpResponse r;
     S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
     if (r.status == 200) {
+      *precondition_failed = false;  // the other form of If-Match matched
       *etag = Unquote(r.Header("etag"));
       return Status::Ok();
     }

@@ -257,18 +257,24 @@ class S3Lease : public ExportLease {
       bool failed = false;
       Status s = client_->PutObjectConditional(key_, AsSpan(Serialize(next)), false, etag,
                                                &new_etag, &failed);
+      bool landed_before = false;
       if (s.ok() && failed) {
-        // Our own earlier renewal may have landed with its answer lost: check the token.
+        // Our own earlier renewal may have landed with its answer lost: check the token. Its
+        // expiry, not this one's, is stored, so the validity stays as it is and the lease is
+        // renewed again at once, on the stored ETag.
         std::string body, cur;
         bool found = false;
         if (client_->GetObjectWithEtag(key_, &body, &found, &cur).ok() && found &&
             Parse(body).token == doc_.token) {
-          failed = false;
+          landed_before = true;
           new_etag = cur;
         }
       }
       lock.lock();
-      if (s.ok() && !failed) {
+      if (landed_before) {
+        etag_ = new_etag;
+        interval = std::chrono::duration<double>(0);
+      } else if (s.ok() && !failed) {
         etag_ = new_etag;
         doc_ = next;
         // Count validity from when the renewal was sent: the server may have applied it at once.
@@ -364,12 +370,11 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     S3B_RETURN_IF_ERROR(client_->GetObjectWithEtag(key, &body, &found, &cur_etag));
     if (!found) continue;  // released between our two requests: try again
     LeaseDoc cur = Parse(body);
-    if (cur.token == doc.token) {  // our own PUT landed and its answer was lost
-      *out = make(cur_etag);
-      return Status::Ok();
-    }
+    // Our own token: a PUT of an earlier round landed and its answer was lost. What is stored is
+    // that round's expiry, earlier than this round's validity: it is replaced like another's.
+    const bool ours = cur.token == doc.token;
     const double left = SecondsLeft(*client_, cur.expires);
-    if (left > 0 && !force && !HolderIsDeadHere(cur)) {
+    if (!ours && left > 0 && !force && !HolderIsDeadHere(cur)) {
       return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                                       " is in use by " + cur.holder + " (its lease expires in " +
                                       std::to_string(static_cast<int64_t>(std::ceil(left))) +

@@ -610,3 +610,37 @@ TEST(S3Client, ServerDownThenBack) {
 
 }  // namespace
 }  // namespace s3block
+
+namespace s3block {
+namespace {
+
+TEST(S3Client, ConditionalPutTriesBothFormsOfIfMatchAndReportsTheOneThatMatched) {
+  // A server that compares If-Match unquoted (Ceph RGW 16): the quoted form fails, the other one
+  // matches and the write is done. The client must say it was done, with the new ETag.
+  testing::FakeHttpServer server([](const testing::FakeRequest& r) {
+    testing::FakeResponse resp;
+    auto it = r.headers.find("if-match");
+    if (it != r.headers.end() && it->second != "abc") {
+      resp.status = 412;
+      return resp;
+    }
+    resp.headers.emplace_back("ETag", "\"def\"");
+    return resp;
+  });
+  auto client = MakeClient(server.endpoint());
+  std::string etag;
+  bool failed = true;
+  ASSERT_OK(client->PutObjectConditional("lease", AsBytes(std::string("x")), false, "abc", &etag, &failed));
+  EXPECT_FALSE(failed);
+  EXPECT_EQ(etag, "def");
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].headers.at("if-match"), "\"abc\"");
+  EXPECT_EQ(got[1].headers.at("if-match"), "abc");
+  // Neither form matches: a failed precondition, not an error.
+  ASSERT_OK(client->PutObjectConditional("lease", AsBytes(std::string("x")), false, "zzz", &etag, &failed));
+  EXPECT_TRUE(failed);
+}
+
+}  // namespace
+}  // namespace s3block
