@@ -191,7 +191,8 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* trans
   const double sent = ServerClock::SteadyNow();
   Status s = http_->Perform(hreq, response, transient);
   if (!s.ok()) return Status::IoError(Describe(req.method, req.key) + ": " + s.message());
-  server_clock_.Observe(response->Header("date"), sent, ServerClock::SteadyNow());
+  // The server's time, from its own answers: a 5xx may come from a proxy with another clock.
+  if (response->status < 500) server_clock_.Observe(response->Header("date"), sent, ServerClock::SteadyNow());
   long st = response->status;
   if (st >= 500 || st == 429 || (st == 400 && S3ErrorCode(*response) == "RequestTimeout")) {
     *transient = true;

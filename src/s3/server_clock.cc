@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 
 namespace s3block {
@@ -21,19 +22,25 @@ bool ServerClock::Observe(std::string_view date_header, double sent, double rece
 }
 
 void ServerClock::ObserveSeconds(double date, double sent, double received) {
-  const double low = date - received, high = date + 1 - sent;
+  // A server that rounds its Date to the nearest second instead of down may be half a second
+  // behind D: the interval starts a whole second earlier.
+  const double low = date - 1 - received, high = date + 1 - sent;
   std::lock_guard<std::mutex> lock(mu_);
   if (known_) {
     // What was known, widened for the drift since it was learnt, then narrowed by this answer.
-    const double drift = kMaxDrift * std::max(0.0, received - at_);
+    const double drift = kMaxDrift * std::fabs(received - at_);
     const double old_low = low_ - drift, old_high = high_ + drift;
     if (low <= old_high && old_low <= high) {
       low_ = std::max(low, old_low);
       high_ = std::min(high, old_high);
-      at_ = std::max(at_, received);
-      return;
+    } else {
+      // This answer does not fit: the server's clock was set, or the answer came from another
+      // clock. Both intervals together, until answers that agree narrow it again.
+      low_ = std::min(low, old_low);
+      high_ = std::max(high, old_high);
     }
-    // This answer does not fit: the server's clock was set. Its own interval is all there is.
+    at_ = received;
+    return;
   }
   known_ = true;
   low_ = low;
@@ -44,7 +51,7 @@ void ServerClock::ObserveSeconds(double date, double sent, double received) {
 bool ServerClock::Bounds(double now, double* earliest, double* latest) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (!known_) return false;
-  const double drift = kMaxDrift * std::max(0.0, now - at_);
+  const double drift = kMaxDrift * std::fabs(now - at_);
   *earliest = now + low_ - drift;
   *latest = now + high_ + drift;
   return true;

@@ -7,13 +7,17 @@
 // its own clock would then let a second server take over from a live one. Judged on the server's
 // clock, a lease is as good as the Date headers: the only clock everyone sees is the server's.
 //
-// A Date header is in whole seconds: the server's time when it answered was in [D, D + 1), and it
-// answered between the moment the request was sent (s) and the moment its answer arrived (r), on
-// this machine's steady clock. So the server's time minus the steady clock lies in
-// [D - r, D + 1 - s]. Every answer narrows that interval (the interval's width tends to the
-// round trip as answers arrive at different points of a second); the interval widens by
-// kMaxDrift of the time since, for the two clocks' drift. An answer that does not fit the
-// interval (the server's clock was set) replaces it. Times in seconds, as doubles.
+// A Date header is in whole seconds: the server's time when it answered was in [D - 1, D + 1)
+// (servers round it down, to [D, D + 1); a whole second below allows for one that rounds to the
+// nearest), and it answered between the moment the request was sent (s) and the moment its
+// answer arrived (r), on this machine's steady clock. So the server's time minus the steady
+// clock lies in [D - 1 - r, D + 1 - s]. Every answer narrows that interval (its width tends to
+// a second and the round trip as answers arrive at different points of a second); the interval
+// widens by kMaxDrift of the time since, for the two clocks' drift. An answer that does not fit
+// (the server's clock was set, or a proxy answered with its own) widens it to hold both, until
+// answers that agree narrow it again: wider bounds only make a lease last longer. Only answers
+// of the S3 server itself count (not 5xx, which a proxy or load balancer may have made). Times
+// in seconds, as doubles.
 //
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_S3_SERVER_CLOCK_H_
