@@ -138,6 +138,16 @@ Status ClaimToRead(BlockStore& store, std::string_view name, const AdminOptions&
   return Status::Ok();
 }
 
+// After reading all of an export under its lease: an error if the lease was lost meanwhile (it
+// could not be renewed, and another server may have changed the export as it was read).
+Status StillHeld(const std::unique_ptr<ExportLease>& lease, std::string_view name, const char* what) {
+  if (!lease) return Status::Ok();
+  Status v = lease->Valid();
+  if (v.ok()) return v;
+  return Status::IoError(std::string(what) + " of export " + Q(name) +
+                         " may mix old and new blocks: " + v.message());
+}
+
 // Writes `len` zero bytes at `off` of the block device fd: with one request to the device
 // (fallocate's ZERO_RANGE, the kernel's BLKZEROOUT) where it can, else by writing zeros.
 Status ZeroDeviceRange(int fd, uint64_t off, uint64_t len, const std::string& path) {
@@ -359,6 +369,7 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
     bool found = false;
     return store.CopyBlock(from, to, ids[i], &found);
   }));
+  S3B_RETURN_IF_ERROR(StillHeld(src_lease, from, "the copy"));
   S3B_RETURN_IF_ERROR(store.Flush(to));
   next.state = ExportMeta::State::kReady;
   return store.WriteMeta(to, next.Serialize());
@@ -450,8 +461,15 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   ids.erase(std::lower_bound(ids.begin(), ids.end(), meta.block_count()), ids.end());
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  // A block device is opened exclusively, as mkfs does: one that is mounted is refused.
+  struct stat before;
+  const bool device = ::stat(path.c_str(), &before) == 0 && S_ISBLK(before.st_mode);
+  // (O_EXCL without O_CREAT: exclusive use of the device; with it, the path must not exist.)
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (device ? O_EXCL : O_CREAT), 0644);
+  if (fd < 0) {
+    if (device && errno == EBUSY) return Status::Error(EBUSY, path + " is in use (mounted?)");
+    return Status::FromErrno(errno, "open " + path);
+  }
   struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
@@ -477,9 +495,10 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     };
     for (uint64_t id : ids) S3B_RETURN_IF_ERROR(zero_until(id));
     S3B_RETURN_IF_ERROR(zero_until(meta.block_count()));
-  } else {
-    return Status::InvalidArgument(path + " is not a regular file or a block device");
+  } else if (!S_ISCHR(st.st_mode)) {
+    return Status::InvalidArgument(path + " is not a regular file or a device");
   }
+  // (A character device, such as /dev/null, gets the stored blocks at their offsets.)
   S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "export", [&](uint64_t i) {
     const uint64_t id = ids[i];
     Bytes data;
@@ -501,8 +520,8 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     }
     return Status::Ok();
   }));
-  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
-  return Status::Ok();
+  if (::fsync(fd) != 0 && !S_ISCHR(st.st_mode)) return Status::FromErrno(errno, "fsync " + path);
+  return StillHeld(lease, name, "the image");
 }
 
 Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions& options,
@@ -560,7 +579,8 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
   });
   report->blocks_checked = checked.load();
   std::sort(report->problems.begin(), report->problems.end());
-  return s;
+  S3B_RETURN_IF_ERROR(s);
+  return StillHeld(lease, name, "the verification");
 }
 
 }  // namespace s3block

@@ -160,6 +160,14 @@ if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null; then
   11) die "export changed the block device past the export's end" ;;
   *) cat "$work/err" >&2; die "export onto a block device exited $rc" ;;
   esac
+  # A device in use (mounted) is refused, as mkfs refuses it.
+  loopdev=$(losetup --find --show "$work/dev.img")
+  mkfs.ext4 -q -F "$loopdev" && mkdir -p "$work/mnt" && mount "$loopdev" "$work/mnt"
+  rc=0
+  s3b export disk "$loopdev" >/dev/null 2>"$work/err" || rc=$?
+  umount "$work/mnt"
+  losetup -d "$loopdev"
+  [ "$rc" = 4 ] && grep -q "is in use" "$work/err" || { cat "$work/err"; die "export onto a mounted device exited $rc"; }
   truncate -s 39M "$work/dev.img"
   loopdev=$(losetup --find --show "$work/dev.img")
   rc=0

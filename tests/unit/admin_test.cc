@@ -248,6 +248,34 @@ TEST_F(AdminTest, ExportAndVerifyTakeTheLeaseOrReadWithoutItWhenTheyCannot) {
   EXPECT_FALSE(ResizeExport(ro, "r", 2 << 20, false, o).ok());
 }
 
+// A store whose leases are lost as soon as they are taken (not renewed in time).
+class LosingLeaseStore : public FileStore {
+ public:
+  using FileStore::FileStore;
+  Status AcquireLease(std::string_view, const std::string&, bool,
+                      std::unique_ptr<ExportLease>* out) override {
+    struct Lost : ExportLease {
+      Status Valid() const override { return Status::IoError("the lease could not be renewed in time"); }
+    };
+    *out = std::make_unique<Lost>();
+    return Status::Ok();
+  }
+};
+
+TEST_F(AdminTest, ReadingAnExportWhoseLeaseWasLostMeanwhileFails) {
+  std::string image = MakeImage(1 << 20);
+  ASSERT_OK(ImportImage(*store_, "l", image, 4096, options_));
+  ASSERT_OK(CopyExport(*store_, "l", "l2", options_));
+  LosingLeaseStore losing(dir_.path() + "/store");
+  ASSERT_OK(losing.Check());
+  Status s = ExportImage(losing, "l", dir_.path() + "/out", options_);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("may mix old and new blocks"), std::string::npos) << s.message();
+  VerifyReport report;
+  EXPECT_EQ(VerifyExport(losing, "l", options_, &report).err(), EIO);
+  EXPECT_EQ(CopyExport(losing, "l", "l3", options_).err(), EIO);
+}
+
 TEST_F(AdminTest, VerifyFindsDamageBehindItsBack) {
   std::string image = MakeImage(1 << 20);
   ASSERT_OK(ImportImage(*store_, "v", image, 4096, options_));
