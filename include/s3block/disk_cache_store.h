@@ -164,7 +164,8 @@ class DiskCacheStore : public StoreDecorator {
   // REQUIRES: mu_ held. Starts / ends a request on a block (see Pending).
   uint64_t BeginLocked(Export* e, uint64_t id, bool changes);
   // Returns true if no write or delete of the block was in the store during the read that
-  // BeginLocked(changes=false) gave `gen` (see Pending); for a write, if it was the only change.
+  // BeginLocked(changes=false) gave `gen` (see Pending); for a write, if no other change began,
+  // ended or is under way.
   bool EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes);
   // Drops the copies of `ids` and begins a change (write, delete) of each; returns their
   // generations for EndLocked or EndChanges. REQUIRES: mu_ not held.

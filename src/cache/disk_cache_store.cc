@@ -338,8 +338,9 @@ bool DiskCacheStore::EndLocked(Export* e, uint64_t id, uint64_t gen, bool change
     ++p.gen;
   }
   // A read: no write or delete was under way when it began, and none began or ended meanwhile.
-  // A write: its end is the only change since its beginning.
-  const bool current = changes ? p.gen == gen + 1 : gen != kReadDuringChange && p.gen == gen;
+  // A write: its end is the only change since its beginning, and no other is under way.
+  const bool current =
+      changes ? p.gen == gen + 1 && p.changes == 0 : gen != kReadDuringChange && p.gen == gen;
   if (--p.users == 0) e->pending.erase(it);
   return current;
 }
