@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <memory>
+#include <string>
 
 #include "fake_http_server.h"
 #include "s3/s3_client.h"
@@ -16,6 +18,26 @@
 
 namespace s3block {
 namespace {
+
+std::string HttpDate(time_t t) {
+  char date[64];
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return date;
+}
+
+std::unique_ptr<S3Client> ClientOf(const testing::FakeHttpServer& server, double retry_timeout) {
+  S3ClientOptions o;
+  o.endpoint = server.endpoint();
+  o.bucket = "bucket";
+  o.retry_timeout = retry_timeout;
+  return std::make_unique<S3Client>(o, AwsCredentials{"AKFAKE", "secret", ""});
+}
+
+double WallNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 TEST(ServerClock, KnowsNothingBeforeAnAnswerWithADate) {
   ServerClock c;
@@ -81,26 +103,17 @@ TEST(ServerClock, AnAnswerThatDoesNotFitWidensTheBoundsUntilAnswersAgree) {
 TEST(ServerClock, TheS3ClientLearnsTheServersTimeFromEveryAnswer) {
   // A server whose clock is an hour ahead of this machine's.
   const time_t ahead = std::time(nullptr) + 3600;
-  char date[64];
-  struct tm tm;
-  gmtime_r(&ahead, &tm);
-  std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
   testing::FakeHttpServer server([&](const testing::FakeRequest&) {
     testing::FakeResponse r;
-    r.headers.emplace_back("Date", date);
+    r.headers.emplace_back("Date", HttpDate(ahead));
     return r;
   });
-  S3ClientOptions o;
-  o.endpoint = server.endpoint();
-  o.bucket = "bucket";
-  o.retry_timeout = 0.5;
-  S3Client client(o, AwsCredentials{"AKFAKE", "secret", ""});
+  auto client = ClientOf(server, 0.5);
   double lo = 0, hi = 0;
-  EXPECT_FALSE(client.server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
-  ASSERT_OK(client.PutObject("k", AsBytes(std::string("x"))));
-  ASSERT_TRUE(client.server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
-  const double wall =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_FALSE(client->server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
+  ASSERT_OK(client->PutObject("k", AsBytes(std::string("x"))));
+  ASSERT_TRUE(client->server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
+  const double wall = WallNow();
   // The server's time an hour ahead of ours, to the second and the time the answer took.
   EXPECT_NEAR(lo, wall + 3600, 2.0);
   EXPECT_LE(lo, static_cast<double>(ahead) + 1.0);
@@ -110,35 +123,23 @@ TEST(ServerClock, TheS3ClientLearnsTheServersTimeFromEveryAnswer) {
 
 TEST(ServerClock, AnswersOfAProxyAreNotTheServersTime) {
   // Two 503s with the Date of a proxy a day behind, then the server's own answer, on time.
-  auto http_date = [](time_t t) {
-    char date[64];
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    return std::string(date);
-  };
   std::atomic<int> n{0};
   testing::FakeHttpServer server([&](const testing::FakeRequest&) {
     testing::FakeResponse r;
     if (n++ < 2) {
       r.status = 503;
-      r.headers.emplace_back("Date", http_date(std::time(nullptr) - 86400));
+      r.headers.emplace_back("Date", HttpDate(std::time(nullptr) - 86400));
     } else {
-      r.headers.emplace_back("Date", http_date(std::time(nullptr)));
+      r.headers.emplace_back("Date", HttpDate(std::time(nullptr)));
     }
     return r;
   });
-  S3ClientOptions o;
-  o.endpoint = server.endpoint();
-  o.bucket = "bucket";
-  o.retry_timeout = 5;
-  S3Client client(o, AwsCredentials{"AKFAKE", "secret", ""});
-  ASSERT_OK(client.PutObject("k", AsBytes(std::string("x"))));
+  auto client = ClientOf(server, 5);
+  ASSERT_OK(client->PutObject("k", AsBytes(std::string("x"))));
   EXPECT_EQ(n.load(), 3);
   double lo = 0, hi = 0;
-  ASSERT_TRUE(client.server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
-  const double wall =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  ASSERT_TRUE(client->server_clock().Bounds(ServerClock::SteadyNow(), &lo, &hi));
+  const double wall = WallNow();
   // Learnt from the 200 alone: this machine's time, to a couple of seconds.
   EXPECT_NEAR(lo, wall, 2.5);
   EXPECT_LT(hi - lo, 3.0);
