@@ -127,7 +127,7 @@ Status Claim(BlockStore& store, std::string_view name, const AdminOptions& optio
 Status ClaimToRead(BlockStore& store, std::string_view name, const AdminOptions& options,
                    std::unique_ptr<ExportLease>* lease, const char* refusing) {
   Status s = Claim(store, name, options, lease, refusing);
-  if (s.ok() || s.err() == EBUSY || s.err() == ECANCELED) return s;
+  if (s.ok() || s.err() == EBUSY) return s;
   std::string holder;
   if (!store.QueryLease(name, &holder).ok()) return s;
   if (!holder.empty())
