@@ -156,9 +156,10 @@ Status S3Client::ErrorFor(std::string_view op, const std::string& key, const Htt
   return Status::IoError(msg);
 }
 
-Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* transient,
+Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutcome* outcome,
                          double timeout) {
-  *transient = false;
+  *outcome = AttemptOutcome();
+  bool* transient = &outcome->transient;
   std::string path = base_path_;
   if (!req.key.empty()) path += "/" + req.key;
   if (path.empty()) path = "/";
@@ -202,6 +203,8 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, bool* trans
     Status v = VerifyBody(*response, req.verify_body);
     if (!v.ok()) {
       *transient = true;
+      outcome->bad_body = true;
+      outcome->body_crc = response->BodyCrc32c();
       return Status::IoError(Describe(req.method, req.key) + ": " + v.message());
     }
   }
@@ -212,15 +215,28 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(std::max(0.0, retry_timeout)));
+  int bad_bodies = 0;
+  uint32_t last_bad_crc = 0;
   for (int attempt = 1;; ++attempt) {
     double timeout = 0;
     if (req.fence) {
       Status f = (*req.fence)(&timeout);
       if (!f.ok()) return f.Annotate(Describe(req.method, req.key));
     }
-    bool transient = false;
-    Status s = Attempt(req, response, &transient, timeout);
-    if (s.ok() || !transient) return s;
+    AttemptOutcome outcome;
+    Status s = Attempt(req, response, &outcome, timeout);
+    if (s.ok() || !outcome.transient) return s;
+    // A body that fails its check with the very content of the previous attempt's was not
+    // changed on the way: the object is stored (or served) damaged, and asking again will not
+    // help. One changed on the way differs from attempt to attempt, and is retried.
+    if (outcome.bad_body) {
+      if (bad_bodies > 0 && outcome.body_crc == last_bad_crc) {
+        return Status::IoError(s.message() + " (the same content in " + std::to_string(attempt) +
+                               " attempts: the object is stored damaged, or the server damages it)");
+      }
+      ++bad_bodies;
+      last_bad_crc = outcome.body_crc;
+    }
     auto now = Clock::now();
     if (now >= deadline) {
       double spent = std::chrono::duration<double>(now - start).count();

@@ -145,9 +145,15 @@ class S3Client {
   // with *response for any HTTP status that is not transient (the caller interprets 4xx);
   // EIO when the retries are exhausted or the failure is not transient.
   Status Execute(const Request& request, HttpResponse* response, double retry_timeout);
-  // One attempt, of at most `timeout` seconds if that is above 0. *transient tells whether to
-  // retry an error.
-  Status Attempt(const Request& request, HttpResponse* response, bool* transient, double timeout);
+  // What became of one attempt, beyond its status.
+  struct AttemptOutcome {
+    bool transient = false;  // the error may go away: retry it
+    bool bad_body = false;   // a 200 GET whose body failed its length or checksum check
+    uint32_t body_crc = 0;   // then: the CRC-32C of the body received
+  };
+  // One attempt, of at most `timeout` seconds if that is above 0.
+  Status Attempt(const Request& request, HttpResponse* response, AttemptOutcome* outcome,
+                 double timeout);
   // An EIO (or EACCES/ENOENT-flavoured EIO) error for an HTTP error response.
   Status ErrorFor(std::string_view op, const std::string& key, const HttpResponse& response) const;
 

@@ -146,9 +146,11 @@ TEST(S3Client, GetVerifiesBodyAgainstRecordedCrc32c) {
                                        ? "\"" + Md5Hex("something else") + "\""
                                        : std::string("\"abc-3\""));
     if (r.target.find("flipped") != std::string::npos) {
-      f.body[12345] ^= 0x10;  // one bit changed on the way
+      f.body[12345] ^= 0x10;  // the same bit changed every time: stored so
       ++flipped;
     }
+    if (r.target.find("wire") != std::string::npos)
+      f.body[flipped++ % good.size()] ^= 1;  // another bit changed on the way each time
     if (r.target.find("once") != std::string::npos && flipped++ == 0) f.body[7] ^= 1;
     return f;
   });
@@ -169,7 +171,18 @@ TEST(S3Client, GetVerifiesBodyAgainstRecordedCrc32c) {
   EXPECT_NE(s.message().find("CRC-32C recorded"), std::string::npos) << s.message();
   EXPECT_FALSE(found);
   EXPECT_TRUE(data.empty());
-  EXPECT_GT(flipped.load(), 1);  // retried: a corrupted transfer is transient
+  // Fetched again once; the same damaged content twice is the object's, not the transfer's,
+  // and is reported at once instead of retried for the whole retry-timeout.
+  EXPECT_EQ(flipped.load(), 2);
+  EXPECT_NE(s.message().find("the same content in 2 attempts"), std::string::npos) << s.message();
+
+  // Content damaged differently each time is the transfer's: retried until the retry-timeout.
+  flipped = 0;
+  s = client->GetObject("wire", &data, &found);
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("CRC-32C recorded"), std::string::npos) << s.message();
+  EXPECT_EQ(s.message().find("the same content"), std::string::npos) << s.message();
+  EXPECT_GT(flipped.load(), 2);
 
   // A body corrupted once is fetched again and the good copy returned.
   flipped = 0;
