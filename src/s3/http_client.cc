@@ -224,6 +224,13 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
       return Status::IoError("response body larger than " + std::to_string(options_.max_response_bytes) + " bytes");
     *transient = IsTransient(rc);
     std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    // OpenSSL's words for an answer that is not TLS at all: an https:// endpoint on a port that
+    // speaks plain HTTP. Asking again will not change that.
+    if (rc == CURLE_SSL_CONNECT_ERROR && detail.find("wrong version number") != std::string::npos) {
+      *transient = false;
+      detail += " (the server does not speak TLS on this port: if it serves plain HTTP, give the "
+                "endpoint as http://)";
+    }
     return Status::IoError(detail);
   }
   response->status = status;

@@ -10,6 +10,7 @@
 #  HTTPS to S3 (S3 mode only): tests/faultproxy/faultproxy.py terminates TLS with a certificate
 #   signed by the private CA in front of the S3 server. Without ca-file= nbdkit refuses to start
 #   with a message about the certificate; with ca-file=CA it serves, and data round-trips.
+#   https:// to the S3 server's plain-HTTP port is refused at once, saying to use http://.
 #
 #   tests/scripts/tls.sh local
 #   tests/scripts/tls.sh s3      (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
@@ -150,6 +151,19 @@ cat "$work/noca.log"
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || die "nbdkit without ca-file= did not refuse the unknown CA (exit $rc)"
 [ ! -s "$work/nbdkit.pid" ] || die "nbdkit without ca-file= started serving"
 grep -qi 'certificate' "$work/noca.log" || die "the refusal does not mention the certificate"
+
+# https:// to the S3 server's own port, which speaks plain HTTP: refused at once (not retried
+# for the retry-timeout), with a message that says what to give instead.
+rm -f "$work/nbdkit.pid"
+rc=0
+timeout 60 nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "${https_args[@]:0:1}" \
+  "endpoint=https://${S3BLOCK_TEST_S3_ENDPOINT#http://}" "${https_args[@]:2}" \
+  </dev/null >"$work/plain.log" 2>&1 || rc=$?
+cat "$work/plain.log"
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || die "nbdkit with https:// to a plain-HTTP port did not refuse (exit $rc)"
+[ ! -s "$work/nbdkit.pid" ] || die "nbdkit with https:// to a plain-HTTP port started serving"
+grep -q 'give the endpoint as http://' "$work/plain.log" || die "the refusal does not say to use http://"
+! grep -q 'gave up after' "$work/plain.log" || die "https:// to a plain-HTTP port was retried"
 
 start_nbdkit -- "${https_args[@]}" "ca-file=$certs/ca-cert.pem" size=16M cache=false
 roundtrip "nbd+unix:///https?socket=$sock" || die "nbdkit with ca-file= cannot write and read over HTTPS"
