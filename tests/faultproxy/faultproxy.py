@@ -16,11 +16,16 @@ and, at the chosen rate, answers with a fault instead:
   html      HTTP 503 with a body that is not XML (an HTML page, as some load balancers send)
 
 500, 503, reset and html happen either before the request reaches the server or after it was
-served (the server did the work, the client never hears of it), chosen at random each time.
+served (the server did the work, the client never hears of it), chosen at random each time
+unless when=before or when=after says which.
 
 Faults are switched at run time through the control port (plain HTTP on 127.0.0.1:CONTROL_PORT):
 
   GET /set?kinds=500,503&rate=0.2[&stall=3][&methods=GET,PUT][&seed=1]   turn faults on
+      [&paths=/lease,/meta]   only requests whose target contains one of these
+      [&when=before|after]    500, 503, reset and html only before (or only after) serving
+      [&status=200]           only once served, and only if the server answered with this status
+      [&count=N]              N faults at most, then none until the next /set
   GET /off                                                               turn them off
   GET /stats     {"requests": N, "forwarded": N, "faults": {"500": N, ...}, "kinds": [...], "rate": R,
                   "payload": {"sha256": N, "unsigned": N, "other": N}}
@@ -56,34 +61,60 @@ class FaultState:
         self.rate = 0.0
         self.stall = 5.0
         self.methods = None  # None: every method
+        self.paths = None  # None: every target
+        self.when = None  # None: before or after serving, at random
+        self.status = None  # None: any answer (or none yet)
+        self.remaining = None  # None: no limit on the number of faults
         self.rng = random.Random(1)
         self.requests = 0
         self.forwarded = 0
         self.faults = {k: 0 for k in KINDS}
         self.payload = {"sha256": 0, "unsigned": 0, "other": 0}
 
-    def configure(self, kinds, rate, stall, methods, seed):
+    def configure(self, kinds, rate, stall, methods, seed, paths=None, when=None, status=None,
+                  count=None):
         with self.lock:
             self.kinds = kinds
             self.rate = rate
             if stall is not None:
                 self.stall = stall
             self.methods = methods
+            self.paths = paths
+            self.when = when
+            self.status = status
+            self.remaining = count
             if seed is not None:
                 self.rng = random.Random(seed)
 
-    def choose(self, method):
-        """Returns (kind, before) for a fault to inject on this request, or (None, False)."""
+    def choose(self, method, target, status=None):
+        """Returns (kind, before) for a fault to inject on this request, or (None, False).
+
+        Called before the request is forwarded (status None) and, where faults depend on the
+        server's answer (status=), once more after it was served, with the answer's status."""
         with self.lock:
-            self.requests += 1
+            if status is None:
+                self.requests += 1
+            if self.status != status:
+                return None, False
             if not self.kinds or self.rate <= 0:
                 return None, False
             if self.methods is not None and method not in self.methods:
                 return None, False
+            if self.paths is not None and not any(p in target for p in self.paths):
+                return None, False
+            if self.remaining is not None and self.remaining <= 0:
+                return None, False
             if self.rng.random() >= self.rate:
                 return None, False
+            if self.remaining is not None:
+                self.remaining -= 1
             kind = self.rng.choice(self.kinds)
-            before = self.rng.random() < 0.5
+            if status is not None:
+                before = False
+            elif self.when is not None:
+                before = self.when == "before"
+            else:
+                before = self.rng.random() < 0.5
             return kind, before
 
     def count(self, kind):
@@ -220,7 +251,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                     return
                 STATE.count_payload(headers)
                 head = method == "HEAD"
-                kind, before = STATE.choose(method)
+                kind, before = STATE.choose(method, target)
                 if kind in ("500", "503", "reset", "html") and before:
                     self.inject_simple(kind)
                     if kind == "reset":
@@ -237,6 +268,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                     sys.stderr.write("faultproxy: upstream failed: %s\n" % e)
                     self.send_s3_error(502, "BadGateway", "upstream failed")
                     continue
+                if kind is None:
+                    kind, _ = STATE.choose(method, target, status)
                 if kind in ("500", "503", "reset", "html"):
                     self.inject_simple(kind)
                     if kind == "reset":
@@ -297,7 +330,13 @@ class ControlHandler(socketserver.StreamRequestHandler):
                 stall = float(q["stall"]) if "stall" in q else None
                 methods = set(q["methods"].split(",")) if q.get("methods") else None
                 seed = int(q["seed"]) if "seed" in q else None
-                STATE.configure(kinds, rate, stall, methods, seed)
+                paths = [p for p in q["paths"].split(",") if p] if q.get("paths") else None
+                when = q.get("when") or None
+                if when not in (None, "before", "after"):
+                    raise ValueError("when must be before or after")
+                status_filter = int(q["status"]) if "status" in q else None
+                count = int(q["count"]) if "count" in q else None
+                STATE.configure(kinds, rate, stall, methods, seed, paths, when, status_filter, count)
                 body = json.dumps(STATE.snapshot()).encode()
             elif url.path == "/off":
                 STATE.configure([], 0.0, None, None, None)
