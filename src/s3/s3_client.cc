@@ -35,6 +35,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr double kFirstBackoff = 0.05;  // seconds
 constexpr double kMaxBackoff = 2.0;     // seconds
+// A GET body that fails its check with the same content for this long is taken as damaged where
+// it is stored (seconds; about seven attempts).
+constexpr double kDamagedAfter = 5.0;
 constexpr int kMaxDeleteKeys = 1000;    // S3's limit for one DeleteObjects request
 
 struct Endpoint {
@@ -215,8 +218,10 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(std::max(0.0, retry_timeout)));
-  int bad_bodies = 0;
-  uint32_t last_bad_crc = 0;
+  // The attempts in a row, and since when, whose body failed its check with the same content.
+  int same_bad = 0;
+  uint32_t bad_crc = 0;
+  Clock::time_point bad_since;
   for (int attempt = 1;; ++attempt) {
     double timeout = 0;
     if (req.fence) {
@@ -226,16 +231,26 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
     AttemptOutcome outcome;
     Status s = Attempt(req, response, &outcome, timeout);
     if (s.ok() || !outcome.transient) return s;
-    // A body that fails its check with the very content of the previous attempt's was not
-    // changed on the way: the object is stored (or served) damaged, and asking again will not
-    // help. One changed on the way differs from attempt to attempt, and is retried.
-    if (outcome.bad_body) {
-      if (bad_bodies > 0 && outcome.body_crc == last_bad_crc) {
-        return Status::IoError(s.message() + " (the same content in " + std::to_string(attempt) +
-                               " attempts: the object is stored damaged, or the server damages it)");
+    // A body changed on the way differs from attempt to attempt (or, now and then, arrives
+    // intact), and is retried. One that fails its check with the very same content every time
+    // for kDamagedAfter is the object's own damage, stored or served so: that is reported then,
+    // not retried for the whole retry-timeout.
+    if (!outcome.bad_body) {
+      same_bad = 0;
+    } else if (same_bad > 0 && outcome.body_crc == bad_crc) {
+      ++same_bad;
+      const double bad_for = std::chrono::duration<double>(Clock::now() - bad_since).count();
+      if (bad_for >= kDamagedAfter) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.1f", bad_for);
+        return Status::IoError(s.message() + " (the same content in " + std::to_string(same_bad) +
+                               " attempts over " + buf +
+                               " s: the object is stored damaged, or the server damages it)");
       }
-      ++bad_bodies;
-      last_bad_crc = outcome.body_crc;
+    } else {
+      same_bad = 1;
+      bad_crc = outcome.body_crc;
+      bad_since = Clock::now();
     }
     auto now = Clock::now();
     if (now >= deadline) {
