@@ -89,8 +89,10 @@ Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) 
   bool found = false;
   S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, meta, &found));
   if (!found) return NotFound(store, name);
+  // Not EBUSY, which tells the command's caller that a server holds the export (exit 4): this
+  // one waits for no one, but for the import, copy or delete to be run again.
   if (meta->state != ExportMeta::State::kReady)
-    return Status::Error(EBUSY, "export " + Q(name) + " is " +
+    return Status::Error(EUCLEAN, "export " + Q(name) + " is " +
                                     (meta->state == ExportMeta::State::kDeleting ? "being deleted"
                                                                                  : "incomplete"));
   return Status::Ok();

@@ -228,6 +228,12 @@ start_nbdkit
 if nbdinfo "nbd+unix:///big?socket=$work/sock" >/dev/null 2>&1; then die "an incomplete export was served"; fi
 grep -q "incomplete" "$work/nbdkit.log" || die "nbdkit did not say why"
 stop_nbdkit
+# Exit 1, not 4: no server holds it, and waiting for one would never end.
+for cmd in "export big $work/inc.out" "copy big big2" "resize big 2M"; do
+  # shellcheck disable=SC2086
+  expect_exit 1 s3b $cmd
+  grep -q "is incomplete" "$work/err" || die "$cmd of an incomplete export does not say why"
+done
 s3b import big "$big" >/dev/null 2>&1
 s3b export big "$work/big.out" >/dev/null 2>&1
 cmp "$big" "$work/big.out" || die "the re-run import differs"

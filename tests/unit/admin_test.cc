@@ -146,6 +146,10 @@ TEST_F(AdminTest, DeleteRemovesEverythingAndInterruptedOperationsAreNotServed) {
   Status s = Volume::Open(store_, "i", VolumeOptions(), &v);
   EXPECT_EQ(s.err(), EBUSY);
   EXPECT_NE(s.message().find("incomplete"), std::string::npos) << s.message();
+  // The admin command's refusal is not EBUSY, which says that a server holds the export.
+  s = ResizeExport(*store_, "i", 2 << 20, false, options_);
+  EXPECT_EQ(s.err(), EUCLEAN);
+  EXPECT_NE(s.message().find("incomplete"), std::string::npos) << s.message();
   ASSERT_OK(ImportImage(*store_, "i", image, 4096, options_));  // a re-run finishes it
   ASSERT_OK(Volume::Open(store_, "i", VolumeOptions(), &v));
 }
