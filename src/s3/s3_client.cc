@@ -38,6 +38,9 @@ constexpr double kMaxBackoff = 2.0;     // seconds
 // A GET body that fails its check with the same content for this long is taken as damaged where
 // it is stored (seconds; about seven attempts).
 constexpr double kDamagedAfter = 5.0;
+// A listing page naming a key its caller does not expect is fetched this many times in all
+// before the key is taken as an object of that name.
+constexpr int kListAttemptsForUnexpectedKeys = 3;
 constexpr int kMaxDeleteKeys = 1000;    // S3's limit for one DeleteObjects request
 
 struct Endpoint {
@@ -404,22 +407,53 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const Write
 
 Status S3Client::ListObjects(const std::string& prefix, const std::string& delimiter,
                              const std::function<void(const std::string&, std::string_view)>& on_key,
-                             const std::function<void(const std::string&)>& on_prefix) {
+                             const std::function<void(const std::string&)>& on_prefix,
+                             const std::function<bool(const std::string&)>& key_ok) {
+  const std::string what = "ListObjectsV2 prefix '" + QuoteForMessage(prefix) + "'";
   std::string token;
   for (;;) {
     Request req{"GET", "", {{"list-type", "2"}, {"prefix", prefix}, {"max-keys", std::to_string(list_page_size_)}},
                 {}, {}, false};
     if (!delimiter.empty()) req.query.emplace_back("delimiter", delimiter);
     if (!token.empty()) req.query.emplace_back("continuation-token", token);
-    HttpResponse r;
-    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
-    std::string what = "ListObjectsV2 prefix '" + QuoteForMessage(prefix) + "'";
-    if (r.status != 200) return ErrorFor(what, "", r);
+    // Nothing protects a listing on its way over plain HTTP: each page is checked before any of
+    // its keys is used, and fetched again if it fails (a transfer damaged on the way differs from
+    // attempt to attempt). A page that does not parse, or names a key or prefix outside the one
+    // asked for, is retried for the retry-timeout. A key the caller does not expect (key_ok) is
+    // fetched again a few times; if it stays, it is an object of that name, and is delivered.
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(options_.retry_timeout));
     XmlNode root;
-    Status parsed = ParseXml(r.body, &root);
-    if (!parsed.ok()) return Status::IoError(Describe(what, "") + ": " + parsed.message());
-    if (root.name != "ListBucketResult")
-      return Status::IoError(Describe(what, "") + ": unexpected response <" + QuoteForMessage(root.name) + ">");
+    for (int attempt = 1;; ++attempt) {
+      HttpResponse r;
+      S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+      if (r.status != 200) return ErrorFor(what, "", r);
+      root = XmlNode();
+      Status page = ParseXml(r.body, &root);
+      if (page.ok() && root.name != "ListBucketResult")
+        page = Status::IoError("unexpected response <" + QuoteForMessage(root.name) + ">");
+      bool unexpected_key = false;
+      if (page.ok()) {
+        for (const XmlNode* c : root.Children("Contents")) {
+          const std::string key = c->ChildText("Key");
+          if (key.compare(0, prefix.size(), prefix) != 0) {
+            page = Status::IoError("listed key '" + QuoteForMessage(key) + "' is outside the prefix");
+            break;
+          }
+          if (key_ok && !key_ok(key)) unexpected_key = true;
+        }
+        for (const XmlNode* c : root.Children("CommonPrefixes"))
+          if (c->ChildText("Prefix").compare(0, prefix.size(), prefix) != 0)
+            page = Status::IoError("listed prefix '" + QuoteForMessage(c->ChildText("Prefix")) +
+                                   "' is outside the prefix");
+      }
+      if (page.ok() && (!unexpected_key || attempt >= kListAttemptsForUnexpectedKeys)) break;
+      if (!page.ok() && Clock::now() >= deadline)
+        return Status::IoError(Describe(what, "") + ": " + page.message() + " (after " +
+                               std::to_string(attempt) + " attempts)");
+      std::this_thread::sleep_for(std::chrono::duration<double>(
+          std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20))) * Jitter()));
+    }
     for (const XmlNode* c : root.Children("Contents")) {
       if (!on_key) continue;
       on_key(c->ChildText("Key"), Unquote(c->ChildText("ETag")));

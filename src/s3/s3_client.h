@@ -107,10 +107,12 @@ class S3Client {
   Status DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence = nullptr);
   // ListObjectsV2 over every page: on_key(key, etag) for each object (the ETag without its
   // quotes), on_prefix(prefix) for each common prefix (with a delimiter). Either callback may be
-  // null.
+  // null. A page is checked before it is used, and fetched again if it does not parse or names a
+  // key outside `prefix`; also, a few times, if key_ok (when given) rejects one of its keys.
   Status ListObjects(const std::string& prefix, const std::string& delimiter,
                      const std::function<void(const std::string& key, std::string_view etag)>& on_key,
-                     const std::function<void(const std::string&)>& on_prefix);
+                     const std::function<void(const std::string&)>& on_prefix,
+                     const std::function<bool(const std::string& key)>& key_ok = nullptr);
   // Checks that the bucket exists and the credentials are accepted: one ListObjectsV2 with
   // max-keys=1 under `prefix`, retried for at most `retry_timeout` seconds. The error is one
   // line naming the bucket and the endpoint: missing bucket, access denied, bad credentials,

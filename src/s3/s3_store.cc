@@ -152,15 +152,22 @@ Status S3Store::ListBlocks(std::string_view export_name, const std::function<voi
 Status S3Store::ListBlockDigests(std::string_view export_name,
                                  const std::function<void(uint64_t, std::string_view)>& fn) {
   const std::string prefix = ExportPrefix(export_name) + "blocks/";
+  auto block_id = [&](const std::string& key, uint64_t* id) {
+    return key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
+           ParseBlockName(std::string_view(key).substr(prefix.size()), id);
+  };
+  // A key that is not a block's is fetched again before it is skipped: it may be a block's
+  // name damaged on the way, and skipping a stored block would serve it as zeros.
   return client_->ListObjects(
       prefix, "",
       [&](const std::string& key, std::string_view etag) {
         uint64_t id;
-        if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
-            ParseBlockName(std::string_view(key).substr(prefix.size()), &id))
-          fn(id, IsHexMd5(etag) ? etag : std::string_view());
+        if (block_id(key, &id)) fn(id, IsHexMd5(etag) ? etag : std::string_view());
       },
-      nullptr);
+      nullptr, [&](const std::string& key) {
+        uint64_t id;
+        return block_id(key, &id);
+      });
 }
 
 Status S3Store::ListExports(std::vector<std::string>* names) {

@@ -535,12 +535,12 @@ TEST(S3Client, ListFollowsContinuationTokens) {
   FakeHttpServer server([](const FakeRequest& r) {
     FakeResponse f;
     if (r.target.find("continuation-token=t%2F2") != std::string::npos)
-      f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>c</Key>"
+      f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>p/c</Key>"
                "<ETag>&quot;0123456789abcdef0123456789abcdef&quot;</ETag></Contents>"
                "</ListBucketResult>";
     else
-      f.body = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>a</Key></Contents>"
-               "<Contents><Key>b</Key></Contents><NextContinuationToken>t/2</NextContinuationToken>"
+      f.body = "<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>p/a</Key></Contents>"
+               "<Contents><Key>p/b</Key></Contents><NextContinuationToken>t/2</NextContinuationToken>"
                "</ListBucketResult>";
     return f;
   });
@@ -550,12 +550,47 @@ TEST(S3Client, ListFollowsContinuationTokens) {
     keys.push_back(k);
     etags.emplace_back(etag);
   }, nullptr));
-  EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{"p/a", "p/b", "p/c"}));
   // The ETag comes without its quotes; an object listed without one has "".
   EXPECT_EQ(etags, (std::vector<std::string>{"", "", "0123456789abcdef0123456789abcdef"}));
   auto got = server.received();
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[0].target, "/bucket?list-type=2&max-keys=1000&prefix=p%2F");
+}
+
+// Nothing protects a listing over plain HTTP: a page damaged on the way is fetched again before
+// any of its keys is used. A key outside the prefix, or XML that does not parse, is retried until
+// it comes right; a key the caller does not expect, a few times, then taken as an object's name.
+TEST(S3Client, DamagedListingPagesAreFetchedAgain) {
+  std::atomic<int> served{0};
+  FakeHttpServer server([&](const FakeRequest& r) {
+    const int n = served++;
+    FakeResponse f;
+    const bool stray = r.target.find("prefix=s%2F") != std::string::npos;
+    std::string key = stray ? "s/blocks/junk" : "p/blocks/12";
+    if (!stray && n == 0) key = "p/blocks/1j";  // a digit damaged into a letter
+    if (!stray && n == 1) key = "q/blocks/12";  // the prefix damaged
+    f.body = "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>" + key +
+             "</Key></Contents></ListBucketResult>";
+    if (!stray && n == 2) f.body[5] = '!';  // the XML damaged
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 5);
+  auto digits = [](const std::string& k) {
+    return k.size() > 9 && k.find_first_not_of("0123456789", 9) == std::string::npos;
+  };
+  std::vector<std::string> keys;
+  auto collect = [&](const std::string& k, std::string_view) { keys.push_back(k); };
+  ASSERT_OK(client->ListObjects("p/", "", collect, nullptr, digits));
+  EXPECT_EQ(keys, std::vector<std::string>{"p/blocks/12"});
+  EXPECT_EQ(served.load(), 4);
+
+  // A key that stays unexpected is an object of that name: delivered after three fetches.
+  keys.clear();
+  served = 0;
+  ASSERT_OK(client->ListObjects("s/", "", collect, nullptr, digits));
+  EXPECT_EQ(keys, std::vector<std::string>{"s/blocks/junk"});
+  EXPECT_EQ(served.load(), 3);
 }
 
 TEST(S3Client, MalformedListingIsAnError) {
