@@ -12,7 +12,9 @@ and, at the chosen rate, answers with a fault instead:
             the connection is closed
   truncate  the upstream response is sent with its full Content-Length but only part of its body,
             then the connection is closed
-  corrupt   a 200 response body has one byte flipped (Content-Length and headers unchanged)
+  corrupt   a 200 response body has one byte flipped (Content-Length and headers unchanged): the
+            first byte of the first occurrence of the text given by flip=, or else the one at a
+            third of the body
   html      HTTP 503 with a body that is not XML (an HTML page, as some load balancers send)
 
 500, 503, reset and html happen either before the request reaches the server or after it was
@@ -26,6 +28,7 @@ Faults are switched at run time through the control port (plain HTTP on 127.0.0.
       [&when=before|after]    500, 503, reset and html only before (or only after) serving
       [&status=200]           only once served, and only if the server answered with this status
       [&count=N]              N faults at most, then none until the next /set
+      [&flip=TEXT]            where corrupt flips a byte (above)
   GET /off                                                               turn them off
   GET /stats     {"requests": N, "forwarded": N, "faults": {"500": N, ...}, "kinds": [...], "rate": R,
                   "payload": {"sha256": N, "unsigned": N, "other": N}}
@@ -65,6 +68,7 @@ class FaultState:
         self.when = None  # None: before or after serving, at random
         self.status = None  # None: any answer (or none yet)
         self.remaining = None  # None: no limit on the number of faults
+        self.flip = None  # corrupt: flip the first byte of this text (bytes), or at a third
         self.rng = random.Random(1)
         self.requests = 0
         self.forwarded = 0
@@ -72,7 +76,7 @@ class FaultState:
         self.payload = {"sha256": 0, "unsigned": 0, "other": 0}
 
     def configure(self, kinds, rate, stall, methods, seed, paths=None, when=None, status=None,
-                  count=None):
+                  count=None, flip=None):
         with self.lock:
             self.kinds = kinds
             self.rate = rate
@@ -83,6 +87,7 @@ class FaultState:
             self.when = when
             self.status = status
             self.remaining = count
+            self.flip = flip
             if seed is not None:
                 self.rng = random.Random(seed)
 
@@ -140,7 +145,8 @@ class FaultState:
         with self.lock:
             return {"requests": self.requests, "forwarded": self.forwarded,
                     "faults": dict(self.faults), "kinds": list(self.kinds), "rate": self.rate,
-                    "stall": self.stall, "payload": dict(self.payload)}
+                    "stall": self.stall, "payload": dict(self.payload),
+                    "flip": self.flip.decode("latin-1") if self.flip else None}
 
 
 STATE = FaultState()
@@ -283,7 +289,10 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                     return
                 if kind == "corrupt" and status == 200 and data and not head:
                     STATE.count(kind)
+                    flip = STATE.flip
                     i = len(data) // 3
+                    if flip and data.find(flip) >= 0:
+                        i = data.find(flip)
                     data = data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:]
                 declared = len(data)
                 if head:  # no body: keep the length the server announced
@@ -336,7 +345,9 @@ class ControlHandler(socketserver.StreamRequestHandler):
                     raise ValueError("when must be before or after")
                 status_filter = int(q["status"]) if "status" in q else None
                 count = int(q["count"]) if "count" in q else None
-                STATE.configure(kinds, rate, stall, methods, seed, paths, when, status_filter, count)
+                flip = q["flip"].encode() if q.get("flip") else None
+                STATE.configure(kinds, rate, stall, methods, seed, paths, when, status_filter, count,
+                                flip)
                 body = json.dumps(STATE.snapshot()).encode()
             elif url.path == "/off":
                 STATE.configure([], 0.0, None, None, None)
