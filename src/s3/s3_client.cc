@@ -378,31 +378,53 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const Write
   if (keys.empty()) return Status::Ok();
   if (keys.size() > static_cast<size_t>(kMaxDeleteKeys))
     return Status::InvalidArgument("DeleteObjects takes at most 1000 keys");
-  std::string xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
-                    "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
-  for (const std::string& k : keys) xml += "<Object><Key>" + XmlEscape(k) + "</Key></Object>";
-  xml += "</Delete>";
-  Request req{"POST", "", {{"delete", ""}},
-              {{"Content-Type", "application/xml"}, {"Content-MD5", Base64Encode(Md5(AsBytes(xml)))}},
-              AsBytes(xml), false, fence};
-  HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
-  std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +
-                     QuoteForMessage(keys.front()) + "')";
-  if (r.status != 200) return ErrorFor(what, "", r);
-  XmlNode root;
-  Status parsed = ParseXml(r.body, &root);
-  if (!parsed.ok()) return Status::IoError(Describe(what, "") + ": " + parsed.message());
-  if (root.name == "Error") return ErrorFor(what, "", r);
-  std::vector<const XmlNode*> errors = root.Children("Error");
-  if (!errors.empty()) {
-    const XmlNode* e = errors.front();
-    return Status::IoError(Describe(what, "") + ": " + std::to_string(errors.size()) +
-                           " keys not deleted, the first '" + QuoteForMessage(e->ChildText("Key")) +
-                           "': " + QuoteForMessage(e->ChildText("Code")) + " " +
-                           QuoteForMessage(e->ChildText("Message")));
+  const std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +
+                           QuoteForMessage(keys.front()) + "')";
+  // Deleting is idempotent: an answer that does not parse (damaged on the way) has the request
+  // sent again, and keys the server could not delete for a passing reason (it says InternalError,
+  // SlowDown or ServiceUnavailable for them) are sent again on their own, for the retry-timeout.
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(options_.retry_timeout));
+  std::vector<std::string> left = keys;
+  for (int attempt = 1;; ++attempt) {
+    std::string xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+                      "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
+    for (const std::string& k : left) xml += "<Object><Key>" + XmlEscape(k) + "</Key></Object>";
+    xml += "</Delete>";
+    Request req{"POST", "", {{"delete", ""}},
+                {{"Content-Type", "application/xml"}, {"Content-MD5", Base64Encode(Md5(AsBytes(xml)))}},
+                AsBytes(xml), false, fence};
+    HttpResponse r;
+    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+    if (r.status != 200) return ErrorFor(what, "", r);
+    XmlNode root;
+    Status problem = ParseXml(r.body, &root);
+    if (problem.ok()) {
+      if (root.name == "Error") return ErrorFor(what, "", r);
+      std::vector<std::string> again;
+      const std::vector<const XmlNode*> errors = root.Children("Error");
+      for (const XmlNode* e : errors) {
+        const std::string code = e->ChildText("Code");
+        if (code != "InternalError" && code != "SlowDown" && code != "ServiceUnavailable") {
+          return Status::IoError(Describe(what, "") + ": " + std::to_string(errors.size()) +
+                                 " keys not deleted, among them '" +
+                                 QuoteForMessage(e->ChildText("Key")) + "': " +
+                                 QuoteForMessage(code) + " " + QuoteForMessage(e->ChildText("Message")));
+        }
+        again.push_back(e->ChildText("Key"));
+      }
+      if (again.empty()) return Status::Ok();
+      problem = Status::IoError(std::to_string(again.size()) + " keys not deleted, the first '" +
+                                QuoteForMessage(again.front()) + "': " +
+                                QuoteForMessage(errors.front()->ChildText("Code")));
+      left = std::move(again);
+    }
+    if (Clock::now() >= deadline)
+      return Status::IoError(Describe(what, "") + ": " + problem.message() + " (after " +
+                             std::to_string(attempt) + " attempts)");
+    std::this_thread::sleep_for(std::chrono::duration<double>(
+        std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20))) * Jitter()));
   }
-  return Status::Ok();
 }
 
 Status S3Client::ListObjects(const std::string& prefix, const std::string& delimiter,

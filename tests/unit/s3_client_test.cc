@@ -492,6 +492,45 @@ TEST(S3Client, DeleteObjectsSendsXmlWithContentMd5AndReportsErrors) {
   EXPECT_NE(s.message().find("'k&2': AccessDenied"), std::string::npos) << s.message();
 }
 
+// An answer damaged on the way has the request sent again; keys the server could not delete for
+// a passing reason are sent again on their own.
+TEST(S3Client, DeleteObjectsRetriesDamagedAnswersAndKeysThatFailedForAPassingReason) {
+  std::atomic<int> n{0};
+  FakeHttpServer server([&](const FakeRequest&) {
+    FakeResponse f;
+    switch (n++) {
+      case 0: f.body = "<DeleteResult><Err"; break;  // cut short
+      case 1:
+        f.body = "<DeleteResult><Error><Key>b</Key><Code>SlowDown</Code><Message>later</Message>"
+                 "</Error></DeleteResult>";
+        break;
+      default: f.body = "<DeleteResult></DeleteResult>";
+    }
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 5);
+  ASSERT_OK(client->DeleteObjects({"a", "b", "c"}));
+  auto got = server.received();
+  ASSERT_EQ(got.size(), 3u);
+  XmlNode root;
+  ASSERT_OK(ParseXml(got[1].body, &root));
+  EXPECT_EQ(root.Children("Object").size(), 3u);  // the whole request again
+  ASSERT_OK(ParseXml(got[2].body, &root));
+  ASSERT_EQ(root.Children("Object").size(), 1u);  // only the key that failed
+  EXPECT_EQ(root.Children("Object")[0]->ChildText("Key"), "b");
+
+  // A server that keeps failing a key: reported once the retry-timeout is over.
+  FakeHttpServer busy([&](const FakeRequest&) {
+    FakeResponse f;
+    f.body = "<DeleteResult><Error><Key>b</Key><Code>InternalError</Code></Error></DeleteResult>";
+    return f;
+  });
+  Status s = MakeClient(busy.endpoint(), 0.3)->DeleteObjects({"b"});
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("'b': InternalError"), std::string::npos) << s.message();
+  EXPECT_GT(busy.requests(), 1);
+}
+
 TEST(S3Client, ConnectionRefusedGivesOneClearCheckError) {
   // A port nobody listens on: bind one, then close it.
   std::string endpoint;
