@@ -70,6 +70,12 @@ double Jitter() {
   return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
 }
 
+// Seconds to wait after the attempt-th attempt failed: doubling from kFirstBackoff up to
+// kMaxBackoff, with jitter.
+double Backoff(int attempt) {
+  return std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20))) * Jitter();
+}
+
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -263,8 +269,7 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
       return Status::IoError(s.message() + " (gave up after " + std::to_string(attempt) +
                              (attempt == 1 ? " attempt" : " attempts") + " in " + buf + " s)");
     }
-    double backoff = std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20)));
-    auto delay = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff * Jitter()));
+    auto delay = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(Backoff(attempt)));
     std::this_thread::sleep_for(std::min(delay, deadline - now));
   }
 }
@@ -422,8 +427,7 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const Write
     if (Clock::now() >= deadline)
       return Status::IoError(Describe(what, "") + ": " + problem.message() + " (after " +
                              std::to_string(attempt) + " attempts)");
-    std::this_thread::sleep_for(std::chrono::duration<double>(
-        std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20))) * Jitter()));
+    std::this_thread::sleep_for(std::chrono::duration<double>(Backoff(attempt)));
   }
 }
 
@@ -473,8 +477,7 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
       if (!page.ok() && Clock::now() >= deadline)
         return Status::IoError(Describe(what, "") + ": " + page.message() + " (after " +
                                std::to_string(attempt) + " attempts)");
-      std::this_thread::sleep_for(std::chrono::duration<double>(
-          std::min(kMaxBackoff, kFirstBackoff * std::ldexp(1.0, std::min(attempt - 1, 20))) * Jitter()));
+      std::this_thread::sleep_for(std::chrono::duration<double>(Backoff(attempt)));
     }
     for (const XmlNode* c : root.Children("Contents")) {
       if (!on_key) continue;
