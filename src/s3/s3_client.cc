@@ -70,6 +70,12 @@ double Jitter() {
   return std::uniform_real_distribution<double>(0.5, 1.0)(rng);
 }
 
+// The time `seconds` from now.
+Clock::time_point DeadlineAfter(double seconds) {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(std::max(0.0, seconds)));
+}
+
 // Seconds to wait after the attempt-th attempt failed: doubling from kFirstBackoff up to
 // kMaxBackoff, with jitter.
 double Backoff(int attempt) {
@@ -225,8 +231,7 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
 
 Status S3Client::Execute(const Request& req, HttpResponse* response, double retry_timeout) {
   const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(std::max(0.0, retry_timeout)));
+  const auto deadline = DeadlineAfter(retry_timeout);
   // The attempts in a row, and since when, whose body failed its check with the same content.
   int same_bad = 0;
   uint32_t bad_crc = 0;
@@ -388,8 +393,7 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const Write
   // Deleting is idempotent: an answer that does not parse (damaged on the way) has the request
   // sent again, and keys the server could not delete for a passing reason (it says InternalError,
   // SlowDown or ServiceUnavailable for them) are sent again on their own, for the retry-timeout.
-  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                           std::chrono::duration<double>(options_.retry_timeout));
+  const auto deadline = DeadlineAfter(options_.retry_timeout);
   std::vector<std::string> left = keys;
   for (int attempt = 1;; ++attempt) {
     std::string xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
@@ -447,8 +451,7 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
     // attempt to attempt). A page that does not parse, or names a key or prefix outside the one
     // asked for, is retried for the retry-timeout. A key the caller does not expect (key_ok) is
     // fetched again a few times; if it stays, it is an object of that name, and is delivered.
-    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(options_.retry_timeout));
+    const auto deadline = DeadlineAfter(options_.retry_timeout);
     XmlNode root;
     for (int attempt = 1;; ++attempt) {
       HttpResponse r;
