@@ -27,6 +27,7 @@
 #include "s3block/disk_cache_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
+#include "lib/volume_registry.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -40,21 +41,30 @@ namespace {
 Config g_config;
 std::shared_ptr<BlockStore> g_store;
 
-// One Volume per export, shared by every connection to it.
-struct VolumeEntry {
-  std::shared_ptr<Volume> volume;
-  int connections = 0;
-};
-std::mutex g_volumes_mu;
-std::map<std::string, VolumeEntry> g_volumes;  // guarded by g_volumes_mu
+// The open exports, each shared by every connection to it (built in get_ready).
+std::unique_ptr<VolumeRegistry> g_volumes;
 
 struct Handle {
   std::shared_ptr<Volume> volume;
 };
 
+// The errno an NBD client can be told for err. NBD carries only EPERM, EIO, ENOMEM, EINVAL,
+// ENOSPC, EOVERFLOW, ENOTSUP and ESHUTDOWN, and nbdkit sends EINVAL for any other, which would
+// tell the client its request was wrong: resources that ran out are ENOMEM, the rest EIO.
+int NbdErrno(int err) {
+  switch (err) {
+    case EPERM: case EROFS: case EACCES: return EPERM;
+    case EIO: case ENOMEM: case EINVAL: case ENOSPC: case EOVERFLOW: case ENOTSUP: case ESHUTDOWN:
+    case EDQUOT: case EFBIG:
+      return err;
+    case EMFILE: case ENFILE: case EAGAIN: return ENOMEM;
+    default: return EIO;
+  }
+}
+
 int Fail(const Status& s) {
   nbdkit_error("%s", s.message().c_str());
-  nbdkit_set_error(s.err());
+  nbdkit_set_error(NbdErrno(s.err()));
   return -1;
 }
 
@@ -169,6 +179,13 @@ int GetReady() {
       }
     }
     if (!s.ok()) return Fail(s);
+    VolumeRegistryOptions ro;
+    ro.max_exports = static_cast<uint32_t>(g_config.max_exports);
+    ro.idle_timeout = g_config.idle_timeout;
+    ro.volume = g_config.volume_options(false);
+    ro.volume.holder = DescribeThisProcess("nbdkit");
+    ro.log = [](const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); };
+    g_volumes = std::make_unique<VolumeRegistry>(g_store, std::move(ro));
     nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());
     return 0;
   });
@@ -227,12 +244,7 @@ ExportCounters CollectStats(CacheStore* cache, DiskCacheStore* disk) {
     }
   }
   if (disk != nullptr) {
-    std::vector<std::string> names;
-    {
-      std::lock_guard<std::mutex> lock(g_volumes_mu);
-      for (const auto& [name, entry] : g_volumes) names.push_back(name);
-    }
-    for (const auto& name : names) {
+    for (const auto& name : g_volumes->OpenNames()) {
       auto& counters = add(name);
       ForEachDiskCacheStat(disk->Stats(name), [&](const char* key, uint64_t value) {
         counters.emplace_back(std::string("disk_") + key, value);
@@ -307,6 +319,7 @@ int AfterFork() {
   return Guard("after_fork", [] {
     Status s = g_store->Start();
     if (!s.ok()) return Fail(s);
+    g_volumes->Start();
     if (Cache() != nullptr || DiskCache() != nullptr)
       g_stats_thread = std::thread(StatsLoop, Cache(), DiskCache());
     return 0;
@@ -314,21 +327,12 @@ int AfterFork() {
 }
 
 // nbdkit is shutting down cleanly: make what every export holds durable while the store's
-// threads still run (unload comes after them).
+// threads still run (unload comes after them). Close, not just flush: a connection may still hold
+// a Volume, and its lease must go now so that a server started next can serve the export.
 void Cleanup() {
   Guard("cleanup", [] {
-    std::vector<std::shared_ptr<Volume>> volumes;
-    {
-      std::lock_guard<std::mutex> lock(g_volumes_mu);
-      for (auto& [name, entry] : g_volumes)
-        if (entry.volume && !entry.volume->readonly()) volumes.push_back(entry.volume);
-    }
-    // Close, not just flush: a connection may still hold the Volume, and its lease must go now
-    // so that a server started next can serve the export.
-    for (auto& v : volumes) {
-      Status s = v->Close();
-      if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
-    }
+    Status s = g_volumes->CloseAll();
+    if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
     return 0;
   });
 }
@@ -337,8 +341,7 @@ void Unload() {
   StopStatsThread();
   // Everything acknowledged has been made durable by flushes or by the last close; this only
   // releases memory when nbdkit does run it.
-  std::lock_guard<std::mutex> lock(g_volumes_mu);
-  g_volumes.clear();
+  g_volumes.reset();
   g_store.reset();
 }
 
@@ -374,27 +377,10 @@ void* Open(int readonly) {
   Guard("open", [&] {
     const char* requested = nbdkit_export_name();
     std::string name = requested && *requested ? requested : g_config.default_export;
-    std::lock_guard<std::mutex> lock(g_volumes_mu);
-    VolumeEntry& e = g_volumes[name];
-    if (!e.volume || (e.volume->readonly() && !readonly)) {
-      std::shared_ptr<Volume> v;
-      VolumeOptions options = g_config.volume_options(readonly != 0);
-      options.holder = DescribeThisProcess("nbdkit");
-      Status s = Volume::Open(g_store, name, options, &v);
-      if (!s.ok()) {
-        if (!e.volume) g_volumes.erase(name);
-        return Fail(s);
-      }
-      if (!v->lease_warning().empty()) nbdkit_debug("s3block: warning: %s", v->lease_warning().c_str());
-      if (!v->encoding_note().empty()) nbdkit_debug("s3block: %s", v->encoding_note().c_str());
-      if (v->created())
-        nbdkit_debug("s3block: created export '%s': size %llu, block size %u, encoding %s",
-                     QuoteForMessage(name).c_str(), (unsigned long long)v->size(), v->block_size(),
-                     v->encoding().Describe().c_str());
-      e.volume = std::move(v);
-    }
-    ++e.connections;
-    result = new Handle{e.volume};
+    std::shared_ptr<Volume> v;
+    Status s = g_volumes->Acquire(name, readonly != 0, &v);
+    if (!s.ok()) return Fail(s);
+    result = new Handle{std::move(v)};
     return 0;
   });
   return result;
@@ -403,18 +389,11 @@ void* Open(int readonly) {
 void Close(void* handle) {
   Guard("close", [&] {
     std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
+    // The last client is gone: the registry makes everything it wrote durable, as on a clean
+    // shutdown.
     bool last = false;
-    {
-      std::lock_guard<std::mutex> lock(g_volumes_mu);
-      auto it = g_volumes.find(h->volume->name());
-      if (it != g_volumes.end() && it->second.volume == h->volume)
-        last = --it->second.connections == 0;
-    }
-    // The last client is gone: make everything it wrote durable, as on a clean shutdown.
-    if (last && !h->volume->readonly()) {
-      Status s = h->volume->Flush();
-      if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
-    }
+    Status s = g_volumes->Release(h->volume->name(), &last);
+    if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
     CacheStats stats;
     if (last && Cache() != nullptr && Cache()->GetStats(h->volume->name(), &stats)) {
       nbdkit_debug("s3block: cache of export '%s' at last close: %s",

@@ -34,6 +34,13 @@ struct Config {
   // Take an export's lease even if another server holds it.
   bool force = false;
 
+  // --- Bounds of the server ---
+  // Most exports open at once; each costs up to cache-size of memory, a lock (and on S3 a lease
+  // renewer) while open.
+  uint64_t max_exports = 16;
+  // Seconds an export stays open after its last client has gone.
+  double idle_timeout = 30;
+
   // --- Block encoding of new exports (compression=, encryption=, checksum=) ---
   // Recorded in a new export's metadata; an existing export keeps the encoding it was created
   // with. With encryption, Finish() fills in the key check value.

@@ -19,6 +19,8 @@ inline constexpr uint32_t kMaxBlockSize = 16u << 20;
 inline constexpr uint64_t kDefaultExportSize = 1ull << 30;
 // Exports larger than this are refused: 2^63 keeps every offset computation in range.
 inline constexpr uint64_t kMaxExportSize = 1ull << 62;
+// Most blocks in one export: the presence map and the cache index blocks by number.
+inline constexpr uint64_t kMaxExportBlocks = 1ull << 40;
 inline constexpr size_t kMaxExportNameLength = 255;
 inline constexpr const char* kDefaultExportName = "test_device";
 

@@ -52,6 +52,8 @@ Status Config::Set(std::string_view key, std::string_view value) {
   }
   if (k == "create") return ParseBool(key, value, &create);
   if (k == "force") return ParseBool(key, value, &force);
+  if (k == "max-exports") return ParseCount(key, value, 1, 4096, &max_exports);
+  if (k == "idle-timeout") return ParseSeconds(key, value, &idle_timeout);
   if (k == "compression") {
     encoding_given = true;
     return encoding.SetCompression(value);
@@ -144,6 +146,11 @@ Status Config::Finish() {
   } else if (store[0] != '/') {
     return Status::InvalidArgument("store=" + store + ": the directory must be an absolute path");
   }
+  if (size / block_size + (size % block_size != 0) > kMaxExportBlocks)
+    return Status::InvalidArgument("size=" + HumanSize(size) + " at block-size=" + HumanSize(block_size) +
+                                   " is more than " + std::to_string(kMaxExportBlocks) +
+                                   " blocks, which no export can have; give a smaller size or a "
+                                   "larger block-size");
   if (encryption_key.empty()) {
     const char* env = std::getenv("S3BLOCK_KEY");
     if (env != nullptr && *env != '\0') S3B_RETURN_IF_ERROR(ParseEncryptionKey("S3BLOCK_KEY", env, &encryption_key));
@@ -195,6 +202,10 @@ const char* Config::Help() {
       "                          (default 4096; an existing export keeps its own)\n"
       "default-export=NAME       export served to clients that ask for \"\" (default test_device)\n"
       "create=BOOL               create exports that clients name but that do not exist (default true)\n"
+      "max-exports=N             most exports open at once, 1 to 4096 (default 16); a client\n"
+      "                          naming one more is refused while every open one has a client\n"
+      "idle-timeout=SECONDS      close an export this long after its last client left: its data\n"
+      "                          stored, its lease, memory and fds given back (default 30)\n"
       "force=BOOL                take an S3 export's lease from another server (default false); a local\n"
       "                          export's lock goes by itself when its holder dies\n"
       "compression=none|zstd[:LEVEL]  compress the blocks of a new export (default none; level 1-22,\n"
@@ -216,7 +227,8 @@ const char* Config::Help() {
       "connections=N             most S3 requests in flight at once (default 64)\n"
       "lease-timeout=SECONDS     an S3 export's lease lasts this long unless renewed (default 60)\n"
       "cache=BOOL                shared read/write-back block cache (default true)\n"
-      "cache-size=SIZE           cache budget per export (default 256M)\n"
+      "cache-size=SIZE           cache budget per open export (default 256M): the server's cache\n"
+      "                          holds at most max-exports x cache-size\n"
       "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
       "upload-threads=N          background uploaders per export (default 32)\n"
       "disk-cache=DIR,SIZE       keep up to SIZE of S3 blocks in DIR, reused after a restart once\n"
