@@ -49,10 +49,12 @@ s3_scripts=(
   disk_cache.sh
   lease_clock.sh
   lease_fence.sh
+  stalled_open.sh
 )
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(
   disk_full.sh
+  export_bounds.sh
 )
 
 passed=0
