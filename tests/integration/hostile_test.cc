@@ -297,6 +297,27 @@ TEST_P(HostileTest, BlockFilesOfTheWrongLengthAreErrorsNotDataAndAreLeftAsTheyAr
   EXPECT_EQ(size_of("1"), 4097u);
 }
 
+TEST_P(HostileTest, StoreErrorsReachTheClientAsIoErrorsNotAsInvalidRequests) {
+  if (!is_local()) GTEST_SKIP() << "a directory planted in a local store";
+  // A directory where block 3's file belongs: the store cannot read or replace it. NBD carries
+  // only a few errnos and nbdkit turns every other into EINVAL ("your request was wrong"); the
+  // client must be told EIO, and the log must say what happened.
+  WriteFile(local_root() + "/exports/planted/metadata",
+            "# nbd-s3-backend export metadata\nformat=1\nsize=1048576\nblock-size=4096\n");
+  fs::create_directories(local_root() + "/exports/planted/blocks/3/sub");
+  ASSERT_TRUE(StartServer({"cache=false"}));
+  auto c = Connect("planted");
+  ASSERT_TRUE(c);
+  std::vector<uint8_t> buf(4096, 0x33);
+  EXPECT_FALSE(c->Pread(buf.data(), buf.size(), 3 * 4096)) << "a directory was read as a block";
+  EXPECT_EQ(c->err(), EIO) << c->error();
+  EXPECT_FALSE(c->Pwrite(buf.data(), buf.size(), 3 * 4096, /*fua=*/true)) << "written over a directory";
+  EXPECT_EQ(c->err(), EIO) << c->error();
+  EXPECT_NE(server_->LastLog().find("planted/blocks/3"), std::string::npos) << server_->LastLog();
+  EXPECT_TRUE(fs::is_directory(local_root() + "/exports/planted/blocks/3/sub"));
+  ASSERT_TRUE(c->Shutdown());
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, HostileTest, ::testing::ValuesIn(AllSuiteParams()),
                          SuiteParamName);
 

@@ -665,6 +665,9 @@ TEST_P(PluginTest, StartupFailuresNameTheParameter) {
       {"stats-file=/nonexistent-dir/stats.json", "stats-file=/nonexistent-dir/stats.json"},
       // The forms that read the secret from elsewhere hold none, so the message names them.
       {"secret-key=+/nonexistent-dir/secret", "secret-key=+/nonexistent-dir/secret"},
+      // A size no export can have at the block size: refused now, not at every client's open.
+      {"size=4E", "size=4611686018427387904 (4E) at block-size=4096 (4K)"},
+      {"max-exports=0", "max-exports="},
   };
   for (const auto& [param, words] : bad) {
     std::vector<std::string> args = StoreArgs();
