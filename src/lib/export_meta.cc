@@ -119,7 +119,7 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
       m.format = static_cast<uint32_t>(v);
       have_format = true;
     } else if (key == "size") {
-      if (!numeric || v > kMaxExportSize) return bad(line_no, "bad size");
+      if (!numeric || v == 0 || v > kMaxExportSize) return bad(line_no, "bad size");
       m.size = v;
       have_size = true;
     } else if (key == "block-size") {

@@ -221,6 +221,7 @@ TEST_P(HostileTest, CorruptOrFutureMetadataIsRefusedWithAClearErrorAndLeftAsItIs
                  "snapshots=7\n", "newer"},
       {"garbage", "\x7f" "ELF\x01\x02\x03 binary junk\n", "corrupt"},
       {"badsize", "format=1\nsize=-5\nblock-size=4096\n", "corrupt"},
+      {"zerosize", "format=1\nsize=0\nblock-size=4096\n", "corrupt"},
       {"badbs", "format=1\nsize=1048576\nblock-size=3000\n", "corrupt"},
       {"unknownkey", "format=1\nsize=1048576\nblock-size=4096\nowner=eve\n", "corrupt"},
       {"empty", "", "corrupt"},
