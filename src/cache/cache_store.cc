@@ -650,7 +650,10 @@ class CacheStore::Pool {
     cv_.notify_all();
     for (auto& t : threads) t.join();
     std::lock_guard<std::mutex> lock(mu_);
-    for (ExportCache* c : queue_) (c->*slot_) = ExportCache::PoolSlot{.detached = (c->*slot_).detached};
+    for (ExportCache* c : queue_) {
+      (c->*slot_).queued = false;
+      (c->*slot_).want = 0;
+    }
     for (auto& [when, c] : timers_) (c->*slot_).timed = false;
     queue_.clear();
     timers_.clear();
@@ -680,7 +683,10 @@ class CacheStore::Pool {
     ExportCache::PoolSlot& slot = c->*slot_;
     if (slot.queued) queue_.erase(std::find(queue_.begin(), queue_.end(), c));
     if (slot.timed) timers_.erase(slot.timer);
-    slot = ExportCache::PoolSlot{.detached = true};
+    slot.queued = false;
+    slot.timed = false;
+    slot.want = 0;
+    slot.detached = true;
   }
   void Attach(ExportCache* c) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -825,7 +831,7 @@ bool CacheStore::ExportCache::UploadStep(std::optional<Clock::time_point>* wake)
   return false;
 }
 
-bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* wake) {
+bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake*/) {
   std::unique_lock<std::mutex> lk(mu_);
   if (!running_) return false;
   // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
