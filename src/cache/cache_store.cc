@@ -718,10 +718,13 @@ class CacheStore::Pool {
         cv_.notify_one();  // this thread takes one; others may take the rest
       }
       if (queue_.empty()) {
-        if (timers_.empty())
+        if (timers_.empty()) {
           cv_.wait(lk);
-        else
-          cv_.wait_until(lk, timers_.begin()->first);
+        } else {
+          // A copy: wait_until reads it again after waking, and the timer may be gone by then.
+          const Clock::time_point next = timers_.begin()->first;
+          cv_.wait_until(lk, next);
+        }
         continue;
       }
       // Round robin: a cache that wants more steps goes to the back of the queue.
