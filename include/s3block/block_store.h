@@ -191,6 +191,11 @@ class BlockStore {
   virtual void SetPresenceHint(std::string_view export_name,
                                std::function<bool(uint64_t id)> may_be_stored) {}
 
+  // The export is no longer served by this process: make what it holds durable (as Flush), then
+  // release what this layer keeps for it (memory, threads' work, fds). A later call naming the export
+  // starts afresh. Errors are Flush's; on error nothing is released and the call may be repeated.
+  virtual Status CloseExport(std::string_view export_name) { return Status::Ok(); }
+
   // Claims the export for writing by this process. `holder` describes this process (host, pid,
   // time) and is what other processes are shown. If another process holds the export, fails
   // with EBUSY and a message naming that holder, unless `force` (for an operator who knows the
@@ -250,6 +255,8 @@ class StoreDecorator : public BlockStore {
     return next_->WriteMeta(e, text);
   }
   Status DeleteMeta(std::string_view e) override { return next_->DeleteMeta(e); }
+  // A layer that keeps something for an export overrides this: its own part, then this.
+  Status CloseExport(std::string_view e) override { return next_->CloseExport(e); }
   void SetPresenceHint(std::string_view e, std::function<bool(uint64_t)> fn) override {
     next_->SetPresenceHint(e, std::move(fn));
   }

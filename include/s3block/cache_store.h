@@ -1,8 +1,13 @@
 // CacheStore: the shared block cache, a read-through, write-back layer over any store.
 //
 // One CacheStore serves every export and every connection of the process; it keeps one cache per
-// export (created on the first call that names it), each with its own byte budget, dirty limit,
-// locks and threads.
+// export (created on the first call that names it), each with its own byte budget, dirty limit
+// and locks, until CloseExport gives it back. The background threads are two pools of the
+// CacheStore, shared by every export: CacheOptions::upload_threads uploaders and
+// CacheOptions::read_threads read-ahead fetchers, so the process's threads do not grow with its
+// exports. An export with work is queued for its pool; the pool's threads take the queued exports
+// in turn (round robin), one step (one upload, or one fetch) at a time, and several of them may
+// work on one export at once.
 //
 // Reads: a cached block costs no store request. A miss fetches the block from the store below and
 // caches it; concurrent misses of one block share one fetch. Sequential readers are detected and
@@ -45,6 +50,11 @@
 // in the calling thread, and there is no read-ahead. Shutdown() (also run by the destructor)
 // flushes every export, best effort, and stops the threads.
 //
+// A flush also waits for uploads that were already in flight when it began; one of those that
+// fails may have failed for a reason that has passed (the store has recovered since), so the flush
+// tries that block again itself, at once, and fails only if that fails too. Any other failed
+// upload the flush needs fails it as soon as it is known.
+//
 // Memory accounting: each cached block is charged its size plus kEntryOverhead bytes; an absent
 // (known not stored, or deleted) block is charged kEntryOverhead; a block written in part, its
 // pages and their bookkeeping plus kEntryOverhead. A block being fetched (or the rest of a block
@@ -57,6 +67,7 @@
 #ifndef S3BLOCK_CACHE_STORE_H_
 #define S3BLOCK_CACHE_STORE_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -76,16 +87,17 @@ struct CacheOptions {
   uint64_t cache_size = 256ull << 20;
   // Most dirty (not yet stored) bytes per export; 0 means cache_size / 4.
   uint64_t dirty_size = 0;
-  // Background uploaders per export.
+  // Background uploaders, one pool shared by every export.
   uint32_t upload_threads = 32;
-  // Background fetchers per export, for read-ahead.
+  // Background fetchers for read-ahead, one pool shared by every export.
   uint32_t read_threads = 32;
   // Most blocks read ahead of one sequential reader; 0 turns read-ahead off.
   uint32_t readahead_max = 32;
   // A block dirty for this long is uploaded even below the upload threshold.
   double max_dirty_age = 2.0;
 
-  // The options the configuration asks for (cache-size=, dirty-size=, upload-threads=).
+  // The options the configuration asks for (cache-size=, dirty-size=, upload-threads=,
+  // read-threads=).
   static CacheOptions FromConfig(const Config& config);
 };
 
@@ -139,8 +151,8 @@ class CacheStore : public StoreDecorator {
   CacheStore(const CacheStore&) = delete;
   CacheStore& operator=(const CacheStore&) = delete;
 
-  // Starts the store below, then the upload and read-ahead threads of every export (and of every
-  // export created later). Calling it again is harmless.
+  // Starts the store below, then the upload and read-ahead pools, which serve every export (and
+  // every export created later). Calling it again is harmless.
   Status Start() override;
 
   // As BlockStore; see the file comment for what the cache adds. Errors are the store's.
@@ -170,6 +182,10 @@ class CacheStore : public StoreDecorator {
                     const std::function<void(uint64_t)>& fn) override;
   // Flushes the export first, so that its deletes reach the store, then forwards.
   Status DeleteMeta(std::string_view export_name) override;
+  // Flushes the export, waits until no call and no pool thread is inside its cache (calls that
+  // name it meanwhile wait for the close to end, and then find a new, empty cache), takes it off
+  // the pools' queues and frees it; then forwards. On a failed flush the cache stays as it was.
+  Status CloseExport(std::string_view export_name) override;
   // Read-ahead skips blocks the hint says are not stored (and so never reads past the end).
   void SetPresenceHint(std::string_view export_name,
                        std::function<bool(uint64_t)> may_be_stored) override;
@@ -178,7 +194,8 @@ class CacheStore : public StoreDecorator {
   // The cache keeps working afterwards, without threads.
   Status Shutdown();
 
-  // The counters of one export's cache; false if the export has no cache yet.
+  // The counters of one export's cache; false if the export has no cache (yet, or since
+  // CloseExport).
   bool GetStats(std::string_view export_name, CacheStats* out) const;
   // The counters of every export's cache, by export name.
   std::vector<std::pair<std::string, CacheStats>> AllStats() const;
@@ -187,15 +204,45 @@ class CacheStore : public StoreDecorator {
 
  private:
   class ExportCache;
+  class Pool;
 
-  // The export's cache, created on first use (with threads, if Start has run).
-  ExportCache* For(std::string_view export_name);
-  ExportCache* Find(std::string_view export_name) const;
+  // A held reference to an export's cache (one atomic increment, and a decrement when dropped):
+  // CloseExport does not free a cache while one is held.
+  class Ref {
+   public:
+    Ref() = default;
+    // REQUIRES: the cache cannot be freed meanwhile (the caller holds mu_, or a pool's lock
+    // while the cache is on its queue).
+    Ref(const CacheStore* store, ExportCache* cache);
+    Ref(Ref&& other) noexcept
+        : store_(other.store_), cache_(std::exchange(other.cache_, nullptr)) {}
+    Ref& operator=(Ref&&) = delete;
+    ~Ref() { reset(); }
+    void reset();
+    ExportCache* get() const { return cache_; }
+    ExportCache* operator->() const { return cache_; }
+    explicit operator bool() const { return cache_ != nullptr; }
+
+   private:
+    const CacheStore* store_ = nullptr;
+    ExportCache* cache_ = nullptr;
+  };
+
+  // The export's cache, created on first use (served by the pools, if Start has run). Waits
+  // while the export is being closed.
+  Ref For(std::string_view export_name);
+  // The export's cache, if it has one (even one being closed).
+  Ref Find(std::string_view export_name) const;
 
   const CacheOptions options_;
+  // Declared before exports_: every cache refers to them.
+  std::unique_ptr<Pool> upload_pool_;
+  std::unique_ptr<Pool> fetch_pool_;
   mutable std::mutex mu_;
+  // Signalled when a cache being closed is no longer held, and when a close ends.
+  mutable std::condition_variable close_cv_;
   bool started_ = false;  // guarded by mu_
-  // Never erased while the store lives: callers hold plain pointers.
+  // Erased only by CloseExport, once no Ref to the cache is held.
   std::map<std::string, std::unique_ptr<ExportCache>, std::less<>> exports_;  // guarded by mu_
 };
 

@@ -69,6 +69,7 @@ struct Config {
   uint64_t cache_size = 256ull << 20;
   uint64_t dirty_size = 0;     // 0: a quarter of cache_size
   uint64_t upload_threads = 32;
+  uint64_t read_threads = 32;  // read-ahead fetchers, shared by all exports as the uploaders are
   // A file the plugin rewrites about once a second with the cache's counters (JSON); empty: none.
   std::string stats_file;
 

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -212,6 +214,7 @@ struct CacheEntry {
   uint64_t gen = 0;          // incremented by every write and delete
   uint64_t fetch_token = 0;  // identifies the pending fetch
   uint64_t dirty_seq = 0;    // sequence number of the oldest write not yet stored (when dirty)
+  uint64_t upload_no = 0;    // the number of the last store request begun to store it
   uint64_t redirty_seq = 0;  // the first write while busy (it becomes dirty_seq on success)
   uint64_t cost = 0;         // bytes charged to the cache (when valid or overlay)
   uint64_t base_cost = 0;    // bytes charged for the overlay's base (clean: not dirty)
@@ -227,9 +230,12 @@ struct CacheEntry {
 // The cache of one export. All state is guarded by mu_; store requests are made without it.
 class CacheStore::ExportCache {
  public:
-  ExportCache(BlockStore* next, const CacheOptions& options, std::string name)
+  ExportCache(BlockStore* next, const CacheOptions& options, std::string name, Pool* uploads,
+              Pool* fetches)
       : next_(next),
         options_(options),
+        uploads_(uploads),
+        fetches_(fetches),
         name_(std::move(name)),
         budget_(options.cache_size),
         dirty_limit_(options.dirty_size ? options.dirty_size : options.cache_size / 4),
@@ -237,12 +243,35 @@ class CacheStore::ExportCache {
         inflight_limit_(std::max(dirty_limit_, budget_ / 2)),
         fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(), 1, kMaxFetchBatch)) {}
 
-  ~ExportCache() { StopThreads(); }
+  // From now on the pools work for this cache (if they are not already).
+  void StartWork();
+  // From now on they do not (dirty blocks stay dirty; Flush first to store them). The pools
+  // must have stopped, or have forgotten this cache (Pool::Detach); a pool thread still inside
+  // it finishes its step.
+  void StopWork();
+  // One step of a pool thread: starts one upload (or one read-ahead fetch) and waits for it.
+  // Returns true if it did, and there may be more to do; false if there was nothing to start,
+  // with *wake set to when there will be (unset: when signalled).
+  bool UploadStep(std::optional<Clock::time_point>* wake);
+  bool FetchStep(std::optional<Clock::time_point>* wake);
+  bool HasDirty() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !dirty_.empty();
+  }
 
-  // Starts the upload and read-ahead threads if they are not running.
-  void StartThreads();
-  // Stops them (dirty blocks stay dirty; Flush first to store them).
-  void StopThreads();
+  // A cache's place in each pool's queue and timers. Guarded by that pool's mutex.
+  struct PoolSlot {
+    uint32_t want = 0;  // pool threads asked to take a step (while queued)
+    bool queued = false;
+    bool detached = false;  // never queued again
+    bool timed = false;     // has a timer at timer->first
+    std::multimap<Clock::time_point, ExportCache*>::iterator timer;
+  };
+  PoolSlot upload_slot_, fetch_slot_;
+  // Refs held to this cache, plus kClosing while CloseExport waits for them to go.
+  static constexpr uint32_t kClosing = 1u << 31;
+  std::atomic<uint32_t> users_{0};
+  bool closing_ = false;  // guarded by CacheStore::mu_: For() waits
 
   Status Read(uint64_t id, Bytes* data, bool* found);
   Status ReadRange(uint64_t id, uint32_t block_size, uint32_t offset, std::span<uint8_t> out,
@@ -269,7 +298,11 @@ class CacheStore::ExportCache {
   // A flush in progress: it needs every write with a sequence number <= seq stored.
   struct FlushWaiter {
     uint64_t seq = 0;
-    Status error;  // the first failed upload it needed
+    uint64_t uploads_before = 0;  // store requests begun before it (upload_no up to this)
+    Status error;  // the first failed upload it needed, other than one of those
+    // An upload it needed that was in flight when it began has failed: its block is tried again
+    // now (the failure may be one the store has recovered from).
+    bool again = false;
   };
   // A sequential reader.
   struct Stream {
@@ -337,9 +370,12 @@ class CacheStore::ExportCache {
                         std::shared_ptr<const Bytes> buf);
   // Dirty bytes that no upload has taken yet.
   uint64_t PendingBytesLocked() const { return dirty_bytes_ - inflight_bytes_; }
+  // Asks n pool threads to look at this cache's uploads (or read-ahead); nothing without threads.
+  void SignalUploadsLocked(uint32_t n);
+  void SignalFetchesLocked(uint32_t n);
   // Wakes an uploader if what waits for one has passed the upload threshold.
   void WakeUploaderIfDueLocked() {
-    if (PendingBytesLocked() > upload_threshold_) upload_cv_.notify_one();
+    if (PendingBytesLocked() > upload_threshold_) SignalUploadsLocked(1);
   }
   // Whether uploads in flight leave room for one of entry e.
   bool RoomToUploadLocked(const CacheEntry* e) const;
@@ -392,11 +428,10 @@ class CacheStore::ExportCache {
   bool NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size);
   void DropPendingPrefetchesLocked();
 
-  void UploadThread();
-  void FetchThread();
-
   BlockStore* const next_;
   const CacheOptions& options_;
+  Pool* const uploads_;
+  Pool* const fetches_;
   const std::string name_;
   const uint64_t budget_;
   const uint64_t dirty_limit_;
@@ -443,9 +478,6 @@ class CacheStore::ExportCache {
     state_cv_.notify_all();
     for (auto& cv : block_cv_) cv.notify_all();
   }
-  std::condition_variable upload_cv_;  // work for the uploaders
-  std::condition_variable fetch_cv_;   // work for the fetchers
-
   // Everything below is guarded by mu_.
   std::unordered_map<uint64_t, std::unique_ptr<CacheEntry>> entries_;
   std::list<CacheEntry*> probation_, protected_;     // clean entries, most recent first
@@ -453,6 +485,7 @@ class CacheStore::ExportCache {
   std::list<CacheEntry*> retry_;                      // dirty entries whose upload failed
   std::map<uint64_t, CacheEntry*> dirty_;             // every dirty entry, by dirty_seq
   uint64_t seq_ = 0;
+  uint64_t uploads_started_ = 0;  // store requests begun to store blocks (see upload_no)
   uint64_t next_token_ = 0;
   uint64_t cached_bytes_ = 0;     // cost of valid entries
   uint64_t protected_bytes_ = 0;  // cost of entries on protected_
@@ -477,9 +510,7 @@ class CacheStore::ExportCache {
   uint64_t stream_clock_ = 0;
   // From the Volume above: false for blocks certainly not stored. Guarded by mu_.
   std::function<bool(uint64_t)> presence_hint_;
-  bool running_ = false;
-  bool stopping_ = false;
-  std::vector<std::thread> threads_;
+  bool running_ = false;  // the pools work for this cache
   CacheStats stats_;  // the monotonic counters
 };
 
@@ -527,7 +558,7 @@ void CacheStore::ExportCache::PushReady(CacheEntry* e) {
   e->ready_since = Clock::now();
   // Idle uploaders sleep without a deadline when there is nothing to age: one must wake to
   // learn the new one.
-  if (was_empty) upload_cv_.notify_one();
+  if (was_empty) SignalUploadsLocked(1);
 }
 
 void CacheStore::ExportCache::Touch(CacheEntry* e) {
@@ -585,34 +616,194 @@ void CacheStore::ExportCache::EvictLocked() {
 // ---------------------------------------------------------------------------------------------
 // Threads
 
-void CacheStore::ExportCache::StartThreads() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (running_) return;
-  running_ = true;
-  stopping_ = false;
-  for (uint32_t i = 0; i < options_.upload_threads; ++i)
-    threads_.emplace_back([this] { UploadThread(); });
-  if (options_.readahead_max > 0) {
-    for (uint32_t i = 0; i < options_.read_threads; ++i)
-      threads_.emplace_back([this] { FetchThread(); });
+// A pool of threads that work for many caches: a queue of the caches that were signalled (each
+// at most once on it, with the number of threads asked to look at it), taken in turn, and a timer
+// per cache for when a cache with nothing to do now will have something (a dirty block comes of
+// age, a failed upload is due again).
+class CacheStore::Pool {
+ public:
+  using Step = bool (ExportCache::*)(std::optional<Clock::time_point>* wake);
+  using Slot = ExportCache::PoolSlot ExportCache::*;
+
+  Pool(const CacheStore* store, Step step, Slot slot, uint32_t threads)
+      : store_(store), step_(step), slot_(slot), threads_wanted_(threads) {}
+  ~Pool() { Stop(); }
+
+  // Starts the threads, if there are any to start and they are not running.
+  void Start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_ || threads_wanted_ == 0) return;
+    running_ = true;
+    stop_ = false;
+    for (uint32_t i = 0; i < threads_wanted_; ++i) threads_.emplace_back([this] { Run(); });
+  }
+
+  // Stops the threads once their steps end, and forgets every queued cache and timer.
+  void Stop() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!running_) return;
+      stop_ = true;
+      threads.swap(threads_);
+    }
+    cv_.notify_all();
+    for (auto& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (ExportCache* c : queue_) {
+      (c->*slot_).queued = false;
+      (c->*slot_).want = 0;
+    }
+    for (auto& [when, c] : timers_) (c->*slot_).timed = false;
+    queue_.clear();
+    timers_.clear();
+    running_ = false;
+  }
+
+  // Asks n threads (at most all of them) to take a step for cache c. REQUIRES: c is not freed
+  // meanwhile (the caller holds a Ref, or c's lock).
+  void Signal(ExportCache* c, uint32_t n) {
+    uint32_t wake = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!running_ || n == 0) return;
+      wake = EnqueueLocked(c, n);
+    }
+    if (wake >= threads_wanted_) {
+      cv_.notify_all();
+    } else {
+      for (uint32_t i = 0; i < wake; ++i) cv_.notify_one();
+    }
+  }
+
+  // Forgets c: it leaves the queue and the timers, and is never queued again (until Attach). A
+  // thread inside a step for it holds a Ref.
+  void Detach(ExportCache* c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ExportCache::PoolSlot& slot = c->*slot_;
+    if (slot.queued) queue_.erase(std::find(queue_.begin(), queue_.end(), c));
+    if (slot.timed) timers_.erase(slot.timer);
+    slot.queued = false;
+    slot.timed = false;
+    slot.want = 0;
+    slot.detached = true;
+  }
+  void Attach(ExportCache* c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    (c->*slot_).detached = false;
+  }
+
+ private:
+  // Queues c (if it is not) for n more steps; returns how many threads to wake.
+  uint32_t EnqueueLocked(ExportCache* c, uint32_t n) {
+    ExportCache::PoolSlot& slot = c->*slot_;
+    if (slot.detached) return 0;
+    slot.want = std::min(slot.want + n, threads_wanted_);
+    if (!slot.queued) {
+      slot.queued = true;
+      queue_.push_back(c);
+    }
+    return n;
+  }
+
+  void Run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    while (!stop_) {
+      const auto now = Clock::now();
+      while (!timers_.empty() && timers_.begin()->first <= now) {
+        ExportCache* c = timers_.begin()->second;
+        timers_.erase(timers_.begin());
+        (c->*slot_).timed = false;
+        EnqueueLocked(c, 1);
+        cv_.notify_one();  // this thread takes one; others may take the rest
+      }
+      if (queue_.empty()) {
+        if (timers_.empty()) {
+          cv_.wait(lk);
+        } else {
+          // A copy: wait_until reads it again after waking, and the timer may be gone by then.
+          const Clock::time_point next = timers_.begin()->first;
+          cv_.wait_until(lk, next);
+        }
+        continue;
+      }
+      // Round robin: a cache that wants more steps goes to the back of the queue.
+      ExportCache* c = queue_.front();
+      queue_.pop_front();
+      ExportCache::PoolSlot& slot = c->*slot_;
+      if (--slot.want > 0)
+        queue_.push_back(c);
+      else
+        slot.queued = false;
+      Ref ref(store_, c);
+      lk.unlock();
+      std::optional<Clock::time_point> wake;
+      const bool more = (c->*step_)(&wake);
+      lk.lock();
+      if (more) {
+        EnqueueLocked(c, 1);
+      } else if (wake && !slot.detached && (!slot.timed || *wake < slot.timer->first)) {
+        if (slot.timed) timers_.erase(slot.timer);
+        slot.timer = timers_.emplace(*wake, c);
+        slot.timed = true;
+      }
+      // Dropped without the pool's lock: dropping the last Ref of a cache being closed takes the
+      // store's lock.
+      lk.unlock();
+      ref.reset();
+      lk.lock();
+    }
+  }
+
+  const CacheStore* const store_;
+  const Step step_;
+  const Slot slot_;
+  const uint32_t threads_wanted_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool running_ = false;  // guarded by mu_, as everything below
+  bool stop_ = false;
+  std::deque<ExportCache*> queue_;
+  std::multimap<Clock::time_point, ExportCache*> timers_;
+  std::vector<std::thread> threads_;
+};
+
+CacheStore::Ref::Ref(const CacheStore* store, ExportCache* cache) : store_(store), cache_(cache) {
+  cache_->users_.fetch_add(1);
+}
+
+void CacheStore::Ref::reset() {
+  if (cache_ == nullptr) return;
+  ExportCache* c = std::exchange(cache_, nullptr);
+  // The cache may be freed as soon as the count falls: only the store is used after.
+  if (c->users_.fetch_sub(1) == ExportCache::kClosing + 1) {
+    std::lock_guard<std::mutex> lock(store_->mu_);
+    store_->close_cv_.notify_all();
   }
 }
 
-void CacheStore::ExportCache::StopThreads() {
-  std::vector<std::thread> threads;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!running_) return;
-    stopping_ = true;
-    threads.swap(threads_);
-  }
-  upload_cv_.notify_all();
-  fetch_cv_.notify_all();
-  for (auto& t : threads) t.join();
+void CacheStore::ExportCache::SignalUploadsLocked(uint32_t n) {
+  if (running_) uploads_->Signal(this, n);
+}
+
+void CacheStore::ExportCache::SignalFetchesLocked(uint32_t n) {
+  if (running_) fetches_->Signal(this, n);
+}
+
+void CacheStore::ExportCache::StartWork() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (running_) return;
+  running_ = true;
+  // Dirty blocks may be waiting already.
+  SignalUploadsLocked(1);
+}
+
+void CacheStore::ExportCache::StopWork() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!running_) return;
   running_ = false;
-  stopping_ = false;
   DropPendingPrefetchesLocked();
+  // Writers waiting for uploaders make room themselves now.
   NotifyAllLocked();
 }
 
@@ -627,70 +818,59 @@ void CacheStore::ExportCache::DropPendingPrefetchesLocked() {
   prefetch_queue_.clear();
 }
 
-void CacheStore::ExportCache::UploadThread() {
+bool CacheStore::ExportCache::UploadStep(std::optional<Clock::time_point>* wake) {
   std::unique_lock<std::mutex> lk(mu_);
-  while (!stopping_) {
-    RequeueRetriesLocked(false, Clock::now());
-    if (UploadOneLocked(lk, false)) continue;
-    // Nothing to start now: sleep until the oldest dirty block comes of age, a failed upload is
-    // due again, or someone signals work.
-    std::optional<Clock::time_point> wake;
-    auto consider = [&](Clock::time_point t) { if (!wake || t < *wake) wake = t; };
-    const auto age = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(options_.max_dirty_age));
-    if (!ready_data_.empty()) consider(ready_data_.back()->ready_since + age);
-    if (!ready_delete_.empty()) consider(ready_delete_.back()->ready_since + age);
-    if (!retry_.empty()) consider(retry_.back()->retry_at);
-    if (wake)
-      upload_cv_.wait_until(lk, *wake);
-    else
-      upload_cv_.wait(lk);
-  }
+  if (!running_) return false;
+  RequeueRetriesLocked(false, Clock::now());
+  if (UploadOneLocked(lk, false)) return true;
+  // Nothing to start now: look again when the oldest dirty block comes of age, a failed upload
+  // is due again, or someone signals work.
+  auto consider = [&](Clock::time_point t) { if (!*wake || t < **wake) *wake = t; };
+  const auto age = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.max_dirty_age));
+  if (!ready_data_.empty()) consider(ready_data_.back()->ready_since + age);
+  if (!ready_delete_.empty()) consider(ready_delete_.back()->ready_since + age);
+  if (!retry_.empty()) consider(retry_.back()->retry_at);
+  return false;
 }
 
-void CacheStore::ExportCache::FetchThread() {
+bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake*/) {
   std::unique_lock<std::mutex> lk(mu_);
-  while (!stopping_) {
-    // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
-    // blocks, 32 fetchers would otherwise hold half of a 64 MiB budget in buffers on their way
-    // in, and evict as much to make room for them.
-    const uint64_t charge = last_block_size_ + kEntryOverhead;
-    if (prefetch_queue_.empty()) {
-      fetch_cv_.wait(lk);
-      continue;
-    }
-    if (readahead_bytes_ > 0 && readahead_bytes_ + charge > budget_ / 8) {
-      readahead_held_ = true;  // the fetch that completes next wakes a fetcher
-      fetch_cv_.wait(lk);
-      continue;
-    }
-    if (active_fetchers_ >= FetcherLimitLocked()) {
-      fetch_cv_.wait(lk);  // a fetcher that finishes goes on with the queue itself
-      continue;
-    }
-    // As many queued blocks as the store reads at once (a store that gains nothing from
-    // batches: one), within the same bound.
-    std::array<FetchItem, kMaxFetchBatch> batch;
-    const size_t most = BatchBlocksLocked();
-    size_t n = 0;
-    while (n < most && !prefetch_queue_.empty() &&
-           (n == 0 || readahead_bytes_ + (n + 1) * charge <= budget_ / 8)) {
-      auto [id, token] = prefetch_queue_.front();
-      prefetch_queue_.pop_front();
-      auto it = entries_.find(id);
-      if (it == entries_.end() || it->second->fetch_token != token || !it->second->fetching)
-        continue;  // written meanwhile: nothing to fetch
-      batch[n].id = id;
-      batch[n].token = token;
-      ++n;
-    }
-    if (n == 0) continue;
-    stats_.readahead_blocks += n;
-    ++active_fetchers_;
-    // A reader waiting for one of these blocks fetches it again and sees the error.
-    FetchBatchLocked(lk, std::span<FetchItem>(batch.data(), n), /*readahead=*/true);
-    --active_fetchers_;
+  if (!running_) return false;
+  // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
+  // blocks, 32 fetchers would otherwise hold half of a 64 MiB budget in buffers on their way
+  // in, and evict as much to make room for them.
+  const uint64_t charge = last_block_size_ + kEntryOverhead;
+  if (prefetch_queue_.empty()) return false;
+  if (readahead_bytes_ > 0 && readahead_bytes_ + charge > budget_ / 8) {
+    readahead_held_ = true;  // the fetch that completes next signals the pool
+    return false;
   }
+  // A fetcher that finishes goes on with the queue itself.
+  if (active_fetchers_ >= FetcherLimitLocked()) return false;
+  // As many queued blocks as the store reads at once (a store that gains nothing from
+  // batches: one), within the same bound.
+  std::array<FetchItem, kMaxFetchBatch> batch;
+  const size_t most = BatchBlocksLocked();
+  size_t n = 0;
+  while (n < most && !prefetch_queue_.empty() &&
+         (n == 0 || readahead_bytes_ + (n + 1) * charge <= budget_ / 8)) {
+    auto [id, token] = prefetch_queue_.front();
+    prefetch_queue_.pop_front();
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second->fetch_token != token || !it->second->fetching)
+      continue;  // written meanwhile: nothing to fetch
+    batch[n].id = id;
+    batch[n].token = token;
+    ++n;
+  }
+  if (n == 0) return true;
+  stats_.readahead_blocks += n;
+  ++active_fetchers_;
+  // A reader waiting for one of these blocks fetches it again and sees the error.
+  FetchBatchLocked(lk, std::span<FetchItem>(batch.data(), n), /*readahead=*/true);
+  --active_fetchers_;
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -746,7 +926,7 @@ void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
     // switch per block (about 15% of a sequential read's throughput at 4K blocks).
     if (readahead_held_) {
       readahead_held_ = false;
-      fetch_cv_.notify_one();
+      SignalFetchesLocked(1);
     }
   }
   for (size_t i = 0; i < n; ++i) {
@@ -850,11 +1030,7 @@ bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t
   const uint32_t limit = FetcherLimitLocked();
   const size_t idle = active_fetchers_ < limit ? limit - active_fetchers_ : 0;
   const size_t wake = std::min((queued + batch - 1) / batch, idle);
-  if (wake >= options_.read_threads) {
-    fetch_cv_.notify_all();
-  } else {
-    for (size_t i = 0; i < wake; ++i) fetch_cv_.notify_one();
-  }
+  SignalFetchesLocked(static_cast<uint32_t>(wake));
   return false;
 }
 
@@ -1242,7 +1418,7 @@ Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& 
     if (running_) {
       const uint64_t epoch = failure_epoch_;
       ++writers_waiting_;
-      upload_cv_.notify_all();
+      SignalUploadsLocked(options_.upload_threads);
       state_cv_.wait(lk);
       --writers_waiting_;
       // Uploads are failing: report it rather than wait for a store that may never come back.
@@ -1286,9 +1462,11 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
     Unlink(e);
     e->busy = true;
     e->sending = buf;
+    e->upload_no = uploads_started_ + 1;
     inflight_bytes_ += e->cost;
     taken.emplace_back(e, e->gen);
   }
+  ++uploads_started_;
   stats_.uploads_in_flight += taken.size();
   return SendLocked(lk, ids, buf, taken, /*fua=*/true);
 }
@@ -1415,7 +1593,7 @@ Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) 
 }
 
 bool CacheStore::ExportCache::EligibleLocked(const CacheEntry* e, Clock::time_point now) const {
-  if (!flushes_.empty() || writers_waiting_ > 0 || stopping_) return true;
+  if (!flushes_.empty() || writers_waiting_ > 0) return true;
   if (PendingBytesLocked() > upload_threshold_) return true;
   return now - e->ready_since >= std::chrono::duration<double>(options_.max_dirty_age);
 }
@@ -1445,6 +1623,7 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
     CacheEntry* e = ready_data_.back();
     if (e->overlay) {
       // Written in part: read the rest first (this thread stores it right after).
+      e->upload_no = ++uploads_started_;
       CacheEntry* got = nullptr;
       (void)ResolveLocked(lk, e, /*for_upload=*/true, &got);
       if (got == nullptr) return true;
@@ -1461,9 +1640,11 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   } else {
     return false;
   }
+  ++uploads_started_;
   for (auto [e, gen] : taken) {
     e->busy = true;
     e->sending = buf;  // null for deletes
+    e->upload_no = uploads_started_;
     inflight_bytes_ += e->cost;
   }
   stats_.uploads_in_flight += taken.size();
@@ -1471,7 +1652,7 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   if (writers_waiting_ > 0) state_cv_.notify_all();
   // Pass the baton: if work remains, an idle uploader must look at it (it may be asleep with
   // no deadline, or a later one) while this thread is busy.
-  if (!ready_data_.empty() || !ready_delete_.empty()) upload_cv_.notify_one();
+  if (!ready_data_.empty() || !ready_delete_.empty()) SignalUploadsLocked(1);
   (void)SendLocked(lk, ids, buf, taken, /*fua=*/false);
   return true;
 }
@@ -1528,12 +1709,19 @@ void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, 
 
 void CacheStore::ExportCache::FailUploadLocked(CacheEntry* e, const Status& s) {
   // The block stays dirty, with the sequence number of its oldest unstored write, and is tried
-  // again after a back-off. Every flush that needed it fails.
+  // again after a back-off. Every flush that needed it fails, but one that began while this
+  // request was in flight first tries the block again itself: the store may have recovered
+  // since the request failed.
   ++stats_.upload_failures;
   const Status err = s.Annotate("storing block " + std::to_string(e->id) + " of export '" +
                                 QuoteForMessage(name_) + "'");
-  for (FlushWaiter* w : flushes_)
-    if (e->dirty_seq <= w->seq && w->error.ok()) w->error = err;
+  for (FlushWaiter* w : flushes_) {
+    if (e->dirty_seq > w->seq || !w->error.ok()) continue;
+    if (e->upload_no <= w->uploads_before)
+      w->again = true;
+    else
+      w->error = err;
+  }
   ++failure_epoch_;
   last_failure_ = err;
   e->redirty_seq = 0;
@@ -1557,14 +1745,19 @@ Status CacheStore::ExportCache::Flush() {
   FlushWaiter w;
   w.seq = seq_;
   flushes_.push_back(&w);
+  w.uploads_before = uploads_started_;
   // Blocks that failed before are tried again now: this flush needs them.
   RequeueRetriesLocked(true, Clock::now());
-  upload_cv_.notify_all();
+  SignalUploadsLocked(options_.upload_threads);
   Status s;
   for (;;) {
     if (!w.error.ok()) {
       s = w.error;
       break;
+    }
+    if (w.again) {
+      w.again = false;
+      RequeueRetriesLocked(true, Clock::now());
     }
     if (dirty_.empty() || dirty_.begin()->first > w.seq) break;
     // Upload in this thread too; the background uploaders work in parallel.
@@ -1613,11 +1806,18 @@ CacheOptions CacheOptions::FromConfig(const Config& config) {
   o.cache_size = config.cache_size;
   o.dirty_size = config.dirty_size;
   o.upload_threads = static_cast<uint32_t>(config.upload_threads);
+  o.read_threads = static_cast<uint32_t>(config.read_threads);
   return o;
 }
 
 CacheStore::CacheStore(std::shared_ptr<BlockStore> next, CacheOptions options)
-    : StoreDecorator(std::move(next)), options_(options) {}
+    : StoreDecorator(std::move(next)),
+      options_(options),
+      upload_pool_(std::make_unique<Pool>(this, &ExportCache::UploadStep,
+                                          &ExportCache::upload_slot_, options_.upload_threads)),
+      fetch_pool_(std::make_unique<Pool>(this, &ExportCache::FetchStep,
+                                         &ExportCache::fetch_slot_,
+                                         options_.readahead_max > 0 ? options_.read_threads : 0)) {}
 
 CacheStore::~CacheStore() { (void)Shutdown(); }
 
@@ -1625,39 +1825,112 @@ Status CacheStore::Start() {
   S3B_RETURN_IF_ERROR(next_->Start());
   std::lock_guard<std::mutex> lock(mu_);
   started_ = true;
-  for (auto& [name, cache] : exports_) cache->StartThreads();
+  upload_pool_->Start();
+  fetch_pool_->Start();
+  for (auto& [name, cache] : exports_) cache->StartWork();
   return Status::Ok();
 }
 
 Status CacheStore::Shutdown() {
-  std::vector<ExportCache*> caches;
+  std::vector<Ref> caches;
   {
     std::lock_guard<std::mutex> lock(mu_);
     started_ = false;
-    for (auto& [name, cache] : exports_) caches.push_back(cache.get());
+    for (auto& [name, cache] : exports_) caches.emplace_back(this, cache.get());
   }
   Status first;
-  for (ExportCache* c : caches) {
+  for (Ref& c : caches) {
     Status s = c->Flush();
     if (first.ok() && !s.ok()) first = s;
-    c->StopThreads();
   }
+  upload_pool_->Stop();
+  fetch_pool_->Stop();
+  for (Ref& c : caches) c->StopWork();
   return first;
 }
 
-CacheStore::ExportCache* CacheStore::Find(std::string_view export_name) const {
+CacheStore::Ref CacheStore::Find(std::string_view export_name) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = exports_.find(export_name);
-  return it == exports_.end() ? nullptr : it->second.get();
+  return it == exports_.end() ? Ref() : Ref(this, it->second.get());
 }
 
-CacheStore::ExportCache* CacheStore::For(std::string_view export_name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = exports_.find(export_name);
-  if (it != exports_.end()) return it->second.get();
-  auto cache = std::make_unique<ExportCache>(next_.get(), options_, std::string(export_name));
-  if (started_) cache->StartThreads();
-  return exports_.emplace(std::string(export_name), std::move(cache)).first->second.get();
+CacheStore::Ref CacheStore::For(std::string_view export_name) {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    auto it = exports_.find(export_name);
+    if (it == exports_.end()) break;
+    if (!it->second->closing_) return Ref(this, it->second.get());
+    close_cv_.wait(lk);
+  }
+  auto cache = std::make_unique<ExportCache>(next_.get(), options_, std::string(export_name),
+                                             upload_pool_.get(), fetch_pool_.get());
+  if (started_) cache->StartWork();
+  return Ref(this,
+             exports_.emplace(std::string(export_name), std::move(cache)).first->second.get());
+}
+
+Status CacheStore::CloseExport(std::string_view export_name) {
+  ExportCache* c = nullptr;
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      auto it = exports_.find(export_name);
+      if (it == exports_.end()) break;
+      if (!it->second->closing_) {
+        c = it->second.get();
+        break;
+      }
+      close_cv_.wait(lk);  // closed by another call meanwhile: look again when that ends
+    }
+    // From here on no new call starts on the cache: For() waits, and only this call erases it.
+    if (c != nullptr) c->closing_ = true;
+  }
+  if (c != nullptr) {
+    // Undoes the close after a failure: the cache goes on as before.
+    auto reopen = [&](bool detached) {
+      if (detached) {
+        upload_pool_->Attach(c);
+        fetch_pool_->Attach(c);
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      c->users_.fetch_and(~ExportCache::kClosing);
+      c->closing_ = false;
+      if (detached && started_) c->StartWork();
+      close_cv_.notify_all();
+    };
+    Status s = c->Flush();
+    if (!s.ok()) {
+      reopen(false);
+      return s;
+    }
+    upload_pool_->Detach(c);
+    fetch_pool_->Detach(c);
+    c->StopWork();
+    {
+      // Calls that were inside when the close began, and pool threads in a step for it.
+      std::unique_lock<std::mutex> lk(mu_);
+      c->users_.fetch_or(ExportCache::kClosing);
+      close_cv_.wait(lk, [&] { return c->users_.load() == ExportCache::kClosing; });
+    }
+    // Such a call may have written after the flush.
+    if (c->HasDirty()) {
+      s = c->Flush();
+      if (!s.ok()) {
+        reopen(true);
+        return s;
+      }
+    }
+    std::unique_ptr<ExportCache> gone;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = exports_.find(export_name);
+      gone = std::move(it->second);
+      exports_.erase(it);
+      close_cv_.notify_all();
+    }
+  }
+  return next_->CloseExport(export_name);
 }
 
 Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
@@ -1695,34 +1968,34 @@ void CacheStore::SetPresenceHint(std::string_view export_name,
                                  std::function<bool(uint64_t)> may_be_stored) {
   if (may_be_stored) {
     For(export_name)->SetPresenceHint(may_be_stored);
-  } else if (ExportCache* c = Find(export_name)) {
+  } else if (Ref c = Find(export_name)) {
     c->SetPresenceHint(nullptr);
   }
   next_->SetPresenceHint(export_name, std::move(may_be_stored));
 }
 
 Status CacheStore::ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) {
-  ExportCache* c = Find(e);
+  Ref c = Find(e);
   return c ? c->ListBlocks(fn) : next_->ListBlocks(e, fn);
 }
 
 Status CacheStore::DeleteMeta(std::string_view e) {
-  if (ExportCache* c = Find(e)) S3B_RETURN_IF_ERROR(c->Flush());
+  if (Ref c = Find(e)) S3B_RETURN_IF_ERROR(c->Flush());
   return next_->DeleteMeta(e);
 }
 
 bool CacheStore::GetStats(std::string_view export_name, CacheStats* out) const {
-  ExportCache* c = Find(export_name);
-  if (c == nullptr) return false;
+  Ref c = Find(export_name);
+  if (!c) return false;
   *out = c->Stats();
   return true;
 }
 
 std::vector<std::pair<std::string, CacheStats>> CacheStore::AllStats() const {
-  std::vector<std::pair<std::string, ExportCache*>> caches;
+  std::vector<std::pair<std::string, Ref>> caches;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [name, cache] : exports_) caches.emplace_back(name, cache.get());
+    for (auto& [name, cache] : exports_) caches.emplace_back(name, Ref(this, cache.get()));
   }
   std::vector<std::pair<std::string, CacheStats>> out;
   for (auto& [name, c] : caches) out.emplace_back(name, c->Stats());

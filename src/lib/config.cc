@@ -111,6 +111,7 @@ Status Config::Set(std::string_view key, std::string_view value) {
   if (k == "cache-size") return ParseSize(key, value, &cache_size);
   if (k == "dirty-size") return ParseSize(key, value, &dirty_size);
   if (k == "upload-threads") return ParseCount(key, value, 1, 256, &upload_threads);
+  if (k == "read-threads") return ParseCount(key, value, 1, 1024, &read_threads);
   if (k == "disk-cache") {
     // DIR,SIZE: the size follows the last comma, so DIR may hold commas.
     const size_t comma = value.rfind(',');
@@ -230,7 +231,8 @@ const char* Config::Help() {
       "cache-size=SIZE           cache budget per open export (default 256M): the server's cache\n"
       "                          holds at most max-exports x cache-size\n"
       "dirty-size=SIZE           most unstored data in the cache (default cache-size/4)\n"
-      "upload-threads=N          background uploaders per export (default 32)\n"
+      "upload-threads=N          background uploaders, shared by all exports (default 32)\n"
+      "read-threads=N            background read-ahead fetchers, shared by all exports (default 32)\n"
       "disk-cache=DIR,SIZE       keep up to SIZE of S3 blocks in DIR, reused after a restart once\n"
       "                          checked against the store (default: none)\n"
       "stats-file=FILE           rewrite FILE about once a second with the cache's counters (JSON)";

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <map>
 #include <mutex>
@@ -76,10 +77,15 @@ class TestStore : public BlockStore {
 
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     std::unique_lock<std::mutex> lk(mu_);
+    if (fail_ids_.count(id)) return Status::IoError("injected write failure");
     ++in_flight_;
     Pass(lk, writes_gated_, blocked_writes_);
     --in_flight_;
     if (fail_writes_) return Status::IoError("injected write failure");
+    if (fail_next_writes_ > 0) {
+      --fail_next_writes_;
+      return Status::IoError("injected write failure");
+    }
     log_.push_back({'W', id, fua});
     history_[id].emplace_back(data.begin(), data.end());
     ++writes_;
@@ -150,6 +156,26 @@ class TestStore : public BlockStore {
   void GateReads(bool closed) { SetGate(reads_gated_, closed); }
   void FailWrites(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_writes_ = fail; }
   void FailReads(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_reads_ = fail; }
+  // The next n writes to pass the gate fail (an outage that ends by itself).
+  void FailNextWrites(int n) { std::lock_guard<std::mutex> lk(mu_); fail_next_writes_ = n; }
+  // Writes of block id fail at once, without waiting at the gate (until cleared).
+  void FailWritesOf(std::optional<uint64_t> id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    fail_ids_.clear();
+    if (id) fail_ids_.insert(*id);
+  }
+  // Stores a block of export e behind the cache's back.
+  void PutIn(std::string_view e, uint64_t id, const Bytes& b) {
+    std::lock_guard<std::mutex> lk(mu_);
+    current_[KeyOf(e, id)] = b;
+    durable_[KeyOf(e, id)] = b;
+  }
+  std::optional<Bytes> DurableIn(std::string_view e, uint64_t id) {
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = durable_.find(KeyOf(e, id));
+    if (it == durable_.end()) return std::nullopt;
+    return it->second;
+  }
   // Waits until at least n writes/deletes (or reads) are held at the gate.
   void WaitBlockedWrites(int n) { WaitFor([&] { return blocked_writes_ >= n; }); }
   void WaitBlockedReads(int n) { WaitFor([&] { return blocked_reads_ >= n; }); }
@@ -220,6 +246,8 @@ class TestStore : public BlockStore {
   std::map<std::string, std::string> meta_;
   bool writes_gated_ = false, reads_gated_ = false;
   bool fail_writes_ = false, fail_reads_ = false, fail_flush_ = false;
+  int fail_next_writes_ = 0;
+  std::set<uint64_t> fail_ids_;
   int blocked_writes_ = 0, blocked_reads_ = 0, in_flight_ = 0;
   int reads_ = 0, writes_ = 0, fua_writes_ = 0, zero_writes_ = 0, deletes_ = 0, flushes_ = 0;
   std::vector<int> uploads_in_flight_at_flush_;
@@ -1541,6 +1569,268 @@ TEST(CacheVolume, RoundTripThroughAFileStore) {
   ASSERT_OK(v->Read(back.data(), size, 0));
   EXPECT_EQ(back, pattern);
   EXPECT_EQ(v->StoredBlocks(), 64u - 8u);
+}
+
+// --- Shared pools, failed uploads and closing an export ---
+
+// Threads of this process now.
+int ProcessThreads() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task"))
+    ++n;
+  return n;
+}
+
+TEST(CacheOptionsTest, ReadThreadsComeFromTheConfiguration) {
+  Config c;
+  ASSERT_OK(c.Set("read-threads", "7"));
+  EXPECT_EQ(CacheOptions::FromConfig(c).read_threads, 7u);
+  ASSERT_OK(c.Set("read-threads", "1024"));
+  EXPECT_EQ(CacheOptions::FromConfig(c).read_threads, 1024u);
+  EXPECT_EQ(c.Set("read-threads", "0").err(), EINVAL);
+  EXPECT_EQ(c.Set("read-threads", "1025").err(), EINVAL);
+  EXPECT_EQ(CacheOptions::FromConfig(Config{}).read_threads, 32u);
+}
+
+TEST_F(CacheTest, ThreadsDoNotGrowWithExports) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  const int before = ProcessThreads();
+  Make(o, true);
+  for (int i = 0; i < 200; ++i) {
+    const std::string name = "e" + std::to_string(i);
+    for (uint64_t id = 0; id < 4; ++id) store_->PutIn(name, 100 + id, MakeBlock(100 + id, i));
+    // Every export both uploads and reads ahead.
+    for (uint64_t id = 0; id < 4; ++id) ASSERT_OK(cache_->Write(name, id, MakeBlock(id, i), false));
+    for (uint64_t id = 100; id < 104; ++id) {
+      Bytes d;
+      bool found = false;
+      ASSERT_OK(cache_->Read(name, id, &d, &found));
+      ASSERT_EQ(d, MakeBlock(id, i));
+    }
+    ASSERT_OK(cache_->Flush(name));
+  }
+  uint64_t readahead = 0;
+  for (const auto& [name, st] : cache_->AllStats()) readahead += st.readahead_blocks;
+  EXPECT_GT(readahead, 0u);
+  // The two pools, and at most a couple of threads of the test framework's own.
+  EXPECT_LE(ProcessThreads() - before, int(o.upload_threads + o.read_threads) + 2);
+  for (int i = 0; i < 200; ++i)
+    for (uint64_t id = 0; id < 4; ++id)
+      ASSERT_EQ(store_->DurableIn("e" + std::to_string(i), id), MakeBlock(id, i));
+}
+
+TEST_F(CacheTest, AFlushAfterTheStoreRecoversTriesAgainAnUploadThatFailedInFlight) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->FailNextWrites(1);  // the upload in flight meets the outage
+  store_->GateWrites(true);
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  store_->WaitBlockedWrites(1);
+  Status flush_status;
+  std::thread flusher([&] { flush_status = cache_->Flush(kExport); });
+  WaitUntil([&] { return Stats().flushes_in_progress == 1; });
+  store_->GateWrites(false);  // that upload fails; the store is back for the next request
+  flusher.join();
+  ASSERT_OK(flush_status);
+  EXPECT_EQ(store_->Durable(1), MakeBlock(1, 1));
+  EXPECT_EQ(Stats().upload_failures, 1u);
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+}
+
+TEST_F(CacheTest, AFlushFailsAtTheFirstFailedUploadWithoutWaitingForTheOthers) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  o.upload_threads = 4;
+  Make(o, true);
+  store_->GateWrites(true);
+  for (uint64_t id = 1; id <= 3; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  store_->WaitBlockedWrites(3);  // these uploads hang (a stalled store)
+  store_->FailWritesOf(9);       // and this one fails
+  ASSERT_OK(Put(9, MakeBlock(9, 1)));
+  WaitUntil([&] { return Stats().upload_failures >= 1; });
+  auto flush = std::async(std::launch::async, [&] { return cache_->Flush(kExport); });
+  WaitUntil([&] {
+    return flush.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  });
+  EXPECT_EQ(store_->blocked_writes(), 3);  // returned while the other uploads were still held
+  store_->FailWritesOf(std::nullopt);
+  store_->GateWrites(false);
+  Status s = flush.get();
+  EXPECT_EQ(s.err(), EIO);
+  EXPECT_NE(s.message().find("block 9"), std::string::npos) << s.message();
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id : {1, 2, 3, 9}) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1)) << id;
+}
+
+TEST_F(CacheTest, CloseExportWithUploadsAndReadAheadInFlightLosesNothing) {
+  CacheOptions o = Options(256);
+  o.max_dirty_age = 0;  // upload at once
+  Make(o, true);
+  for (uint64_t id = 100; id < 140; ++id) store_->PutIn("x", id, MakeBlock(id, 0));
+  auto read = [&](std::string_view e, uint64_t id) -> std::optional<Bytes> {
+    Bytes d;
+    bool found = false;
+    Status s = cache_->Read(e, id, &d, &found);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    if (!found) return std::nullopt;
+    return d;
+  };
+  ASSERT_EQ(read("x", 100), MakeBlock(100, 0));
+  store_->GateWrites(true);
+  store_->GateReads(true);
+  for (uint64_t id = 0; id < 16; ++id) ASSERT_OK(cache_->Write("x", id, MakeBlock(id, 1), false));
+  ASSERT_OK(cache_->Write("x", 101, MakeBlock(101, 1), false));
+  ASSERT_EQ(read("x", 101), MakeBlock(101, 1));  // sequential after 100: blocks 102.. read ahead
+  store_->WaitBlockedWrites(4);
+  store_->WaitBlockedReads(1);
+  // Another export is used all along, from memory (its uploads wait behind x's at the gate).
+  std::atomic<bool> stop{false};
+  std::atomic<int> rounds{0}, wrong{0};
+  std::thread other([&] {
+    for (uint64_t v = 1; !stop; ++v) {
+      const uint64_t id = v % 8;
+      if (!cache_->Write("y", id, MakeBlock(id, v), false).ok() || read("y", id) != MakeBlock(id, v))
+        ++wrong;
+      ++rounds;
+    }
+  });
+  std::atomic<bool> closed{false};
+  Status close_status;
+  std::thread closer([&] {
+    close_status = cache_->CloseExport("x");
+    closed = true;
+  });
+  WaitUntil([&] {
+    CacheStats st;
+    return (cache_->GetStats("x", &st) && st.flushes_in_progress == 1) || closed;
+  });
+  EXPECT_FALSE(closed.load());  // it waits for the uploads
+  const int rounds_then = rounds;
+  WaitUntil([&] { return rounds > rounds_then + 100; });  // y goes on meanwhile
+  store_->GateWrites(false);
+  store_->GateReads(false);
+  closer.join();
+  ASSERT_OK(close_status);
+  stop = true;
+  other.join();
+  EXPECT_EQ(wrong, 0);
+  CacheStats st;
+  EXPECT_FALSE(cache_->GetStats("x", &st));
+  auto all = cache_->AllStats();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].first, "y");
+  for (uint64_t id = 0; id < 16; ++id) EXPECT_EQ(store_->DurableIn("x", id), MakeBlock(id, 1));
+  EXPECT_EQ(store_->DurableIn("x", 101), MakeBlock(101, 1));
+  // Opened again: a new, empty cache that reads what was stored.
+  for (uint64_t id = 0; id < 16; ++id) EXPECT_EQ(read("x", id), MakeBlock(id, 1)) << id;
+  for (uint64_t id = 100; id < 140; ++id)
+    EXPECT_EQ(read("x", id), MakeBlock(id, id == 101 ? 1 : 0)) << id;
+  ASSERT_TRUE(cache_->GetStats("x", &st));
+  EXPECT_EQ(st.hits + st.misses, 16u + 40u);
+  EXPECT_EQ(st.store_writes, 0u);
+  ASSERT_OK(cache_->Flush("y"));
+  // A second close of a closed export, and of one never used, do nothing.
+  ASSERT_OK(cache_->CloseExport("x"));
+  ASSERT_OK(cache_->CloseExport("x"));
+  ASSERT_OK(cache_->CloseExport("never"));
+  EXPECT_EQ(cache_->AllStats().size(), 1u);
+}
+
+TEST_F(CacheTest, CloseExportThatCannotFlushKeepsEverything) {
+  Make(Options(64), true);
+  for (uint64_t id = 0; id < 4; ++id) ASSERT_OK(Put(id, MakeBlock(id, 1)));
+  store_->FailWrites(true);
+  EXPECT_EQ(cache_->CloseExport(kExport).err(), EIO);
+  EXPECT_EQ(Stats().dirty_blocks, 4u);
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));
+  store_->FailWrites(false);
+  WaitUntil([&] { return Stats().uploads_in_flight == 0; });
+  ASSERT_OK(cache_->CloseExport(kExport));
+  CacheStats st;
+  EXPECT_FALSE(cache_->GetStats(kExport, &st));
+  for (uint64_t id = 0; id < 4; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+}
+
+// Keeps nothing but what it was sent: bytes per export and a sum of them.
+class SinkStore : public BlockStore {
+ public:
+  std::string Describe() const override { return "sink"; }
+  Status Read(std::string_view, uint64_t, Bytes* data, bool* found) override {
+    data->clear();
+    *found = false;
+    return Status::Ok();
+  }
+  Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    uint64_t sum = 0;
+    for (uint8_t b : data) sum += b;
+    auto& [bytes, total] = written_[std::string(e)];
+    bytes += data.size();
+    total += sum;
+    return Status::Ok();
+  }
+  Status Delete(std::string_view, std::span<const uint64_t>, bool) override { return Status::Ok(); }
+  Status Flush(std::string_view) override { return Status::Ok(); }
+  Status ListBlocks(std::string_view, const std::function<void(uint64_t)>&) override {
+    return Status::Ok();
+  }
+  Status ListExports(std::vector<std::string>*) override { return Status::Ok(); }
+  Status ReadMeta(std::string_view, std::string*, bool* found) override {
+    *found = false;
+    return Status::Ok();
+  }
+  Status WriteMeta(std::string_view, std::string_view) override { return Status::Ok(); }
+  Status DeleteMeta(std::string_view) override { return Status::Ok(); }
+  std::pair<uint64_t, uint64_t> Written(const std::string& e) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return written_[e];
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::pair<uint64_t, uint64_t>> written_;
+};
+
+TEST(CacheCloseExport, ClosedExportsGiveTheirMemoryBack) {
+  constexpr uint32_t kBlock = 64 << 10;
+  constexpr uint64_t kPerExport = 32 << 20;
+  constexpr int kExports = 20;
+  auto sink = std::make_shared<SinkStore>();
+  CacheOptions o;
+  o.cache_size = 4 << 20;
+  o.upload_threads = 4;
+  o.read_threads = 4;
+  CacheStore cache(sink, o);
+  ASSERT_OK(cache.Start());
+  Bytes block(kBlock);
+  uint64_t sum = 0;
+  for (uint32_t i = 0; i < kBlock; ++i) {
+    block[i] = static_cast<uint8_t>(i % 251 + 1);
+    sum += block[i];
+  }
+  for (int e = 0; e < kExports; ++e) {
+    const std::string name = "m" + std::to_string(e);
+    for (uint64_t id = 0; id < kPerExport / kBlock; ++id)
+      ASSERT_OK(cache.Write(name, id, block, false));
+  }
+  auto all = cache.AllStats();
+  ASSERT_EQ(all.size(), size_t{kExports});
+  for (const auto& [name, st] : all) {
+    EXPECT_GT(st.cached_bytes, 0u) << name;
+    EXPECT_LE(st.cached_bytes, o.cache_size) << name;
+  }
+  for (int e = 0; e < kExports; ++e) {
+    const std::string name = "m" + std::to_string(e);
+    ASSERT_OK(cache.CloseExport(name));
+    EXPECT_EQ(cache.AllStats().size(), size_t(kExports - e - 1));
+    // Everything written was stored before the cache went.
+    const auto [bytes, total] = sink->Written(name);
+    EXPECT_EQ(bytes, kPerExport) << name;
+    EXPECT_EQ(total, sum * (kPerExport / kBlock)) << name;
+  }
+  EXPECT_TRUE(cache.AllStats().empty());
 }
 
 }  // namespace
