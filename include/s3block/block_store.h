@@ -210,11 +210,6 @@ class BlockStore {
   virtual Status QueryLease(std::string_view export_name, std::string* holder) {
     return Status::NotSupported(Describe() + " cannot lock an export against a second writer");
   }
-
-  // The export is no longer served by this process: make what it holds durable (as Flush), then
-  // release what this layer keeps for it (memory, threads' work, fds). A later call naming the export
-  // starts afresh. Errors are Flush's; on error nothing is released and the call may be repeated.
-  virtual Status CloseExport(std::string_view export_name) { return Status::Ok(); }
 };
 
 // The error ReadRange returns for a stored block whose length is not the export's block size.
@@ -267,7 +262,6 @@ class StoreDecorator : public BlockStore {
   Status QueryLease(std::string_view e, std::string* holder) override {
     return next_->QueryLease(e, holder);
   }
-  Status CloseExport(std::string_view e) override { return next_->CloseExport(e); }
 
   BlockStore* next() const { return next_.get(); }
 
