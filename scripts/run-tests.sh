@@ -53,6 +53,7 @@ s3_scripts=(
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(
   disk_full.sh
+  local_hostile.sh
 )
 
 passed=0
