@@ -55,6 +55,7 @@ s3_scripts=(
 local_scripts=(
   disk_full.sh
   export_bounds.sh
+  local_hostile.sh
 )
 
 passed=0

@@ -33,6 +33,15 @@
 // An export whose cache directory another process holds (its lock) is served without the disk
 // cache; Stats() says so.
 //
+// Nothing in DIR is trusted beyond what Check() verifies: DIR and DIR/<store-id> must be real
+// directories (not symlinks) owned by this process's uid and not writable by group or others
+// (else Check() refuses, naming the directory and what is wrong); missing ones are made 0700.
+// Below them every file and directory is opened relative to a directory fd without following a
+// symlink, files without waiting (a FIFO is refused, never waited on) and checked to be regular
+// files; temporary files have random names and are created with O_EXCL|O_NOFOLLOW. Fds kept:
+// three for the store (DIR, DIR/<store-id>, its exports/), two per export (its directory, its
+// lock).
+//
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_DISK_CACHE_STORE_H_
 #define S3BLOCK_DISK_CACHE_STORE_H_
@@ -87,8 +96,9 @@ class DiskCacheStore : public StoreDecorator {
 
   // "<next's description>, disk cache DIR".
   std::string Describe() const override;
-  // Checks the store below, then creates DIR/<store-id> and checks that it is writable.
-  // Errors: the store's, or EINVAL/EACCES naming disk-cache= and the directory.
+  // Checks the store below, then creates DIR/<store-id> and checks that it is writable and
+  // private (see above). Errors: the store's, or EINVAL/EACCES/EIO naming disk-cache= and the
+  // directory.
   Status Check() override;
 
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
@@ -133,6 +143,7 @@ class DiskCacheStore : public StoreDecorator {
   struct Export {
     std::string name;
     std::string dir;  // DIR/<store-id>/exports/<name>
+    int dir_fd = -1;  // dir, opened without following links; written before `loaded`
     std::mutex load_mu;
     // Set (release) once Load has run; usable and lock_fd are written before it and not after.
     std::atomic<bool> loaded{false};
@@ -145,6 +156,19 @@ class DiskCacheStore : public StoreDecorator {
     uint64_t bytes = 0;                             // guarded by mu_
   };
 
+  // A copy's file to remove: its path below an export's directory fd ("<shard>/<id>.<md5>").
+  struct Doomed {
+    int dir_fd = -1;
+    std::string rel;
+  };
+  // Opens (making them if missing) DIR, DIR/<store-id> and its exports/, checking the first two
+  // are private; *exports_fd is the last. `what` names the parameter in errors.
+  Status OpenDirs(const std::string& what, int* exports_fd);
+  // Removes each file, never following a link.
+  static void UnlinkAll(const std::vector<Doomed>& doomed);
+  // The copy's path below its export's directory.
+  static std::string RelPathOf(uint64_t id, const std::array<uint8_t, 16>& md5);
+
   // The export's state, loaded from its directory on first use.
   Export* For(std::string_view export_name);
   void Load(Export* e);
@@ -152,13 +176,13 @@ class DiskCacheStore : public StoreDecorator {
   // Writes a copy of data under its final name; false on a local disk error.
   bool WriteCopy(Export* e, uint64_t id, std::span<const uint8_t> data,
                  const std::array<uint8_t, 16>& md5);
-  // REQUIRES: mu_ held. Removes the entry (if any) and returns the path of its file to unlink
-  // (after mu_ is released), or "".
-  std::string DropLocked(Export* e, uint64_t id);
+  // REQUIRES: mu_ held. Removes the entry (if any) and returns its file to unlink (after mu_ is
+  // released), or an empty Doomed.
+  Doomed DropLocked(Export* e, uint64_t id);
   // REQUIRES: mu_ held. Adds (or replaces) an entry and evicts down to the size; paths to
   // unlink go to *unlink. `checked` is false for a copy loaded from disk.
   void InsertLocked(Export* e, uint64_t id, const std::array<uint8_t, 16>& md5, uint32_t size,
-                    bool checked, std::vector<std::string>* unlink);
+                    bool checked, std::vector<Doomed>* unlink);
   // REQUIRES: mu_ held. True if the entry of `id` is the copy with this MD5 (same file).
   bool HoldsLocked(const Export* e, uint64_t id, const std::array<uint8_t, 16>& md5) const;
   // REQUIRES: mu_ held. Starts / ends a request on a block (see Pending).
@@ -182,7 +206,10 @@ class DiskCacheStore : public StoreDecorator {
   std::list<std::pair<Export*, uint64_t>> lru_;  // guarded by mu_
   uint64_t total_bytes_ = 0;                     // guarded by mu_
   uint64_t seq_ = 0;                             // guarded by mu_
-  uint64_t tmp_counter_ = 0;                     // guarded by mu_
+  std::mutex dirs_mu_;
+  int dir_fd_ = -1;      // guarded by dirs_mu_; kept once open
+  int store_fd_ = -1;    // guarded by dirs_mu_; kept once open
+  int exports_fd_ = -1;  // guarded by dirs_mu_; kept once open
 };
 
 }  // namespace s3block

@@ -11,9 +11,26 @@
 // rename, and the old file's blocks are not freed and allocated again (on ext4, replacing a file
 // by rename also writes the new file's data back at once); and it creates a missing block's file
 // under its own name (one directory change instead of two). Readers are kept from seeing a file
-// half written by a lock per block; a crash before the next flush may leave a mix of old and new
-// pages (for a block that had no file, zeros and new pages, or an empty file, which reads as a
-// block never written).
+// half written by a lock per block: in this process a mutex, and across processes (a read-only
+// server or the admin command beside the writing server) a POSIX open-file-description lock on
+// the block's file: a reader holds a read lock (F_OFD_SETLK, F_RDLCK) from before it looks at
+// the file's length to the end of its read, a writer in place a write lock while it writes. So
+// a read through any process sees each block whole, old or new, never a mix. A writer never waits
+// for a reader in another process: if one holds the block, it replaces the file instead (rename).
+// A reader waits at most 10 seconds for a writer (EIO after, naming the file). A crash before the
+// next flush may leave a mix of old and new pages (for a block that had no file, zeros and new
+// pages, or an empty file, which reads as a block never written).
+//
+// Nothing under the root is trusted: every path below it (exports/, exports/<name>/, its
+// metadata and lock, blocks/, each block, temporary files) is opened relative to a directory fd,
+// never following a symlink (O_NOFOLLOW; the root itself may be a symlink, the administrator's
+// choice), files without waiting (O_NONBLOCK) and checked to be regular files, directories to be
+// directories. A symlink, FIFO, socket, device or directory where a file belongs (or anything
+// but a directory where a directory belongs) is EIO naming the path and what is there; it is
+// never followed, waited on, replaced, deleted or truncated through. Temporary files have
+// random names and are created with O_EXCL|O_NOFOLLOW. The directory fds are kept per export
+// named: two per export (exports/<name> and its blocks/), plus two for the store (root,
+// exports/), plus the lease's lock file while it is held.
 // Durability: Flush fsyncs every file written and every directory changed since the previous
 // flush (or, when that is many files, syncfs() on the store's file system).
 //
@@ -22,6 +39,7 @@
 #define S3BLOCK_FILE_STORE_H_
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -75,14 +93,27 @@ class FileStore : public BlockStore {
   std::string BlockPath(std::string_view export_name, uint64_t id) const;
 
  private:
+  // The directories of one export, opened without following links. Shared: a DeleteMeta may
+  // drop them from dirs_ while a request still uses them.
+  struct Dirs {
+    int exp = -1;     // exports/<name>
+    int blocks = -1;  // exports/<name>/blocks
+    ~Dirs();
+  };
+  // The store's exports/ directory fd (opened once, with the root). REQUIRES: mu_ not held.
+  Status ExportsFd(int* fd);
+  // The export's directories; with create, made if missing (each new entry made durable in its
+  // parent), else *out is null if the export has no blocks directory.
+  Status GetDirs(std::string_view export_name, bool create, std::shared_ptr<const Dirs>* out);
+  // Forgets the export's directory fds (the next use opens them again).
+  void DropDirs(std::string_view export_name);
+
   // What must be made durable at the next flush of one export.
   struct Pending {
     std::unordered_set<uint64_t> files;  // blocks written since the last flush
     bool blocks_dir_changed = false;     // a rename or unlink happened in blocks/
   };
 
-  // Creates exports/<name>/blocks (and parents) if missing, fsyncing each parent that changed.
-  Status EnsureBlocksDir(std::string_view export_name);
   Pending& PendingFor(std::string_view export_name);  // REQUIRES: mu_ held
   // Writes data into the existing file of block id if it holds as many bytes and has one link;
   // *done is false otherwise (nothing was changed, or a write failed part way: either way the
@@ -94,9 +125,9 @@ class FileStore : public BlockStore {
   // block still has no file.
   Status CreateInPlace(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                        bool fua, bool* done);
-  // Notes block id's file, new in the blocks directory dir, for the next Flush; with fua, makes
-  // its directory entry durable now instead (the caller made the file's data durable).
-  Status FileAdded(std::string_view export_name, const std::string& dir, uint64_t id, bool fua);
+  // Notes block id's file, new in the blocks directory, for the next Flush; with fua, makes its
+  // directory entry durable now instead (the caller made the file's data durable).
+  Status FileAdded(std::string_view export_name, const Dirs& dirs, uint64_t id, bool fua);
   // ReadBatch of at most 32 blocks.
   void ReadBatchPart(std::string_view export_name, std::span<BlockRead> reads);
   // The lock that a reader of block id shares and an in-place writer of it holds alone.
@@ -105,13 +136,16 @@ class FileStore : public BlockStore {
   const std::string root_;
   std::mutex mu_;
   std::unordered_map<std::string, Pending> pending_;       // guarded by mu_
-  std::unordered_set<std::string> dirs_ready_;             // guarded by mu_
+  std::unordered_map<std::string, std::shared_ptr<const Dirs>> dirs_;  // guarded by mu_
+  int root_fd_ = -1;                                       // guarded by mu_; kept once open
+  int exports_fd_ = -1;                                    // guarded by mu_; kept once open
   static constexpr size_t kBlockLocks = 64;
   std::array<std::shared_mutex, kBlockLocks> block_locks_;
 };
 
-// Writes `data` to `path` atomically and durably: a temporary file beside it, fsync, rename,
-// fsync of the directory. Used for metadata and small control files.
+// Writes `data` to `path` atomically and durably: a temporary file beside it (random name,
+// O_EXCL|O_NOFOLLOW), fsync, rename, fsync of the directory. `path` must be a regular file or
+// missing (else EIO). Used for small control files.
 Status WriteFileAtomically(const std::string& path, std::string_view data);
 
 // Fsyncs a directory.

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "lib/safe_file.h"
 #include "s3/sigv4.h"
 #include "s3block/params.h"
 
@@ -64,47 +65,42 @@ bool ParseCopyName(std::string_view name, uint64_t* id, Digest* md5) {
   return true;
 }
 
-Status MakeDir(const std::string& path, const std::string& what) {
-  if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return Status::Ok();
-  return Status::FromErrno(errno, what + ": cannot create directory " + path);
+// Refuses a directory (open as fd) that is not private to this uid; see CheckPrivateDirectory.
+Status CheckPrivateFd(int fd, const std::string& path, const std::string& what) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, what + ": stat " + path);
+  if (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+    return CheckPrivateDirectory(path, what);  // says what is wrong (or it changed: then fine)
+  return Status::Ok();
 }
 
-bool WriteAllFd(int fd, const uint8_t* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
+// Opens the directory `name` in dirfd, making it (0700) if missing, and checks it is private.
+Status OpenPrivateDirAt(int dirfd, const std::string& name, const std::string& path,
+                        const std::string& what, UniqueFd* out) {
+  if (::mkdirat(dirfd, name.c_str(), 0700) != 0 && errno != EEXIST)
+    return Status::FromErrno(errno, what + ": cannot create directory " + path);
+  // Checked by path first for the message (a symlink is named as one), then on the fd opened.
+  S3B_RETURN_IF_ERROR(CheckPrivateDirectory(path, what));
+  S3B_RETURN_IF_ERROR(OpenDirAt(dirfd, name, path, /*follow=*/false, out).Annotate(what));
+  return CheckPrivateFd(out->get(), path, what);
 }
 
-// Reads a file that must hold exactly `size` bytes.
-bool ReadCopy(const std::string& path, uint32_t size, Bytes* out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+// Reads a copy that must hold exactly `size` bytes.
+bool ReadCopy(int dir_fd, const std::string& rel, const std::string& path, uint32_t size,
+              Bytes* out) {
+  UniqueFd fd;
+  struct stat st;
+  if (!OpenFileBeneath(dir_fd, rel, path, &fd, &st).ok()) return false;
+  if (st.st_size != static_cast<off_t>(size)) return false;  // not our copy
   out->resize(size);
   size_t got = 0;
-  bool ok = true;
   while (got < size) {
-    ssize_t r = ::read(fd, out->data() + got, size - got);
+    ssize_t r = ::pread(fd.get(), out->data() + got, size - got, static_cast<off_t>(got));
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      ok = false;
-      break;
-    }
+    if (r <= 0) return false;
     got += static_cast<size_t>(r);
   }
-  uint8_t extra;
-  if (ok && ::read(fd, &extra, 1) != 0) ok = false;  // longer than recorded: not our copy
-  ::close(fd);
-  return ok;
-}
-
-void UnlinkAll(const std::vector<std::string>& paths) {
-  for (const std::string& p : paths)
-    if (!p.empty()) ::unlink(p.c_str());
+  return true;
 }
 
 }  // namespace
@@ -131,33 +127,56 @@ DiskCacheStore::DiskCacheStore(std::shared_ptr<BlockStore> next, std::string dir
       store_dir_(dir_ + "/" + Sha256Hex(next_->Describe()).substr(0, 16)) {}
 
 DiskCacheStore::~DiskCacheStore() {
-  for (auto& [name, e] : exports_)
+  for (auto& [name, e] : exports_) {
     if (e->lock_fd >= 0) ::close(e->lock_fd);
+    if (e->dir_fd >= 0) ::close(e->dir_fd);
+  }
+  for (int fd : {exports_fd_, store_fd_, dir_fd_})
+    if (fd >= 0) ::close(fd);
 }
 
 std::string DiskCacheStore::Describe() const {
   return next_->Describe() + ", disk cache " + dir_;
 }
 
+Status DiskCacheStore::OpenDirs(const std::string& what, int* exports_fd) {
+  std::lock_guard<std::mutex> lock(dirs_mu_);
+  if (exports_fd_ < 0) {
+    if (dir_.empty() || dir_[0] != '/')
+      return Status::InvalidArgument(what + ": '" + dir_ + "' is not an absolute path");
+    UniqueFd dir, store, exports;
+    S3B_RETURN_IF_ERROR(OpenPrivateDirAt(AT_FDCWD, dir_, dir_, what, &dir));
+    const std::string id = store_dir_.substr(store_dir_.rfind('/') + 1);
+    S3B_RETURN_IF_ERROR(OpenPrivateDirAt(dir.get(), id, store_dir_, what, &store));
+    bool created = false;
+    S3B_RETURN_IF_ERROR(
+        MakeDirAt(store.get(), "exports", 0700, store_dir_ + "/exports", &exports, &created)
+            .Annotate(what));
+    dir_fd_ = dir.Release();
+    store_fd_ = store.Release();
+    exports_fd_ = exports.Release();
+  }
+  *exports_fd = exports_fd_;
+  return Status::Ok();
+}
+
 Status DiskCacheStore::Check() {
   S3B_RETURN_IF_ERROR(next_->Check());
   const std::string what = "disk-cache=" + dir_;
-  S3B_RETURN_IF_ERROR(MakeDir(dir_, what));
-  S3B_RETURN_IF_ERROR(MakeDir(store_dir_, what));
-  S3B_RETURN_IF_ERROR(MakeDir(store_dir_ + "/exports", what));
+  int exports_fd = -1;
+  S3B_RETURN_IF_ERROR(OpenDirs(what, &exports_fd));
   // Says which store the directory caches, for a person looking at it; also proves it writable.
-  const std::string path = store_dir_ + "/store", tmp = path + ".tmp";
   const std::string text = next_->Describe() + "\n";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::FromErrno(errno, what + ": cannot write in " + store_dir_);
-  bool ok = WriteAllFd(fd, reinterpret_cast<const uint8_t*>(text.data()), text.size());
-  int err = errno;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    if (ok) err = errno;
-    ::unlink(tmp.c_str());
-    return Status::FromErrno(err, what + ": cannot write in " + store_dir_);
+  int store_fd;
+  {
+    std::lock_guard<std::mutex> lock(dirs_mu_);
+    store_fd = store_fd_;
   }
+  Status s = ReplaceFileAt(
+      store_fd, "store",
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+      /*sync=*/false, store_dir_);
+  if (!s.ok()) return s.Annotate(what + ": cannot write in " + store_dir_);
   return Status::Ok();
 }
 
@@ -180,6 +199,20 @@ DiskCacheStore::Export* DiskCacheStore::For(std::string_view export_name) {
   return e;
 }
 
+void DiskCacheStore::UnlinkAll(const std::vector<Doomed>& doomed) {
+  for (const Doomed& d : doomed) {
+    if (d.rel.empty()) continue;
+    const size_t slash = d.rel.find('/');
+    UniqueFd shard;
+    if (!OpenDirAt(d.dir_fd, d.rel.substr(0, slash), d.rel, /*follow=*/false, &shard).ok()) continue;
+    ::unlinkat(shard.get(), d.rel.c_str() + slash + 1, 0);
+  }
+}
+
+std::string DiskCacheStore::RelPathOf(uint64_t id, const Digest& md5) {
+  return std::to_string(id / kShardBlocks) + "/" + std::to_string(id) + "." + HexEncode(md5);
+}
+
 void DiskCacheStore::Load(Export* e) {
   std::lock_guard<std::mutex> load_lock(e->load_mu);
   if (e->loaded.load(std::memory_order_acquire)) return;
@@ -189,55 +222,76 @@ void DiskCacheStore::Load(Export* e) {
     uint32_t size;
   };
   std::vector<Found> found;
-  std::vector<std::string> junk;
-  bool usable = false, locked_out = false;
-  int fd = -1;
+  std::vector<Doomed> junk;
+  bool usable = false, locked_out = false, failed = false;
+  int fd = -1, dir_fd = -1;
   // Check() made the parent directories; a test or a later removal may not have: make them.
-  if (MakeDir(dir_, "").ok() && MakeDir(store_dir_, "").ok() &&
-      MakeDir(store_dir_ + "/exports", "").ok() && MakeDir(e->dir, "").ok()) {
-    fd = ::open((e->dir + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  int exports_fd = -1;
+  UniqueFd dir, lock;
+  bool created = false;
+  struct stat st;
+  if (OpenDirs("disk-cache=" + dir_, &exports_fd).ok() &&
+      MakeDirAt(exports_fd, e->name, 0700, e->dir, &dir, &created).ok()) {
+    Status s = OpenFileAt(dir.get(), "lock", O_RDWR | O_CREAT, 0600, e->dir + "/lock", &lock, &st);
+    if (!s.ok()) {
+      failed = true;
+    } else if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
       locked_out = errno == EWOULDBLOCK;
-      ::close(fd);
-      fd = -1;
+      failed = !locked_out;
+    } else {
+      fd = lock.Release();
     }
+  } else {
+    failed = true;
   }
   if (fd >= 0) {
     usable = true;
-    if (DIR* top = ::opendir(e->dir.c_str())) {
+    dir_fd = dir.Release();
+    UniqueFd top_fd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    DIR* top = top_fd.valid() ? ::fdopendir(top_fd.get()) : nullptr;
+    if (top != nullptr) {
+      top_fd.Release();
       while (struct dirent* d = ::readdir(top)) {
         std::string_view shard = d->d_name;
         if (shard.empty() || shard.find_first_not_of("0123456789") != std::string_view::npos)
           continue;
-        const std::string shard_dir = e->dir + "/" + std::string(shard);
-        DIR* sd = ::opendir(shard_dir.c_str());
+        UniqueFd shard_fd;
+        if (!OpenDirAt(dir_fd, std::string(shard), e->dir + "/" + std::string(shard), false,
+                       &shard_fd)
+                 .ok())
+          continue;  // not a directory of ours: left alone
+        DIR* sd = ::fdopendir(shard_fd.get());
         if (sd == nullptr) continue;
+        shard_fd.Release();
         while (struct dirent* f = ::readdir(sd)) {
           std::string_view name = f->d_name;
           if (name == "." || name == "..") continue;
           uint64_t id;
           Digest md5;
-          struct stat st;
+          struct stat fst;
           // Anything else here is a temporary file of a process that died, or not ours.
-          if (!ParseCopyName(name, &id, &md5) || ::fstatat(::dirfd(sd), f->d_name, &st, 0) != 0 ||
-              !S_ISREG(st.st_mode) || st.st_size > static_cast<off_t>(UINT32_MAX) ||
+          if (!ParseCopyName(name, &id, &md5) ||
+              ::fstatat(::dirfd(sd), f->d_name, &fst, AT_SYMLINK_NOFOLLOW) != 0 ||
+              !S_ISREG(fst.st_mode) || fst.st_size > static_cast<off_t>(UINT32_MAX) ||
               std::to_string(id / kShardBlocks) != shard) {
-            junk.push_back(shard_dir + "/" + std::string(name));
+            junk.push_back({dir_fd, std::string(shard) + "/" + std::string(name)});
             continue;
           }
-          found.push_back({id, md5, static_cast<uint32_t>(st.st_size)});
+          found.push_back({id, md5, static_cast<uint32_t>(fst.st_size)});
         }
         ::closedir(sd);
       }
       ::closedir(top);
     }
   }
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock_mu(mu_);
     e->lock_fd = fd;
+    e->dir_fd = dir_fd;
     e->usable = usable;
     e->stats.locked_out = locked_out ? 1 : 0;
+    if (failed) ++e->stats.errors;
     for (const Found& f : found) InsertLocked(e, f.id, f.md5, f.size, false, &unlink);
     e->loaded.store(true, std::memory_order_release);
   }
@@ -252,30 +306,24 @@ std::string DiskCacheStore::PathOf(const Export* e, uint64_t id, const Digest& m
 
 bool DiskCacheStore::WriteCopy(Export* e, uint64_t id, std::span<const uint8_t> data,
                                const Digest& md5) {
-  const std::string path = PathOf(e, id, md5);
-  uint64_t n;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    n = ++tmp_counter_;
+  const std::string shard = std::to_string(id / kShardBlocks);
+  const std::string shard_path = e->dir + "/" + shard;
+  UniqueFd shard_fd;
+  Status s = OpenDirAt(e->dir_fd, shard, shard_path, /*follow=*/false, &shard_fd);
+  if (s.err() == ENOENT) {
+    bool created = false;
+    s = MakeDirAt(e->dir_fd, shard, 0700, shard_path, &shard_fd, &created);
   }
-  const std::string tmp = path + ".tmp" + std::to_string(n);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0 && errno == ENOENT) {
-    ::mkdir((e->dir + "/" + std::to_string(id / kShardBlocks)).c_str(), 0700);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  }
-  if (fd < 0) return false;
-  bool ok = WriteAllFd(fd, data.data(), data.size());
-  ok = ::close(fd) == 0 && ok;
-  if (ok && ::rename(tmp.c_str(), path.c_str()) == 0) return true;
-  ::unlink(tmp.c_str());
-  return false;
+  if (!s.ok()) return false;
+  return ReplaceFileAt(shard_fd.get(), std::to_string(id) + "." + HexEncode(md5), data,
+                       /*sync=*/false, shard_path)
+      .ok();
 }
 
-std::string DiskCacheStore::DropLocked(Export* e, uint64_t id) {
+DiskCacheStore::Doomed DiskCacheStore::DropLocked(Export* e, uint64_t id) {
   auto it = e->entries.find(id);
-  if (it == e->entries.end()) return "";
-  std::string path = PathOf(e, id, it->second.md5);
+  if (it == e->entries.end()) return {};
+  Doomed path{e->dir_fd, RelPathOf(id, it->second.md5)};
   lru_.erase(it->second.lru);
   e->bytes -= it->second.size;
   total_bytes_ -= it->second.size;
@@ -289,11 +337,11 @@ bool DiskCacheStore::HoldsLocked(const Export* e, uint64_t id, const Digest& md5
 }
 
 void DiskCacheStore::InsertLocked(Export* e, uint64_t id, const Digest& md5, uint32_t size,
-                                  bool checked, std::vector<std::string>* unlink) {
+                                  bool checked, std::vector<Doomed>* unlink) {
   auto it = e->entries.find(id);
   if (it != e->entries.end()) {
     // The same content is the same file (written again under the same name): keep it.
-    if (it->second.md5 != md5) unlink->push_back(PathOf(e, id, it->second.md5));
+    if (it->second.md5 != md5) unlink->push_back({e->dir_fd, RelPathOf(id, it->second.md5)});
     lru_.erase(it->second.lru);
     e->bytes -= it->second.size;
     total_bytes_ -= it->second.size;
@@ -362,13 +410,14 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
     }
   }
   if (have) {
-    if (ReadCopy(PathOf(e, id, md5), size, data) && Md5Of(*data) == md5) {
+    if (ReadCopy(e->dir_fd, RelPathOf(id, md5), PathOf(e, id, md5), size, data) &&
+        Md5Of(*data) == md5) {
       std::lock_guard<std::mutex> lock(mu_);
       ++e->stats.hits;
       *found = true;
       return Status::Ok();
     }
-    std::string path;
+    Doomed path;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++e->stats.errors;
@@ -390,7 +439,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
     fresh = Md5Of(*data);
     written = WriteCopy(e, id, *data, fresh);
   }
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   {
     std::lock_guard<std::mutex> lock(mu_);
     const bool current = EndLocked(e, id, gen, false);
@@ -398,7 +447,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
       InsertLocked(e, id, fresh, static_cast<uint32_t>(data->size()), true, &unlink);
       ++e->stats.fills;
     } else if (written && !HoldsLocked(e, id, fresh)) {
-      unlink.push_back(PathOf(e, id, fresh));
+      unlink.push_back({e->dir_fd, RelPathOf(id, fresh)});
     } else if (keep && !written) {
       ++e->stats.errors;
     }
@@ -408,7 +457,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
 }
 
 std::vector<uint64_t> DiskCacheStore::BeginChanges(Export* e, std::span<const uint64_t> ids) {
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   std::vector<uint64_t> gens;
   gens.reserve(ids.size());
   {
@@ -440,7 +489,7 @@ Status DiskCacheStore::Write(std::string_view export_name, uint64_t id,
     md5 = Md5Of(data);
     written = WriteCopy(e, id, data, md5);
   }
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   {
     std::lock_guard<std::mutex> lock(mu_);
     const bool current = EndLocked(e, id, gen, true);
@@ -448,7 +497,7 @@ Status DiskCacheStore::Write(std::string_view export_name, uint64_t id,
       InsertLocked(e, id, md5, static_cast<uint32_t>(data.size()), true, &unlink);
       ++e->stats.writes;
     } else if (written && !HoldsLocked(e, id, md5)) {
-      unlink.push_back(PathOf(e, id, md5));
+      unlink.push_back({e->dir_fd, RelPathOf(id, md5)});
     } else if (s.ok() && !written) {
       ++e->stats.errors;
     }
@@ -480,7 +529,7 @@ Status DiskCacheStore::CopyBlock(std::string_view from, std::string_view to, uin
 Status DiskCacheStore::DeleteMeta(std::string_view export_name) {
   Export* e = For(export_name);
   S3B_RETURN_IF_ERROR(next_->DeleteMeta(export_name));
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<uint64_t> ids;
@@ -507,7 +556,7 @@ Status DiskCacheStore::ListBlockDigests(
     listing = ++e->listings;
     start = seq_;
   }
-  std::vector<std::string> unlink;
+  std::vector<Doomed> unlink;
   Status s = next_->ListBlockDigests(export_name, [&](uint64_t id, std::string_view md5_hex) {
     {
       std::lock_guard<std::mutex> lock(mu_);

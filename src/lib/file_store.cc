@@ -16,9 +16,12 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <functional>
+#include <thread>
 
+#include "lib/safe_file.h"
 #include "s3block/params.h"
 
 namespace s3block {
@@ -27,54 +30,71 @@ namespace {
 // Above this many files to sync, one syncfs() is cheaper than a fdatasync() per file.
 constexpr size_t kSyncfsThreshold = 128;
 
-std::atomic<uint64_t> g_temp_counter{0};
-
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() { if (fd_ >= 0) ::close(fd_); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  void Reset(int fd) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-  // Closes, reporting the error (close can report a delayed write error on some file systems).
-  int Close() { int r = ::close(fd_); fd_ = -1; return r; }
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + path);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
+  return WriteAllFd(fd, p, n, path);
 }
 
-// Opens the block file at path for reading and checks it. *size is its length, or 0 if there is
-// no file or an empty one: both read as a block never written. (A file that is empty after a
-// crash was created but its data never reached the disk: the block it was to replace did not
-// exist, since a replaced block keeps its old data until the rename is durable.)
-Status OpenBlockFile(const std::string& path, Fd* fd, size_t* size) {
-  *size = 0;
-  fd->Reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd->get() < 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "open " + path);
+// Whole-file POSIX open-file-description locks: they belong to the open file, so they keep out
+// readers and writers of other processes (and of other opens in this one), and go with the
+// last close of the file.
+bool TryOfdLock(int fd, short type, int* err) {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  for (;;) {
+    if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) return true;
+    if (errno != EINTR) break;
   }
+  *err = errno;
+  return false;
+}
+
+void OfdUnlock(int fd) {
+  struct flock fl {};
+  fl.l_type = F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  ::fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+// How long a reader waits for a writer in another process. A writer holds the lock while it
+// writes one block, so this is reached only if something else holds it.
+constexpr auto kReadLockWait = std::chrono::seconds(10);
+
+// Takes a read lock on a block file, so that no writer in another process changes it while it is
+// read. A file system without such locks is read without.
+Status ReadLock(int fd, const std::string& path) {
+  int err = 0;
+  if (TryOfdLock(fd, F_RDLCK, &err)) return Status::Ok();
+  if (err != EAGAIN && err != EACCES) return Status::Ok();  // no locks here (ENOLCK, EINVAL)
+  const auto deadline = std::chrono::steady_clock::now() + kReadLockWait;
+  auto pause = std::chrono::microseconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(5));
+    if (TryOfdLock(fd, F_RDLCK, &err)) return Status::Ok();
+    if (err != EAGAIN && err != EACCES) return Status::Ok();
+  }
+  return Status::IoError(path + " stayed locked for writing by another process for " +
+                         std::to_string(kReadLockWait.count()) + " seconds");
+}
+
+// Opens the file of block `name` in the blocks directory for reading, checks it and takes its
+// read lock. *size is its length, or 0 if there is no file or an empty one: both read as a block
+// never written. (A file that is empty after a crash was created but its data never reached the
+// disk: the block it was to replace did not exist, since a replaced block keeps its old data
+// until the rename is durable.) The length is taken before the lock: in-place writers keep it.
+Status OpenBlockFile(int blocks_fd, const std::string& name, const std::string& path, Fd* fd,
+                     size_t* size) {
+  *size = 0;
   struct stat st;
-  if (::fstat(fd->get(), &st) != 0) return Status::FromErrno(errno, "stat " + path);
-  if (!S_ISREG(st.st_mode)) return Status::IoError(path + " is not a regular file");
+  Status s = OpenFileAt(blocks_fd, name, O_RDONLY, 0, path, fd, &st);
+  if (!s.ok()) return s.err() == ENOENT ? Status::Ok() : s;
   if (st.st_size > static_cast<off_t>(kMaxBlockSize) * 2)
     return Status::IoError(path + " is " + std::to_string(st.st_size) + " bytes, far larger than any block");
+  if (st.st_size == 0) return Status::Ok();
+  S3B_RETURN_IF_ERROR(ReadLock(fd->get(), path));
   *size = static_cast<size_t>(st.st_size);
   return Status::Ok();
 }
@@ -142,20 +162,6 @@ class ThreadRing {
 
 thread_local ThreadRing t_ring;
 
-Status MkdirIfMissing(const std::string& path, bool* created) {
-  if (::mkdir(path.c_str(), 0755) == 0) {
-    *created = true;
-    return Status::Ok();
-  }
-  *created = false;
-  if (errno == EEXIST) {
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return Status::Ok();
-    return Status::IoError(path + " exists and is not a directory");
-  }
-  return Status::FromErrno(errno, "mkdir " + path);
-}
-
 // Parses a block file name: decimal digits only, no leading zeros (except "0").
 bool ParseBlockName(const char* name, uint64_t* id) {
   size_t len = std::strlen(name);
@@ -166,43 +172,29 @@ bool ParseBlockName(const char* name, uint64_t* id) {
   return ec == std::errc() && p == name + len;
 }
 
-std::string TempName(const std::string& dir, std::string_view base) {
-  return dir + "/.tmp." + std::string(base) + "." + std::to_string(::getpid()) + "." +
-         std::to_string(g_temp_counter.fetch_add(1, std::memory_order_relaxed));
+Status FsyncFd(int fd, const std::string& path) {
+  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
+  return Status::Ok();
 }
 
 }  // namespace
 
 Status FsyncDir(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) return Status::FromErrno(errno, "open " + path);
-  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync " + path);
-  return Status::Ok();
-}
-
-// Writes data to a temporary file in dir and renames it to path: readers see the old file or the
-// new one, never a mix. With sync, the data is on disk before the rename.
-static Status ReplaceFile(const std::string& dir, const std::string& path, std::string_view base,
-                   std::span<const uint8_t> data, bool sync) {
-  std::string tmp = TempName(dir, base);
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return Status::FromErrno(errno, "create " + tmp);
-  Status s = WriteAll(fd.get(), data.data(), data.size(), tmp);
-  if (s.ok() && sync && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + tmp);
-  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0)
-    s = Status::FromErrno(errno, "rename " + tmp + " to " + path);
-  if (!s.ok()) ::unlink(tmp.c_str());
-  return s;
+  Fd fd;
+  S3B_RETURN_IF_ERROR(OpenDirAt(AT_FDCWD, path, path, /*follow=*/true, &fd));
+  return FsyncFd(fd.get(), path);
 }
 
 Status WriteFileAtomically(const std::string& path, std::string_view data) {
   size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-  S3B_RETURN_IF_ERROR(ReplaceFile(
-      dir, path, path.substr(slash + 1),
-      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()), true));
-  return FsyncDir(dir);
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  Fd dfd;
+  S3B_RETURN_IF_ERROR(OpenDirAt(AT_FDCWD, dir, dir, /*follow=*/true, &dfd));
+  S3B_RETURN_IF_ERROR(ReplaceFileAt(
+      dfd.get(), path.substr(slash + 1),
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()), true,
+      dir));
+  return FsyncFd(dfd.get(), dir);
 }
 
 namespace {
@@ -214,7 +206,15 @@ std::string StripTrailingSlashes(std::string p) {
 
 FileStore::FileStore(std::string root) : root_(StripTrailingSlashes(std::move(root))) {}
 
-FileStore::~FileStore() = default;
+FileStore::~FileStore() {
+  if (exports_fd_ >= 0) ::close(exports_fd_);
+  if (root_fd_ >= 0) ::close(root_fd_);
+}
+
+FileStore::Dirs::~Dirs() {
+  if (blocks >= 0) ::close(blocks);
+  if (exp >= 0) ::close(exp);
+}
 
 std::string FileStore::ExportDir(std::string_view export_name) const {
   return root_ + "/exports/" + std::string(export_name);
@@ -226,16 +226,36 @@ std::string FileStore::BlockPath(std::string_view export_name, uint64_t id) cons
   return BlocksDir(export_name) + "/" + std::to_string(id);
 }
 
+Status FileStore::ExportsFd(int* fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (exports_fd_ < 0) {
+    if (root_.empty() || root_[0] != '/')
+      return Status::InvalidArgument("store directory '" + root_ + "' is not an absolute path");
+    // The root is the administrator's choice: it may be a symlink. Below it nothing is followed.
+    Fd root, exports;
+    bool created = false;
+    S3B_RETURN_IF_ERROR(
+        OpenDirAt(AT_FDCWD, root_, root_, /*follow=*/true, &root).Annotate("store directory"));
+    S3B_RETURN_IF_ERROR(MakeDirAt(root.get(), "exports", 0755, root_ + "/exports", &exports, &created)
+                            .Annotate("store directory"));
+    if (created) S3B_RETURN_IF_ERROR(FsyncFd(root.get(), root_));
+    root_fd_ = root.Release();
+    exports_fd_ = exports.Release();
+  }
+  *fd = exports_fd_;
+  return Status::Ok();
+}
+
 Status FileStore::Check() {
   if (root_.empty() || root_[0] != '/')
     return Status::InvalidArgument("store directory '" + root_ + "' is not an absolute path");
-  bool created_root = false, created_exports = false;
-  S3B_RETURN_IF_ERROR(MkdirIfMissing(root_, &created_root).Annotate("store directory"));
-  S3B_RETURN_IF_ERROR(MkdirIfMissing(root_ + "/exports", &created_exports).Annotate("store directory"));
+  if (::mkdir(root_.c_str(), 0755) != 0 && errno != EEXIST)
+    return Status::FromErrno(errno, "store directory: mkdir " + root_);
+  int exports = -1;
+  S3B_RETURN_IF_ERROR(ExportsFd(&exports));
   if (::access(root_.c_str(), W_OK | X_OK) != 0 ||
-      ::access((root_ + "/exports").c_str(), W_OK | X_OK) != 0)
+      ::faccessat(exports, ".", W_OK | X_OK, 0) != 0)
     return Status::FromErrno(errno, "store directory " + root_ + " is not writable");
-  if (created_exports) S3B_RETURN_IF_ERROR(FsyncDir(root_));
   return Status::Ok();
 }
 
@@ -245,26 +265,52 @@ FileStore::Pending& FileStore::PendingFor(std::string_view export_name) {
   return it->second;
 }
 
-Status FileStore::EnsureBlocksDir(std::string_view export_name) {
+Status FileStore::GetDirs(std::string_view export_name, bool create,
+                          std::shared_ptr<const Dirs>* out) {
+  const std::string name(export_name);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (dirs_ready_.count(std::string(export_name))) return Status::Ok();
+    auto it = dirs_.find(name);
+    if (it != dirs_.end()) {
+      *out = it->second;
+      return Status::Ok();
+    }
   }
-  // Create each level; make each new entry durable in its parent at once, since a block renamed
-  // into a directory whose own entry is lost would be lost too.
-  std::string exports = root_ + "/exports";
-  std::string exp = ExportDir(export_name);
-  std::string blocks = BlocksDir(export_name);
-  bool c1 = false, c2 = false, c3 = false;
-  S3B_RETURN_IF_ERROR(MkdirIfMissing(exports, &c1));
-  S3B_RETURN_IF_ERROR(MkdirIfMissing(exp, &c2));
-  S3B_RETURN_IF_ERROR(MkdirIfMissing(blocks, &c3));
-  if (c1) S3B_RETURN_IF_ERROR(FsyncDir(root_));
-  if (c2) S3B_RETURN_IF_ERROR(FsyncDir(exports));
-  if (c3) S3B_RETURN_IF_ERROR(FsyncDir(exp));
+  out->reset();
+  int exports = -1;
+  S3B_RETURN_IF_ERROR(ExportsFd(&exports));
+  const std::string exp_path = ExportDir(export_name), blocks_path = BlocksDir(export_name);
+  Fd exp, blocks;
+  if (create) {
+    // Each new entry is made durable in its parent at once, since a block renamed into a
+    // directory whose own entry is lost would be lost too.
+    bool c1 = false, c2 = false;
+    S3B_RETURN_IF_ERROR(MakeDirAt(exports, name, 0755, exp_path, &exp, &c1));
+    S3B_RETURN_IF_ERROR(MakeDirAt(exp.get(), "blocks", 0755, blocks_path, &blocks, &c2));
+    if (c1) S3B_RETURN_IF_ERROR(FsyncFd(exports, root_ + "/exports"));
+    if (c2) S3B_RETURN_IF_ERROR(FsyncFd(exp.get(), exp_path));
+  } else {
+    Status s = OpenDirAt(exports, name, exp_path, /*follow=*/false, &exp);
+    if (s.ok()) s = OpenDirAt(exp.get(), "blocks", blocks_path, /*follow=*/false, &blocks);
+    if (s.err() == ENOENT) return Status::Ok();
+    S3B_RETURN_IF_ERROR(s);
+  }
+  auto dirs = std::make_shared<Dirs>();
+  dirs->exp = exp.Release();
+  dirs->blocks = blocks.Release();
   std::lock_guard<std::mutex> lock(mu_);
-  dirs_ready_.insert(std::string(export_name));
+  auto [it, inserted] = dirs_.emplace(name, std::move(dirs));
+  *out = it->second;  // another thread's, if it was first: the same directories
   return Status::Ok();
+}
+
+void FileStore::DropDirs(std::string_view export_name) {
+  std::shared_ptr<const Dirs> old;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = dirs_.find(std::string(export_name));
+  if (it == dirs_.end()) return;
+  old = std::move(it->second);
+  dirs_.erase(it);
 }
 
 std::shared_mutex& FileStore::BlockLock(std::string_view export_name, uint64_t id) {
@@ -275,11 +321,14 @@ std::shared_mutex& FileStore::BlockLock(std::string_view export_name, uint64_t i
 Status FileStore::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
   data->clear();
   *found = false;
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
+  if (dirs == nullptr) return Status::Ok();
   std::string path = BlockPath(export_name, id);
   std::shared_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
   Fd fd;
   size_t size = 0;
-  S3B_RETURN_IF_ERROR(OpenBlockFile(path, &fd, &size));
+  S3B_RETURN_IF_ERROR(OpenBlockFile(dirs->blocks, std::to_string(id), path, &fd, &size));
   if (size == 0) return Status::Ok();
   data->resize(size);
   S3B_RETURN_IF_ERROR(ReadRest(fd.get(), data, 0, path));
@@ -297,9 +346,6 @@ void FileStore::ReadBatch(std::string_view export_name, std::span<BlockRead> rea
   }
 }
 
-// The files are opened one by one (io_uring would hand each open to a kernel worker thread, which
-// costs more); their reads go to the kernel in one submission, under one block plug, so that the
-// reads of files that lie next to each other on the disk are merged into one disk request.
 void FileStore::ReadBatchPart(std::string_view export_name, std::span<BlockRead> reads) {
   io_uring* ring = reads.size() > 1 ? t_ring.Get() : nullptr;
   if (ring == nullptr) {
@@ -322,6 +368,15 @@ void FileStore::ReadBatchPart(std::string_view export_name, std::span<BlockRead>
     }
   } unlock{std::span<std::shared_mutex*>(locks.data(), nlocks)};
 
+  std::shared_ptr<const Dirs> dirs;
+  if (Status s = GetDirs(export_name, /*create=*/false, &dirs); !s.ok()) {
+    for (BlockRead& r : reads) {
+      r.data->clear();
+      r.found = false;
+      r.status = s;
+    }
+    return;
+  }
   struct File {
     Fd fd;
     std::string path;
@@ -335,7 +390,9 @@ void FileStore::ReadBatchPart(std::string_view export_name, std::span<BlockRead>
     r.found = false;
     files[i].path = BlockPath(export_name, r.id);
     size_t size = 0;
-    r.status = OpenBlockFile(files[i].path, &files[i].fd, &size);
+    r.status = dirs == nullptr ? Status::Ok()
+                               : OpenBlockFile(dirs->blocks, std::to_string(r.id), files[i].path,
+                                               &files[i].fd, &size);
     if (!r.status.ok() || size == 0) {
       files[i].fd.Reset(-1);
       continue;
@@ -380,18 +437,17 @@ void FileStore::ReadBatchPart(std::string_view export_name, std::span<BlockRead>
   }
 }
 
+
 Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                         bool fua) {
-  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
-  std::string dir = BlocksDir(export_name);
-  const std::string base = std::to_string(id);
-  S3B_RETURN_IF_ERROR(ReplaceFile(dir, dir + "/" + base, base, data, fua));
-  return FileAdded(export_name, dir, id, fua);
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
+  S3B_RETURN_IF_ERROR(ReplaceFileAt(dirs->blocks, std::to_string(id), data, fua, BlocksDir(export_name)));
+  return FileAdded(export_name, *dirs, id, fua);
 }
 
-Status FileStore::FileAdded(std::string_view export_name, const std::string& dir, uint64_t id,
-                            bool fua) {
-  if (fua) return FsyncDir(dir);
+Status FileStore::FileAdded(std::string_view export_name, const Dirs& dirs, uint64_t id, bool fua) {
+  if (fua) return FsyncFd(dirs.blocks, BlocksDir(export_name));
   std::lock_guard<std::mutex> lock(mu_);
   Pending& p = PendingFor(export_name);
   p.files.insert(id);
@@ -411,13 +467,22 @@ Status FileStore::CreateInPlace(std::string_view export_name, uint64_t id,
                                 std::span<const uint8_t> data, bool fua, bool* done) {
   *done = false;
   if (data.empty()) return Status::Ok();
-  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
-  const std::string dir = BlocksDir(export_name);
-  const std::string path = dir + "/" + std::to_string(id);
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
+  const std::string name = std::to_string(id);
+  const std::string path = BlockPath(export_name, id);
   // Held until the data is in, so that no reader opens the file half written.
   std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  Fd fd(::openat(dirs->blocks, name.c_str(),
+                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::Ok();  // made meanwhile, or cannot be: Write replaces or says why
+  // A reader in another process that opened the new (empty) file first may hold its lock: it
+  // reads the block as never written. This file is not filled under it; Write replaces it.
+  int lock_err = 0;
+  if (!TryOfdLock(fd.get(), F_WRLCK, &lock_err) && (lock_err == EAGAIN || lock_err == EACCES)) {
+    ::unlinkat(dirs->blocks, name.c_str(), 0);
+    return Status::Ok();
+  }
   // The file takes its full length before any data, so a crash before the data is on disk leaves
   // it empty (read as never written) or a whole block whose unwritten pages read as zeros (the
   // block was all zeros before): never a short file, which would read as damaged.
@@ -425,16 +490,19 @@ Status FileStore::CreateInPlace(std::string_view export_name, uint64_t id,
   if (::ftruncate(fd.get(), static_cast<off_t>(data.size())) != 0)
     s = Status::FromErrno(errno, "truncate " + path);
   if (s.ok()) s = WriteAll(fd.get(), data.data(), data.size(), path);
-  if (s.ok() && fua && ::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + path);
+  if (s.ok() && fua) {
+    OfdUnlock(fd.get());
+    if (::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + path);
+  }
   if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + path);
   if (!s.ok()) {
     // The block did not exist before: removing the file leaves it so.
-    ::unlink(path.c_str());
+    ::unlinkat(dirs->blocks, name.c_str(), 0);
     return s;
   }
   block_lock.unlock();
   *done = true;
-  return FileAdded(export_name, dir, id, fua);
+  return FileAdded(export_name, *dirs, id, fua);
 }
 
 Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
@@ -442,23 +510,39 @@ Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
                                    bool* missing) {
   *done = false;
   *missing = false;
-  const std::string path = BlockPath(export_name, id);
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (fd.get() < 0) {  // not there (or not writable: Write says why)
-    *missing = errno == ENOENT;
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
+  if (dirs == nullptr) {
+    *missing = true;
     return Status::Ok();
   }
+  const std::string path = BlockPath(export_name, id);
+  Fd fd;
   struct stat st;
+  Status opened = OpenFileAt(dirs->blocks, std::to_string(id), O_WRONLY, 0, path, &fd, &st);
+  if (!opened.ok()) {
+    *missing = opened.err() == ENOENT;
+    // Something that is not a regular file is refused; a file not writable is Write's to report.
+    return opened.err() == EIO ? opened : Status::Ok();
+  }
   // Another link (a copy made with cp -l) would see the change; a file of another length is a
   // block stored by something else (or cut short by a crash): both are replaced whole.
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
-      st.st_size != static_cast<off_t>(data.size()) || data.empty())
+  if (st.st_nlink != 1 || st.st_size != static_cast<off_t>(data.size()) || data.empty())
     return Status::Ok();
   {
     // The file was just opened, so it is written from its first byte. If a write fails part way,
     // the caller replaces the file whole instead (Write), and reports its error if that fails too.
+    // A reader in another process holding the file: the caller replaces it (never waits).
     std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
+    int lock_err = 0;
+    if (!TryOfdLock(fd.get(), F_WRLCK, &lock_err) && (lock_err == EAGAIN || lock_err == EACCES))
+      return Status::Ok();
     if (!WriteAll(fd.get(), data.data(), data.size(), path).ok()) return Status::Ok();
+    // Unlocked before the unique lock goes, so that this process's readers do not find it held.
+    if (fua)
+      OfdUnlock(fd.get());
+    else if (fd.Close() != 0)
+      return Status::Ok();  // nothing is known of the data: replaced whole
   }
   *done = true;
   if (fua) {
@@ -471,25 +555,29 @@ Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
 }
 
 Status FileStore::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
+  if (dirs == nullptr) return Status::Ok();
   bool changed = false;
+  Status s;
   for (uint64_t id : ids) {
-    std::string path = BlockPath(export_name, id);
-    if (::unlink(path.c_str()) == 0) {
+    const std::string name = std::to_string(id);
+    bool exists = false;
+    s = CheckRegularOrMissingAt(dirs->blocks, name, BlockPath(export_name, id), &exists);
+    if (!s.ok()) break;
+    if (!exists) continue;
+    if (::unlinkat(dirs->blocks, name.c_str(), 0) == 0) {
       changed = true;
     } else if (errno != ENOENT) {
-      Status s = Status::FromErrno(errno, "unlink " + path);
-      if (changed) {
-        std::lock_guard<std::mutex> lock(mu_);
-        PendingFor(export_name).blocks_dir_changed = true;
-      }
-      return s;
+      s = Status::FromErrno(errno, "unlink " + BlockPath(export_name, id));
+      break;
     }
   }
-  if (!changed) return Status::Ok();
-  if (fua) return FsyncDir(BlocksDir(export_name));
+  if (!changed) return s;
+  if (s.ok() && fua) return FsyncFd(dirs->blocks, BlocksDir(export_name));
   std::lock_guard<std::mutex> lock(mu_);
   PendingFor(export_name).blocks_dir_changed = true;
-  return Status::Ok();
+  return s;
 }
 
 Status FileStore::Flush(std::string_view export_name) {
@@ -501,28 +589,31 @@ Status FileStore::Flush(std::string_view export_name) {
     work = std::move(it->second);
     it->second = Pending{};
   }
-  std::string dir = BlocksDir(export_name);
-  Status s;
-  if (work.files.size() >= kSyncfsThreshold) {
-    Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (fd.get() < 0) s = Status::FromErrno(errno, "open " + dir);
-    else if (::syncfs(fd.get()) != 0) s = Status::FromErrno(errno, "syncfs " + dir);
+  const std::string dir = BlocksDir(export_name);
+  std::shared_ptr<const Dirs> dirs;
+  Status s = GetDirs(export_name, /*create=*/false, &dirs);
+  if (s.ok() && dirs == nullptr) s = Status::IoError(dir + " disappeared before the flush");
+  if (!s.ok()) {
+  } else if (work.files.size() >= kSyncfsThreshold) {
+    if (::syncfs(dirs->blocks) != 0) s = Status::FromErrno(errno, "syncfs " + dir);
   } else {
     for (uint64_t id : work.files) {
-      std::string path = dir + "/" + std::to_string(id);
-      Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-      if (fd.get() < 0) {
-        if (errno == ENOENT) continue;  // deleted since; the directory sync covers it
-        s = Status::FromErrno(errno, "open " + path);
-        break;
+      Fd fd;
+      struct stat st;
+      s = OpenFileAt(dirs->blocks, std::to_string(id), O_RDONLY, 0, dir + "/" + std::to_string(id),
+                     &fd, &st);
+      if (s.err() == ENOENT) {  // deleted since; the directory sync covers it
+        s = Status::Ok();
+        continue;
       }
+      if (!s.ok()) break;
       if (::fdatasync(fd.get()) != 0) {
-        s = Status::FromErrno(errno, "fdatasync " + path);
+        s = Status::FromErrno(errno, "fdatasync " + dir + "/" + std::to_string(id));
         break;
       }
     }
   }
-  if (s.ok() && work.blocks_dir_changed) s = FsyncDir(dir);
+  if (s.ok() && work.blocks_dir_changed) s = FsyncFd(dirs->blocks, dir);
   if (!s.ok()) {
     // Keep the work for the next flush: nothing is known to be durable.
     std::lock_guard<std::mutex> lock(mu_);
@@ -533,40 +624,61 @@ Status FileStore::Flush(std::string_view export_name) {
   return s;
 }
 
-Status FileStore::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
-  std::string dir = BlocksDir(export_name);
-  DIR* d = ::opendir(dir.c_str());
+namespace {
+
+// Calls fn for each entry of directory dirfd (read through a new open of it, so that the fd
+// shared by other threads keeps its own position). ENOENT-free: the directory is open.
+Status ForEachEntry(int dirfd, const std::string& path,
+                    const std::function<void(int dfd, const char* name)>& fn) {
+  int fd = ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  DIR* d = ::fdopendir(fd);
   if (d == nullptr) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "opendir " + dir);
+    Status s = Status::FromErrno(errno, "opendir " + path);
+    ::close(fd);
+    return s;
   }
   errno = 0;
   while (struct dirent* e = ::readdir(d)) {
-    uint64_t id;
-    if (ParseBlockName(e->d_name, &id)) fn(id);
+    fn(::dirfd(d), e->d_name);
     errno = 0;
   }
   int err = errno;
   ::closedir(d);
-  if (err != 0) return Status::FromErrno(err, "readdir " + dir);
+  if (err != 0) return Status::FromErrno(err, "readdir " + path);
   return Status::Ok();
+}
+
+// Removes the temporary files a writer that died left in dirfd: never data (never renamed into
+// place). Unlinking never follows a link, and dirfd was opened without following one.
+void RemoveTempFiles(int dirfd, const std::string& path) {
+  (void)ForEachEntry(dirfd, path, [](int dfd, const char* name) {
+    if (std::strncmp(name, ".tmp.", 5) == 0) ::unlinkat(dfd, name, 0);
+  });
+}
+
+}  // namespace
+
+Status FileStore::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
+  if (dirs == nullptr) return Status::Ok();
+  return ForEachEntry(dirs->blocks, BlocksDir(export_name), [&](int, const char* name) {
+    uint64_t id;
+    if (ParseBlockName(name, &id)) fn(id);
+  });
 }
 
 Status FileStore::ListExports(std::vector<std::string>* names) {
   names->clear();
-  std::string dir = root_ + "/exports";
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "opendir " + dir);
-  }
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (!ValidateExportName(name).ok()) continue;
+  int exports = -1;
+  S3B_RETURN_IF_ERROR(ExportsFd(&exports));
+  S3B_RETURN_IF_ERROR(ForEachEntry(exports, root_ + "/exports", [&](int dfd, const char* name) {
+    if (!ValidateExportName(name).ok()) return;
     struct stat st;
-    if (::stat((dir + "/" + name).c_str(), &st) == 0 && S_ISDIR(st.st_mode)) names->push_back(name);
-  }
-  ::closedir(d);
+    if (::fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+      names->push_back(name);
+  }));
   std::sort(names->begin(), names->end());
   return Status::Ok();
 }
@@ -574,11 +686,29 @@ Status FileStore::ListExports(std::vector<std::string>* names) {
 Status FileStore::ReadMeta(std::string_view export_name, std::string* text, bool* found) {
   text->clear();
   *found = false;
+  // An export is opened by reading its metadata: its directories are looked up again then, in
+  // case another process deleted and made the export again since this one last used it.
+  DropDirs(export_name);
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
   std::string path = ExportDir(export_name) + "/metadata";
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "open " + path);
+  Fd fd;
+  struct stat st;
+  if (dirs == nullptr) {
+    // No blocks directory: the metadata may still be there (a store made by hand).
+    int exports = -1;
+    S3B_RETURN_IF_ERROR(ExportsFd(&exports));
+    Fd exp;
+    Status s = OpenDirAt(exports, std::string(export_name), ExportDir(export_name), false, &exp);
+    if (s.err() == ENOENT) return Status::Ok();
+    S3B_RETURN_IF_ERROR(s);
+    s = OpenFileAt(exp.get(), "metadata", O_RDONLY, 0, path, &fd, &st);
+    if (s.err() == ENOENT) return Status::Ok();
+    S3B_RETURN_IF_ERROR(s);
+  } else {
+    Status s = OpenFileAt(dirs->exp, "metadata", O_RDONLY, 0, path, &fd, &st);
+    if (s.err() == ENOENT) return Status::Ok();
+    S3B_RETURN_IF_ERROR(s);
   }
   char buf[4096];
   for (;;) {
@@ -596,33 +726,51 @@ Status FileStore::ReadMeta(std::string_view export_name, std::string* text, bool
 }
 
 Status FileStore::WriteMeta(std::string_view export_name, std::string_view text) {
-  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
-  return WriteFileAtomically(ExportDir(export_name) + "/metadata", text);
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
+  const std::string exp = ExportDir(export_name);
+  S3B_RETURN_IF_ERROR(ReplaceFileAt(
+      dirs->exp, "metadata",
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+      /*sync=*/true, exp));
+  return FsyncFd(dirs->exp, exp);
 }
 
 Status FileStore::DeleteMeta(std::string_view export_name) {
-  std::string exp = ExportDir(export_name);
-  if (::unlink((exp + "/metadata").c_str()) != 0 && errno != ENOENT)
-    return Status::FromErrno(errno, "unlink " + exp + "/metadata");
-  if (::unlink((exp + "/lock").c_str()) != 0 && errno != ENOENT)
-    return Status::FromErrno(errno, "unlink " + exp + "/lock");
-  // Remove leftover temporary files, then the directories if they are empty.
-  std::string blocks = BlocksDir(export_name);
-  if (DIR* d = ::opendir(blocks.c_str())) {
-    while (struct dirent* e = ::readdir(d)) {
-      if (std::strncmp(e->d_name, ".tmp.", 5) == 0) ::unlinkat(dirfd(d), e->d_name, 0);
-    }
-    ::closedir(d);
+  int exports = -1;
+  S3B_RETURN_IF_ERROR(ExportsFd(&exports));
+  const std::string exp_path = ExportDir(export_name), blocks_path = BlocksDir(export_name);
+  Fd exp;
+  Status s = OpenDirAt(exports, std::string(export_name), exp_path, /*follow=*/false, &exp);
+  if (s.err() == ENOENT) {
+    DropDirs(export_name);
+    return Status::Ok();
   }
-  if (::rmdir(blocks.c_str()) != 0 && errno != ENOENT)
-    return Status::FromErrno(errno, "rmdir " + blocks);
-  if (::rmdir(exp.c_str()) != 0 && errno != ENOENT) return Status::FromErrno(errno, "rmdir " + exp);
+  S3B_RETURN_IF_ERROR(s);
+  for (const char* name : {"metadata", "lock"}) {
+    bool exists = false;
+    S3B_RETURN_IF_ERROR(CheckRegularOrMissingAt(exp.get(), name, exp_path + "/" + name, &exists));
+    if (exists && ::unlinkat(exp.get(), name, 0) != 0 && errno != ENOENT)
+      return Status::FromErrno(errno, "unlink " + exp_path + "/" + name);
+  }
+  // Remove leftover temporary files, then the directories if they are empty.
+  Fd blocks;
+  s = OpenDirAt(exp.get(), "blocks", blocks_path, /*follow=*/false, &blocks);
+  if (s.ok()) {
+    RemoveTempFiles(blocks.get(), blocks_path);
+    if (::unlinkat(exp.get(), "blocks", AT_REMOVEDIR) != 0 && errno != ENOENT)
+      return Status::FromErrno(errno, "rmdir " + blocks_path);
+  } else if (s.err() != ENOENT) {
+    return s;
+  }
+  if (::unlinkat(exports, std::string(export_name).c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    return Status::FromErrno(errno, "rmdir " + exp_path);
+  DropDirs(export_name);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    dirs_ready_.erase(std::string(export_name));
     pending_.erase(std::string(export_name));
   }
-  return FsyncDir(root_ + "/exports");
+  return FsyncFd(exports, root_ + "/exports");
 }
 
 }  // namespace s3block
@@ -634,7 +782,8 @@ class FileLease : public ExportLease {
  public:
   explicit FileLease(int fd) : fd_(fd) {}
   ~FileLease() override {
-    // Clear the holder before the lock goes, so nobody reads a stale name as a live holder.
+    // Clear the holder before the lock goes, so nobody reads a stale name as a live holder. The
+    // fd is the regular file opened at AcquireLease, never a link's target.
     if (::ftruncate(fd_, 0) != 0) { /* the lock is released by close either way */ }
     ::close(fd_);
   }
@@ -656,14 +805,15 @@ std::string ReadHolder(int fd) {
 
 Status FileStore::AcquireLease(std::string_view export_name, const std::string& holder, bool force,
                                std::unique_ptr<ExportLease>* out) {
-  S3B_RETURN_IF_ERROR(EnsureBlocksDir(export_name));
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
   std::string path = ExportDir(export_name) + "/lock";
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  Fd fd;
+  struct stat st;
+  S3B_RETURN_IF_ERROR(OpenFileAt(dirs->exp, "lock", O_RDWR | O_CREAT, 0644, path, &fd, &st));
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
-    std::string who = ReadHolder(fd);
-    ::close(fd);
+    std::string who = ReadHolder(fd.get());
     if (err == EWOULDBLOCK) {
       return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " +
                                       Describe() + " is in use by " + who +
@@ -673,40 +823,31 @@ Status FileStore::AcquireLease(std::string_view export_name, const std::string& 
   }
   // We are the export's only writer now: temporary files in its directories were left by a
   // writer that died mid-write (they were never renamed into place, so they are not data).
-  for (const std::string& dir : {ExportDir(export_name), BlocksDir(export_name)}) {
-    if (DIR* d = ::opendir(dir.c_str())) {
-      while (struct dirent* e = ::readdir(d)) {
-        if (std::strncmp(e->d_name, ".tmp.", 5) == 0) ::unlinkat(::dirfd(d), e->d_name, 0);
-      }
-      ::closedir(d);
-    }
-  }
+  RemoveTempFiles(dirs->exp, ExportDir(export_name));
+  RemoveTempFiles(dirs->blocks, BlocksDir(export_name));
   std::string text = holder + "\n";
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0) {
-    Status s = Status::FromErrno(errno, "write " + path);
-    ::close(fd);
-    return s;
-  }
-  *out = std::make_unique<FileLease>(fd);
+  if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), text.data(), text.size(), 0) < 0)
+    return Status::FromErrno(errno, "write " + path);
+  *out = std::make_unique<FileLease>(fd.Release());
   return Status::Ok();
 }
 
 Status FileStore::QueryLease(std::string_view export_name, std::string* holder) {
   holder->clear();
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
+  if (dirs == nullptr) return Status::Ok();
   std::string path = ExportDir(export_name) + "/lock";
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "open " + path);
-  }
-  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+  Fd fd;
+  struct stat st;
+  Status s = OpenFileAt(dirs->exp, "lock", O_RDONLY, 0, path, &fd, &st);
+  if (s.err() == ENOENT) return Status::Ok();
+  S3B_RETURN_IF_ERROR(s);
+  if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
     int err = errno;
-    if (err == EWOULDBLOCK) *holder = ReadHolder(fd);
-    ::close(fd);
     if (err != EWOULDBLOCK) return Status::FromErrno(err, "flock " + path);
-    return Status::Ok();
+    *holder = ReadHolder(fd.get());
   }
-  ::close(fd);
   return Status::Ok();
 }
 
@@ -716,59 +857,50 @@ namespace s3block {
 
 Status FileStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
   *found = false;
-  std::string src = BlockPath(from, id);
-  int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in < 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "open " + src);
-  }
+  std::shared_ptr<const Dirs> src_dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(from, /*create=*/false, &src_dirs));
+  if (src_dirs == nullptr) return Status::Ok();
+  const std::string name = std::to_string(id);
+  const std::string src = BlockPath(from, id);
+  Fd in;
   struct stat st;
-  if (::fstat(in, &st) != 0) {
-    Status s = Status::FromErrno(errno, "stat " + src);
-    ::close(in);
-    return s;
-  }
-  if (st.st_size == 0) {  // see Read: an empty file is a block that was never written
-    ::close(in);
-    return Status::Ok();
-  }
-  Status s = EnsureBlocksDir(to);
-  if (!s.ok()) {
-    ::close(in);
-    return s;
-  }
-  std::string dir = BlocksDir(to);
-  std::string dst = dir + "/" + std::to_string(id);
-  std::string tmp = TempName(dir, std::to_string(id));
-  int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (out < 0) {
-    s = Status::FromErrno(errno, "create " + tmp);
-    ::close(in);
-    return s;
-  }
-  if (::ioctl(out, FICLONE, in) != 0) {
+  Status s = OpenFileAt(src_dirs->blocks, name, O_RDONLY, 0, src, &in, &st);
+  if (s.err() == ENOENT) return Status::Ok();
+  S3B_RETURN_IF_ERROR(s);
+  if (st.st_size == 0) return Status::Ok();  // see Read: an empty file is a block never written
+  S3B_RETURN_IF_ERROR(ReadLock(in.get(), src));
+  std::shared_ptr<const Dirs> dirs;
+  S3B_RETURN_IF_ERROR(GetDirs(to, /*create=*/true, &dirs));
+  const std::string dir = BlocksDir(to);
+  const std::string dst = dir + "/" + name;
+  bool exists = false;
+  S3B_RETURN_IF_ERROR(CheckRegularOrMissingAt(dirs->blocks, name, dst, &exists));
+  Fd out;
+  std::string tmp;
+  S3B_RETURN_IF_ERROR(CreateTempAt(dirs->blocks, ".tmp." + name + ".", 0644, dir, &out, &tmp));
+  if (::ioctl(out.get(), FICLONE, in.get()) != 0) {
     off_t left = st.st_size;
     while (left > 0) {
-      ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
+      ssize_t n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, static_cast<size_t>(left), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        s = n < 0 ? Status::FromErrno(errno, "copy " + src + " to " + tmp)
+        s = n < 0 ? Status::FromErrno(errno, "copy " + src + " to " + dir + "/" + tmp)
                   : Status::IoError("copy " + src + ": file shrank while copying");
         break;
       }
       left -= n;
     }
   }
-  ::close(in);
-  if (::close(out) != 0 && s.ok()) s = Status::FromErrno(errno, "close " + tmp);
-  if (s.ok() && ::rename(tmp.c_str(), dst.c_str()) != 0)
-    s = Status::FromErrno(errno, "rename " + tmp + " to " + dst);
+  in.Reset(-1);
+  if (out.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + dir + "/" + tmp);
+  if (s.ok() && ::renameat(dirs->blocks, tmp.c_str(), dirs->blocks, name.c_str()) != 0)
+    s = Status::FromErrno(errno, "rename " + dir + "/" + tmp + " to " + dst);
   if (!s.ok()) {
-    ::unlink(tmp.c_str());
+    ::unlinkat(dirs->blocks, tmp.c_str(), 0);
     return s;
   }
   *found = true;
-  return FileAdded(to, dir, id, /*fua=*/false);
+  return FileAdded(to, *dirs, id, /*fua=*/false);
 }
 
 }  // namespace s3block

@@ -3,7 +3,9 @@
 #include "s3block/disk_cache_store.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <filesystem>
@@ -448,6 +450,176 @@ TEST(DiskCacheStoreTest, UnwritableDirectoryIsAClearError) {
   // Without its directory the cache passes requests through: nothing fails because of it.
   ASSERT_OK(cache.Write("vol", 1, Block(kBs, 1), false));
   EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));
+}
+
+}  // namespace
+}  // namespace s3block
+
+// DIR shared with other users, or things planted in it: refused at start-up, or never followed
+// or waited on.
+namespace s3block {
+namespace {
+
+extern "C" void HostileCacheTestHung(int) {
+  static const char kMsg[] = "hostile disk cache test: a call hung (alarm rang)\n";
+  ssize_t ignored = ::write(2, kMsg, sizeof kMsg - 1);
+  (void)ignored;
+  ::_exit(3);
+}
+
+class HostileDiskCache : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ::signal(SIGALRM, HostileCacheTestHung);
+    ::alarm(20);
+    victim_ = dir_.path() + "/victim";
+    std::ofstream(victim_) << "IMPORTANT DATA\n";
+  }
+  void TearDown() override { ::alarm(0); }
+  std::string Slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  testing::TempDir dir_;
+  std::shared_ptr<MemStore> mem_ = std::make_shared<MemStore>();
+  std::string victim_;
+};
+
+TEST_F(HostileDiskCache, CheckRefusesADirectoryOthersCanWriteOrOwn) {
+  const std::string dc = dir_.path() + "/dc";
+  ASSERT_EQ(::mkdir(dc.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(dc.c_str(), 0777), 0);
+  {
+    DiskCacheStore cache(mem_, dc, 1 << 20);
+    Status s = cache.Check();
+    EXPECT_EQ(s.err(), EACCES) << s.ToString();
+    EXPECT_NE(s.message().find("disk-cache=" + dc), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("writable"), std::string::npos) << s.message();
+  }
+  ASSERT_EQ(::chmod(dc.c_str(), 0700), 0);
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(dc.c_str(), 65534, 65534), 0);
+    DiskCacheStore cache(mem_, dc, 1 << 20);
+    Status s = cache.Check();
+    EXPECT_EQ(s.err(), EACCES) << s.ToString();
+    EXPECT_NE(s.message().find("uid 65534"), std::string::npos) << s.message();
+    ASSERT_EQ(::chown(dc.c_str(), 0, 0), 0);
+  }
+  {
+    // Its <store-id> directory is checked too.
+    DiskCacheStore cache(mem_, dc, 1 << 20);
+    ASSERT_OK(cache.Check());
+    ASSERT_EQ(::chmod(cache.store_dir().c_str(), 0757), 0);
+    DiskCacheStore again(mem_, dc, 1 << 20);
+    Status s = again.Check();
+    EXPECT_EQ(s.err(), EACCES) << s.ToString();
+    EXPECT_NE(s.message().find(cache.store_dir()), std::string::npos) << s.message();
+  }
+  // A symlink as DIR: refused, not followed.
+  fs::create_directory_symlink(dir_.path(), dir_.path() + "/link");
+  DiskCacheStore linked(mem_, dir_.path() + "/link", 1 << 20);
+  Status s = linked.Check();
+  EXPECT_EQ(s.err(), EACCES) << s.ToString();
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.message();
+}
+
+TEST_F(HostileDiskCache, NewDirectoriesArePrivate) {
+  DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+  ::umask(0);
+  Status s = cache.Check();
+  ::umask(022);
+  ASSERT_OK(s);
+  for (const std::string& d : {dir_.path() + "/dc", cache.store_dir()}) {
+    struct stat st;
+    ASSERT_EQ(::lstat(d.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0700u) << d;
+  }
+}
+
+TEST_F(HostileDiskCache, APlantedStoreTmpLinkIsNotWrittenThrough) {
+  DiskCacheStore probe(mem_, dir_.path() + "/dc", 1 << 20);
+  fs::create_directories(probe.store_dir());
+  ::chmod((dir_.path() + "/dc").c_str(), 0700);
+  ::chmod(probe.store_dir().c_str(), 0700);
+  fs::create_symlink(victim_, probe.store_dir() + "/store.tmp");
+  for (int i = 0; i < 8; ++i)  // the copies' old temporary names, too
+    fs::create_symlink(victim_, probe.store_dir() + "/store.tmp" + std::to_string(i));
+  ASSERT_OK(probe.Check());
+  EXPECT_EQ(Slurp(victim_), "IMPORTANT DATA\n");
+  EXPECT_EQ(Slurp(probe.store_dir() + "/store"), "mem\n");
+  // "store" itself a link: refused, the target left alone.
+  fs::remove(probe.store_dir() + "/store");
+  fs::create_symlink(victim_, probe.store_dir() + "/store");
+  DiskCacheStore again(mem_, dir_.path() + "/dc", 1 << 20);
+  Status s = again.Check();
+  EXPECT_EQ(s.err(), EIO) << s.ToString();
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.message();
+  EXPECT_EQ(Slurp(victim_), "IMPORTANT DATA\n");
+}
+
+TEST_F(HostileDiskCache, ACopyReplacedByAFifoIsDroppedNotWaitedOn) {
+  mem_->Put("vol", 1, Block(kBs, 1));
+  DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+  ASSERT_OK(cache.Check());
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));  // now a copy
+  auto files = CopyFiles(cache);
+  ASSERT_EQ(files.size(), 1u);
+  fs::remove(files[0]);
+  ASSERT_EQ(::mkfifo(files[0].c_str(), 0600), 0);
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));  // from the store
+  EXPECT_EQ(cache.Stats("vol").hits, 0u);
+  EXPECT_EQ(cache.Stats("vol").errors, 1u);
+}
+
+TEST_F(HostileDiskCache, ACopyThatIsASymlinkIsNeverRead) {
+  mem_->Put("vol", 1, Block(kBs, 1));
+  std::string copy;
+  {
+    DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+    ASSERT_OK(cache.Check());
+    MustRead(cache, 1);
+    auto files = CopyFiles(cache);
+    ASSERT_EQ(files.size(), 1u);
+    copy = files[0];
+  }
+  // Another user's file with the block's content, linked in under the copy's name.
+  const std::string theirs = dir_.path() + "/theirs";
+  fs::rename(copy, theirs);
+  fs::create_symlink(theirs, copy);
+  DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+  ASSERT_OK(cache.Check());
+  ASSERT_OK(cache.ListBlocks("vol", [](uint64_t) {}));
+  EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));
+  EXPECT_EQ(cache.Stats("vol").hits, 0u);  // read from the store, not through the link
+  EXPECT_EQ(cache.Stats("vol").reused, 0u);
+  EXPECT_TRUE(fs::exists(theirs));
+}
+
+TEST_F(HostileDiskCache, ALinkedShardOrLockIsNotUsed) {
+  DiskCacheStore probe(mem_, dir_.path() + "/dc", 1 << 20);
+  ASSERT_OK(probe.Check());
+  const std::string exp = probe.store_dir() + "/exports/vol";
+  fs::create_directories(exp);
+  const std::string elsewhere = dir_.path() + "/elsewhere";
+  fs::create_directory(elsewhere);
+  fs::create_directory_symlink(elsewhere, exp + "/0");
+  {
+    DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+    ASSERT_OK(cache.Check());
+    ASSERT_OK(cache.Write("vol", 1, Block(kBs, 1), false));
+    EXPECT_EQ(MustRead(cache, 1), Block(kBs, 1));
+    EXPECT_TRUE(fs::is_empty(elsewhere));  // no copy written through the link
+    EXPECT_EQ(cache.Stats("vol").hits, 0u);
+  }
+  // The lock a dangling link: its target is not created; the export goes without a disk cache.
+  fs::remove(exp + "/lock");
+  fs::create_symlink(dir_.path() + "/made", exp + "/lock");
+  DiskCacheStore cache(mem_, dir_.path() + "/dc", 1 << 20);
+  ASSERT_OK(cache.Check());
+  ASSERT_OK(cache.Write("vol", 2, Block(kBs, 2), false));
+  EXPECT_EQ(MustRead(cache, 2), Block(kBs, 2));
+  EXPECT_FALSE(fs::exists(dir_.path() + "/made"));
+  EXPECT_TRUE(fs::is_symlink(exp + "/lock"));
 }
 
 }  // namespace

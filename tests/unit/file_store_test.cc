@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "lib/safe_file.h"
 #include "s3block/params.h"
 #include "test_util.h"
 
@@ -491,6 +493,326 @@ TEST(FileStore, TheLeaseHolderSweepsTemporaryFilesOfADeadWriter) {
   EXPECT_FALSE(fs::exists(blocks + ".tmp.7.123.4"));
   EXPECT_FALSE(fs::exists(dir.path() + "/exports/e/.tmp.metadata.123.5"));
   EXPECT_TRUE(fs::exists(blocks + "1"));
+}
+
+}  // namespace
+}  // namespace s3block
+
+// A store directory that someone else can write into: whatever they planted is refused with EIO
+// naming the path and what is there, never followed, waited on, replaced or deleted through.
+namespace s3block {
+namespace {
+
+// A call that hangs (a FIFO opened for reading waits for a writer) fails the test instead of
+// blocking ctest: the process reports and exits when the alarm rings.
+extern "C" void HostileTestHung(int) {
+  static const char kMsg[] = "hostile store test: a call hung (alarm rang)\n";
+  ssize_t ignored = ::write(2, kMsg, sizeof kMsg - 1);
+  (void)ignored;
+  ::_exit(3);
+}
+
+class HostileStore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ::signal(SIGALRM, HostileTestHung);
+    ::alarm(20);
+    ASSERT_OK(store_.Check());
+    victim_ = dir_.path() + "/victim";
+    std::ofstream(victim_) << std::string(kBs, 'V');
+    blocks_ = dir_.path() + "/store/exports/e/blocks";
+  }
+  void TearDown() override { ::alarm(0); }
+  // Blocks 1 and 2 written by an earlier server, then the export's file `rel` (below exports/e)
+  // replaced by `make`.
+  void Plant(const std::string& rel, const std::function<void(const std::string&)>& make) {
+    FileStore earlier(dir_.path() + "/store");
+    ASSERT_OK(earlier.Write("e", 1, Pattern(kBs, 1), true));
+    ASSERT_OK(earlier.Write("e", 2, Pattern(kBs, 2), true));
+    ASSERT_OK(earlier.WriteMeta("e", "format=raw\n"));
+    const std::string path = dir_.path() + "/store/exports/e/" + rel;
+    fs::remove_all(path);
+    make(path);
+  }
+  void Symlink(const std::string& path) { fs::create_symlink(victim_, path); }
+  static void Fifo(const std::string& path) { ASSERT_EQ(::mkfifo(path.c_str(), 0644), 0); }
+  // An EIO that names the path and what was found there.
+  static void ExpectRefused(const Status& s, const std::string& path, const std::string& what) {
+    EXPECT_EQ(s.err(), EIO) << s.ToString();
+    EXPECT_NE(s.message().find(path), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find(what), std::string::npos) << s.message();
+  }
+  void ExpectVictimUntouched() { EXPECT_EQ(ReadFile(victim_), std::string(kBs, 'V')); }
+
+  static constexpr size_t kBs = 4096;
+  testing::TempDir dir_;
+  FileStore store_{dir_.path() + "/store"};
+  std::string victim_, blocks_;
+};
+
+TEST_F(HostileStore, ABlockThatIsASymlinkIsNeitherReadNorWrittenThrough) {
+  Plant("blocks/1", [&](const std::string& p) { Symlink(p); });
+  Bytes data;
+  bool found = true;
+  ExpectRefused(store_.Read("e", 1, &data, &found), blocks_ + "/1", "symbolic link");
+  EXPECT_FALSE(found);
+  BlockRead reads[2] = {{1, &data, false, {}}, {2, nullptr, false, {}}};
+  Bytes two;
+  reads[1].data = &two;
+  store_.ReadBatch("e", reads);
+  ExpectRefused(reads[0].status, blocks_ + "/1", "symbolic link");
+  EXPECT_OK(reads[1].status);
+  EXPECT_EQ(two, Pattern(kBs, 2));
+  // In place (raw blocks), replaced (other stores), trimmed: each refused, the link left as is.
+  ExpectRefused(store_.Overwrite("e", 1, Pattern(kBs, 9), false), blocks_ + "/1", "symbolic link");
+  ExpectRefused(store_.Overwrite("e", 1, Pattern(kBs, 9), true), blocks_ + "/1", "symbolic link");
+  ExpectRefused(store_.Write("e", 1, Pattern(kBs, 9), false), blocks_ + "/1", "symbolic link");
+  const uint64_t ids[] = {1};
+  ExpectRefused(store_.Delete("e", ids, true), blocks_ + "/1", "symbolic link");
+  bool copied = true;
+  ExpectRefused(store_.CopyBlock("e", "f", 1, &copied), blocks_ + "/1", "symbolic link");
+  EXPECT_TRUE(fs::is_symlink(blocks_ + "/1"));
+  ExpectVictimUntouched();
+  EXPECT_OK(store_.Flush("e"));
+}
+
+TEST_F(HostileStore, ALockThatIsASymlinkIsNotTruncatedOrCreatedThrough) {
+  Plant("lock", [&](const std::string& p) { Symlink(p); });
+  std::unique_ptr<ExportLease> lease;
+  ExpectRefused(store_.AcquireLease("e", "me", false, &lease),
+                dir_.path() + "/store/exports/e/lock", "symbolic link");
+  EXPECT_FALSE(lease);
+  std::string holder;
+  ExpectRefused(store_.QueryLease("e", &holder), dir_.path() + "/store/exports/e/lock",
+                "symbolic link");
+  ExpectVictimUntouched();
+  // A dangling link: its target is not created.
+  fs::remove(dir_.path() + "/store/exports/e/lock");
+  fs::create_symlink(dir_.path() + "/made", dir_.path() + "/store/exports/e/lock");
+  EXPECT_EQ(store_.AcquireLease("e", "me", false, &lease).err(), EIO);
+  EXPECT_FALSE(fs::exists(dir_.path() + "/made"));
+}
+
+TEST_F(HostileStore, MetadataThatIsASymlinkIsNeitherReadNorReplaced) {
+  Plant("metadata", [&](const std::string& p) { Symlink(p); });
+  std::string text;
+  bool found = true;
+  const std::string path = dir_.path() + "/store/exports/e/metadata";
+  ExpectRefused(store_.ReadMeta("e", &text, &found), path, "symbolic link");
+  EXPECT_TRUE(text.empty());
+  ExpectRefused(store_.WriteMeta("e", "format=raw\n"), path, "symbolic link");
+  ExpectRefused(store_.DeleteMeta("e"), path, "symbolic link");
+  EXPECT_TRUE(fs::is_symlink(path));
+  ExpectVictimUntouched();
+}
+
+TEST_F(HostileStore, ABlocksDirectoryThatIsASymlinkIsNotUsed) {
+  const std::string elsewhere = dir_.path() + "/elsewhere";
+  fs::create_directory(elsewhere);
+  for (const char* name : {"0", "1", ".tmp.keep"}) std::ofstream(elsewhere + "/" + name) << "keep";
+  Plant("blocks", [&](const std::string& p) { fs::create_directory_symlink(elsewhere, p); });
+  Bytes data;
+  bool found = false;
+  ExpectRefused(store_.Read("e", 1, &data, &found), blocks_, "symbolic link");
+  ExpectRefused(store_.Write("e", 7, Pattern(kBs, 7), false), blocks_, "symbolic link");
+  ExpectRefused(store_.Overwrite("e", 7, Pattern(kBs, 7), false), blocks_, "symbolic link");
+  const uint64_t ids[] = {0, 1};
+  ExpectRefused(store_.Delete("e", ids, true), blocks_, "symbolic link");
+  std::unique_ptr<ExportLease> lease;
+  ExpectRefused(store_.AcquireLease("e", "me", false, &lease), blocks_, "symbolic link");
+  ExpectRefused(store_.ListBlocks("e", [](uint64_t) {}), blocks_, "symbolic link");
+  size_t n = 0;
+  for (const auto& entry : fs::directory_iterator(elsewhere)) {
+    EXPECT_EQ(ReadFile(entry.path()), "keep") << entry.path();
+    ++n;
+  }
+  EXPECT_EQ(n, 3u);  // nothing deleted, nothing created
+}
+
+TEST_F(HostileStore, AnExportDirectoryThatIsASymlinkIsNotUsed) {
+  const std::string elsewhere = dir_.path() + "/elsewhere";
+  fs::create_directories(elsewhere + "/blocks");
+  std::ofstream(elsewhere + "/blocks/1") << std::string(kBs, 'V');
+  std::ofstream(elsewhere + "/metadata") << "format=raw\n";
+  fs::create_directories(dir_.path() + "/store/exports");
+  fs::create_directory_symlink(elsewhere, dir_.path() + "/store/exports/e");
+  const std::string path = dir_.path() + "/store/exports/e";
+  Bytes data;
+  bool found = false;
+  ExpectRefused(store_.Read("e", 1, &data, &found), path, "symbolic link");
+  std::string text;
+  ExpectRefused(store_.ReadMeta("e", &text, &found), path, "symbolic link");
+  ExpectRefused(store_.Write("e", 2, Pattern(kBs, 2), true), path, "symbolic link");
+  ExpectRefused(store_.WriteMeta("e", "x"), path, "symbolic link");
+  ExpectRefused(store_.DeleteMeta("e"), path, "symbolic link");
+  EXPECT_EQ(ReadFile(elsewhere + "/blocks/1"), std::string(kBs, 'V'));
+  EXPECT_FALSE(fs::exists(elsewhere + "/blocks/2"));
+  EXPECT_EQ(ReadFile(elsewhere + "/metadata"), "format=raw\n");
+}
+
+TEST_F(HostileStore, AFifoAsABlockIsRefusedAtOnceForReadsWritesAndFlushes) {
+  Plant("blocks/1", Fifo);
+  Bytes data;
+  bool found = false;
+  ExpectRefused(store_.Read("e", 1, &data, &found), blocks_ + "/1", "FIFO");
+  Bytes a, b;
+  BlockRead reads[2] = {{2, &a, false, {}}, {1, &b, false, {}}};
+  store_.ReadBatch("e", reads);
+  EXPECT_OK(reads[0].status);
+  ExpectRefused(reads[1].status, blocks_ + "/1", "FIFO");
+  ExpectRefused(store_.Overwrite("e", 1, Pattern(kBs, 9), false), blocks_ + "/1", "FIFO");
+  ExpectRefused(store_.Write("e", 1, Pattern(kBs, 9), false), blocks_ + "/1", "FIFO");
+  // Written, then replaced by a FIFO before the flush: the flush fails, it does not wait.
+  ASSERT_OK(store_.Overwrite("e", 2, Pattern(kBs, 5), false));
+  fs::remove(blocks_ + "/2");
+  Fifo(blocks_ + "/2");
+  ExpectRefused(store_.Flush("e"), blocks_ + "/2", "FIFO");
+  EXPECT_TRUE(fs::is_fifo(blocks_ + "/1"));
+}
+
+TEST_F(HostileStore, AFifoAsMetadataOrLockIsRefusedAtOnce) {
+  Plant("metadata", Fifo);
+  std::string text;
+  bool found = false;
+  ExpectRefused(store_.ReadMeta("e", &text, &found), dir_.path() + "/store/exports/e/metadata",
+                "FIFO");
+  fs::remove(dir_.path() + "/store/exports/e/lock");
+  Fifo(dir_.path() + "/store/exports/e/lock");
+  std::unique_ptr<ExportLease> lease;
+  ExpectRefused(store_.AcquireLease("e", "me", false, &lease),
+                dir_.path() + "/store/exports/e/lock", "FIFO");
+  std::string holder;
+  ExpectRefused(store_.QueryLease("e", &holder), dir_.path() + "/store/exports/e/lock", "FIFO");
+}
+
+TEST_F(HostileStore, ADirectoryWhereABlockBelongsIsRefusedForEveryRequest) {
+  Plant("blocks/1", [](const std::string& p) { fs::create_directory(p); });
+  Bytes data;
+  bool found = false;
+  ExpectRefused(store_.Read("e", 1, &data, &found), blocks_ + "/1", "directory");
+  ExpectRefused(store_.Overwrite("e", 1, Pattern(kBs, 9), true), blocks_ + "/1", "directory");
+  ExpectRefused(store_.Write("e", 1, Pattern(kBs, 9), true), blocks_ + "/1", "directory");
+  const uint64_t ids[] = {1};
+  ExpectRefused(store_.Delete("e", ids, false), blocks_ + "/1", "directory");
+  EXPECT_TRUE(fs::is_directory(blocks_ + "/1"));
+}
+
+// A reader in another process holds a block file (an open-file-description lock, as a read-only
+// server takes around its read): the writer does not write into it in place (the reader would
+// see a mix) and does not wait for it either: it replaces the file.
+TEST_F(HostileStore, AnOverwriteNeverWritesIntoAFileAnotherReaderHolds) {
+  ASSERT_OK(store_.Write("e", 1, Pattern(kBs, 1), true));
+  const std::string path = blocks_ + "/1";
+  const ino_t before = Inode(path);
+  int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_RDLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0);
+  ASSERT_OK(store_.Overwrite("e", 1, Pattern(kBs, 2), false));
+  // The reader's file still holds the old block whole; the name has the new one.
+  std::string held(kBs, '\0');
+  ASSERT_EQ(::pread(fd, held.data(), kBs, 0), static_cast<ssize_t>(kBs));
+  EXPECT_EQ(0, std::memcmp(held.data(), Pattern(kBs, 1).data(), kBs));
+  EXPECT_NE(Inode(path), before);
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store_.Read("e", 1, &data, &found));
+  EXPECT_EQ(data, Pattern(kBs, 2));
+  ::close(fd);
+  // Unheld, it is written in place again.
+  const ino_t now = Inode(path);
+  ASSERT_OK(store_.Overwrite("e", 1, Pattern(kBs, 3), false));
+  EXPECT_EQ(Inode(path), now);
+}
+
+// A writer in another process holds a block file for writing: a read waits for it, and reads
+// the block it leaves.
+TEST_F(HostileStore, AReadWaitsForAWriterInAnotherProcess) {
+  ASSERT_OK(store_.Write("e", 1, Pattern(kBs, 1), true));
+  const std::string path = blocks_ + "/1";
+  int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(fd, F_OFD_SETLK, &fl), 0);
+  ASSERT_EQ(::pwrite(fd, Pattern(kBs / 2, 2).data(), kBs / 2, 0), static_cast<ssize_t>(kBs / 2));
+  std::atomic<bool> finished{false};
+  Bytes data;
+  std::thread reader([&] {
+    bool found = false;
+    EXPECT_OK(store_.Read("e", 1, &data, &found));
+    finished = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const bool early = finished.load();
+  ASSERT_EQ(::pwrite(fd, Pattern(kBs, 2).data() + kBs / 2, kBs / 2, kBs / 2),
+            static_cast<ssize_t>(kBs / 2));
+  ::close(fd);
+  reader.join();
+  EXPECT_FALSE(early) << "the read did not wait for the writer's lock";
+  Bytes whole = Pattern(kBs / 2, 2);
+  Bytes second = Pattern(kBs, 2);
+  whole.insert(whole.end(), second.begin() + kBs / 2, second.end());
+  EXPECT_EQ(data, whole);
+}
+
+TEST(SafeFile, ReplaceFileAtomicallyWritesANewFileAndNeverThroughALink) {
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/stats.json", victim = dir.path() + "/victim";
+  ASSERT_OK(ReplaceFileAtomically(path, "one"));
+  EXPECT_EQ(ReadFile(path), "one");
+  const ino_t first = Inode(path);
+  ASSERT_OK(ReplaceFileAtomically(path, "two"));
+  EXPECT_EQ(ReadFile(path), "two");
+  EXPECT_NE(Inode(path), first);  // a new file: a reader of the old one saw it whole
+  // The temporary files of the old scheme's predictable name, planted as links: never used.
+  std::ofstream(victim) << "victim";
+  fs::create_symlink(victim, path + ".tmp");
+  ASSERT_OK(ReplaceFileAtomically(path, "three"));
+  EXPECT_EQ(ReadFile(victim), "victim");
+  size_t n = 0;
+  for (const auto& entry : fs::directory_iterator(dir.path())) (void)entry, ++n;
+  EXPECT_EQ(n, 3u);  // stats.json, its .tmp link, the victim: no temporary file left
+  // The target itself a link: refused, the link and its target left alone.
+  fs::remove(path);
+  fs::create_symlink(victim, path);
+  Status s = ReplaceFileAtomically(path, "four");
+  EXPECT_EQ(s.err(), EIO) << s.ToString();
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.message();
+  EXPECT_EQ(ReadFile(victim), "victim");
+}
+
+TEST(SafeFile, CheckPrivateDirectoryRefusesSharedOrForeignOrLinkedDirectories) {
+  testing::TempDir dir;
+  const std::string d = dir.path() + "/d";
+  ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
+  EXPECT_OK(CheckPrivateDirectory(d, "stats-file=x"));
+  ASSERT_EQ(::chmod(d.c_str(), 0777), 0);
+  Status s = CheckPrivateDirectory(d, "stats-file=x");
+  EXPECT_EQ(s.err(), EACCES);
+  EXPECT_NE(s.message().find("stats-file=x"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(d), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("writable"), std::string::npos) << s.message();
+  ASSERT_EQ(::chmod(d.c_str(), 0720), 0);
+  EXPECT_EQ(CheckPrivateDirectory(d, "w").err(), EACCES);
+  ASSERT_EQ(::chmod(d.c_str(), 0755), 0);
+  EXPECT_OK(CheckPrivateDirectory(d, "w"));
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(d.c_str(), 65534, 65534), 0);
+    s = CheckPrivateDirectory(d, "w");
+    EXPECT_EQ(s.err(), EACCES);
+    EXPECT_NE(s.message().find("65534"), std::string::npos) << s.message();
+  }
+  fs::create_directory_symlink(dir.path(), dir.path() + "/link");
+  s = CheckPrivateDirectory(dir.path() + "/link", "w");
+  EXPECT_EQ(s.err(), EACCES);
+  EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.message();
+  std::ofstream(dir.path() + "/file") << "x";
+  EXPECT_EQ(CheckPrivateDirectory(dir.path() + "/file", "w").err(), EACCES);
+  EXPECT_EQ(CheckPrivateDirectory(dir.path() + "/missing", "w").err(), ENOENT);
 }
 
 }  // namespace
