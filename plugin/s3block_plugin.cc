@@ -10,24 +10,19 @@
 #include <malloc.h>
 
 #include <cerrno>
-#include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 
+#include "lib/stats_reporter.h"
+#include "lib/volume_registry.h"
 #include "s3block/cache_store.h"
 #include "s3block/config.h"
-#include "s3block/disk_cache_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
-#include "lib/volume_registry.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -43,6 +38,8 @@ std::shared_ptr<BlockStore> g_store;
 
 // The open exports, each shared by every connection to it (built in get_ready).
 std::unique_ptr<VolumeRegistry> g_volumes;
+// The cache's counters, to the log and stats-file= (built in get_ready, started after the fork).
+std::unique_ptr<StatsReporter> g_stats;
 
 struct Handle {
   std::shared_ptr<Volume> volume;
@@ -132,9 +129,6 @@ int ConfigComplete() {
   });
 }
 
-// Where the stats file is written before it is renamed over stats-file=.
-std::string StatsTmpPath() { return g_config.stats_file + ".tmp"; }
-
 int GetReady() {
   return Guard("get_ready", [] {
     // One malloc arena for the process. By default glibc gives threads arenas of their own (up
@@ -166,18 +160,8 @@ int GetReady() {
       bool found = false;
       s = g_store->ReadMeta(g_config.default_export, &text, &found);
     }
-    if (s.ok() && !g_config.stats_file.empty()) {
-      // The file is written in the background, where a failure would go unseen: check now that
-      // its directory takes it.
-      const std::string tmp = StatsTmpPath();
-      FILE* f = std::fopen(tmp.c_str(), "w");
-      if (f == nullptr) {
-        s = Status::FromErrno(errno, "stats-file=" + g_config.stats_file + ": cannot write " + tmp);
-      } else {
-        std::fclose(f);
-        std::remove(tmp.c_str());
-      }
-    }
+    // The file is written in the background, where a failure would go unseen: check it now.
+    if (s.ok() && !g_config.stats_file.empty()) s = StatsReporter::CheckStatsFile(g_config.stats_file);
     if (!s.ok()) return Fail(s);
     VolumeRegistryOptions ro;
     ro.max_exports = static_cast<uint32_t>(g_config.max_exports);
@@ -186,133 +170,11 @@ int GetReady() {
     ro.volume.holder = DescribeThisProcess("nbdkit");
     ro.log = [](const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); };
     g_volumes = std::make_unique<VolumeRegistry>(g_store, std::move(ro));
+    g_stats = std::make_unique<StatsReporter>(g_store, g_volumes.get(), g_config.stats_file,
+                                              [](const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); });
     nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());
     return 0;
   });
-}
-
-// --- Cache statistics: logged with nbdkit_debug every few seconds while they change, and written
-// to stats-file= (JSON, replaced atomically) about once a second, for people and scripts.
-
-constexpr int kStatsDebugEverySeconds = 5;
-std::mutex g_stats_mu;
-std::condition_variable g_stats_cv;
-bool g_stats_stop = false;  // guarded by g_stats_mu
-std::thread g_stats_thread;
-
-CacheStore* Cache() { return dynamic_cast<CacheStore*>(g_store.get()); }
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
-DiskCacheStore* DiskCache() {
-  for (BlockStore* s = g_store.get(); s != nullptr;) {
-    if (auto* d = dynamic_cast<DiskCacheStore*>(s)) return d;
-    auto* decorator = dynamic_cast<StoreDecorator*>(s);
-    s = decorator ? decorator->next() : nullptr;
-  }
-  return nullptr;
-}
-
-// Every counter of every export: the block cache's, then the disk cache's as "disk_<counter>".
-using ExportCounters = std::vector<std::pair<std::string, std::vector<std::pair<std::string, uint64_t>>>>;
-ExportCounters CollectStats(CacheStore* cache, DiskCacheStore* disk) {
-  ExportCounters out;
-  auto add = [&](const std::string& name) -> std::vector<std::pair<std::string, uint64_t>>& {
-    for (auto& [n, counters] : out)
-      if (n == name) return counters;
-    return out.emplace_back(name, std::vector<std::pair<std::string, uint64_t>>()).second;
-  };
-  if (cache != nullptr) {
-    for (const auto& [name, stats] : cache->AllStats()) {
-      auto& counters = add(name);
-      ForEachCacheStat(stats, [&](const char* key, uint64_t value) { counters.emplace_back(key, value); });
-    }
-  }
-  if (disk != nullptr) {
-    for (const auto& name : g_volumes->OpenNames()) {
-      auto& counters = add(name);
-      ForEachDiskCacheStat(disk->Stats(name), [&](const char* key, uint64_t value) {
-        counters.emplace_back(std::string("disk_") + key, value);
-      });
-    }
-  }
-  return out;
-}
-
-std::string CountersToString(const std::vector<std::pair<std::string, uint64_t>>& counters) {
-  std::string line;
-  for (const auto& [key, value] : counters)
-    line += (line.empty() ? "" : " ") + key + "=" + std::to_string(value);
-  return line;
-}
-
-void WriteStatsFile(const ExportCounters& all) {
-  std::string text = "{\"exports\": {";
-  for (size_t i = 0; i < all.size(); ++i) {
-    text += (i ? ",\n  " : "\n  ") + JsonString(all[i].first) + ": {";
-    bool first = true;
-    for (const auto& [key, value] : all[i].second) {
-      text += (first ? "\"" : ", \"") + key + "\": " + std::to_string(value);
-      first = false;
-    }
-    text += "}";
-  }
-  text += "\n}}\n";
-  // A reader never sees a half-written file: write beside it, then rename over it.
-  const std::string tmp = StatsTmpPath();
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) return;
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  if (std::fclose(f) == 0 && ok) std::rename(tmp.c_str(), g_config.stats_file.c_str());
-}
-
-void StatsLoop(CacheStore* cache, DiskCacheStore* disk) {
-  std::map<std::string, std::string> logged;
-  int seconds = 0;
-  std::unique_lock<std::mutex> lock(g_stats_mu);
-  while (!g_stats_stop) {
-    g_stats_cv.wait_for(lock, std::chrono::seconds(1));
-    const bool stopping = g_stats_stop;
-    lock.unlock();
-    auto all = CollectStats(cache, disk);
-    if (!g_config.stats_file.empty()) WriteStatsFile(all);
-    if (++seconds % kStatsDebugEverySeconds == 0 || stopping) {
-      for (const auto& [name, counters] : all) {
-        std::string line = CountersToString(counters);
-        if (logged[name] == line) continue;
-        nbdkit_debug("s3block: cache of export '%s': %s", QuoteForMessage(name).c_str(),
-                     line.c_str());
-        logged[name] = std::move(line);
-      }
-    }
-    lock.lock();
-  }
-}
-
-// Stops the statistics thread after one last report.
-void StopStatsThread() {
-  if (!g_stats_thread.joinable()) return;
-  {
-    std::lock_guard<std::mutex> lock(g_stats_mu);
-    g_stats_stop = true;
-  }
-  g_stats_cv.notify_all();
-  g_stats_thread.join();
 }
 
 int AfterFork() {
@@ -320,8 +182,7 @@ int AfterFork() {
     Status s = g_store->Start();
     if (!s.ok()) return Fail(s);
     g_volumes->Start();
-    if (Cache() != nullptr || DiskCache() != nullptr)
-      g_stats_thread = std::thread(StatsLoop, Cache(), DiskCache());
+    g_stats->Start();
     return 0;
   });
 }
@@ -338,7 +199,7 @@ void Cleanup() {
 }
 
 void Unload() {
-  StopStatsThread();
+  g_stats.reset();
   // Everything acknowledged has been made durable by flushes or by the last close; this only
   // releases memory when nbdkit does run it.
   g_volumes.reset();
@@ -395,7 +256,8 @@ void Close(void* handle) {
     Status s = g_volumes->Release(h->volume->name(), &last);
     if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
     CacheStats stats;
-    if (last && Cache() != nullptr && Cache()->GetStats(h->volume->name(), &stats)) {
+    CacheStore* cache = StatsReporter::FindCache(g_store.get());
+    if (last && cache != nullptr && cache->GetStats(h->volume->name(), &stats)) {
       nbdkit_debug("s3block: cache of export '%s' at last close: %s",
                    QuoteForMessage(h->volume->name()).c_str(), CacheStatsToString(stats).c_str());
     }

@@ -6,6 +6,9 @@
 // (Names with "..", "/", newlines and 256 bytes are in plugin_test.cc; a non-XML S3 error body is
 // produced by the fault proxy in tests/scripts/faults.sh.)
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -317,6 +320,47 @@ TEST_P(HostileTest, StoreErrorsReachTheClientAsIoErrorsNotAsInvalidRequests) {
   EXPECT_NE(server_->LastLog().find("planted/blocks/3"), std::string::npos) << server_->LastLog();
   EXPECT_TRUE(fs::is_directory(local_root() + "/exports/planted/blocks/3/sub"));
   ASSERT_TRUE(c->Shutdown());
+}
+
+TEST_P(HostileTest, TheStatsFileIsNeverWrittenThroughALinkNorInADirectoryOthersWrite) {
+  if (!is_local()) GTEST_SKIP() << "the stats file is local whatever the store";
+  // A directory anyone may write: someone could swap the file or its temporary under the server.
+  const std::string shared = scratch_->path() + "/shared";
+  fs::create_directories(shared);
+  fs::permissions(shared, fs::perms::all);
+  std::vector<std::string> args = StoreArgs();
+  args.push_back("stats-file=" + shared + "/stats.json");
+  ExitResult r = RunNbdkitToExit(scratch_->path(), args);
+  EXPECT_TRUE(r.exited && r.code != 0) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("stats-file=" + shared), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("writable"), std::string::npos) << r.stderr_text;
+
+  // In the server's own directory, a link planted where a temporary file was once made (the
+  // file's name plus ".tmp") is never opened: its target keeps its content.
+  const std::string own = scratch_->path() + "/own";
+  fs::create_directories(own);
+  fs::permissions(own, fs::perms::owner_all);
+  const std::string victim = scratch_->path() + "/victim";
+  WriteFile(victim, "precious\n");
+  fs::create_symlink(victim, own + "/stats.json.tmp");
+  ASSERT_TRUE(StartServer({"stats-file=" + own + "/stats.json"}));
+  auto c = Connect("stats");
+  ASSERT_TRUE(c);
+  std::vector<uint8_t> buf(4096, 0x77);
+  ASSERT_TRUE(c->Pwrite(buf.data(), buf.size(), 0)) << c->error();
+  ASSERT_TRUE(c->Flush()) << c->error();
+  // The file is rewritten about once a second (with the cache's counters, when there is a
+  // cache): give it two of its rewrites.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_TRUE(fs::is_regular_file(own + "/stats.json"));
+  std::ifstream stats(own + "/stats.json");
+  std::string text((std::istreambuf_iterator<char>(stats)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text.rfind("{\"exports\": {", 0), 0u) << text;
+  ASSERT_TRUE(c->Shutdown());
+  std::ifstream in(victim);
+  std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, "precious\n");
+  EXPECT_TRUE(fs::is_symlink(own + "/stats.json.tmp"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, HostileTest, ::testing::ValuesIn(AllSuiteParams()),

@@ -1,0 +1,170 @@
+#include "lib/stats_reporter.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "lib/safe_file.h"
+#include "s3block/cache_store.h"
+#include "s3block/disk_cache_store.h"
+#include "s3block/params.h"
+
+namespace s3block {
+namespace {
+
+constexpr int kLogEverySeconds = 5;
+
+using Counters = std::vector<std::pair<std::string, uint64_t>>;
+using ExportCounters = std::vector<std::pair<std::string, Counters>>;
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string ToJson(const ExportCounters& all) {
+  std::string text = "{\"exports\": {";
+  for (size_t i = 0; i < all.size(); ++i) {
+    text += (i ? ",\n  " : "\n  ") + JsonString(all[i].first) + ": {";
+    bool first = true;
+    for (const auto& [key, value] : all[i].second) {
+      text += (first ? "\"" : ", \"") + key + "\": " + std::to_string(value);
+      first = false;
+    }
+    text += "}";
+  }
+  return text + "\n}}\n";
+}
+
+std::string ToLine(const Counters& counters) {
+  std::string line;
+  for (const auto& [key, value] : counters)
+    line += (line.empty() ? "" : " ") + key + "=" + std::to_string(value);
+  return line;
+}
+
+DiskCacheStore* FindDiskCache(BlockStore* top) {
+  for (BlockStore* s = top; s != nullptr;) {
+    if (auto* d = dynamic_cast<DiskCacheStore*>(s)) return d;
+    auto* decorator = dynamic_cast<StoreDecorator*>(s);
+    s = decorator ? decorator->next() : nullptr;
+  }
+  return nullptr;
+}
+
+std::string DirOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+StatsReporter::StatsReporter(std::shared_ptr<BlockStore> store, VolumeRegistry* registry,
+                             std::string stats_file, std::function<void(const std::string&)> log)
+    : store_(std::move(store)),
+      registry_(registry),
+      stats_file_(std::move(stats_file)),
+      log_(std::move(log)),
+      cache_(FindCache(store_.get())),
+      disk_(FindDiskCache(store_.get())) {}
+
+StatsReporter::~StatsReporter() { Stop(); }
+
+CacheStore* StatsReporter::FindCache(BlockStore* top) {
+  for (BlockStore* s = top; s != nullptr;) {
+    if (auto* c = dynamic_cast<CacheStore*>(s)) return c;
+    auto* decorator = dynamic_cast<StoreDecorator*>(s);
+    s = decorator ? decorator->next() : nullptr;
+  }
+  return nullptr;
+}
+
+Status StatsReporter::CheckStatsFile(const std::string& stats_file) {
+  const std::string where = "stats-file=" + stats_file;
+  S3B_RETURN_IF_ERROR(CheckPrivateDirectory(DirOf(stats_file), where).Annotate(where));
+  // The file is written in the background, where a failure would go unseen: write it now.
+  return ReplaceFileAtomically(stats_file, "{\"exports\": {}}\n").Annotate(where);
+}
+
+void StatsReporter::Start() {
+  if (thread_.joinable() || (cache_ == nullptr && disk_ == nullptr)) return;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void StatsReporter::Stop() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void StatsReporter::WriteFile(const std::string& json) const {
+  Status s = ReplaceFileAtomically(stats_file_, json);
+  // Once a second: say so only when it starts failing, not every time.
+  static thread_local bool failing = false;
+  if (!s.ok() && !failing && log_) log_("cannot write the stats file: " + s.message());
+  failing = !s.ok();
+}
+
+void StatsReporter::Loop() {
+  std::map<std::string, std::string> logged;
+  int seconds = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    cv_.wait_for(lock, std::chrono::seconds(1));
+    const bool stopping = stop_;
+    lock.unlock();
+    ExportCounters all;
+    auto add = [&](const std::string& name) -> Counters& {
+      for (auto& [n, counters] : all)
+        if (n == name) return counters;
+      return all.emplace_back(name, Counters()).second;
+    };
+    if (cache_ != nullptr) {
+      for (const auto& [name, stats] : cache_->AllStats()) {
+        auto& counters = add(name);
+        ForEachCacheStat(stats, [&](const char* key, uint64_t value) { counters.emplace_back(key, value); });
+      }
+    }
+    if (disk_ != nullptr) {
+      for (const auto& name : registry_->OpenNames()) {
+        auto& counters = add(name);
+        ForEachDiskCacheStat(disk_->Stats(name), [&](const char* key, uint64_t value) {
+          counters.emplace_back(std::string("disk_") + key, value);
+        });
+      }
+    }
+    if (!stats_file_.empty()) WriteFile(ToJson(all));
+    if (log_ && (++seconds % kLogEverySeconds == 0 || stopping)) {
+      for (const auto& [name, counters] : all) {
+        std::string line = ToLine(counters);
+        if (logged[name] == line) continue;
+        log_("cache of export '" + QuoteForMessage(name) + "': " + line);
+        logged[name] = std::move(line);
+      }
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace s3block
