@@ -72,6 +72,8 @@ class FileStore : public BlockStore {
                    bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
   Status Flush(std::string_view export_name) override;
+  // Flushes, then closes the export's directory fds (the next use opens them again).
+  Status CloseExport(std::string_view export_name) override;
   Status ListBlocks(std::string_view export_name,
                     const std::function<void(uint64_t)>& fn) override;
   Status ListExports(std::vector<std::string>* names) override;

@@ -304,6 +304,12 @@ Status FileStore::GetDirs(std::string_view export_name, bool create,
   return Status::Ok();
 }
 
+Status FileStore::CloseExport(std::string_view export_name) {
+  S3B_RETURN_IF_ERROR(Flush(export_name));
+  DropDirs(export_name);
+  return Status::Ok();
+}
+
 void FileStore::DropDirs(std::string_view export_name) {
   std::shared_ptr<const Dirs> old;
   std::lock_guard<std::mutex> lock(mu_);
