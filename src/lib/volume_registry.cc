@@ -262,8 +262,7 @@ Status VolumeRegistry::CloseAll() {
 std::vector<std::string> VolumeRegistry::OpenNames() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> names;
-  for (const auto& [name, e] : entries_)
-    if (e->state == State::kOpen) names.push_back(name);
+  for (const auto& [name, e] : entries_) names.push_back(name);
   return names;
 }
 

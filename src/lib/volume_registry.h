@@ -72,7 +72,7 @@ class VolumeRegistry {
   // hold Volumes (their writes then fail with ESHUTDOWN). Returns the first error.
   Status CloseAll();
 
-  // The names of the exports open now, sorted.
+  // The names of the exports that hold resources now (open, or being opened or closed), sorted.
   std::vector<std::string> OpenNames() const;
 
  private:
