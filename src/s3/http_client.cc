@@ -3,7 +3,9 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -120,9 +122,17 @@ HttpClient::~HttpClient() {
   for (void* h : idle_) curl_easy_cleanup(static_cast<CURL*>(h));
 }
 
-void* HttpClient::Borrow() {
+void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool* timed_out) {
+  *timed_out = false;
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !idle_.empty() || created_ < std::max<size_t>(1, options_.max_connections); });
+  const size_t max = std::max<size_t>(1, options_.max_connections);
+  auto ready = [&] { return !idle_.empty() || created_ < max; };
+  if (wait_until == std::chrono::steady_clock::time_point::max()) {
+    cv_.wait(lock, ready);
+  } else if (!cv_.wait_until(lock, wait_until, ready)) {
+    *timed_out = true;
+    return nullptr;
+  }
   if (!idle_.empty()) {
     void* h = idle_.back();
     idle_.pop_back();
@@ -161,8 +171,35 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   response->data = data;
   if (data != nullptr) data->clear();
   *transient = false;
-  CURL* h = static_cast<CURL*>(Borrow());
+  const auto asked = std::chrono::steady_clock::now();
+  bool timed_out = false;
+  CURL* h = static_cast<CURL*>(Borrow(request.wait_until, &timed_out));
+  const auto got = std::chrono::steady_clock::now();
+  auto waited = [&] {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double>(got - asked).count());
+    return std::string(buf);
+  };
+  if (timed_out) {
+    return Status::Error(ETIMEDOUT, "waited " + waited() + " s for a free connection (all " +
+                                        std::to_string(std::max<size_t>(1, options_.max_connections)) +
+                                        " of connections= busy) until the request's time was up; "
+                                        "not sent");
+  }
   if (h == nullptr) return Status::Error(ENOMEM, "cannot create an HTTP handle");
+  double timeout = request.timeout > 0 ? std::min(request.timeout, options_.request_timeout)
+                                       : options_.request_timeout;
+  if (request.end_by != std::chrono::steady_clock::time_point::max()) {
+    const double left = std::chrono::duration<double>(request.end_by - got).count();
+    if (left < 0.001) {
+      Return(h);
+      *transient = true;
+      return Status::Error(ETIMEDOUT, "waited " + waited() +
+                                          " s for a free connection, past the time the request "
+                                          "had to end by; not sent");
+    }
+    timeout = std::min(timeout, left);
+  }
   // Reset options from the previous request; the handle keeps its open connections.
   curl_easy_reset(h);
 
@@ -180,8 +217,6 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
   if (!options_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, options_.ca_file.c_str());
-  const double timeout = request.timeout > 0 ? std::min(request.timeout, options_.request_timeout)
-                                             : options_.request_timeout;
   long timeout_ms = std::max(1L, static_cast<long>(timeout * 1000));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
