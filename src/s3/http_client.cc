@@ -122,16 +122,31 @@ HttpClient::~HttpClient() {
   for (void* h : idle_) curl_easy_cleanup(static_cast<CURL*>(h));
 }
 
-void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool* timed_out) {
+void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent,
+                         bool* timed_out) {
   *timed_out = false;
   std::unique_lock<std::mutex> lock(mu_);
   const size_t max = std::max<size_t>(1, options_.max_connections);
-  auto ready = [&] { return !idle_.empty() || created_ < max; };
-  if (wait_until == std::chrono::steady_clock::time_point::max()) {
-    cv_.wait(lock, ready);
-  } else if (!cv_.wait_until(lock, wait_until, ready)) {
-    *timed_out = true;
-    return nullptr;
+  auto free = [&] { return !idle_.empty() || created_ < max; };
+  // A reader or a lease renewal does not queue behind uploads: those wait while it does.
+  auto ready = [&] { return free() && (urgent || urgent_waiting_ == 0); };
+  if (!ready()) {
+    if (urgent) ++urgent_waiting_;
+    bool got = true;
+    if (wait_until == std::chrono::steady_clock::time_point::max()) {
+      cv_.wait(lock, ready);
+    } else {
+      got = cv_.wait_until(lock, wait_until, ready);
+    }
+    if (urgent) {
+      --urgent_waiting_;
+      // Requests held back for this one may go now (notify_one may have woken one of them).
+      if (urgent_waiting_ == 0) cv_.notify_all();
+    }
+    if (!got) {
+      *timed_out = true;
+      return nullptr;
+    }
   }
   if (!idle_.empty()) {
     void* h = idle_.back();
@@ -144,7 +159,7 @@ void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool*
   if (h == nullptr) {
     std::lock_guard<std::mutex> relock(mu_);
     --created_;
-    cv_.notify_one();
+    cv_.notify_all();
   }
   return h;
 }
@@ -152,7 +167,13 @@ void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool*
 void HttpClient::Return(void* handle) {
   std::lock_guard<std::mutex> lock(mu_);
   idle_.push_back(handle);
-  cv_.notify_one();
+  // With urgent requests waiting, a single wake-up could go to a request that must let them go
+  // first; wake all, and the urgent ones take the handle.
+  if (urgent_waiting_ > 0) {
+    cv_.notify_all();
+  } else {
+    cv_.notify_one();
+  }
 }
 
 std::span<const uint8_t> HttpResponse::Body() const {
@@ -173,7 +194,7 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   *transient = false;
   const auto asked = std::chrono::steady_clock::now();
   bool timed_out = false;
-  CURL* h = static_cast<CURL*>(Borrow(request.wait_until, &timed_out));
+  CURL* h = static_cast<CURL*>(Borrow(request.wait_until, request.urgent, &timed_out));
   const auto got = std::chrono::steady_clock::now();
   auto waited = [&] {
     char buf[32];

@@ -2,7 +2,8 @@
 //
 // Each Perform borrows a handle from the pool (waiting if `max_connections` are busy), so at most
 // that many requests are in flight, and returns it afterwards. A request with a deadline
-// (wait_until) waits no longer than that. A handle keeps its connection open
+// (wait_until) waits no longer than that, and an urgent request (one a client or a lease waits
+// for) gets the next free handle before the others (background uploads). A handle keeps its connection open
 // between requests, so a steady load reuses a set of kept-alive connections instead of opening
 // one per request. Bodies are sent from memory as a fixed-length body (never
 // "Expect: 100-continue"); responses are read into memory.
@@ -51,6 +52,8 @@ struct HttpRequest {
   // The request must be over by this time, however long it waited for a connection (a lease's
   // end): its timeout is cut to what is left then, and if nothing is left it is not sent.
   std::chrono::steady_clock::time_point end_by = std::chrono::steady_clock::time_point::max();
+  // Gets a free connection before requests that are not urgent.
+  bool urgent = false;
 };
 
 struct HttpResponse {
@@ -102,7 +105,7 @@ class HttpClient {
 
  private:
   // A handle, or nullptr: *timed_out if wait_until passed first, else libcurl had no memory.
-  void* Borrow(std::chrono::steady_clock::time_point wait_until, bool* timed_out);
+  void* Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent, bool* timed_out);
   void Return(void* handle);
 
   const HttpClientOptions options_;
@@ -110,6 +113,7 @@ class HttpClient {
   std::condition_variable cv_;
   std::vector<void*> idle_;  // guarded by mu_: CURL* handles with their open connections
   size_t created_ = 0;       // guarded by mu_
+  size_t urgent_waiting_ = 0;  // guarded by mu_: urgent requests waiting for a handle
 };
 
 }  // namespace s3block

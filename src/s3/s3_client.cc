@@ -210,6 +210,9 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
   hreq.body = req.body;
   hreq.wait_until = deadline;
   hreq.end_by = end_by;
+  // Someone waits for a read (a client, or an export being opened), while uploads run in the
+  // background: reads go first when every connection is busy.
+  hreq.urgent = req.urgent || req.method == "GET" || req.method == "HEAD";
 
   const double sent = ServerClock::SteadyNow();
   Status s = http_->Perform(hreq, response, transient);
@@ -347,6 +350,8 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
     if (if_none_match_any) req.headers.push_back({"If-None-Match", "*"});
     if (!if_match.empty())
       req.headers.push_back({"If-Match", form == 0 ? "\"" + if_match + "\"" : if_match});
+    // Conditional writes are the leases': a renewal stuck behind uploads would lose the export.
+    req.urgent = true;
     HttpResponse r;
     S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
     if (r.status == 200) {

@@ -142,6 +142,8 @@ class S3Client {
     std::span<const uint8_t> body;
     bool verify_body = false;  // check a 200 GET body's length and MD5
     const WriteFence* fence = nullptr;  // asked before every attempt
+    // Ahead of other requests for a free connection (HttpRequest::urgent); GETs always are.
+    bool urgent = false;
   };
 
   // A GET of an object into *r (whose `data`, if set, receives a 2xx body): *found and *etag

@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <condition_variable>
 #include <future>
@@ -741,10 +743,10 @@ class HoldingServer {
  public:
   HoldingServer()
       : server_([this](const FakeRequest& r) {
-          if (r.method == "PUT") {
-            ++puts_;
+          {
             std::lock_guard<std::mutex> lock(mu_);
-            put_targets_.push_back(r.target);
+            if (r.method == "PUT") ++puts_;
+            if (r.target.find("hold") == std::string::npos) targets_.push_back(r.method + " " + r.target);
           }
           if (r.target.find("hold") != std::string::npos) {
             std::unique_lock<std::mutex> lock(mu_);
@@ -765,9 +767,10 @@ class HoldingServer {
     cv_.notify_all();
   }
   int puts() const { return puts_.load(); }
-  std::vector<std::string> put_targets() {
+  // "METHOD target" of every request but the held ones, in the order they arrived.
+  std::vector<std::string> targets() {
     std::lock_guard<std::mutex> lock(mu_);
-    return put_targets_;
+    return targets_;
   }
   std::string endpoint() const { return server_.endpoint(); }
 
@@ -776,7 +779,7 @@ class HoldingServer {
   std::condition_variable cv_;
   int held_ = 0;
   bool released_ = false;
-  std::vector<std::string> put_targets_;
+  std::vector<std::string> targets_;
   std::atomic<int> puts_{0};
   FakeHttpServer server_;  // last: its handler uses the members above
 };
@@ -842,6 +845,47 @@ TEST(S3Client, FencedRequestTimeRunsWhileItWaitsForAConnection) {
   EXPECT_EQ(s.err(), EIO) << s.ToString();
   EXPECT_NE(s.message().find("the lease is gone"), std::string::npos) << s.message();
   EXPECT_EQ(server.puts(), 0) << "sent after the time the fence gave it had run out";
+}
+
+TEST(S3Client, ReadsAndLeaseWritesGetAFreeConnectionBeforeQueuedUploads) {
+  HoldingServer server;
+  auto client = OneConnectionClient(server.endpoint(), 30.0);
+  auto busy = std::async(std::launch::async, [&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("hold", &body, &found);
+  });
+  server.WaitUntilHeld();
+  // Uploads queue first, then a read and a lease's conditional write; when the connection comes
+  // free, the read and the lease write go before the uploads.
+  std::vector<std::future<Status>> waiting;
+  const std::vector<uint8_t> data(10, 1);
+  auto queue = [&](std::function<Status()> fn) {
+    waiting.push_back(std::async(std::launch::async, std::move(fn)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // to be waiting before the next
+  };
+  for (int i = 0; i < 3; ++i)
+    queue([&, i] { return client->PutObject("upload" + std::to_string(i), data); });
+  queue([&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("read", &body, &found);
+  });
+  queue([&] {
+    std::string etag;
+    bool failed = false;
+    return client->PutObjectConditional("lease", data, true, "", &etag, &failed);
+  });
+  server.Release();
+  EXPECT_OK(busy.get());
+  for (auto& w : waiting) EXPECT_OK(w.get());
+  std::vector<std::string> got = server.targets();
+  ASSERT_EQ(got.size(), 5u);
+  std::vector<std::string> first(got.begin(), got.begin() + 2);
+  std::sort(first.begin(), first.end());
+  EXPECT_EQ(first, (std::vector<std::string>{"GET /bucket/read", "PUT /bucket/lease"}))
+      << "served in the order " << got[0] << ", " << got[1] << ", " << got[2] << ", " << got[3]
+      << ", " << got[4];
 }
 
 }  // namespace
