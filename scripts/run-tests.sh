@@ -49,6 +49,7 @@ s3_scripts=(
   disk_cache.sh
   lease_clock.sh
   lease_fence.sh
+  retry_bound.sh
 )
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(
