@@ -111,6 +111,12 @@ s3b info disk --json >"$work/info.json"
 blocks=$(sed -n 's/.*"blocks_stored": \([0-9]*\).*/\1/p' "$work/info.json")
 # 4 MiB + 12345 bytes of data at 4 KiB blocks: 1024 + 3 or 4 blocks, never the 10240 of the image.
 [ "$blocks" -ge 1027 ] && [ "$blocks" -le 1029 ] || die "import stored $blocks blocks"
+# The bytes shown are what they are: the blocks stored times the block size, named so.
+allocated=$(sed -n 's/.*"allocated_bytes": \([0-9]*\).*/\1/p' "$work/info.json")
+[ "$allocated" = $((blocks * 4096)) ] || die "allocated_bytes is '$allocated', not $blocks x 4096"
+s3b list | head -n 1 | grep -q ' ALLOCATED ' || { s3b list; die "list does not name its ALLOCATED column"; }
+s3b list | grep -q "^disk .* $((blocks * 4096)) " || { s3b list; die "list does not show disk's allocated bytes"; }
+s3b info disk | grep -q '^allocated: .*(blocks stored x block size)' || { s3b info disk; die "info does not say what its bytes are"; }
 start_nbdkit "stats-file=$work/stats.json"
 nbdcopy "nbd+unix:///disk?socket=$work/sock" "$work/read.img"
 cmp "$img" "$work/read.img" || die "the image read through nbdkit differs"
