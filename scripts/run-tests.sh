@@ -50,6 +50,7 @@ s3_scripts=(
   lease_clock.sh
   lease_fence.sh
   stalled_open.sh
+  retry_bound.sh
 )
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(

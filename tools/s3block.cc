@@ -42,7 +42,7 @@ const char kUsage[] =
     "\n"
     "Commands:\n"
     "  create NAME [--size SIZE] [--block-size SIZE]  create an empty export (default 1G, 4096)\n"
-    "  list                          every export: size, block size, blocks and bytes stored\n"
+    "  list                          every export: size, block size, blocks stored, bytes allocated\n"
     "  info NAME                     one export, and the server holding it if it is served\n"
     "  resize NAME SIZE [--force]    grow (instant) or, with --force, shrink an export\n"
     "  delete NAME [--yes]           delete an export and all its blocks\n"
@@ -77,7 +77,8 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"create", "s3block create NAME [--size SIZE] [--block-size SIZE]\n"
                "Creates an empty export of SIZE bytes (default 1G) with blocks of SIZE (default 4096).\n"},
     {"list", "s3block list [--json]\n"
-             "Lists every export: name, size, block size, blocks stored, bytes stored, state.\n"},
+             "Lists every export: name, size, block size, blocks stored, bytes allocated (blocks stored\n"
+             "x block size, not the space they take in the store), state.\n"},
     {"info", "s3block info NAME [--json]\n"
              "Shows one export, and the server that holds it if it is being served.\n"},
     {"resize", "s3block resize NAME SIZE [--force]\n"
@@ -294,13 +295,13 @@ int NeedArgs(const Args& a, size_t n) {
 void PrintInfo(const ExportInfo& e, bool json, bool first) {
   if (json) {
     std::printf("%s{\"name\": %s, \"size\": %" PRIu64 ", \"block_size\": %u, \"state\": %s, "
-                "\"blocks_stored\": %" PRIu64 ", \"bytes_stored\": %" PRIu64
+                "\"blocks_stored\": %" PRIu64 ", \"allocated_bytes\": %" PRIu64
                 ", \"blocks_past_end\": %" PRIu64 ", \"has_metadata\": %s, \"metadata_error\": %s, "
                 "\"lease_holder\": %s}",
                 first ? "" : ",\n  ", JsonString(e.name).c_str(), e.has_meta ? e.meta.size : 0,
                 e.has_meta ? e.meta.block_size : 0,
                 JsonString(e.has_meta ? StateName(e.meta.state) : "unknown").c_str(),
-                e.blocks_stored, e.bytes_stored, e.blocks_past_end, e.has_meta ? "true" : "false",
+                e.blocks_stored, e.allocated_bytes, e.blocks_past_end, e.has_meta ? "true" : "false",
                 e.meta_error.empty() ? "null" : JsonString(e.meta_error).c_str(),
                 e.lease_holder.empty() ? "null" : JsonString(e.lease_holder).c_str());
     return;
@@ -308,7 +309,7 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
   std::printf("%-24s %14s %10s %12" PRIu64 " %14s %s\n", QuoteForMessage(e.name).c_str(),
               e.has_meta ? std::to_string(e.meta.size).c_str() : "?",
               e.has_meta ? std::to_string(e.meta.block_size).c_str() : "?", e.blocks_stored,
-              std::to_string(e.bytes_stored).c_str(),
+              std::to_string(e.allocated_bytes).c_str(),
               !e.meta_error.empty() ? "damaged metadata"
               : !e.has_meta        ? "no metadata"
                                    : StateName(e.meta.state));
@@ -441,7 +442,7 @@ int Run(int argc, char** argv) {
       std::printf("]\n");
     } else {
       std::printf("%-24s %14s %10s %12s %14s %s\n", "NAME", "SIZE", "BLOCK-SIZE", "BLOCKS",
-                  "BYTES-STORED", "STATE");
+                  "ALLOCATED", "STATE");
       for (const auto& e : all) PrintInfo(e, false, false);
     }
     return kExitOk;
@@ -467,7 +468,7 @@ int Run(int argc, char** argv) {
       std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
     }
     std::printf("blocks stored:   %" PRIu64 "\n", e.blocks_stored);
-    std::printf("bytes stored:    %s\n", HumanSize(e.bytes_stored).c_str());
+    std::printf("allocated:       %s (blocks stored x block size)\n", HumanSize(e.allocated_bytes).c_str());
     if (e.blocks_past_end) std::printf("past the end:    %" PRIu64 " blocks\n", e.blocks_past_end);
     std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
     if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());

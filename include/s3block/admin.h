@@ -25,7 +25,10 @@ struct ExportInfo {
   ExportMeta meta;           // valid if has_meta
   std::string meta_error;    // non-empty if the metadata could not be read or parsed
   uint64_t blocks_stored = 0;
-  uint64_t bytes_stored = 0;     // blocks_stored * block size for plain blocks
+  // The bytes of the export that are allocated (not holes): blocks_stored * block size. Not the
+  // space the blocks take in the store, which the stores do not tell (an encoded block may be
+  // shorter or longer than a block).
+  uint64_t allocated_bytes = 0;
   uint64_t blocks_past_end = 0;  // stored blocks beyond the export's size (left by a crash)
   std::string lease_holder;      // non-empty while a server holds the export
   std::string key_error;         // non-empty if the export is encrypted and the key given is not its

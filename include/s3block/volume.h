@@ -63,7 +63,10 @@ struct VolumeStats {
 
 class Volume {
  public:
-  // Opens (and with options.create, creates) export `name` in `store`.
+  // Opens (and with options.create, creates) export `name` in `store`. A read-write open decides
+  // from the metadata as read once it holds the export's lease, so an s3block create, import or
+  // delete that completed just before is seen (a deleted export is refused, or with create made
+  // anew).
   // Errors: EINVAL for a bad name or a block-size mismatch (the message names both sizes),
   // ENOENT if the export does not exist and !create, the store's error otherwise.
   static Status Open(std::shared_ptr<BlockStore> store, std::string_view name,

@@ -223,7 +223,7 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
     return NotFound(store, name);
   info->blocks_stored = ids.size();
   uint32_t bs = info->has_meta ? info->meta.block_size : kDefaultBlockSize;
-  info->bytes_stored = info->blocks_stored * bs;
+  info->allocated_bytes = info->blocks_stored * bs;
   if (info->has_meta) {
     uint64_t count = info->meta.block_count();
     info->blocks_past_end = static_cast<uint64_t>(

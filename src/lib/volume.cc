@@ -52,45 +52,61 @@ Volume::~Volume() {
   if (trust_presence_) store_->SetPresenceHint(name_, nullptr);
 }
 
+namespace {
+
+// What Open makes of the export's metadata document (found or not): the metadata to serve, or
+// the refusal. Called again once the lease is held, with what is read then.
+Status DecideMeta(std::string_view name, const std::string& where, const VolumeOptions& options,
+                  bool found, const std::string& text, ExportMeta* meta,
+                  std::string* encoding_note) {
+  *meta = ExportMeta();
+  encoding_note->clear();
+  if (found) {
+    S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, meta));
+    if (meta->state == ExportMeta::State::kIncomplete) {
+      return Status::Error(EBUSY, where + " is incomplete: an import or copy into it did not "
+                                          "finish; run it again, or delete the export");
+    }
+    if (meta->state == ExportMeta::State::kDeleting) {
+      return Status::Error(EBUSY, where + " is being deleted; run the delete again to finish it");
+    }
+    if (options.block_size_explicit && meta->block_size != options.block_size) {
+      return Status::InvalidArgument(
+          where + " has block size " + HumanSize(meta->block_size) + ", but block-size=" +
+          HumanSize(options.block_size) + " was given; omit block-size or give " +
+          std::to_string(meta->block_size));
+    }
+    if (options.encoding_explicit && !meta->encoding.SameChoices(options.encoding)) {
+      *encoding_note = where + " keeps the block encoding it was created with (" +
+                       meta->encoding.Describe() + "); the encoding given (" +
+                       options.encoding.Describe() + ") applies only to new exports";
+    }
+    return Status::Ok();
+  }
+  if (!options.create) return Status::Error(ENOENT, where + " does not exist");
+  if (options.size > kMaxExportSize)
+    return Status::InvalidArgument("size " + HumanSize(options.size) + " is too large");
+  meta->size = options.size;
+  meta->block_size = options.block_size;
+  meta->encoding = options.encoding;
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
                     const VolumeOptions& options, std::shared_ptr<Volume>* out) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   const std::string where = "export '" + QuoteForMessage(name) + "' in " + store->Describe();
   std::string text;
   bool found = false;
-  S3B_RETURN_IF_ERROR(store->ReadMeta(name, &text, &found).Annotate(where));
   ExportMeta meta;
   bool created = false;
   std::string encoding_note;
-  if (found) {
-    S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
-    if (meta.state == ExportMeta::State::kIncomplete) {
-      return Status::Error(EBUSY, where + " is incomplete: an import or copy into it did not "
-                                          "finish; run it again, or delete the export");
-    }
-    if (meta.state == ExportMeta::State::kDeleting) {
-      return Status::Error(EBUSY, where + " is being deleted; run the delete again to finish it");
-    }
-    if (options.block_size_explicit && meta.block_size != options.block_size) {
-      return Status::InvalidArgument(
-          where + " has block size " + HumanSize(meta.block_size) + ", but block-size=" +
-          HumanSize(options.block_size) + " was given; omit block-size or give " +
-          std::to_string(meta.block_size));
-    }
-    if (options.encoding_explicit && !meta.encoding.SameChoices(options.encoding)) {
-      encoding_note = where + " keeps the block encoding it was created with (" +
-                      meta.encoding.Describe() + "); the encoding given (" +
-                      options.encoding.Describe() + ") applies only to new exports";
-    }
-  } else {
-    if (!options.create)
-      return Status::Error(ENOENT, where + " does not exist");
-    if (options.size > kMaxExportSize)
-      return Status::InvalidArgument("size " + HumanSize(options.size) + " is too large");
-    meta.size = options.size;
-    meta.block_size = options.block_size;
-    meta.encoding = options.encoding;
-  }
+  // A first look refuses what can be refused without claiming the export (and without leaving
+  // a lease behind for a name that does not exist).
+  S3B_RETURN_IF_ERROR(store->ReadMeta(name, &text, &found).Annotate(where));
+  S3B_RETURN_IF_ERROR(DecideMeta(name, where, options, found, text, &meta, &encoding_note));
   // Claim the export before writing anything or building the presence map: a second writer
   // would make both wrong.
   std::unique_ptr<ExportLease> lease;
@@ -104,6 +120,24 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
                       QuoteForMessage(name) + "'";
     } else if (!s.ok()) {
       return s;
+    }
+  }
+  if (lease) {
+    // An admin command (create, import, delete) may have finished between the first look and
+    // the claim: only what is read under the lease is the export as it stays while we serve it.
+    text.clear();
+    found = false;
+    S3B_RETURN_IF_ERROR(store->ReadMeta(name, &text, &found).Annotate(where));
+    Status d = DecideMeta(name, where, options, found, text, &meta, &encoding_note);
+    if (!d.ok()) {
+      if (!found) {
+        // Deleted under us: the claim may have made the store's place for the export again (a
+        // directory and its lock file); remove that, as the delete did, if nothing is in it.
+        bool has_blocks = false;
+        if (store->ListBlocks(name, [&](uint64_t) { has_blocks = true; }).ok() && !has_blocks)
+          (void)store->DeleteMeta(name);
+      }
+      return d;
     }
   }
   if (meta.block_count() > kMaxBlocks) {

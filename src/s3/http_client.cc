@@ -3,7 +3,9 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -120,9 +122,32 @@ HttpClient::~HttpClient() {
   for (void* h : idle_) curl_easy_cleanup(static_cast<CURL*>(h));
 }
 
-void* HttpClient::Borrow() {
+void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent,
+                         bool* timed_out) {
+  *timed_out = false;
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !idle_.empty() || created_ < std::max<size_t>(1, options_.max_connections); });
+  const size_t max = std::max<size_t>(1, options_.max_connections);
+  auto free = [&] { return !idle_.empty() || created_ < max; };
+  // A reader or a lease renewal does not queue behind uploads: those wait while it does.
+  auto ready = [&] { return free() && (urgent || urgent_waiting_ == 0); };
+  if (!ready()) {
+    if (urgent) ++urgent_waiting_;
+    bool got = true;
+    if (wait_until == std::chrono::steady_clock::time_point::max()) {
+      cv_.wait(lock, ready);
+    } else {
+      got = cv_.wait_until(lock, wait_until, ready);
+    }
+    if (urgent) {
+      --urgent_waiting_;
+      // Requests held back for this one may go now (notify_one may have woken one of them).
+      if (urgent_waiting_ == 0) cv_.notify_all();
+    }
+    if (!got) {
+      *timed_out = true;
+      return nullptr;
+    }
+  }
   if (!idle_.empty()) {
     void* h = idle_.back();
     idle_.pop_back();
@@ -134,7 +159,7 @@ void* HttpClient::Borrow() {
   if (h == nullptr) {
     std::lock_guard<std::mutex> relock(mu_);
     --created_;
-    cv_.notify_one();
+    cv_.notify_all();
   }
   return h;
 }
@@ -142,7 +167,13 @@ void* HttpClient::Borrow() {
 void HttpClient::Return(void* handle) {
   std::lock_guard<std::mutex> lock(mu_);
   idle_.push_back(handle);
-  cv_.notify_one();
+  // With urgent requests waiting, a single wake-up could go to a request that must let them go
+  // first; wake all, and the urgent ones take the handle.
+  if (urgent_waiting_ > 0) {
+    cv_.notify_all();
+  } else {
+    cv_.notify_one();
+  }
 }
 
 std::span<const uint8_t> HttpResponse::Body() const {
@@ -161,8 +192,35 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   response->data = data;
   if (data != nullptr) data->clear();
   *transient = false;
-  CURL* h = static_cast<CURL*>(Borrow());
+  const auto asked = std::chrono::steady_clock::now();
+  bool timed_out = false;
+  CURL* h = static_cast<CURL*>(Borrow(request.wait_until, request.urgent, &timed_out));
+  const auto got = std::chrono::steady_clock::now();
+  auto waited = [&] {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", std::chrono::duration<double>(got - asked).count());
+    return std::string(buf);
+  };
+  if (timed_out) {
+    return Status::Error(ETIMEDOUT, "waited " + waited() + " s for a free connection (all " +
+                                        std::to_string(std::max<size_t>(1, options_.max_connections)) +
+                                        " of connections= busy) until the request's time was up; "
+                                        "not sent");
+  }
   if (h == nullptr) return Status::Error(ENOMEM, "cannot create an HTTP handle");
+  double timeout = request.timeout > 0 ? std::min(request.timeout, options_.request_timeout)
+                                       : options_.request_timeout;
+  if (request.end_by != std::chrono::steady_clock::time_point::max()) {
+    const double left = std::chrono::duration<double>(request.end_by - got).count();
+    if (left < 0.001) {
+      Return(h);
+      *transient = true;
+      return Status::Error(ETIMEDOUT, "waited " + waited() +
+                                          " s for a free connection, past the time the request "
+                                          "had to end by; not sent");
+    }
+    timeout = std::min(timeout, left);
+  }
   // Reset options from the previous request; the handle keeps its open connections.
   curl_easy_reset(h);
 
@@ -180,8 +238,6 @@ Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, b
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
   if (!options_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, options_.ca_file.c_str());
-  const double timeout = request.timeout > 0 ? std::min(request.timeout, options_.request_timeout)
-                                             : options_.request_timeout;
   long timeout_ms = std::max(1L, static_cast<long>(timeout * 1000));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,

@@ -1,7 +1,9 @@
 // HttpClient: blocking HTTP requests over a pool of libcurl easy handles.
 //
 // Each Perform borrows a handle from the pool (waiting if `max_connections` are busy), so at most
-// that many requests are in flight, and returns it afterwards. A handle keeps its connection open
+// that many requests are in flight, and returns it afterwards. A request with a deadline
+// (wait_until) waits no longer than that, and an urgent request (one a client or a lease waits
+// for) gets the next free handle before the others (background uploads). A handle keeps its connection open
 // between requests, so a steady load reuses a set of kept-alive connections instead of opening
 // one per request. Bodies are sent from memory as a fixed-length body (never
 // "Expect: 100-continue"); responses are read into memory.
@@ -14,6 +16,7 @@
 #ifndef S3BLOCK_S3_HTTP_CLIENT_H_
 #define S3BLOCK_S3_HTTP_CLIENT_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -40,8 +43,17 @@ struct HttpRequest {
   std::string url;     // already encoded
   std::vector<std::pair<std::string, std::string>> headers;
   std::span<const uint8_t> body;  // sent for PUT and POST; must outlive Perform
-  // Seconds this request may take at most, if fewer than the client's request_timeout (0: that).
+  // Seconds this request may take at most, if fewer than the client's request_timeout (0: that),
+  // counted from when it has a connection.
   double timeout = 0;
+  // The request fails with ETIMEDOUT, unsent, if it has had to wait for a free connection until
+  // this time (a retry deadline: time spent queueing for a connection counts against it).
+  std::chrono::steady_clock::time_point wait_until = std::chrono::steady_clock::time_point::max();
+  // The request must be over by this time, however long it waited for a connection (a lease's
+  // end): its timeout is cut to what is left then, and if nothing is left it is not sent.
+  std::chrono::steady_clock::time_point end_by = std::chrono::steady_clock::time_point::max();
+  // Gets a free connection before requests that are not urgent.
+  bool urgent = false;
 };
 
 struct HttpResponse {
@@ -84,12 +96,16 @@ class HttpClient {
   // whatever its status. Otherwise returns EIO with libcurl's reason and sets *transient: true
   // for failures a retry may cure (connection refused or reset, timeout, truncated response),
   // false for those it cannot (bad certificate, unknown host, malformed URL, body too large).
+  // A request whose wait_until passed while it waited for a connection returns ETIMEDOUT
+  // (*transient false: its time is up); one whose end_by passed then, ETIMEDOUT with *transient
+  // true (the caller decides whether it has time for another attempt).
   Status Perform(const HttpRequest& request, HttpResponse* response, bool* transient);
 
   const HttpClientOptions& options() const { return options_; }
 
  private:
-  void* Borrow();
+  // A handle, or nullptr: *timed_out if wait_until passed first, else libcurl had no memory.
+  void* Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent, bool* timed_out);
   void Return(void* handle);
 
   const HttpClientOptions options_;
@@ -97,6 +113,7 @@ class HttpClient {
   std::condition_variable cv_;
   std::vector<void*> idle_;  // guarded by mu_: CURL* handles with their open connections
   size_t created_ = 0;       // guarded by mu_
+  size_t urgent_waiting_ = 0;  // guarded by mu_: urgent requests waiting for a handle
 };
 
 }  // namespace s3block

@@ -175,8 +175,11 @@ Status S3Client::ErrorFor(std::string_view op, const std::string& key, const Htt
 }
 
 Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutcome* outcome,
-                         double timeout) {
+                         double timeout, Clock::time_point deadline) {
   *outcome = AttemptOutcome();
+  // A fenced request's time is counted from now: waiting for a connection must not carry it
+  // past the end of the lease.
+  const Clock::time_point end_by = timeout > 0 ? DeadlineAfter(timeout) : Clock::time_point::max();
   bool* transient = &outcome->transient;
   std::string path = base_path_;
   if (!req.key.empty()) path += "/" + req.key;
@@ -205,11 +208,15 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
   for (const auto& h : signature.added_headers) hreq.headers.push_back(h);
   hreq.headers.emplace_back("Authorization", signature.authorization);
   hreq.body = req.body;
-  hreq.timeout = timeout;
+  hreq.wait_until = deadline;
+  hreq.end_by = end_by;
+  // Someone waits for a read (a client, or an export being opened), while uploads run in the
+  // background: reads go first when every connection is busy.
+  hreq.urgent = req.urgent || req.method == "GET" || req.method == "HEAD";
 
   const double sent = ServerClock::SteadyNow();
   Status s = http_->Perform(hreq, response, transient);
-  if (!s.ok()) return Status::IoError(Describe(req.method, req.key) + ": " + s.message());
+  if (!s.ok()) return Status::Error(s.err(), Describe(req.method, req.key) + ": " + s.message());
   // The server's time, from its own answers: a 5xx may come from a proxy with another clock.
   if (response->status < 500) server_clock_.Observe(response->Header("date"), sent, ServerClock::SteadyNow());
   long st = response->status;
@@ -229,9 +236,8 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
   return Status::Ok();
 }
 
-Status S3Client::Execute(const Request& req, HttpResponse* response, double retry_timeout) {
+Status S3Client::Execute(const Request& req, HttpResponse* response, Clock::time_point deadline) {
   const auto start = Clock::now();
-  const auto deadline = DeadlineAfter(retry_timeout);
   // The attempts in a row, and since when, whose body failed its check with the same content.
   int same_bad = 0;
   uint32_t bad_crc = 0;
@@ -243,7 +249,7 @@ Status S3Client::Execute(const Request& req, HttpResponse* response, double retr
       if (!f.ok()) return f.Annotate(Describe(req.method, req.key));
     }
     AttemptOutcome outcome;
-    Status s = Attempt(req, response, &outcome, timeout);
+    Status s = Attempt(req, response, &outcome, timeout, deadline);
     if (s.ok() || !outcome.transient) return s;
     // A body changed on the way differs from attempt to attempt (or, now and then, arrives
     // intact), and is retried. One that fails its check with the very same content every time
@@ -286,11 +292,12 @@ Status S3Client::GetObject(const std::string& key, std::string* body, bool* foun
 
 Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body,
                            const WriteFence* fence) {
+  const auto deadline = DeadlineAfter(options_.retry_timeout);
   Request req{"PUT", key, {},
               {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, Crc32cHex(body)}},
               body, false, fence};
   HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
   if (r.status == 200) return Status::Ok();
   return ErrorFor("PUT", key, r);
 }
@@ -318,7 +325,7 @@ Status S3Client::Get(const std::string& key, HttpResponse* r, bool* found, std::
   etag->clear();
   *found = false;
   Request req{"GET", key, {}, {}, {}, true};
-  S3B_RETURN_IF_ERROR(Execute(req, r, options_.retry_timeout));
+  S3B_RETURN_IF_ERROR(Execute(req, r, DeadlineAfter(options_.retry_timeout)));
   if (r->status == 200) {
     *etag = Unquote(r->Header("etag"));
     *found = true;
@@ -333,6 +340,8 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
                                       std::string* etag, bool* precondition_failed) {
   *precondition_failed = false;
   etag->clear();
+  // One retry-timeout for both forms of If-Match.
+  const auto deadline = DeadlineAfter(options_.retry_timeout);
   const std::string crc = Crc32cHex(body);
   for (int form = 0; form < 2; ++form) {
     Request req{"PUT", key, {},
@@ -341,8 +350,10 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
     if (if_none_match_any) req.headers.push_back({"If-None-Match", "*"});
     if (!if_match.empty())
       req.headers.push_back({"If-Match", form == 0 ? "\"" + if_match + "\"" : if_match});
+    // Conditional writes are the leases': a renewal stuck behind uploads would lose the export.
+    req.urgent = true;
     HttpResponse r;
-    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+    S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
     if (r.status == 200) {
       *precondition_failed = false;  // the other form of If-Match matched
       *etag = Unquote(r.Header("etag"));
@@ -361,10 +372,11 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
 Status S3Client::CopyObject(const std::string& from_key, const std::string& to_key, bool* found,
                             const WriteFence* fence) {
   *found = false;
+  const auto deadline = DeadlineAfter(options_.retry_timeout);
   std::string source = "/" + options_.bucket + "/" + UriEncodePath(from_key);
   Request req{"PUT", to_key, {}, {{"x-amz-copy-source", source}}, {}, false, fence};
   HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
   if (r.status == 200) {
     // A copy can fail after the 200 has been sent: the error is then in the body.
     if (r.body.find("<Error>") != std::string::npos) return ErrorFor("COPY", to_key, r);
@@ -376,9 +388,10 @@ Status S3Client::CopyObject(const std::string& from_key, const std::string& to_k
 }
 
 Status S3Client::DeleteObject(const std::string& key, const WriteFence* fence) {
+  const auto deadline = DeadlineAfter(options_.retry_timeout);
   Request req{"DELETE", key, {}, {}, {}, false, fence};
   HttpResponse r;
-  S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+  S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
   if (r.status == 204 || r.status == 200) return Status::Ok();
   if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
   return ErrorFor("DELETE", key, r);
@@ -404,7 +417,7 @@ Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const Write
                 {{"Content-Type", "application/xml"}, {"Content-MD5", Base64Encode(Md5(AsBytes(xml)))}},
                 AsBytes(xml), false, fence};
     HttpResponse r;
-    S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+    S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
     if (r.status != 200) return ErrorFor(what, "", r);
     XmlNode root;
     Status problem = ParseXml(r.body, &root);
@@ -455,7 +468,7 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
     XmlNode root;
     for (int attempt = 1;; ++attempt) {
       HttpResponse r;
-      S3B_RETURN_IF_ERROR(Execute(req, &r, options_.retry_timeout));
+      S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
       if (r.status != 200) return ErrorFor(what, "", r);
       root = XmlNode();
       Status page = ParseXml(r.body, &root);
@@ -499,7 +512,7 @@ Status S3Client::ListObjects(const std::string& prefix, const std::string& delim
 Status S3Client::CheckBucket(const std::string& prefix, double retry_timeout) {
   Request req{"GET", "", {{"list-type", "2"}, {"prefix", prefix}, {"max-keys", "1"}}, {}, {}, false};
   HttpResponse r;
-  Status s = Execute(req, &r, retry_timeout);
+  Status s = Execute(req, &r, DeadlineAfter(retry_timeout));
   if (!s.ok()) {
     return Status::IoError("cannot use " + Where() + ": " +
                            s.message().substr(s.message().find(": ") == std::string::npos

@@ -5,7 +5,10 @@
 // Retries: a request that fails with a transient error (HTTP 5xx, 429, 400 RequestTimeout, a
 // connection refused or reset, a timeout, a truncated or corrupted body) is sent again after an
 // exponential backoff with jitter, until `retry_timeout` seconds have passed since the first
-// attempt; then the last error is returned as EIO. Every other HTTP error (403, 404, other 4xx)
+// attempt; then the last error is returned as EIO. Time spent waiting for one of the
+// `connections` counts: a request still waiting when its retry-timeout is over fails with
+// ETIMEDOUT, unsent, so that a request ends within retry-timeout + request-timeout however many
+// are queued. Every other HTTP error (403, 404, other 4xx)
 // is returned at once. Each attempt is signed afresh (the signature covers the time).
 //
 // Integrity: over plain HTTP every request is signed with the SHA-256 of its body
@@ -26,6 +29,7 @@
 #ifndef S3BLOCK_S3_S3_CLIENT_H_
 #define S3BLOCK_S3_S3_CLIENT_H_
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <span>
@@ -138,24 +142,30 @@ class S3Client {
     std::span<const uint8_t> body;
     bool verify_body = false;  // check a 200 GET body's length and MD5
     const WriteFence* fence = nullptr;  // asked before every attempt
+    // Ahead of other requests for a free connection (HttpRequest::urgent); GETs always are.
+    bool urgent = false;
   };
 
   // A GET of an object into *r (whose `data`, if set, receives a 2xx body): *found and *etag
   // for 200, *found = false for 404 NoSuchKey, an error otherwise.
   Status Get(const std::string& key, HttpResponse* r, bool* found, std::string* etag);
-  // Sends the request, retrying transient failures for up to retry_timeout seconds. Returns OK
-  // with *response for any HTTP status that is not transient (the caller interprets 4xx);
-  // EIO when the retries are exhausted or the failure is not transient.
-  Status Execute(const Request& request, HttpResponse* response, double retry_timeout);
+  // Sends the request, retrying transient failures until `deadline` (the retry-timeout from the
+  // start of the operation). Time spent waiting for a free connection counts: a request still
+  // waiting at the deadline fails with ETIMEDOUT, unsent. Returns OK with *response for any
+  // HTTP status that is not transient (the caller interprets 4xx); EIO when the retries are
+  // exhausted or the failure is not transient.
+  Status Execute(const Request& request, HttpResponse* response,
+                 std::chrono::steady_clock::time_point deadline);
   // What became of one attempt, beyond its status.
   struct AttemptOutcome {
     bool transient = false;  // the error may go away: retry it
     bool bad_body = false;   // a 200 GET whose body failed its length or checksum check
     uint32_t body_crc = 0;   // then: the CRC-32C of the body received
   };
-  // One attempt, of at most `timeout` seconds if that is above 0.
+  // One attempt, of at most `timeout` seconds from now if that is above 0 (however long it waits
+  // for a connection), waiting for a connection until `deadline` at most.
   Status Attempt(const Request& request, HttpResponse* response, AttemptOutcome* outcome,
-                 double timeout);
+                 double timeout, std::chrono::steady_clock::time_point deadline);
   // An EIO (or EACCES/ENOENT-flavoured EIO) error for an HTTP error response.
   Status ErrorFor(std::string_view op, const std::string& key, const HttpResponse& response) const;
 

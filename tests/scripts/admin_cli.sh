@@ -1,7 +1,9 @@
 #!/bin/bash
 # The admin command, s3block, end to end on one store: every subcommand, an image imported and
 # read back through a real nbdkit byte for byte, the lease of a running server respected, damage
-# made behind the store's back found by verify, and an interrupted import left unserved.
+# made behind the store's back found by verify, and an interrupted import left unserved. On S3,
+# also a create and a delete that complete while a server takes the export's lease (held for
+# that by tests/faultproxy/faultproxy.py).
 #
 #   tests/scripts/admin_cli.sh local
 #   tests/scripts/admin_cli.sh s3        (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
@@ -23,8 +25,10 @@ die() { echo "admin_cli[$mode]: FAILED: $*" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/s3block-admin.XXXXXX)
 nbdkit_pid=
+proxy_pid=
 cleanup() {
   if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -111,6 +115,12 @@ s3b info disk --json >"$work/info.json"
 blocks=$(sed -n 's/.*"blocks_stored": \([0-9]*\).*/\1/p' "$work/info.json")
 # 4 MiB + 12345 bytes of data at 4 KiB blocks: 1024 + 3 or 4 blocks, never the 10240 of the image.
 [ "$blocks" -ge 1027 ] && [ "$blocks" -le 1029 ] || die "import stored $blocks blocks"
+# The bytes shown are what they are: the blocks stored times the block size, named so.
+allocated=$(sed -n 's/.*"allocated_bytes": \([0-9]*\).*/\1/p' "$work/info.json")
+[ "$allocated" = $((blocks * 4096)) ] || die "allocated_bytes is '$allocated', not $blocks x 4096"
+s3b list | head -n 1 | grep -q ' ALLOCATED ' || { s3b list; die "list does not name its ALLOCATED column"; }
+s3b list | grep -q "^disk .* $((blocks * 4096)) " || { s3b list; die "list does not show disk's allocated bytes"; }
+s3b info disk | grep -q '^allocated: .*(blocks stored x block size)' || { s3b info disk; die "info does not say what its bytes are"; }
 start_nbdkit "stats-file=$work/stats.json"
 nbdcopy "nbd+unix:///disk?socket=$work/sock" "$work/read.img"
 cmp "$img" "$work/read.img" || die "the image read through nbdkit differs"
@@ -244,5 +254,62 @@ s3b list --json >"$work/list.json"
 [ "$(cat "$work/list.json")" = "[]" ] || { cat "$work/list.json"; die "exports left after delete"; }
 expect_exit 1 "$tool" "${cli_store[@]}" delete disk --yes
 grep -q "does not exist" "$work/err" || die "deleting a missing export"
+
+if [ "$mode" = s3 ]; then
+  # Between the server's first read of an export's metadata and its lease, an s3block create or
+  # delete completes: the server's PUT of the lease is held by tests/faultproxy/faultproxy.py
+  # (once; the server sends it again after request-timeout=10) while s3block, straight to S3,
+  # runs. The server must serve what s3block left, never its stale view of the export.
+  log "create and delete while a server takes the export's lease"
+  . "$here/testlib.sh"
+  port=$(free_ports 2)
+  ctl_port=$((port + 1))
+  python3 "$repo/tests/faultproxy/faultproxy.py" --listen "$port" --control "$ctl_port" \
+    --upstream "$S3BLOCK_TEST_S3_ENDPOINT" --ready-file "$work/proxy.ready" >"$work/proxy.log" 2>&1 &
+  proxy_pid=$!
+  wait_for_file "$work/proxy.ready" 20 || die "the proxy did not start"
+  ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
+  stalls() { ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['faults'].get('stall', 0))"; }
+  direct_store=("${plugin_store[@]}")
+  plugin_store=("store=$store" "endpoint=http://127.0.0.1:$port"
+                "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY")
+  start_nbdkit request-timeout=10 size=16M
+  plugin_store=("${direct_store[@]}")
+  # race NAME CLIENT-STATEMENTS ADMIN-ARGS...: a client opens NAME (h) and runs the statements;
+  # the admin command runs once the server's lease PUT for NAME is held.
+  race() {
+    local name=$1 stmts=$2 before i
+    shift 2
+    before=$(stalls)
+    ctl "set?kinds=stall&rate=1&stall=30&methods=PUT&paths=/exports/$name/lease&count=1" >/dev/null
+    /usr/bin/python3 -c "import nbd
+h = nbd.NBD()
+h.connect_uri('nbd+unix:///$name?socket=$work/sock')
+$stmts
+h.shutdown()" >"$work/race.out" 2>&1 &
+    local client=$!
+    for i in $(seq 1 200); do [ "$(stalls)" -gt "$before" ] && break; sleep 0.05; done
+    [ "$(stalls)" -gt "$before" ] || die "the server's lease PUT for $name never reached the proxy"
+    s3b "$@" >"$work/race.admin" 2>&1 || { cat "$work/race.admin"; die "'$*' failed while the server waited"; }
+    wait "$client" || { cat "$work/race.out"; die "the client of $name failed"; }
+  }
+  race created "print(h.get_size())" create created --size 8M --block-size 64K
+  [ "$(cat "$work/race.out")" = 8388608 ] ||
+    die "the server served 'created' with size $(cat "$work/race.out"), not the 8M s3block created"
+  s3b info created | grep -q "block size:      65536" ||
+    { s3b info created; die "the server overwrote the metadata s3block created"; }
+
+  s3b create deleted --size 4M --block-size 64K >/dev/null
+  race deleted "h.pwrite(b'd' * 4096, 8192); h.flush()" delete deleted --yes
+  s3b info deleted >"$work/info.out" 2>&1 || { cat "$work/info.out"; die "info of 'deleted'"; }
+  grep -q "block size:      4096" "$work/info.out" ||
+    { cat "$work/info.out"; die "the server wrote into 'deleted' without recording it anew"; }
+  stop_nbdkit
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=
+  s3b export deleted "$work/deleted.img" >/dev/null 2>&1
+  cmp -n 4096 -i 0:8192 <(head -c 4096 /dev/zero | tr '\0' d) "$work/deleted.img" ||
+    die "the block written to 'deleted' does not read back"
+  for e in created deleted; do s3b delete "$e" --yes >/dev/null 2>&1; done
+fi
 
 log "all checks passed"

@@ -6,8 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include "codec/crc32c.h"
@@ -730,6 +735,157 @@ TEST(S3Client, ConditionalPutTriesBothFormsOfIfMatchAndReportsTheOneThatMatched)
   // Neither form matches: a failed precondition, not an error.
   ASSERT_OK(client->PutObjectConditional("lease", AsBytes(std::string("x")), false, "zzz", &etag, &failed));
   EXPECT_TRUE(failed);
+}
+
+// A server whose answers to keys containing "hold" wait until Release() (or 20 s), so that a
+// client with one connection has it busy for as long as the test wants.
+class HoldingServer {
+ public:
+  HoldingServer()
+      : server_([this](const FakeRequest& r) {
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (r.method == "PUT") ++puts_;
+            if (r.target.find("hold") == std::string::npos) targets_.push_back(r.method + " " + r.target);
+          }
+          if (r.target.find("hold") != std::string::npos) {
+            std::unique_lock<std::mutex> lock(mu_);
+            ++held_;
+            cv_.notify_all();
+            cv_.wait_for(lock, std::chrono::seconds(20), [&] { return released_; });
+          }
+          return Ok("");
+        }) {}
+  ~HoldingServer() { Release(); }
+  void WaitUntilHeld() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return held_ > 0; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+  int puts() const { return puts_.load(); }
+  // "METHOD target" of every request but the held ones, in the order they arrived.
+  std::vector<std::string> targets() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return targets_;
+  }
+  std::string endpoint() const { return server_.endpoint(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int held_ = 0;
+  bool released_ = false;
+  std::vector<std::string> targets_;
+  std::atomic<int> puts_{0};
+  FakeHttpServer server_;  // last: its handler uses the members above
+};
+
+std::unique_ptr<S3Client> OneConnectionClient(const std::string& endpoint, double retry_timeout) {
+  S3ClientOptions o;
+  o.endpoint = endpoint;
+  o.bucket = "bucket";
+  o.retry_timeout = retry_timeout;
+  o.http.request_timeout = 30;
+  o.http.max_connections = 1;
+  return std::make_unique<S3Client>(o, AwsCredentials{"AKFAKE", kSecret, ""});
+}
+
+TEST(S3Client, WaitingForAConnectionCountsAgainstTheRetryTimeout) {
+  HoldingServer server;
+  auto client = OneConnectionClient(server.endpoint(), 1.0);
+  // The only connection is busy with a request the server does not answer yet.
+  auto busy = std::async(std::launch::async, [&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("hold", &body, &found);
+  });
+  server.WaitUntilHeld();
+  const std::vector<uint8_t> data(100, 7);
+  Status s = client->PutObject("waiting", data);
+  EXPECT_EQ(s.err(), ETIMEDOUT) << s.ToString();
+  EXPECT_NE(s.message().find("for a free connection"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("'waiting'"), std::string::npos) << s.message();
+  EXPECT_EQ(server.puts(), 0) << "a request whose time was up was sent";
+  server.Release();
+  EXPECT_OK(busy.get());
+  // The connection serves the next request as before.
+  EXPECT_OK(client->PutObject("after", data));
+  EXPECT_EQ(server.puts(), 1);
+}
+
+TEST(S3Client, FencedRequestTimeRunsWhileItWaitsForAConnection) {
+  HoldingServer server;
+  auto client = OneConnectionClient(server.endpoint(), 10.0);
+  auto busy = std::async(std::launch::async, [&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("hold", &body, &found);
+  });
+  server.WaitUntilHeld();
+  // The fence allows 0.5 s the first time (the lease's time left), and then says the lease is
+  // gone. The connection comes free only after those 0.5 s: the request may not be sent then.
+  std::atomic<int> asked{0};
+  const WriteFence fence = [&](double* left) {
+    if (++asked > 1) return Status::IoError("the lease is gone");
+    *left = 0.5;
+    return Status::Ok();
+  };
+  auto release = std::async(std::launch::async, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    server.Release();
+  });
+  const std::vector<uint8_t> data(100, 7);
+  Status s = client->PutObject("fenced", data, &fence);
+  release.get();
+  EXPECT_OK(busy.get());
+  EXPECT_EQ(s.err(), EIO) << s.ToString();
+  EXPECT_NE(s.message().find("the lease is gone"), std::string::npos) << s.message();
+  EXPECT_EQ(server.puts(), 0) << "sent after the time the fence gave it had run out";
+}
+
+TEST(S3Client, ReadsAndLeaseWritesGetAFreeConnectionBeforeQueuedUploads) {
+  HoldingServer server;
+  auto client = OneConnectionClient(server.endpoint(), 30.0);
+  auto busy = std::async(std::launch::async, [&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("hold", &body, &found);
+  });
+  server.WaitUntilHeld();
+  // Uploads queue first, then a read and a lease's conditional write; when the connection comes
+  // free, the read and the lease write go before the uploads.
+  std::vector<std::future<Status>> waiting;
+  const std::vector<uint8_t> data(10, 1);
+  auto queue = [&](std::function<Status()> fn) {
+    waiting.push_back(std::async(std::launch::async, std::move(fn)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // to be waiting before the next
+  };
+  for (int i = 0; i < 3; ++i)
+    queue([&, i] { return client->PutObject("upload" + std::to_string(i), data); });
+  queue([&] {
+    std::string body;
+    bool found = false;
+    return client->GetObject("read", &body, &found);
+  });
+  queue([&] {
+    std::string etag;
+    bool failed = false;
+    return client->PutObjectConditional("lease", data, true, "", &etag, &failed);
+  });
+  server.Release();
+  EXPECT_OK(busy.get());
+  for (auto& w : waiting) EXPECT_OK(w.get());
+  std::vector<std::string> got = server.targets();
+  ASSERT_EQ(got.size(), 5u);
+  std::vector<std::string> first(got.begin(), got.begin() + 2);
+  std::sort(first.begin(), first.end());
+  EXPECT_EQ(first, (std::vector<std::string>{"GET /bucket/read", "PUT /bucket/lease"}))
+      << "served in the order " << got[0] << ", " << got[1] << ", " << got[2] << ", " << got[3]
+      << ", " << got[4];
 }
 
 }  // namespace

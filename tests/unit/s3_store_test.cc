@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "open_race.h"
 #include "s3/s3_client.h"
 #include "s3/sigv4.h"
 #include "s3/xml.h"
@@ -584,6 +585,30 @@ TEST_F(S3StoreTest, CopyBlockIsAServerSideCopy) {
   ASSERT_OK(store_->Read("b", 5, &back, &found));
   ASSERT_TRUE(found);
   EXPECT_EQ(back, block);
+}
+
+// An admin command that completes between Open's first look at the metadata and its claim of
+// the lease (open_race.h): Open decides from what it reads under the lease.
+TEST_F(S3StoreTest, ImportBetweenLookAndClaimIsServedAsImported) {
+  testing::TempDir tmp;
+  testing::CheckImportBeforeClaim(store_, tmp.path());
+}
+
+TEST_F(S3StoreTest, CreateBetweenLookAndClaimIsServedAsCreated) {
+  testing::CheckCreateBeforeClaim(store_);
+}
+
+TEST_F(S3StoreTest, DeleteBetweenLookAndClaimIsRefusedWithoutCreate) {
+  testing::CheckDeleteBeforeClaimRefused(store_);
+}
+
+TEST_F(S3StoreTest, DeleteBetweenLookAndClaimCreatesTheExportAnew) {
+  testing::CheckDeleteBeforeClaimRecreates(store_);
+}
+
+TEST_F(S3StoreTest, IncompleteOrOtherBlockSizeBetweenLookAndClaimIsRefused) {
+  testing::TempDir tmp;
+  testing::CheckIncompleteAndMismatchBeforeClaimRefused(store_, tmp.path());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <random>
 #include <thread>
 
+#include "open_race.h"
 #include "s3block/file_store.h"
 #include "test_util.h"
 
@@ -384,6 +385,30 @@ TEST_F(VolumeTest, ReadAheadSkipsHolesAndNeverReadsPastTheEnd) {
   ASSERT_OK(cache->Shutdown());  // waits for read-ahead still in flight
   EXPECT_LE(counting->reads_.load(), 8u);  // only the stored blocks were ever fetched
   EXPECT_LT(counting->max_id_seen_.load(), 8u);
+}
+
+// An admin command that completes between Open's first look at the metadata and its claim of
+// the lease (open_race.h): Open decides from what it reads under the lease.
+TEST_F(VolumeTest, ImportBetweenLookAndClaimIsServedAsImported) {
+  testing::TempDir tmp;
+  testing::CheckImportBeforeClaim(store_, tmp.path());
+}
+
+TEST_F(VolumeTest, CreateBetweenLookAndClaimIsServedAsCreated) {
+  testing::CheckCreateBeforeClaim(store_);
+}
+
+TEST_F(VolumeTest, DeleteBetweenLookAndClaimIsRefusedWithoutCreate) {
+  testing::CheckDeleteBeforeClaimRefused(store_);
+}
+
+TEST_F(VolumeTest, DeleteBetweenLookAndClaimCreatesTheExportAnew) {
+  testing::CheckDeleteBeforeClaimRecreates(store_);
+}
+
+TEST_F(VolumeTest, IncompleteOrOtherBlockSizeBetweenLookAndClaimIsRefused) {
+  testing::TempDir tmp;
+  testing::CheckIncompleteAndMismatchBeforeClaimRefused(store_, tmp.path());
 }
 
 }  // namespace
