@@ -74,14 +74,10 @@ Status MakeDirAt(int dirfd, const std::string& name, mode_t mode, const std::str
   return OpenDirAt(dirfd, name, path, /*follow=*/false, out);
 }
 
-Status OpenFileAt(int dirfd, const std::string& name, int flags, mode_t mode,
-                  const std::string& path, UniqueFd* out, struct stat* st) {
-  out->Reset(::openat(dirfd, name.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode));
-  if (!out->valid()) {
-    const int err = errno;
-    if (err == ENOENT) return Status::Error(ENOENT, "open " + path + ": " + std::strerror(err));
-    return OpenFailed(dirfd, name, err, path, /*want_dir=*/false);
-  }
+namespace {
+
+// Stats the open *out into *st and keeps it only if it is a regular file.
+Status CheckRegular(UniqueFd* out, const std::string& path, struct stat* st) {
   if (::fstat(out->get(), st) != 0) {
     Status s = Status::FromErrno(errno, "stat " + path);
     out->Reset(-1);
@@ -92,6 +88,19 @@ Status OpenFileAt(int dirfd, const std::string& name, int flags, mode_t mode,
     return Found(path, st->st_mode, "a regular file");
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status OpenFileAt(int dirfd, const std::string& name, int flags, mode_t mode,
+                  const std::string& path, UniqueFd* out, struct stat* st) {
+  out->Reset(::openat(dirfd, name.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode));
+  if (!out->valid()) {
+    const int err = errno;
+    if (err == ENOENT) return Status::Error(ENOENT, "open " + path + ": " + std::strerror(err));
+    return OpenFailed(dirfd, name, err, path, /*want_dir=*/false);
+  }
+  return CheckRegular(out, path, st);
 }
 
 Status OpenFileBeneath(int dirfd, const std::string& rel, const std::string& path, UniqueFd* out,
@@ -106,16 +115,7 @@ Status OpenFileBeneath(int dirfd, const std::string& rel, const std::string& pat
     int fd = static_cast<int>(::syscall(SYS_openat2, dirfd, rel.c_str(), &how, sizeof how));
     if (fd >= 0) {
       out->Reset(fd);
-      if (::fstat(fd, st) != 0) {
-        Status s = Status::FromErrno(errno, "stat " + path);
-        out->Reset(-1);
-        return s;
-      }
-      if (!S_ISREG(st->st_mode)) {
-        out->Reset(-1);
-        return Found(path, st->st_mode, "a regular file");
-      }
-      return Status::Ok();
+      return CheckRegular(out, path, st);
     }
     if (errno == ENOENT) return Status::Error(ENOENT, "open " + path + ": " + std::strerror(ENOENT));
     if (errno == ENOSYS || errno == EPERM)
