@@ -114,6 +114,11 @@ class DiskCacheStore : public StoreDecorator {
   Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
   // Forwards, then drops every copy of the export.
   Status DeleteMeta(std::string_view export_name) override;
+  // Forgets the export, as if it had not been named yet in this process: its index, its lock
+  // (another process may then use the copies) and its fds go; the copies stay on disk and are
+  // checked again against the listing when the export is next used. Then forwards. An export
+  // with a request in flight is left as it is.
+  Status CloseExport(std::string_view export_name) override;
 
   // The counters of one export (zeros if the export was never named).
   DiskCacheStats Stats(std::string_view export_name) const;

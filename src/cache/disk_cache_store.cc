@@ -299,6 +299,32 @@ void DiskCacheStore::Load(Export* e) {
   UnlinkAll(unlink);
 }
 
+Status DiskCacheStore::CloseExport(std::string_view export_name) {
+  std::unique_ptr<Export> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = exports_.find(export_name);
+    if (it != exports_.end() && it->second->loaded.load(std::memory_order_acquire)) {
+      Export* e = it->second.get();
+      bool busy = false;
+      for (const auto& [id, p] : e->pending) busy = busy || p.users > 0 || p.changes > 0;
+      if (!busy) {
+        for (auto& [id, entry] : e->entries) {
+          lru_.erase(entry.lru);
+          total_bytes_ -= entry.size;
+        }
+        gone = std::move(it->second);
+        exports_.erase(it);
+      }
+    }
+  }
+  if (gone) {
+    if (gone->lock_fd >= 0) ::close(gone->lock_fd);
+    if (gone->dir_fd >= 0) ::close(gone->dir_fd);
+  }
+  return StoreDecorator::CloseExport(export_name);
+}
+
 std::string DiskCacheStore::PathOf(const Export* e, uint64_t id, const Digest& md5) const {
   return e->dir + "/" + std::to_string(id / kShardBlocks) + "/" + std::to_string(id) + "." +
          HexEncode(md5);

@@ -361,6 +361,37 @@ TEST(DiskCacheStoreTest, SecondProcessOnOneExportPassesThrough) {
   EXPECT_EQ(mem->reads, 1);
 }
 
+TEST(DiskCacheStoreTest, AClosedExportGivesBackItsLockAndFdsAndItsCopiesServeItAgain) {
+  TempDir dir;
+  auto mem = std::make_shared<MemStore>();
+  auto fds = [] {
+    return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator());
+  };
+  DiskCacheStore first(mem, dir.path() + "/dc", 1 << 20);
+  ASSERT_OK(first.Check());
+  const auto before = fds();
+  for (uint64_t id = 0; id < 10; ++id) ASSERT_OK(first.Write("vol", id, Block(kBs, id), false));
+  EXPECT_GT(fds(), before);  // the export's lock and directory
+  ASSERT_OK(first.CloseExport("vol"));
+  EXPECT_EQ(fds(), before);
+  EXPECT_EQ(first.Stats("vol").blocks, 0u);
+
+  // Its lock is free: another process (here a second store) takes the copies and reads them.
+  {
+    DiskCacheStore second(mem, dir.path() + "/dc", 1 << 20);
+    ASSERT_OK(second.ListBlocks("vol", [](uint64_t) {}));
+    for (uint64_t id = 0; id < 10; ++id) EXPECT_EQ(MustRead(second, id), Block(kBs, id));
+    EXPECT_EQ(second.Stats("vol").locked_out, 0u);
+    EXPECT_EQ(second.Stats("vol").reused, 10u);
+    EXPECT_EQ(mem->reads, 0);
+  }
+  // Named again, the export finds its copies, checked against the listing first.
+  ASSERT_OK(first.ListBlocks("vol", [](uint64_t) {}));
+  for (uint64_t id = 0; id < 10; ++id) EXPECT_EQ(MustRead(first, id), Block(kBs, id));
+  EXPECT_EQ(first.Stats("vol").reused, 10u);
+  EXPECT_EQ(mem->reads, 0);
+}
+
 TEST(DiskCacheStoreTest, ReadRacingAWriteLeavesNoOlderCopy) {
   TempDir dir;
   auto mem = std::make_shared<MemStore>();
