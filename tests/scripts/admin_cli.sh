@@ -18,7 +18,7 @@ tool=$build/s3block
 plugin=$build/nbdkit-s3block-plugin.so
 mode=${1:-local}
 
-log() { echo "admin_cli[$mode]: $*"; }
+log() { echo "admin_cli[$mode]: $(date +%H:%M:%S) $*"; }
 die() { echo "admin_cli[$mode]: FAILED: $*" >&2; exit 1; }
 [ -x "$tool" ] || die "no $tool (build first)"
 [ -f "$plugin" ] || die "no $plugin (build first)"
