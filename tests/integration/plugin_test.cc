@@ -660,6 +660,10 @@ TEST_P(PluginTest, MalformedParametersStopNbdkitWithAClearMessage) {
 // failures leave nbdkit deadlocked at exit under the preloaded ASan runtime, in libp11-kit's
 // finalizer, outside any code of ours.
 TEST_P(PluginTest, StartupFailuresNameTheParameter) {
+  // A directory anyone may write: someone could swap the stats file under the server.
+  const std::string shared = scratch_->path() + "/shared";
+  std::filesystem::create_directories(shared);
+  std::filesystem::permissions(shared, std::filesystem::perms::all);
   const std::vector<std::pair<std::string, std::string>> bad = {
       // Checked before the server forks, where the background writer would fail unseen.
       {"stats-file=/nonexistent-dir/stats.json", "stats-file=/nonexistent-dir/stats.json"},
@@ -668,6 +672,7 @@ TEST_P(PluginTest, StartupFailuresNameTheParameter) {
       // A size no export can have at the block size: refused now, not at every client's open.
       {"size=4E", "size=4611686018427387904 (4E) at block-size=4096 (4K)"},
       {"max-exports=0", "max-exports="},
+      {"stats-file=" + shared + "/stats.json", "is writable by"},
   };
   for (const auto& [param, words] : bad) {
     std::vector<std::string> args = StoreArgs();
