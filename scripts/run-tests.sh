@@ -57,6 +57,7 @@ local_scripts=(
   disk_full.sh
   export_bounds.sh
   local_hostile.sh
+  package.sh
 )
 
 passed=0
