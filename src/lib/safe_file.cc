@@ -43,6 +43,13 @@ Status Found(const std::string& path, mode_t mode, const char* wanted) {
                          " (refused: nothing there is followed, waited on or replaced)");
 }
 
+// A name that is not there: an ordinary answer (a block never written, an export not made), so
+// its message is made without strerror, whose translation lookup takes glibc's locale lock on
+// every call.
+Status Missing(const std::string& path) {
+  return Status::Error(ENOENT, "open " + path + ": no such file or directory");
+}
+
 // After an open of name failed with err: EIO saying what is there if it is not what was wanted,
 // else the errno as is.
 Status OpenFailed(int dirfd, const std::string& name, int err, const std::string& path,
@@ -51,6 +58,7 @@ Status OpenFailed(int dirfd, const std::string& name, int err, const std::string
   if (err != ENOENT && ::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
       (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)))
     return Found(path, st.st_mode, want_dir ? "a directory" : "a regular file");
+  if (err == ENOENT) return Missing(path);
   return Status::FromErrno(err, "open " + path);
 }
 
@@ -97,7 +105,7 @@ Status OpenFileAt(int dirfd, const std::string& name, int flags, mode_t mode,
   out->Reset(::openat(dirfd, name.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode));
   if (!out->valid()) {
     const int err = errno;
-    if (err == ENOENT) return Status::Error(ENOENT, "open " + path + ": " + std::strerror(err));
+    if (err == ENOENT) return Missing(path);
     return OpenFailed(dirfd, name, err, path, /*want_dir=*/false);
   }
   return CheckRegular(out, path, st);
@@ -117,7 +125,7 @@ Status OpenFileBeneath(int dirfd, const std::string& rel, const std::string& pat
       out->Reset(fd);
       return CheckRegular(out, path, st);
     }
-    if (errno == ENOENT) return Status::Error(ENOENT, "open " + path + ": " + std::strerror(ENOENT));
+    if (errno == ENOENT) return Missing(path);
     if (errno == ENOSYS || errno == EPERM)
       no_openat2.store(true, std::memory_order_relaxed);
     // Anything else (ELOOP, ENOTDIR, EXDEV, ...) is told precisely by the walk below.
