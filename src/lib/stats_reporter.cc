@@ -59,9 +59,11 @@ std::string ToLine(const Counters& counters) {
   return line;
 }
 
-DiskCacheStore* FindDiskCache(BlockStore* top) {
+// The first layer of type T in the stack from top down, or null.
+template <typename T>
+T* FindLayer(BlockStore* top) {
   for (BlockStore* s = top; s != nullptr;) {
-    if (auto* d = dynamic_cast<DiskCacheStore*>(s)) return d;
+    if (auto* layer = dynamic_cast<T*>(s)) return layer;
     auto* decorator = dynamic_cast<StoreDecorator*>(s);
     s = decorator ? decorator->next() : nullptr;
   }
@@ -83,18 +85,11 @@ StatsReporter::StatsReporter(std::shared_ptr<BlockStore> store, VolumeRegistry* 
       stats_file_(std::move(stats_file)),
       log_(std::move(log)),
       cache_(FindCache(store_.get())),
-      disk_(FindDiskCache(store_.get())) {}
+      disk_(FindLayer<DiskCacheStore>(store_.get())) {}
 
 StatsReporter::~StatsReporter() { Stop(); }
 
-CacheStore* StatsReporter::FindCache(BlockStore* top) {
-  for (BlockStore* s = top; s != nullptr;) {
-    if (auto* c = dynamic_cast<CacheStore*>(s)) return c;
-    auto* decorator = dynamic_cast<StoreDecorator*>(s);
-    s = decorator ? decorator->next() : nullptr;
-  }
-  return nullptr;
-}
+CacheStore* StatsReporter::FindCache(BlockStore* top) { return FindLayer<CacheStore>(top); }
 
 Status StatsReporter::CheckStatsFile(const std::string& stats_file) {
   const std::string where = "stats-file=" + stats_file;
@@ -118,12 +113,11 @@ void StatsReporter::Stop() {
   thread_.join();
 }
 
-void StatsReporter::WriteFile(const std::string& json) const {
+void StatsReporter::WriteFile(const std::string& json) {
   Status s = ReplaceFileAtomically(stats_file_, json);
   // Once a second: say so only when it starts failing, not every time.
-  static thread_local bool failing = false;
-  if (!s.ok() && !failing && log_) log_("cannot write the stats file: " + s.message());
-  failing = !s.ok();
+  if (!s.ok() && !write_failing_ && log_) log_("cannot write the stats file: " + s.message());
+  write_failing_ = !s.ok();
 }
 
 void StatsReporter::Loop() {

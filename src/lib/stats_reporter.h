@@ -50,7 +50,7 @@ class StatsReporter {
 
  private:
   void Loop();
-  void WriteFile(const std::string& json) const;
+  void WriteFile(const std::string& json);
 
   const std::shared_ptr<BlockStore> store_;
   VolumeRegistry* const registry_;
@@ -61,6 +61,7 @@ class StatsReporter {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_
+  bool write_failing_ = false;  // the reporting thread's own
   std::thread thread_;
 };
 

@@ -15,7 +15,6 @@ namespace {
 constexpr size_t kDeleteBatch = 1000;
 // The presence map is kept in memory: refuse exports with more blocks than this (16 MiB of page
 // pointers at most).
-constexpr uint64_t kMaxBlocks = 1ull << 40;
 
 }  // namespace
 
@@ -140,7 +139,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
       return d;
     }
   }
-  if (meta.block_count() > kMaxBlocks) {
+  if (meta.block_count() > kMaxExportBlocks) {
     return Status::InvalidArgument(where + ": size " + HumanSize(meta.size) + " at block size " +
                                    HumanSize(meta.block_size) +
                                    " is too many blocks; use a larger block size");
