@@ -33,9 +33,15 @@ s3b_missing_packages() {
 # Installs the packages among "$@" that are missing. The package lists are refreshed only when
 # there are none yet or when an install fails (a stale list names versions no longer served).
 s3b_install_missing() {
-  local missing
+  local missing lock_fd
   missing=$(s3b_missing_packages "$@" | tr '\n' ' ')
   [ -n "${missing// /}" ] || return 0
+  # One install at a time (the Quick start's two commands may start together): the second waits,
+  # then installs only what the first did not.
+  exec {lock_fd}>>/tmp/.s3block-install.lock
+  flock -n "$lock_fd" || { s3b_log "waiting for another install to finish"; flock "$lock_fd"; }
+  missing=$(s3b_missing_packages "$@" | tr '\n' ' ')
+  if [ -z "${missing// /}" ]; then exec {lock_fd}>&-; return 0; fi
   [ "$(id -u)" = 0 ] || s3b_die "missing packages: $missing; run as root to install them, or install them yourself"
   command -v apt-get >/dev/null || s3b_die "missing packages: $missing; this script installs with apt-get (Debian 12)"
   s3b_log "installing: $missing"
@@ -52,13 +58,19 @@ s3b_install_missing() {
     # shellcheck disable=SC2086
     "${apt[@]}" install $missing >&2 || s3b_die "cannot install: $missing"
   fi
+  exec {lock_fd}>&-
 }
 
 # Configures and builds into $S3BLOCK_BUILD. Extra arguments are build targets (default: all).
+# One build of a build directory at a time: the server's and the tests' commands may share it.
 s3b_build() {
-  local jobs targets=()
+  local jobs lock_fd targets=()
   jobs=$(nproc 2>/dev/null || echo 2)
   for t in "$@"; do targets+=(--target "$t"); done
+  mkdir -p "$S3BLOCK_BUILD" || s3b_die "cannot make the build directory $S3BLOCK_BUILD"
+  exec {lock_fd}>>"$S3BLOCK_BUILD/.build.lock"
+  flock -n "$lock_fd" || { s3b_log "waiting for another build in $S3BLOCK_BUILD"; flock "$lock_fd"; }
   cmake -S "$S3BLOCK_REPO" -B "$S3BLOCK_BUILD" >&2 || s3b_die "cmake configure failed"
   cmake --build "$S3BLOCK_BUILD" -j "$jobs" "${targets[@]}" >&2 || s3b_die "build failed"
+  exec {lock_fd}>&-
 }

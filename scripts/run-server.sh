@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what is missing, builds the plugin, and serves the local store over NBD on TCP port
-# 10809, in the foreground (Ctrl-C stops it; what clients wrote is kept).
+# 10809, in the foreground. Ctrl-C stops it, once its clients have gone, and says whether what they
+# wrote was all stored.
 #
 #   scripts/run-server.sh [PARAM=VALUE...]
 #   scripts/run-server.sh --build-only      # install and build, then stop (the Docker image)
@@ -47,4 +48,39 @@ listen=(-p "$port")
 [ -n "${S3BLOCK_IPADDR:-}" ] && listen+=(-i "$S3BLOCK_IPADDR")
 
 s3b_log "starting nbdkit: ${params[0]} on port $port (export test_device by default); Ctrl-C to stop"
-exec nbdkit -f "${listen[@]}" "$S3BLOCK_PLUGIN" "${params[@]}"
+
+# nbdkit runs as a child, not exec'd, so that this script can say what stopping did. Its errors
+# are kept to tell whether what clients wrote was all stored at the end: the plugin reports a
+# failed last flush as "flush at shutdown" (a failed flush before it keeps the data for this one).
+errors=$(mktemp /tmp/s3block-server-errors.XXXXXX)
+trap 'rm -f "$errors"' EXIT
+# The tee ignores Ctrl-C, which reaches the whole process group, to keep what nbdkit says after it.
+nbdkit -f "${listen[@]}" "$S3BLOCK_PLUGIN" "${params[@]}" 2> >(trap '' INT TERM; exec tee "$errors" >&2) &
+nbdkit_pid=$!
+stopping=0
+stop_server() {
+  if [ $stopping = 0 ]; then
+    s3b_log "stopping: clients still attached get errors; once they have gone, what they wrote and is not yet stored is stored"
+  fi
+  stopping=1
+  # Ctrl-C reaches nbdkit from the terminal too; `docker stop` signals only this script.
+  kill -TERM "$nbdkit_pid" 2>/dev/null || true
+}
+trap stop_server INT TERM
+rc=0
+while :; do
+  wait "$nbdkit_pid" && rc=0 || rc=$?
+  kill -0 "$nbdkit_pid" 2>/dev/null || break
+done
+wait 2>/dev/null || true  # the tee of nbdkit's errors
+
+if grep -q 'flush at shutdown' "$errors"; then
+  s3b_log "nbdkit stopped, but NOT everything clients wrote was stored (the errors above say what failed)"
+  exit 1
+elif [ $rc -ne 0 ]; then
+  s3b_log "nbdkit exited with status $rc (the messages above say why)"
+  exit $rc
+fi
+for p in "${params[@]}"; do
+  case $p in store=*) s3b_log "nbdkit stopped: everything clients wrote is stored in ${p#store=}" ;; esac
+done
