@@ -71,17 +71,24 @@ print(p.wait(timeout=120))
 PY
 }
 
+# stops_storing_all CASE SIGNAL TARGET: 1 MiB written unflushed, then the signal: the script
+# exits 0, says everything was stored, and the first and last blocks are in the store.
+stops_storing_all() {
+  local dir=$work/$1 rc id f
+  mkdir "$dir"
+  rc=$(run_and_stop "$2" "$3" "$dir" 1 "$dir.out") || die "the run failed: $(tail -5 "$dir.out")"
+  cat "$dir.out"
+  [ "$rc" = 0 ] || die "run-server.sh exited $rc after SIG$2 with everything stored"
+  grep -q "nbdkit stopped: everything clients wrote is stored in $dir" "$dir.out" ||
+    die "no 'everything clients wrote is stored' line after SIG$2"
+  for id in 0 255; do
+    f=$dir/exports/test_device/blocks/$id
+    [ -f "$f" ] && [ "$(od -An -tx1 -N1 "$f" | tr -d ' ')" = ab ] || die "block $id was not stored"
+  done
+}
+
 log "1. Ctrl-C after an unflushed write: everything stored"
-mkdir "$work/ok"
-rc=$(run_and_stop INT group "$work/ok" 1 "$work/ok.out") || die "the run failed: $(tail -5 "$work/ok.out")"
-cat "$work/ok.out"
-[ "$rc" = 0 ] || die "run-server.sh exited $rc after Ctrl-C with everything stored"
-grep -q "nbdkit stopped: everything clients wrote is stored in $work/ok" "$work/ok.out" ||
-  die "no 'everything clients wrote is stored' line"
-for id in 0 255; do
-  f=$work/ok/exports/test_device/blocks/$id
-  [ -f "$f" ] && [ "$(od -An -tx1 -N1 "$f" | tr -d ' ')" = ab ] || die "block $id was not stored"
-done
+stops_storing_all ok INT group
 
 log "2. Ctrl-C with a full store: NOT everything stored"
 mkdir "$work/full"
@@ -93,13 +100,7 @@ grep -q "NOT everything clients wrote was stored" "$work/full.out" || die "no 'N
 if grep -q "everything clients wrote is stored" "$work/full.out"; then die "it also claimed all was stored"; fi
 
 log "3. SIGTERM to the script alone (docker stop): nbdkit stops, everything stored"
-mkdir "$work/term"
-rc=$(run_and_stop TERM script "$work/term" 1 "$work/term.out") || die "the run failed: $(tail -5 "$work/term.out")"
-cat "$work/term.out"
-[ "$rc" = 0 ] || die "run-server.sh exited $rc after SIGTERM"
-grep -q "nbdkit stopped: everything clients wrote is stored in $work/term" "$work/term.out" ||
-  die "no 'everything clients wrote is stored' line after SIGTERM"
-[ -f "$work/term/exports/test_device/blocks/255" ] || die "block 255 was not stored after SIGTERM"
+stops_storing_all term TERM script
 if pgrep -f "nbdkit .*store=$work/" >/dev/null; then die "an nbdkit of this test still runs"; fi
 
 log "PASSED"
