@@ -7,7 +7,8 @@
 # over TCP from the host, checks that a block file exists at exports/test_device/blocks/0 in the
 # host directory, stops and removes the container, starts a new one on the same directory and
 # compares what it reads back with what was written (sha256). Containers, the image, temporary
-# files and a dockerd this script started are removed at exit, pass or fail.
+# files and a dockerd this script started are removed at exit, pass or fail; two images are kept
+# as caches for later runs: debian:12 and the Dockerfile's stage of installed packages.
 #
 #   tests/scripts/docker.sh
 #
