@@ -15,7 +15,7 @@ port=${PORT:-10809}
 
 mkdir -p "$data"
 docker build -t "$image" -f "$repo/docker/Dockerfile" "$repo"
-exec docker run --rm --privileged -it \
+exec docker run --rm -it \
   -p "$port:10809" \
   -v "$(cd "$data" && pwd):/data" \
   "$image" "$@"

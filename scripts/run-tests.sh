@@ -55,6 +55,7 @@ s3_scripts=(
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(
   disk_full.sh
+  docker.sh
   export_bounds.sh
   local_hostile.sh
   package.sh
