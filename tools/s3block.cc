@@ -24,6 +24,7 @@
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
+#include "util/json.h"
 
 namespace s3block {
 namespace {
@@ -103,28 +104,6 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"stats", "s3block stats STATS-FILE [--json]\n"
               "Prints the counters a running server writes to the file given as its stats-file=.\n"},
 };
-
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  return out + "\"";
-}
 
 const char* StateName(ExportMeta::State s) {
   switch (s) {

@@ -16,7 +16,7 @@
 #include <unordered_set>
 
 #include "s3block/params.h"
-#include "s3block/volume.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {

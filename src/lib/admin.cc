@@ -12,6 +12,8 @@
 
 #include "s3block/params.h"
 #include "s3block/volume.h"
+#include "util/fd_io.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {
@@ -158,11 +160,10 @@ Status ZeroDeviceRange(int fd, uint64_t off, uint64_t len, const std::string& pa
   static const std::vector<uint8_t> zeros(1 << 20, 0);
   while (len > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(len, zeros.size()));
-    ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return Status::FromErrno(errno, "write " + path);
-    off += static_cast<uint64_t>(w);
-    len -= static_cast<uint64_t>(w);
+    if (PwriteFull(fd, zeros.data(), n, static_cast<off_t>(off)) < 0)
+      return Status::FromErrno(errno, "write " + path);
+    off += n;
+    len -= n;
   }
   return Status::Ok();
 }
@@ -435,14 +436,10 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
     buf.assign(block_size, 0);
     const uint64_t off = id * block_size;
     const size_t want = static_cast<size_t>(std::min<uint64_t>(block_size, size - off));
-    size_t got = 0;
-    while (got < want) {
-      ssize_t r = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return Status::FromErrno(errno, "read " + path);
-      if (r == 0) return Status::IoError(path + " shrank while it was being imported");
-      got += static_cast<size_t>(r);
-    }
+    ssize_t got = PreadFull(fd, buf.data(), want, static_cast<off_t>(off));
+    if (got < 0) return Status::FromErrno(errno, "read " + path);
+    if (static_cast<size_t>(got) < want)
+      return Status::IoError(path + " shrank while it was being imported");
     if (IsAllZero(buf.data(), buf.size())) return Status::Ok();
     return store.Write(name, id, buf, false);
   }));
@@ -513,13 +510,8 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     if (IsAllZero(data.data(), data.size()) && regular) return Status::Ok();
     const uint64_t off = id * meta.block_size;
     const size_t n = static_cast<size_t>(std::min<uint64_t>(meta.block_size, meta.size - off));
-    size_t put = 0;
-    while (put < n) {
-      ssize_t w = ::pwrite(fd, data.data() + put, n - put, static_cast<off_t>(off + put));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return Status::FromErrno(errno, "write " + path);
-      put += static_cast<size_t>(w);
-    }
+    if (PwriteFull(fd, data.data(), n, static_cast<off_t>(off)) < 0)
+      return Status::FromErrno(errno, "write " + path);
     return Status::Ok();
   }));
   if (::fsync(fd) != 0 && !S_ISCHR(st.st_mode)) return Status::FromErrno(errno, "fsync " + path);

@@ -7,6 +7,7 @@
 #include "s3/credentials.h"
 #include "s3/s3_client.h"
 #include "s3block/params.h"
+#include "util/block_id.h"
 
 namespace s3block {
 namespace {
@@ -17,15 +18,6 @@ constexpr double kMaxCheckSeconds = 10;
 constexpr size_t kDeleteBatch = 1000;
 // Metadata documents are tiny; anything larger is not ours.
 constexpr size_t kMaxMetaBytes = 1 << 20;
-
-// Parses a block object's name: decimal digits only, no leading zeros (except "0").
-bool ParseBlockName(std::string_view name, uint64_t* id) {
-  if (name.empty() || name.size() > 20 || (name.size() > 1 && name[0] == '0')) return false;
-  for (char c : name)
-    if (c < '0' || c > '9') return false;
-  auto [p, ec] = std::from_chars(name.data(), name.data() + name.size(), *id);
-  return ec == std::errc() && p == name.data() + name.size();
-}
 
 // The fence of every request that changes an export: its lease, asked before each attempt.
 WriteFence FenceOf(const S3Store& store, std::string_view export_name) {
@@ -154,7 +146,7 @@ Status S3Store::ListBlockDigests(std::string_view export_name,
   const std::string prefix = ExportPrefix(export_name) + "blocks/";
   auto block_id = [&](const std::string& key, uint64_t* id) {
     return key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
-           ParseBlockName(std::string_view(key).substr(prefix.size()), id);
+           ParseBlockId(std::string_view(key).substr(prefix.size()), id);
   };
   // A key that is not a block's is fetched again before it is skipped: it may be a block's
   // name damaged on the way, and skipping a stored block would serve it as zeros.

@@ -19,6 +19,7 @@
 #include "s3block/file_store.h"
 #include "s3block/volume.h"
 #include "test_util.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {

@@ -9,7 +9,6 @@
 #include <fstream>
 #include <random>
 
-#include "codec/crc32c.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/disk_cache_store.h"
@@ -17,6 +16,7 @@
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
+#include "util/crc32c.h"
 
 namespace s3block {
 namespace {

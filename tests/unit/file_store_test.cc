@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "lib/safe_file.h"
+#include "base/safe_file.h"
 #include "s3block/params.h"
 #include "test_util.h"
 

@@ -7,6 +7,7 @@
 #include "open_race.h"
 #include "s3block/file_store.h"
 #include "test_util.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {
