@@ -184,18 +184,17 @@ AdminOptions Quiet(const AdminOptions& options) {
 // Deletes `ids` in batches, in parallel.
 Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uint64_t>& ids,
                  const AdminOptions& options) {
-  constexpr uint64_t kBatch = 1000;
-  uint64_t batches = (ids.size() + kBatch - 1) / kBatch;
-  // Progress in blocks, not in batches: every batch but the last holds kBatch of them.
+  uint64_t batches = (ids.size() + kDeleteBatch - 1) / kDeleteBatch;
+  // Progress in blocks, not in batches: every batch but the last holds kDeleteBatch of them.
   AdminOptions o = options;
   if (options.progress) {
     o.progress = [&](uint64_t done, uint64_t total) {
-      options.progress(done == total ? ids.size() : std::min<uint64_t>(done * kBatch, ids.size()),
-                       ids.size());
+      const uint64_t blocks = std::min<uint64_t>(done * kDeleteBatch, ids.size());
+      options.progress(done == total ? ids.size() : blocks, ids.size());
     };
   }
   return ParallelFor(batches, o, "delete", [&](uint64_t b) {
-    size_t first = b * kBatch, n = std::min<size_t>(kBatch, ids.size() - first);
+    size_t first = b * kDeleteBatch, n = std::min<size_t>(kDeleteBatch, ids.size() - first);
     return store.Delete(name, std::span<const uint64_t>(ids.data() + first, n), false);
   });
 }

@@ -13,8 +13,6 @@
 namespace s3block {
 namespace {
 
-// Deletes go to the store in batches of this many ids (S3's DeleteObjects takes 1000).
-constexpr size_t kDeleteBatch = 1000;
 }  // namespace
 
 std::string DescribeThisProcess(const std::string& program) {

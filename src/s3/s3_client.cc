@@ -34,7 +34,6 @@ constexpr double kDamagedAfter = 5.0;
 // A listing page naming a key its caller does not expect is fetched this many times in all
 // before the key is taken as an object of that name.
 constexpr int kListAttemptsForUnexpectedKeys = 3;
-constexpr int kMaxDeleteKeys = 1000;    // S3's limit for one DeleteObjects request
 
 struct Endpoint {
   std::string scheme, authority, path;
@@ -392,7 +391,7 @@ Status S3Client::DeleteObject(const std::string& key, const WriteFence* fence) {
 
 Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence) {
   if (keys.empty()) return Status::Ok();
-  if (keys.size() > static_cast<size_t>(kMaxDeleteKeys))
+  if (keys.size() > kMaxDeleteKeys)
     return Status::InvalidArgument("DeleteObjects takes at most 1000 keys");
   const std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +
                            QuoteForMessage(keys.front()) + "')";

@@ -7,6 +7,7 @@
 #include "s3/credentials.h"
 #include "s3/s3_client.h"
 #include "s3block/params.h"
+#include "util/batches.h"
 #include "util/block_id.h"
 
 namespace s3block {
@@ -14,8 +15,6 @@ namespace {
 
 // Check() waits at most this long for a server that is starting or briefly unreachable.
 constexpr double kMaxCheckSeconds = 10;
-// S3's limit for one DeleteObjects request.
-constexpr size_t kDeleteBatch = 1000;
 // Metadata documents are tiny; anything larger is not ours.
 constexpr size_t kMaxMetaBytes = 1 << 20;
 
@@ -120,15 +119,11 @@ Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> i
   const WriteFence fence = FenceOf(*this, export_name);
   if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]), &fence);
   std::vector<std::string> keys;
-  keys.reserve(std::min(ids.size(), kDeleteBatch));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    keys.push_back(BlockKey(export_name, ids[i]));
-    if (keys.size() == kDeleteBatch || i + 1 == ids.size()) {
-      S3B_RETURN_IF_ERROR(client_->DeleteObjects(keys, &fence));
-      keys.clear();
-    }
-  }
-  return Status::Ok();
+  return ForEachBatch(ids, S3Client::kMaxDeleteKeys, [&](std::span<const uint64_t> part) {
+    keys.clear();
+    for (uint64_t id : part) keys.push_back(BlockKey(export_name, id));
+    return client_->DeleteObjects(keys, &fence);
+  });
 }
 
 Status S3Store::Flush(std::string_view export_name) {

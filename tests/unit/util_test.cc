@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "util/batches.h"
 #include "util/block_id.h"
 #include "util/crc32c.h"
 #include "util/digest.h"
@@ -255,6 +256,41 @@ TEST(BlockIdTest, OnlyTheOneDecimalSpellingOfAnId) {
     EXPECT_FALSE(ParseBlockId(bad, &id)) << bad;
   }
   EXPECT_FALSE(ParseBlockId(std::string_view("12\0", 3), &id));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches
+
+// What a batch of work returns: ok() unless it failed.
+struct Result {
+  bool failed = false;
+  bool ok() const { return !failed; }
+};
+
+TEST(BatchesTest, PartsInOrderOfAtMostTheSizeGivenStoppingAtAFailure) {
+  std::vector<int> items(10);
+  for (int i = 0; i < 10; ++i) items[i] = i;
+  std::vector<std::vector<int>> seen;
+  auto record = [&](std::span<const int> part) {
+    seen.emplace_back(part.begin(), part.end());
+    return Result{};
+  };
+  EXPECT_TRUE(ForEachBatch(std::span<const int>(items), 4, record).ok());
+  EXPECT_EQ(seen, (std::vector<std::vector<int>>{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}));
+
+  seen.clear();
+  EXPECT_TRUE(ForEachBatch(std::span<const int>(items), 10, record).ok());
+  EXPECT_EQ(seen.size(), 1u);
+  seen.clear();
+  EXPECT_TRUE(ForEachBatch(std::span<const int>(), 3, record).ok());
+  EXPECT_TRUE(seen.empty());
+
+  int calls = 0;
+  Result r = ForEachBatch(std::span<const int>(items), 3, [&](std::span<const int>) {
+    return Result{++calls == 2};
+  });
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(calls, 2);
 }
 
 }  // namespace
