@@ -224,6 +224,28 @@ TEST(JsonTest, StringsAreQuotedAndEscaped) {
   EXPECT_EQ(JsonString("\xc3\xa9"), "\"\xc3\xa9\"");  // UTF-8 passes as it is
 }
 
+TEST(JsonTest, LeavesOfNestedObjectsWithTheirKeys) {
+  std::vector<std::string> got;
+  auto collect = [&](const std::vector<std::string>& keys, std::string_view value) {
+    std::string line;
+    for (const auto& k : keys) line += k + "/";
+    got.push_back(line + std::string(value));
+  };
+  const std::string doc = "{\"exports\": {\n  " + JsonString("a \"b\"") +
+                          ": {\"reads\": 3, \"hits\": 0},\n  \"c\": {}}, \"up\": true}\n";
+  ASSERT_TRUE(ForEachJsonLeaf(doc, collect));
+  EXPECT_EQ(got, (std::vector<std::string>{"exports/a \"b\"/reads/3", "exports/a \"b\"/hits/0",
+                                           "up/true"}));
+  got.clear();
+  EXPECT_TRUE(ForEachJsonLeaf("{}", collect));
+  EXPECT_TRUE(got.empty());
+
+  for (const char* bad : {"", "{", "{\"a\" 1}", "{\"a\": }", "{\"a\": 1 \"b\": 2}", "{a: 1}",
+                          "{\"a\": 1", "{\"a"}) {
+    EXPECT_FALSE(ForEachJsonLeaf(bad, collect)) << bad;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Zero tests
 
