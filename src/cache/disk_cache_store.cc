@@ -1,4 +1,4 @@
-#include "s3block/disk_cache_store.h"
+#include "cache/disk_cache_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>

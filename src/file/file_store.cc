@@ -1,4 +1,4 @@
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>

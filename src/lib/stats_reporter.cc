@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "base/safe_file.h"
+#include "cache/disk_cache_store.h"
 #include "s3block/cache_store.h"
-#include "s3block/disk_cache_store.h"
 #include "s3block/params.h"
 #include "util/json.h"
 

@@ -27,8 +27,8 @@
 #include <thread>
 
 #include "s3/s3_client.h"
+#include "s3/s3_store.h"
 #include "s3block/params.h"
-#include "s3block/s3_store.h"
 #include "util/encoding.h"
 
 namespace s3block {

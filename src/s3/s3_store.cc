@@ -1,4 +1,4 @@
-#include "s3block/s3_store.h"
+#include "s3/s3_store.h"
 
 #include <algorithm>
 #include <charconv>

@@ -9,10 +9,10 @@
 #include <fstream>
 #include <random>
 
+#include "cache/disk_cache_store.h"
+#include "file/file_store.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
-#include "s3block/disk_cache_store.h"
-#include "s3block/file_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"

@@ -4,8 +4,8 @@
 #include <random>
 #include <thread>
 
+#include "file/file_store.h"
 #include "open_race.h"
-#include "s3block/file_store.h"
 #include "test_util.h"
 #include "util/zero.h"
 
