@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/safe_file.h"
 #include "s3block/params.h"
 #include "s3block/volume.h"
 #include "util/fd_io.h"
@@ -382,7 +383,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  UniqueFd closer(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
   uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -468,7 +469,7 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     if (device && errno == EBUSY) return Status::Error(EBUSY, path + " is in use (mounted?)");
     return Status::FromErrno(errno, "open " + path);
   }
-  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  UniqueFd closer(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
   const bool regular = S_ISREG(st.st_mode);
