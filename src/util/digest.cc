@@ -19,7 +19,9 @@ std::vector<uint8_t> Digest(const EVP_MD* md, std::span<const uint8_t> data) {
 }  // namespace
 
 std::vector<uint8_t> Md5(std::span<const uint8_t> data) { return Digest(EVP_md5(), data); }
-std::string Sha256Hex(std::span<const uint8_t> data) { return HexEncode(Digest(EVP_sha256(), data)); }
+std::string Sha256Hex(std::span<const uint8_t> data) {
+  return HexEncode(Digest(EVP_sha256(), data));
+}
 std::string Sha256Hex(std::string_view data) { return Sha256Hex(AsBytes(data)); }
 
 std::vector<uint8_t> HmacSha256(std::span<const uint8_t> key, std::string_view data) {

@@ -20,7 +20,8 @@ std::string JsonString(std::string_view s);
 // leaf in document order. An escape in a key is read as the character after the backslash, which
 // undoes what JsonString does to the names this reads. False if the text is not such a document;
 // the leaves before the fault have been given. Text after the document is ignored.
-using JsonLeafFn = std::function<void(const std::vector<std::string>& keys, std::string_view value)>;
+using JsonLeafFn =
+    std::function<void(const std::vector<std::string>& keys, std::string_view value)>;
 bool ForEachJsonLeaf(std::string_view text, const JsonLeafFn& on_leaf);
 
 }  // namespace s3block
