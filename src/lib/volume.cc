@@ -8,17 +8,14 @@
 #include <set>
 #include <vector>
 
+#include "util/host.h"
 #include "util/zero.h"
 
 namespace s3block {
-namespace {
-
-}  // namespace
 
 std::string DescribeThisProcess(const std::string& program) {
-  char host[256] = "unknown-host";
-  ::gethostname(host, sizeof host - 1);
-  host[sizeof host - 1] = '\0';
+  std::string host = HostName();
+  if (host.empty()) host = "unknown-host";
   char when[32] = "";
   std::time_t now = std::time(nullptr);
   struct tm tm;

@@ -30,6 +30,7 @@
 #include "s3/s3_store.h"
 #include "s3block/params.h"
 #include "util/encoding.h"
+#include "util/host.h"
 
 namespace s3block {
 
@@ -115,12 +116,6 @@ std::string ProcessStartTime(int64_t pid) {
     if (i == 22) return field;
   }
   return "";
-}
-
-std::string HostName() {
-  char host[256] = "";
-  ::gethostname(host, sizeof host - 1);
-  return host;
 }
 
 void FillIdentity(LeaseDoc* d) {

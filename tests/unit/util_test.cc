@@ -19,6 +19,7 @@
 #include "util/digest.h"
 #include "util/encoding.h"
 #include "util/fd_io.h"
+#include "util/host.h"
 #include "util/json.h"
 #include "util/zero.h"
 
@@ -210,6 +211,15 @@ TEST(FdIoTest, ReadContinuesAfterASignalAndCollectsShortReads) {
   EXPECT_EQ(std::string(buf, 4), "abcd");
   ::sigaction(SIGALRM, &old, nullptr);
   ::close(p[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host name
+
+TEST(HostTest, TheNameTheSystemGives) {
+  char name[256] = "";
+  ASSERT_EQ(::gethostname(name, sizeof name - 1), 0);
+  EXPECT_EQ(HostName(), name);
 }
 
 // ---------------------------------------------------------------------------------------------
