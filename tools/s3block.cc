@@ -24,6 +24,7 @@
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
+#include "util/json.h"
 
 namespace s3block {
 namespace {
@@ -103,28 +104,6 @@ const std::map<std::string, std::string> kCommandHelp = {
     {"stats", "s3block stats STATS-FILE [--json]\n"
               "Prints the counters a running server writes to the file given as its stats-file=.\n"},
 };
-
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  return out + "\"";
-}
 
 const char* StateName(ExportMeta::State s) {
   switch (s) {
@@ -332,55 +311,15 @@ int RunStats(const Args& a) {
     return kExitOk;
   }
   // Plain output: one "export key value" line per counter, from the document's nesting.
-  std::vector<std::string> path;
-  size_t i = 0;
-  auto skip_ws = [&] { while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i; };
-  auto read_string = [&](std::string* out) -> bool {
-    if (i >= text.size() || text[i] != '"') return false;
-    ++i;
-    out->clear();
-    while (i < text.size() && text[i] != '"') {
-      if (text[i] == '\\' && i + 1 < text.size()) ++i;
-      out->push_back(text[i++]);
-    }
-    if (i >= text.size()) return false;
-    ++i;
-    return true;
-  };
-  std::function<bool()> value = [&]() -> bool {
-    skip_ws();
-    if (i < text.size() && text[i] == '{') {
-      ++i;
-      skip_ws();
-      if (i < text.size() && text[i] == '}') { ++i; return true; }
-      for (;;) {
-        skip_ws();
-        std::string key;
-        if (!read_string(&key)) return false;
-        skip_ws();
-        if (i >= text.size() || text[i] != ':') return false;
-        ++i;
-        path.push_back(key);
-        if (!value()) return false;
-        path.pop_back();
-        skip_ws();
-        if (i < text.size() && text[i] == ',') { ++i; continue; }
-        if (i < text.size() && text[i] == '}') { ++i; return true; }
-        return false;
-      }
-    }
-    size_t b = i;
-    while (i < text.size() && text[i] != ',' && text[i] != '}' && !std::isspace(static_cast<unsigned char>(text[i]))) ++i;
-    if (b == i) return false;
+  auto print = [](const std::vector<std::string>& keys, std::string_view value) {
     std::string line;
-    for (size_t k = 0; k < path.size(); ++k) {
-      if (k == 0 && path[k] == "exports" && path.size() > 1) continue;
-      line += QuoteForMessage(path[k]) + " ";
+    for (size_t k = 0; k < keys.size(); ++k) {
+      if (k == 0 && keys[k] == "exports" && keys.size() > 1) continue;
+      line += QuoteForMessage(keys[k]) + " ";
     }
-    std::printf("%s%s\n", line.c_str(), text.substr(b, i - b).c_str());
-    return true;
+    std::printf("%s%.*s\n", line.c_str(), static_cast<int>(value.size()), value.data());
   };
-  if (!value()) {
+  if (!ForEachJsonLeaf(text, print)) {
     std::fprintf(stderr, "s3block: %s is not a stats document\n", a.positional[0].c_str());
     return kExitFail;
   }

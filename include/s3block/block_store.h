@@ -29,6 +29,10 @@ namespace s3block {
 
 using Bytes = std::vector<uint8_t>;
 
+// The most ids the layers above a store give one Delete call: as many as one S3 DeleteObjects
+// request takes, so that a batch costs the S3 store one request.
+inline constexpr size_t kDeleteBatch = 1000;
+
 // A claim on an export that keeps every other server from writing to it; released when
 // destroyed. Held by the Volume of a read-write server for as long as it serves the export.
 class ExportLease {

@@ -50,20 +50,6 @@
 
 namespace s3block {
 
-inline constexpr size_t kEncryptionKeySize = 32;
-
-// Parses key material: exactly 32 bytes (raw), or 64 hex digits (white space around them is
-// ignored). `source` names where it came from for messages ("key-file=/etc/k", "S3BLOCK_KEY");
-// the key itself never appears in a message. Errors: EINVAL.
-Status ParseEncryptionKey(std::string_view source, std::string_view text, std::string* key);
-
-// A new key check value for `key` (32 bytes): "SALT:MAC" in hex, a random salt and an HMAC of it
-// under the key. Errors: EIO if no random bytes could be had.
-Status MakeKeyCheck(std::string_view key, std::string* check);
-
-// True if `check` (as made by MakeKeyCheck) was made with `key`.
-bool KeyMatchesCheck(std::string_view key, std::string_view check);
-
 class CodecStore : public StoreDecorator {
  public:
   // `key`: the 32-byte AES-256 key, or empty if none was given (encrypted exports are then

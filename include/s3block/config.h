@@ -13,7 +13,7 @@
 
 #include "s3block/params.h"
 #include "s3block/status.h"
-#include "s3block/volume.h"
+#include "s3block/volume_options.h"
 
 namespace s3block {
 

@@ -42,7 +42,7 @@ struct BlockEncoding {
   Compression compression = Compression::kNone;
   int level = kDefaultZstdLevel;  // zstd level, 1 to 22; meaningful with kZstd only
   Encryption encryption = Encryption::kNone;
-  // With encryption: "SALT:MAC" in hex (MakeKeyCheck in codec_store.h), which tells whether a key
+  // With encryption: "SALT:MAC" in hex (MakeKeyCheck below), which tells whether a key
   // is the export's key without revealing anything about it. Empty without encryption.
   std::string key_check;
   // A CRC-32C in each stored object (with encryption, the cipher's tag does this job instead).
@@ -84,6 +84,21 @@ struct ExportMeta {
   // Number of blocks that hold the export (the last one may be partly past the end).
   uint64_t block_count() const { return block_size ? (size + block_size - 1) / block_size : 0; }
 };
+
+// The key of encrypted exports, and the key check value an export records (encoding.key_check).
+inline constexpr size_t kEncryptionKeySize = 32;
+
+// Parses key material: exactly 32 bytes (raw), or 64 hex digits (white space around them is
+// ignored). `source` names where it came from for messages ("key-file=/etc/k", "S3BLOCK_KEY");
+// the key itself never appears in a message. Errors: EINVAL.
+Status ParseEncryptionKey(std::string_view source, std::string_view text, std::string* key);
+
+// A new key check value for `key` (32 bytes): "SALT:MAC" in hex, a random salt and an HMAC of it
+// under the key. Errors: EIO if no random bytes could be had.
+Status MakeKeyCheck(std::string_view key, std::string* check);
+
+// True if `check` (as made by MakeKeyCheck) was made with `key`.
+bool KeyMatchesCheck(std::string_view key, std::string_view check);
 
 }  // namespace s3block
 

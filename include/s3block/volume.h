@@ -24,31 +24,9 @@
 #include "s3block/export_meta.h"
 #include "s3block/params.h"
 #include "s3block/presence_map.h"
+#include "s3block/volume_options.h"
 
 namespace s3block {
-
-struct VolumeOptions {
-  // Size of a new export. An existing export keeps its recorded size.
-  uint64_t size = kDefaultExportSize;
-  // Block size of a new export. An existing export keeps its recorded block size; if the block
-  // size was given explicitly (block_size_explicit) and differs, Open refuses.
-  uint32_t block_size = kDefaultBlockSize;
-  bool block_size_explicit = false;
-  // Open read-only: never write metadata or blocks.
-  bool readonly = false;
-  // Create the export (write its metadata) if it has none.
-  bool create = true;
-  // A read-write volume claims the export's lease so that no second server writes to it.
-  bool lock = true;
-  // Take the lease even from another holder (an operator who knows the holder is dead).
-  bool force = false;
-  // Who we are, for other servers' messages; empty: "PROGRAM pid N on HOST since TIME".
-  std::string holder;
-  // Block encoding of a new export. An existing export keeps its recorded encoding; if one was
-  // given explicitly (encoding_explicit) and differs, Open says so in encoding_note().
-  BlockEncoding encoding;
-  bool encoding_explicit = false;
-};
 
 // "<program> pid <pid> on <host> since <UTC time>".
 std::string DescribeThisProcess(const std::string& program);
@@ -175,9 +153,6 @@ class Volume {
     std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, rmw_blocks{0}, zero_blocks_elided{0};
   } stats_;
 };
-
-// True if every byte of [p, p + n) is zero.
-bool IsAllZero(const uint8_t* p, size_t n);
 
 }  // namespace s3block
 

@@ -16,15 +16,14 @@
 #include <unordered_set>
 
 #include "s3block/params.h"
-#include "s3block/volume.h"
+#include "util/batches.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Deletes go below in batches of at most this many ids (S3's DeleteObjects takes 1000).
-constexpr size_t kDeleteBatch = 1000;
 // The protected segment holds at most this share of the budget; the rest is probationary.
 constexpr uint64_t kProtectedPercent = 80;
 // A reader is sequential after this many consecutive blocks, each but the last read whole;
@@ -1574,10 +1573,9 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
 Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) {
   std::unique_lock<std::mutex> lk(mu_);
   if (fua) {
-    for (size_t i = 0; i < ids.size(); i += kDeleteBatch)
-      S3B_RETURN_IF_ERROR(
-          StoreNowLocked(lk, ids.subspan(i, std::min(kDeleteBatch, ids.size() - i)), nullptr));
-    return Status::Ok();
+    return ForEachBatch(ids, kDeleteBatch, [&](std::span<const uint64_t> part) {
+      return StoreNowLocked(lk, part, nullptr);
+    });
   }
   for (uint64_t id : ids) {
     auto it = entries_.find(id);

@@ -1,4 +1,4 @@
-#include "s3block/disk_cache_store.h"
+#include "cache/disk_cache_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -9,9 +9,12 @@
 #include <cerrno>
 #include <cstring>
 
-#include "lib/safe_file.h"
-#include "s3/sigv4.h"
+#include "base/safe_file.h"
 #include "s3block/params.h"
+#include "util/block_id.h"
+#include "util/digest.h"
+#include "util/encoding.h"
+#include "util/fd_io.h"
 
 namespace s3block {
 namespace {
@@ -28,36 +31,15 @@ Digest Md5Of(std::span<const uint8_t> data) {
   return out;
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 // 32 hex digits (our file names, and the digests ListBlockDigests gives).
-bool ParseHexMd5(std::string_view hex, Digest* out) {
-  if (hex.size() != 32) return false;
-  for (size_t i = 0; i < out->size(); ++i) {
-    int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    (*out)[i] = static_cast<uint8_t>(hi * 16 + lo);
-  }
-  return true;
-}
+bool ParseHexMd5(std::string_view hex, Digest* out) { return HexDecode(hex, *out); }
 
 // A copy's file name: "<id>.<md5>", id in decimal without leading zeros.
 bool ParseCopyName(std::string_view name, uint64_t* id, Digest* md5) {
   size_t dot = name.find('.');
   if (dot == std::string_view::npos || dot == 0 || dot > 20) return false;
-  std::string_view digits = name.substr(0, dot);
-  if (digits.size() > 1 && digits[0] == '0') return false;
   uint64_t v = 0;
-  for (char c : digits) {
-    if (c < '0' || c > '9') return false;
-    if (v > (UINT64_MAX - 9) / 10) return false;
-    v = v * 10 + static_cast<uint64_t>(c - '0');
-  }
+  if (!ParseBlockId(name.substr(0, dot), &v)) return false;
   // Written by HexEncode, lower-case: any other spelling is not a file of ours.
   std::string_view hex = name.substr(dot + 1);
   if (hex.find_first_of("ABCDEF") != std::string_view::npos || !ParseHexMd5(hex, md5)) return false;
@@ -93,14 +75,7 @@ bool ReadCopy(int dir_fd, const std::string& rel, const std::string& path, uint3
   if (!OpenFileBeneath(dir_fd, rel, path, &fd, &st).ok()) return false;
   if (st.st_size != static_cast<off_t>(size)) return false;  // not our copy
   out->resize(size);
-  size_t got = 0;
-  while (got < size) {
-    ssize_t r = ::pread(fd.get(), out->data() + got, size - got, static_cast<off_t>(got));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    got += static_cast<size_t>(r);
-  }
-  return true;
+  return PreadFull(fd.get(), out->data(), size, 0) == static_cast<ssize_t>(size);
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "codec/crc32c.h"
+#include "util/crc32c.h"
 #include "s3block/params.h"
 
 namespace s3block {
@@ -24,49 +24,6 @@ constexpr size_t kHeaderSize = 8;
 constexpr size_t kNonceSize = 12;
 constexpr size_t kTagSize = 16;
 constexpr size_t kCrcSize = 4;
-constexpr size_t kSaltSize = 16;
-constexpr size_t kMacSize = 16;
-constexpr char kKeyCheckLabel[] = "nbd-s3-backend key check 1";
-
-std::string Hex(const uint8_t* p, size_t n) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += digits[p[i] >> 4];
-    out += digits[p[i] & 15];
-  }
-  return out;
-}
-
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool Unhex(std::string_view text, std::string* out) {
-  if (text.size() % 2) return false;
-  out->clear();
-  for (size_t i = 0; i < text.size(); i += 2) {
-    int hi = HexDigit(text[i]), lo = HexDigit(text[i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(static_cast<char>(hi * 16 + lo));
-  }
-  return true;
-}
-
-// HMAC-SHA256(key, label || salt), cut to kMacSize bytes.
-void KeyCheckMac(std::string_view key, const uint8_t* salt, uint8_t* mac) {
-  uint8_t msg[sizeof kKeyCheckLabel + kSaltSize];
-  std::memcpy(msg, kKeyCheckLabel, sizeof kKeyCheckLabel);
-  std::memcpy(msg + sizeof kKeyCheckLabel, salt, kSaltSize);
-  uint8_t full[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), msg, sizeof msg, full, &len);
-  std::memcpy(mac, full, kMacSize);
-  OPENSSL_cleanse(full, sizeof full);
-}
 
 void PutLe64(uint64_t v, uint8_t* p) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -111,40 +68,6 @@ std::string Where(std::string_view export_name, uint64_t id) {
 }
 
 }  // namespace
-
-Status ParseEncryptionKey(std::string_view source, std::string_view text, std::string* key) {
-  if (text.size() == kEncryptionKeySize) {
-    *key = std::string(text);
-    return Status::Ok();
-  }
-  auto space = [](char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; };
-  while (!text.empty() && space(text.front())) text.remove_prefix(1);
-  while (!text.empty() && space(text.back())) text.remove_suffix(1);
-  if (text.size() == 2 * kEncryptionKeySize && Unhex(text, key)) return Status::Ok();
-  key->clear();
-  return Status::InvalidArgument(std::string(source) +
-                                 ": expected a key of exactly 32 bytes or 64 hex digits");
-}
-
-Status MakeKeyCheck(std::string_view key, std::string* check) {
-  uint8_t salt[kSaltSize], mac[kMacSize];
-  if (RAND_bytes(salt, sizeof salt) != 1)
-    return Status::IoError("cannot get random bytes for the key check value");
-  KeyCheckMac(key, salt, mac);
-  *check = Hex(salt, sizeof salt) + ":" + Hex(mac, sizeof mac);
-  return Status::Ok();
-}
-
-bool KeyMatchesCheck(std::string_view key, std::string_view check) {
-  std::string salt, mac;
-  if (key.size() != kEncryptionKeySize || check.size() != 2 * (kSaltSize + kMacSize) + 1 ||
-      check[2 * kSaltSize] != ':' || !Unhex(check.substr(0, 2 * kSaltSize), &salt) ||
-      !Unhex(check.substr(2 * kSaltSize + 1), &mac))
-    return false;
-  uint8_t expect[kMacSize];
-  KeyCheckMac(key, reinterpret_cast<const uint8_t*>(salt.data()), expect);
-  return CRYPTO_memcmp(expect, mac.data(), kMacSize) == 0;
-}
 
 CodecStore::CodecStore(std::shared_ptr<BlockStore> next, std::string key)
     : StoreDecorator(std::move(next)), key_(std::move(key)) {}

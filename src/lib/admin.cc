@@ -10,8 +10,11 @@
 #include <mutex>
 #include <thread>
 
+#include "base/safe_file.h"
 #include "s3block/params.h"
 #include "s3block/volume.h"
+#include "util/fd_io.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {
@@ -158,11 +161,10 @@ Status ZeroDeviceRange(int fd, uint64_t off, uint64_t len, const std::string& pa
   static const std::vector<uint8_t> zeros(1 << 20, 0);
   while (len > 0) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(len, zeros.size()));
-    ssize_t w = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return Status::FromErrno(errno, "write " + path);
-    off += static_cast<uint64_t>(w);
-    len -= static_cast<uint64_t>(w);
+    if (PwriteFull(fd, zeros.data(), n, static_cast<off_t>(off)) < 0)
+      return Status::FromErrno(errno, "write " + path);
+    off += n;
+    len -= n;
   }
   return Status::Ok();
 }
@@ -183,18 +185,17 @@ AdminOptions Quiet(const AdminOptions& options) {
 // Deletes `ids` in batches, in parallel.
 Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uint64_t>& ids,
                  const AdminOptions& options) {
-  constexpr uint64_t kBatch = 1000;
-  uint64_t batches = (ids.size() + kBatch - 1) / kBatch;
-  // Progress in blocks, not in batches: every batch but the last holds kBatch of them.
+  uint64_t batches = (ids.size() + kDeleteBatch - 1) / kDeleteBatch;
+  // Progress in blocks, not in batches: every batch but the last holds kDeleteBatch of them.
   AdminOptions o = options;
   if (options.progress) {
     o.progress = [&](uint64_t done, uint64_t total) {
-      options.progress(done == total ? ids.size() : std::min<uint64_t>(done * kBatch, ids.size()),
-                       ids.size());
+      const uint64_t blocks = std::min<uint64_t>(done * kDeleteBatch, ids.size());
+      options.progress(done == total ? ids.size() : blocks, ids.size());
     };
   }
   return ParallelFor(batches, o, "delete", [&](uint64_t b) {
-    size_t first = b * kBatch, n = std::min<size_t>(kBatch, ids.size() - first);
+    size_t first = b * kDeleteBatch, n = std::min<size_t>(kDeleteBatch, ids.size() - first);
     return store.Delete(name, std::span<const uint64_t>(ids.data() + first, n), false);
   });
 }
@@ -382,7 +383,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  UniqueFd closer(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
   uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -435,14 +436,10 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
     buf.assign(block_size, 0);
     const uint64_t off = id * block_size;
     const size_t want = static_cast<size_t>(std::min<uint64_t>(block_size, size - off));
-    size_t got = 0;
-    while (got < want) {
-      ssize_t r = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return Status::FromErrno(errno, "read " + path);
-      if (r == 0) return Status::IoError(path + " shrank while it was being imported");
-      got += static_cast<size_t>(r);
-    }
+    ssize_t got = PreadFull(fd, buf.data(), want, static_cast<off_t>(off));
+    if (got < 0) return Status::FromErrno(errno, "read " + path);
+    if (static_cast<size_t>(got) < want)
+      return Status::IoError(path + " shrank while it was being imported");
     if (IsAllZero(buf.data(), buf.size())) return Status::Ok();
     return store.Write(name, id, buf, false);
   }));
@@ -472,7 +469,7 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     if (device && errno == EBUSY) return Status::Error(EBUSY, path + " is in use (mounted?)");
     return Status::FromErrno(errno, "open " + path);
   }
-  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+  UniqueFd closer(fd);
   struct stat st;
   if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
   const bool regular = S_ISREG(st.st_mode);
@@ -513,13 +510,8 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     if (IsAllZero(data.data(), data.size()) && regular) return Status::Ok();
     const uint64_t off = id * meta.block_size;
     const size_t n = static_cast<size_t>(std::min<uint64_t>(meta.block_size, meta.size - off));
-    size_t put = 0;
-    while (put < n) {
-      ssize_t w = ::pwrite(fd, data.data() + put, n - put, static_cast<off_t>(off + put));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return Status::FromErrno(errno, "write " + path);
-      put += static_cast<size_t>(w);
-    }
+    if (PwriteFull(fd, data.data(), n, static_cast<off_t>(off)) < 0)
+      return Status::FromErrno(errno, "write " + path);
     return Status::Ok();
   }));
   if (::fsync(fd) != 0 && !S_ISCHR(st.st_mode)) return Status::FromErrno(errno, "fsync " + path);

@@ -8,10 +8,11 @@
 #include <utility>
 #include <vector>
 
-#include "lib/safe_file.h"
+#include "base/safe_file.h"
+#include "cache/disk_cache_store.h"
 #include "s3block/cache_store.h"
-#include "s3block/disk_cache_store.h"
 #include "s3block/params.h"
+#include "util/json.h"
 
 namespace s3block {
 namespace {
@@ -20,23 +21,6 @@ constexpr int kLogEverySeconds = 5;
 
 using Counters = std::vector<std::pair<std::string, uint64_t>>;
 using ExportCounters = std::vector<std::pair<std::string, Counters>>;
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
 
 std::string ToJson(const ExportCounters& all) {
   std::string text = "{\"exports\": {";

@@ -1,10 +1,10 @@
 #include "s3block/store_factory.h"
 
+#include "cache/disk_cache_store.h"
+#include "file/file_store.h"
+#include "s3/s3_store.h"
 #include "s3block/cache_store.h"
 #include "s3block/codec_store.h"
-#include "s3block/disk_cache_store.h"
-#include "s3block/file_store.h"
-#include "s3block/s3_store.h"
 
 namespace s3block {
 

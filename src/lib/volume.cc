@@ -8,35 +8,20 @@
 #include <set>
 #include <vector>
 
+#include "util/host.h"
+#include "util/zero.h"
+
 namespace s3block {
-namespace {
-
-// Deletes go to the store in batches of this many ids (S3's DeleteObjects takes 1000).
-constexpr size_t kDeleteBatch = 1000;
-// The presence map is kept in memory: refuse exports with more blocks than this (16 MiB of page
-// pointers at most).
-
-}  // namespace
 
 std::string DescribeThisProcess(const std::string& program) {
-  char host[256] = "unknown-host";
-  ::gethostname(host, sizeof host - 1);
-  host[sizeof host - 1] = '\0';
+  std::string host = HostName();
+  if (host.empty()) host = "unknown-host";
   char when[32] = "";
   std::time_t now = std::time(nullptr);
   struct tm tm;
   ::gmtime_r(&now, &tm);
   std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return program + " pid " + std::to_string(::getpid()) + " on " + host + " since " + when;
-}
-
-bool IsAllZero(const uint8_t* p, size_t n) {
-  // Check the first bytes one at a time, then compare the buffer with itself shifted by 16 bytes:
-  // if the first 16 are zero and every byte equals the one 16 before it, all are zero.
-  size_t head = n < 16 ? n : 16;
-  for (size_t i = 0; i < head; ++i)
-    if (p[i] != 0) return false;
-  return n <= 16 || std::memcmp(p, p + 16, n - 16) == 0;
 }
 
 Volume::Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta meta, bool readonly)

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "codec/crc32c.h"
+#include "util/crc32c.h"
 
 namespace s3block {
 namespace {

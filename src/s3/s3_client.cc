@@ -7,26 +7,19 @@
 #include <random>
 #include <thread>
 
-#include "codec/crc32c.h"
 #include "s3/xml.h"
 #include "s3block/params.h"
+#include "util/crc32c.h"
+#include "util/encoding.h"
 
 namespace s3block {
-namespace {
-std::string Hex32(uint32_t v) {
-  char hex[9];
-  std::snprintf(hex, sizeof hex, "%08x", v);
-  return hex;
-}
-}  // namespace
-
 std::string Crc32cHex(std::span<const uint8_t> data) {
-  return Hex32(Crc32c(0, data.data(), data.size()));
+  return HexUint32(Crc32c(0, data.data(), data.size()));
 }
 
 bool IsHexMd5(std::string_view s) {
-  if (s.size() != 32) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+  uint8_t md5[16];
+  return HexDecode(s, md5);
 }
 
 namespace {
@@ -41,7 +34,6 @@ constexpr double kDamagedAfter = 5.0;
 // A listing page naming a key its caller does not expect is fetched this many times in all
 // before the key is taken as an object of that name.
 constexpr int kListAttemptsForUnexpectedKeys = 3;
-constexpr int kMaxDeleteKeys = 1000;    // S3's limit for one DeleteObjects request
 
 struct Endpoint {
   std::string scheme, authority, path;
@@ -105,7 +97,7 @@ Status VerifyBody(const HttpResponse& r, bool check_content) {
   std::string crc = r.Header(kCrc32cMetaHeader);
   if (!crc.empty()) {
     // Computed as the body arrived: the whole body is not read again.
-    if (Lower(crc) != Hex32(r.BodyCrc32c()))
+    if (Lower(crc) != HexUint32(r.BodyCrc32c()))
       return Status::IoError("content does not match the CRC-32C recorded with the object (" + crc +
                              "): corrupted object or transfer");
     return Status::Ok();
@@ -399,7 +391,7 @@ Status S3Client::DeleteObject(const std::string& key, const WriteFence* fence) {
 
 Status S3Client::DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence) {
   if (keys.empty()) return Status::Ok();
-  if (keys.size() > static_cast<size_t>(kMaxDeleteKeys))
+  if (keys.size() > kMaxDeleteKeys)
     return Status::InvalidArgument("DeleteObjects takes at most 1000 keys");
   const std::string what = "DeleteObjects (" + std::to_string(keys.size()) + " keys from '" +
                            QuoteForMessage(keys.front()) + "')";

@@ -76,6 +76,9 @@ using WriteFence = std::function<Status(double* seconds_left)>;
 
 class S3Client {
  public:
+  // S3's limit for one DeleteObjects request.
+  static constexpr size_t kMaxDeleteKeys = 1000;
+
   // REQUIRES: options.bucket is a valid bucket name. No I/O happens here.
   S3Client(S3ClientOptions options, AwsCredentials credentials);
 
@@ -106,8 +109,8 @@ class S3Client {
                     const WriteFence* fence = nullptr);
   // Deletes one object; a missing object is not an error.
   Status DeleteObject(const std::string& key, const WriteFence* fence = nullptr);
-  // Deletes up to 1000 objects with one DeleteObjects request; an error if the server reports
-  // any key it could not delete (missing keys count as deleted).
+  // Deletes up to kMaxDeleteKeys objects with one DeleteObjects request; an error if the server
+  // reports any key it could not delete (missing keys count as deleted).
   Status DeleteObjects(const std::vector<std::string>& keys, const WriteFence* fence = nullptr);
   // ListObjectsV2 over every page: on_key(key, etag) for each object (the ETag without its
   // quotes), on_prefix(prefix) for each common prefix (with a delimiter). Either callback may be

@@ -27,8 +27,10 @@
 #include <thread>
 
 #include "s3/s3_client.h"
+#include "s3/s3_store.h"
 #include "s3block/params.h"
-#include "s3block/s3_store.h"
+#include "util/encoding.h"
+#include "util/host.h"
 
 namespace s3block {
 
@@ -116,12 +118,6 @@ std::string ProcessStartTime(int64_t pid) {
   return "";
 }
 
-std::string HostName() {
-  char host[256] = "";
-  ::gethostname(host, sizeof host - 1);
-  return host;
-}
-
 void FillIdentity(LeaseDoc* d) {
   d->host = HostName();
   d->boot_id = ReadSmallFile("/proc/sys/kernel/random/boot_id");
@@ -185,10 +181,6 @@ LeaseDoc Parse(const std::string& text) {
   }
   if (d.holder.empty()) d.holder = "another server";
   return d;
-}
-
-std::span<const uint8_t> AsSpan(const std::string& s) {
-  return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
 }
 
 class S3Lease : public ExportLease {
@@ -255,7 +247,7 @@ class S3Lease : public ExportLease {
       lock.unlock();
       std::string new_etag;
       bool failed = false;
-      Status s = client_->PutObjectConditional(key_, AsSpan(Serialize(next)), false, etag,
+      Status s = client_->PutObjectConditional(key_, AsBytes(Serialize(next)), false, etag,
                                                &new_etag, &failed);
       bool landed_before = false;
       if (s.ok() && failed) {
@@ -323,8 +315,8 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     std::string probe = key_prefix_ + ".s3block-conditional-probe-" + RandomToken();
     std::string etag;
     bool failed = false;
-    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(probe, AsSpan("probe"), true, "", &etag, &failed));
-    Status second = client_->PutObjectConditional(probe, AsSpan("probe"), true, "", &etag, &failed);
+    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(probe, AsBytes("probe"), true, "", &etag, &failed));
+    Status second = client_->PutObjectConditional(probe, AsBytes("probe"), true, "", &etag, &failed);
     (void)client_->DeleteObject(probe);
     S3B_RETURN_IF_ERROR(second);
     conditional_writes_.store(failed ? 1 : -1);
@@ -360,7 +352,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     std::string etag;
     bool failed = false;
     sending();
-    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(key, AsSpan(Serialize(doc)), true, "", &etag, &failed));
+    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(key, AsBytes(Serialize(doc)), true, "", &etag, &failed));
     if (!failed) {
       *out = make(etag);
       return Status::Ok();
@@ -383,7 +375,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     }
     sending();
     S3B_RETURN_IF_ERROR(
-        client_->PutObjectConditional(key, AsSpan(Serialize(doc)), false, cur_etag, &etag, &failed));
+        client_->PutObjectConditional(key, AsBytes(Serialize(doc)), false, cur_etag, &etag, &failed));
     if (!failed) {
       *out = make(etag);
       return Status::Ok();

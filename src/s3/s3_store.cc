@@ -1,4 +1,4 @@
-#include "s3block/s3_store.h"
+#include "s3/s3_store.h"
 
 #include <algorithm>
 #include <charconv>
@@ -7,25 +7,16 @@
 #include "s3/credentials.h"
 #include "s3/s3_client.h"
 #include "s3block/params.h"
+#include "util/batches.h"
+#include "util/block_id.h"
 
 namespace s3block {
 namespace {
 
 // Check() waits at most this long for a server that is starting or briefly unreachable.
 constexpr double kMaxCheckSeconds = 10;
-// S3's limit for one DeleteObjects request.
-constexpr size_t kDeleteBatch = 1000;
 // Metadata documents are tiny; anything larger is not ours.
 constexpr size_t kMaxMetaBytes = 1 << 20;
-
-// Parses a block object's name: decimal digits only, no leading zeros (except "0").
-bool ParseBlockName(std::string_view name, uint64_t* id) {
-  if (name.empty() || name.size() > 20 || (name.size() > 1 && name[0] == '0')) return false;
-  for (char c : name)
-    if (c < '0' || c > '9') return false;
-  auto [p, ec] = std::from_chars(name.data(), name.data() + name.size(), *id);
-  return ec == std::errc() && p == name.data() + name.size();
-}
 
 // The fence of every request that changes an export: its lease, asked before each attempt.
 WriteFence FenceOf(const S3Store& store, std::string_view export_name) {
@@ -128,15 +119,11 @@ Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> i
   const WriteFence fence = FenceOf(*this, export_name);
   if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]), &fence);
   std::vector<std::string> keys;
-  keys.reserve(std::min(ids.size(), kDeleteBatch));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    keys.push_back(BlockKey(export_name, ids[i]));
-    if (keys.size() == kDeleteBatch || i + 1 == ids.size()) {
-      S3B_RETURN_IF_ERROR(client_->DeleteObjects(keys, &fence));
-      keys.clear();
-    }
-  }
-  return Status::Ok();
+  return ForEachBatch(ids, S3Client::kMaxDeleteKeys, [&](std::span<const uint64_t> part) {
+    keys.clear();
+    for (uint64_t id : part) keys.push_back(BlockKey(export_name, id));
+    return client_->DeleteObjects(keys, &fence);
+  });
 }
 
 Status S3Store::Flush(std::string_view export_name) {
@@ -154,7 +141,7 @@ Status S3Store::ListBlockDigests(std::string_view export_name,
   const std::string prefix = ExportPrefix(export_name) + "blocks/";
   auto block_id = [&](const std::string& key, uint64_t* id) {
     return key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0 &&
-           ParseBlockName(std::string_view(key).substr(prefix.size()), id);
+           ParseBlockId(std::string_view(key).substr(prefix.size()), id);
   };
   // A key that is not a block's is fetched again before it is skipped: it may be a block's
   // name damaged on the way, and skipping a stored block would serve it as zeros.

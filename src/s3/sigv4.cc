@@ -1,8 +1,5 @@
 #include "s3/sigv4.h"
 
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-
 #include <algorithm>
 #include <cctype>
 #include <map>
@@ -35,47 +32,7 @@ std::string CanonicalHeaderValue(std::string_view v) {
   return out;
 }
 
-std::vector<uint8_t> Digest(const EVP_MD* md, std::span<const uint8_t> data) {
-  std::vector<uint8_t> out(EVP_MAX_MD_SIZE);
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), out.data(), &len, md, nullptr);
-  out.resize(len);
-  return out;
-}
-
 }  // namespace
-
-std::string HexEncode(std::span<const uint8_t> bytes) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
-}
-
-std::string Sha256Hex(std::span<const uint8_t> data) { return HexEncode(Digest(EVP_sha256(), data)); }
-std::string Sha256Hex(std::string_view data) { return Sha256Hex(AsBytes(data)); }
-std::vector<uint8_t> Md5(std::span<const uint8_t> data) { return Digest(EVP_md5(), data); }
-
-std::vector<uint8_t> HmacSha256(std::span<const uint8_t> key, std::string_view data) {
-  std::vector<uint8_t> out(EVP_MAX_MD_SIZE);
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-       reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(), &len);
-  out.resize(len);
-  return out;
-}
-
-std::string Base64Encode(std::span<const uint8_t> bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes.data(),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
 
 std::string AmzDate(std::time_t t) {
   struct tm tm;

@@ -17,6 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include "util/digest.h"
+#include "util/encoding.h"
+
 namespace s3block {
 
 // Keys for signing. The secret and the token are never printed.
@@ -67,19 +70,6 @@ inline std::string UriEncodePath(std::string_view path) { return UriEncode(path,
 
 // The canonical query string: each name and value encoded, sorted by name then value, "&"-joined.
 std::string CanonicalQueryString(const std::vector<std::pair<std::string, std::string>>& query);
-
-// Digests and encodings used by the S3 client.
-std::string HexEncode(std::span<const uint8_t> bytes);
-std::string Sha256Hex(std::string_view data);
-std::string Sha256Hex(std::span<const uint8_t> data);
-std::vector<uint8_t> HmacSha256(std::span<const uint8_t> key, std::string_view data);
-// MD5 of data, as raw bytes and as base64 (the Content-MD5 header) and as hex (an S3 ETag).
-std::vector<uint8_t> Md5(std::span<const uint8_t> data);
-std::string Base64Encode(std::span<const uint8_t> bytes);
-
-inline std::span<const uint8_t> AsBytes(std::string_view s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
 
 }  // namespace s3block
 

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 #include "s3block/volume.h"
 #include "test_util.h"
 

@@ -16,9 +16,10 @@
 #include <thread>
 #include <vector>
 
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 #include "s3block/volume.h"
 #include "test_util.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {

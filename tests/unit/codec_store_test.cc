@@ -9,11 +9,10 @@
 #include <fstream>
 #include <random>
 
-#include "codec/crc32c.h"
+#include "cache/disk_cache_store.h"
+#include "file/file_store.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
-#include "s3block/disk_cache_store.h"
-#include "s3block/file_store.h"
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
@@ -23,53 +22,6 @@ namespace {
 
 using testing::TempDir;
 namespace fs = std::filesystem;
-
-// ---------------------------------------------------------------------------------------------
-// CRC-32C
-
-TEST(Crc32cTest, KnownVectors) {
-  // RFC 3720 appendix B.4, and the check value of the CRC catalogue.
-  const std::string digits = "123456789";
-  uint8_t zeros[32] = {}, ones[32], up[32], down[32];
-  for (int i = 0; i < 32; ++i) {
-    ones[i] = 0xff;
-    up[i] = static_cast<uint8_t>(i);
-    down[i] = static_cast<uint8_t>(31 - i);
-  }
-  using Fn = uint32_t (*)(uint32_t, const void*, size_t);
-  std::vector<Fn> impls = {Crc32cTable, Crc32c};
-  if (Crc32cHardwareAvailable()) impls.push_back(Crc32cHardware);
-  for (Fn f : impls) {
-    EXPECT_EQ(f(0, digits.data(), digits.size()), 0xE3069283u);
-    EXPECT_EQ(f(0, zeros, 32), 0x8A9136AAu);
-    EXPECT_EQ(f(0, ones, 32), 0x62A8AB43u);
-    EXPECT_EQ(f(0, up, 32), 0x46DD794Eu);
-    EXPECT_EQ(f(0, down, 32), 0x113FDB5Cu);
-    EXPECT_EQ(f(0, nullptr, 0), 0u);
-  }
-}
-
-TEST(Crc32cTest, ImplementationsAgreeAndExtendAcrossSplits) {
-  std::mt19937_64 rng(7);
-  // Lengths around the hardware version's strides of three lanes (4080 bytes), several strides
-  // and a block of 1 MiB, each from three starts, and continued across a cut.
-  const std::vector<size_t> lengths = {1,    7,    8,    9,     63,    4079,          4080,
-                                       4081, 4096, 4999, 8160,  12247, (size_t{1} << 20) + 13};
-  Bytes data(lengths.back() + 3);  // the longest run from the furthest start (3)
-  for (auto& c : data) c = static_cast<uint8_t>(rng());
-  for (size_t n : lengths) {
-    for (size_t start : {size_t{0}, size_t{1}, size_t{3}}) {
-      const uint32_t whole = Crc32cTable(0, data.data() + start, n);
-      if (Crc32cHardwareAvailable()) {
-        EXPECT_EQ(Crc32cHardware(0, data.data() + start, n), whole);
-      }
-      const size_t cut = n / 3;
-      uint32_t parts = Crc32c(0, data.data() + start, cut);
-      parts = Crc32c(parts, data.data() + start + cut, n - cut);
-      EXPECT_EQ(parts, whole) << "n=" << n << " start=" << start;
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Metadata

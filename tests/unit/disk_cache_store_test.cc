@@ -1,6 +1,6 @@
 // DiskCacheStore: copies of blocks on local disk that survive a restart, are checked against the
 // store's digests before use, and never serve a block older than the store's.
-#include "s3block/disk_cache_store.h"
+#include "cache/disk_cache_store.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>

@@ -1,5 +1,5 @@
 // FileStorage: the specification's example API, and that it shares the plugin's layout.
-#include "s3block/file_storage.h"
+#include "file/file_storage.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

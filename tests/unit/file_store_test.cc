@@ -1,4 +1,4 @@
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 
 #include <fcntl.h>
 #include <liburing.h>
@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "lib/safe_file.h"
+#include "base/safe_file.h"
 #include "s3block/params.h"
 #include "test_util.h"
 

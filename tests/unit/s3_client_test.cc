@@ -15,12 +15,12 @@
 #include <mutex>
 #include <thread>
 
-#include "codec/crc32c.h"
 #include "fake_http_server.h"
 #include "s3block/block_store.h"
 #include "s3/http_client.h"
 #include "s3/xml.h"
 #include "test_util.h"
+#include "util/crc32c.h"
 
 namespace s3block {
 namespace {

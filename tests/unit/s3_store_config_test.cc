@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
-#include "s3block/s3_store.h"
+#include "s3/s3_store.h"
 #include "s3block/store_factory.h"
 #include "test_util.h"
 

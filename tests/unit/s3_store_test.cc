@@ -4,7 +4,7 @@
 //   S3BLOCK_TEST_S3_SECRET_KEY [, S3BLOCK_TEST_S3_REGION]
 // Without them the tests are skipped, unless S3BLOCK_TEST_REQUIRE_S3=1, when they fail.
 // Each test works under its own key prefix and deletes what it wrote.
-#include "s3block/s3_store.h"
+#include "s3/s3_store.h"
 
 #include <gtest/gtest.h>
 #include <stdio.h>

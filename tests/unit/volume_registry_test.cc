@@ -10,8 +10,8 @@
 #include <mutex>
 #include <thread>
 
+#include "file/file_store.h"
 #include "s3block/cache_store.h"
-#include "s3block/file_store.h"
 #include "test_util.h"
 
 namespace s3block {

@@ -4,9 +4,10 @@
 #include <random>
 #include <thread>
 
+#include "file/file_store.h"
 #include "open_race.h"
-#include "s3block/file_store.h"
 #include "test_util.h"
+#include "util/zero.h"
 
 namespace s3block {
 namespace {

@@ -35,8 +35,8 @@
 // flush (or, when that is many files, syncfs() on the store's file system).
 //
 // Thread safety: safe for concurrent use.
-#ifndef S3BLOCK_FILE_STORE_H_
-#define S3BLOCK_FILE_STORE_H_
+#ifndef S3BLOCK_FILE_FILE_STORE_H_
+#define S3BLOCK_FILE_FILE_STORE_H_
 
 #include <array>
 #include <functional>
@@ -155,4 +155,4 @@ Status FsyncDir(const std::string& path);
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_FILE_STORE_H_
+#endif  // S3BLOCK_FILE_FILE_STORE_H_

@@ -1,4 +1,4 @@
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -21,8 +21,10 @@
 #include <functional>
 #include <thread>
 
-#include "lib/safe_file.h"
+#include "base/safe_file.h"
 #include "s3block/params.h"
+#include "util/block_id.h"
+#include "util/fd_io.h"
 
 namespace s3block {
 namespace {
@@ -101,16 +103,9 @@ Status OpenBlockFile(int blocks_fd, const std::string& name, const std::string& 
 
 // Reads the file from byte `done` into the rest of *data, which is cut short where the file ends.
 Status ReadRest(int fd, Bytes* data, size_t done, const std::string& path) {
-  while (done < data->size()) {
-    ssize_t r = ::pread(fd, data->data() + done, data->size() - done, static_cast<off_t>(done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + path);
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
-  }
-  data->resize(done);
+  ssize_t r = PreadFull(fd, data->data() + done, data->size() - done, static_cast<off_t>(done));
+  if (r < 0) return Status::FromErrno(errno, "read " + path);
+  data->resize(done + static_cast<size_t>(r));
   return Status::Ok();
 }
 
@@ -161,16 +156,6 @@ class ThreadRing {
 };
 
 thread_local ThreadRing t_ring;
-
-// Parses a block file name: decimal digits only, no leading zeros (except "0").
-bool ParseBlockName(const char* name, uint64_t* id) {
-  size_t len = std::strlen(name);
-  if (len == 0 || len > 20 || (len > 1 && name[0] == '0')) return false;
-  for (size_t i = 0; i < len; ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  auto [p, ec] = std::from_chars(name, name + len, *id);
-  return ec == std::errc() && p == name + len;
-}
 
 Status FsyncFd(int fd, const std::string& path) {
   if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
@@ -671,7 +656,7 @@ Status FileStore::ListBlocks(std::string_view export_name, const std::function<v
   if (dirs == nullptr) return Status::Ok();
   return ForEachEntry(dirs->blocks, BlocksDir(export_name), [&](int, const char* name) {
     uint64_t id;
-    if (ParseBlockName(name, &id)) fn(id);
+    if (ParseBlockId(name, &id)) fn(id);
   });
 }
 
@@ -718,11 +703,8 @@ Status FileStore::ReadMeta(std::string_view export_name, std::string* text, bool
   }
   char buf[4096];
   for (;;) {
-    ssize_t r = ::read(fd.get(), buf, sizeof buf);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read " + path);
-    }
+    ssize_t r = ReadFull(fd.get(), buf, sizeof buf);
+    if (r < 0) return Status::FromErrno(errno, "read " + path);
     if (r == 0) break;
     text->append(buf, static_cast<size_t>(r));
     if (text->size() > 1 << 20) return Status::IoError(path + " is too large to be metadata");

@@ -1,4 +1,4 @@
-#include "lib/safe_file.h"
+#include "base/safe_file.h"
 
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -9,6 +9,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+
+#include "util/encoding.h"
+#include "util/fd_io.h"
 
 namespace s3block {
 
@@ -180,12 +183,7 @@ std::string RandomHex16() {
     }
     used = 0;
   }
-  static const char kHex[] = "0123456789abcdef";
-  std::string s(16, '0');
-  for (size_t i = 0; i < 8; ++i) {
-    s[2 * i] = kHex[pool[used + i] >> 4];
-    s[2 * i + 1] = kHex[pool[used + i] & 15];
-  }
+  std::string s = HexEncode(std::span<const uint8_t>(pool + used, 8));
   used += 8;
   return s;
 }
@@ -202,16 +200,7 @@ Status CreateTempAt(int dirfd, const std::string& prefix, mode_t mode, const std
 }
 
 Status WriteAllFd(int fd, const void* data, size_t n, const std::string& path) {
-  const uint8_t* p = static_cast<const uint8_t*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + path);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
+  if (WriteFull(fd, data, n) < 0) return Status::FromErrno(errno, "write " + path);
   return Status::Ok();
 }
 

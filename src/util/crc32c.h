@@ -3,8 +3,8 @@
 //
 // Crc32c uses the CPU's crc32 instruction where it has one (SSE4.2) and a table otherwise; both
 // give the same values. Thread safety: pure functions, safe for concurrent use.
-#ifndef S3BLOCK_CODEC_CRC32C_H_
-#define S3BLOCK_CODEC_CRC32C_H_
+#ifndef S3BLOCK_UTIL_CRC32C_H_
+#define S3BLOCK_UTIL_CRC32C_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -23,4 +23,4 @@ bool Crc32cHardwareAvailable();
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_CODEC_CRC32C_H_
+#endif  // S3BLOCK_UTIL_CRC32C_H_

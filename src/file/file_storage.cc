@@ -1,4 +1,4 @@
-#include "s3block/file_storage.h"
+#include "file/file_storage.h"
 
 #include <filesystem>
 

@@ -5,8 +5,8 @@
 // socket, device or directory where a regular file belongs, or anything but a directory where a
 // directory belongs, is an I/O error (EIO) naming the path and what was found there. Temporary
 // files are created with O_EXCL|O_NOFOLLOW under names with a random part.
-#ifndef S3BLOCK_LIB_SAFE_FILE_H_
-#define S3BLOCK_LIB_SAFE_FILE_H_
+#ifndef S3BLOCK_BASE_SAFE_FILE_H_
+#define S3BLOCK_BASE_SAFE_FILE_H_
 
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -103,4 +103,4 @@ Status ReplaceFileAt(int dirfd, const std::string& name, std::span<const uint8_t
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_LIB_SAFE_FILE_H_
+#endif  // S3BLOCK_BASE_SAFE_FILE_H_

@@ -43,8 +43,8 @@
 // lock).
 //
 // Thread safety: safe for concurrent use.
-#ifndef S3BLOCK_DISK_CACHE_STORE_H_
-#define S3BLOCK_DISK_CACHE_STORE_H_
+#ifndef S3BLOCK_CACHE_DISK_CACHE_STORE_H_
+#define S3BLOCK_CACHE_DISK_CACHE_STORE_H_
 
 #include <array>
 #include <atomic>
@@ -219,4 +219,4 @@ class DiskCacheStore : public StoreDecorator {
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_DISK_CACHE_STORE_H_
+#endif  // S3BLOCK_CACHE_DISK_CACHE_STORE_H_

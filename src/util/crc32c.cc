@@ -1,4 +1,4 @@
-#include "codec/crc32c.h"
+#include "util/crc32c.h"
 
 #include <array>
 #include <cstring>

@@ -4,8 +4,6 @@
 #include <fstream>
 #include <iterator>
 
-#include "s3block/codec_store.h"
-
 namespace s3block {
 namespace {
 

@@ -7,8 +7,8 @@
 // Blocks live at <root>/exports/<export>/blocks/<block_id>, exactly as the plugin keeps them, so
 // a block written here is served by the plugin and the other way round. Unlike the rest of the
 // library, this convenience API reports errors by throwing StorageError.
-#ifndef S3BLOCK_FILE_STORAGE_H_
-#define S3BLOCK_FILE_STORAGE_H_
+#ifndef S3BLOCK_FILE_FILE_STORAGE_H_
+#define S3BLOCK_FILE_FILE_STORAGE_H_
 
 #include <cstdint>
 #include <span>
@@ -17,7 +17,7 @@
 #include <string_view>
 #include <vector>
 
-#include "s3block/file_store.h"
+#include "file/file_store.h"
 
 namespace s3block {
 
@@ -53,4 +53,4 @@ class FileStorage {
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_FILE_STORAGE_H_
+#endif  // S3BLOCK_FILE_FILE_STORAGE_H_

@@ -13,8 +13,8 @@
 // (s3/credentials.h), retry-timeout=, request-timeout=, connections=.
 //
 // Thread safety: safe for concurrent use; up to `connections` requests run at once.
-#ifndef S3BLOCK_S3_STORE_H_
-#define S3BLOCK_S3_STORE_H_
+#ifndef S3BLOCK_S3_S3_STORE_H_
+#define S3BLOCK_S3_S3_STORE_H_
 
 #include <atomic>
 #include <map>
@@ -124,4 +124,4 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
 
 }  // namespace s3block
 
-#endif  // S3BLOCK_S3_STORE_H_
+#endif  // S3BLOCK_S3_S3_STORE_H_
