@@ -8,8 +8,7 @@
 # Sourcing it makes a temporary directory ($work) and sets an EXIT trap that, pass or fail, runs
 # the cleanups registered with on_exit in reverse order (stopping the processes this library
 # started is among them), shows the end of each registered log when the script fails, and
-# removes $work. A script
-# must not set an EXIT, INT or TERM trap of its own: on_exit is the way to add to it.
+# removes $work. A script must not set an EXIT, INT or TERM trap of its own: on_exit adds to it.
 #
 # Variables it sets: repo, build (S3BLOCK_BUILD or build/ of this checkout), plugin (S3BLOCK_PLUGIN
 # or the plugin in $build), admin (the s3block command in $build), work, sock (the socket of the
