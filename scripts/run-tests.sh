@@ -122,15 +122,14 @@ suite() {
   suite_seconds+=("$secs")
 }
 
+# Ends the run: a table of the suites (result and seconds before the name, which may be long),
+# the total time, and the counts as the last line.
 finish() {
-  local i width=5
-  for i in "${!suite_names[@]}"; do
-    [ ${#suite_names[i]} -le $width ] || width=${#suite_names[i]}
-  done
+  local i
   echo
-  printf '%-*s  %-6s %7s\n' "$width" suite result seconds
+  printf '%-6s %7s  %s\n' result seconds suite
   for i in "${!suite_names[@]}"; do
-    printf '%-*s  %-6s %7s\n' "$width" "${suite_names[i]}" "${suite_results[i]}" "${suite_seconds[i]}"
+    printf '%-6s %7s  %s\n' "${suite_results[i]}" "${suite_seconds[i]}" "${suite_names[i]}"
   done
   echo "total time: $(($(date +%s) - started))s ($tier tier); logs in $logs"
   echo "$passed passed, $failed failed"
