@@ -1,10 +1,13 @@
 #!/bin/bash
-# Installs what is missing, builds, and runs every test: the unit tests, the integration suite
-# through real nbdkit on every available store, and the ext4 round trip on every available store.
-# Run as root (loop devices, mounts, package installs). Exits non-zero if anything failed; the
-# last line is always "N passed, N failed", counting the suites and scripts below.
+# Installs what is missing, builds, and runs the tests. Run as root (loop devices, mounts,
+# package installs). Exits non-zero if anything failed. It ends with a table of the suites (name,
+# PASS or FAIL, seconds), the total time, and, always last, the line "N passed, N failed".
 #
-#   scripts/run-tests.sh
+#   scripts/run-tests.sh            every test: the full tier (what CI runs)
+#   scripts/run-tests.sh --quick    the quick tier: unit tests, the integration tests on the local
+#                                   store and one ext4 round trip on it; no S3 server, no
+#                                   sanitizer or fuzzing builds
+#   scripts/run-tests.sh --help
 #
 # The S3 store is tested against a real S3-compatible server on 127.0.0.1 that
 # tests/scripts/s3_server.sh starts and stops (see tests/scripts/README-s3.md); while that script
@@ -13,9 +16,21 @@
 # Environment:
 #   S3BLOCK_BUILD        the build directory (default build/ in this checkout)
 #   S3BLOCK_TEST_LOGS    where each suite's full output goes (default $S3BLOCK_BUILD/test-logs)
+#   S3BLOCK_TEST_S3_PORT the S3 server's port (default 9340)
 #   S3BLOCK_SKIP_EXT4=1  skip the ext4 round trips (they need root, /dev/fuse and loop devices)
 #   S3BLOCK_SKIP_SANITIZERS=1  skip the ASan+UBSan and TSan builds and runs (build/asan, build/tsan)
 set -uo pipefail
+
+usage() { sed -n '2,/^set -uo/p' "$0" | sed -n 's/^# \{0,1\}//p'; }
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+  --quick) quick=1 ;;
+  -h | --help) usage; exit 0 ;;
+  *) echo "$(basename "$0"): unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -40,57 +55,84 @@ ext4_s3_param_sets=(
 # Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
 # read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
 backend_scripts=(
-  admin_cli.sh
+  admin_cli_basics.sh
+  admin_cli_image.sh
+  admin_cli_served.sh
+  admin_cli_verify.sh
+  admin_cli_incomplete.sh
   crash.sh
-  tls.sh
+  crash_ext4.sh
+  tls_nbd_x509.sh
+  tls_nbd_psk.sh
 )
 # Scripts in tests/scripts/ that need the S3 server and take no argument; one line each.
 s3_scripts=(
   disk_cache.sh
   lease_clock.sh
   lease_fence.sh
+  lease_lost_answers.sh
   stalled_open.sh
   retry_bound.sh
+  tls_s3_https.sh
 )
 # Scripts in tests/scripts/ for the local store alone, with no argument; one line each.
 local_scripts=(
   disk_full.sh
   docker.sh
   export_bounds.sh
-  local_hostile.sh
+  local_hostile_blocks.sh
+  local_hostile_lock.sh
+  local_hostile_metadata.sh
+  local_hostile_blocks_dir.sh
+  local_hostile_torn_read.sh
   package.sh
 )
 
 passed=0
 failed=0
-failed_names=()
 started=$(date +%s)
+if [ $quick = 1 ]; then tier=quick; else tier=full; fi
+# One entry per suite, for the table at the end.
+suite_names=()
+suite_results=()
+suite_seconds=()
 
 # Runs one suite: "$1" names it, the rest is the command. Its output goes to a log file; a
 # failure shows the end of it.
 suite() {
-  local name=$1 log t0 rc
+  local name=$1 log t0 rc secs result
   shift
   log="$logs/$(printf '%s' "$name" | tr -c 'A-Za-z0-9_.-' '_').log"
   t0=$(date +%s)
   echo "==> $name"
   ("$@") >"$log" 2>&1
   rc=$?
+  secs=$(($(date +%s) - t0))
   if [ $rc -eq 0 ]; then
     passed=$((passed + 1))
-    echo "    PASS $name ($(($(date +%s) - t0))s)"
+    result=PASS
+    echo "    PASS $name (${secs}s)"
   else
     failed=$((failed + 1))
-    failed_names+=("$name")
-    echo "    FAIL $name (exit $rc, $(($(date +%s) - t0))s); the end of $log:"
+    result=FAIL
+    echo "    FAIL $name (exit $rc, ${secs}s); the end of $log:"
     tail -n 150 "$log" | sed 's/^/    | /'
   fi
+  suite_names+=("$name")
+  suite_results+=("$result")
+  suite_seconds+=("$secs")
 }
 
+# Ends the run: a table of the suites (result and seconds before the name, which may be long),
+# the total time, and the counts as the last line.
 finish() {
+  local i
   echo
-  echo "total time: $(($(date +%s) - started))s; logs in $logs"
-  for n in "${failed_names[@]}"; do echo "failed: $n"; done
+  printf '%-6s %7s  %s\n' result seconds suite
+  for i in "${!suite_names[@]}"; do
+    printf '%-6s %7s  %s\n' "${suite_results[i]}" "${suite_seconds[i]}" "${suite_names[i]}"
+  done
+  echo "total time: $(($(date +%s) - started))s ($tier tier); logs in $logs"
   echo "$passed passed, $failed failed"
   [ $failed -eq 0 ]
   exit
@@ -101,14 +143,6 @@ install_and_build() {
   s3b_install_missing $S3BLOCK_BUILD_PACKAGES $S3BLOCK_TEST_PACKAGES && s3b_build
 }
 mkdir -p "$logs" 2>/dev/null || { logs=$(mktemp -d /tmp/s3block-test-logs.XXXXXX); }
-suite "install and build" install_and_build
-if [ $failed -ne 0 ]; then finish; fi
-
-ctest_run() { ctest --test-dir "$S3BLOCK_BUILD" --output-on-failure --timeout 300 -j "$(nproc)" "$@"; }
-
-# --- The S3 server, if this checkout has the script that provides one. ---
-# tests/scripts/s3_server.sh start DIR PORT prints "export S3BLOCK_TEST_S3_...=..." lines;
-# stop DIR PORT ends it.
 s3_script=$S3BLOCK_REPO/tests/scripts/s3_server.sh
 s3_port=${S3BLOCK_TEST_S3_PORT:-9340}
 s3_dir=
@@ -123,6 +157,31 @@ s3_stop() {
 }
 trap 's3_stop; rm -rf "$ext4_key" "$ext4_disk_cache"' EXIT
 trap 'exit 130' INT TERM
+suite "install and build" install_and_build
+if [ $failed -ne 0 ]; then finish; fi
+
+ctest_run() { ctest --test-dir "$S3BLOCK_BUILD" --output-on-failure --timeout 300 -j "$(nproc)" "$@"; }
+ext4=$S3BLOCK_REPO/tests/scripts/ext4_roundtrip.sh
+ext4_local() {  # PARAMS: the ext4 round trip on a fresh local store
+  local scratch
+  scratch=$(mktemp -d /tmp/s3block-ext4-store.XXXXXX)
+  # shellcheck disable=SC2086
+  suite "ext4 round trip, local store, $1" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
+    "$ext4" "store=$scratch" $1
+  rm -rf "$scratch"
+}
+
+# --- The quick tier: what needs no S3 server and no extra builds. ---
+if [ $quick = 1 ]; then
+  suite "unit tests" ctest_run -L unit
+  suite "integration tests, local store" ctest_run -L integration -E '/s3_'
+  if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then ext4_local "${ext4_param_sets[0]}"; fi
+  finish
+fi
+
+# --- The S3 server, if this checkout has the script that provides one. ---
+# tests/scripts/s3_server.sh start DIR PORT prints "export S3BLOCK_TEST_S3_...=..." lines;
+# stop DIR PORT ends it.
 if [ -f "$s3_script" ]; then
   s3_dir=$(mktemp -d /tmp/s3block-s3.XXXXXX)
   s3_env=$(mktemp)
@@ -162,13 +221,8 @@ ext4_s3() {  # PARAMS: the ext4 round trip on a fresh prefix of the S3 server
   rm -f "$secret_file"
 }
 if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
-  ext4=$S3BLOCK_REPO/tests/scripts/ext4_roundtrip.sh
   for params in "${ext4_param_sets[@]}"; do
-    scratch=$(mktemp -d /tmp/s3block-ext4-store.XXXXXX)
-    # shellcheck disable=SC2086
-    suite "ext4 round trip, local store, $params" env S3BLOCK_PLUGIN="$S3BLOCK_PLUGIN" \
-      "$ext4" "store=$scratch" $params
-    rm -rf "$scratch"
+    ext4_local "$params"
     if [ $s3_available = 1 ]; then ext4_s3 "$params"; fi
   done
   if [ $s3_available = 1 ]; then
@@ -199,7 +253,7 @@ if [ $s3_available = 1 ]; then
   done
 fi
 
-# Reliability (issue 6): faults injected between the plugin and S3, sanitizer builds, fuzzing.
+# Reliability: faults injected between the plugin and S3, sanitizer builds, fuzzing.
 if [ $s3_available = 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/faults.sh" ]; then
   suite "faults.sh s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$S3BLOCK_REPO/tests/scripts/faults.sh"
 fi

@@ -14,32 +14,13 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-
-log() { echo "disk_cache: $(date +%H:%M:%S) $*"; }
-die() { echo "disk_cache: FAILED: $*" >&2; exit 1; }
-. "$here/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
-for tool in nbdkit nbdcopy nbdsh python3 cmp; do command -v $tool >/dev/null || die "$tool is not installed"; done
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
+require_built "$plugin"
+require_tool nbdkit nbdcopy nbdsh python3 cmp
+require_libnbd_python
 require_s3_env
 # nbdsh runs "python3" from PATH, which may not be Debian's (the one with python3-libnbd's module).
-nbdsh() { /usr/bin/python3 -m nbd "$@"; }
-
-work=$(mktemp -d /tmp/s3block-diskcache.XXXXXX)
-sock=$work/nbd.sock
-nbdkit_pid=
-cleanup() {
-  local rc=$?
-  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  show_nbdkit_log_on_failure "$rc" "$work/nbdkit.log"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+nbdsh() { $py -m nbd "$@"; }
 
 # The secret goes in a file (secret-key=+FILE), out of ps and of the log.
 printf '%s' "$S3BLOCK_TEST_S3_SECRET_KEY" >"$work/secret"
@@ -47,12 +28,9 @@ head -c 32 /dev/urandom >"$work/key"
 uri="nbd+unix:///test_device?socket=$sock"
 mib=$((1024 * 1024))
 
-start_nbdkit() {  # PLUGIN_PARAMS...
-  rm -f "$work/nbdkit.pid" "$sock" "$work/stats.json"
-  echo "\$ nbdkit $plugin $*" >>"$work/nbdkit.log"
-  nbdkit -f -v -P "$work/nbdkit.pid" -U "$sock" "$plugin" "$@" </dev/null >>"$work/nbdkit.log" 2>&1 &
-  nbdkit_pid=$!
-  wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start"
+serve() {  # PLUGIN_PARAMS...: nbdkit -v, with a fresh stats file
+  rm -f "$work/stats.json"
+  start_nbdkit -v "$plugin" "$@"
 }
 
 # counter KEY MIN: the counter KEY of export test_device in the stats file, once it is at least MIN
@@ -95,7 +73,7 @@ run_set() {  # NAME PLUGIN_PARAMS...
   rm -rf "$work/dc"
 
   log "[$name] 1. write 8 MiB with the disk cache on"
-  start_nbdkit "${cached[@]}"
+  serve "${cached[@]}"
   nbdcopy "$work/data1" "$uri"
   stop_nbdkit
   local n
@@ -108,7 +86,7 @@ run_set() {  # NAME PLUGIN_PARAMS...
   fi
 
   log "[$name] 2. restart: every block from the disk cache"
-  start_nbdkit "${cached[@]}"
+  serve "${cached[@]}"
   nbdcopy "$uri" "$work/out"
   cmp "$work/data1" "$work/out" || die "[$name] the export read back differs from what was written"
   local hits misses reused
@@ -122,7 +100,7 @@ run_set() {  # NAME PLUGIN_PARAMS...
   stop_nbdkit
 
   log "[$name] 3. another server, without the disk cache, rewrites the first half and trims the last MiB"
-  start_nbdkit "${store[@]}"
+  serve "${store[@]}"
   nbdsh -u "$uri" -c "
 data = open('$work/data2', 'rb').read($((4 * mib)))
 h.pwrite(data, 0)
@@ -131,7 +109,7 @@ h.flush()"
   stop_nbdkit
 
   log "[$name] 4. restart with the disk cache: stale copies dropped"
-  start_nbdkit "${cached[@]}"
+  serve "${cached[@]}"
   nbdcopy "$uri" "$work/out"
   cmp "$work/expected" "$work/out" || die "[$name] served stale data from the disk cache"
   local stale
@@ -143,7 +121,7 @@ h.flush()"
   stop_nbdkit
 
   log "[$name] 5. a disk cache of 1 MiB keeps to its size"
-  start_nbdkit "${store[@]}" cache-size=256K dirty-size=64K "disk-cache=$work/dc,1M" "stats-file=$work/stats.json"
+  serve "${store[@]}" cache-size=256K dirty-size=64K "disk-cache=$work/dc,1M" "stats-file=$work/stats.json"
   nbdcopy "$uri" "$work/out"
   cmp "$work/expected" "$work/out" || die "[$name] wrong data through a small disk cache"
   local bytes

@@ -14,46 +14,18 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-
-log() { echo "disk_full: $(date +%H:%M:%S) $*"; }
-die() { echo "disk_full: FAILED: $*" >&2; exit 1; }
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
-[ "$(id -u)" = 0 ] || die "needs root (it mounts a tmpfs as the store)"
-for tool in nbdkit mount umount; do command -v $tool >/dev/null || die "$tool is not installed"; done
-# python3-libnbd's module is Debian's python3's, whatever python3 is first on PATH.
-py=/usr/bin/python3
-$py -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+require_built "$plugin"
+require_root "it mounts a tmpfs as the store"
+require_tool nbdkit nbdcopy mount umount mountpoint
+require_libnbd_python
 
-work=$(mktemp -d /tmp/s3block-diskfull.XXXXXX)
 store=$work/store
-sock=$work/nbd.sock
-nbdkit_pid=
-cleanup() {
-  local rc=$?
-  if [ -n "$nbdkit_pid" ]; then kill -KILL "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  mountpoint -q "$store" && umount "$store"
-  show_nbdkit_log_on_failure "$rc" "$work/nbdkit.log"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 mkdir "$store"
+on_exit unmount "$store"
 mount -t tmpfs -o size=4M tmpfs "$store"
 
-start_nbdkit() {
-  rm -f "$work/nbdkit.pid" "$sock"
-  nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "store=$store" size=64M cache-size=32M \
-    </dev/null >>"$work/nbdkit.log" 2>&1 &
-  nbdkit_pid=$!
-  wait_for_file "$work/nbdkit.pid" 30 || die "nbdkit did not start"
-}
+serve() { start_nbdkit "$plugin" "store=$store" size=64M cache-size=32M; }
 
 # Data: A (1 MiB, flushed while there is room), then B over it and C after it (9 MiB in all, more
 # than the disk holds), then D after those.
@@ -61,7 +33,7 @@ for part in A:1 B:1 C:8 D:9; do head -c "${part#*:}M" /dev/urandom >"$work/${par
 cat "$work/B" "$work/C" >"$work/BC"
 
 log "a flush with the disk full fails with ENOSPC; the data stays readable; with room, it is stored"
-start_nbdkit
+serve
 $py - "$sock" "$work" "$store" <<'PY'
 import errno, subprocess, sys
 import nbd
@@ -97,7 +69,7 @@ PY
 stop_nbdkit
 grep -q 'No space left on device' "$work/nbdkit.log" || die "the log does not say the disk was full"
 
-start_nbdkit
+serve
 nbdcopy "nbd+unix:///?socket=$sock" "$work/read"
 stop_nbdkit
 cmp -n $((9 << 20)) "$work/read" "$work/BC" || die "after a restart the 9 MiB flushed are not what was written"
@@ -106,7 +78,7 @@ log "the disk full again: new blocks, a disconnect and a stop; after a restart, 
 used=$(du -sb "$store" | cut -f1)
 # Leave room for less than a quarter of D.
 mount -o remount,size=$(((used + (2 << 20)) / 4096 * 4096)) "$store"
-start_nbdkit
+serve
 $py - "$sock" "$work" <<'PY'
 import sys
 import nbd
@@ -118,16 +90,13 @@ for i in range(0, len(D), 1 << 20):
     h.pwrite(D[i:i + (1 << 20)], (9 << 20) + i)
 h.shutdown()  # the flush at disconnection fails: the disk is full
 PY
-kill -TERM "$nbdkit_pid"
-for _ in $(seq 1 600); do kill -0 "$nbdkit_pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$nbdkit_pid" 2>/dev/null && die "nbdkit still runs 60 s after SIGTERM with the disk full"
-wait "$nbdkit_pid" || true
-nbdkit_pid=
+# With the disk full: it must exit, whatever its status, not wait for room forever.
+stop_nbdkit -t 60 -x
 mount -o remount,size=64M "$store"
 
 blocks=$store/exports/test_device/blocks
 others=$(find "$blocks" -type f ! -regex '.*/[0-9]+' | wc -l)
-start_nbdkit   # a new writer removes what an interrupted one left
+serve   # a new writer removes what an interrupted one left
 nbdcopy "nbd+unix:///?socket=$sock" "$work/read"
 stop_nbdkit
 stray=$(find "$blocks" -type f ! -regex '.*/[0-9]+' | wc -l)

@@ -16,20 +16,10 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-admin=$build/s3block
-
-log() { echo "export_bounds: $(date +%H:%M:%S) $*"; }
-die() { echo "export_bounds: FAILED: $*" >&2; exit 1; }
-. "$here/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
-[ -x "$admin" ] || die "no $admin (build first)"
-for tool in nbdkit; do command -v $tool >/dev/null || die "$tool is not installed"; done
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
+require_built "$plugin" "$admin"
+require_tool nbdkit
+require_libnbd_python
 
 exports=100
 max_exports=8
@@ -45,26 +35,11 @@ thread_bound=$((upload_threads + read_threads + fixed_threads + 2 * max_exports)
 fd_bound=$((read_threads + 8 * max_exports + 40))
 rss_bound_kib=$(((max_exports * cache_mib + 64) * 1024))
 
-work=$(mktemp -d /tmp/s3block-bounds.XXXXXX)
 store=$work/store
-sock=$work/nbd.sock
-nbdkit_pid=
-cleanup() {
-  local rc=$?
-  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  show_nbdkit_log_on_failure "$rc" "$work/nbdkit.log"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start_nbdkit() {  # PARAMS...
-  rm -f "$work/nbdkit.pid" "$sock"
-  # The fd limit of an ordinary login: the server must live within it however many exports.
-  (ulimit -n 1024 && exec nbdkit -f -v -U "$sock" -P "$work/nbdkit.pid" "$plugin" "store=$store" size=16M \
-    max-exports=$max_exports idle-timeout=1 cache-size=${cache_mib}M "$@" </dev/null >>"$work/nbdkit.log" 2>&1) &
-  nbdkit_pid=$!
-  wait_for_file "$work/nbdkit.pid" 30 || die "nbdkit did not start"
+# Under the fd limit of an ordinary login: the server must live within it however many exports.
+serve() {
+  start_nbdkit -L 1024 -v "$plugin" "store=$store" size=16M max-exports=$max_exports idle-timeout=1 \
+    cache-size=${cache_mib}M
 }
 
 # Threads, fds and resident KiB of the server, checked against the bounds.
@@ -83,7 +58,7 @@ check_bounds() {  # WHEN
 # The client: for exports FIRST..LAST-1, WRITE (write 4 MiB, each export its own pattern, and
 # flush) or READ (read them back, compare).
 client() {  # write|read FIRST LAST
-  /usr/bin/python3 - "$sock" "$@" <<'PY'
+  $py - "$sock" "$@" <<'PY'
 import hashlib, nbd, sys
 sock, mode, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 size = 4 << 20
@@ -107,7 +82,7 @@ PY
 }
 
 log "writing 4 MiB to each of $exports exports, one client after the other"
-start_nbdkit
+serve
 for ((first = 0; first < exports; first += 10)); do
   client write $first $((first + 10)) || die "writing exports $first-$((first + 9)) failed"
   check_bounds "after $((first + 10)) exports"
@@ -116,7 +91,7 @@ done
 log "every client has gone: each export must be closed after its idle time"
 closed=0
 for ((t = 0; t < 100; t++)); do
-  held=$("$admin" --store "$store" list --json | /usr/bin/python3 -c '
+  held=$("$admin" --store "$store" list --json | $py -c '
 import json, subprocess, sys
 names = [e["name"] for e in json.load(sys.stdin)]
 print(sum(1 for n in names
@@ -132,7 +107,7 @@ check_bounds "all exports idle"
 stop_nbdkit
 
 log "restarted under the same fd limit: every export read cold and compared"
-start_nbdkit
+serve
 client read 0 $exports || die "an export read back wrong or failed"
 check_bounds "after reading $exports exports cold"
 stop_nbdkit

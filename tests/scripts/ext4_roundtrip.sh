@@ -21,103 +21,42 @@
 #   EXT4_DATA_MB     megabytes of file data to write (default 24)
 # Exits 0 when every check passes; every exit path unmounts, detaches and stops what it started.
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-plugin=${S3BLOCK_PLUGIN:-$repo/build/nbdkit-s3block-plugin.so}
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 export_name=${EXT4_EXPORT:-test_device}
 size=${EXT4_SIZE:-1G}
 data_mb=${EXT4_DATA_MB:-24}
 
-log() { echo "ext4_roundtrip: $(date +%H:%M:%S) $*"; }
-# The arguments as they may be shown: a secret-key= value never is.
-shown() { printf '%s\n' "$*" | sed -E 's/(secret-key=)[^ ]*/\1(hidden)/g'; }
-die() { echo "ext4_roundtrip: FAILED: $*" >&2; exit 1; }
-
 [ $# -ge 1 ] || die "usage: $0 STORE_ARGS... (for example store=/tmp/scratch)"
-[ "$(id -u)" = 0 ] || die "must run as root (loop devices and mount)"
+require_root "loop devices and mount"
 [ -f "$plugin" ] || die "no plugin at $plugin (build first, or set S3BLOCK_PLUGIN)"
-for tool in nbdkit nbdfuse nbdinfo losetup mkfs.ext4 e2fsck fusermount3 sha256sum mountpoint; do
-  command -v "$tool" >/dev/null || die "$tool is not installed"
-done
+require_tool nbdkit nbdfuse nbdinfo losetup mkfs.ext4 e2fsck fusermount3 sha256sum mountpoint blockdev
 [ -c /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
 
-work=$(mktemp -d /tmp/s3block-ext4.XXXXXX)
-sock=$work/nbd.sock
 fusedir=$work/fuse
 mnt=$work/mnt
 files=$work/files
 mkdir -p "$fusedir" "$mnt" "$files"
 uri="nbd+unix:///$export_name?socket=$sock"
-
-nbdkit_pid=
 fuse_pid=
 loop=
 
-# Undoes whatever is set up, innermost first. Safe to run at any point and more than once.
+# Undoes whatever is set up, innermost first (then nbdfuse and nbdkit are stopped); safe to run
+# at any point and more than once, registered by each attach.
 teardown() {
-  if mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt" || true; fi
+  unmount "$mnt"
   if [ -n "$loop" ]; then losetup -d "$loop" || true; loop=; fi
   if mountpoint -q "$fusedir"; then fusermount3 -u "$fusedir" || fusermount3 -uz "$fusedir" || true; fi
-  if [ -n "$fuse_pid" ]; then
-    kill "$fuse_pid" 2>/dev/null || true
-    wait "$fuse_pid" 2>/dev/null || true
-    fuse_pid=
-  fi
-  if [ -n "$nbdkit_pid" ]; then
-    kill "$nbdkit_pid" 2>/dev/null || true
-    wait "$nbdkit_pid" 2>/dev/null || true
-    nbdkit_pid=
-  fi
 }
 
-on_exit() {
-  local rc=$?
-  teardown
-  if [ $rc -ne 0 ] && [ -f "$work/nbdkit.log" ]; then
-    echo "---- nbdkit log ----" >&2
-    tail -n 50 "$work/nbdkit.log" >&2
-    echo "---- end ----" >&2
-  fi
-  rm -rf "$work"
-  exit $rc
-}
-trap on_exit EXIT
-trap 'echo "ext4_roundtrip: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT TERM HUP
-
-# Waits up to $2 seconds for the file $1 to exist and not be empty.
-wait_for_file() {
-  local i
-  for ((i = 0; i < $2 * 20; i++)); do
-    [ -s "$1" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
-start_nbdkit() {
-  rm -f "$work/nbdkit.pid" "$sock"
-  echo "\$ nbdkit $plugin $(shown "$@") size=$size" >>"$work/nbdkit.log"
-  nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "$@" "size=$size" \
-    </dev/null >>"$work/nbdkit.log" 2>&1 &
-  nbdkit_pid=$!
-  wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start"
-}
-
-stop_nbdkit() {
-  kill -TERM "$nbdkit_pid"
-  local rc=0
-  wait "$nbdkit_pid" || rc=$?
-  nbdkit_pid=
-  [ $rc -eq 0 ] || die "nbdkit exited with status $rc on SIGTERM"
-}
+serve() { start_nbdkit "$plugin" "$@" "size=$size"; }
 
 # nbdkit -> nbdfuse file -> loop device.
 attach() {
   rm -f "$work/nbdfuse.pid"
   nbdfuse -P "$work/nbdfuse.pid" "$fusedir" "$uri" </dev/null >>"$work/nbdfuse.log" 2>&1 &
   fuse_pid=$!
+  end_at_exit "$fuse_pid"
+  on_exit teardown
   wait_for_file "$work/nbdfuse.pid" 60 || die "nbdfuse did not start: $(cat "$work/nbdfuse.log")"
   [ -f "$fusedir/nbd" ] || die "nbdfuse shows no $fusedir/nbd"
   loop=$(losetup --find --show "$fusedir/nbd")
@@ -133,11 +72,10 @@ detach() {
   sync "$fusedir/nbd"
   fusermount3 -u "$fusedir"
   wait "$fuse_pid" || die "nbdfuse exited with an error: $(cat "$work/nbdfuse.log")"
-  fuse_pid=
 }
 
-log "store: $(shown "$@"); export $export_name, size $size"
-start_nbdkit "$@"
+log "store: $(redact "$@"); export $export_name, size $size"
+serve "$@"
 
 # The export must be fresh: this is about to format it.
 map=$(nbdinfo --map "$uri") || die "nbdinfo --map failed"
@@ -172,7 +110,7 @@ log "stopping nbdkit"
 stop_nbdkit
 
 log "starting nbdkit again on the same store"
-start_nbdkit "$@"
+serve "$@"
 attach
 log "e2fsck -fn"
 e2fsck -fn "$loop" >"$work/e2fsck.log" 2>&1 || {

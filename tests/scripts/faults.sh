@@ -24,58 +24,26 @@
 # Environment: S3BLOCK_BUILD (default build/ of this checkout); FAULTS_KINDS (default every kind);
 # FAULTS_PORT (default: two free ports from 9600-9699; the proxy's control port is FAULTS_PORT+1).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 model=$build/tests/blockmodel
 kinds=${FAULTS_KINDS:-"500 503 reset stall truncate corrupt html"}
-
-log() { echo "faults: $(date +%H:%M:%S) $*"; }
-die() { echo "faults: FAILED: $*" >&2; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
-[ -x "$model" ] || die "no $model (build first)"
+require_built "$plugin" "$model"
 require_s3_env
-for tool in nbdkit nbdinfo fio curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
-port=${FAULTS_PORT:-$(free_ports 2)}
-ctl_port=$((port + 1))
+require_tool nbdkit nbdinfo fio curl python3
+require_libnbd_python
 
-work=$(mktemp -d /tmp/s3block-faults.XXXXXX)
-sock=$work/nbd.sock
-proxy_pid=
-nbdkit_pid=
-cleanup() {
-  local rc=$?
-  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
-  show_logs_on_failure "$rc" "$work"/nbdkit-*.log "$work/proxy.log"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-
-ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
+start_faultproxy ${FAULTS_PORT:+-p "$FAULTS_PORT"}
 # The count of one fault kind in the proxy's statistics.
-injected() { ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['faults']['$1'])"; }
+injected() { proxy_stat "['faults']['$1']"; }
 
-python3 "$repo/tests/faultproxy/faultproxy.py" --listen "$port" --control "$ctl_port" \
-  --upstream "$S3BLOCK_TEST_S3_ENDPOINT" --ready-file "$work/proxy.ready" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-wait_for_file "$work/proxy.ready" 20 || die "the proxy did not start"
-
-start_nbdkit() {  # LABEL PARAMS...
+# serve LABEL PARAMS...: nbdkit through the proxy on $sock; its output goes to
+# $work/nbdkit-LABEL.log.
+serve() {
   local label=$1
   shift
-  rm -f "$work/nbdkit.pid" "$sock"
-  nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
-    "endpoint=http://127.0.0.1:$port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
-    "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=64M "$@" \
-    </dev/null >>"$work/nbdkit-$label.log" 2>&1 &
-  nbdkit_pid=$!
-  wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start ($label)"
+  start_nbdkit -o "$work/nbdkit-$label.log" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
+    "endpoint=http://127.0.0.1:$proxy_port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
+    "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=64M "$@"
 }
 
 uri="nbd+unix:///disk?socket=$sock"
@@ -89,7 +57,7 @@ for kind in $kinds; do
   if [ "$kind" = stall ]; then rate_hi=0.1; rate_lo=0.02; else rate_hi=0.4; rate_lo=0.15; fi
 
   log "$kind: model writer under faults at rate $rate_hi, retry-timeout=1"
-  start_nbdkit "$kind" retry-timeout=1 request-timeout=2 cache-size=1M upload-threads=4
+  serve "$kind" retry-timeout=1 request-timeout=2 cache-size=1M upload-threads=4
   # Open the export (metadata, lease) before the faults: opening is not what is tested here, and
   # the export stays open while nbdkit runs.
   nbdinfo --size "$uri" >/dev/null || die "$kind: cannot open the export"
@@ -111,13 +79,13 @@ for kind in $kinds; do
   fi
   stop_nbdkit
   log "$kind: restarted; everything flushed must be there"
-  start_nbdkit "$kind-restart" cache=false
+  serve "$kind-restart" cache=false
   "$model" verify --uri "$uri" --state "$state" --strict | tee -a "$work/model.out" ||
     die "$kind: data lost across a restart"
   stop_nbdkit
 
   log "$kind: fio verify=crc32c under faults at rate $rate_lo, retry-timeout=30"
-  start_nbdkit "$kind-fio" retry-timeout=30 request-timeout=2 cache=false
+  serve "$kind-fio" retry-timeout=30 request-timeout=2 cache=false
   nbdinfo --size "nbd+unix:///fio?socket=$sock" >/dev/null || die "$kind: cannot open the fio export"
   ctl "set?kinds=$kind&rate=$rate_lo&stall=3&seed=9" >/dev/null
   fio --name="faults-$kind" --verify_state_save=0 --ioengine=nbd --uri="nbd+unix:///fio?socket=$sock" --rw=randwrite \
@@ -139,19 +107,19 @@ done
 # trim, which skips blocks not stored, would leave it to come back after a restart.
 log "a damaged block listing: fetched again, block 0 still read and trimmed"
 prefix=faults-$$-listing
-start_nbdkit listing
+serve listing
 nbd_io "$sock" "h.pwrite(b'L' * 12288, 0); h.flush()"
 stop_nbdkit
 before=$(injected corrupt)
 ctl "set?kinds=corrupt&rate=1&methods=GET&paths=blocks%252F&flip=0%3C%2FKey%3E&count=1" >/dev/null
-start_nbdkit listing
+serve listing
 got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
 [ "$(injected corrupt)" = $((before + 1)) ] || die "the block listing was not damaged"
 [ "$got" = L ] || die "after a damaged listing block 0 reads '$got', not what was stored"
 nbd_io "$sock" "h.trim(12288, 0); h.flush()"
 ctl off >/dev/null
 stop_nbdkit
-start_nbdkit listing
+serve listing
 nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
   die "a flushed trim came back after the restart"
 stop_nbdkit

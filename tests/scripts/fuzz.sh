@@ -12,16 +12,13 @@
 # a leak, a sanitizer report or a broken property fails the script; the input that did it is
 # kept under BUILD_DIR/fuzz-artifacts/ and its path printed. Needs clang and libclang-rt-14-dev.
 set -uo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 build=${1:-$repo/build/fuzz}
 seconds=${FUZZ_SECONDS:-20}
 targets=${FUZZ_TARGETS:-"export_meta params config s3_xml"}
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
 
-die() { echo "fuzz: FAILED: $*" >&2; exit 1; }
-command -v clang++ >/dev/null || die "clang++ is not installed"
+require_tool clang++
 
 CC=clang CXX=clang++ cmake -S "$repo" -B "$build" -DS3BLOCK_FUZZ=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.configure.log" 2>&1 ||

@@ -15,21 +15,11 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-admin=$build/s3block
-
-log() { echo "lease_clock: $(date +%H:%M:%S) $*"; }
-die() { echo "lease_clock: FAILED: $*" >&2; exit 1; }
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
-[ -x "$admin" ] || die "no $admin (build first)"
+require_built "$plugin" "$admin"
 require_s3_env
-command -v nbdkit >/dev/null || die "nbdkit is not installed"
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+require_tool nbdkit
+require_libnbd_python
 # libfaketime preloaded by hand (the faketime command would stay between us and nbdkit): the
 # wall clock only; the steady clock, which times requests and the lease's validity here, stays.
 libfaketime=$(dpkg -L libfaketime 2>/dev/null | grep '/libfaketimeMT\.so\.1$' | head -n 1)
@@ -42,17 +32,8 @@ skewed() {  # SKEW COMMAND...: runs COMMAND with its wall clock SKEW ("-180s") o
 }
 [ "$(skewed +180s date +%s)" -ge $(($(date +%s) + 170)) ] || die "libfaketime does not set the clock"
 
-work=$(mktemp -d /tmp/s3block-clock.XXXXXX)
 prefix=clock-$$-$RANDOM
-pid_a= pid_b=
-cleanup() {
-  local rc=$?
-  for p in $pid_a $pid_b; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  show_logs_on_failure "$rc" "$work"/nbdkit-*.log "$work"/admin-*.log
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+show_log_on_failure "$work/admin-*.log"
 
 store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix
 export AWS_ACCESS_KEY_ID=$S3BLOCK_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3BLOCK_TEST_S3_SECRET_KEY
@@ -60,19 +41,10 @@ export AWS_ACCESS_KEY_ID=$S3BLOCK_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3BL
 start() {  # NAME SKEW PARAMS...: starts nbdkit on $work/NAME.sock with its wall clock SKEW off
   local name=$1 skew=$2
   shift 2
-  rm -f "$work/$name.pid" "$work/$name.sock"
-  LD_PRELOAD=$libfaketime FAKETIME=$skew nbdkit -f -U "$work/$name.sock" -P "$work/$name.pid" "$plugin" \
-    "store=$store" "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" size=16M "$@" \
-    </dev/null >>"$work/nbdkit-$name.log" 2>&1 &
-  printf -v "pid_$name" %s $!
-  wait_for_file "$work/$name.pid" 60 || die "nbdkit $name did not start"
+  start_nbdkit -n "$name" -e "LD_PRELOAD=$libfaketime" -e "FAKETIME=$skew" "$plugin" \
+    "store=$store" "endpoint=$S3BLOCK_TEST_S3_ENDPOINT" size=16M "$@"
 }
-stop() {  # NAME: SIGTERM, and the server must exit 0
-  local name=$1 pid_var=pid_$1
-  kill -TERM "${!pid_var}"
-  wait "${!pid_var}" || die "nbdkit $name exited with status $? on SIGTERM"
-  printf -v "$pid_var" %s ""
-}
+stop() { stop_nbdkit -n "$1"; }  # NAME: SIGTERM, and the server must exit 0
 # b_is_refused WHEN: server B, on this machine's clock, must not get the export.
 b_is_refused() {
   start b +0s
@@ -80,8 +52,8 @@ b_is_refused() {
     die "$1: server B got the export that server A (clock 3 minutes behind) holds"
   fi
   stop b
-  grep -q 'is in use by' "$work/nbdkit-b.log" || die "$1: B was refused, but not for A's lease"
-  : >"$work/nbdkit-b.log"
+  grep -q 'is in use by' "$work/b.log" || die "$1: B was refused, but not for A's lease"
+  : >"$work/b.log"
 }
 # admin_is_refused SKEW WHEN: s3block resize with its clock SKEW off must exit 4.
 admin_is_refused() {

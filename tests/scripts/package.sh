@@ -18,20 +18,13 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 pkg=nbd-s3-backend
 
-log() { echo "package: $(date +%H:%M:%S) $*"; }
-die() { echo "package: FAILED: $*" >&2; exit 1; }
-. "$here/testlib.sh"
-
-[ "$(id -u)" = 0 ] || die "run as root: it installs and removes the package $pkg with dpkg"
+require_root "it installs and removes the package $pkg with dpkg"
 [ -f "$build/CMakeCache.txt" ] || die "no build in $build (cmake -S $repo -B $build first)"
-command -v nbdkit >/dev/null || die "nbdkit is not installed"
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
+require_tool nbdkit dpkg dpkg-deb
+require_libnbd_python
 
 if dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'installed'; then
   die "the package $pkg is installed already ($(dpkg-query -W -f='${Version}' "$pkg")); this test" \
@@ -39,33 +32,24 @@ if dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q 'installed'; then
 fi
 plugindir=$(nbdkit --dump-config | sed -n 's/^plugindir=//p')
 [ -n "$plugindir" ] || die "nbdkit --dump-config names no plugindir"
-plugin=$plugindir/nbdkit-s3block-plugin.so
-installed_files=("$plugin" /usr/bin/s3block /usr/share/man/man1/nbdkit-s3block-plugin.1.gz
+installed_plugin=$plugindir/nbdkit-s3block-plugin.so
+installed_files=("$installed_plugin" /usr/bin/s3block /usr/share/man/man1/nbdkit-s3block-plugin.1.gz
   /usr/share/man/man1/s3block.1.gz)
 for f in "${installed_files[@]}"; do
   [ ! -e "$f" ] || die "$f exists already (not from the package): installing the package would" \
     "replace it and removing it would delete it; remove it first"
 done
 
-work=$(mktemp -d /tmp/s3block-package.XXXXXX)
 store=$work/store
-sock=$work/nbd.sock
-nbdkit_pid=
 installed=0
-cleanup() {
-  local rc=$?
-  if [ -n "$nbdkit_pid" ]; then
-    kill -KILL "$nbdkit_pid" 2>/dev/null || true
-    wait "$nbdkit_pid" 2>/dev/null || true
-  fi
+# Whatever happens, the package this installed is removed (after nbdkit, started later, stops).
+remove_package() {
   if [ $installed = 1 ]; then
     dpkg -r "$pkg" >/dev/null 2>&1 || echo "package: could not remove $pkg: dpkg -r $pkg" >&2
   fi
-  show_logs_on_failure "$rc" "$work/nbdkit.log" "$work/package.log"
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit remove_package
+show_log_on_failure "$work/package.log"
 
 # 1. The package and what it holds.
 log "building the package in $build"
@@ -94,15 +78,12 @@ for f in "${installed_files[@]}"; do
 done
 
 nbdkit s3block --dump-plugin >"$work/dump" 2>&1 || die "nbdkit s3block --dump-plugin failed: $(cat "$work/dump")"
-grep -qx "path=$plugin" "$work/dump" || die "nbdkit s3block loaded no $plugin: $(cat "$work/dump")"
+grep -qx "path=$installed_plugin" "$work/dump" || die "nbdkit s3block loaded no $installed_plugin: $(cat "$work/dump")"
 grep -qx "name=s3block" "$work/dump" || die "nbdkit s3block --dump-plugin names no s3block: $(cat "$work/dump")"
 
 log "serving $store with nbdkit s3block"
 mkdir "$store"
-nbdkit -f -U "$sock" -P "$work/nbdkit.pid" s3block "store=$store" size=1M </dev/null \
-  >>"$work/nbdkit.log" 2>&1 &
-nbdkit_pid=$!
-wait_for_file "$work/nbdkit.pid" 30 || die "nbdkit s3block did not start"
+start_nbdkit s3block "store=$store" size=1M
 nbd_io "$sock" '
 data = bytes(range(256)) * 32
 h.pwrite(data, 65536)

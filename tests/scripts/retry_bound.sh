@@ -15,71 +15,39 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-
-log() { echo "retry_bound: $(date +%H:%M:%S) $*"; }
-die() { echo "retry_bound: FAILED: $*" >&2; exit 1; }
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
+require_built "$plugin"
 require_s3_env
-for tool in nbdkit curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
-port=$(free_ports 2)
-ctl_port=$((port + 1))
+require_tool nbdkit curl python3
+require_libnbd_python
 
 retry_timeout=10
 request_timeout=3
 margin=3
 blocks=64
 
-work=$(mktemp -d /tmp/s3block-retry.XXXXXX)
 prefix=retry-$$-$RANDOM
-nbdkit_pid= proxy_pid=
-cleanup() {
-  local rc=$?
-  for p in $nbdkit_pid $proxy_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  show_logs_on_failure "$rc" "$work/nbdkit.log" "$work/proxy.log"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+start_faultproxy
 
-ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
-python3 "$repo/tests/faultproxy/faultproxy.py" --listen "$port" --control "$ctl_port" \
-  --upstream "$S3BLOCK_TEST_S3_ENDPOINT" --ready-file "$work/proxy.ready" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-wait_for_file "$work/proxy.ready" 20 || die "the proxy did not start"
-
-start() {  # ENDPOINT PARAMS...: nbdkit on $work/s.sock
+serve() {  # ENDPOINT PARAMS...: nbdkit on $sock
   local endpoint=$1
   shift
-  rm -f "$work/s.pid" "$work/s.sock"
-  nbdkit -f -U "$work/s.sock" -P "$work/s.pid" "$plugin" \
-    "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" "endpoint=$endpoint" \
-    "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=16M "$@" \
-    </dev/null >>"$work/nbdkit.log" 2>&1 &
-  nbdkit_pid=$!
-  wait_for_file "$work/s.pid" 60 || die "nbdkit did not start"
+  start_nbdkit "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" "endpoint=$endpoint" \
+    "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=16M "$@"
 }
 
 # Another export with a block stored, written by a server straight to S3 (so that the server
 # under test has it in no cache and must GET it).
-start "$S3BLOCK_TEST_S3_ENDPOINT"
-nbd_io "$work/s.sock" "
+serve "$S3BLOCK_TEST_S3_ENDPOINT"
+nbd_io "$sock" "
 h2 = nbd.NBD()
-h2.connect_uri('nbd+unix:///other?socket=$work/s.sock')
+h2.connect_uri('nbd+unix:///other?socket=$sock')
 h2.pwrite(b'o' * 4096, 0)
 h2.flush()
 h2.shutdown()"
-kill -TERM "$nbdkit_pid"
-wait "$nbdkit_pid" || die "nbdkit exited with status $? on SIGTERM"
-nbdkit_pid=
+stop_nbdkit
 
-start "http://127.0.0.1:$port" connections=1 "request-timeout=$request_timeout" \
+serve "http://127.0.0.1:$proxy_port" connections=1 "request-timeout=$request_timeout" \
   "retry-timeout=$retry_timeout"
 # The bound, from what the server was given (its command line), not from the constants above.
 args=$(tr '\0' ' ' <"/proc/$nbdkit_pid/cmdline")
@@ -91,16 +59,16 @@ log "connections=1 request-timeout=$(given request-timeout) retry-timeout=$(give
   "a flush must fail within $bound s"
 
 # The export exists (its metadata and lease are stored) before the stalls begin.
-nbd_io "$work/s.sock" "h.pwrite(b'\\1' * 4096, 0); h.flush()"
+nbd_io "$sock" "h.pwrite(b'\\1' * 4096, 0); h.flush()"
 
-nbd_io "$work/s.sock" "
+nbd_io "$sock" "
 import threading, time, urllib.request
 def ctl(q):
     urllib.request.urlopen('http://127.0.0.1:$ctl_port/' + q, timeout=10).read()
 blocks = $blocks
 # Opened now: opening an export stores its lease (a PUT).
 h2 = nbd.NBD()
-h2.connect_uri('nbd+unix:///other?socket=$work/s.sock')
+h2.connect_uri('nbd+unix:///other?socket=$sock')
 for i in range(blocks):
     h.pwrite(bytes([i + 1]) * 4096, i * 4096)
 ctl('set?kinds=stall&rate=1&stall=60&methods=PUT')
@@ -143,15 +111,11 @@ print('retry_bound: the flush after the stalls succeeded')
 grep -q 'for a free connection' "$work/nbdkit.log" ||
   log "(no request had to give up waiting for a connection)"
 
-kill -TERM "$nbdkit_pid"
-wait "$nbdkit_pid" || die "nbdkit exited with status $? on SIGTERM"
-nbdkit_pid=
-start "$S3BLOCK_TEST_S3_ENDPOINT"
-nbd_io "$work/s.sock" "
+stop_nbdkit
+serve "$S3BLOCK_TEST_S3_ENDPOINT"
+nbd_io "$sock" "
 bad = [i for i in range($blocks) if h.pread(4096, i * 4096) != bytes([i + 1]) * 4096]
 assert not bad, 'blocks %s differ after the restart' % bad" ||
   die "the blocks did not survive the restart"
-kill -TERM "$nbdkit_pid"
-wait "$nbdkit_pid" || die "nbdkit exited with status $? on SIGTERM"
-nbdkit_pid=
+stop_nbdkit
 log "PASS"

@@ -12,13 +12,10 @@
 # recover (-fno-sanitize-recover), ASan and TSan stop at the first report with exit code 66.
 # Environment: SANITIZER_JOBS (build and test jobs, default nproc).
 set -uo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 kind=${1:-}
 jobs=${SANITIZER_JOBS:-$(nproc 2>/dev/null || echo 2)}
 
-die() { echo "sanitizers: FAILED: $*" >&2; exit 1; }
 case "$kind" in
 address) build=${2:-$repo/build/asan}; runtime=libasan.so ;;
 thread) build=${2:-$repo/build/tsan}; runtime=libtsan.so ;;

@@ -14,58 +14,26 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-build=${S3BLOCK_BUILD:-$repo/build}
-plugin=$build/nbdkit-s3block-plugin.so
-
-log() { echo "stalled_open: $(date +%H:%M:%S) $*"; }
-die() { echo "stalled_open: FAILED: $*" >&2; exit 1; }
-. "$here/testlib.sh"
-[ -f "$plugin" ] || die "no $plugin (build first)"
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
+require_built "$plugin"
 require_s3_env
-for tool in nbdkit curl python3; do command -v $tool >/dev/null || die "$tool is not installed"; done
-/usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
-port=$(free_ports 2)
-ctl_port=$((port + 1))
+require_tool nbdkit curl python3
+require_libnbd_python
 retry_timeout=30
-
-work=$(mktemp -d /tmp/s3block-stalled.XXXXXX)
-sock=$work/nbd.sock
 prefix=stalled-open-$$-$(date +%s)
-proxy_pid=
-nbdkit_pid=
-slow_pid=
-cleanup() {
-  local rc=$?
-  if [ -n "$slow_pid" ]; then kill "$slow_pid" 2>/dev/null || true; wait "$slow_pid" 2>/dev/null || true; fi
-  if [ -n "$nbdkit_pid" ]; then kill "$nbdkit_pid" 2>/dev/null || true; wait "$nbdkit_pid" 2>/dev/null || true; fi
-  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
-  show_logs_on_failure "$rc" "$work/nbdkit.log" "$work/proxy.log" "$work/slow.out"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+show_log_on_failure "$work/slow.out"
 
-ctl() { curl -sf --max-time 10 "http://127.0.0.1:$ctl_port/$1"; }
-stalled() { ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['faults']['stall'])"; }
+start_faultproxy
+stalled() { proxy_stat "['faults']['stall']"; }
 
-python3 "$repo/tests/faultproxy/faultproxy.py" --listen "$port" --control "$ctl_port" \
-  --upstream "$S3BLOCK_TEST_S3_ENDPOINT" --ready-file "$work/proxy.ready" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-wait_for_file "$work/proxy.ready" 20 || die "the proxy did not start"
-
-nbdkit -f -U "$sock" -P "$work/nbdkit.pid" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
-  "endpoint=http://127.0.0.1:$port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
+start_nbdkit "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
+  "endpoint=http://127.0.0.1:$proxy_port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
   "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=16M request-timeout=2 retry-timeout=$retry_timeout \
-  idle-timeout=600 </dev/null >"$work/nbdkit.log" 2>&1 &
-nbdkit_pid=$!
-wait_for_file "$work/nbdkit.pid" 60 || die "nbdkit did not start"
+  idle-timeout=600
 
 # io EXPORT: connect, write 1 MiB, flush, read it back, disconnect.
 io() {
-  /usr/bin/python3 - "$sock" "$1" <<'PY'
+  $py - "$sock" "$1" <<'PY'
 import nbd, os, sys
 h = nbd.NBD()
 h.set_export_name(sys.argv[2])
@@ -85,6 +53,7 @@ log "every request for export 'slow' stalls; a client opens it"
 ctl "set?kinds=stall&rate=1&stall=60&paths=/exports/slow/" >/dev/null || die "cannot set the stall"
 io slow >"$work/slow.out" 2>&1 &
 slow_pid=$!
+end_at_exit "$slow_pid"
 for ((i = 0; i < 200; i++)); do
   [ "$(stalled)" -gt 0 ] && break
   sleep 0.05
@@ -93,9 +62,9 @@ done
 
 bound=$((retry_timeout / 3))
 log "while it is stuck: 'fast' again and a new export 'other', each within ${bound}s"
-timeout "$bound" bash -c "$(declare -f io); sock='$sock'; io fast" ||
+timeout "$bound" bash -c "$(declare -f io); py='$py'; sock='$sock'; io fast" ||
   die "using export 'fast' waited for the stuck open of 'slow'"
-timeout "$bound" bash -c "$(declare -f io); sock='$sock'; io other" ||
+timeout "$bound" bash -c "$(declare -f io); py='$py'; sock='$sock'; io other" ||
   die "opening export 'other' waited for the stuck open of 'slow'"
 kill -0 "$slow_pid" 2>/dev/null || die "the open of 'slow' ended before the others were tried: nothing shown"
 
@@ -103,7 +72,6 @@ log "the stall ends: 'slow' opens"
 ctl off >/dev/null
 rc=0
 wait "$slow_pid" || rc=$?
-slow_pid=
 if [ $rc -ne 0 ]; then
   # It may have given up during the stall (retry-timeout): it must open now.
   io slow || die "export 'slow' cannot be opened once S3 answers again"
