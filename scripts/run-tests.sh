@@ -86,6 +86,7 @@ local_scripts=(
   local_hostile_blocks_dir.sh
   local_hostile_torn_read.sh
   package.sh
+  run_server_stop.sh
 )
 
 passed=0

@@ -12,24 +12,9 @@
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout; run-server.sh builds what is stale).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-
-log() { echo "run_server_stop: $(date +%H:%M:%S) $*"; }
-die() { echo "run_server_stop: FAILED: $*" >&2; exit 1; }
-. "$here/testlib.sh"
-[ "$(id -u)" = 0 ] || die "needs root (it mounts a tmpfs as the store)"
-py=/usr/bin/python3
-$py -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed"
-
-work=$(mktemp -d /tmp/s3block-runserver.XXXXXX)
-cleanup() {
-  mountpoint -q "$work/full" && umount "$work/full"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
+require_root "it mounts a tmpfs as the store"
+require_libnbd_python
 
 # run_and_stop SIGNAL TARGET STORE_DIR WRITE_MIB OUT: starts run-server.sh on STORE_DIR in a
 # session of its own with SIGINT at its default (as in a terminal; a script's background job
@@ -93,6 +78,7 @@ stops_storing_all ok INT group
 log "2. Ctrl-C with a full store: NOT everything stored"
 mkdir "$work/full"
 mount -t tmpfs -o size=1M tmpfs "$work/full"
+on_exit unmount "$work/full"
 rc=$(run_and_stop INT group "$work/full" 4 "$work/full.out") || die "the run failed: $(tail -5 "$work/full.out")"
 cat "$work/full.out"
 [ "$rc" != 0 ] || die "run-server.sh exited 0 although the store was full"
