@@ -17,16 +17,11 @@
 # base image debian:12 is made once with debootstrap from the host's own Debian mirror (the one in
 # its apt sources) and kept in Docker's image store for later runs.
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
+TEST_NAME=docker
+# shellcheck source=tests/scripts/testlib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 # shellcheck source=scripts/common.sh
 . "$repo/scripts/common.sh"
-
-log() { echo "docker.sh: $(date +%H:%M:%S) $*"; }
-die() { echo "docker.sh: FAILED: $*" >&2; exit 1; }
-# shellcheck source=tests/scripts/testlib.sh
-. "$here/testlib.sh"
 
 # What this script needs besides the build packages (those are installed inside the image):
 # dockerd and its client, debootstrap for the base image, nbdsh (python3-libnbd) and nbdinfo
@@ -52,28 +47,8 @@ s3b_install_missing $docker_test_packages
 exec 9>/run/lock/s3block-docker-test.lock
 flock -w 1200 9 || die "another run of docker.sh holds /run/lock/s3block-docker-test.lock"
 
-tmp=$(mktemp -d /tmp/s3block-docker.XXXXXX)
-dockerd_pid=
-cleanup() {
-  local rc=$? c
-  for c in "${containers[@]}"; do
-    if $docker container inspect "$c" >/dev/null 2>&1; then
-      $docker logs "$c" >"$tmp/$c.log" 2>&1 || true
-      $docker rm -f "$c" >/dev/null 2>&1 || true
-    fi
-  done
-  $docker image rm -f "$image" >/dev/null 2>&1 || true
-  show_logs_on_failure "$rc" "$tmp/build.log" "$tmp/debootstrap.log" \
-    "$tmp/${containers[0]}.log" "$tmp/${containers[1]}.log" "$tmp/dockerd.log"
-  if [ -n "$dockerd_pid" ]; then
-    kill -TERM "$dockerd_pid" 2>/dev/null || true
-    wait "$dockerd_pid" 2>/dev/null || true
-  fi
-  rm -rf "$tmp"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+show_log_on_failure "$work/build.log" "$work/debootstrap.log" "$work/dockerd.log" \
+  "$work/s3block-docker-test-*.log"
 
 # Debian's python3 (the one with python3-libnbd's module), whatever python3 comes first on PATH.
 nbdsh() { /usr/bin/python3 -m nbd "$@"; }
@@ -85,13 +60,15 @@ nbdsh() { /usr/bin/python3 -m nbd "$@"; }
 # (--network host), which works whatever dockerd serves: the build's apt-get reaches the mirror as
 # the host does, and the server listens on a free port of 127.0.0.1 itself, nothing to publish.
 docker_ready() { $docker info >/dev/null 2>&1; }
+dockerd_pid=
 if ! docker_ready; then
   if pgrep -x dockerd >/dev/null; then
     log "a dockerd is starting; waiting for it"
   else
-    log "starting dockerd (log: $tmp/dockerd.log)"
-    dockerd --iptables=false --bridge=none >"$tmp/dockerd.log" 2>&1 &
+    log "starting dockerd (log: $work/dockerd.log)"
+    dockerd --iptables=false --bridge=none >"$work/dockerd.log" 2>&1 &
     dockerd_pid=$!
+    end_at_exit "$dockerd_pid"
   fi
   for ((i = 0; i < 600; i++)); do
     docker_ready && break
@@ -100,6 +77,20 @@ if ! docker_ready; then
   done
   docker_ready || die "dockerd does not answer after 60 s"
 fi
+
+# Registered after dockerd's stop, so that it runs before it: containers and the test's image go
+# while dockerd still answers (the base and packages images stay, as caches).
+remove_containers() {
+  local c
+  for c in "${containers[@]}"; do
+    if $docker container inspect "$c" >/dev/null 2>&1; then
+      $docker logs "$c" >"$work/$c.log" 2>&1 || true
+      $docker rm -f "$c" >/dev/null 2>&1 || true
+    fi
+  done
+  $docker image rm -f "$image" >/dev/null 2>&1 || true
+}
+on_exit remove_containers
 
 # --- The base image, made once from the host's Debian mirror. ---
 # Prints "URI SUITE" for each enabled deb entry of the host's apt sources, one-line and deb822.
@@ -128,13 +119,13 @@ host_apt_sources() {
   done
 }
 make_base() {
-  local mirror root="$tmp/root" include=()
+  local mirror root="$work/root" include=()
   mirror=$(host_apt_sources | awk '$2 == "bookworm" { print $1; exit }')
   [ -n "$mirror" ] || die "no bookworm entry in the host's apt sources to make $base from"
   case $mirror in https:*) include=(--include=ca-certificates) ;; esac
   log "making $base with debootstrap from $mirror (once; later runs reuse it)"
   debootstrap --variant=minbase "${include[@]}" bookworm "$root" "$mirror" \
-    >"$tmp/debootstrap.log" 2>&1 || die "debootstrap failed"
+    >"$work/debootstrap.log" 2>&1 || die "debootstrap failed"
   # The image's apt-get reaches the mirrors the host uses, for bookworm and its updates.
   host_apt_sources | awk '$2 ~ /^bookworm(-updates|-security)?$/ && !seen[$0]++ {
     print "deb " $1 " " $2 " main" }' >"$root/etc/apt/sources.list"
@@ -150,18 +141,18 @@ if ! $docker image inspect "$base" >/dev/null 2>&1; then make_base; fi
 # base image is: removing the test's image alone then leaves it, and a later build starts from it
 # instead of installing the packages again. Made from older scripts/, it is replaced.
 old_packages=$($docker image inspect -f '{{.Id}}' "$packages_image" 2>/dev/null || true)
-log "building $packages_image (log: $tmp/build.log)"
+log "building $packages_image (log: $work/build.log)"
 $docker build --network host --target packages -t "$packages_image" -f "$repo/docker/Dockerfile" \
-  "$repo" >"$tmp/build.log" 2>&1 || die "docker build --target packages failed"
+  "$repo" >"$work/build.log" 2>&1 || die "docker build --target packages failed"
 if [ -n "$old_packages" ] &&
   [ "$old_packages" != "$($docker image inspect -f '{{.Id}}' "$packages_image")" ]; then
   $docker image rm "$old_packages" >/dev/null 2>&1 || true
 fi
-log "building $image (log: $tmp/build.log)"
-$docker build --network host -t "$image" -f "$repo/docker/Dockerfile" "$repo" >>"$tmp/build.log" 2>&1 \
+log "building $image (log: $work/build.log)"
+$docker build --network host -t "$image" -f "$repo/docker/Dockerfile" "$repo" >>"$work/build.log" 2>&1 \
   || die "docker build failed"
 
-data=$tmp/data
+data=$work/data
 mkdir -p "$data"
 port=$(free_ports 1)
 uri="nbd://127.0.0.1:$port/test_device"
@@ -184,8 +175,10 @@ stop() {
   local rc
   $docker stop -t 30 "$1" >/dev/null
   rc=$($docker container inspect -f '{{.State.ExitCode}}' "$1")
-  $docker logs "$1" >"$tmp/$1.log" 2>&1 || true
+  $docker logs "$1" >"$work/$1.log" 2>&1 || true
   [ "$rc" = 0 ] || die "container $1 exited with status $rc on docker stop"
+  grep -q "nbdkit stopped: everything clients wrote is stored in /data" "$work/$1.log" ||
+    die "container $1 did not say on docker stop that everything was stored"
   $docker rm "$1" >/dev/null
 }
 # read_back FILE: what the export holds where the writes went, into FILE.
@@ -197,19 +190,19 @@ with open('$1', 'wb') as f:
 "
 }
 
-head -c 4M /dev/urandom >"$tmp/a"
-head -c 1M /dev/urandom >"$tmp/b"
-cat "$tmp/a" "$tmp/b" >"$tmp/written"
+head -c 4M /dev/urandom >"$work/a"
+head -c 1M /dev/urandom >"$work/b"
+cat "$work/a" "$work/b" >"$work/written"
 
 serve "${containers[0]}" "$data"
 log "writing 4 MiB at offset 0 and 1 MiB at 600 MiB"
 nbdsh -u "$uri" -c "
-h.pwrite(open('$tmp/a', 'rb').read(), 0)
-h.pwrite(open('$tmp/b', 'rb').read(), 600 << 20)
+h.pwrite(open('$work/a', 'rb').read(), 0)
+h.pwrite(open('$work/b', 'rb').read(), 600 << 20)
 h.flush()
 "
-read_back "$tmp/read1"
-[ "$(sha256sum <"$tmp/read1")" = "$(sha256sum <"$tmp/written")" ] \
+read_back "$work/read1"
+[ "$(sha256sum <"$work/read1")" = "$(sha256sum <"$work/written")" ] \
   || die "the first container reads back other bytes than were written"
 stop "${containers[0]}"
 
@@ -218,8 +211,8 @@ block=$data/exports/test_device/blocks/0
 if ! [ -f "$block" ] || ! [ -s "$block" ]; then die "no block file $block on the host"; fi
 
 serve "${containers[1]}" "$data"
-read_back "$tmp/read2"
-[ "$(sha256sum <"$tmp/read2")" = "$(sha256sum <"$tmp/written")" ] \
+read_back "$work/read2"
+[ "$(sha256sum <"$work/read2")" = "$(sha256sum <"$work/written")" ] \
   || die "a new container on the same data directory reads back other bytes than were written"
 stop "${containers[1]}"
 
