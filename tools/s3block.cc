@@ -36,23 +36,14 @@ std::atomic<bool> g_cancel{false};
 
 void OnSignal(int) { g_cancel.store(true); }
 
-const char kUsage[] =
+const char kUsageHead[] =
     "Usage: s3block [OPTIONS] COMMAND [ARGS]\n"
     "\n"
     "Manage the exports of an nbd-s3-backend store without an NBD client.\n"
     "\n"
-    "Commands:\n"
-    "  create NAME [--size SIZE] [--block-size SIZE]  create an empty export (default 1G, 4096)\n"
-    "  list                          every export: size, block size, blocks stored, bytes allocated\n"
-    "  info NAME                     one export, and the server holding it if it is served\n"
-    "  resize NAME SIZE [--force]    grow (instant) or, with --force, shrink an export\n"
-    "  delete NAME [--yes]           delete an export and all its blocks\n"
-    "  copy SRC DST                  copy an export to a new one (server-side on S3)\n"
-    "  import NAME FILE [--block-size SIZE]\n"
-    "                                create an export from a raw disk image (sparse-aware)\n"
-    "  export NAME FILE              write an export to a raw image file (sparse)\n"
-    "  verify NAME                   read every stored block and check it\n"
-    "  stats STATS-FILE              a running server's counters (the plugin's stats-file=)\n"
+    "Commands:\n";
+
+const char kUsageTail[] =
     "\n"
     "Options:\n"
     "  --store DIR|s3://BUCKET[/PREFIX]   the store (default: $S3BLOCK_STORE)\n"
@@ -73,37 +64,6 @@ const char kUsage[] =
     "\n"
     "Exit status: 0 success, 1 failure, 2 bad usage, 3 verify found damage,\n"
     "4 the export is held by a running server, 130 interrupted.\n";
-
-const std::map<std::string, std::string> kCommandHelp = {
-    {"create", "s3block create NAME [--size SIZE] [--block-size SIZE]\n"
-               "Creates an empty export of SIZE bytes (default 1G) with blocks of SIZE (default 4096).\n"},
-    {"list", "s3block list [--json]\n"
-             "Lists every export: name, size, block size, blocks stored, bytes allocated (blocks stored\n"
-             "x block size, not the space they take in the store), state.\n"},
-    {"info", "s3block info NAME [--json]\n"
-             "Shows one export, and the server that holds it if it is being served.\n"},
-    {"resize", "s3block resize NAME SIZE [--force]\n"
-               "Grows an export at once. Shrinking deletes the blocks past the new end and needs --force.\n"},
-    {"delete", "s3block delete NAME [--force | --yes]\n"
-               "Deletes an export and all its blocks. Asks for the name on a terminal unless --yes;\n"
-               "elsewhere needs --yes. An interrupted delete leaves the export marked as being deleted\n"
-               "(it is not served); run the command again to finish.\n"},
-    {"copy", "s3block copy SRC DST\n"
-             "Copies export SRC to a new export DST: server-side copies on S3, reflinks or in-kernel\n"
-             "copies locally, in parallel. An interrupted copy leaves DST marked incomplete.\n"},
-    {"import", "s3block import NAME FILE [--block-size SIZE]\n"
-               "Creates export NAME from the raw image FILE (its size is the export's size). Holes\n"
-               "and runs of zeros are not stored. An interrupted import leaves NAME marked incomplete.\n"},
-    {"export", "s3block export NAME FILE\n"
-               "Writes export NAME to the raw image FILE; blocks that are not stored become holes\n"
-               "(zeros on a block device). Refused while a server holds the export.\n"},
-    {"verify", "s3block verify NAME [--json]\n"
-               "Reads every stored block and checks it can be read and has the right length (and,\n"
-               "on S3, that its content matches the checksum the server stored). Exit status 3 if\n"
-               "anything is damaged. Refused while a server holds the export.\n"},
-    {"stats", "s3block stats STATS-FILE [--json]\n"
-              "Prints the counters a running server writes to the file given as its stats-file=.\n"},
-};
 
 const char* StateName(ExportMeta::State s) {
   switch (s) {
@@ -159,6 +119,21 @@ class Progress {
   const Clock::time_point start_;
   Clock::time_point last_line_;
 };
+
+// A command of the table at the end of this file (kCommands): its name, how many arguments it
+// takes, whether it works on a store, its help, and the function that runs it.
+struct Context;
+struct Command {
+  const char* name;
+  size_t args;
+  bool needs_store;
+  const char* synopsis;  // "create NAME [--size SIZE] ...": for help and for the usage text
+  const char* summary;   // one line, for the usage text
+  const char* help;      // for 's3block COMMAND --help', after the synopsis
+  int (*run)(Context& c);
+};
+const Command* FindCommand(const std::string& name);
+void PrintUsage();
 
 struct Args {
   std::string command;
@@ -248,26 +223,22 @@ int ParseArgs(int argc, char** argv, Args* a) {
     Status s = a->config.Set(key, value);
     if (!s.ok()) return Usage(s.message());
   }
+  const Command* command = FindCommand(a->command);
   if (a->help) {
-    auto it = kCommandHelp.find(a->command);
-    std::fputs(it != kCommandHelp.end() ? it->second.c_str() : kUsage, stdout);
+    if (command != nullptr)
+      std::printf("s3block %s\n%s", command->synopsis, command->help);
+    else
+      PrintUsage();
     return kExitOk;
   }
   if (a->command.empty()) return Usage("no command given");
-  if (!kCommandHelp.count(a->command)) return Usage("unknown command '" + a->command + "'");
-  if (a->command != "stats" && !a->store_given) {
+  if (command == nullptr) return Usage("unknown command '" + a->command + "'");
+  if (command->needs_store && !a->store_given) {
     const char* env = ::getenv("S3BLOCK_STORE");
     if (env == nullptr || *env == '\0') return Usage("--store is required (or set S3BLOCK_STORE)");
     Status s = a->config.Set("store", AbsoluteStore(env));
     if (!s.ok()) return Usage(s.message());
   }
-  return -1;
-}
-
-int NeedArgs(const Args& a, size_t n) {
-  if (a.positional.size() != n)
-    return Usage(a.command + " takes " + std::to_string(n) + " argument" + (n == 1 ? "" : "s") +
-                 " (see 's3block " + a.command + " --help')");
   return -1;
 }
 
@@ -326,21 +297,236 @@ int RunStats(const Args& a) {
   return kExitOk;
 }
 
+// What a command works with: the parsed command line and, for a command on a store, the store
+// and the options of the library's admin operations.
+struct Context {
+  const Args& a;
+  BlockStore* store = nullptr;
+  AdminOptions* options = nullptr;
+  uint32_t block_size = kDefaultBlockSize;  // --block-size, or the default
+  uint64_t size = kDefaultExportSize;       // --size, or the default
+  const std::string& name(size_t i) const { return a.positional[i]; }
+  // Progress of the operation on standard error, counting items of bytes_per_item bytes.
+  void ShowProgress(const std::string& label, uint64_t bytes_per_item) {
+    auto p = std::make_shared<Progress>(label, bytes_per_item);
+    options->progress = [p](uint64_t done, uint64_t total) { p->Update(done, total); };
+  }
+  // The same for an operation over the blocks of export NAME, if its block size can be read.
+  void ShowProgressOver(const std::string& label, const std::string& export_name) {
+    ExportInfo e;
+    if (GetExportInfo(*store, export_name, &e).ok() && e.has_meta) ShowProgress(label, e.meta.block_size);
+  }
+};
+
+int CmdStats(Context& c) { return RunStats(c.a); }
+
+int CmdList(Context& c) {
+  std::vector<ExportInfo> all;
+  Status s = ListExportInfo(*c.store, &all);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    std::printf("[");
+    for (size_t i = 0; i < all.size(); ++i) PrintInfo(all[i], true, i == 0);
+    std::printf("]\n");
+  } else {
+    std::printf("%-24s %14s %10s %12s %14s %s\n", "NAME", "SIZE", "BLOCK-SIZE", "BLOCKS",
+                "ALLOCATED", "STATE");
+    for (const auto& e : all) PrintInfo(e, false, false);
+  }
+  return kExitOk;
+}
+
+int CmdInfo(Context& c) {
+  ExportInfo e;
+  Status s = GetExportInfo(*c.store, c.name(0), &e);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    PrintInfo(e, true, true);
+    std::printf("\n");
+    return kExitOk;
+  }
+  std::printf("name:            %s\n", QuoteForMessage(e.name).c_str());
+  std::printf("store:           %s\n", c.store->Describe().c_str());
+  if (e.has_meta) {
+    std::printf("size:            %s\n", HumanSize(e.meta.size).c_str());
+    std::printf("block size:      %s\n", HumanSize(e.meta.block_size).c_str());
+    std::printf("state:           %s\n", StateName(e.meta.state));
+    std::printf("encoding:        %s\n", e.meta.encoding.Describe().c_str());
+  } else {
+    std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
+  }
+  std::printf("blocks stored:   %" PRIu64 "\n", e.blocks_stored);
+  std::printf("allocated:       %s (blocks stored x block size)\n", HumanSize(e.allocated_bytes).c_str());
+  if (e.blocks_past_end) std::printf("past the end:    %" PRIu64 " blocks\n", e.blocks_past_end);
+  std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
+  if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());
+  return kExitOk;
+}
+
+int CmdCreate(Context& c) {
+  Status s = CreateExport(*c.store, c.name(0), c.size, c.block_size, *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("created export '%s': size %s, block size %s\n", QuoteForMessage(c.name(0)).c_str(),
+              HumanSize(c.size).c_str(), HumanSize(c.block_size).c_str());
+  return kExitOk;
+}
+
+int CmdResize(Context& c) {
+  uint64_t size = 0;
+  Status s = ParseSize("SIZE", c.name(1), &size);
+  if (!s.ok()) return Usage(s.message());
+  c.ShowProgress("resize", 0);
+  s = ResizeExport(*c.store, c.name(0), size, c.a.force, *c.options);
+  if (!s.ok()) return s.err() == EINVAL ? (Report(s), kExitUsage) : Report(s);
+  std::printf("export '%s' is now %s\n", QuoteForMessage(c.name(0)).c_str(), HumanSize(size).c_str());
+  return kExitOk;
+}
+
+int CmdDelete(Context& c) {
+  const std::string& name = c.name(0);
+  if (!c.a.yes && !c.a.force) {
+    if (::isatty(STDIN_FILENO) != 1) return Usage("delete needs --yes when not run on a terminal");
+    std::fprintf(stderr, "This deletes export '%s' and all its blocks in %s.\nType its name to confirm: ",
+                 QuoteForMessage(name).c_str(), c.store->Describe().c_str());
+    std::string typed;
+    if (!std::getline(std::cin, typed) || typed != name) {
+      std::fprintf(stderr, "s3block: not confirmed; nothing deleted\n");
+      return kExitFail;
+    }
+  }
+  c.ShowProgress("delete", 0);
+  Status s = DeleteExport(*c.store, name, *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("deleted export '%s'\n", QuoteForMessage(name).c_str());
+  return kExitOk;
+}
+
+int CmdCopy(Context& c) {
+  c.ShowProgressOver("copy", c.name(0));
+  Status s = CopyExport(*c.store, c.name(0), c.name(1), *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("copied export '%s' to '%s'\n", QuoteForMessage(c.name(0)).c_str(),
+              QuoteForMessage(c.name(1)).c_str());
+  return kExitOk;
+}
+
+int CmdImport(Context& c) {
+  c.ShowProgress("import", c.block_size);
+  Status s = ImportImage(*c.store, c.name(0), c.name(1), c.block_size, *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("imported %s into export '%s'\n", c.name(1).c_str(), QuoteForMessage(c.name(0)).c_str());
+  return kExitOk;
+}
+
+int CmdExport(Context& c) {
+  c.ShowProgressOver("export", c.name(0));
+  Status s = ExportImage(*c.store, c.name(0), c.name(1), *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("exported '%s' to %s\n", QuoteForMessage(c.name(0)).c_str(), c.name(1).c_str());
+  return kExitOk;
+}
+
+int CmdVerify(Context& c) {
+  c.ShowProgressOver("verify", c.name(0));
+  VerifyReport report;
+  Status s = VerifyExport(*c.store, c.name(0), *c.options, &report);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    std::printf("{\"name\": %s, \"blocks_checked\": %" PRIu64 ", \"problems\": [",
+                JsonString(c.name(0)).c_str(), report.blocks_checked);
+    for (size_t i = 0; i < report.problems.size(); ++i)
+      std::printf("%s%s", i ? ", " : "", JsonString(report.problems[i]).c_str());
+    std::printf("]}\n");
+  } else {
+    for (const auto& p : report.problems) std::printf("DAMAGED: %s\n", p.c_str());
+    std::printf("%" PRIu64 " block%s checked, %zu problem%s\n", report.blocks_checked,
+                report.blocks_checked == 1 ? "" : "s", report.problems.size(),
+                report.problems.size() == 1 ? "" : "s");
+  }
+  return report.problems.empty() ? kExitOk : kExitDamage;
+}
+
+const Command kCommands[] = {
+    {"create", 1, true, "create NAME [--size SIZE] [--block-size SIZE]",
+     "create an empty export (default 1G, 4096)",
+     "Creates an empty export of SIZE bytes (default 1G) with blocks of SIZE (default 4096).\n",
+     CmdCreate},
+    {"list", 0, true, "list [--json]",
+     "every export: size, block size, blocks stored, bytes allocated",
+     "Lists every export: name, size, block size, blocks stored, bytes allocated (blocks stored\n"
+     "x block size, not the space they take in the store), state.\n",
+     CmdList},
+    {"info", 1, true, "info NAME [--json]", "one export, and the server holding it if it is served",
+     "Shows one export, and the server that holds it if it is being served.\n", CmdInfo},
+    {"resize", 2, true, "resize NAME SIZE [--force]",
+     "grow (instant) or, with --force, shrink an export",
+     "Grows an export at once. Shrinking deletes the blocks past the new end and needs --force.\n",
+     CmdResize},
+    {"delete", 1, true, "delete NAME [--force | --yes]", "delete an export and all its blocks",
+     "Deletes an export and all its blocks. Asks for the name on a terminal unless --yes;\n"
+     "elsewhere needs --yes. An interrupted delete leaves the export marked as being deleted\n"
+     "(it is not served); run the command again to finish.\n",
+     CmdDelete},
+    {"copy", 2, true, "copy SRC DST", "copy an export to a new one (server-side on S3)",
+     "Copies export SRC to a new export DST: server-side copies on S3, reflinks or in-kernel\n"
+     "copies locally, in parallel. An interrupted copy leaves DST marked incomplete.\n",
+     CmdCopy},
+    {"import", 2, true, "import NAME FILE [--block-size SIZE]",
+     "create an export from a raw disk image (sparse-aware)",
+     "Creates export NAME from the raw image FILE (its size is the export's size). Holes\n"
+     "and runs of zeros are not stored. An interrupted import leaves NAME marked incomplete.\n",
+     CmdImport},
+    {"export", 2, true, "export NAME FILE", "write an export to a raw image file (sparse)",
+     "Writes export NAME to the raw image FILE; blocks that are not stored become holes\n"
+     "(zeros on a block device). Refused while a server holds the export.\n",
+     CmdExport},
+    {"verify", 1, true, "verify NAME [--json]", "read every stored block and check it",
+     "Reads every stored block and checks it can be read and has the right length (and,\n"
+     "on S3, that its content matches the checksum the server stored). Exit status 3 if\n"
+     "anything is damaged. Refused while a server holds the export.\n",
+     CmdVerify},
+    {"stats", 1, false, "stats STATS-FILE [--json]",
+     "a running server's counters (the plugin's stats-file=)",
+     "Prints the counters a running server writes to the file given as its stats-file=.\n",
+     CmdStats},
+};
+
+const Command* FindCommand(const std::string& name) {
+  for (const Command& c : kCommands)
+    if (name == c.name) return &c;
+  return nullptr;
+}
+
+void PrintUsage() {
+  std::fputs(kUsageHead, stdout);
+  for (const Command& c : kCommands) {
+    // The synopsis without its output options, and the summary beside it or below it.
+    std::string synopsis = c.synopsis;
+    if (size_t json = synopsis.find(" [--json]"); json != std::string::npos) synopsis.erase(json);
+    if (synopsis.size() <= 28)
+      std::printf("  %-28s  %s\n", synopsis.c_str(), c.summary);
+    else
+      std::printf("  %s\n  %-28s  %s\n", synopsis.c_str(), "", c.summary);
+  }
+  std::fputs(kUsageTail, stdout);
+}
+
 int Run(int argc, char** argv) {
   Args a;
   int rc = ParseArgs(argc, argv, &a);
   if (rc >= 0) return rc;
-  if (a.command == "stats") {
-    if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    return RunStats(a);
-  }
+  const Command& command = *FindCommand(a.command);  // ParseArgs refused any other
+  if (a.positional.size() != command.args)
+    return Usage(a.command + " takes " + std::to_string(command.args) + " argument" +
+                 (command.args == 1 ? "" : "s") + " (see 's3block " + a.command + " --help')");
+  Context c{a};
+  if (!command.needs_store) return command.run(c);
+
   Status s = a.config.Finish();
   if (!s.ok()) return Usage(s.message());
-  uint32_t block_size = kDefaultBlockSize;
-  if (!a.block_size.empty() && !(s = ParseBlockSize("--block-size", a.block_size, &block_size)).ok())
+  if (!a.block_size.empty() && !(s = ParseBlockSize("--block-size", a.block_size, &c.block_size)).ok())
     return Usage(s.message());
-  uint64_t size_arg = kDefaultExportSize;
-  if (!a.size.empty() && !(s = ParseSize("--size", a.size, &size_arg)).ok()) return Usage(s.message());
+  if (!a.size.empty() && !(s = ParseSize("--size", a.size, &c.size)).ok()) return Usage(s.message());
   // The secret never comes from the command line: with --access-key, take it from the
   // environment as the plugin's credential chain would.
   if (!a.config.access_key.empty() && a.config.secret_key.empty()) {
@@ -364,147 +550,9 @@ int Run(int argc, char** argv) {
   options.holder = "s3block " + a.command;
   options.encoding = a.config.encoding;
   options.warn = [](const std::string& w) { std::fprintf(stderr, "s3block: warning: %s\n", w.c_str()); };
-  auto with_progress = [&](const std::string& label, uint64_t bytes_per_item) {
-    auto p = std::make_shared<Progress>(label, bytes_per_item);
-    options.progress = [p](uint64_t done, uint64_t total) { p->Update(done, total); };
-  };
-
-  const std::string& cmd = a.command;
-  if (cmd == "list") {
-    if ((rc = NeedArgs(a, 0)) >= 0) return rc;
-    std::vector<ExportInfo> all;
-    s = ListExportInfo(*store, &all);
-    if (!s.ok()) return Report(s);
-    if (a.json) {
-      std::printf("[");
-      for (size_t i = 0; i < all.size(); ++i) PrintInfo(all[i], true, i == 0);
-      std::printf("]\n");
-    } else {
-      std::printf("%-24s %14s %10s %12s %14s %s\n", "NAME", "SIZE", "BLOCK-SIZE", "BLOCKS",
-                  "ALLOCATED", "STATE");
-      for (const auto& e : all) PrintInfo(e, false, false);
-    }
-    return kExitOk;
-  }
-  if (cmd == "info") {
-    if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    ExportInfo e;
-    s = GetExportInfo(*store, a.positional[0], &e);
-    if (!s.ok()) return Report(s);
-    if (a.json) {
-      PrintInfo(e, true, true);
-      std::printf("\n");
-      return kExitOk;
-    }
-    std::printf("name:            %s\n", QuoteForMessage(e.name).c_str());
-    std::printf("store:           %s\n", store->Describe().c_str());
-    if (e.has_meta) {
-      std::printf("size:            %s\n", HumanSize(e.meta.size).c_str());
-      std::printf("block size:      %s\n", HumanSize(e.meta.block_size).c_str());
-      std::printf("state:           %s\n", StateName(e.meta.state));
-      std::printf("encoding:        %s\n", e.meta.encoding.Describe().c_str());
-    } else {
-      std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
-    }
-    std::printf("blocks stored:   %" PRIu64 "\n", e.blocks_stored);
-    std::printf("allocated:       %s (blocks stored x block size)\n", HumanSize(e.allocated_bytes).c_str());
-    if (e.blocks_past_end) std::printf("past the end:    %" PRIu64 " blocks\n", e.blocks_past_end);
-    std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
-    if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());
-    return kExitOk;
-  }
-  if (cmd == "create") {
-    if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    const uint64_t size = size_arg;
-    s = CreateExport(*store, a.positional[0], size, block_size, options);
-    if (!s.ok()) return Report(s);
-    std::printf("created export '%s': size %s, block size %s\n", QuoteForMessage(a.positional[0]).c_str(),
-                HumanSize(size).c_str(), HumanSize(block_size).c_str());
-    return kExitOk;
-  }
-  if (cmd == "resize") {
-    if ((rc = NeedArgs(a, 2)) >= 0) return rc;
-    uint64_t size = 0;
-    if (!(s = ParseSize("SIZE", a.positional[1], &size)).ok()) return Usage(s.message());
-    with_progress("resize", 0);
-    s = ResizeExport(*store, a.positional[0], size, a.force, options);
-    if (!s.ok()) return s.err() == EINVAL ? (Report(s), kExitUsage) : Report(s);
-    std::printf("export '%s' is now %s\n", QuoteForMessage(a.positional[0]).c_str(), HumanSize(size).c_str());
-    return kExitOk;
-  }
-  if (cmd == "delete") {
-    if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    const std::string& name = a.positional[0];
-    if (!a.yes && !a.force) {
-      if (::isatty(STDIN_FILENO) != 1)
-        return Usage("delete needs --yes when not run on a terminal");
-      std::fprintf(stderr, "This deletes export '%s' and all its blocks in %s.\nType its name to confirm: ",
-                   QuoteForMessage(name).c_str(), store->Describe().c_str());
-      std::string typed;
-      if (!std::getline(std::cin, typed) || typed != name) {
-        std::fprintf(stderr, "s3block: not confirmed; nothing deleted\n");
-        return kExitFail;
-      }
-    }
-    with_progress("delete", 0);
-    s = DeleteExport(*store, name, options);
-    if (!s.ok()) return Report(s);
-    std::printf("deleted export '%s'\n", QuoteForMessage(name).c_str());
-    return kExitOk;
-  }
-  if (cmd == "copy") {
-    if ((rc = NeedArgs(a, 2)) >= 0) return rc;
-    ExportInfo e;
-    if (GetExportInfo(*store, a.positional[0], &e).ok() && e.has_meta)
-      with_progress("copy", e.meta.block_size);
-    s = CopyExport(*store, a.positional[0], a.positional[1], options);
-    if (!s.ok()) return Report(s);
-    std::printf("copied export '%s' to '%s'\n", QuoteForMessage(a.positional[0]).c_str(),
-                QuoteForMessage(a.positional[1]).c_str());
-    return kExitOk;
-  }
-  if (cmd == "import") {
-    if ((rc = NeedArgs(a, 2)) >= 0) return rc;
-    with_progress("import", block_size);
-    s = ImportImage(*store, a.positional[0], a.positional[1], block_size, options);
-    if (!s.ok()) return Report(s);
-    std::printf("imported %s into export '%s'\n", a.positional[1].c_str(),
-                QuoteForMessage(a.positional[0]).c_str());
-    return kExitOk;
-  }
-  if (cmd == "export") {
-    if ((rc = NeedArgs(a, 2)) >= 0) return rc;
-    ExportInfo e;
-    if (GetExportInfo(*store, a.positional[0], &e).ok() && e.has_meta)
-      with_progress("export", e.meta.block_size);
-    s = ExportImage(*store, a.positional[0], a.positional[1], options);
-    if (!s.ok()) return Report(s);
-    std::printf("exported '%s' to %s\n", QuoteForMessage(a.positional[0]).c_str(), a.positional[1].c_str());
-    return kExitOk;
-  }
-  if (cmd == "verify") {
-    if ((rc = NeedArgs(a, 1)) >= 0) return rc;
-    ExportInfo e;
-    if (GetExportInfo(*store, a.positional[0], &e).ok() && e.has_meta)
-      with_progress("verify", e.meta.block_size);
-    VerifyReport report;
-    s = VerifyExport(*store, a.positional[0], options, &report);
-    if (!s.ok()) return Report(s);
-    if (a.json) {
-      std::printf("{\"name\": %s, \"blocks_checked\": %" PRIu64 ", \"problems\": [",
-                  JsonString(a.positional[0]).c_str(), report.blocks_checked);
-      for (size_t i = 0; i < report.problems.size(); ++i)
-        std::printf("%s%s", i ? ", " : "", JsonString(report.problems[i]).c_str());
-      std::printf("]}\n");
-    } else {
-      for (const auto& p : report.problems) std::printf("DAMAGED: %s\n", p.c_str());
-      std::printf("%" PRIu64 " block%s checked, %zu problem%s\n", report.blocks_checked,
-                  report.blocks_checked == 1 ? "" : "s", report.problems.size(),
-                  report.problems.size() == 1 ? "" : "s");
-    }
-    return report.problems.empty() ? kExitOk : kExitDamage;
-  }
-  return Usage("unknown command '" + cmd + "'");
+  c.store = store.get();
+  c.options = &options;
+  return command.run(c);
 }
 
 }  // namespace
