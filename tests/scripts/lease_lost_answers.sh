@@ -12,19 +12,8 @@
 # Environment: S3BLOCK_BUILD (default build/ of this checkout).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
-require_built "$plugin"
-require_s3_env
-require_tool nbdkit curl
-require_libnbd_python
 prefix=lease-$$-$RANDOM-lost
-start_faultproxy
-
-serve() {  # NAME ENDPOINT PARAMS...: nbdkit NAME on $work/NAME.sock
-  local name=$1 endpoint=$2
-  shift 2
-  start_nbdkit -n "$name" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" "endpoint=$endpoint" \
-    "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=16M "$@"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lease_lib.sh"
 
 log "server C through the proxy (lease-timeout=6); the answers to two renewals that landed are lost"
 serve c "http://127.0.0.1:$proxy_port" lease-timeout=6 request-timeout=2 retry-timeout=60

@@ -32,3 +32,9 @@ roundtrip() {
   nbdcopy "$uri" "$out" || return 1
   cmp -n "$(stat -c %s "$work/image")" "$work/image" "$out" || return 1
 }
+
+# refused URI WHAT: dies with "WHAT" if nbdinfo is served at URI; its error stays in
+# $work/refused.out for a check of why.
+refused() {
+  if nbdinfo "$1" >"$work/refused.out" 2>&1; then die "$2"; fi
+}
