@@ -7,8 +7,6 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include <malloc.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -17,11 +15,8 @@
 #include <memory>
 #include <string>
 
-#include "lib/stats_reporter.h"
-#include "lib/volume_registry.h"
-#include "s3block/cache_store.h"
+#include "lib/server.h"
 #include "s3block/config.h"
-#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -34,12 +29,8 @@ namespace s3block {
 namespace {
 
 Config g_config;
-std::shared_ptr<BlockStore> g_store;
-
-// The open exports, each shared by every connection to it (built in get_ready).
-std::unique_ptr<VolumeRegistry> g_volumes;
-// The cache's counters, to the log and stats-file= (built in get_ready, started after the fork).
-std::unique_ptr<StatsReporter> g_stats;
+// Built in get_ready, started after the fork.
+std::unique_ptr<Server> g_server;
 
 struct Handle {
   std::shared_ptr<Volume> volume;
@@ -129,61 +120,21 @@ int ConfigComplete() {
   });
 }
 
+void Debug(const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); }
+
 int GetReady() {
   return Guard("get_ready", [] {
-    // One malloc arena for the process. By default glibc gives threads arenas of their own (up
-    // to 8 per core) and serves block buffers of 1 MiB from them once the first such buffer has
-    // been freed; each arena keeps what is freed in it, so with dozens of threads (nbdkit's,
-    // the uploaders, the fetchers) the blocks that pass through the cache left about 100 MiB
-    // more resident than the cache's budget. One arena reuses those buffers; small allocations
-    // still go through glibc's per-thread caches without its lock. (Mapping each large buffer
-    // on its own, M_MMAP_THRESHOLD, bounded memory as well but halved random I/O at 1 MiB
-    // blocks with the page faults of every new buffer.)
-    mallopt(M_ARENA_MAX, 1);
-    // And that arena keeps what it frees. glibc's defaults give back any free memory above 2 MiB
-    // at the top of the heap (once a 1 MiB buffer has raised its thresholds), so the cache's
-    // churn of block buffers had the kernel zero fresh pages for about two thirds of the blocks
-    // passing through: 41,000 page faults per 256 MiB written at 1M blocks. Setting the trim
-    // threshold alone would turn off the raised mmap threshold (every buffer mapped on its own,
-    // as above), so both are set: buffers under 32 MiB come from the heap, and the heap keeps up
-    // to 64 MiB free at its top. Measured apart against one RGW at 1M blocks: 25,000 faults,
-    // less of the plugin's CPU (writing 256 MiB 0.59-0.63 s instead of 0.61-0.70; reading it
-    // cold 0.35-0.42 instead of 0.39-0.48), random 4K writes and peak RSS the same.
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 64 << 20);
-    Status s = MakeStoreStack(g_config, &g_store);
-    if (s.ok()) s = g_store->Check();
-    if (s.ok()) {
-      // Reading the default export's metadata makes the codec layer check the key of an
-      // encrypted export now, while a refusal still reaches the terminal, not at the first client.
-      std::string text;
-      bool found = false;
-      s = g_store->ReadMeta(g_config.default_export, &text, &found);
-    }
-    // The file is written in the background, where a failure would go unseen: check it now.
-    if (s.ok() && !g_config.stats_file.empty()) s = StatsReporter::CheckStatsFile(g_config.stats_file);
+    Status s = Server::Create(g_config, "nbdkit", Debug, &g_server);
     if (!s.ok()) return Fail(s);
-    VolumeRegistryOptions ro;
-    ro.max_exports = static_cast<uint32_t>(g_config.max_exports);
-    ro.idle_timeout = g_config.idle_timeout;
-    ro.volume = g_config.volume_options(false);
-    ro.volume.holder = DescribeThisProcess("nbdkit");
-    ro.log = [](const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); };
-    g_volumes = std::make_unique<VolumeRegistry>(g_store, std::move(ro));
-    g_stats = std::make_unique<StatsReporter>(g_store, g_volumes.get(), g_config.stats_file,
-                                              [](const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); });
-    nbdkit_debug("s3block: serving %s", g_store->Describe().c_str());
+    Debug("serving " + g_server->Describe());
     return 0;
   });
 }
 
 int AfterFork() {
   return Guard("after_fork", [] {
-    Status s = g_store->Start();
-    if (!s.ok()) return Fail(s);
-    g_volumes->Start();
-    g_stats->Start();
-    return 0;
+    Status s = g_server->Start();
+    return s.ok() ? 0 : Fail(s);
   });
 }
 
@@ -192,19 +143,15 @@ int AfterFork() {
 // a Volume, and its lease must go now so that a server started next can serve the export.
 void Cleanup() {
   Guard("cleanup", [] {
-    Status s = g_volumes->CloseAll();
+    Status s = g_server->CloseAll();
     if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
     return 0;
   });
 }
 
-void Unload() {
-  g_stats.reset();
-  // Everything acknowledged has been made durable by flushes or by the last close; this only
-  // releases memory when nbdkit does run it.
-  g_volumes.reset();
-  g_store.reset();
-}
+// Everything acknowledged has been made durable by flushes or by the last close; this only
+// releases memory when nbdkit does run it.
+void Unload() { g_server.reset(); }
 
 void DumpPlugin() {
   std::printf("s3block_version=%s\n", S3BLOCK_VERSION);
@@ -215,16 +162,10 @@ void DumpPlugin() {
 int ListExports(int readonly, int is_tls, struct nbdkit_exports* exports) {
   return Guard("list_exports", [&] {
     std::vector<std::string> names;
-    Status s = g_store->ListExports(&names);
+    Status s = g_server->ListExports(&names);
     if (!s.ok()) return Fail(s);
-    bool have_default = false;
-    for (const auto& n : names) {
-      if (n == g_config.default_export) have_default = true;
+    for (const auto& n : names)
       if (nbdkit_add_export(exports, n.c_str(), nullptr) == -1) return -1;
-    }
-    if (!have_default && g_config.create &&
-        nbdkit_add_export(exports, g_config.default_export.c_str(), nullptr) == -1)
-      return -1;
     return 0;
   });
 }
@@ -237,9 +178,8 @@ void* Open(int readonly) {
   Handle* result = nullptr;
   Guard("open", [&] {
     const char* requested = nbdkit_export_name();
-    std::string name = requested && *requested ? requested : g_config.default_export;
     std::shared_ptr<Volume> v;
-    Status s = g_volumes->Acquire(name, readonly != 0, &v);
+    Status s = g_server->Open(requested ? requested : "", readonly != 0, &v);
     if (!s.ok()) return Fail(s);
     result = new Handle{std::move(v)};
     return 0;
@@ -250,17 +190,9 @@ void* Open(int readonly) {
 void Close(void* handle) {
   Guard("close", [&] {
     std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
-    // The last client is gone: the registry makes everything it wrote durable, as on a clean
-    // shutdown.
-    bool last = false;
-    Status s = g_volumes->Release(h->volume->name(), &last);
+    // The last client of the export is gone: the server makes everything it wrote durable.
+    Status s = g_server->Close(h->volume);
     if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
-    CacheStats stats;
-    CacheStore* cache = StatsReporter::FindCache(g_store.get());
-    if (last && cache != nullptr && cache->GetStats(h->volume->name(), &stats)) {
-      nbdkit_debug("s3block: cache of export '%s' at last close: %s",
-                   QuoteForMessage(h->volume->name()).c_str(), CacheStatsToString(stats).c_str());
-    }
     return 0;
   });
 }

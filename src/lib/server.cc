@@ -1,0 +1,101 @@
+#include "lib/server.h"
+
+#include <malloc.h>
+
+#include <algorithm>
+
+#include "s3block/cache_store.h"
+#include "s3block/store_factory.h"
+
+namespace s3block {
+
+void TuneMallocForBlockBuffers() {
+  // One malloc arena for the process. By default glibc gives threads arenas of their own (up
+  // to 8 per core) and serves block buffers of 1 MiB from them once the first such buffer has
+  // been freed; each arena keeps what is freed in it, so with dozens of threads (nbdkit's,
+  // the uploaders, the fetchers) the blocks that pass through the cache left about 100 MiB
+  // more resident than the cache's budget. One arena reuses those buffers; small allocations
+  // still go through glibc's per-thread caches without its lock. (Mapping each large buffer
+  // on its own, M_MMAP_THRESHOLD, bounded memory as well but halved random I/O at 1 MiB
+  // blocks with the page faults of every new buffer.)
+  mallopt(M_ARENA_MAX, 1);
+  // And that arena keeps what it frees. glibc's defaults give back any free memory above 2 MiB
+  // at the top of the heap (once a 1 MiB buffer has raised its thresholds), so the cache's
+  // churn of block buffers had the kernel zero fresh pages for about two thirds of the blocks
+  // passing through: 41,000 page faults per 256 MiB written at 1M blocks. Setting the trim
+  // threshold alone would turn off the raised mmap threshold (every buffer mapped on its own,
+  // as above), so both are set: buffers under 32 MiB come from the heap, and the heap keeps up
+  // to 64 MiB free at its top. Measured apart against one RGW at 1M blocks: 25,000 faults,
+  // less of the plugin's CPU (writing 256 MiB 0.59-0.63 s instead of 0.61-0.70; reading it
+  // cold 0.35-0.42 instead of 0.39-0.48), random 4K writes and peak RSS the same.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}
+
+Status Server::Create(const Config& config, const std::string& program, Log debug,
+                      std::unique_ptr<Server>* out) {
+  TuneMallocForBlockBuffers();
+  std::unique_ptr<Server> server(new Server(config, std::move(debug)));
+  S3B_RETURN_IF_ERROR(MakeStoreStack(config, &server->store_));
+  S3B_RETURN_IF_ERROR(server->store_->Check());
+  // Reading the default export's metadata makes the codec layer check the key of an encrypted
+  // export now, while a refusal still reaches the terminal, not at the first client.
+  std::string text;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(server->store_->ReadMeta(config.default_export, &text, &found));
+  // The file is written in the background, where a failure would go unseen: check it now.
+  if (!config.stats_file.empty()) S3B_RETURN_IF_ERROR(StatsReporter::CheckStatsFile(config.stats_file));
+
+  VolumeRegistryOptions ro;
+  ro.max_exports = static_cast<uint32_t>(config.max_exports);
+  ro.idle_timeout = config.idle_timeout;
+  ro.volume = config.volume_options(false);
+  ro.volume.holder = DescribeThisProcess(program);
+  ro.log = server->debug_;
+  server->volumes_ = std::make_unique<VolumeRegistry>(server->store_, std::move(ro));
+  server->stats_ = std::make_unique<StatsReporter>(server->store_, server->volumes_.get(),
+                                                   config.stats_file, server->debug_);
+  *out = std::move(server);
+  return Status::Ok();
+}
+
+Server::~Server() {
+  // The reporter reads the registry, which holds the volumes over the store: in that order.
+  stats_.reset();
+  volumes_.reset();
+  store_.reset();
+}
+
+Status Server::Start() {
+  S3B_RETURN_IF_ERROR(store_->Start());
+  volumes_->Start();
+  stats_->Start();
+  return Status::Ok();
+}
+
+Status Server::Open(const std::string& requested, bool readonly, std::shared_ptr<Volume>* out) {
+  return volumes_->Acquire(requested.empty() ? config_.default_export : requested, readonly, out);
+}
+
+Status Server::Close(const std::shared_ptr<Volume>& volume) {
+  bool last = false;
+  Status s = volumes_->Release(volume->name(), &last);
+  CacheStats stats;
+  CacheStore* cache = StatsReporter::FindCache(store_.get());
+  if (last && cache != nullptr && cache->GetStats(volume->name(), &stats))
+    debug_("cache of export '" + QuoteForMessage(volume->name()) + "' at last close: " +
+           CacheStatsToString(stats));
+  return s;
+}
+
+Status Server::CloseAll() { return volumes_->CloseAll(); }
+
+Status Server::ListExports(std::vector<std::string>* names) {
+  S3B_RETURN_IF_ERROR(store_->ListExports(names));
+  if (config_.create &&
+      std::find(names->begin(), names->end(), config_.default_export) == names->end())
+    names->push_back(config_.default_export);
+  return Status::Ok();
+}
+
+}  // namespace s3block

@@ -1,0 +1,73 @@
+// Server: what one serving process holds, whatever speaks NBD for it. The store stack built from
+// the configuration, the registry of open exports (each shared by every connection to it) and
+// the statistics reporter. The nbdkit plugin keeps one and only translates its callbacks.
+//
+// Life cycle: Create (before nbdkit forks: every check whose failure should reach the terminal)
+// -> Start (after the fork: threads) -> Open/Close per connection -> CloseAll at a clean
+// shutdown. Durability never depends on CloseAll: flushes and the last close make writes durable.
+//
+// Thread safety: Open, Close and ListExports are safe for concurrent use once Start has
+// returned; Create, Start and CloseAll are called once each, from one thread.
+#ifndef S3BLOCK_LIB_SERVER_H_
+#define S3BLOCK_LIB_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lib/stats_reporter.h"
+#include "lib/volume_registry.h"
+#include "s3block/config.h"
+#include "s3block/volume.h"
+
+namespace s3block {
+
+class Server {
+ public:
+  using Log = std::function<void(const std::string&)>;
+
+  // Builds the store stack and checks the store, the default export's metadata (and so the key
+  // of an encrypted one) and the stats file. `program` names this process in the leases it
+  // holds; `debug` receives the server's log lines.
+  static Status Create(const Config& config, const std::string& program, Log debug,
+                       std::unique_ptr<Server>* out);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Starts the store's, the registry's and the reporter's threads.
+  Status Start();
+
+  // The export a client asked for by name (empty: default-export=), shared with every other
+  // connection to it.
+  Status Open(const std::string& requested, bool readonly, std::shared_ptr<Volume>* out);
+  // A connection to `volume` is gone; the last one's close makes the export's writes durable.
+  Status Close(const std::shared_ptr<Volume>& volume);
+  // Makes every open export durable and gives up its lease.
+  Status CloseAll();
+
+  // The exports a client may list: those in the store, and the default one if it would be
+  // created on open.
+  Status ListExports(std::vector<std::string>* names);
+
+  const Config& config() const { return config_; }
+  std::string Describe() const { return store_->Describe(); }
+
+ private:
+  Server(const Config& config, Log debug) : config_(config), debug_(std::move(debug)) {}
+
+  const Config config_;
+  const Log debug_;
+  std::shared_ptr<BlockStore> store_;
+  std::unique_ptr<VolumeRegistry> volumes_;
+  std::unique_ptr<StatsReporter> stats_;
+};
+
+// Sets glibc's malloc up for a process whose memory is mostly block buffers of up to a few MiB
+// passed between threads (see server.cc for what was measured). Called by Server::Create.
+void TuneMallocForBlockBuffers();
+
+}  // namespace s3block
+
+#endif  // S3BLOCK_LIB_SERVER_H_
