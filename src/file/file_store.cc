@@ -84,9 +84,11 @@ Status ReadLock(int fd, const std::string& path) {
 
 // Opens the file of block `name` in the blocks directory for reading, checks it and takes its
 // read lock. *size is its length, or 0 if there is no file or an empty one: both read as a block
-// never written. (A file that is empty after a crash was created but its data never reached the
-// disk: the block it was to replace did not exist, since a replaced block keeps its old data
-// until the rename is durable.) The length is taken before the lock: in-place writers keep it.
+// never written. (A new block's file takes its name at its full length, but one stored by a
+// temporary file and a rename, where unnamed files cannot be made, may be left empty by a crash
+// of the machine before its data reached the disk: the block it was to replace did not exist,
+// since a replaced block keeps its old data until the rename is durable.) The length is taken
+// before the lock: in-place writers keep it.
 Status OpenBlockFile(int blocks_fd, const std::string& name, const std::string& path, Fd* fd,
                      size_t* size) {
   *size = 0;
@@ -462,36 +464,33 @@ Status FileStore::CreateInPlace(std::string_view export_name, uint64_t id,
   S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
   const std::string name = std::to_string(id);
   const std::string path = BlockPath(export_name, id);
-  // Held until the data is in, so that no reader opens the file half written.
-  std::unique_lock<std::shared_mutex> block_lock(BlockLock(export_name, id));
-  Fd fd(::openat(dirs->blocks, name.c_str(),
-                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return Status::Ok();  // made meanwhile, or cannot be: Write replaces or says why
-  // A reader in another process that opened the new (empty) file first may hold its lock: it
-  // reads the block as never written. This file is not filled under it; Write replaces it.
-  int lock_err = 0;
-  if (!TryOfdLock(fd.get(), F_WRLCK, &lock_err) && (lock_err == EAGAIN || lock_err == EACCES)) {
-    ::unlinkat(dirs->blocks, name.c_str(), 0);
-    return Status::Ok();
-  }
-  // The file takes its full length before any data, so a crash before the data is on disk leaves
-  // it empty (read as never written) or a whole block whose unwritten pages read as zeros (the
-  // block was all zeros before): never a short file, which would read as damaged.
+  // The file has no name until it is whole, so no reader and no kill of the server finds it
+  // half made, and one that fails goes with its descriptor.
+  Fd fd(::openat(dirs->blocks, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0644));
+  // Where it cannot be made, Write stores the block by a temporary file and a rename, or says
+  // why: that is also the way on a file system without unnamed files (EOPNOTSUPP, EISDIR, EINVAL).
+  if (fd.get() < 0) return Status::Ok();
+  // The full length before any data, and so before the link: a crash of the machine before the
+  // data is on disk leaves no file or a whole block whose unwritten pages read as zeros (what the
+  // block held), never a short file, which would read as damaged.
   Status s;
   if (::ftruncate(fd.get(), static_cast<off_t>(data.size())) != 0)
     s = Status::FromErrno(errno, "truncate " + path);
   if (s.ok()) s = WriteAll(fd.get(), data.data(), data.size(), path);
-  if (s.ok() && fua) {
-    OfdUnlock(fd.get());
-    if (::fdatasync(fd.get()) != 0) s = Status::FromErrno(errno, "fdatasync " + path);
-  }
-  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + path);
-  if (!s.ok()) {
+  if (s.ok() && fua && ::fdatasync(fd.get()) != 0)
+    s = Status::FromErrno(errno, "fdatasync " + path);
+  if (!s.ok()) return s;  // the block still has no file
+  // Linked through /proc rather than with AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH.
+  const std::string self = "/proc/self/fd/" + std::to_string(fd.get());
+  if (::linkat(AT_FDCWD, self.c_str(), dirs->blocks, name.c_str(), AT_SYMLINK_FOLLOW) != 0)
+    return Status::Ok();  // made meanwhile (EEXIST): Write replaces it; no /proc (ENOENT) or
+                          // another error: Write stores it or says why
+  if (fd.Close() != 0) {
+    s = Status::FromErrno(errno, "close " + path);
     // The block did not exist before: removing the file leaves it so.
     ::unlinkat(dirs->blocks, name.c_str(), 0);
     return s;
   }
-  block_lock.unlock();
   *done = true;
   return FileAdded(export_name, *dirs, id, fua);
 }

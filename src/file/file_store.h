@@ -122,9 +122,10 @@ class FileStore : public BlockStore {
   // caller replaces the file whole). *missing tells that the block has no file.
   Status OverwriteInPlace(std::string_view export_name, uint64_t id,
                           std::span<const uint8_t> data, bool fua, bool* done, bool* missing);
-  // Creates the file of block id, which has none, and writes data into it: no temporary file and
-  // no rename. *done is false if the file exists by now (nothing was changed); an error means the
-  // block still has no file.
+  // Writes data into a new unnamed file and links it as block id's file, which has none: no
+  // temporary name and no rename. *done is false if the file exists by now, or unnamed files
+  // cannot be made or linked here (nothing was changed); an error means the block still has no
+  // file.
   Status CreateInPlace(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                        bool fua, bool* done);
   // Notes block id's file, new in the blocks directory, for the next Flush; with fua, makes its

@@ -265,6 +265,48 @@ TEST(FileStore, OverwriteCreatesAMissingBlockAtomicallyForConcurrentReaders) {
     ADD_FAILURE() << "left behind: " << entry.path();
 }
 
+// What a copy of the files, or a crash of the server, would find: a new block's name never
+// shows a file that is not yet at its full length. The scanner stats the name the writer is
+// creating, since that file is new only for the moment it is made.
+TEST(FileStore, ANewBlocksNameNeverShowsAFileShorterThanTheBlock) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  const Bytes a = Pattern(4096, 7);
+  ASSERT_OK(store.Write("e", 0, a, false));
+  const int blocks = ::open(store.BlocksDir("e").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(blocks, 0);
+  std::atomic<uint64_t> creating{1};
+  std::atomic<bool> stop{false};
+  std::atomic<long> stats{0}, short_files{0};
+  std::thread scanner([&] {
+    while (!stop.load()) {
+      struct stat st;
+      const std::string name = std::to_string(creating.load());
+      if (::fstatat(blocks, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+      ++stats;
+      if (st.st_size != static_cast<off_t>(a.size())) ++short_files;
+    }
+  });
+  constexpr uint64_t kBlocks = 20000;
+  for (uint64_t id = 1; id <= kBlocks; ++id) {
+    creating = id;
+    if (Status s = store.Overwrite("e", id, a, false); !s.ok()) {
+      ADD_FAILURE() << s.message();
+      break;
+    }
+  }
+  stop = true;
+  scanner.join();
+  ::close(blocks);
+  EXPECT_EQ(short_files.load(), 0) << "of " << stats.load() << " files seen by their name";
+  Bytes data;
+  bool found = false;
+  ASSERT_OK(store.Read("e", kBlocks, &data, &found));
+  EXPECT_TRUE(found);
+  EXPECT_EQ(data, a);
+}
+
 TEST(FileStore, BatchReadersNeverSeeABlockHalfWritten) {
   TempDir dir;
   FileStore store(dir.path());
