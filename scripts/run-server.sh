@@ -67,11 +67,11 @@ stop_server() {
   kill -TERM "$nbdkit_pid" 2>/dev/null || true
 }
 trap stop_server INT TERM
+# A trapped signal ends `wait` early with 128+N: wait again until nbdkit is gone, then once more
+# for its own status (bash keeps it for a child already reaped).
+while kill -0 "$nbdkit_pid" 2>/dev/null; do wait "$nbdkit_pid" || true; done
 rc=0
-while :; do
-  wait "$nbdkit_pid" && rc=0 || rc=$?
-  kill -0 "$nbdkit_pid" 2>/dev/null || break
-done
+wait "$nbdkit_pid" || rc=$?
 wait 2>/dev/null || true  # the tee of nbdkit's errors
 
 if grep -q 'flush at shutdown' "$errors"; then

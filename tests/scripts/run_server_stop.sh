@@ -7,6 +7,8 @@
 #  2. The store is a 1 MiB tmpfs and a client writes 4 MiB without flushing; Ctrl-C: the script
 #     says NOT everything was stored, and exits non-zero.
 #  3. `docker stop` signals only the script (SIGTERM to its pid): it stops nbdkit and says so.
+#  4. Ctrl-C of a server whose client wrote nothing, so that nbdkit exits at once: the script
+#     exits 0 and says everything was stored (not the status of its own interrupted wait).
 #
 #   tests/scripts/run_server_stop.sh      (as root: it mounts a tmpfs)
 #
@@ -88,5 +90,15 @@ if grep -q "everything clients wrote is stored" "$work/full.out"; then die "it a
 log "3. SIGTERM to the script alone (docker stop): nbdkit stops, everything stored"
 stops_storing_all term TERM script
 if pgrep -f "nbdkit .*store=$work/" >/dev/null; then die "an nbdkit of this test still runs"; fi
+
+log "4. Ctrl-C of a server with nothing to store: exits 0 and says so (three times: it is a race)"
+for i in 1 2 3; do
+  mkdir "$work/idle$i"
+  rc=$(run_and_stop INT group "$work/idle$i" 0 "$work/idle$i.out") ||
+    die "the run failed: $(tail -5 "$work/idle$i.out")"
+  [ "$rc" = 0 ] || { cat "$work/idle$i.out"; die "run-server.sh exited $rc after Ctrl-C with nothing to store"; }
+  grep -q "nbdkit stopped: everything clients wrote is stored in $work/idle$i" "$work/idle$i.out" ||
+    die "no 'everything clients wrote is stored' line after Ctrl-C with nothing to store"
+done
 
 log "PASSED"
