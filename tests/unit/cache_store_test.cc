@@ -1284,6 +1284,13 @@ TEST_F(PartialWriteTest, ConcurrentPartialWritersAndReadersMatchAModel) {
   std::vector<std::map<uint64_t, Bytes>> models(kThreads);
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
+  // What went wrong first, so that a failure says which operation disagreed with the model.
+  std::mutex first_mu;
+  std::string first;
+  auto fail = [&](const std::string& what) {
+    std::lock_guard<std::mutex> lock(first_mu);
+    if (failures++ == 0) first = what;
+  };
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::mt19937_64 rng(99 + t);
@@ -1304,31 +1311,33 @@ TEST_F(PartialWriteTest, ConcurrentPartialWritersAndReadersMatchAModel) {
           Bytes part(n);
           for (auto& b : part) b = static_cast<uint8_t>(rng());
           std::memcpy(m.data() + off, part.data(), n);
-          if (!cache_->WriteRange(kExport, id, kBs, off, part, false, rng() % 30 == 0).ok())
-            ++failures;
+          Status s = cache_->WriteRange(kExport, id, kBs, off, part, false, rng() % 30 == 0);
+          if (!s.ok()) fail("write of part of block " + std::to_string(id) + ": " + s.message());
         } else if (op < 55) {
           m = MakeBlock(id, 100 + i);
-          if (!Put(id, m).ok()) ++failures;
+          if (Status s = Put(id, m); !s.ok()) fail("write of block " + std::to_string(id) + ": " + s.message());
         } else if (op < 60) {
           m.assign(kBs, 0);
-          if (!Del(id).ok()) ++failures;
+          if (Status s = Del(id); !s.ok()) fail("delete of block " + std::to_string(id) + ": " + s.message());
         } else if (op < 97) {
           const uint32_t off = static_cast<uint32_t>(rng() % kBs);
           const uint32_t n = 1 + static_cast<uint32_t>(rng() % (kBs - off));
           Bytes out(n);
           bool found = false;
-          if (!cache_->ReadRange(kExport, id, kBs, off, out, ReadIntent::kRead, &found).ok())
-            ++failures;
+          Status s = cache_->ReadRange(kExport, id, kBs, off, out, ReadIntent::kRead, &found);
+          if (!s.ok()) fail("read of block " + std::to_string(id) + ": " + s.message());
           if (!found) std::fill(out.begin(), out.end(), 0);
-          if (!std::equal(out.begin(), out.end(), m.begin() + off)) ++failures;
+          if (!std::equal(out.begin(), out.end(), m.begin() + off))
+            fail("read of block " + std::to_string(id) + " bytes " + std::to_string(off) + "+" +
+                 std::to_string(n) + (found ? "" : " (not found)") + ": not what was written");
         } else {
-          if (!cache_->Flush(kExport).ok()) ++failures;
+          if (Status s = cache_->Flush(kExport); !s.ok()) fail("flush: " + s.message());
         }
       }
     });
   }
   for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << "the first: " << first;
   ASSERT_OK(cache_->Flush(kExport));
   for (int t = 0; t < kThreads; ++t) {
     for (const auto& [id, m] : models[t]) {
