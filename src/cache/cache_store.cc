@@ -332,6 +332,8 @@ class CacheStore::ExportCache {
   // SetContentLocked changes a busy entry's content (overlay entries are never busy, and only
   // idle entries become overlays), so it is the one caller.
   void RecountSendingLocked(CacheEntry* e);
+  // Called when e's overlay is replaced: a read of its rest in flight must not complete another.
+  void SupersedeResolveLocked(CacheEntry* e);
   // Stops charging (and keeping) overlay entry e's base.
   void DropBaseLocked(CacheEntry* e);
   // Turns clean, valid, idle entry e into an overlay entry (dirty) whose base is its content.
@@ -1194,6 +1196,7 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
   e->fetching = false;
   e->prefetched = false;
   e->overlay.reset();   // so are the parts written before, and the rest being read for them
+  SupersedeResolveLocked(e);
   if (!charged) ++cached_blocks_;
   e->valid = true;
   e->data = std::move(buf);
@@ -1219,6 +1222,16 @@ CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
   RecountSendingLocked(e);
   if (!e->busy && !e->resolving) PushReady(e);
   return e;
+}
+
+void CacheStore::ExportCache::SupersedeResolveLocked(CacheEntry* e) {
+  if (!e->resolving) return;
+  // The overlay whose rest is being read is gone: what the read returns is older than the
+  // block now, and must not complete an overlay made after it (from content stored meanwhile).
+  // A new token tells the reader so; waiters look at the entry again.
+  e->resolving = false;
+  e->fetch_token = ++next_token_;
+  BlockCv(e->id).notify_all();
 }
 
 void CacheStore::ExportCache::RecountSendingLocked(CacheEntry* e) {
@@ -1368,13 +1381,13 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     BlockCv(id).notify_all();
     auto it = entries_.find(id);
     if (it == entries_.end() || it->second->fetch_token != token) {
-      // Written whole with fua meanwhile, stored and evicted: nothing left to do.
+      // Superseded: written whole or filled meanwhile (the entry may since have been stored,
+      // evicted or written in part again). What was read is older than the block: unused.
       EvictLocked();
-      return s;
+      return Status::Ok();
     }
     e = it->second.get();
     e->resolving = false;
-    if (!e->overlay) s = Status::Ok();  // superseded: what was read is not needed
     if (s.ok() && found && base.size() != block_size)
       s = WrongBlockLength(*next_, name_, id, base.size(), block_size);
   }
@@ -1550,7 +1563,10 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
       ++e->gen;
       ++stats_.partial_writes;
       RechargeLocked(e, e->overlay->Cost() + kEntryOverhead);
-      if (e->overlay->Full()) CompleteOverlayLocked(e, Bytes(block_size, 0));
+      if (e->overlay->Full()) {
+        CompleteOverlayLocked(e, Bytes(block_size, 0));
+        SupersedeResolveLocked(e);
+      }
       if (!e->busy && !e->resolving) PushReady(e);
       EvictLocked();
       WakeUploaderIfDueLocked();

@@ -62,6 +62,8 @@ class TestStore : public BlockStore {
       *data = it->second;
       *found = true;
     }
+    // A slow reply: the content is what was stored when the read arrived.
+    Pass(lk, replies_gated_, blocked_reads_);
     return Status::Ok();
   }
 
@@ -155,6 +157,8 @@ class TestStore : public BlockStore {
   }
   void GateWrites(bool closed) { SetGate(writes_gated_, closed); }
   void GateReads(bool closed) { SetGate(reads_gated_, closed); }
+  // Reads take the content stored now, then wait at this gate before they return it.
+  void GateReadReplies(bool closed) { SetGate(replies_gated_, closed); }
   void FailWrites(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_writes_ = fail; }
   void FailReads(bool fail) { std::lock_guard<std::mutex> lk(mu_); fail_reads_ = fail; }
   // The next n writes to pass the gate fail (an outage that ends by itself).
@@ -245,7 +249,7 @@ class TestStore : public BlockStore {
   std::condition_variable cv_;
   std::map<std::pair<std::string, uint64_t>, Bytes> current_, durable_;
   std::map<std::string, std::string> meta_;
-  bool writes_gated_ = false, reads_gated_ = false;
+  bool writes_gated_ = false, reads_gated_ = false, replies_gated_ = false;
   bool fail_writes_ = false, fail_reads_ = false, fail_flush_ = false;
   int fail_next_writes_ = 0;
   std::set<uint64_t> fail_ids_;
@@ -1021,6 +1025,25 @@ TEST_F(PartialWriteTest, KeepsTheBytesWrittenAndReadsTheRestOnlyToStoreTheBlock)
   EXPECT_EQ(Stats().partial_reads, 1u);
   EXPECT_EQ(Get(5), want);  // now a whole block in memory
   EXPECT_EQ(store_->reads(), 1);
+}
+
+TEST_F(PartialWriteTest, AReadOfTheRestThatAWriteOvertookDoesNotCompleteALaterOverlay) {
+  Make(Options(16), false);
+  ASSERT_OK(PutPart(5, 0, 512, 0xab));  // block 5 is not stored: the rest is unknown
+  // A reader needs the rest of the block; the store's reply (nothing stored) is slow.
+  store_->GateReadReplies(true);
+  std::thread reader([&] { (void)GetPart(5, 100, 1000); });
+  store_->WaitBlockedReads(1);
+  // Meanwhile the block is written whole and stored, then written in part again: the new parts
+  // lie over the content stored, which the cache holds.
+  ASSERT_OK(Put(5, MakeBlock(5, 1), /*fua=*/true));
+  ASSERT_OK(PutPart(5, 1024, 512, 0xcd));
+  store_->GateReadReplies(false);
+  reader.join();
+  const Bytes want = Patched(MakeBlock(5, 1), 1024, 512, 0xcd);
+  EXPECT_EQ(GetPart(5, 0, kBs), want);
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->Durable(5), want);
 }
 
 TEST_F(PartialWriteTest, OnlyThePagesWrittenAreCharged) {
