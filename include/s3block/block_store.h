@@ -1,13 +1,15 @@
-// BlockStore: the one interface every store and every layer implements.
+// BlockStore: the whole-block interface every store and every layer implements.
 //
 // A store holds many exports; each export is its own namespace of numbered blocks and one small
 // metadata document. Leaf stores (FileStore, S3Store) keep blocks somewhere durable; decorators
-// (the cache, and later compression, encryption, checksums) hold the next store below them and add
-// one concern each. The stack is assembled in one place (store_factory.h) from the configuration.
+// (the disk cache, the codec, the cache) hold the next store below them, forward every call, and
+// override what their one concern changes. The stack is assembled in one place (store_factory.h)
+// from the configuration.
 //
 // Blocks are opaque byte strings at this level: a leaf store returns exactly what was stored, and
 // a decorator may store something longer or shorter than a block (a compressed or encrypted
-// block). The Volume above the stack insists that what comes out is exactly one block.
+// block). Parts of blocks, at an export's block size, are the business of the device above the
+// stack (block_device.h), which insists that what comes out is exactly one block.
 //
 // Thread safety: every method of every implementation is safe for concurrent use, including
 // concurrent calls for the same block (the last write to complete wins; Volume serialises writes
@@ -43,12 +45,6 @@ class ExportLease {
   virtual Status Valid() const { return Status::Ok(); }
 };
 
-// Why ReadRange is called, for a layer that reads ahead of sequential readers.
-enum class ReadIntent : uint8_t {
-  kRead,          // bytes a reader asked for: a run of these may be a sequential reader
-  kPartialWrite,  // the read of a read-modify-write: never taken for a reader's progress
-};
-
 // One block of a ReadBatch: the block to read, and what Read would have given for it.
 struct BlockRead {
   uint64_t id = 0;
@@ -80,50 +76,12 @@ class BlockStore {
   // Reads several blocks of one export, each as Read would: reads[i].data, .found and .status
   // are what Read(export_name, reads[i].id, ...) would have set and returned, and a failure of
   // one block does not stop the others. A store that can overlap the reads of many blocks (the
-  // file store, with io_uring) reads them in one go. This default calls Read for each in turn,
-  // which is right for every layer; StoreDecorator does not forward it, so a layer that
-  // transforms blocks in Read is never bypassed.
+  // file store, with io_uring) reads them in one go; this default calls Read for each in turn.
   virtual void ReadBatch(std::string_view export_name, std::span<BlockRead> reads);
 
   // How many blocks one ReadBatch reads at less cost than as many calls of Read. 1 (this
   // default) means no gain: a caller with several blocks to read spreads them over threads.
   virtual size_t ReadBatchSize() const { return 1; }
-
-  // Reads bytes [offset, offset + out.size()) of block `id` into out and sets *found, for a
-  // caller that knows the export's block size: a stored block of any other length than
-  // block_size is an error (EIO, with a message naming the block and both lengths). A block that
-  // is not stored is not an error: *found = false and out is left as it was. `intent` says why
-  // the block is read (a layer that reads ahead follows only readers).
-  // REQUIRES: offset + out.size() <= block_size.
-  // This default reads the whole block with Read and copies the range. A layer that holds blocks
-  // in memory (the cache) overrides it to copy only the range; StoreDecorator does not forward
-  // it, so a layer that transforms blocks in Read (the codec) is never bypassed.
-  virtual Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
-                           uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
-                           bool* found);
-
-  // Reads `count` whole blocks from block `first` on (each of block_size bytes) into out, which
-  // holds count * block_size bytes, for a reader (ReadIntent::kRead); a block that is not stored
-  // reads as zeros. A stored block of another length is an error, as for ReadRange.
-  // This default calls ReadRange for each block. The cache overrides it to take its lock once
-  // for a run of blocks it holds, rather than once per block; StoreDecorator does not forward it.
-  virtual Status ReadBlocks(std::string_view export_name, uint64_t first, uint32_t count,
-                            uint32_t block_size, uint8_t* out);
-
-  // Replaces bytes [offset, offset + data.size()) of block `id` (of block_size bytes) and keeps
-  // the rest, as a read-modify-write would; a block that is not stored reads as zeros around the
-  // range. With base_zero the caller knows the block is not stored (no read is needed to merge).
-  // Durability as for Write. The caller serialises writes to one block (the Volume's per-block
-  // locks), as for a read-modify-write of its own.
-  // This default returns ENOTSUP: the caller then reads, merges and writes the block itself.
-  // The cache overrides it to keep just the new bytes, and read the rest of the block only when
-  // it must (to store the block, or for a reader of bytes it does not hold); StoreDecorator does
-  // not forward it.
-  virtual Status WriteRange(std::string_view export_name, uint64_t id, uint32_t block_size,
-                            uint32_t offset, std::span<const uint8_t> data, bool base_zero,
-                            bool fua) {
-    return Status::NotSupported(Describe() + " does not write part of a block");
-  }
 
   // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
   // With fua, the block is durable when this returns; otherwise it is durable after the next
@@ -136,9 +94,8 @@ class BlockStore {
   // content or the new, never a mix, and durability is as for Write; but a crash (of the machine,
   // not of the process) before the block is durable may leave it with some 4 KiB pages old and
   // the others new, as a disk may after a write it has not yet acknowledged as flushed. A layer
-  // that transforms blocks (the codec) must not pass it on for blocks it encodes, which a mix
-  // would corrupt. This default calls Write, which is right for every layer that does not
-  // override it: a decorator's own Write.
+  // that transforms blocks (the codec) stores the blocks it encodes with its own Write, which a
+  // mix would corrupt. This default calls Write.
   virtual Status Overwrite(std::string_view export_name, uint64_t id,
                            std::span<const uint8_t> data, bool fua) {
     return Write(export_name, id, data, fua);
@@ -188,13 +145,6 @@ class BlockStore {
     return Write(to, id, data, false);
   }
 
-  // A hint from the layer above: may_be_stored(id) is false only for blocks of the export that
-  // are certainly not stored (never written, deleted, or past the end of the export). A layer
-  // that reads ahead uses it to skip requests that would find nothing (each one a GET on S3).
-  // The function must be cheap and safe to call from any thread; nullptr removes the hint.
-  virtual void SetPresenceHint(std::string_view export_name,
-                               std::function<bool(uint64_t id)> may_be_stored) {}
-
   // The export is no longer served by this process: make what it holds durable (as Flush), then
   // release what this layer keeps for it (memory, threads' work, fds). A later call naming the export
   // starts afresh. Errors are Flush's; on error nothing is released and the call may be repeated.
@@ -216,12 +166,12 @@ class BlockStore {
   }
 };
 
-// The error ReadRange returns for a stored block whose length is not the export's block size.
+// The error a device returns for a stored block whose length is not the export's block size.
 Status WrongBlockLength(const BlockStore& store, std::string_view export_name, uint64_t id,
                         size_t stored, uint32_t block_size);
 
-// A decorator: forwards every call to the store below (except ReadRange: see there). Layers
-// derive from it and override what they change.
+// A decorator: forwards every call to the store below. Layers derive from it and override what
+// they change: a layer that changes blocks overrides every call that reads or writes them.
 class StoreDecorator : public BlockStore {
  public:
   explicit StoreDecorator(std::shared_ptr<BlockStore> next) : next_(std::move(next)) {}
@@ -232,8 +182,16 @@ class StoreDecorator : public BlockStore {
   Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
     return next_->Read(e, id, data, found);
   }
+  void ReadBatch(std::string_view e, std::span<BlockRead> reads) override {
+    next_->ReadBatch(e, reads);
+  }
+  size_t ReadBatchSize() const override { return next_->ReadBatchSize(); }
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     return next_->Write(e, id, data, fua);
+  }
+  Status Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,
+                   bool fua) override {
+    return next_->Overwrite(e, id, data, fua);
   }
   Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
     return next_->Delete(e, ids, fua);
@@ -254,11 +212,11 @@ class StoreDecorator : public BlockStore {
     return next_->WriteMeta(e, text);
   }
   Status DeleteMeta(std::string_view e) override { return next_->DeleteMeta(e); }
+  Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override {
+    return next_->CopyBlock(from, to, id, found);
+  }
   // A layer that keeps something for an export overrides this: its own part, then this.
   Status CloseExport(std::string_view e) override { return next_->CloseExport(e); }
-  void SetPresenceHint(std::string_view e, std::function<bool(uint64_t)> fn) override {
-    next_->SetPresenceHint(e, std::move(fn));
-  }
   Status AcquireLease(std::string_view e, const std::string& holder, bool force,
                       std::unique_ptr<ExportLease>* out) override {
     return next_->AcquireLease(e, holder, force, out);

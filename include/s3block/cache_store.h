@@ -77,6 +77,7 @@
 #include <utility>
 #include <vector>
 
+#include "s3block/block_device.h"
 #include "s3block/block_store.h"
 #include "s3block/config.h"
 
@@ -155,27 +156,31 @@ class CacheStore : public StoreDecorator {
   // every export created later). Calling it again is harmless.
   Status Start() override;
 
-  // As BlockStore; see the file comment for what the cache adds. Errors are the store's.
+  // The device through which the Volume reads and writes the export, at its block size: reads
+  // copy only the bytes asked for from the cached block (fetching it on a miss); runs of blocks
+  // it holds are copied with one lock for up to 64 of them; a write of part of a block keeps the
+  // bytes written without reading the block, when the block is not in memory and the range is in
+  // whole 512-byte sectors (see the file comment), and otherwise reads (or finds), merges and
+  // writes the block. Reads with ReadIntent::kPartialWrite are never taken for a sequential
+  // reader. The device holds no reference to the export's cache between calls: CloseExport may
+  // free it, and the next call starts a new one.
+  std::unique_ptr<BlockDevice> OpenDevice(std::string_view export_name, uint32_t block_size);
+
+  // As BlockStore, through the export's cache; see the file comment for what the cache adds.
+  // Errors are the store's.
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
-  // Copies only the range from the cached block (fetching the block on a miss, as Read).
-  // Reads with ReadIntent::kPartialWrite are never taken for a sequential reader.
-  Status ReadRange(std::string_view export_name, uint64_t id, uint32_t block_size,
-                   uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
-                   bool* found) override;
-  // Blocks it holds are copied with one lock of the export's cache for up to 64 of them; a block
-  // it must wait for or fetch is read as by ReadRange.
-  Status ReadBlocks(std::string_view export_name, uint64_t first, uint32_t count,
-                    uint32_t block_size, uint8_t* out) override;
+  // Each block as Read (a block the cache holds costs no store request).
+  void ReadBatch(std::string_view export_name, std::span<BlockRead> reads) override;
+  size_t ReadBatchSize() const override { return 1; }
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
-  // Keeps the bytes written without reading the block, when the block is not in memory and the
-  // range is in whole 512-byte sectors (see the file comment); otherwise reads (or finds), merges
-  // and writes the block as Write.
-  Status WriteRange(std::string_view export_name, uint64_t id, uint32_t block_size,
-                    uint32_t offset, std::span<const uint8_t> data, bool base_zero,
-                    bool fua) override;
+  // As Write: the cache uploads every block with the store's Overwrite.
+  Status Overwrite(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
+                   bool fua) override;
   Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) override;
   Status Flush(std::string_view export_name) override;
+  // Reads through the cache and writes into it.
+  Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
   // Lists what the store holds as the cache sees it: blocks written but not yet uploaded are
   // listed, blocks deleted but not yet deleted below are not.
   Status ListBlocks(std::string_view export_name,
@@ -186,10 +191,6 @@ class CacheStore : public StoreDecorator {
   // name it meanwhile wait for the close to end, and then find a new, empty cache), takes it off
   // the pools' queues and frees it; then forwards. On a failed flush the cache stays as it was.
   Status CloseExport(std::string_view export_name) override;
-  // Read-ahead skips blocks the hint says are not stored (and so never reads past the end).
-  void SetPresenceHint(std::string_view export_name,
-                       std::function<bool(uint64_t)> may_be_stored) override;
-
   // Flushes every export (best effort: the first error is returned) and stops all threads.
   // The cache keeps working afterwards, without threads.
   Status Shutdown();
@@ -205,6 +206,7 @@ class CacheStore : public StoreDecorator {
  private:
   class ExportCache;
   class Pool;
+  class Device;
 
   // A held reference to an export's cache (one atomic increment, and a decrement when dropped):
   // CloseExport does not free a cache while one is held.

@@ -65,7 +65,6 @@ class CodecStore : public StoreDecorator {
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
   // The store below reads the batch; an encoded export's blocks are then decoded one by one.
   void ReadBatch(std::string_view export_name, std::span<BlockRead> reads) override;
-  size_t ReadBatchSize() const override { return next_->ReadBatchSize(); }
   // Encodes and stores. REQUIRES: for an encoded export, data is one block of the export's size.
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;

@@ -6,9 +6,13 @@
 #ifndef S3BLOCK_STORE_FACTORY_H_
 #define S3BLOCK_STORE_FACTORY_H_
 
+#include <concepts>
 #include <memory>
+#include <string_view>
 
+#include "s3block/block_device.h"
 #include "s3block/block_store.h"
+#include "s3block/cache_store.h"
 #include "s3block/config.h"
 
 namespace s3block {
@@ -21,8 +25,30 @@ Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out);
 // export's blocks in their recorded encoding. What the admin command works on (no cache).
 Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out);
 
+class DiskCacheStore;
+
+// The store stack of a serving process: its top, through which exports' metadata, leases and
+// listings go, and the layers that give each export its device and report statistics.
+struct StoreStack {
+  StoreStack() = default;
+  // A stack given by its top (as tests build one); a CacheStore on top is also its cache.
+  template <typename T>
+    requires std::derived_from<T, BlockStore>
+  StoreStack(std::shared_ptr<T> top) : store(top) {  // NOLINT: implicit by design
+    if constexpr (std::derived_from<T, CacheStore>) cache = top;
+  }
+
+  // The device export `name` is read and written through, at its block size: the cache's, or
+  // without a cache a DirectDevice over the top.
+  std::unique_ptr<BlockDevice> OpenDevice(std::string_view name, uint32_t block_size) const;
+
+  std::shared_ptr<BlockStore> store;
+  std::shared_ptr<CacheStore> cache;            // the top, unless cache=false
+  std::shared_ptr<DiskCacheStore> disk_cache;   // with disk-cache=
+};
+
 // Builds the whole stack: the leaf store and, above it, the layers the configuration asks for.
-Status MakeStoreStack(const Config& config, std::shared_ptr<BlockStore>* out);
+Status MakeStoreStack(const Config& config, StoreStack* out);
 
 }  // namespace s3block
 

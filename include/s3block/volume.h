@@ -1,10 +1,12 @@
-// Volume: one export as a flat array of bytes, mapped onto blocks of a BlockStore.
+// Volume: one export as a flat array of bytes, mapped onto the blocks of its device.
 //
 // The layer between NBD requests and blocks: any offset and length inside the export, aligned or
-// not; whole blocks are written as they are, partial blocks by read-modify-write under a per-block
-// lock (so two connections writing different halves of one block at once both land). A block whose
-// new content is all zeros is deleted instead of stored. Trim and zero delete whole blocks in
-// batches, so a 4 GiB trim costs one listing of the presence map and no reads.
+// not; whole blocks are written as they are, parts of blocks through the device's WriteRange
+// under a per-block lock (so two connections writing different halves of one block at once both
+// land). A block whose new content is all zeros is deleted instead of stored. Trim and zero
+// delete whole blocks in batches, so a 4 GiB trim costs one listing of the presence map and no
+// reads. The export's metadata, lease and listing come from the top of the store stack; its
+// blocks go through the device (block_device.h) opened for it at its block size.
 //
 // One Volume serves every connection to its export (the plugin shares it), which is what makes a
 // flush from one connection cover the writes of all of them.
@@ -20,10 +22,12 @@
 #include <mutex>
 #include <string>
 
+#include "s3block/block_device.h"
 #include "s3block/block_store.h"
 #include "s3block/export_meta.h"
 #include "s3block/params.h"
 #include "s3block/presence_map.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume_options.h"
 
 namespace s3block {
@@ -41,13 +45,13 @@ struct VolumeStats {
 
 class Volume {
  public:
-  // Opens (and with options.create, creates) export `name` in `store`. A read-write open decides
+  // Opens (and with options.create, creates) export `name` in `stack`. A read-write open decides
   // from the metadata as read once it holds the export's lease, so an s3block create, import or
   // delete that completed just before is seen (a deleted export is refused, or with create made
   // anew).
   // Errors: EINVAL for a bad name or a block-size mismatch (the message names both sizes),
   // ENOENT if the export does not exist and !create, the store's error otherwise.
-  static Status Open(std::shared_ptr<BlockStore> store, std::string_view name,
+  static Status Open(const StoreStack& stack, std::string_view name,
                      const VolumeOptions& options, std::shared_ptr<Volume>* out);
 
   ~Volume();
@@ -58,7 +62,6 @@ class Volume {
   uint64_t size() const { return meta_.size; }
   uint32_t block_size() const { return meta_.block_size; }
   bool readonly() const { return readonly_; }
-  BlockStore* store() const { return store_.get(); }
   // True if a created export's metadata was written by this Open.
   bool created() const { return created_; }
   // Non-empty if the export is served read-write without a lease, saying why (the store cannot
@@ -96,7 +99,7 @@ class Volume {
   VolumeStats Stats() const;
 
  private:
-  Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta meta, bool readonly);
+  Volume(const StoreStack& stack, std::string name, ExportMeta meta, bool readonly);
 
   Status CheckRange(uint64_t count, uint64_t offset, bool write) const;
   std::mutex& LockFor(uint64_t id) { return locks_[id % locks_.size()]; }
@@ -111,9 +114,9 @@ class Volume {
   // Stores a full block (deleting it if all zeros, unless keep_zero). REQUIRES: LockFor(id) held.
   Status StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool keep_zero);
   // Writes `len` bytes at `off` inside block `id`, or zeros if data is null, under the block's
-  // lock: through the store's WriteRange (the cache keeps the bytes and reads the rest of the
-  // block later, if at all), or by read-modify-write where the store has no WriteRange.
-  // keep_zero stores an all-zero result instead of deleting it (always read-modify-write).
+  // lock: through the device's WriteRange (the cache keeps the bytes and reads the rest of the
+  // block later, if at all). keep_zero stores an all-zero result instead of deleting it (by
+  // read-modify-write here).
   Status WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua);
   Status WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data, bool fua,
                           bool keep_zero);
@@ -130,6 +133,7 @@ class Volume {
   // Applies op (trim or zero) to [offset, offset + count).
   Status ZeroRange(uint64_t count, uint64_t offset, bool deallocate, bool fua);
 
+  // The top of the stack (it keeps the layers below, and the device's cache, alive).
   const std::shared_ptr<BlockStore> store_;
   const std::string name_;
   const ExportMeta meta_;
@@ -145,8 +149,7 @@ class Volume {
   const bool trust_presence_;
   PresenceMap presence_;
   std::array<std::mutex, 1024> locks_;
-  // False once the store has answered WriteRange with ENOTSUP.
-  std::atomic<bool> write_ranges_{true};
+  const std::unique_ptr<BlockDevice> device_;
 
   struct AtomicStats {
     std::atomic<uint64_t> reads{0}, writes{0}, trims{0}, zeros{0}, flushes{0};

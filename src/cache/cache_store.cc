@@ -1947,29 +1947,66 @@ Status CacheStore::CloseExport(std::string_view export_name) {
   return next_->CloseExport(export_name);
 }
 
+// One export's device: each call finds the export's cache (For), as a call of the store does.
+class CacheStore::Device : public BlockDevice {
+ public:
+  Device(CacheStore* store, std::string_view name, uint32_t block_size)
+      : store_(store), name_(name), block_size_(block_size) {}
+
+  Status ReadRange(uint64_t id, uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
+                   bool* found) override {
+    return store_->For(name_)->ReadRange(id, block_size_, offset, out, intent, found);
+  }
+  Status ReadBlocks(uint64_t first, uint32_t count, uint8_t* out) override {
+    return store_->For(name_)->ReadBlocks(first, count, block_size_, out);
+  }
+  Status Write(uint64_t id, std::span<const uint8_t> data, bool fua) override {
+    return store_->For(name_)->Write(id, data, fua);
+  }
+  // Parts kept apart may turn out all zeros only when the block is stored: *deleted stays false.
+  Status WriteRange(uint64_t id, uint32_t offset, std::span<const uint8_t> data, bool base_zero,
+                    bool fua, bool* deleted) override {
+    *deleted = false;
+    return store_->For(name_)->WriteRange(id, block_size_, offset, data, base_zero, fua);
+  }
+  Status Delete(std::span<const uint64_t> ids, bool fua) override {
+    return store_->For(name_)->Delete(ids, fua);
+  }
+  Status Flush() override { return store_->For(name_)->Flush(); }
+  void SetPresenceHint(std::function<bool(uint64_t)> may_be_stored) override {
+    if (may_be_stored) {
+      store_->For(name_)->SetPresenceHint(std::move(may_be_stored));
+    } else if (Ref c = store_->Find(name_)) {
+      c->SetPresenceHint(nullptr);
+    }
+  }
+
+ private:
+  CacheStore* const store_;
+  const std::string name_;
+  const uint32_t block_size_;
+};
+
+std::unique_ptr<BlockDevice> CacheStore::OpenDevice(std::string_view export_name,
+                                                    uint32_t block_size) {
+  return std::make_unique<Device>(this, export_name, block_size);
+}
+
 Status CacheStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
   return For(e)->Read(id, data, found);
 }
 
-Status CacheStore::ReadRange(std::string_view e, uint64_t id, uint32_t block_size,
-                             uint32_t offset, std::span<uint8_t> out, ReadIntent intent,
-                             bool* found) {
-  return For(e)->ReadRange(id, block_size, offset, out, intent, found);
-}
-
-Status CacheStore::ReadBlocks(std::string_view e, uint64_t first, uint32_t count,
-                              uint32_t block_size, uint8_t* out) {
-  return For(e)->ReadBlocks(first, count, block_size, out);
+void CacheStore::ReadBatch(std::string_view e, std::span<BlockRead> reads) {
+  BlockStore::ReadBatch(e, reads);  // each through Read
 }
 
 Status CacheStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) {
   return For(e)->Write(id, data, fua);
 }
 
-Status CacheStore::WriteRange(std::string_view e, uint64_t id, uint32_t block_size,
-                              uint32_t offset, std::span<const uint8_t> data, bool base_zero,
-                              bool fua) {
-  return For(e)->WriteRange(id, block_size, offset, data, base_zero, fua);
+Status CacheStore::Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,
+                             bool fua) {
+  return BlockStore::Overwrite(e, id, data, fua);  // Write
 }
 
 Status CacheStore::Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) {
@@ -1978,14 +2015,9 @@ Status CacheStore::Delete(std::string_view e, std::span<const uint64_t> ids, boo
 
 Status CacheStore::Flush(std::string_view e) { return For(e)->Flush(); }
 
-void CacheStore::SetPresenceHint(std::string_view export_name,
-                                 std::function<bool(uint64_t)> may_be_stored) {
-  if (may_be_stored) {
-    For(export_name)->SetPresenceHint(may_be_stored);
-  } else if (Ref c = Find(export_name)) {
-    c->SetPresenceHint(nullptr);
-  }
-  next_->SetPresenceHint(export_name, std::move(may_be_stored));
+Status CacheStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id,
+                             bool* found) {
+  return BlockStore::CopyBlock(from, to, id, found);  // Read, then Write
 }
 
 Status CacheStore::ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) {

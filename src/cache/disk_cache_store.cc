@@ -478,6 +478,15 @@ void DiskCacheStore::EndChanges(Export* e, std::span<const uint64_t> ids,
   for (size_t i = 0; i < ids.size(); ++i) EndLocked(e, ids[i], gens[i], true);
 }
 
+void DiskCacheStore::ReadBatch(std::string_view export_name, std::span<BlockRead> reads) {
+  BlockStore::ReadBatch(export_name, reads);  // each through Read
+}
+
+Status DiskCacheStore::Overwrite(std::string_view export_name, uint64_t id,
+                                 std::span<const uint8_t> data, bool fua) {
+  return BlockStore::Overwrite(export_name, id, data, fua);  // Write
+}
+
 Status DiskCacheStore::Write(std::string_view export_name, uint64_t id,
                              std::span<const uint8_t> data, bool fua) {
   Export* e = For(export_name);

@@ -36,13 +36,13 @@ Status Server::Create(const Config& config, const std::string& program, Log debu
                       std::unique_ptr<Server>* out) {
   TuneMallocForBlockBuffers();
   std::unique_ptr<Server> server(new Server(config, std::move(debug)));
-  S3B_RETURN_IF_ERROR(MakeStoreStack(config, &server->store_));
-  S3B_RETURN_IF_ERROR(server->store_->Check());
+  S3B_RETURN_IF_ERROR(MakeStoreStack(config, &server->stack_));
+  S3B_RETURN_IF_ERROR(server->stack_.store->Check());
   // Reading the default export's metadata makes the codec layer check the key of an encrypted
   // export now, while a refusal still reaches the terminal, not at the first client.
   std::string text;
   bool found = false;
-  S3B_RETURN_IF_ERROR(server->store_->ReadMeta(config.default_export, &text, &found));
+  S3B_RETURN_IF_ERROR(server->stack_.store->ReadMeta(config.default_export, &text, &found));
   // The file is written in the background, where a failure would go unseen: check it now.
   if (!config.stats_file.empty()) S3B_RETURN_IF_ERROR(StatsReporter::CheckStatsFile(config.stats_file));
 
@@ -52,8 +52,8 @@ Status Server::Create(const Config& config, const std::string& program, Log debu
   ro.volume = config.volume_options(false);
   ro.volume.holder = DescribeThisProcess(program);
   ro.log = server->debug_;
-  server->volumes_ = std::make_unique<VolumeRegistry>(server->store_, std::move(ro));
-  server->stats_ = std::make_unique<StatsReporter>(server->store_, server->volumes_.get(),
+  server->volumes_ = std::make_unique<VolumeRegistry>(server->stack_, std::move(ro));
+  server->stats_ = std::make_unique<StatsReporter>(server->stack_, server->volumes_.get(),
                                                    config.stats_file, server->debug_);
   *out = std::move(server);
   return Status::Ok();
@@ -63,11 +63,11 @@ Server::~Server() {
   // The reporter reads the registry, which holds the volumes over the store: in that order.
   stats_.reset();
   volumes_.reset();
-  store_.reset();
+  stack_ = StoreStack();
 }
 
 Status Server::Start() {
-  S3B_RETURN_IF_ERROR(store_->Start());
+  S3B_RETURN_IF_ERROR(stack_.store->Start());
   volumes_->Start();
   stats_->Start();
   return Status::Ok();
@@ -81,8 +81,7 @@ Status Server::Close(const std::shared_ptr<Volume>& volume) {
   bool last = false;
   Status s = volumes_->Release(volume->name(), &last);
   CacheStats stats;
-  CacheStore* cache = StatsReporter::FindCache(store_.get());
-  if (last && cache != nullptr && cache->GetStats(volume->name(), &stats))
+  if (last && stack_.cache && stack_.cache->GetStats(volume->name(), &stats))
     debug_("cache of export '" + QuoteForMessage(volume->name()) + "' at last close: " +
            CacheStatsToString(stats));
   return s;
@@ -91,7 +90,7 @@ Status Server::Close(const std::shared_ptr<Volume>& volume) {
 Status Server::CloseAll() { return volumes_->CloseAll(); }
 
 Status Server::ListExports(std::vector<std::string>* names) {
-  S3B_RETURN_IF_ERROR(store_->ListExports(names));
+  S3B_RETURN_IF_ERROR(stack_.store->ListExports(names));
   if (config_.create &&
       std::find(names->begin(), names->end(), config_.default_export) == names->end())
     names->push_back(config_.default_export);

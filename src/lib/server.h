@@ -52,14 +52,14 @@ class Server {
   Status ListExports(std::vector<std::string>* names);
 
   const Config& config() const { return config_; }
-  std::string Describe() const { return store_->Describe(); }
+  std::string Describe() const { return stack_.store->Describe(); }
 
  private:
   Server(const Config& config, Log debug) : config_(config), debug_(std::move(debug)) {}
 
   const Config config_;
   const Log debug_;
-  std::shared_ptr<BlockStore> store_;
+  StoreStack stack_;
   std::unique_ptr<VolumeRegistry> volumes_;
   std::unique_ptr<StatsReporter> stats_;
 };

@@ -43,17 +43,6 @@ std::string ToLine(const Counters& counters) {
   return line;
 }
 
-// The first layer of type T in the stack from top down, or null.
-template <typename T>
-T* FindLayer(BlockStore* top) {
-  for (BlockStore* s = top; s != nullptr;) {
-    if (auto* layer = dynamic_cast<T*>(s)) return layer;
-    auto* decorator = dynamic_cast<StoreDecorator*>(s);
-    s = decorator ? decorator->next() : nullptr;
-  }
-  return nullptr;
-}
-
 std::string DirOf(const std::string& path) {
   const size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";
@@ -62,18 +51,14 @@ std::string DirOf(const std::string& path) {
 
 }  // namespace
 
-StatsReporter::StatsReporter(std::shared_ptr<BlockStore> store, VolumeRegistry* registry,
-                             std::string stats_file, std::function<void(const std::string&)> log)
-    : store_(std::move(store)),
+StatsReporter::StatsReporter(StoreStack stack, VolumeRegistry* registry, std::string stats_file,
+                             std::function<void(const std::string&)> log)
+    : stack_(std::move(stack)),
       registry_(registry),
       stats_file_(std::move(stats_file)),
-      log_(std::move(log)),
-      cache_(FindCache(store_.get())),
-      disk_(FindLayer<DiskCacheStore>(store_.get())) {}
+      log_(std::move(log)) {}
 
 StatsReporter::~StatsReporter() { Stop(); }
-
-CacheStore* StatsReporter::FindCache(BlockStore* top) { return FindLayer<CacheStore>(top); }
 
 Status StatsReporter::CheckStatsFile(const std::string& stats_file) {
   const std::string where = "stats-file=" + stats_file;
@@ -83,7 +68,7 @@ Status StatsReporter::CheckStatsFile(const std::string& stats_file) {
 }
 
 void StatsReporter::Start() {
-  if (thread_.joinable() || (cache_ == nullptr && disk_ == nullptr)) return;
+  if (thread_.joinable() || (!stack_.cache && !stack_.disk_cache)) return;
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -118,16 +103,16 @@ void StatsReporter::Loop() {
         if (n == name) return counters;
       return all.emplace_back(name, Counters()).second;
     };
-    if (cache_ != nullptr) {
-      for (const auto& [name, stats] : cache_->AllStats()) {
+    if (stack_.cache) {
+      for (const auto& [name, stats] : stack_.cache->AllStats()) {
         auto& counters = add(name);
         ForEachCacheStat(stats, [&](const char* key, uint64_t value) { counters.emplace_back(key, value); });
       }
     }
-    if (disk_ != nullptr) {
+    if (stack_.disk_cache) {
       for (const auto& name : registry_->OpenNames()) {
         auto& counters = add(name);
-        ForEachDiskCacheStat(disk_->Stats(name), [&](const char* key, uint64_t value) {
+        ForEachDiskCacheStat(stack_.disk_cache->Stats(name), [&](const char* key, uint64_t value) {
           counters.emplace_back(std::string("disk_") + key, value);
         });
       }

@@ -20,17 +20,14 @@
 #include <thread>
 
 #include "lib/volume_registry.h"
-#include "s3block/block_store.h"
+#include "s3block/store_factory.h"
 
 namespace s3block {
 
-class CacheStore;
-class DiskCacheStore;
-
 class StatsReporter {
  public:
-  // `store` is the top of the stack; `stats_file` may be empty (log only).
-  StatsReporter(std::shared_ptr<BlockStore> store, VolumeRegistry* registry, std::string stats_file,
+  // Reports on the stack's cache and disk cache; `stats_file` may be empty (log only).
+  StatsReporter(StoreStack stack, VolumeRegistry* registry, std::string stats_file,
                 std::function<void(const std::string& line)> log);
   ~StatsReporter();  // Stop()
   StatsReporter(const StatsReporter&) = delete;
@@ -45,19 +42,14 @@ class StatsReporter {
   // Reports once more and stops the thread.
   void Stop();
 
-  // The cache layer of the stack, or null.
-  static CacheStore* FindCache(BlockStore* top);
-
  private:
   void Loop();
   void WriteFile(const std::string& json);
 
-  const std::shared_ptr<BlockStore> store_;
+  const StoreStack stack_;
   VolumeRegistry* const registry_;
   const std::string stats_file_;
   const std::function<void(const std::string&)> log_;
-  CacheStore* const cache_;
-  DiskCacheStore* const disk_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_

@@ -1,5 +1,6 @@
 #include "s3block/store_factory.h"
 
+#include "base/direct_device.h"
 #include "cache/disk_cache_store.h"
 #include "file/file_store.h"
 #include "s3/s3_store.h"
@@ -27,18 +28,29 @@ Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   return Status::Ok();
 }
 
-Status MakeStoreStack(const Config& config, std::shared_ptr<BlockStore>* out) {
+std::unique_ptr<BlockDevice> StoreStack::OpenDevice(std::string_view name,
+                                                    uint32_t block_size) const {
+  if (cache) return cache->OpenDevice(name, block_size);
+  return std::make_unique<DirectDevice>(store, std::string(name), block_size);
+}
+
+Status MakeStoreStack(const Config& config, StoreStack* out) {
+  *out = StoreStack();
   std::shared_ptr<BlockStore> store;
   S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store));
   // Under the codec layer, so that the local copies are what the store holds: compressed and
   // encrypted blocks stay so on the local disk, and are checked by the codec as S3's are.
-  if (!config.disk_cache_dir.empty())
-    store = std::make_shared<DiskCacheStore>(std::move(store), config.disk_cache_dir,
-                                             config.disk_cache_size);
+  if (!config.disk_cache_dir.empty()) {
+    out->disk_cache = std::make_shared<DiskCacheStore>(std::move(store), config.disk_cache_dir,
+                                                       config.disk_cache_size);
+    store = out->disk_cache;
+  }
   store = std::make_shared<CodecStore>(std::move(store), config.encryption_key);
-  if (config.cache)
-    store = std::make_shared<CacheStore>(std::move(store), CacheOptions::FromConfig(config));
-  *out = std::move(store);
+  if (config.cache) {
+    out->cache = std::make_shared<CacheStore>(std::move(store), CacheOptions::FromConfig(config));
+    store = out->cache;
+  }
+  out->store = std::move(store);
   return Status::Ok();
 }
 

@@ -24,16 +24,17 @@ std::string DescribeThisProcess(const std::string& program) {
   return program + " pid " + std::to_string(::getpid()) + " on " + host + " since " + when;
 }
 
-Volume::Volume(std::shared_ptr<BlockStore> store, std::string name, ExportMeta meta, bool readonly)
-    : store_(std::move(store)),
+Volume::Volume(const StoreStack& stack, std::string name, ExportMeta meta, bool readonly)
+    : store_(stack.store),
       name_(std::move(name)),
       meta_(meta),
       readonly_(readonly),
       trust_presence_(!readonly),
-      presence_(meta.block_count()) {}
+      presence_(meta.block_count()),
+      device_(stack.OpenDevice(name_, meta.block_size)) {}
 
 Volume::~Volume() {
-  if (trust_presence_) store_->SetPresenceHint(name_, nullptr);
+  if (trust_presence_) device_->SetPresenceHint(nullptr);
 }
 
 namespace {
@@ -78,9 +79,10 @@ Status DecideMeta(std::string_view name, const std::string& where, const VolumeO
 
 }  // namespace
 
-Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
+Status Volume::Open(const StoreStack& stack, std::string_view name,
                     const VolumeOptions& options, std::shared_ptr<Volume>* out) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  BlockStore* const store = stack.store.get();
   const std::string where = "export '" + QuoteForMessage(name) + "' in " + store->Describe();
   std::string text;
   bool found = false;
@@ -147,7 +149,7 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
     S3B_RETURN_IF_ERROR(store->WriteMeta(name, meta.Serialize()).Annotate(where));
     created = true;
   }
-  std::shared_ptr<Volume> v(new Volume(store, std::string(name), meta, options.readonly));
+  std::shared_ptr<Volume> v(new Volume(stack, std::string(name), meta, options.readonly));
   v->created_ = created;
   v->lease_.store(std::shared_ptr<ExportLease>(std::move(lease)));
   v->lease_warning_ = std::move(lease_warning);
@@ -155,9 +157,9 @@ Status Volume::Open(std::shared_ptr<BlockStore> store, std::string_view name,
   S3B_RETURN_IF_ERROR(
       store->ListBlocks(name, [&](uint64_t id) { v->presence_.Set(id); }).Annotate(where));
   if (v->trust_presence_) {
-    // Layers that read ahead (the cache) skip blocks we know are not stored.
+    // A device that reads ahead (the cache's) skips blocks we know are not stored.
     std::weak_ptr<Volume> weak = v;
-    store->SetPresenceHint(name, [weak](uint64_t id) {
+    v->device_->SetPresenceHint([weak](uint64_t id) {
       std::shared_ptr<Volume> live = weak.lock();
       return !live || live->presence_.Test(id);
     });
@@ -189,8 +191,7 @@ Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, Rea
     return Status::Ok();
   }
   bool found = false;
-  Status s = store_->ReadRange(name_, id, meta_.block_size, in, std::span<uint8_t>(out, n),
-                               intent, &found);
+  Status s = device_->ReadRange(id, in, std::span<uint8_t>(out, n), intent, &found);
   if (!s.ok()) {
     return s.Annotate("read block " + std::to_string(id) + " of export '" +
                       QuoteForMessage(name_) + "'");
@@ -200,7 +201,7 @@ Status Volume::ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, Rea
 }
 
 Status Volume::ReadBlocks(uint64_t first, uint32_t count, uint8_t* out) {
-  Status s = store_->ReadBlocks(name_, first, count, meta_.block_size, out);
+  Status s = device_->ReadBlocks(first, count, out);
   if (!s.ok()) {
     return s.Annotate("read blocks " + std::to_string(first) + " to " +
                       std::to_string(first + count - 1) + " of export '" +
@@ -214,12 +215,12 @@ Status Volume::StoreBlockLocked(uint64_t id, const uint8_t* data, bool fua, bool
     stats_.zero_blocks_elided.fetch_add(1, std::memory_order_relaxed);
     if (KnownNotStored(id)) return Status::Ok();
     uint64_t ids[1] = {id};
-    S3B_RETURN_IF_ERROR(store_->Delete(name_, ids, fua));
+    S3B_RETURN_IF_ERROR(device_->Delete(ids, fua));
     presence_.Clear(id);
     return Status::Ok();
   }
   presence_.Set(id);  // before the write: a set bit only means "may be stored"
-  return store_->Overwrite(name_, id, std::span<const uint8_t>(data, meta_.block_size), fua);
+  return device_->Write(id, std::span<const uint8_t>(data, meta_.block_size), fua);
 }
 
 Status Volume::WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,
@@ -229,10 +230,8 @@ Status Volume::WritePartial(uint64_t id, uint32_t off, uint32_t len, const uint8
 
 Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const uint8_t* data,
                                 bool fua, bool keep_zero) {
-  if (data == nullptr && !keep_zero && KnownNotStored(id))
-    return Status::Ok();  // zeroing part of a block that reads as zeros anyway
   std::lock_guard<std::mutex> lock(LockFor(id));
-  if (!keep_zero && write_ranges_.load(std::memory_order_relaxed)) {
+  if (!keep_zero) {
     thread_local Bytes zeros;
     if (data == nullptr) {
       zeros.assign(len, 0);
@@ -240,17 +239,18 @@ Status Volume::WritePartialImpl(uint64_t id, uint32_t off, uint32_t len, const u
     }
     // Known under the block's lock, before the bit is set (a set bit means "may be stored").
     const bool base_zero = KnownNotStored(id);
+    if (base_zero && IsAllZero(data, len))
+      return Status::Ok();  // zeros into a block that reads as zeros anyway
     presence_.Set(id);
-    Status s = store_->WriteRange(name_, id, meta_.block_size, off,
-                                  std::span<const uint8_t>(data, len), base_zero, fua);
-    if (s.err() != ENOTSUP) {
-      if (!s.ok()) {
-        return s.Annotate("write block " + std::to_string(id) + " of export '" +
-                          QuoteForMessage(name_) + "'");
-      }
-      return Status::Ok();
+    bool deleted = false;
+    Status s =
+        device_->WriteRange(id, off, std::span<const uint8_t>(data, len), base_zero, fua, &deleted);
+    if (!s.ok()) {
+      return s.Annotate("write block " + std::to_string(id) + " of export '" +
+                        QuoteForMessage(name_) + "'");
     }
-    write_ranges_.store(false, std::memory_order_relaxed);
+    if (deleted) presence_.Clear(id);
+    return Status::Ok();
   }
   thread_local Bytes buf;
   buf.resize(meta_.block_size);
@@ -346,7 +346,7 @@ Status Volume::DeleteRange(uint64_t first, uint64_t last, bool fua) {
     std::set<size_t> stripes;
     for (uint64_t id : batch) stripes.insert(id % locks_.size());
     for (size_t s : stripes) locks_[s].lock();
-    Status st = store_->Delete(name_, batch, fua);
+    Status st = device_->Delete(batch, fua);
     if (st.ok())
       for (uint64_t id : batch) presence_.Clear(id);
     for (auto it = stripes.rbegin(); it != stripes.rend(); ++it) locks_[*it].unlock();
@@ -419,7 +419,7 @@ Status Volume::Flush() {
   stats_.flushes.fetch_add(1, std::memory_order_relaxed);
   if (readonly_) return Status::Ok();
   if (auto lease = lease_.load()) S3B_RETURN_IF_ERROR(lease->Valid());
-  return store_->Flush(name_).Annotate("flush export '" + QuoteForMessage(name_) + "'");
+  return device_->Flush().Annotate("flush export '" + QuoteForMessage(name_) + "'");
 }
 
 Status Volume::Close() {

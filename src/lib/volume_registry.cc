@@ -17,8 +17,8 @@ std::string Quoted(const std::string& name) { return "'" + QuoteForMessage(name)
 
 }  // namespace
 
-VolumeRegistry::VolumeRegistry(std::shared_ptr<BlockStore> store, VolumeRegistryOptions options)
-    : store_(std::move(store)), options_(std::move(options)) {}
+VolumeRegistry::VolumeRegistry(StoreStack stack, VolumeRegistryOptions options)
+    : stack_(std::move(stack)), options_(std::move(options)) {}
 
 VolumeRegistry::~VolumeRegistry() {
   {
@@ -55,7 +55,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
         e->state = State::kOpening;
         lk.unlock();
         std::shared_ptr<Volume> v;
-        Status s = Volume::Open(store_, name, vo, &v);
+        Status s = Volume::Open(stack_, name, vo, &v);
         lk.lock();
         e->state = State::kOpen;
         changed_.notify_all();
@@ -95,14 +95,14 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
     entries_[name] = e;
     lk.unlock();
     std::shared_ptr<Volume> v;
-    Status s = Volume::Open(store_, name, vo, &v);
+    Status s = Volume::Open(stack_, name, vo, &v);
     if (!s.ok()) {
       // The layers may have begun to keep things for the export (the cache, once it listed the
       // blocks): give them back before the name can be opened again.
       lk.lock();
       e->state = State::kClosing;
       lk.unlock();
-      Status released = store_->CloseExport(name);
+      Status released = stack_.store->CloseExport(name);
       if (!released.ok() && options_.log)
         options_.log("export " + Quoted(name) + " was not opened; the store kept some of its state: " +
                      released.message());
@@ -196,7 +196,7 @@ void VolumeRegistry::CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std
   lk.unlock();
   v.reset();
   last.reset();  // the Volume goes before the store forgets the export (it clears its hint)
-  Status released = store_->CloseExport(name);
+  Status released = stack_.store->CloseExport(name);
   if (options_.log) {
     options_.log(released.ok() ? "closed idle export " + Quoted(name)
                                : "closed idle export " + Quoted(name) +

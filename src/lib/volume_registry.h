@@ -29,7 +29,7 @@
 #include <thread>
 #include <vector>
 
-#include "s3block/block_store.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 
 namespace s3block {
@@ -48,7 +48,7 @@ struct VolumeRegistryOptions {
 
 class VolumeRegistry {
  public:
-  VolumeRegistry(std::shared_ptr<BlockStore> store, VolumeRegistryOptions options);
+  VolumeRegistry(StoreStack stack, VolumeRegistryOptions options);
   // Stops the closing thread; does not close the exports (CloseAll does).
   ~VolumeRegistry();
   VolumeRegistry(const VolumeRegistry&) = delete;
@@ -96,7 +96,7 @@ class VolumeRegistry {
   std::map<std::string, std::shared_ptr<Entry>>::iterator OldestIdleLocked();
   void CloserThread();
 
-  const std::shared_ptr<BlockStore> store_;
+  const StoreStack stack_;
   const VolumeRegistryOptions options_;
 
   mutable std::mutex mu_;

@@ -286,6 +286,7 @@ CacheOptions Options(uint64_t blocks, uint64_t dirty_blocks = 0) {
 class CacheTest : public ::testing::Test {
  protected:
   void Make(const CacheOptions& o, bool start) {
+    devices_.clear();
     store_ = std::make_shared<TestStore>();
     cache_ = std::make_shared<CacheStore>(store_, o);
     if (start) ASSERT_OK(cache_->Start());
@@ -311,6 +312,18 @@ class CacheTest : public ::testing::Test {
     uint64_t ids[1] = {id};
     return cache_->Delete(kExport, ids, fua);
   }
+  // The export's device at block size bs (one per size, kept for the test).
+  BlockDevice* Dev(uint32_t bs) {
+    std::lock_guard<std::mutex> lock(devices_mu_);
+    auto& d = devices_[bs];
+    if (!d) d = cache_->OpenDevice(kExport, bs);
+    return d.get();
+  }
+  Status WriteRangeOf(uint32_t bs, uint64_t id, uint32_t off, std::span<const uint8_t> data,
+                      bool base_zero, bool fua) {
+    bool deleted = false;
+    return Dev(bs)->WriteRange(id, off, data, base_zero, fua, &deleted);
+  }
   std::set<uint64_t> List() {
     std::set<uint64_t> ids;
     EXPECT_OK(cache_->ListBlocks(kExport, [&](uint64_t id) { EXPECT_TRUE(ids.insert(id).second); }));
@@ -319,6 +332,8 @@ class CacheTest : public ::testing::Test {
 
   std::shared_ptr<TestStore> store_;
   std::shared_ptr<CacheStore> cache_;
+  std::mutex devices_mu_;
+  std::map<uint32_t, std::unique_ptr<BlockDevice>> devices_;
 };
 
 TEST_F(CacheTest, HitCostsNoStoreRequest) {
@@ -343,21 +358,21 @@ TEST_F(CacheTest, ReadRangeCopiesThePartAskedForAndChecksTheBlockLength) {
   const Bytes whole = MakeBlock(1, 1);
   Bytes out(300, 0xee);
   bool found = false;
-  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, 1000, std::span<uint8_t>(out).subspan(0, 200),
+  ASSERT_OK(Dev(kBs)->ReadRange(1, 1000, std::span<uint8_t>(out).subspan(0, 200),
                               ReadIntent::kRead, &found));
   EXPECT_TRUE(found);
   EXPECT_TRUE(std::equal(out.begin(), out.begin() + 200, whole.begin() + 1000));
   EXPECT_EQ(out[200], 0xee);  // nothing past the range
-  ASSERT_OK(cache_->ReadRange(kExport, 1, kBs, kBs - 8, std::span<uint8_t>(out).subspan(0, 8),
+  ASSERT_OK(Dev(kBs)->ReadRange(1, kBs - 8, std::span<uint8_t>(out).subspan(0, 8),
                               ReadIntent::kRead, &found));  // a hit this time
   EXPECT_TRUE(std::equal(out.begin(), out.begin() + 8, whole.end() - 8));
   // Not stored: not found, and the buffer is left as it was.
   std::fill(out.begin(), out.end(), 0xee);
-  ASSERT_OK(cache_->ReadRange(kExport, 3, kBs, 0, out, ReadIntent::kRead, &found));
+  ASSERT_OK(Dev(kBs)->ReadRange(3, 0, out, ReadIntent::kRead, &found));
   EXPECT_FALSE(found);
   EXPECT_EQ(out, Bytes(300, 0xee));
   // A block of another length is an error, never data.
-  Status s = cache_->ReadRange(kExport, 2, kBs, 0, out, ReadIntent::kRead, &found);
+  Status s = Dev(kBs)->ReadRange(2, 0, out, ReadIntent::kRead, &found);
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("has 100 bytes"), std::string::npos) << s.ToString();
   EXPECT_EQ(store_->reads(), 3);
@@ -381,32 +396,32 @@ TEST_F(CacheTest, ReadBlocksReadsWhatReadRangeReads) {
   ASSERT_OK(Put(6, MakeBlock(6, 1)));  // written, then deleted
   ASSERT_OK(Del(6));
   const Bytes part(300, 0x5a);  // written in part: over a stored block and over none
-  ASSERT_OK(cache_->WriteRange(kExport, 7, kBs, 100, part, false, false));
+  ASSERT_OK(WriteRangeOf(kBs, 7, 100, part, false, false));
   want[7] = MakeBlock(7, 0);
   std::copy(part.begin(), part.end(), want[7]->begin() + 100);
-  ASSERT_OK(cache_->WriteRange(kExport, 8, kBs, kBs - 300, part, true, false));
+  ASSERT_OK(WriteRangeOf(kBs, 8, kBs - 300, part, true, false));
   want[8] = Bytes(kBs, 0);
   std::copy(part.begin(), part.end(), want[8]->end() - 300);
   ASSERT_TRUE(Get(10));  // 9 never stored; 10 held clean
   want[10] = MakeBlock(10, 0);
 
   Bytes out(11 * kBs, 0xee);
-  ASSERT_OK(cache_->ReadBlocks(kExport, 0, 11, kBs, out.data()));
+  ASSERT_OK(Dev(kBs)->ReadBlocks(0, 11, out.data()));
   for (uint64_t id = 0; id < 11; ++id) {
     Bytes one(kBs, 0xee);
     bool found = false;
-    ASSERT_OK(cache_->ReadRange(kExport, id, kBs, 0, one, ReadIntent::kRead, &found));
+    ASSERT_OK(Dev(kBs)->ReadRange(id, 0, one, ReadIntent::kRead, &found));
     if (!found) one.assign(kBs, 0);
     EXPECT_TRUE(std::equal(one.begin(), one.end(), out.begin() + id * kBs)) << "block " << id;
     EXPECT_EQ(one, want[id] ? *want[id] : Bytes(kBs, 0)) << "block " << id;
   }
   // A stored block of another length, or a store that fails, is an error, never zeros.
-  Status s = cache_->ReadBlocks(kExport, 9, 3, kBs, out.data());
+  Status s = Dev(kBs)->ReadBlocks(9, 3, out.data());
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("block 11 "), std::string::npos) << s.ToString();
   EXPECT_NE(s.message().find("has 100 bytes"), std::string::npos) << s.ToString();
   store_->FailReads(true);
-  s = cache_->ReadBlocks(kExport, 499, 2, kBs, out.data());  // far from what was read ahead
+  s = Dev(kBs)->ReadBlocks(499, 2, out.data());  // far from what was read ahead
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("injected read failure"), std::string::npos) << s.ToString();
 }
@@ -420,7 +435,7 @@ TEST_F(CacheTest, AStoreThatReadsBatchesIsReadAheadInBatches) {
   for (uint64_t id = 0; id < kBlocks; ++id) store_->Put(id, MakeBlock(id, 0));
   Bytes out(16 * kBs);
   for (uint64_t first = 0; first < kBlocks; first += 16) {  // a reader of 64 KiB requests
-    ASSERT_OK(cache_->ReadBlocks(kExport, first, 16, kBs, out.data()));
+    ASSERT_OK(Dev(kBs)->ReadBlocks(first, 16, out.data()));
     for (uint64_t i = 0; i < 16; ++i) {
       const Bytes want = MakeBlock(first + i, 0);
       ASSERT_TRUE(std::equal(want.begin(), want.end(), out.begin() + i * kBs)) << first + i;
@@ -449,7 +464,7 @@ TEST_F(CacheTest, AStoreThatDoesNotReadBatchesIsReadABlockAtATime) {
   for (uint64_t id = 0; id < 200; ++id) store_->Put(id, MakeBlock(id, 0));
   Bytes out(16 * kBs);
   for (uint64_t first = 0; first < 192; first += 16)
-    ASSERT_OK(cache_->ReadBlocks(kExport, first, 16, kBs, out.data()));
+    ASSERT_OK(Dev(kBs)->ReadBlocks(first, 16, out.data()));
   ASSERT_OK(cache_->Shutdown());
   const std::vector<size_t> batches = store_->Batches();
   EXPECT_GE(batches.size(), 150u);
@@ -991,13 +1006,13 @@ class PartialWriteTest : public CacheTest {
   Status PutPart(uint64_t id, uint32_t off, uint32_t n, uint8_t fill, bool base_zero = false,
                  bool fua = false) {
     Bytes part(n, fill);
-    return cache_->WriteRange(kExport, id, kBs, off, part, base_zero, fua);
+    return WriteRangeOf(kBs, id, off, part, base_zero, fua);
   }
   // Bytes [off, off + n) of block id through ReadRange; nullopt if not found.
   std::optional<Bytes> GetPart(uint64_t id, uint32_t off, uint32_t n) {
     Bytes out(n, 0xee);
     bool found = false;
-    Status s = cache_->ReadRange(kExport, id, kBs, off, out, ReadIntent::kRead, &found);
+    Status s = Dev(kBs)->ReadRange(id, off, out, ReadIntent::kRead, &found);
     EXPECT_TRUE(s.ok()) << s.ToString();
     if (!found) return std::nullopt;
     return out;
@@ -1050,8 +1065,8 @@ TEST_F(PartialWriteTest, OnlyThePagesWrittenAreCharged) {
   Make(Options(64), false);
   constexpr uint32_t kLarge = 64 << 10;
   Bytes part(512, 0x5a);
-  ASSERT_OK(cache_->WriteRange(kExport, 1, kLarge, 0, part, true, false));
-  ASSERT_OK(cache_->WriteRange(kExport, 1, kLarge, 32768, part, true, false));
+  ASSERT_OK(WriteRangeOf(kLarge, 1, 0, part, true, false));
+  ASSERT_OK(WriteRangeOf(kLarge, 1, 32768, part, true, false));
   CacheStats s = Stats();
   // Two 4 KiB pages and their bookkeeping, not 64 KiB.
   EXPECT_GE(s.dirty_bytes, 2 * 4096 + CacheStore::kEntryOverhead);
@@ -1066,13 +1081,13 @@ TEST_F(PartialWriteTest, OnlyThePagesWrittenAreCharged) {
   EXPECT_EQ(Stats().cached_bytes, kLarge + CacheStore::kEntryOverhead);
   // Written in part again, it keeps its content beside the new bytes: only they are dirty,
   // and storing it reads nothing.
-  ASSERT_OK(cache_->WriteRange(kExport, 1, kLarge, 4096, part, false, false));
+  ASSERT_OK(WriteRangeOf(kLarge, 1, 4096, part, false, false));
   s = Stats();
   EXPECT_LT(s.dirty_bytes, 2 * 4096u);
   EXPECT_GE(s.cached_bytes, kLarge + s.dirty_bytes);
   Bytes out(kLarge);
   bool found = false;
-  ASSERT_OK(cache_->ReadRange(kExport, 1, kLarge, 0, out, ReadIntent::kRead, &found));
+  ASSERT_OK(Dev(kLarge)->ReadRange(1, 0, out, ReadIntent::kRead, &found));
   std::fill(want.begin() + 4096, want.begin() + 4096 + 512, 0x5a);
   EXPECT_EQ(out, want);
   ASSERT_OK(cache_->Flush(kExport));
@@ -1098,14 +1113,14 @@ TEST_F(PartialWriteTest, TheContentKeptBesideWrittenPartsMakesRoomWhenNeeded) {
   bool found = false;
   // Eight clean blocks in memory, each then written in part: dirty, with their content beside.
   for (uint64_t id = 0; id < 8; ++id) {
-    ASSERT_OK(cache_->ReadRange(kExport, id, kBig, 0, out, ReadIntent::kRead, &found));
-    ASSERT_OK(cache_->WriteRange(kExport, id, kBig, 0, part, false, false));
+    ASSERT_OK(Dev(kBig)->ReadRange(id, 0, out, ReadIntent::kRead, &found));
+    ASSERT_OK(WriteRangeOf(kBig, id, 0, part, false, false));
   }
   EXPECT_EQ(store_->reads(), 8);
   EXPECT_EQ(Stats().dirty_blocks, 8u);
   // Reading eight more blocks needs the room: the kept contents go, not the written parts.
   for (uint64_t id = 8; id < 16; ++id) {
-    ASSERT_OK(cache_->ReadRange(kExport, id, kBig, 0, out, ReadIntent::kRead, &found));
+    ASSERT_OK(Dev(kBig)->ReadRange(id, 0, out, ReadIntent::kRead, &found));
     ASSERT_EQ(out, big(id));
   }
   CacheStats s = Stats();
@@ -1272,7 +1287,7 @@ TEST_F(PartialWriteTest, AFailedReadOfTheRestFailsTheFlushAndLosesNothing) {
   // A reader of the rest sees the error too, never zeros.
   Bytes out(kBs);
   bool found = false;
-  EXPECT_EQ(cache_->ReadRange(kExport, 5, kBs, 0, out, ReadIntent::kRead, &found).err(), EIO);
+  EXPECT_EQ(Dev(kBs)->ReadRange(5, 0, out, ReadIntent::kRead, &found).err(), EIO);
   store_->FailReads(false);
   ASSERT_OK(cache_->Flush(kExport));
   EXPECT_EQ(store_->Durable(5), Patched(MakeBlock(5, 1), 512, 512, 0xab));
@@ -1334,7 +1349,7 @@ TEST_F(PartialWriteTest, ConcurrentPartialWritersAndReadersMatchAModel) {
           Bytes part(n);
           for (auto& b : part) b = static_cast<uint8_t>(rng());
           std::memcpy(m.data() + off, part.data(), n);
-          Status s = cache_->WriteRange(kExport, id, kBs, off, part, false, rng() % 30 == 0);
+          Status s = WriteRangeOf(kBs, id, off, part, false, rng() % 30 == 0);
           if (!s.ok()) fail("write of part of block " + std::to_string(id) + ": " + s.message());
         } else if (op < 55) {
           m = MakeBlock(id, 100 + i);
@@ -1347,7 +1362,7 @@ TEST_F(PartialWriteTest, ConcurrentPartialWritersAndReadersMatchAModel) {
           const uint32_t n = 1 + static_cast<uint32_t>(rng() % (kBs - off));
           Bytes out(n);
           bool found = false;
-          Status s = cache_->ReadRange(kExport, id, kBs, off, out, ReadIntent::kRead, &found);
+          Status s = Dev(kBs)->ReadRange(id, off, out, ReadIntent::kRead, &found);
           if (!s.ok()) fail("read of block " + std::to_string(id) + ": " + s.message());
           if (!found) std::fill(out.begin(), out.end(), 0);
           if (!std::equal(out.begin(), out.end(), m.begin() + off))

@@ -216,7 +216,7 @@ class CodecRoundTripTest : public ::testing::TestWithParam<std::tuple<Combo, Bac
       EXPECT_OK(store->DeleteMeta(n));
     }
   }
-  std::shared_ptr<Volume> Open(std::shared_ptr<BlockStore> store, const std::string& name,
+  std::shared_ptr<Volume> Open(const StoreStack& store, const std::string& name,
                                const BlockEncoding& enc, bool create = true) {
     VolumeOptions o;
     o.size = kBs * kBlocks;
@@ -225,7 +225,7 @@ class CodecRoundTripTest : public ::testing::TestWithParam<std::tuple<Combo, Bac
     o.create = create;
     o.lock = false;
     std::shared_ptr<Volume> v;
-    Status s = Volume::Open(std::move(store), name, o, &v);
+    Status s = Volume::Open(store, name, o, &v);
     EXPECT_TRUE(s.ok()) << s.ToString();
     return v;
   }
@@ -599,14 +599,14 @@ TEST_F(CodecConfigTest, DefaultStoreKeepsTheRawLayout) {
   ::unsetenv("S3BLOCK_KEY");
   Config c = Base();
   ASSERT_OK(c.Finish());
-  std::shared_ptr<BlockStore> store;
-  ASSERT_OK(MakeStoreStack(c, &store));
-  ASSERT_OK(store->Check());
+  StoreStack stack;
+  ASSERT_OK(MakeStoreStack(c, &stack));
+  ASSERT_OK(stack.store->Check());
   VolumeOptions o = c.volume_options(false);
   o.size = 8192;
   o.block_size = 4096;
   std::shared_ptr<Volume> v;
-  ASSERT_OK(Volume::Open(store, "plain", o, &v));
+  ASSERT_OK(Volume::Open(stack, "plain", o, &v));
   Bytes b(4096);
   for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint8_t>(i * 7 + 1);
   ASSERT_OK(v->Write(b.data(), b.size(), 4096, false));
@@ -658,21 +658,21 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   Config c = Base();
   ASSERT_OK(c.Set("compression", "zstd"));
   ASSERT_OK(c.Finish());
-  std::shared_ptr<BlockStore> store;
-  ASSERT_OK(MakeStoreStack(c, &store));
-  ASSERT_OK(store->Check());
+  StoreStack stack;
+  ASSERT_OK(MakeStoreStack(c, &stack));
+  ASSERT_OK(stack.store->Check());
   VolumeOptions o = c.volume_options(false);
   o.size = 4096 * 4;
   std::shared_ptr<Volume> v;
-  ASSERT_OK(Volume::Open(store, "z", o, &v));
+  ASSERT_OK(Volume::Open(stack, "z", o, &v));
   EXPECT_TRUE(v->encoding_note().empty());
   v.reset();
 
   Config later = Base();
   ASSERT_OK(later.Set("compression", "none"));
   ASSERT_OK(later.Finish());
-  ASSERT_OK(MakeStoreStack(later, &store));
-  ASSERT_OK(Volume::Open(store, "z", later.volume_options(false), &v));
+  ASSERT_OK(MakeStoreStack(later, &stack));
+  ASSERT_OK(Volume::Open(stack, "z", later.volume_options(false), &v));
   EXPECT_NE(v->encoding_note().find("keeps the block encoding it was created with (zstd:3)"),
             std::string::npos)
       << v->encoding_note();
@@ -688,8 +688,8 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   v.reset();
   Config quiet = Base();
   ASSERT_OK(quiet.Finish());
-  ASSERT_OK(MakeStoreStack(quiet, &store));
-  ASSERT_OK(Volume::Open(store, "z", quiet.volume_options(false), &v));
+  ASSERT_OK(MakeStoreStack(quiet, &stack));
+  ASSERT_OK(Volume::Open(stack, "z", quiet.volume_options(false), &v));
   EXPECT_TRUE(v->encoding_note().empty());
 }
 
@@ -704,10 +704,10 @@ TEST_F(CodecConfigTest, BlocksWithoutMetadataStayRaw) {
   ASSERT_OK(c.Set("compression", "zstd"));
   ASSERT_OK(c.Set("checksum", "crc32c"));
   ASSERT_OK(c.Finish());
-  std::shared_ptr<BlockStore> store;
-  ASSERT_OK(MakeStoreStack(c, &store));
+  StoreStack stack;
+  ASSERT_OK(MakeStoreStack(c, &stack));
   std::shared_ptr<Volume> v;
-  ASSERT_OK(Volume::Open(store, "legacy", c.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "legacy", c.volume_options(false), &v));
   EXPECT_TRUE(v->encoding().raw());
   EXPECT_NE(v->encoding_note().find("has blocks but no metadata"), std::string::npos)
       << v->encoding_note();
@@ -715,7 +715,7 @@ TEST_F(CodecConfigTest, BlocksWithoutMetadataStayRaw) {
   ASSERT_OK(v->Read(back.data(), back.size(), 2 * 4096));
   EXPECT_TRUE(back == old);
   // A new export of the same server gets the encoding.
-  ASSERT_OK(Volume::Open(store, "fresh", c.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "fresh", c.volume_options(false), &v));
   EXPECT_EQ(v->encoding().Describe(), "zstd:3+crc32c");
   EXPECT_TRUE(v->encoding_note().empty());
 }
@@ -776,17 +776,17 @@ TEST(CodecOverwriteTest, RawBlocksAreRewrittenInPlaceAndEncodedOnesReplaced) {
       Config c;
       c.store = dir.path() + "/store";
       c.cache = cache;
-      std::shared_ptr<BlockStore> store;
-      ASSERT_OK(MakeStoreStack(c, &store));
-      ASSERT_OK(store->Check());
-      ASSERT_OK(store->Start());
+      StoreStack stack;
+      ASSERT_OK(MakeStoreStack(c, &stack));
+      ASSERT_OK(stack.store->Check());
+      ASSERT_OK(stack.store->Start());
       VolumeOptions o;
       o.size = 4 * 4096;
       o.block_size = 4096;
       ASSERT_OK(o.encoding.SetChecksum(checksum));
       o.lock = false;
       std::shared_ptr<Volume> v;
-      ASSERT_OK(Volume::Open(store, "e", o, &v));
+      ASSERT_OK(Volume::Open(stack, "e", o, &v));
       std::mt19937_64 rng(5);
       const Bytes first = RandomBlock(4096, rng), second = RandomBlock(4096, rng);
       ASSERT_OK(v->Write(first.data(), first.size(), 4096, false));
@@ -809,7 +809,7 @@ TEST(CodecOverwriteTest, RawBlocksAreRewrittenInPlaceAndEncodedOnesReplaced) {
       ASSERT_OK(v->Read(back.data(), back.size(), 4096));
       EXPECT_TRUE(back == second);
       v.reset();
-      store.reset();
+      stack = StoreStack();
     }
   }
 }
