@@ -15,15 +15,12 @@
 #include <memory>
 #include <string>
 
+#include "base/config_params.h"
 #include "lib/server.h"
 #include "s3block/config.h"
 #include "s3block/volume.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
-
-#ifndef S3BLOCK_VERSION
-#define S3BLOCK_VERSION "0.1.0"
-#endif
 
 namespace s3block {
 namespace {
@@ -32,25 +29,9 @@ Config g_config;
 // Built in get_ready, started after the fork.
 std::unique_ptr<Server> g_server;
 
-struct Handle {
-  std::shared_ptr<Volume> volume;
-};
-
-// The errno an NBD client can be told for err. NBD carries only EPERM, EIO, ENOMEM, EINVAL,
-// ENOSPC, EOVERFLOW, ENOTSUP and ESHUTDOWN, and nbdkit sends EINVAL for any other, which would
-// tell the client its request was wrong: resources that ran out are ENOMEM, the rest EIO.
-int NbdErrno(int err) {
-  switch (err) {
-    case EPERM: case EROFS: case EACCES: return EPERM;
-    case EIO: case ENOMEM: case EINVAL: case ENOSPC: case EOVERFLOW: case ENOTSUP: case ESHUTDOWN:
-    case EDQUOT: case EFBIG:
-      return err;
-    case EMFILE: case ENFILE: case EAGAIN: return ENOMEM;
-    default: return EIO;
-  }
-}
-
-int Fail(const Status& s) {
+// 0 for success; else -1, with the message and the errno that nbdkit passes on.
+int Result(const Status& s) {
+  if (s.ok()) return 0;
   nbdkit_error("%s", s.message().c_str());
   nbdkit_set_error(NbdErrno(s.err()));
   return -1;
@@ -74,79 +55,56 @@ int Guard(const char* what, F&& f) {
   return -1;
 }
 
-Volume* V(void* handle) { return static_cast<Handle*>(handle)->volume.get(); }
+// Guard for a call that returns a Status.
+template <typename F>
+int Call(const char* what, F&& f) {
+  return Guard(what, [&] { return Result(f()); });
+}
+
+// A connection's handle: its export's Volume, shared with the other connections to it.
+using Handle = std::shared_ptr<Volume>;
+Volume* V(void* handle) { return static_cast<Handle*>(handle)->get(); }
 
 int Config(const char* key, const char* value) {
   return Guard("config", [&] {
-    std::string k = key, v = value;
-    if (k == "store" && v.rfind("s3://", 0) != 0) {
-      char* abs = nbdkit_absolute_path(value);
-      if (abs == nullptr) return -1;
-      v = abs;
-      std::free(abs);
-    } else if (k == "disk-cache" && v.rfind(',') != std::string::npos && v.rfind(',') > 0) {
-      // DIR,SIZE: only DIR is a path (nbdkit changes directory to '/'); Set refuses the rest.
-      const size_t comma = v.rfind(',');
-      char* abs = nbdkit_absolute_path(v.substr(0, comma).c_str());
-      if (abs == nullptr) return -1;
-      v = abs + v.substr(comma);
-      std::free(abs);
-    } else if (k == "stats-file") {
-      char* abs = nbdkit_absolute_path(value);  // nbdkit changes directory to '/'
-      if (abs == nullptr) return -1;
-      v = abs;
-      std::free(abs);
-    } else if (k == "secret-key") {
-      // -, +FILE and -FD read the secret without it showing in ps (nbdkit_read_password).
+    std::string v = value;
+    const ConfigParam* param = FindConfigParam(key);
+    if (param != nullptr && param->password) {
+      // -, +FILE and -FD read the secret without it showing in ps; only these forms can fail,
+      // and they hold no secret: the message names them.
       char* secret = nullptr;
       if (nbdkit_read_password(value, &secret) == -1) {
-        // Only the -, +FILE and -FD forms can fail, and they hold no secret: name them.
-        nbdkit_error("secret-key=%s: cannot read the secret key (above: why)", value);
+        nbdkit_error("%s=%s: cannot read the secret key (above: why)", key, value);
         return -1;
       }
       v = secret;
       std::memset(secret, 0, std::strlen(secret));
       std::free(secret);
+    } else if (size_t n = param ? param->PathLength(v) : v.npos; n != v.npos) {
+      char* abs = nbdkit_absolute_path(v.substr(0, n).c_str());  // nbdkit changes directory to '/'
+      if (abs == nullptr) return -1;
+      v = abs + v.substr(n);
+      std::free(abs);
     }
-    Status s = g_config.Set(k, v);
-    return s.ok() ? 0 : Fail(s);
+    return Result(g_config.Set(key, v));
   });
 }
 
-int ConfigComplete() {
-  return Guard("config_complete", [] {
-    Status s = g_config.Finish();
-    return s.ok() ? 0 : Fail(s);
-  });
-}
+int ConfigComplete() { return Call("config_complete", [] { return g_config.Finish(); }); }
 
 void Debug(const std::string& m) { nbdkit_debug("s3block: %s", m.c_str()); }
 
 int GetReady() {
-  return Guard("get_ready", [] {
-    Status s = Server::Create(g_config, "nbdkit", Debug, &g_server);
-    if (!s.ok()) return Fail(s);
-    Debug("serving " + g_server->Describe());
-    return 0;
-  });
+  return Call("get_ready", [] { return Server::Create(g_config, "nbdkit", Debug, &g_server); });
 }
 
-int AfterFork() {
-  return Guard("after_fork", [] {
-    Status s = g_server->Start();
-    return s.ok() ? 0 : Fail(s);
-  });
-}
+int AfterFork() { return Call("after_fork", [] { return g_server->Start(); }); }
 
 // nbdkit is shutting down cleanly: make what every export holds durable while the store's
 // threads still run (unload comes after them). Close, not just flush: a connection may still hold
 // a Volume, and its lease must go now so that a server started next can serve the export.
 void Cleanup() {
-  Guard("cleanup", [] {
-    Status s = g_server->CloseAll();
-    if (!s.ok()) nbdkit_error("flush at shutdown: %s", s.message().c_str());
-    return 0;
-  });
+  Call("cleanup", [] { return g_server->CloseAll().Annotate("flush at shutdown"); });
 }
 
 // Everything acknowledged has been made durable by flushes or by the last close; this only
@@ -154,16 +112,14 @@ void Cleanup() {
 void Unload() { g_server.reset(); }
 
 void DumpPlugin() {
-  std::printf("s3block_version=%s\n", S3BLOCK_VERSION);
-  std::printf("s3block_default_block_size=%u\n", kDefaultBlockSize);
-  std::printf("s3block_stores=file,s3\n");
+  std::printf("s3block_version=%s\ns3block_default_block_size=%u\ns3block_stores=file,s3\n",
+              S3BLOCK_VERSION, kDefaultBlockSize);
 }
 
 int ListExports(int readonly, int is_tls, struct nbdkit_exports* exports) {
   return Guard("list_exports", [&] {
     std::vector<std::string> names;
-    Status s = g_server->ListExports(&names);
-    if (!s.ok()) return Fail(s);
+    if (Result(g_server->ListExports(&names)) == -1) return -1;
     for (const auto& n : names)
       if (nbdkit_add_export(exports, n.c_str(), nullptr) == -1) return -1;
     return 0;
@@ -175,26 +131,19 @@ const char* DefaultExport(int readonly, int is_tls) {
 }
 
 void* Open(int readonly) {
-  Handle* result = nullptr;
-  Guard("open", [&] {
+  std::unique_ptr<Handle> h;
+  const int rc = Call("open", [&] {
     const char* requested = nbdkit_export_name();
-    std::shared_ptr<Volume> v;
-    Status s = g_server->Open(requested ? requested : "", readonly != 0, &v);
-    if (!s.ok()) return Fail(s);
-    result = new Handle{std::move(v)};
-    return 0;
+    h = std::make_unique<Handle>();
+    return g_server->Open(requested ? requested : "", readonly != 0, h.get());
   });
-  return result;
+  return rc == 0 ? h.release() : nullptr;
 }
 
+// After the last client of the export has gone, the server makes everything it wrote durable.
 void Close(void* handle) {
-  Guard("close", [&] {
-    std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
-    // The last client of the export is gone: the server makes everything it wrote durable.
-    Status s = g_server->Close(h->volume);
-    if (!s.ok()) nbdkit_error("flush on close: %s", s.message().c_str());
-    return 0;
-  });
+  std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
+  Call("close", [&] { return g_server->Close(*h).Annotate("flush on close"); });
 }
 
 int64_t GetSize(void* handle) { return static_cast<int64_t>(V(handle)->size()); }
@@ -207,42 +156,25 @@ int BlockSize(void* handle, uint32_t* minimum, uint32_t* preferred, uint32_t* ma
 }
 
 int CanWrite(void* handle) { return V(handle)->readonly() ? 0 : 1; }
-int CanFlush(void*) { return 1; }
-int IsRotational(void*) { return 0; }
-int CanTrim(void*) { return 1; }
-int CanZero(void*) { return 1; }
-int CanFastZero(void*) { return 1; }
+int Yes(void*) { return 1; }  // for the can_* callbacks that do not depend on the export
+int No(void*) { return 0; }
 int CanFua(void*) { return NBDKIT_FUA_NATIVE; }
-int CanMultiConn(void*) { return 1; }  // one shared Volume per export; flush covers all
-int CanExtents(void*) { return 1; }
 
 int Pread(void* handle, void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
-  return Guard("pread", [&] {
-    Status s = V(handle)->Read(static_cast<uint8_t*>(buf), count, offset);
-    return s.ok() ? 0 : Fail(s);
-  });
+  return Call("pread", [&] { return V(handle)->Read(static_cast<uint8_t*>(buf), count, offset); });
 }
 
 int Pwrite(void* handle, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
-  return Guard("pwrite", [&] {
-    Status s = V(handle)->Write(static_cast<const uint8_t*>(buf), count, offset,
-                                (flags & NBDKIT_FLAG_FUA) != 0);
-    return s.ok() ? 0 : Fail(s);
+  return Call("pwrite", [&] {
+    return V(handle)->Write(static_cast<const uint8_t*>(buf), count, offset,
+                            (flags & NBDKIT_FLAG_FUA) != 0);
   });
 }
 
-int Flush(void* handle, uint32_t flags) {
-  return Guard("flush", [&] {
-    Status s = V(handle)->Flush();
-    return s.ok() ? 0 : Fail(s);
-  });
-}
+int Flush(void* handle, uint32_t flags) { return Call("flush", [&] { return V(handle)->Flush(); }); }
 
 int Trim(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
-  return Guard("trim", [&] {
-    Status s = V(handle)->Trim(count, offset, (flags & NBDKIT_FLAG_FUA) != 0);
-    return s.ok() ? 0 : Fail(s);
-  });
+  return Call("trim", [&] { return V(handle)->Trim(count, offset, (flags & NBDKIT_FLAG_FUA) != 0); });
 }
 
 int Zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
@@ -250,12 +182,11 @@ int Zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
     Status s = V(handle)->Zero(count, offset, (flags & NBDKIT_FLAG_MAY_TRIM) != 0,
                                (flags & NBDKIT_FLAG_FAST_ZERO) != 0,
                                (flags & NBDKIT_FLAG_FUA) != 0);
-    if (s.ok()) return 0;
     if (s.err() == ENOTSUP) {  // expected for fast zero: no message in the log
       nbdkit_set_error(ENOTSUP);
       return -1;
     }
-    return Fail(s);
+    return Result(s);
   });
 }
 
@@ -272,54 +203,48 @@ int Extents(void* handle, uint32_t count, uint64_t offset, uint32_t flags,
       }
       return !req_one;
     });
-    if (failed) return -1;
-    return s.ok() ? 0 : Fail(s);
+    return failed ? -1 : Result(s);
   });
 }
 
-struct nbdkit_plugin MakePlugin() {
-  struct nbdkit_plugin p;
-  std::memset(&p, 0, sizeof p);
-  p.name = "s3block";
-  p.longname = "nbd-s3-backend: a block device whose blocks live in S3 or a local directory";
-  p.version = S3BLOCK_VERSION;
-  p.description = "Serves exports whose blocks are files or S3 objects, one per block.";
-  p.unload = Unload;
-  p.cleanup = Cleanup;
-  p.config = Config;
-  p.config_complete = ConfigComplete;
-  p.config_help = Config::Help();
-  p.magic_config_key = "store";
-  p.get_ready = GetReady;
-  p.after_fork = AfterFork;
-  p.dump_plugin = DumpPlugin;
-  p.list_exports = ListExports;
-  p.default_export = DefaultExport;
-  p.open = Open;
-  p.close = Close;
-  p.get_size = GetSize;
-  p.block_size = BlockSize;
-  p.can_write = CanWrite;
-  p.can_flush = CanFlush;
-  p.is_rotational = IsRotational;
-  p.can_trim = CanTrim;
-  p.can_zero = CanZero;
-  p.can_fast_zero = CanFastZero;
-  p.can_fua = CanFua;
-  p.can_multi_conn = CanMultiConn;
-  p.can_extents = CanExtents;
-  p.pread = Pread;
-  p.pwrite = Pwrite;
-  p.flush = Flush;
-  p.trim = Trim;
-  p.zero = Zero;
-  p.extents = Extents;
-  p.errno_is_preserved = 0;
-  return p;
-}
-
+// In the order of struct nbdkit_plugin's fields, as C++ designated initializers must be.
+struct nbdkit_plugin plugin = {
+    .name = "s3block",
+    .longname = "nbd-s3-backend: a block device whose blocks live in S3 or a local directory",
+    .version = S3BLOCK_VERSION,
+    .description = "Serves exports whose blocks are files or S3 objects, one per block.",
+    .unload = Unload,
+    .config = Config,
+    .config_complete = ConfigComplete,
+    .config_help = Config::Help(),
+    .open = Open,
+    .close = Close,
+    .get_size = GetSize,
+    .can_write = CanWrite,
+    .can_flush = Yes,
+    .is_rotational = No,
+    .can_trim = Yes,
+    .dump_plugin = DumpPlugin,
+    .can_zero = Yes,
+    .can_fua = CanFua,
+    .pread = Pread,
+    .pwrite = Pwrite,
+    .flush = Flush,
+    .trim = Trim,
+    .zero = Zero,
+    .magic_config_key = "store",
+    .can_multi_conn = Yes,  // one shared Volume per export; a flush covers all
+    .can_extents = Yes,
+    .extents = Extents,
+    .can_fast_zero = Yes,
+    .get_ready = GetReady,
+    .after_fork = AfterFork,
+    .list_exports = ListExports,
+    .default_export = DefaultExport,
+    .cleanup = Cleanup,
+    .block_size = BlockSize,
+};
 }  // namespace
 }  // namespace s3block
 
-static struct nbdkit_plugin plugin = s3block::MakePlugin();
-NBDKIT_REGISTER_PLUGIN(plugin)
+NBDKIT_REGISTER_PLUGIN(s3block::plugin)

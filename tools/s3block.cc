@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "base/config_params.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
@@ -43,24 +44,18 @@ const char kUsageHead[] =
     "\n"
     "Commands:\n";
 
+// After the parameters' options, which the parameter table lists (ParamListText).
 const char kUsageTail[] =
-    "\n"
-    "Options:\n"
-    "  --store DIR|s3://BUCKET[/PREFIX]   the store (default: $S3BLOCK_STORE)\n"
-    "  --endpoint URL, --region R, --path-style BOOL, --ca-file FILE, --access-key ID,\n"
-    "  --session-token T, --profile P, --retry-timeout S, --request-timeout S, --connections N\n"
-    "                                as the plugin's parameters of the same names; the secret key\n"
-    "                                comes from AWS_SECRET_ACCESS_KEY or ~/.aws, never the command line\n"
-    "  --compression none|zstd[:LEVEL], --encryption none|aes-256-gcm, --checksum none|crc32c\n"
-    "                                the block encoding of exports that create and import make\n"
-    "                                (others keep their own)\n"
-    "  --key-file FILE               the encryption key (default: $S3BLOCK_KEY), needed to read,\n"
-    "                                copy or import an encrypted export\n"
     "  --threads N                   blocks in flight at once (default 16)\n"
     "  --force                       act even if a server holds the export; shrink; delete\n"
     "  --yes                         do not ask before deleting\n"
     "  --json                        machine-readable output (list, info, verify, stats)\n"
     "  --help                        this text; 's3block COMMAND --help' for one command\n"
+    "\n"
+    "--store may be left out when $S3BLOCK_STORE is set. The secret key comes from\n"
+    "AWS_SECRET_ACCESS_KEY or ~/.aws, never the command line. The encoding options apply to the\n"
+    "exports that create and import make (others keep their own); --key-file (default:\n"
+    "$S3BLOCK_KEY) is needed to read, copy or import an encrypted export.\n"
     "\n"
     "Exit status: 0 success, 1 failure, 2 bad usage, 3 verify found damage,\n"
     "4 the export is held by a running server, 130 interrupted.\n";
@@ -171,10 +166,6 @@ std::string AbsoluteStore(std::string value) {
 }
 
 int ParseArgs(int argc, char** argv, Args* a) {
-  static const char* kStoreKeys[] = {"store", "endpoint", "region", "path-style", "ca-file",
-                                     "access-key", "session-token", "profile", "retry-timeout",
-                                     "request-timeout", "connections", "compression",
-                                     "encryption", "checksum", "key-file"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0 || arg == "--") {
@@ -212,9 +203,9 @@ int ParseArgs(int argc, char** argv, Args* a) {
     if (key == "secret-key")
       return Usage("--secret-key is not accepted on the command line (it would show in ps); "
                    "set AWS_SECRET_ACCESS_KEY or use ~/.aws/credentials");
-    bool known = false;
-    for (const char* k : kStoreKeys) known = known || key == k;
-    if (!known) return Usage("unknown option --" + key);
+    const ConfigParam* param = FindConfigParam(key);
+    if (param == nullptr || !param->admin || key != param->name)
+      return Usage("unknown option --" + key);
     if (!take()) return Usage("--" + key + " needs a value");
     if (key == "store") {
       a->store_given = true;
@@ -508,6 +499,7 @@ void PrintUsage() {
     else
       std::printf("  %s\n  %-28s  %s\n", synopsis.c_str(), "", c.summary);
   }
+  std::printf("\nOptions:\n%s", ParamListText(ParamSyntax::kAdmin, "  ", 32).c_str());
   std::fputs(kUsageTail, stdout);
 }
 

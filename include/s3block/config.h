@@ -1,5 +1,6 @@
 // Config: every parameter of the plugin and of the admin command, parsed and validated in one
-// place, so that both accept the same names and values and give the same errors.
+// place, so that both accept the same names and values and give the same errors. The parameters
+// themselves (names, values, defaults, help) are listed once, in src/base/config_params.cc.
 //
 // Parameters are key=value pairs (nbdkit: `store=./data size=10G`; admin command: `--store ./data
 // --size 10G`). Set() checks each value as it arrives; Finish() checks the combination.
@@ -88,7 +89,11 @@ struct Config {
   bool is_s3() const { return store.rfind("s3://", 0) == 0; }
   VolumeOptions volume_options(bool readonly) const;
 
-  // The parameter list for --help, one "key=VALUE  description" line each.
+  // Every member equal (the unit tests compare a Config with the defaults).
+  bool operator==(const Config&) const = default;
+
+  // The parameter list for --help, one "key=VALUE  description" line each, made from the
+  // parameter table (src/base/config_params.h).
   static const char* Help();
 };
 

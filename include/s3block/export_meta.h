@@ -55,6 +55,8 @@ struct BlockEncoding {
   std::string Describe() const;
   // True if both make the same choices (the key check is not compared: its salt is random).
   bool SameChoices(const BlockEncoding& other) const;
+  // Every member equal, the key check too.
+  bool operator==(const BlockEncoding&) const = default;
 
   // Parse the value of compression= ("none", "zstd" or "zstd:LEVEL"), encryption= ("none" or
   // "aes-256-gcm") and checksum= ("none" or "crc32c") into *this. Errors: EINVAL, naming the

@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cerrno>
 
 #include "s3block/cache_store.h"
 #include "s3block/store_factory.h"
@@ -32,6 +33,17 @@ void TuneMallocForBlockBuffers() {
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
 
+int NbdErrno(int err) {
+  switch (err) {
+    case EPERM: case EROFS: case EACCES: return EPERM;
+    case EIO: case ENOMEM: case EINVAL: case ENOSPC: case EOVERFLOW: case ENOTSUP: case ESHUTDOWN:
+    case EDQUOT: case EFBIG:
+      return err;
+    case EMFILE: case ENFILE: case EAGAIN: return ENOMEM;
+    default: return EIO;
+  }
+}
+
 Status Server::Create(const Config& config, const std::string& program, Log debug,
                       std::unique_ptr<Server>* out) {
   TuneMallocForBlockBuffers();
@@ -55,6 +67,7 @@ Status Server::Create(const Config& config, const std::string& program, Log debu
   server->volumes_ = std::make_unique<VolumeRegistry>(server->stack_, std::move(ro));
   server->stats_ = std::make_unique<StatsReporter>(server->stack_, server->volumes_.get(),
                                                    config.stats_file, server->debug_);
+  server->debug_("serving " + server->Describe());
   *out = std::move(server);
   return Status::Ok();
 }

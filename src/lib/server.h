@@ -29,7 +29,7 @@ class Server {
 
   // Builds the store stack and checks the store, the default export's metadata (and so the key
   // of an encrypted one) and the stats file. `program` names this process in the leases it
-  // holds; `debug` receives the server's log lines.
+  // holds; `debug` receives the server's log lines, the first of them "serving STORE".
   static Status Create(const Config& config, const std::string& program, Log debug,
                        std::unique_ptr<Server>* out);
   ~Server();
@@ -63,6 +63,11 @@ class Server {
   std::unique_ptr<VolumeRegistry> volumes_;
   std::unique_ptr<StatsReporter> stats_;
 };
+
+// The errno an NBD client can be told for err. NBD carries only EPERM, EIO, ENOMEM, EINVAL,
+// ENOSPC, EOVERFLOW, ENOTSUP and ESHUTDOWN, and nbdkit sends EINVAL for any other, which would
+// tell the client its request was wrong: resources that ran out are ENOMEM, the rest EIO.
+int NbdErrno(int err);
 
 // Sets glibc's malloc up for a process whose memory is mostly block buffers of up to a few MiB
 // passed between threads (see server.cc for what was measured). Called by Server::Create.

@@ -2,6 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "base/config_params.h"
 #include "s3block/config.h"
 #include "s3block/export_meta.h"
 #include "test_util.h"
@@ -178,6 +186,124 @@ TEST(ExportMeta, StateRoundTripsAndReadyIsNotWritten) {
   ASSERT_OK(ExportMeta::Parse("e", m.Serialize(), &back));
   EXPECT_EQ(back.state, ExportMeta::State::kDeleting);
   EXPECT_EQ(ExportMeta::Parse("e", "format=1\nsize=1\nblock-size=512\nstate=odd\n", &back).err(), EIO);
+}
+
+}  // namespace
+}  // namespace s3block
+
+// The parameter table (src/base/config_params.h) and what is made from it.
+namespace s3block {
+namespace {
+
+std::string ReadSourceFile(const std::string& path) {
+  std::ifstream in(std::string(S3BLOCK_SOURCE_DIR) + "/" + path);
+  EXPECT_TRUE(in) << path;
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Every NAME of "NAME=" that `pattern`'s first group catches in text.
+std::set<std::string> NamesIn(const std::string& text, const std::string& pattern) {
+  std::set<std::string> names;
+  const std::regex re(pattern);
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
+    names.insert((*it)[1].str());
+  return names;
+}
+
+std::set<std::string> TableNames() {
+  std::set<std::string> names;
+  for (const ConfigParam& p : ConfigParams()) names.insert(p.name);
+  return names;
+}
+
+// The part of text from the line `from` to the next line starting with `to`.
+std::string Section(const std::string& text, const std::string& from, const std::string& to) {
+  const size_t begin = text.find(from);
+  EXPECT_NE(begin, std::string::npos) << from;
+  if (begin == std::string::npos) return "";
+  return text.substr(begin, text.find("\n" + to, begin + from.size()) - begin);
+}
+
+TEST(ConfigParams, NamesAreUniqueAndFoundByNameOrAlias) {
+  std::set<std::string> seen;
+  for (const ConfigParam& p : ConfigParams()) {
+    EXPECT_TRUE(seen.insert(p.name).second) << p.name;
+    if (p.alias != nullptr) EXPECT_TRUE(seen.insert(p.alias).second) << p.alias;
+    EXPECT_EQ(FindConfigParam(p.name), &p);
+  }
+  EXPECT_EQ(FindConfigParam("blocksize"), FindConfigParam("block-size"));
+  EXPECT_EQ(FindConfigParam("sise"), nullptr);
+  Config c;
+  EXPECT_EQ(c.Set("sise", "1G").message(), "unknown parameter 'sise' (see --help for the list)");
+}
+
+TEST(ConfigParams, EachDefaultIsWhatAFreshConfigHolds) {
+  for (const ConfigParam& p : ConfigParams()) {
+    if (p.default_value == nullptr) continue;
+    Config c;
+    ASSERT_OK(c.Set(p.name, p.default_value));
+    // Giving a value is recorded apart from the value itself.
+    c.size_given = c.block_size_given = c.encoding_given = false;
+    EXPECT_TRUE(c == Config{}) << p.name << "=" << p.default_value << " is not the default";
+  }
+}
+
+TEST(ConfigParams, HelpIsOneShortLineForEach) {
+  for (const ConfigParam& p : ConfigParams()) {
+    EXPECT_EQ(std::string_view(p.help).find('\n'), std::string_view::npos) << p.name;
+    EXPECT_LE(std::string_view(p.help).size(), 72u) << p.name;
+  }
+  // As the plugin's and the admin command's help show them.
+  std::istringstream lines(ParamListText(ParamSyntax::kPlugin, "", 26) +
+                           ParamListText(ParamSyntax::kAdmin, "  ", 32));
+  for (std::string line; std::getline(lines, line);) EXPECT_LE(line.size(), 100u) << line;
+}
+
+TEST(ConfigParams, PluginHelpListsEveryParameterAndTheAdminCommandItsOwn) {
+  const std::string help = std::string("\n") + Config::Help();
+  const std::string admin = "\n" + ParamListText(ParamSyntax::kAdmin, "", 32);
+  for (const ConfigParam& p : ConfigParams()) {
+    EXPECT_NE(help.find("\n" + std::string(p.name) + "=" + p.value), std::string::npos) << p.name;
+    EXPECT_EQ(admin.find("\n--" + std::string(p.name) + " " + p.value) != std::string::npos, p.admin)
+        << p.name;
+  }
+  EXPECT_NE(help.find("size=SIZE                 size of a new export"), std::string::npos) << help;
+  EXPECT_NE(help.find("(default 1G)"), std::string::npos) << help;
+  EXPECT_EQ(help.back(), ')');  // nbdkit ends the text itself
+  // The secret never goes on the admin command's line, where ps would show it.
+  EXPECT_FALSE(FindConfigParam("secret-key")->admin);
+  EXPECT_TRUE(FindConfigParam("secret-key")->password);
+}
+
+TEST(ConfigParams, PathsThatAServerInAnotherDirectoryMakesAbsolute) {
+  const auto npos = std::string_view::npos;
+  EXPECT_EQ(FindConfigParam("store")->PathLength("data"), 4u);
+  EXPECT_EQ(FindConfigParam("store")->PathLength("s3://bucket/p"), npos);
+  EXPECT_EQ(FindConfigParam("disk-cache")->PathLength("cache,dir,10G"), 9u);
+  EXPECT_EQ(FindConfigParam("disk-cache")->PathLength("10G"), npos);
+  EXPECT_EQ(FindConfigParam("disk-cache")->PathLength(",10G"), npos);
+  EXPECT_EQ(FindConfigParam("stats-file")->PathLength("stats.json"), 10u);
+  EXPECT_EQ(FindConfigParam("key-file")->PathLength("key"), npos);
+}
+
+TEST(ConfigParams, TheManualDescribesExactlyTheParametersOfTheTable) {
+  const std::string pod = ReadSourceFile("docs/nbdkit-s3block-plugin.pod");
+  const std::string parameters = Section(pod, "=head1 PARAMETERS", "=head1");
+  EXPECT_EQ(NamesIn(parameters, R"(\n=item \[?B<([a-z-]+)=)"), TableNames());
+  // The build puts the list made from the table where the marker is.
+  EXPECT_NE(parameters.find("\n=for comment s3block parameter list\n"), std::string::npos);
+  const std::set<std::string> synopsis = NamesIn(Section(pod, "=head1 SYNOPSIS", "=head1"),
+                                                 R"([[ ]([a-z-]+)=)");
+  EXPECT_FALSE(synopsis.empty());
+  for (const std::string& name : synopsis) EXPECT_EQ(TableNames().count(name), 1u) << name;
+}
+
+TEST(ConfigParams, TheReadmeNamesOnlyParametersOfTheTable) {
+  const std::string readme = ReadSourceFile("README.md");
+  const std::string table = Section(readme, "| parameter | default | meaning |", "The rest");
+  const std::set<std::string> named = NamesIn(table, "`([a-z-]+)=");
+  EXPECT_GE(named.size(), 10u);
+  for (const std::string& name : named) EXPECT_EQ(TableNames().count(name), 1u) << name;
 }
 
 }  // namespace
