@@ -43,16 +43,22 @@ class DirTransport : public ObjectTransport {
   // create, makes it first if it is missing.
   static Status Open(const std::string& root, bool create, std::unique_ptr<DirTransport>* out);
 
+  // "dir:<root>".
   std::string Describe() const override { return "dir:" + root_; }
+  // The fence is asked once, before anything is written.
   Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options = {},
              std::string* version = nullptr) override;
+  // A file is never changed once it has its name: what is read is one version.
   Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info = nullptr) override;
   Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
                   std::vector<uint8_t>* data) override;
   Status Head(const std::string& key, ObjectInfo* info) override;
+  // Walks only the directories that keys with the prefix can be in; the keys are sorted before
+  // fn sees them.
   Status List(const std::string& prefix,
               const std::function<void(const std::string& key, std::string_view version)>& fn)
       override;
+  // The fence is asked once; each directory changed is synced once, at the end.
   Status Delete(std::span<const std::string> keys, const WriteFence* fence = nullptr) override;
 
  private:

@@ -24,12 +24,13 @@ class S3Transport : public ObjectTransport {
   S3Transport(S3Client* client, std::string key_prefix);
 
   std::string Describe() const override;
-  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options = {},
-             std::string* version = nullptr) override;
+  // A HEAD: a 404 is not found, whether the key or the bucket is missing.
+  Status Head(const std::string& key, ObjectInfo* info) override;
   Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info = nullptr) override;
   Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
                   std::vector<uint8_t>* data) override;
-  Status Head(const std::string& key, ObjectInfo* info) override;
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options = {},
+             std::string* version = nullptr) override;
   Status List(const std::string& prefix,
               const std::function<void(const std::string& key, std::string_view version)>& fn)
       override;
