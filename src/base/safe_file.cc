@@ -204,23 +204,38 @@ Status WriteAllFd(int fd, const void* data, size_t n, const std::string& path) {
   return Status::Ok();
 }
 
+Status WriteTempAt(int dirfd, const std::string& name, std::span<const uint8_t> data, bool sync,
+                   const std::string& dir, std::string* tmp, struct stat* st,
+                   const struct timespec* mtime) {
+  UniqueFd fd;
+  S3B_RETURN_IF_ERROR(CreateTempAt(dirfd, ".tmp." + name + ".", 0644, dir, &fd, tmp));
+  const std::string path = dir + "/" + *tmp;
+  Status s = WriteAllFd(fd.get(), data.data(), data.size(), path);
+  if (s.ok() && mtime != nullptr) {
+    const struct timespec times[2] = {{0, UTIME_OMIT}, *mtime};
+    if (::futimens(fd.get(), times) != 0) s = Status::FromErrno(errno, "set the time of " + path);
+  }
+  // A time set is kept by fsync; fdatasync may leave it out.
+  if (s.ok() && sync && (mtime != nullptr ? ::fsync(fd.get()) : ::fdatasync(fd.get())) != 0)
+    s = Status::FromErrno(errno, (mtime != nullptr ? "fsync " : "fdatasync ") + path);
+  if (s.ok() && st != nullptr && ::fstat(fd.get(), st) != 0) s = Status::FromErrno(errno, "stat " + path);
+  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + path);
+  if (!s.ok()) ::unlinkat(dirfd, tmp->c_str(), 0);
+  return s;
+}
+
 Status ReplaceFileAt(int dirfd, const std::string& name, std::span<const uint8_t> data, bool sync,
-                     const std::string& dir) {
+                     const std::string& dir, struct stat* written, const struct timespec* mtime) {
   const std::string path = dir + "/" + name;
   bool exists = false;
   // A rename would replace a link or a FIFO someone put there by a file: refused instead, so
   // that the oddity is seen.
   S3B_RETURN_IF_ERROR(CheckRegularOrMissingAt(dirfd, name, path, &exists));
-  UniqueFd fd;
   std::string tmp;
-  S3B_RETURN_IF_ERROR(CreateTempAt(dirfd, ".tmp." + name + ".", 0644, dir, &fd, &tmp));
-  Status s = WriteAllFd(fd.get(), data.data(), data.size(), dir + "/" + tmp);
-  if (s.ok() && sync && ::fdatasync(fd.get()) != 0)
-    s = Status::FromErrno(errno, "fdatasync " + dir + "/" + tmp);
-  if (fd.Close() != 0 && s.ok()) s = Status::FromErrno(errno, "close " + dir + "/" + tmp);
-  if (s.ok() && ::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0)
-    s = Status::FromErrno(errno, "rename " + dir + "/" + tmp + " to " + path);
-  if (!s.ok()) ::unlinkat(dirfd, tmp.c_str(), 0);
+  S3B_RETURN_IF_ERROR(WriteTempAt(dirfd, name, data, sync, dir, &tmp, written, mtime));
+  if (::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) == 0) return Status::Ok();
+  Status s = Status::FromErrno(errno, "rename " + dir + "/" + tmp + " to " + path);
+  ::unlinkat(dirfd, tmp.c_str(), 0);
   return s;
 }
 

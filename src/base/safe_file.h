@@ -95,11 +95,20 @@ std::string RandomHex16();
 // Writes all of data to fd; `path` names it in the error.
 Status WriteAllFd(int fd, const void* data, size_t n, const std::string& path);
 
-// Writes `data` to a temporary file in dirfd and renames it to `name`, which must be a regular
-// file or missing (else EIO, and nothing is changed). With sync, the data is on disk before the
-// rename (the directory entry is the caller's to sync).
+// Writes `data` to a new temporary file ".tmp.<name>.<random>" in dirfd and closes it; with
+// sync, its data is on disk first; with mtime, that is its modification time. *tmp is its name,
+// *st (when given) what fstat said of it when written. On an error nothing is left.
+Status WriteTempAt(int dirfd, const std::string& name, std::span<const uint8_t> data, bool sync,
+                   const std::string& dir, std::string* tmp, struct stat* st = nullptr,
+                   const struct timespec* mtime = nullptr);
+
+// Writes `data` to a temporary file in dirfd (WriteTempAt) and renames it to `name`, which must
+// be a regular file or missing (else EIO, and nothing is changed). With sync, the data is on
+// disk before the rename (the directory entry is the caller's to sync). *written, *mtime: as
+// *st and mtime of WriteTempAt.
 Status ReplaceFileAt(int dirfd, const std::string& name, std::span<const uint8_t> data, bool sync,
-                     const std::string& dir);
+                     const std::string& dir, struct stat* written = nullptr,
+                     const struct timespec* mtime = nullptr);
 
 }  // namespace s3block
 

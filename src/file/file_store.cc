@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "base/safe_file.h"
+#include "file/dir_io.h"
 #include "s3block/params.h"
 #include "util/block_id.h"
 #include "util/fd_io.h"
@@ -36,50 +37,6 @@ using Fd = UniqueFd;
 
 Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
   return WriteAllFd(fd, p, n, path);
-}
-
-// Whole-file POSIX open-file-description locks: they belong to the open file, so they keep out
-// readers and writers of other processes (and of other opens in this one), and go with the
-// last close of the file.
-bool TryOfdLock(int fd, short type, int* err) {
-  struct flock fl {};
-  fl.l_type = type;
-  fl.l_whence = SEEK_SET;
-  for (;;) {
-    if (::fcntl(fd, F_OFD_SETLK, &fl) == 0) return true;
-    if (errno != EINTR) break;
-  }
-  *err = errno;
-  return false;
-}
-
-void OfdUnlock(int fd) {
-  struct flock fl {};
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  ::fcntl(fd, F_OFD_SETLK, &fl);
-}
-
-// How long a reader waits for a writer in another process. A writer holds the lock while it
-// writes one block, so this is reached only if something else holds it.
-constexpr auto kReadLockWait = std::chrono::seconds(10);
-
-// Takes a read lock on a block file, so that no writer in another process changes it while it is
-// read. A file system without such locks is read without.
-Status ReadLock(int fd, const std::string& path) {
-  int err = 0;
-  if (TryOfdLock(fd, F_RDLCK, &err)) return Status::Ok();
-  if (err != EAGAIN && err != EACCES) return Status::Ok();  // no locks here (ENOLCK, EINVAL)
-  const auto deadline = std::chrono::steady_clock::now() + kReadLockWait;
-  auto pause = std::chrono::microseconds(20);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(pause);
-    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(5));
-    if (TryOfdLock(fd, F_RDLCK, &err)) return Status::Ok();
-    if (err != EAGAIN && err != EACCES) return Status::Ok();
-  }
-  return Status::IoError(path + " stayed locked for writing by another process for " +
-                         std::to_string(kReadLockWait.count()) + " seconds");
 }
 
 // Opens the file of block `name` in the blocks directory for reading, checks it and takes its
@@ -159,30 +116,7 @@ class ThreadRing {
 
 thread_local ThreadRing t_ring;
 
-Status FsyncFd(int fd, const std::string& path) {
-  if (::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + path);
-  return Status::Ok();
-}
-
 }  // namespace
-
-Status FsyncDir(const std::string& path) {
-  Fd fd;
-  S3B_RETURN_IF_ERROR(OpenDirAt(AT_FDCWD, path, path, /*follow=*/true, &fd));
-  return FsyncFd(fd.get(), path);
-}
-
-Status WriteFileAtomically(const std::string& path, std::string_view data) {
-  size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  Fd dfd;
-  S3B_RETURN_IF_ERROR(OpenDirAt(AT_FDCWD, dir, dir, /*follow=*/true, &dfd));
-  S3B_RETURN_IF_ERROR(ReplaceFileAt(
-      dfd.get(), path.substr(slash + 1),
-      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()), true,
-      dir));
-  return FsyncFd(dfd.get(), dir);
-}
 
 namespace {
 std::string StripTrailingSlashes(std::string p) {
@@ -614,41 +548,6 @@ Status FileStore::Flush(std::string_view export_name) {
   return s;
 }
 
-namespace {
-
-// Calls fn for each entry of directory dirfd (read through a new open of it, so that the fd
-// shared by other threads keeps its own position). ENOENT-free: the directory is open.
-Status ForEachEntry(int dirfd, const std::string& path,
-                    const std::function<void(int dfd, const char* name)>& fn) {
-  int fd = ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "open " + path);
-  DIR* d = ::fdopendir(fd);
-  if (d == nullptr) {
-    Status s = Status::FromErrno(errno, "opendir " + path);
-    ::close(fd);
-    return s;
-  }
-  errno = 0;
-  while (struct dirent* e = ::readdir(d)) {
-    fn(::dirfd(d), e->d_name);
-    errno = 0;
-  }
-  int err = errno;
-  ::closedir(d);
-  if (err != 0) return Status::FromErrno(err, "readdir " + path);
-  return Status::Ok();
-}
-
-// Removes the temporary files a writer that died left in dirfd: never data (never renamed into
-// place). Unlinking never follows a link, and dirfd was opened without following one.
-void RemoveTempFiles(int dirfd, const std::string& path) {
-  (void)ForEachEntry(dirfd, path, [](int dfd, const char* name) {
-    if (std::strncmp(name, ".tmp.", 5) == 0) ::unlinkat(dfd, name, 0);
-  });
-}
-
-}  // namespace
-
 Status FileStore::ListBlocks(std::string_view export_name, const std::function<void(uint64_t)>& fn) {
   std::shared_ptr<const Dirs> dirs;
   S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
@@ -759,88 +658,6 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
   }
   return FsyncFd(exports, root_ + "/exports");
 }
-
-}  // namespace s3block
-
-namespace s3block {
-namespace {
-
-class FileLease : public ExportLease {
- public:
-  explicit FileLease(int fd) : fd_(fd) {}
-  ~FileLease() override {
-    // Clear the holder before the lock goes, so nobody reads a stale name as a live holder. The
-    // fd is the regular file opened at AcquireLease, never a link's target.
-    if (::ftruncate(fd_, 0) != 0) { /* the lock is released by close either way */ }
-    ::close(fd_);
-  }
-
- private:
-  int fd_;
-};
-
-std::string ReadHolder(int fd) {
-  char buf[512];
-  ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-  if (n <= 0) return "another process";
-  std::string s(buf, static_cast<size_t>(n));
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
-  return s.empty() ? "another process" : s;
-}
-
-}  // namespace
-
-Status FileStore::AcquireLease(std::string_view export_name, const std::string& holder, bool force,
-                               std::unique_ptr<ExportLease>* out) {
-  std::shared_ptr<const Dirs> dirs;
-  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/true, &dirs));
-  std::string path = ExportDir(export_name) + "/lock";
-  Fd fd;
-  struct stat st;
-  S3B_RETURN_IF_ERROR(OpenFileAt(dirs->exp, "lock", O_RDWR | O_CREAT, 0644, path, &fd, &st));
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    std::string who = ReadHolder(fd.get());
-    if (err == EWOULDBLOCK) {
-      return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " +
-                                      Describe() + " is in use by " + who +
-                                      "; stop that server first (or serve read-only with -r)");
-    }
-    return Status::FromErrno(err, "flock " + path);
-  }
-  // We are the export's only writer now: temporary files in its directories were left by a
-  // writer that died mid-write (they were never renamed into place, so they are not data).
-  RemoveTempFiles(dirs->exp, ExportDir(export_name));
-  RemoveTempFiles(dirs->blocks, BlocksDir(export_name));
-  std::string text = holder + "\n";
-  if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), text.data(), text.size(), 0) < 0)
-    return Status::FromErrno(errno, "write " + path);
-  *out = std::make_unique<FileLease>(fd.Release());
-  return Status::Ok();
-}
-
-Status FileStore::QueryLease(std::string_view export_name, std::string* holder) {
-  holder->clear();
-  std::shared_ptr<const Dirs> dirs;
-  S3B_RETURN_IF_ERROR(GetDirs(export_name, /*create=*/false, &dirs));
-  if (dirs == nullptr) return Status::Ok();
-  std::string path = ExportDir(export_name) + "/lock";
-  Fd fd;
-  struct stat st;
-  Status s = OpenFileAt(dirs->exp, "lock", O_RDONLY, 0, path, &fd, &st);
-  if (s.err() == ENOENT) return Status::Ok();
-  S3B_RETURN_IF_ERROR(s);
-  if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
-    int err = errno;
-    if (err != EWOULDBLOCK) return Status::FromErrno(err, "flock " + path);
-    *holder = ReadHolder(fd.get());
-  }
-  return Status::Ok();
-}
-
-}  // namespace s3block
-
-namespace s3block {
 
 Status FileStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {
   *found = false;

@@ -146,14 +146,6 @@ class FileStore : public BlockStore {
   std::array<std::shared_mutex, kBlockLocks> block_locks_;
 };
 
-// Writes `data` to `path` atomically and durably: a temporary file beside it (random name,
-// O_EXCL|O_NOFOLLOW), fsync, rename, fsync of the directory. `path` must be a regular file or
-// missing (else EIO). Used for small control files.
-Status WriteFileAtomically(const std::string& path, std::string_view data);
-
-// Fsyncs a directory.
-Status FsyncDir(const std::string& path);
-
 }  // namespace s3block
 
 #endif  // S3BLOCK_FILE_FILE_STORE_H_

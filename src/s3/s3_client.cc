@@ -1,6 +1,7 @@
 #include "s3/s3_client.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -216,8 +217,10 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
     *transient = true;
     return ErrorFor(req.method, req.key, *response);
   }
-  if (st == 200 && req.method == "GET") {
-    Status v = VerifyBody(*response, req.verify_body);
+  // A part of an object (206) is checked against its length only: the object's checksum covers
+  // the whole of it.
+  if ((st == 200 || st == 206) && req.method == "GET") {
+    Status v = VerifyBody(*response, req.verify_body && st == 200);
     if (!v.ok()) {
       *transient = true;
       outcome->bad_body = true;
@@ -283,15 +286,16 @@ Status S3Client::GetObject(const std::string& key, std::string* body, bool* foun
 }
 
 Status S3Client::PutObject(const std::string& key, std::span<const uint8_t> body,
-                           const WriteFence* fence) {
+                           const WriteFence* fence, std::string* etag) {
   const auto deadline = DeadlineAfter(options_.retry_timeout);
   Request req{"PUT", key, {},
               {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, Crc32cHex(body)}},
               body, false, fence};
   HttpResponse r;
   S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));
-  if (r.status == 200) return Status::Ok();
-  return ErrorFor("PUT", key, r);
+  if (r.status != 200) return ErrorFor("PUT", key, r);
+  if (etag != nullptr) *etag = Unquote(r.Header("etag"));
+  return Status::Ok();
 }
 
 
@@ -304,13 +308,77 @@ Status S3Client::GetObjectWithEtag(const std::string& key, std::string* body, bo
   return Status::Ok();
 }
 
-Status S3Client::GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found) {
+Status S3Client::GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found,
+                           std::string* etag) {
   HttpResponse r;
   r.data = data;
-  std::string etag;
-  Status s = Get(key, &r, found, &etag);
+  std::string got_etag;
+  Status s = Get(key, &r, found, etag != nullptr ? etag : &got_etag);
   if (!s.ok() || !*found) data->clear();
   return s;
+}
+
+Status S3Client::GetObjectRange(const std::string& key, uint64_t offset, uint64_t length,
+                                std::vector<uint8_t>* data, bool* found) {
+  *found = false;
+  data->clear();
+  if (length == 0) return Status::InvalidArgument("a range GET of no bytes");
+  const uint64_t last = offset + std::min(length, UINT64_MAX - offset) - 1;
+  Request req{"GET", key, {}, {{"Range", "bytes=" + std::to_string(offset) + "-" + std::to_string(last)}},
+              {}, true};
+  HttpResponse r;
+  r.data = data;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, DeadlineAfter(options_.retry_timeout)));
+  if (r.status == 206) {
+    // The part asked for, or the part of it the object has: it must begin at `offset`.
+    const std::string range = r.Header("content-range");
+    const std::string from = "bytes " + std::to_string(offset) + "-";
+    if (range.compare(0, from.size(), from) != 0 || data->size() > length) {
+      data->clear();
+      return Status::IoError(Describe("GET range", key) + ": the server sent the part '" +
+                             QuoteForMessage(range) + "' for bytes " + std::to_string(offset) +
+                             "-" + std::to_string(last));
+    }
+    *found = true;
+    return Status::Ok();
+  }
+  if (r.status == 200) {
+    // The server ignored the Range: the whole object came, checked whole; the part is cut out.
+    const size_t begin = static_cast<size_t>(std::min<uint64_t>(offset, data->size()));
+    const size_t end = static_cast<size_t>(std::min<uint64_t>(last + 1, data->size()));
+    data->erase(data->begin() + static_cast<ptrdiff_t>(end), data->end());
+    data->erase(data->begin(), data->begin() + static_cast<ptrdiff_t>(begin));
+    *found = true;
+    return Status::Ok();
+  }
+  data->clear();
+  // The object ends at or before `offset` (or is empty).
+  if (r.status == 416) {
+    *found = true;
+    return Status::Ok();
+  }
+  if (r.status == 404 && S3ErrorCode(r) == "NoSuchKey") return Status::Ok();
+  return ErrorFor("GET range", key, r);
+}
+
+Status S3Client::HeadObject(const std::string& key, bool* found, uint64_t* size,
+                            std::string* etag) {
+  *found = false;
+  *size = 0;
+  etag->clear();
+  Request req{"HEAD", key, {}, {}, {}, false};
+  HttpResponse r;
+  S3B_RETURN_IF_ERROR(Execute(req, &r, DeadlineAfter(options_.retry_timeout)));
+  if (r.status == 404) return Status::Ok();
+  if (r.status != 200) return ErrorFor("HEAD", key, r);
+  const std::string length = r.Header("content-length");
+  const auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), *size);
+  if (length.empty() || ec != std::errc() || end != length.data() + length.size())
+    return Status::IoError(Describe("HEAD", key) + ": no valid Content-Length ('" +
+                           QuoteForMessage(length) + "')");
+  *etag = Unquote(r.Header("etag"));
+  *found = true;
+  return Status::Ok();
 }
 
 Status S3Client::Get(const std::string& key, HttpResponse* r, bool* found, std::string* etag) {
@@ -329,7 +397,8 @@ Status S3Client::Get(const std::string& key, HttpResponse* r, bool* found, std::
 
 Status S3Client::PutObjectConditional(const std::string& key, std::span<const uint8_t> body,
                                       bool if_none_match_any, const std::string& if_match,
-                                      std::string* etag, bool* precondition_failed) {
+                                      std::string* etag, bool* precondition_failed,
+                                      const WriteFence* fence) {
   *precondition_failed = false;
   etag->clear();
   // One retry-timeout for both forms of If-Match.
@@ -338,11 +407,12 @@ Status S3Client::PutObjectConditional(const std::string& key, std::span<const ui
   for (int form = 0; form < 2; ++form) {
     Request req{"PUT", key, {},
                 {{"Content-Type", "application/octet-stream"}, {kCrc32cMetaHeader, crc}},
-                body, false};
+                body, false, fence};
     if (if_none_match_any) req.headers.push_back({"If-None-Match", "*"});
     if (!if_match.empty())
       req.headers.push_back({"If-Match", form == 0 ? "\"" + if_match + "\"" : if_match});
-    // Conditional writes are the leases': a renewal stuck behind uploads would lose the export.
+    // Conditional writes are few (the leases', a layout's commit points), and a lease renewal
+    // stuck behind uploads would lose the export.
     req.urgent = true;
     HttpResponse r;
     S3B_RETURN_IF_ERROR(Execute(req, &r, deadline));

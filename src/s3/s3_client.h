@@ -37,6 +37,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/object_transport.h"
 #include "s3/http_client.h"
 #include "s3/server_clock.h"
 #include "s3/sigv4.h"
@@ -67,12 +68,10 @@ inline constexpr char kMd5MetaHeader[] = "x-amz-meta-s3block-md5";
 // The value of kCrc32cMetaHeader for this content.
 std::string Crc32cHex(std::span<const uint8_t> data);
 
-// Asked before every attempt of a request that changes an export (and so before every retry):
-// an error stops the request at once, unsent and not retried; OK with *seconds_left > 0 limits
-// the attempt to that many seconds, and with 0 leaves the request timeout as it is. The S3
-// store's fence keeps a server whose lease on the export has lapsed or was taken over from
-// storing anything, and ends every request before the lease could be taken over.
-using WriteFence = std::function<Status(double* seconds_left)>;
+// Every request that changes objects may carry a WriteFence (base/object_transport.h), asked
+// before each attempt: the S3 store's fence keeps a server whose lease on the export has lapsed or
+// was taken over from storing anything, and ends every request before the lease could be taken
+// over.
 
 class S3Client {
  public:
@@ -86,11 +85,22 @@ class S3Client {
   // bucket is an error.
   Status GetObject(const std::string& key, std::string* body, bool* found);
   // The same, read straight into bytes (a block: no copy from a string). *data is empty unless
-  // the object was found.
-  Status GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found);
-  // Writes an object, with its CRC-32C as x-amz-meta-s3block-crc32c.
+  // the object was found. *etag (when given) is its ETag, without quotes.
+  Status GetObject(const std::string& key, std::vector<uint8_t>* data, bool* found,
+                   std::string* etag = nullptr);
+  // Reads `length` bytes (REQUIRES: > 0) from byte `offset` of an object (a Range GET): fewer
+  // where it ends first, none if it ends at or before `offset`. The body is checked against its
+  // Content-Length; the object's CRC-32C covers the whole object, so a part is checked only if
+  // the server sends the whole object. *found as GetObject.
+  Status GetObjectRange(const std::string& key, uint64_t offset, uint64_t length,
+                        std::vector<uint8_t>* data, bool* found);
+  // The size and ETag (without quotes) of an object (HEAD). A 404 is *found = false: a HEAD
+  // answer has no body to tell a missing key from a missing bucket.
+  Status HeadObject(const std::string& key, bool* found, uint64_t* size, std::string* etag);
+  // Writes an object, with its CRC-32C as x-amz-meta-s3block-crc32c. *etag (when given) is the
+  // new object's ETag, without quotes.
   Status PutObject(const std::string& key, std::span<const uint8_t> body,
-                   const WriteFence* fence = nullptr);
+                   const WriteFence* fence = nullptr, std::string* etag = nullptr);
   // Reads an object and its ETag (without quotes).
   Status GetObjectWithEtag(const std::string& key, std::string* body, bool* found,
                            std::string* etag);
@@ -102,7 +112,8 @@ class S3Client {
   // it unquoted; the quoted form is sent first and the other once if that fails.
   Status PutObjectConditional(const std::string& key, std::span<const uint8_t> body,
                               bool if_none_match_any, const std::string& if_match,
-                              std::string* etag, bool* precondition_failed);
+                              std::string* etag, bool* precondition_failed,
+                              const WriteFence* fence = nullptr);
   // Server-side copy of an object within the bucket (x-amz-copy-source). *found = false if the
   // source does not exist.
   Status CopyObject(const std::string& from_key, const std::string& to_key, bool* found,

@@ -6,8 +6,8 @@
 
 #include "s3/credentials.h"
 #include "s3/s3_client.h"
+#include "s3/s3_transport.h"
 #include "s3block/params.h"
-#include "util/batches.h"
 #include "util/block_id.h"
 
 namespace s3block {
@@ -69,6 +69,7 @@ S3Store::S3Store(std::string bucket, std::string key_prefix, std::unique_ptr<S3C
     : bucket_(std::move(bucket)),
       key_prefix_(std::move(key_prefix)),
       client_(std::move(client)),
+      transport_(std::make_unique<S3Transport>(client_.get(), key_prefix_)),
       check_timeout_(check_timeout),
       credentials_source_(std::move(credentials_source)) {}
 
@@ -92,10 +93,16 @@ std::string S3Store::ExportPrefix(std::string_view export_name) const {
   return key_prefix_ + "exports/" + std::string(export_name) + "/";
 }
 std::string S3Store::BlockKey(std::string_view export_name, uint64_t id) const {
-  return ExportPrefix(export_name) + "blocks/" + std::to_string(id);
+  return key_prefix_ + BlockName(export_name, id);
 }
 std::string S3Store::MetaKey(std::string_view export_name) const {
-  return ExportPrefix(export_name) + "metadata";
+  return key_prefix_ + MetaName(export_name);
+}
+std::string S3Store::BlockName(std::string_view export_name, uint64_t id) {
+  return "exports/" + std::string(export_name) + "/blocks/" + std::to_string(id);
+}
+std::string S3Store::MetaName(std::string_view export_name) {
+  return "exports/" + std::string(export_name) + "/metadata";
 }
 
 Status S3Store::Check() {
@@ -105,25 +112,28 @@ Status S3Store::Check() {
                                     credentials_source_ + ")");
 }
 
+// Reads, writes and deletes of whole objects go through the transport (which adds only the
+// key check to the client's requests); listings, copies and leases use what only S3 has.
 Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
-  return client_->GetObject(BlockKey(export_name, id), data, found);
+  *found = false;
+  Status s = transport_->Get(BlockName(export_name, id), data);
+  if (IsNotFound(s)) return Status::Ok();
+  *found = s.ok();
+  return s;
 }
 
 Status S3Store::Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data, bool fua) {
   const WriteFence fence = FenceOf(*this, export_name);
-  return client_->PutObject(BlockKey(export_name, id), data, &fence);
+  return transport_->Put(BlockName(export_name, id), data, PutOptions::Fenced(&fence));
 }
 
 Status S3Store::Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) {
   if (ids.empty()) return Status::Ok();
   const WriteFence fence = FenceOf(*this, export_name);
-  if (ids.size() == 1) return client_->DeleteObject(BlockKey(export_name, ids[0]), &fence);
   std::vector<std::string> keys;
-  return ForEachBatch(ids, S3Client::kMaxDeleteKeys, [&](std::span<const uint64_t> part) {
-    keys.clear();
-    for (uint64_t id : part) keys.push_back(BlockKey(export_name, id));
-    return client_->DeleteObjects(keys, &fence);
-  });
+  keys.reserve(ids.size());
+  for (uint64_t id : ids) keys.push_back(BlockName(export_name, id));
+  return transport_->Delete(keys, &fence);
 }
 
 Status S3Store::Flush(std::string_view export_name) {
@@ -173,7 +183,14 @@ Status S3Store::ListExports(std::vector<std::string>* names) {
 }
 
 Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* found) {
-  S3B_RETURN_IF_ERROR(client_->GetObject(MetaKey(export_name), text, found));
+  text->clear();
+  *found = false;
+  Bytes data;
+  Status s = transport_->Get(MetaName(export_name), &data);
+  if (IsNotFound(s)) return Status::Ok();
+  S3B_RETURN_IF_ERROR(s);
+  *found = true;
+  text->assign(data.begin(), data.end());
   if (text->size() > kMaxMetaBytes)
     return Status::IoError("S3 object '" + QuoteForMessage(MetaKey(export_name)) + "' in " + Describe() +
                            " is too large to be metadata");
@@ -182,12 +199,13 @@ Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* 
 
 Status S3Store::WriteMeta(std::string_view export_name, std::string_view text) {
   const WriteFence fence = FenceOf(*this, export_name);
-  return client_->PutObject(MetaKey(export_name), AsBytes(text), &fence);
+  return transport_->Put(MetaName(export_name), AsBytes(text), PutOptions::Fenced(&fence));
 }
 
 Status S3Store::DeleteMeta(std::string_view export_name) {
   const WriteFence fence = FenceOf(*this, export_name);
-  return client_->DeleteObject(MetaKey(export_name), &fence);
+  const std::string key = MetaName(export_name);
+  return transport_->Delete(std::span<const std::string>(&key, 1), &fence);
 }
 
 Status S3Store::CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) {

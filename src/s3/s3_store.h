@@ -28,6 +28,7 @@
 namespace s3block {
 
 class S3Client;
+class S3Transport;
 
 class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> {
  public:
@@ -100,9 +101,14 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   S3Store(std::string bucket, std::string key_prefix, std::unique_ptr<S3Client> client,
           double check_timeout, std::string credentials_source);
 
+  // The keys of the layout below the prefix, as the transport takes them.
+  static std::string BlockName(std::string_view export_name, uint64_t id);
+  static std::string MetaName(std::string_view export_name);
+
   const std::string bucket_;
   const std::string key_prefix_;
   std::unique_ptr<S3Client> client_;
+  std::unique_ptr<S3Transport> transport_;  // over client_
   const double check_timeout_;
   const std::string credentials_source_;
   double lease_timeout_ = 60;

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "open_race.h"
+#include "s3_test_env.h"
 #include "s3/s3_client.h"
 #include "s3/sigv4.h"
 #include "s3/xml.h"
@@ -28,33 +29,9 @@
 namespace s3block {
 namespace {
 
-struct S3Env {
-  std::string endpoint, bucket, access_key, secret_key, region = "us-east-1";
-};
-
-std::string Getenv(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-// Fills *env from the environment. Returns false (the test must skip) when the server is not
-// configured; records a failure instead when S3BLOCK_TEST_REQUIRE_S3=1.
-bool LoadS3Env(S3Env* env) {
-  env->endpoint = Getenv("S3BLOCK_TEST_S3_ENDPOINT");
-  env->bucket = Getenv("S3BLOCK_TEST_S3_BUCKET");
-  env->access_key = Getenv("S3BLOCK_TEST_S3_ACCESS_KEY");
-  env->secret_key = Getenv("S3BLOCK_TEST_S3_SECRET_KEY");
-  if (!Getenv("S3BLOCK_TEST_S3_REGION").empty()) env->region = Getenv("S3BLOCK_TEST_S3_REGION");
-  bool complete = !env->endpoint.empty() && !env->bucket.empty() && !env->access_key.empty() &&
-                  !env->secret_key.empty();
-  if (complete) return true;
-  if (Getenv("S3BLOCK_TEST_REQUIRE_S3") == "1") {
-    ADD_FAILURE() << "S3BLOCK_TEST_REQUIRE_S3=1 but S3BLOCK_TEST_S3_ENDPOINT, _BUCKET, _ACCESS_KEY "
-                     "and _SECRET_KEY are not all set (start a server with "
-                     "tests/scripts/s3_server.sh start DIR PORT and eval its output)";
-  }
-  return false;
-}
+using testing::Getenv;
+using testing::LoadS3Env;
+using testing::S3Env;
 
 std::atomic<int> g_prefix_counter{0};
 
