@@ -16,10 +16,12 @@ SYSTEMS = [
     "s3block-local-4K", "s3block-local-1M", "s3block-s3-4K", "s3block-s3-1M",
     "nbdkit-memory", "nbdkit-file", "nbdkit-S3-4K", "nbdkit-S3-64K",
     "s3backer-4K", "s3backer-1M",
+    # This project built from another commit (BENCH_BASELINE_PLUGIN): before and after a change.
+    "base-local-4K", "base-local-1M", "base-s3-4K", "base-s3-1M",
 ]
 CEILINGS = ["raw-S3-4K", "raw-S3-64K", "raw-S3-1M"]
 S3_SYSTEMS = ["s3block-s3-4K", "s3block-s3-1M", "nbdkit-S3-4K", "nbdkit-S3-64K",
-              "s3backer-4K", "s3backer-1M"]
+              "s3backer-4K", "s3backer-1M", "base-s3-4K", "base-s3-1M"]
 OURS = ["s3block-local-4K", "s3block-local-1M", "s3block-s3-4K", "s3block-s3-1M"]
 WORKLOADS = ["seqwrite", "seqread-cold", "seqread-warm", "randread", "randread-warm",
              "randwrite", "randrw", "mkfs", "smallfiles"]

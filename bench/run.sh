@@ -25,6 +25,9 @@
 #   BENCH_OUT         where the results go (bench/results)
 #   BENCH_KEEP=1      keep the work directory (raw fio output, logs) instead of deleting it
 #   S3BLOCK_BUILD     build directory (default build/ of this checkout)
+#   BENCH_BASELINE_PLUGIN  the plugin of another build (e.g. of an earlier commit) to run as the
+#                     systems base-local-4K, base-local-1M, base-s3-4K and base-s3-1M beside
+#                     this build's: a change measured before and after in one run
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -239,9 +242,13 @@ start_system() {
   rm -f "$SOCK"
   local nbdkit=(nbdkit -f -U "$SOCK" --exit-with-parent)
   case "$name" in
-    s3block-local-*|s3block-s3-*)
+    s3block-local-*|s3block-s3-*|base-local-*|base-s3-*)
       bs=${name##*-}
-      if [ "${name#s3block-local}" != "$name" ]; then
+      local plugin=$S3BLOCK_PLUGIN
+      if [ "${name#base-}" != "$name" ]; then
+        plugin=${BENCH_BASELINE_PLUGIN:?"$name needs BENCH_BASELINE_PLUGIN=<the other build's plugin .so>"}
+      fi
+      if [ "${name#*-local-}" != "$name" ]; then
         store=$WORK/stores/$sid
         mkdir -p "$WORK/stores"
         set -- store="$store"
@@ -249,7 +256,7 @@ start_system() {
         set -- store="s3://$BUCKET/$RUNID/$sid" endpoint="$ENDPOINT" access-key="$AK" \
           secret-key="+$WORK/secret"
       fi
-      "${nbdkit[@]}" "$S3BLOCK_PLUGIN" "$@" size="$size" block-size="$bs" \
+      "${nbdkit[@]}" "$plugin" "$@" size="$size" block-size="$bs" \
         cache-size="$CACHE" </dev/null >>"$nlog" 2>&1 &
       SERVER_PIDS=($!)
       ;;
