@@ -374,6 +374,7 @@ int CmdCreate(Context& c) {
 int CmdResize(Context& c) {
   uint64_t size = 0;
   Status s = ParseSize("SIZE", c.name(1), &size);
+  if (s.ok()) s = ValidateExportSize("SIZE", size);  // out of range: a malformed value too
   if (!s.ok()) return Usage(s.message());
   c.ShowProgress("resize", 0);
   s = ResizeExport(*c.store, c.name(0), size, c.a.force, *c.options);
