@@ -41,32 +41,18 @@ class [[nodiscard]] Status {
   static Status Error(int err, std::string message) {
     return Status(KindOf(err), err, std::move(message));
   }
-  static Status IoError(std::string message) { return Status(Kind::kIo, EIO, std::move(message)); }
-  static Status InvalidArgument(std::string message) {
-    return Status(Kind::kInvalidArgument, EINVAL, std::move(message));
-  }
-  static Status NotFound(std::string message) {
-    return Status(Kind::kNotFound, ENOENT, std::move(message));
-  }
-  static Status AlreadyExists(std::string message) {
-    return Status(Kind::kAlreadyExists, EEXIST, std::move(message));
-  }
-  static Status Busy(std::string message) { return Status(Kind::kBusy, EBUSY, std::move(message)); }
-  static Status Unconfirmed(std::string message) {
-    return Status(Kind::kUnconfirmed, EINVAL, std::move(message));
-  }
-  static Status NotSupported(std::string message) {
-    return Status(Kind::kNotSupported, ENOTSUP, std::move(message));
-  }
-  static Status NoSpace(std::string message) {
-    return Status(Kind::kNoSpace, ENOSPC, std::move(message));
-  }
-  static Status PermissionDenied(std::string message) {
-    return Status(Kind::kPermission, EPERM, std::move(message));
-  }
-  static Status Cancelled(std::string message) {
-    return Status(Kind::kCancelled, ECANCELED, std::move(message));
-  }
+  // An error of the kind named, with that kind's errno (above).
+  static Status IoError(std::string m) { return Status(Kind::kIo, EIO, std::move(m)); }
+  static Status InvalidArgument(std::string m) { return Status(Kind::kInvalidArgument, EINVAL, std::move(m)); }
+  static Status NotSupported(std::string m) { return Status(Kind::kNotSupported, ENOTSUP, std::move(m)); }
+  static Status NoSpace(std::string m) { return Status(Kind::kNoSpace, ENOSPC, std::move(m)); }
+  static Status PermissionDenied(std::string m) { return Status(Kind::kPermission, EPERM, std::move(m)); }
+  // The kinds a caller decides by.
+  static Status NotFound(std::string m) { return Status(Kind::kNotFound, ENOENT, std::move(m)); }
+  static Status AlreadyExists(std::string m) { return Status(Kind::kAlreadyExists, EEXIST, std::move(m)); }
+  static Status Busy(std::string m) { return Status(Kind::kBusy, EBUSY, std::move(m)); }
+  static Status Unconfirmed(std::string m) { return Status(Kind::kUnconfirmed, EINVAL, std::move(m)); }
+  static Status Cancelled(std::string m) { return Status(Kind::kCancelled, ECANCELED, std::move(m)); }
   // An error from a failed system call: the message is "<context>: <strerror(err)>".
   static Status FromErrno(int err, const std::string& context);
 
