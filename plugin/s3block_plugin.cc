@@ -182,7 +182,7 @@ int Zero(void* handle, uint32_t count, uint64_t offset, uint32_t flags) {
     Status s = V(handle)->Zero(count, offset, (flags & NBDKIT_FLAG_MAY_TRIM) != 0,
                                (flags & NBDKIT_FLAG_FAST_ZERO) != 0,
                                (flags & NBDKIT_FLAG_FUA) != 0);
-    if (s.err() == ENOTSUP) {  // expected for fast zero: no message in the log
+    if (s.IsNotSupported()) {  // expected for fast zero: no message in the log
       nbdkit_set_error(ENOTSUP);
       return -1;
     }

@@ -1,8 +1,7 @@
 // s3block: manage exports without an NBD client. Works on both stores, with the same parameters
 // as the nbdkit plugin (--store, --endpoint, --region, credentials found as the plugin finds them).
 //
-// Exit codes: 0 success; 1 failure; 2 bad usage; 3 verify found damage; 4 the export is held by
-// a running server; 130 interrupted (the store is left consistent).
+// Exit codes: see exit_status.h.
 #include <signal.h>
 #include <unistd.h>
 
@@ -25,13 +24,11 @@
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
+#include "exit_status.h"
 #include "util/json.h"
 
 namespace s3block {
 namespace {
-
-constexpr int kExitOk = 0, kExitFail = 1, kExitUsage = 2, kExitDamage = 3, kExitBusy = 4,
-              kExitInterrupted = 130;
 
 std::atomic<bool> g_cancel{false};
 
@@ -57,8 +54,13 @@ const char kUsageTail[] =
     "exports that create and import make (others keep their own); --key-file (default:\n"
     "$S3BLOCK_KEY) is needed to read, copy or import an encrypted export.\n"
     "\n"
-    "Exit status: 0 success, 1 failure, 2 bad usage, 3 verify found damage,\n"
-    "4 the export is held by a running server, 130 interrupted.\n";
+    "Exit status:\n"
+    "  0    success\n"
+    "  1    failure (the message says why)\n"
+    "  2    bad usage: unknown command or option, malformed value, shrinking without --force\n"
+    "  3    verify found damage\n"
+    "  4    the export is held by a running server (or the device to write to is in use)\n"
+    "  130  interrupted (Ctrl-C or SIGTERM); the store is consistent\n";
 
 const char* StateName(ExportMeta::State s) {
   switch (s) {
@@ -147,9 +149,7 @@ int Usage(const std::string& message) {
 
 int Report(const Status& s) {
   std::fprintf(stderr, "s3block: %s\n", s.message().c_str());
-  if (s.err() == ECANCELED) return kExitInterrupted;
-  if (s.err() == EBUSY) return kExitBusy;
-  return kExitFail;
+  return ExitStatusFor(s.kind());
 }
 
 // Parses the command line; returns -1 to go on, or an exit code.
@@ -365,10 +365,11 @@ int CmdCreate(Context& c) {
 int CmdResize(Context& c) {
   uint64_t size = 0;
   Status s = ParseSize("SIZE", c.name(1), &size);
+  if (s.ok()) s = ValidateExportSize("SIZE", size);  // out of range: a malformed value too
   if (!s.ok()) return Usage(s.message());
   c.ShowProgress("resize", 0);
   s = ResizeExport(*c.store, c.name(0), size, c.a.force, *c.options);
-  if (!s.ok()) return s.err() == EINVAL ? (Report(s), kExitUsage) : Report(s);
+  if (!s.ok()) return Report(s);
   std::printf("export '%s' is now %s\n", QuoteForMessage(c.name(0)).c_str(), HumanSize(size).c_str());
   return kExitOk;
 }

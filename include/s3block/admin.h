@@ -47,19 +47,19 @@ struct AdminOptions {
   std::function<void(const std::string&)> warn;  // a warning for the user; may be empty
 };
 
-// Information about one export (errors: the store's; a missing export is ENOENT).
+// Information about one export (errors: the store's; a missing export is kNotFound).
 Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info);
 
 // All exports of the store, sorted by name; an export whose metadata is damaged is listed with
 // meta_error set rather than failing the whole list.
 Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out);
 
-// Creates an empty export. EEXIST if it exists.
+// Creates an empty export. kAlreadyExists if it exists.
 Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uint32_t block_size,
                     const AdminOptions& options);
 
 // Changes the size. Growing is instant; shrinking deletes the blocks past the new end and needs
-// allow_shrink (else EINVAL).
+// allow_shrink (else kUnconfirmed, errno EINVAL).
 Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size, bool allow_shrink,
                     const AdminOptions& options);
 

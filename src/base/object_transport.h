@@ -15,9 +15,10 @@
 // Keys (checked by every call, alike on every transport, so that a layout runs unchanged on
 // any of them; see ValidateObjectKey): relative paths, "a/b/c", of at most 1024 bytes.
 //
-// Errors: a key with no object is ENOENT (IsNotFound), a conditional Put whose condition does
-// not hold is EEXIST (IsPreconditionFailed); everything else is the transport's error (EIO with
-// a message naming the key and where it is stored, EINVAL for a refused key, ...).
+// Errors: a key with no object is NotFound (Status::IsNotFound), a conditional Put whose
+// condition does not hold is AlreadyExists (IsPreconditionFailed); everything else is the
+// transport's error (EIO with a message naming the key and where it is stored, EINVAL for a
+// refused key, ...).
 //
 // Thread safety: implementations are safe for concurrent use.
 #ifndef S3BLOCK_BASE_OBJECT_TRANSPORT_H_
@@ -41,13 +42,11 @@ namespace s3block {
 // lease uses it to keep a writer whose lease lapsed or was taken over from storing anything.
 using WriteFence = std::function<Status(double* seconds_left)>;
 
-// The errno of a Status for a key that has no object.
-inline constexpr int kObjectNotFound = ENOENT;
-// The errno of a conditional Put whose condition did not hold.
-inline constexpr int kPreconditionFailed = EEXIST;
-
-inline bool IsNotFound(const Status& s) { return s.err() == kObjectNotFound; }
-inline bool IsPreconditionFailed(const Status& s) { return s.err() == kPreconditionFailed; }
+// A key with no object is Status::NotFound (s.IsNotFound()); a conditional Put whose condition
+// did not hold is Status::AlreadyExists (IsPreconditionFailed).
+inline bool IsPreconditionFailed(const Status& s) {
+  return s.kind() == Status::Kind::kAlreadyExists;
+}
 
 // The longest key (S3's limit).
 inline constexpr size_t kMaxObjectKeyBytes = 1024;
@@ -101,7 +100,7 @@ class ObjectTransport {
   virtual std::string Describe() const = 0;
 
   // Stores `data` as the object `key`, replacing any, durably. With a condition that does not
-  // hold, nothing is stored and the result is kPreconditionFailed. *version (when given) is the
+  // hold, nothing is stored and the result is IsPreconditionFailed. *version (when given) is the
   // new object's version.
   virtual Status Put(const std::string& key, std::span<const uint8_t> data,
                      const PutOptions& options = {}, std::string* version = nullptr) = 0;

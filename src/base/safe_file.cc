@@ -50,7 +50,7 @@ Status Found(const std::string& path, mode_t mode, const char* wanted) {
 // its message is made without strerror, whose translation lookup takes glibc's locale lock on
 // every call.
 Status Missing(const std::string& path) {
-  return Status::Error(ENOENT, "open " + path + ": no such file or directory");
+  return Status::NotFound("open " + path + ": no such file or directory");
 }
 
 // After an open of name failed with err: EIO saying what is there if it is not what was wanted,

@@ -68,8 +68,8 @@ Status MakeDirAt(int dirfd, const std::string& name, mode_t mode, const std::str
 
 // Opens the regular file `name` in dirfd with `flags` (O_RDONLY, O_WRONLY, O_RDWR, O_CREAT ...;
 // O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC are added) and fstats it into *st. A missing file is ENOENT
-// with *out invalid (callers that accept it test err() == ENOENT); anything but a regular file is
-// EIO naming `path` and what is there.
+// (kNotFound) with *out invalid (callers that accept it test IsNotFound()); anything but a regular
+// file is EIO (kIo) naming `path` and what is there.
 Status OpenFileAt(int dirfd, const std::string& name, int flags, mode_t mode,
                   const std::string& path, UniqueFd* out, struct stat* st);
 

@@ -311,7 +311,7 @@ bool DiskCacheStore::WriteCopy(Export* e, uint64_t id, std::span<const uint8_t> 
   const std::string shard_path = e->dir + "/" + shard;
   UniqueFd shard_fd;
   Status s = OpenDirAt(e->dir_fd, shard, shard_path, /*follow=*/false, &shard_fd);
-  if (s.err() == ENOENT) {
+  if (s.IsNotFound()) {
     bool created = false;
     s = MakeDirAt(e->dir_fd, shard, 0700, shard_path, &shard_fd, &created);
   }

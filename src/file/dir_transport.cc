@@ -105,7 +105,7 @@ Status DirTransport::OpenObject(const std::string& key, UniqueFd* fd, struct sta
 }
 
 Status DirTransport::PreconditionFailed(const std::string& key, const char* why) const {
-  return Status::Error(kPreconditionFailed, Path(key) + " " + why);
+  return Status::AlreadyExists(Path(key) + " " + why);
 }
 
 Status DirTransport::Put(const std::string& key, std::span<const uint8_t> data,
@@ -119,7 +119,7 @@ Status DirTransport::Put(const std::string& key, std::span<const uint8_t> data,
   struct stat written {};
   if (!options.if_version.empty()) {
     Status s = OpenParent(key, /*create=*/false, &dir, &name);
-    if (IsNotFound(s)) return PreconditionFailed(key, "does not exist");
+    if (s.IsNotFound()) return PreconditionFailed(key, "does not exist");
     S3B_RETURN_IF_ERROR(s);
     S3B_RETURN_IF_ERROR(PutIfVersion(dir.get(), key, name, data, options.if_version, &written));
   } else {
@@ -162,7 +162,7 @@ Status DirTransport::PutIfVersion(int dir, const std::string& key, const std::st
   UniqueFd fd;
   struct stat st;
   Status s = OpenFileAt(dir, name, O_RDONLY, 0, Path(key), &fd, &st);
-  if (IsNotFound(s)) return PreconditionFailed(key, "does not exist");
+  if (s.IsNotFound()) return PreconditionFailed(key, "does not exist");
   S3B_RETURN_IF_ERROR(s);
   // Writers of a version take turns on the file; the one after finds the name leading to
   // another file.
@@ -246,7 +246,7 @@ Status DirTransport::Walk(int dirfd, const std::string& rel, const std::string& 
   for (const std::string& n : subdirs) {
     UniqueFd sub;
     Status s = OpenDirAt(dirfd, n, Path(rel + n), /*follow=*/false, &sub);
-    if (IsNotFound(s)) continue;  // removed meanwhile
+    if (s.IsNotFound()) continue;  // removed meanwhile
     S3B_RETURN_IF_ERROR(s);
     S3B_RETURN_IF_ERROR(Walk(sub.get(), rel + n + "/", prefix, found));
   }
@@ -262,7 +262,7 @@ Status DirTransport::List(
   if (!dir.empty() && !ValidateObjectKey(dir + "/x").ok()) return Status::Ok();
   UniqueFd fd;
   Status s = OpenDir(dir, /*create=*/false, &fd);
-  if (IsNotFound(s)) return Status::Ok();
+  if (s.IsNotFound()) return Status::Ok();
   S3B_RETURN_IF_ERROR(s);
   std::vector<std::pair<std::string, std::string>> found;
   S3B_RETURN_IF_ERROR(Walk(fd.get(), dir.empty() ? "" : dir + "/", prefix, &found));
@@ -288,7 +288,7 @@ Status DirTransport::Delete(std::span<const std::string> keys, const WriteFence*
     auto [it, inserted] = dirs.try_emplace(rel);
     if (inserted) {
       s = OpenDir(rel, /*create=*/false, &it->second.fd);
-      if (IsNotFound(s)) s = Status::Ok();
+      if (s.IsNotFound()) s = Status::Ok();
       if (!s.ok()) break;
     }
     if (!it->second.fd.valid()) continue;  // no directory: no object

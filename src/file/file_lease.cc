@@ -51,7 +51,7 @@ Status FileStore::AcquireLease(std::string_view export_name, const std::string& 
     int err = errno;
     std::string who = ReadHolder(fd.get());
     if (err == EWOULDBLOCK) {
-      return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " +
+      return Status::Busy("export '" + QuoteForMessage(export_name) + "' in " +
                                       Describe() + " is in use by " + who +
                                       "; stop that server first (or serve read-only with -r)");
     }
@@ -77,7 +77,7 @@ Status FileStore::QueryLease(std::string_view export_name, std::string* holder) 
   Fd fd;
   struct stat st;
   Status s = OpenFileAt(dirs->exp, "lock", O_RDONLY, 0, path, &fd, &st);
-  if (s.err() == ENOENT) return Status::Ok();
+  if (s.IsNotFound()) return Status::Ok();
   S3B_RETURN_IF_ERROR(s);
   if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
     int err = errno;

@@ -51,7 +51,7 @@ Status OpenBlockFile(int blocks_fd, const std::string& name, const std::string& 
   *size = 0;
   struct stat st;
   Status s = OpenFileAt(blocks_fd, name, O_RDONLY, 0, path, fd, &st);
-  if (!s.ok()) return s.err() == ENOENT ? Status::Ok() : s;
+  if (!s.ok()) return s.IsNotFound() ? Status::Ok() : s;
   if (st.st_size > static_cast<off_t>(kMaxBlockSize) * 2)
     return Status::IoError(path + " is " + std::to_string(st.st_size) + " bytes, far larger than any block");
   if (st.st_size == 0) return Status::Ok();
@@ -213,7 +213,7 @@ Status FileStore::GetDirs(std::string_view export_name, bool create,
   } else {
     Status s = OpenDirAt(exports, name, exp_path, /*follow=*/false, &exp);
     if (s.ok()) s = OpenDirAt(exp.get(), "blocks", blocks_path, /*follow=*/false, &blocks);
-    if (s.err() == ENOENT) return Status::Ok();
+    if (s.IsNotFound()) return Status::Ok();
     S3B_RETURN_IF_ERROR(s);
   }
   auto dirs = std::make_shared<Dirs>();
@@ -445,9 +445,9 @@ Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
   struct stat st;
   Status opened = OpenFileAt(dirs->blocks, std::to_string(id), O_WRONLY, 0, path, &fd, &st);
   if (!opened.ok()) {
-    *missing = opened.err() == ENOENT;
+    *missing = opened.IsNotFound();
     // Something that is not a regular file is refused; a file not writable is Write's to report.
-    return opened.err() == EIO ? opened : Status::Ok();
+    return opened.IsIoError() ? opened : Status::Ok();
   }
   // Another link (a copy made with cp -l) would see the change; a file of another length is a
   // block stored by something else (or cut short by a crash): both are replaced whole.
@@ -526,7 +526,7 @@ Status FileStore::Flush(std::string_view export_name) {
       struct stat st;
       s = OpenFileAt(dirs->blocks, std::to_string(id), O_RDONLY, 0, dir + "/" + std::to_string(id),
                      &fd, &st);
-      if (s.err() == ENOENT) {  // deleted since; the directory sync covers it
+      if (s.IsNotFound()) {  // deleted since; the directory sync covers it
         s = Status::Ok();
         continue;
       }
@@ -589,14 +589,14 @@ Status FileStore::ReadMeta(std::string_view export_name, std::string* text, bool
     S3B_RETURN_IF_ERROR(ExportsFd(&exports));
     Fd exp;
     Status s = OpenDirAt(exports, std::string(export_name), ExportDir(export_name), false, &exp);
-    if (s.err() == ENOENT) return Status::Ok();
+    if (s.IsNotFound()) return Status::Ok();
     S3B_RETURN_IF_ERROR(s);
     s = OpenFileAt(exp.get(), "metadata", O_RDONLY, 0, path, &fd, &st);
-    if (s.err() == ENOENT) return Status::Ok();
+    if (s.IsNotFound()) return Status::Ok();
     S3B_RETURN_IF_ERROR(s);
   } else {
     Status s = OpenFileAt(dirs->exp, "metadata", O_RDONLY, 0, path, &fd, &st);
-    if (s.err() == ENOENT) return Status::Ok();
+    if (s.IsNotFound()) return Status::Ok();
     S3B_RETURN_IF_ERROR(s);
   }
   char buf[4096];
@@ -628,7 +628,7 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
   const std::string exp_path = ExportDir(export_name), blocks_path = BlocksDir(export_name);
   Fd exp;
   Status s = OpenDirAt(exports, std::string(export_name), exp_path, /*follow=*/false, &exp);
-  if (s.err() == ENOENT) {
+  if (s.IsNotFound()) {
     DropDirs(export_name);
     return Status::Ok();
   }
@@ -646,7 +646,7 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
     RemoveTempFiles(blocks.get(), blocks_path);
     if (::unlinkat(exp.get(), "blocks", AT_REMOVEDIR) != 0 && errno != ENOENT)
       return Status::FromErrno(errno, "rmdir " + blocks_path);
-  } else if (s.err() != ENOENT) {
+  } else if (!s.IsNotFound()) {
     return s;
   }
   if (::unlinkat(exports, std::string(export_name).c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
@@ -669,7 +669,7 @@ Status FileStore::CopyBlock(std::string_view from, std::string_view to, uint64_t
   Fd in;
   struct stat st;
   Status s = OpenFileAt(src_dirs->blocks, name, O_RDONLY, 0, src, &in, &st);
-  if (s.err() == ENOENT) return Status::Ok();
+  if (s.IsNotFound()) return Status::Ok();
   S3B_RETURN_IF_ERROR(s);
   if (st.st_size == 0) return Status::Ok();  // see Read: an empty file is a block never written
   S3B_RETURN_IF_ERROR(ReadLock(in.get(), src));

@@ -25,15 +25,15 @@ std::string Q(std::string_view name) { return "'" + QuoteForMessage(name) + "'";
 
 // The error of every command that names an export the store does not hold.
 Status NotFound(BlockStore& store, std::string_view name) {
-  return Status::Error(ENOENT, "export " + Q(name) + " does not exist in " + store.Describe());
+  return Status::NotFound("export " + Q(name) + " does not exist in " + store.Describe());
 }
 
 Status Cancelled(const std::string& what) {
-  return Status::Error(ECANCELED, what + " interrupted");
+  return Status::Cancelled(what + " interrupted");
 }
 
 // Runs fn(i) for i in [0, n) on up to `threads` threads. Stops at the first error (returned)
-// or when options.cancel becomes true (ECANCELED); reports progress a few times a second.
+// or when options.cancel becomes true (kCancelled); reports progress a few times a second.
 Status ParallelFor(uint64_t n, const AdminOptions& options, const std::string& what,
                    const std::function<Status(uint64_t)>& fn) {
   std::atomic<uint64_t> next{0}, done{0};
@@ -92,7 +92,7 @@ Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) 
   bool found = false;
   S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, meta, &found));
   if (!found) return NotFound(store, name);
-  // Not EBUSY, which tells the command's caller that a server holds the export (exit 4): this
+  // Not kBusy, which tells the command's caller that a server holds the export (exit 4): this
   // one waits for no one, but for the import, copy or delete to be run again.
   if (meta->state != ExportMeta::State::kReady)
     return Status::Error(EUCLEAN, "export " + Q(name) + " is " +
@@ -101,7 +101,7 @@ Status RequireReady(BlockStore& store, std::string_view name, ExportMeta* meta) 
   return Status::Ok();
 }
 
-// ENOENT unless the export has metadata or blocks: checked before claiming it, since claiming
+// kNotFound unless the export has metadata or blocks: checked before claiming it, since claiming
 // creates the export's directory in a file store.
 Status RequireExists(BlockStore& store, std::string_view name) {
   std::string text;
@@ -121,8 +121,8 @@ Status RequireExists(BlockStore& store, std::string_view name) {
 Status Claim(BlockStore& store, std::string_view name, const AdminOptions& options,
              std::unique_ptr<ExportLease>* lease, const char* refusing = "refusing to change it") {
   Status s = store.AcquireLease(name, DescribeThisProcess(options.holder), options.force, lease);
-  if (s.err() == ENOTSUP) return Status::Ok();  // the store cannot lock; nothing to claim
-  if (s.err() == EBUSY) return s.Annotate(refusing);
+  if (s.IsNotSupported()) return Status::Ok();  // the store cannot lock; nothing to claim
+  if (s.IsBusy()) return s.Annotate(refusing);
   return s;
 }
 
@@ -132,11 +132,11 @@ Status Claim(BlockStore& store, std::string_view name, const AdminOptions& optio
 Status ClaimToRead(BlockStore& store, std::string_view name, const AdminOptions& options,
                    std::unique_ptr<ExportLease>* lease, const char* refusing) {
   Status s = Claim(store, name, options, lease, refusing);
-  if (s.ok() || s.err() == EBUSY) return s;
+  if (s.ok() || s.IsBusy()) return s;
   std::string holder;
   if (!store.QueryLease(name, &holder).ok()) return s;
   if (!holder.empty())
-    return Status::Error(EBUSY, std::string(refusing) + ": export " + Q(name) + " is in use by " + holder);
+    return Status::Busy(std::string(refusing) + ": export " + Q(name) + " is in use by " + holder);
   if (options.warn)
     options.warn("could not take the lease of export " + Q(name) + " (" + s.message() +
                  "); reading it without: a server that starts meanwhile could change it");
@@ -209,7 +209,7 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
   bool found = false;
   std::string text;
   Status s = store.ReadMeta(name, &text, &found);
-  if (s.err() == EPERM && found) {
+  if (s.IsPermissionDenied() && found) {
     // The document is there and sound; this process lacks the key its encryption needs (the codec
     // layer refuses such an export), which is no reason to hide its size or call it damaged.
     info->key_error = s.message();
@@ -231,7 +231,7 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
         ids.end() - std::lower_bound(ids.begin(), ids.end(), count));
   }
   Status q = store.QueryLease(name, &info->lease_holder);
-  if (!q.ok() && q.err() != ENOTSUP) return q;
+  if (!q.ok() && !q.IsNotSupported()) return q;
   return Status::Ok();
 }
 
@@ -242,7 +242,7 @@ Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out) {
   for (const auto& n : names) {
     ExportInfo info;
     Status s = GetExportInfo(store, n, &info);
-    if (s.err() == ENOENT) continue;  // an empty directory
+    if (s.IsNotFound()) continue;  // an empty directory
     S3B_RETURN_IF_ERROR(s);
     out->push_back(std::move(info));
   }
@@ -261,7 +261,7 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (found || !s.ok() || !ids.empty())
-    return Status::Error(EEXIST, "export " + Q(name) + " already exists in " + store.Describe());
+    return Status::AlreadyExists("export " + Q(name) + " already exists in " + store.Describe());
   meta = ExportMeta();
   meta.size = size;
   meta.block_size = block_size;
@@ -280,9 +280,9 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
   S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
   const uint64_t old_size = meta.size;
   if (new_size < old_size && !allow_shrink) {
-    return Status::InvalidArgument("shrinking export " + Q(name) + " from " + HumanSize(old_size) +
-                                   " to " + HumanSize(new_size) +
-                                   " deletes the data past the new end; add --force to do it");
+    return Status::Unconfirmed("shrinking export " + Q(name) + " from " + HumanSize(old_size) +
+                               " to " + HumanSize(new_size) +
+                               " deletes the data past the new end; add --force to do it");
   }
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
@@ -359,7 +359,7 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   S3B_RETURN_IF_ERROR(ListIds(store, to, &dst_ids));
   if ((dst_found && dst_meta.state != ExportMeta::State::kIncomplete) || !ds.ok() ||
       (!dst_found && !dst_ids.empty()))
-    return Status::Error(EEXIST, "export " + Q(to) + " already exists in " + store.Describe());
+    return Status::AlreadyExists("export " + Q(to) + " already exists in " + store.Describe());
   ExportMeta next = meta;
   next.state = ExportMeta::State::kIncomplete;
   S3B_RETURN_IF_ERROR(store.WriteMeta(to, next.Serialize()));
@@ -404,8 +404,8 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(ListIds(store, name, &old_ids));
   if ((found && meta.state != ExportMeta::State::kIncomplete) || !ms.ok() ||
       (!found && !old_ids.empty()))
-    return Status::Error(EEXIST, "export " + Q(name) + " already exists in " + store.Describe() +
-                                     "; delete it first");
+    return Status::AlreadyExists("export " + Q(name) + " already exists in " + store.Describe() +
+                                 "; delete it first");
   meta = ExportMeta();
   meta.size = size;
   meta.block_size = block_size;
@@ -466,7 +466,7 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
   // (O_EXCL without O_CREAT: exclusive use of the device; with it, the path must not exist.)
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (device ? O_EXCL : O_CREAT), 0644);
   if (fd < 0) {
-    if (device && errno == EBUSY) return Status::Error(EBUSY, path + " is in use (mounted?)");
+    if (device && errno == EBUSY) return Status::Busy(path + " is in use (mounted?)");
     return Status::FromErrno(errno, "open " + path);
   }
   UniqueFd closer(fd);

@@ -101,7 +101,7 @@ Status Volume::Open(const StoreStack& stack, std::string_view name,
     std::string holder =
         options.holder.empty() ? DescribeThisProcess("nbd-s3-backend") : options.holder;
     Status s = store->AcquireLease(name, holder, options.force, &lease);
-    if (s.err() == ENOTSUP) {
+    if (s.IsNotSupported()) {
       lease_warning = s.message() + "; make sure no other server writes to export '" +
                       QuoteForMessage(name) + "'";
     } else if (!s.ok()) {

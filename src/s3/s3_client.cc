@@ -209,7 +209,7 @@ Status S3Client::Attempt(const Request& req, HttpResponse* response, AttemptOutc
 
   const double sent = ServerClock::SteadyNow();
   Status s = http_->Perform(hreq, response, transient);
-  if (!s.ok()) return Status::Error(s.err(), Describe(req.method, req.key) + ": " + s.message());
+  if (!s.ok()) return s.Annotate(Describe(req.method, req.key));
   // The server's time, from its own answers: a 5xx may come from a proxy with another clock.
   if (response->status < 500) server_clock_.Observe(response->Header("date"), sent, ServerClock::SteadyNow());
   long st = response->status;

@@ -367,11 +367,11 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     const bool ours = cur.token == doc.token;
     const double left = SecondsLeft(*client_, cur.expires);
     if (!ours && left > 0 && !force && !HolderIsDeadHere(cur)) {
-      return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
-                                      " is in use by " + cur.holder + " (its lease expires in " +
-                                      std::to_string(static_cast<int64_t>(std::ceil(left))) +
-                                      " s unless renewed); stop that "
-                                      "server first, or if it is dead give force=true (s3block: --force)");
+      return Status::Busy("export '" + QuoteForMessage(export_name) + "' in " + Describe() +
+                          " is in use by " + cur.holder + " (its lease expires in " +
+                          std::to_string(static_cast<int64_t>(std::ceil(left))) +
+                          " s unless renewed); stop that "
+                          "server first, or if it is dead give force=true (s3block: --force)");
     }
     sending();
     S3B_RETURN_IF_ERROR(
@@ -381,8 +381,8 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
       return Status::Ok();
     }
   }
-  return Status::Error(EBUSY, "export '" + QuoteForMessage(export_name) + "' in " + Describe() +
-                                  ": another server is taking its lease at the same time");
+  return Status::Busy("export '" + QuoteForMessage(export_name) + "' in " + Describe() +
+                      ": another server is taking its lease at the same time");
 }
 
 void S3Store::RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state) {

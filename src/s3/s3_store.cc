@@ -117,7 +117,7 @@ Status S3Store::Check() {
 Status S3Store::Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) {
   *found = false;
   Status s = transport_->Get(BlockName(export_name, id), data);
-  if (IsNotFound(s)) return Status::Ok();
+  if (s.IsNotFound()) return Status::Ok();
   *found = s.ok();
   return s;
 }
@@ -187,7 +187,7 @@ Status S3Store::ReadMeta(std::string_view export_name, std::string* text, bool* 
   *found = false;
   Bytes data;
   Status s = transport_->Get(MetaName(export_name), &data);
-  if (IsNotFound(s)) return Status::Ok();
+  if (s.IsNotFound()) return Status::Ok();
   S3B_RETURN_IF_ERROR(s);
   *found = true;
   text->assign(data.begin(), data.end());

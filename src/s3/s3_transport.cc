@@ -14,7 +14,7 @@ std::string S3Transport::Describe() const {
 }
 
 Status S3Transport::NotFound(const std::string& key) const {
-  return Status::Error(kObjectNotFound, "S3 object '" + QuoteForMessage(key_prefix_ + key) +
+  return Status::NotFound("S3 object '" + QuoteForMessage(key_prefix_ + key) +
                                             "' in " + client_->Where() + " does not exist");
 }
 
@@ -31,10 +31,9 @@ Status S3Transport::Put(const std::string& key, std::span<const uint8_t> data,
                                                     options.if_version, &etag, &failed,
                                                     options.fence));
   if (failed) {
-    return Status::Error(kPreconditionFailed,
-                         "S3 object '" + QuoteForMessage(key_prefix_ + key) + "' in " +
-                             client_->Where() +
-                             (options.if_absent ? " exists already" : " has another version"));
+    return Status::AlreadyExists(
+        "S3 object '" + QuoteForMessage(key_prefix_ + key) + "' in " + client_->Where() +
+        (options.if_absent ? " exists already" : " has another version"));
   }
   if (version != nullptr) *version = std::move(etag);
   return Status::Ok();

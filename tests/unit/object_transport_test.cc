@@ -115,13 +115,13 @@ TEST_P(ObjectTransportTest, PutGetHeadRoundTrip) {
 TEST_P(ObjectTransportTest, MissingObjectsAreNotFound) {
   std::vector<uint8_t> got{1, 2};
   ObjectInfo info;
-  EXPECT_TRUE(IsNotFound(transport_->Get("no/such/key", &got))) << transport_->Describe();
+  EXPECT_TRUE(transport_->Get("no/such/key", &got).IsNotFound()) << transport_->Describe();
   EXPECT_TRUE(got.empty());
-  EXPECT_TRUE(IsNotFound(transport_->GetRange("no/such/key", 0, 10, &got)));
-  EXPECT_TRUE(IsNotFound(transport_->GetRange("no/such/key", 0, 0, &got)));
-  EXPECT_TRUE(IsNotFound(transport_->Head("no/such/key", &info)));
+  EXPECT_TRUE(transport_->GetRange("no/such/key", 0, 10, &got).IsNotFound());
+  EXPECT_TRUE(transport_->GetRange("no/such/key", 0, 0, &got).IsNotFound());
+  EXPECT_TRUE(transport_->Head("no/such/key", &info).IsNotFound());
   ASSERT_OK(transport_->Put("no/other", Data("x")));
-  EXPECT_TRUE(IsNotFound(transport_->Head("no/such", &info)));
+  EXPECT_TRUE(transport_->Head("no/such", &info).IsNotFound());
 }
 
 TEST_P(ObjectTransportTest, RangeReads) {
@@ -257,7 +257,7 @@ TEST_P(ObjectTransportTest, ListByPrefixAndDeleteInBatches) {
   std::sort(left.begin(), left.end());
   EXPECT_EQ(Keys(""), left);
   ASSERT_OK(transport_->Delete(std::vector<std::string>{"segment"}));
-  EXPECT_TRUE(IsNotFound(transport_->Head("segment", &info)));
+  EXPECT_TRUE(transport_->Head("segment", &info).IsNotFound());
 }
 
 TEST_P(ObjectTransportTest, RefusesKeysThatAreNotPlainRelativePaths) {
@@ -287,7 +287,7 @@ TEST_P(ObjectTransportTest, AFailingFenceStopsWrites) {
   ASSERT_OK(transport_->Get("kept", &got));
   EXPECT_EQ(got, Data("old"));
   ObjectInfo info;
-  EXPECT_TRUE(IsNotFound(transport_->Head("new", &info)));
+  EXPECT_TRUE(transport_->Head("new", &info).IsNotFound());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ObjectTransportTest, ::testing::Values("dir", "s3"),
