@@ -79,7 +79,6 @@
 
 #include "s3block/block_device.h"
 #include "s3block/block_store.h"
-#include "s3block/config.h"
 
 namespace s3block {
 
@@ -96,10 +95,6 @@ struct CacheOptions {
   uint32_t readahead_max = 32;
   // A block dirty for this long is uploaded even below the upload threshold.
   double max_dirty_age = 2.0;
-
-  // The options the configuration asks for (cache-size=, dirty-size=, upload-threads=,
-  // read-threads=).
-  static CacheOptions FromConfig(const Config& config);
 };
 
 // Counters of one export's cache. Counts are monotonic since the cache was created; the

@@ -17,6 +17,12 @@
 
 namespace s3block {
 
+struct S3StoreOptions;
+
+// The options of the cache and of the S3 store that the configuration asks for.
+CacheOptions CacheOptionsFor(const Config& config);
+S3StoreOptions S3StoreOptionsFor(const Config& config);
+
 // Builds the leaf store named by config.store (a directory or s3://...). No I/O happens here;
 // call Check() on the result to verify that it is usable.
 Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out);

@@ -1815,15 +1815,6 @@ CacheStats CacheStore::ExportCache::Stats() const {
 // ---------------------------------------------------------------------------------------------
 // CacheStore
 
-CacheOptions CacheOptions::FromConfig(const Config& config) {
-  CacheOptions o;
-  o.cache_size = config.cache_size;
-  o.dirty_size = config.dirty_size;
-  o.upload_threads = static_cast<uint32_t>(config.upload_threads);
-  o.read_threads = static_cast<uint32_t>(config.read_threads);
-  return o;
-}
-
 CacheStore::CacheStore(std::shared_ptr<BlockStore> next, CacheOptions options)
     : StoreDecorator(std::move(next)),
       options_(options),

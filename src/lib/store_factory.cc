@@ -9,10 +9,35 @@
 
 namespace s3block {
 
+// Each layer is built from its own options; the configuration is mapped onto them here only.
+
+CacheOptions CacheOptionsFor(const Config& config) {
+  CacheOptions o;
+  o.cache_size = config.cache_size;
+  o.dirty_size = config.dirty_size;
+  o.upload_threads = static_cast<uint32_t>(config.upload_threads);
+  o.read_threads = static_cast<uint32_t>(config.read_threads);
+  return o;
+}
+
+S3StoreOptions S3StoreOptionsFor(const Config& config) {
+  S3StoreOptions o;
+  o.url = config.store;
+  o.credentials = {config.access_key, config.secret_key, config.session_token, config.profile};
+  o.endpoint = config.endpoint;
+  o.region = config.region;
+  o.path_style = config.path_style;
+  o.ca_file = config.ca_file;
+  o.retry_timeout = config.retry_timeout;
+  o.request_timeout = config.request_timeout;
+  o.connections = config.connections;
+  return o;
+}
+
 Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   if (config.is_s3()) {
     std::shared_ptr<S3Store> s3;
-    S3B_RETURN_IF_ERROR(S3Store::Create(config, &s3));
+    S3B_RETURN_IF_ERROR(S3Store::Create(S3StoreOptionsFor(config), &s3));
     s3->set_lease_timeout(config.lease_timeout);
     *out = std::move(s3);
     return Status::Ok();
@@ -47,7 +72,7 @@ Status MakeStoreStack(const Config& config, StoreStack* out) {
   }
   store = std::make_shared<CodecStore>(std::move(store), config.encryption_key);
   if (config.cache) {
-    out->cache = std::make_shared<CacheStore>(std::move(store), CacheOptions::FromConfig(config));
+    out->cache = std::make_shared<CacheStore>(std::move(store), CacheOptionsFor(config));
     store = out->cache;
   }
   out->store = std::move(store);

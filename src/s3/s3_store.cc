@@ -25,41 +25,41 @@ WriteFence FenceOf(const S3Store& store, std::string_view export_name) {
 
 }  // namespace
 
-Status S3Store::Create(const Config& config, std::shared_ptr<S3Store>* out) {
-  if (!config.is_s3()) return Status::InvalidArgument("store=" + config.store + " is not s3://BUCKET[/PREFIX]");
-  std::string rest = config.store.substr(5);
+Status S3Store::Create(const S3StoreOptions& options, std::shared_ptr<S3Store>* out) {
+  if (options.url.rfind("s3://", 0) != 0)
+    return Status::InvalidArgument("store=" + options.url + " is not s3://BUCKET[/PREFIX]");
+  std::string rest = options.url.substr(5);
   size_t slash = rest.find('/');
   std::string bucket = rest.substr(0, slash);
   std::string prefix = slash == std::string::npos ? "" : rest.substr(slash + 1);
   while (!prefix.empty() && prefix.front() == '/') prefix.erase(prefix.begin());
   while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
   if (bucket.size() < 3 || bucket.size() > 63)
-    return Status::InvalidArgument("store=" + config.store + ": the bucket name must be 3 to 63 characters");
+    return Status::InvalidArgument("store=" + options.url + ": the bucket name must be 3 to 63 characters");
   for (char c : bucket) {
     if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
           c == '-' || c == '.' || c == '_'))
-      return Status::InvalidArgument("store=" + QuoteForMessage(config.store) +
+      return Status::InvalidArgument("store=" + QuoteForMessage(options.url) +
                                      ": a bucket name has only a-z, 0-9, '-', '.' and '_'");
   }
 
-  CredentialSource source{config.access_key, config.secret_key, config.session_token, config.profile};
   AwsCredentials credentials;
   std::string where;
-  S3B_RETURN_IF_ERROR(ResolveCredentials(source, &credentials, &where).Annotate("store=" + config.store));
+  S3B_RETURN_IF_ERROR(ResolveCredentials(options.credentials, &credentials, &where).Annotate("store=" + options.url));
 
   S3ClientOptions o;
-  o.endpoint = config.endpoint;
-  o.region = config.region;
+  o.endpoint = options.endpoint;
+  o.region = options.region;
   o.bucket = bucket;
-  o.path_style = config.path_style.value_or(!config.endpoint.empty());
-  o.retry_timeout = config.retry_timeout;
-  o.http.ca_file = config.ca_file;
-  o.http.request_timeout = config.request_timeout;
-  o.http.connect_timeout = std::min(10.0, config.request_timeout);
-  o.http.max_connections = config.connections;
+  o.path_style = options.path_style.value_or(!options.endpoint.empty());
+  o.retry_timeout = options.retry_timeout;
+  o.http.ca_file = options.ca_file;
+  o.http.request_timeout = options.request_timeout;
+  o.http.connect_timeout = std::min(10.0, options.request_timeout);
+  o.http.max_connections = options.connections;
   o.http.max_response_bytes = 2 * static_cast<size_t>(kMaxBlockSize) + (1 << 20);
   auto client = std::make_unique<S3Client>(std::move(o), std::move(credentials));
-  double check_timeout = std::min(config.retry_timeout, kMaxCheckSeconds);
+  double check_timeout = std::min(options.retry_timeout, kMaxCheckSeconds);
   out->reset(new S3Store(bucket, prefix.empty() ? "" : prefix + "/", std::move(client), check_timeout, where));
   return Status::Ok();
 }

@@ -20,21 +20,35 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
+#include "s3/credentials.h"
 #include "s3block/block_store.h"
-#include "s3block/config.h"
 
 namespace s3block {
 
 class S3Client;
 class S3Transport;
 
+// What an S3 store is made of (store_factory.cc maps the configuration onto it).
+struct S3StoreOptions {
+  std::string url;                  // s3://BUCKET[/PREFIX], as store= gives it
+  CredentialSource credentials;     // what the parameters give; the chain finds the rest
+  std::string endpoint;             // empty: AWS (https://s3.REGION.amazonaws.com)
+  std::string region = "us-east-1";
+  std::optional<bool> path_style;   // unset: true for a custom endpoint, false for AWS
+  std::string ca_file;
+  double retry_timeout = 60;        // seconds of retrying a transient failure
+  double request_timeout = 30;      // seconds for one HTTP request
+  uint64_t connections = 64;        // most HTTP requests in flight at once
+};
+
 class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> {
  public:
-  // Builds a store for config.store = s3://BUCKET[/PREFIX]. Resolves the credentials (no I/O
+  // Builds a store for options.url = s3://BUCKET[/PREFIX]. Resolves the credentials (no I/O
   // beyond reading ~/.aws files). Errors: EINVAL for a bad store= or missing credentials.
-  static Status Create(const Config& config, std::shared_ptr<S3Store>* out);
+  static Status Create(const S3StoreOptions& options, std::shared_ptr<S3Store>* out);
   ~S3Store() override;
 
   // "s3://bucket/prefix at http://127.0.0.1:9000".

@@ -20,39 +20,13 @@ use_store "$mode" crash-ext4
 # is dead (without it the restart would wait for lease-timeout=).
 [ "$mode" = local ] || store_params+=(force=true)
 
-fusedir=$work/fuse
 mnt=$work/mnt
-mkdir -p "$fusedir" "$mnt"
+mkdir -p "$mnt"
 ext4_uri="nbd+unix:///ext4?socket=$sock"
-loop=
-fuse_pid=
-detach_loop() { if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; loop=; fi; }
-# Undoes whatever is set up, innermost first (then nbdfuse and nbdkit are stopped); safe to run
-# at any point and more than once, registered by each attach.
-teardown() {
-  unmount "$mnt"
-  detach_loop
-  if mountpoint -q "$fusedir"; then fusermount3 -u "$fusedir" 2>/dev/null || fusermount3 -uz "$fusedir" || true; fi
-}
 
 serve() { start_nbdkit "$plugin" "${store_params[@]}" size=256M "$@"; }
-attach() {
-  rm -f "$work/nbdfuse.pid"
-  nbdfuse -P "$work/nbdfuse.pid" "$fusedir" "$ext4_uri" </dev/null >>"$work/nbdfuse.log" 2>&1 &
-  fuse_pid=$!
-  end_at_exit "$fuse_pid"
-  on_exit teardown
-  wait_for_file "$work/nbdfuse.pid" 60 || die "nbdfuse did not start: $(cat "$work/nbdfuse.log")"
-  loop=$(losetup --find --show "$fusedir/nbd")
-}
-detach_clean() {
-  blockdev --flushbufs "$loop"
-  losetup -d "$loop"
-  loop=
-  sync "$fusedir/nbd"
-  fusermount3 -u "$fusedir"
-  wait "$fuse_pid" || die "nbdfuse exited with an error"
-}
+attach() { attach_block_device "$ext4_uri" "$mnt"; }
+detach_clean() { detach_block_device; }
 
 log "ext4: mkfs, a first set of files synced, then kill -9 while writing more"
 serve cache=true cache-size=8M

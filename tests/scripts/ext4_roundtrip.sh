@@ -32,47 +32,14 @@ require_root "loop devices and mount"
 require_tool nbdkit nbdfuse nbdinfo losetup mkfs.ext4 e2fsck fusermount3 sha256sum mountpoint blockdev
 [ -c /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
 
-fusedir=$work/fuse
 mnt=$work/mnt
 files=$work/files
-mkdir -p "$fusedir" "$mnt" "$files"
+mkdir -p "$mnt" "$files"
 uri="nbd+unix:///$export_name?socket=$sock"
-fuse_pid=
-loop=
-
-# Undoes whatever is set up, innermost first (then nbdfuse and nbdkit are stopped); safe to run
-# at any point and more than once, registered by each attach.
-teardown() {
-  unmount "$mnt"
-  if [ -n "$loop" ]; then losetup -d "$loop" || true; loop=; fi
-  if mountpoint -q "$fusedir"; then fusermount3 -u "$fusedir" || fusermount3 -uz "$fusedir" || true; fi
-}
 
 serve() { start_nbdkit "$plugin" "$@" "size=$size"; }
-
-# nbdkit -> nbdfuse file -> loop device.
-attach() {
-  rm -f "$work/nbdfuse.pid"
-  nbdfuse -P "$work/nbdfuse.pid" "$fusedir" "$uri" </dev/null >>"$work/nbdfuse.log" 2>&1 &
-  fuse_pid=$!
-  end_at_exit "$fuse_pid"
-  on_exit teardown
-  wait_for_file "$work/nbdfuse.pid" 60 || die "nbdfuse did not start: $(cat "$work/nbdfuse.log")"
-  [ -f "$fusedir/nbd" ] || die "nbdfuse shows no $fusedir/nbd"
-  loop=$(losetup --find --show "$fusedir/nbd")
-  log "attached $uri as $fusedir/nbd on $loop"
-}
-
-# Everything written reaches nbdkit before this returns: the loop device and the nbdfuse file are
-# flushed (nbdfuse turns fsync into an NBD flush), then both are taken apart.
-detach() {
-  blockdev --flushbufs "$loop"
-  losetup -d "$loop"
-  loop=
-  sync "$fusedir/nbd"
-  fusermount3 -u "$fusedir"
-  wait "$fuse_pid" || die "nbdfuse exited with an error: $(cat "$work/nbdfuse.log")"
-}
+attach() { attach_block_device "$uri" "$mnt"; }
+detach() { detach_block_device; }
 
 log "store: $(redact "$@"); export $export_name, size $size"
 serve "$@"

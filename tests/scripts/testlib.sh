@@ -255,6 +255,52 @@ detach_loops() {
   return 0
 }
 
+# An export as a block device, for a real file system on it: nbdkit -> nbdfuse's file
+# ($fusedir/nbd) -> a loop device ($loop). attach_block_device URI starts nbdfuse ($fuse_pid)
+# and sets up the loop device; the teardown (unmount MNT, the loop device, nbdfuse's mount) is
+# registered to run at exit, and safe to run at any point and more than once. Uses $work.
+fusedir=
+loop=
+fuse_pid=
+_tl_bd_mnt=
+# detach_loop: takes the loop device apart, if there is one (its writes may be lost).
+detach_loop() { if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; loop=; fi; }
+teardown_block_device() {
+  [ -n "$_tl_bd_mnt" ] && unmount "$_tl_bd_mnt"
+  detach_loop
+  if [ -n "$fusedir" ] && mountpoint -q "$fusedir"; then
+    fusermount3 -u "$fusedir" 2>/dev/null || fusermount3 -uz "$fusedir" || true
+  fi
+  return 0
+}
+# attach_block_device URI MNT: MNT is where the caller mounts the file system (unmounted first
+# at teardown).
+attach_block_device() {
+  fusedir=$work/fuse
+  _tl_bd_mnt=$2
+  mkdir -p "$fusedir"
+  rm -f "$work/nbdfuse.pid"
+  nbdfuse -P "$work/nbdfuse.pid" "$fusedir" "$1" </dev/null >>"$work/nbdfuse.log" 2>&1 &
+  fuse_pid=$!
+  end_at_exit "$fuse_pid"
+  on_exit teardown_block_device
+  wait_for_file "$work/nbdfuse.pid" 60 || die "nbdfuse did not start: $(cat "$work/nbdfuse.log")"
+  [ -f "$fusedir/nbd" ] || die "nbdfuse shows no $fusedir/nbd"
+  loop=$(losetup --find --show "$fusedir/nbd")
+  log "attached $1 as $fusedir/nbd on $loop"
+}
+# detach_block_device: everything written reaches nbdkit before this returns: the loop device
+# and nbdfuse's file are flushed (nbdfuse turns fsync into an NBD flush), then both are taken
+# apart and nbdfuse has exited cleanly.
+detach_block_device() {
+  blockdev --flushbufs "$loop"
+  losetup -d "$loop"
+  loop=
+  sync "$fusedir/nbd"
+  fusermount3 -u "$fusedir"
+  wait "$fuse_pid" || die "nbdfuse exited with an error: $(cat "$work/nbdfuse.log")"
+}
+
 # Prints the first of N consecutive free ports on 127.0.0.1 from 9600 to 9699 (several runs of
 # the tests may share a machine), chosen at random to make two runs picking at once unlikely to
 # collide.

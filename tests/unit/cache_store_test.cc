@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "file/file_store.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
 #include "util/zero.h"
@@ -1632,12 +1633,12 @@ int ProcessThreads() {
 TEST(CacheOptionsTest, ReadThreadsComeFromTheConfiguration) {
   Config c;
   ASSERT_OK(c.Set("read-threads", "7"));
-  EXPECT_EQ(CacheOptions::FromConfig(c).read_threads, 7u);
+  EXPECT_EQ(CacheOptionsFor(c).read_threads, 7u);
   ASSERT_OK(c.Set("read-threads", "1024"));
-  EXPECT_EQ(CacheOptions::FromConfig(c).read_threads, 1024u);
+  EXPECT_EQ(CacheOptionsFor(c).read_threads, 1024u);
   EXPECT_EQ(c.Set("read-threads", "0").err(), EINVAL);
   EXPECT_EQ(c.Set("read-threads", "1025").err(), EINVAL);
-  EXPECT_EQ(CacheOptions::FromConfig(Config{}).read_threads, 32u);
+  EXPECT_EQ(CacheOptionsFor(Config{}).read_threads, 32u);
 }
 
 TEST_F(CacheTest, ThreadsDoNotGrowWithExports) {

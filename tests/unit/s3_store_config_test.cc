@@ -22,7 +22,7 @@ TEST(S3StoreConfig, KeysFollowTheLayoutUnderThePrefix) {
   std::shared_ptr<S3Store> s;
   Config c = S3Config("s3://bucket-1/some/prefix/");
   c.endpoint = "http://127.0.0.1:9000";
-  ASSERT_OK(S3Store::Create(c, &s));
+  ASSERT_OK(S3Store::Create(S3StoreOptionsFor(c), &s));
   EXPECT_EQ(s->bucket(), "bucket-1");
   EXPECT_EQ(s->key_prefix(), "some/prefix/");
   EXPECT_EQ(s->BlockKey("my disk", 42), "some/prefix/exports/my disk/blocks/42");
@@ -30,7 +30,7 @@ TEST(S3StoreConfig, KeysFollowTheLayoutUnderThePrefix) {
   EXPECT_EQ(s->Describe(), "s3://bucket-1/some/prefix at http://127.0.0.1:9000");
   EXPECT_EQ(s->Describe().find("not-printed-anywhere"), std::string::npos);
 
-  ASSERT_OK(S3Store::Create(S3Config("s3://bucket-2"), &s));
+  ASSERT_OK(S3Store::Create(S3StoreOptionsFor(S3Config("s3://bucket-2")), &s));
   EXPECT_EQ(s->key_prefix(), "");
   EXPECT_EQ(s->BlockKey("d", 0), "exports/d/blocks/0");
   EXPECT_EQ(s->Describe(), "s3://bucket-2 at https://s3.us-east-1.amazonaws.com");
@@ -44,14 +44,14 @@ TEST(S3StoreConfig, FactoryBuildsTheS3Store) {
 
 TEST(S3StoreConfig, BadStoreOrMissingKeysAreClearErrors) {
   std::shared_ptr<S3Store> s;
-  Status st = S3Store::Create(S3Config("s3://Bad_Bucket"), &s);
+  Status st = S3Store::Create(S3StoreOptionsFor(S3Config("s3://Bad_Bucket")), &s);
   EXPECT_EQ(st.err(), EINVAL);
-  st = S3Store::Create(S3Config("s3://ab"), &s);
+  st = S3Store::Create(S3StoreOptionsFor(S3Config("s3://ab")), &s);
   EXPECT_EQ(st.err(), EINVAL);
 
   Config c = S3Config("s3://bucket-4");
   c.secret_key.clear();
-  st = S3Store::Create(c, &s);
+  st = S3Store::Create(S3StoreOptionsFor(c), &s);
   EXPECT_EQ(st.err(), EINVAL);
   EXPECT_NE(st.message().find("store=s3://bucket-4"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("secret-key="), std::string::npos) << st.message();

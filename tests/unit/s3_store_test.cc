@@ -23,6 +23,7 @@
 #include "s3/sigv4.h"
 #include "s3/xml.h"
 #include "s3block/export_meta.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
 
@@ -80,7 +81,7 @@ class S3StoreTest : public ::testing::Test {
   }
 
   Status MakeStore(std::shared_ptr<S3Store>* out, Config c) {
-    S3B_RETURN_IF_ERROR(S3Store::Create(c, out));
+    S3B_RETURN_IF_ERROR(S3Store::Create(S3StoreOptionsFor(c), out));
     return (*out)->Check();
   }
   Status MakeStore(std::shared_ptr<S3Store>* out) { return MakeStore(out, BaseConfig()); }
@@ -380,7 +381,7 @@ TEST_F(S3StoreTest, BadCredentialsGiveOneClearMessage) {
   Config c = BaseConfig();
   c.secret_key = "definitely-the-wrong-secret";
   std::shared_ptr<S3Store> store;
-  ASSERT_OK(S3Store::Create(c, &store));
+  ASSERT_OK(S3Store::Create(S3StoreOptionsFor(c), &store));
   Status s = store->Check();
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("secret key is wrong"), std::string::npos) << s.message();
@@ -392,7 +393,7 @@ TEST_F(S3StoreTest, BadCredentialsGiveOneClearMessage) {
 
   c = BaseConfig();
   c.access_key = "NOSUCHKEY";
-  ASSERT_OK(S3Store::Create(c, &store));
+  ASSERT_OK(S3Store::Create(S3StoreOptionsFor(c), &store));
   s = store->Check();
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("does not know the access key 'NOSUCHKEY'"), std::string::npos) << s.message();
@@ -410,7 +411,7 @@ TEST_F(S3StoreTest, MissingBucketGivesOneClearMessage) {
   Config c = BaseConfig();
   c.store = "s3://no-such-bucket-" + std::to_string(::getpid()) + "/x";
   std::shared_ptr<S3Store> store;
-  ASSERT_OK(S3Store::Create(c, &store));
+  ASSERT_OK(S3Store::Create(S3StoreOptionsFor(c), &store));
   Status s = store->Check();
   EXPECT_EQ(s.err(), EIO);
   EXPECT_NE(s.message().find("bucket 'no-such-bucket-" + std::to_string(::getpid()) + "' at " + env_.endpoint),
