@@ -15,12 +15,12 @@
 #include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "lib/volume_registry.h"
 #include "s3block/block_store.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -49,7 +49,7 @@ class StatsReporter {
   static CacheStore* FindCache(BlockStore* top);
 
  private:
-  void Loop();
+  void Loop() EXCLUDES(mu_);
   void WriteFile(const std::string& json);
 
   const std::shared_ptr<BlockStore> store_;
@@ -58,9 +58,9 @@ class StatsReporter {
   const std::function<void(const std::string&)> log_;
   CacheStore* const cache_;
   DiskCacheStore* const disk_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
+  bool stop_ GUARDED_BY(mu_) = false;
   bool write_failing_ = false;  // the reporting thread's own
   std::thread thread_;
 };
