@@ -10,7 +10,8 @@
 //   MutexLock    holds a Mutex for a scope, as std::lock_guard
 //   UniqueLock   holds a Mutex for a scope, may let go of it and take it again in between, and
 //                is what a std::condition_variable waits on (native())
-//   SharedMutex, WriterMutexLock, ReaderMutexLock: the same over std::shared_mutex
+//   SharedMutex  the same over std::shared_mutex, held for a scope by WriterMutexLock
+//                (exclusively) or ReaderMutexLock (shared with other readers)
 //
 // A condition variable's wait lets go of the mutex and takes it again before it returns, so to
 // the analysis the mutex stays held across it. A predicate passed to the wait runs with the
@@ -56,34 +57,56 @@
 
 namespace s3block {
 
-class CAPABILITY("mutex") Mutex {
+// A std::mutex (Mutex) or a std::shared_mutex (SharedMutex) that the analysis knows.
+template <typename Native>
+class CAPABILITY("mutex") BasicMutex {
  public:
-  Mutex() = default;
-  Mutex(const Mutex&) = delete;
-  Mutex& operator=(const Mutex&) = delete;
+  BasicMutex() = default;
+  BasicMutex(const BasicMutex&) = delete;
+  BasicMutex& operator=(const BasicMutex&) = delete;
 
   void Lock() ACQUIRE() { mu_.lock(); }
   void Unlock() RELEASE() { mu_.unlock(); }
   bool TryLock() TRY_ACQUIRE(true) { return mu_.try_lock(); }
+  // SharedMutex only: held with other readers.
+  void LockShared() ACQUIRE_SHARED() { mu_.lock_shared(); }
+  void UnlockShared() RELEASE_SHARED() { mu_.unlock_shared(); }
   // Tells the analysis the mutex is held where it cannot see it taken. Checks nothing.
   void AssertHeld() const ASSERT_CAPABILITY(this) {}
 
-  // The std::mutex itself, for UniqueLock. Locking it directly escapes the analysis.
-  std::mutex& native() { return mu_; }
+  // The std::mutex itself, for UniqueLock and ReaderMutexLock. Locking it directly escapes the
+  // analysis.
+  Native& native() { return mu_; }
 
  private:
-  std::mutex mu_;
+  Native mu_;
 };
+using Mutex = BasicMutex<std::mutex>;
+using SharedMutex = BasicMutex<std::shared_mutex>;
 
-class SCOPED_CAPABILITY MutexLock {
+// Holds a mutex (exclusively) for a scope, as std::lock_guard.
+template <typename M>
+class SCOPED_CAPABILITY ScopedLock {
  public:
-  explicit MutexLock(Mutex* mu) ACQUIRE(mu) : mu_(mu) { mu_->Lock(); }
-  ~MutexLock() RELEASE() { mu_->Unlock(); }
-  MutexLock(const MutexLock&) = delete;
-  MutexLock& operator=(const MutexLock&) = delete;
+  explicit ScopedLock(M* mu) ACQUIRE(mu) : mu_(mu) { mu_->Lock(); }
+  ~ScopedLock() RELEASE() { mu_->Unlock(); }
+  ScopedLock(const ScopedLock&) = delete;
+  ScopedLock& operator=(const ScopedLock&) = delete;
 
  private:
-  Mutex* const mu_;
+  M* const mu_;
+};
+using MutexLock = ScopedLock<Mutex>;
+using WriterMutexLock = ScopedLock<SharedMutex>;
+
+// Holds a SharedMutex shared (with other readers) for a scope, as std::shared_lock.
+class SCOPED_CAPABILITY ReaderMutexLock {
+ public:
+  explicit ReaderMutexLock(SharedMutex* mu) ACQUIRE_SHARED(mu) : lock_(mu->native()) {}
+  ~ReaderMutexLock() RELEASE() {}
+
+ private:
+  std::shared_lock<std::shared_mutex> lock_;  // not copyable, so neither is this
 };
 
 class SCOPED_CAPABILITY UniqueLock {
@@ -103,46 +126,6 @@ class SCOPED_CAPABILITY UniqueLock {
 
  private:
   std::unique_lock<std::mutex> lock_;
-};
-
-class CAPABILITY("shared mutex") SharedMutex {
- public:
-  SharedMutex() = default;
-  SharedMutex(const SharedMutex&) = delete;
-  SharedMutex& operator=(const SharedMutex&) = delete;
-
-  void Lock() ACQUIRE() { mu_.lock(); }
-  void Unlock() RELEASE() { mu_.unlock(); }
-  bool TryLock() TRY_ACQUIRE(true) { return mu_.try_lock(); }
-  void LockShared() ACQUIRE_SHARED() { mu_.lock_shared(); }
-  void UnlockShared() RELEASE_SHARED() { mu_.unlock_shared(); }
-
- private:
-  std::shared_mutex mu_;
-};
-
-// Holds a SharedMutex exclusively for a scope.
-class SCOPED_CAPABILITY WriterMutexLock {
- public:
-  explicit WriterMutexLock(SharedMutex* mu) ACQUIRE(mu) : mu_(mu) { mu_->Lock(); }
-  ~WriterMutexLock() RELEASE() { mu_->Unlock(); }
-  WriterMutexLock(const WriterMutexLock&) = delete;
-  WriterMutexLock& operator=(const WriterMutexLock&) = delete;
-
- private:
-  SharedMutex* const mu_;
-};
-
-// Holds a SharedMutex shared (with other readers) for a scope.
-class SCOPED_CAPABILITY ReaderMutexLock {
- public:
-  explicit ReaderMutexLock(SharedMutex* mu) ACQUIRE_SHARED(mu) : mu_(mu) { mu_->LockShared(); }
-  ~ReaderMutexLock() RELEASE() { mu_->UnlockShared(); }
-  ReaderMutexLock(const ReaderMutexLock&) = delete;
-  ReaderMutexLock& operator=(const ReaderMutexLock&) = delete;
-
- private:
-  SharedMutex* const mu_;
 };
 
 }  // namespace s3block
