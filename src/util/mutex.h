@@ -2,8 +2,8 @@
 //
 // A member written `T x_ GUARDED_BY(mu_);` may be touched only with mu_ held; a function declared
 // `void FooLocked() REQUIRES(mu_);` may be called only with it held, and one declared
-// `EXCLUDES(mu_)` only without. clang checks this in every function that takes, releases or
-// needs a lock; GCC ignores the annotations (the macros are empty there). std::mutex carries no
+// `EXCLUDES(mu_)` only without. clang checks this in every function but constructors and
+// destructors; GCC ignores the annotations (the macros are empty there). std::mutex carries no
 // annotations in libstdc++, so locks go through the thin wrappers below, which cost nothing:
 //
 //   Mutex        a std::mutex the analysis knows (Lock/Unlock; native() for waiting)
@@ -15,7 +15,9 @@
 //
 // A condition variable's wait lets go of the mutex and takes it again before it returns, so to
 // the analysis the mutex stays held across it. A predicate passed to the wait runs with the
-// mutex held but is a function of its own: declare it `[&]() REQUIRES(mu_) { ... }`.
+// mutex held but is a function of its own: declare it `[&]() REQUIRES(mu_) { ... }`. A
+// REQUIRES(mu_) function that lets go of the mutex for a while calls mu_.Unlock() and
+// mu_.Lock(): the analysis cannot tell which mutex a UniqueLock passed by reference holds.
 #ifndef S3BLOCK_UTIL_MUTEX_H_
 #define S3BLOCK_UTIL_MUTEX_H_
 
