@@ -6,7 +6,7 @@
 #   scripts/run-tests.sh            every test: the full tier (what CI runs)
 #   scripts/run-tests.sh --quick    the quick tier: unit tests, the integration tests on the local
 #                                   store and one ext4 round trip on it; no S3 server, no
-#                                   sanitizer or fuzzing builds
+#                                   sanitizer, lock-analysis or fuzzing builds
 #   scripts/run-tests.sh --help
 #
 # The S3 store is tested against a real S3-compatible server on 127.0.0.1 that
@@ -254,7 +254,8 @@ if [ $s3_available = 1 ]; then
   done
 fi
 
-# Reliability: faults injected between the plugin and S3, sanitizer builds, fuzzing.
+# Reliability: faults injected between the plugin and S3, sanitizer builds, the lock analysis,
+# fuzzing.
 if [ $s3_available = 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/faults.sh" ]; then
   suite "faults.sh s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$S3BLOCK_REPO/tests/scripts/faults.sh"
 fi
@@ -262,6 +263,10 @@ if [ "${S3BLOCK_SKIP_SANITIZERS:-0}" != 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts
   suite "ASan+UBSan: unit and local integration tests" \
     bash "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" address "$S3BLOCK_BUILD/asan"
   suite "TSan: concurrency tests" bash "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" thread "$S3BLOCK_BUILD/tsan"
+fi
+if [ -f "$S3BLOCK_REPO/tests/scripts/thread_safety.sh" ]; then
+  suite "thread safety: clang lock analysis build, its unit tests" \
+    bash "$S3BLOCK_REPO/tests/scripts/thread_safety.sh" "$S3BLOCK_BUILD/thread-safety"
 fi
 if [ -f "$S3BLOCK_REPO/tests/scripts/fuzz.sh" ]; then
   suite "fuzz (libFuzzer, 20 s a target)" bash "$S3BLOCK_REPO/tests/scripts/fuzz.sh" "$S3BLOCK_BUILD/fuzz"

@@ -41,12 +41,12 @@
 
 #include <map>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 
 #include "s3block/block_store.h"
 #include "s3block/export_meta.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -95,13 +95,15 @@ class CodecStore : public StoreDecorator {
   };
 
   // The export's codec, from memory or from its metadata.
-  Status Lookup(std::string_view export_name, std::shared_ptr<const ExportCodec>* out);
+  Status Lookup(std::string_view export_name, std::shared_ptr<const ExportCodec>* out)
+      EXCLUDES(mu_);
   // Parses a metadata document and checks that this layer can serve the encoding it records.
   // *parsed is false (and the Status ok) if the document does not parse: whoever reads it reports
   // that.
   Status Understand(std::string_view export_name, std::string_view text,
                     std::shared_ptr<const ExportCodec>* out, bool* parsed) const;
-  void Remember(std::string_view export_name, std::shared_ptr<const ExportCodec> codec);
+  void Remember(std::string_view export_name, std::shared_ptr<const ExportCodec> codec)
+      EXCLUDES(mu_);
 
   Status Encode(std::string_view export_name, uint64_t id, const ExportCodec& codec,
                 std::span<const uint8_t> block, Bytes* out) const;
@@ -109,8 +111,8 @@ class CodecStore : public StoreDecorator {
                 std::span<const uint8_t> object, Bytes* block) const;
 
   std::string key_;
-  mutable std::shared_mutex mu_;
-  std::map<std::string, std::shared_ptr<const ExportCodec>, std::less<>> exports_;  // guarded by mu_
+  mutable SharedMutex mu_;
+  std::map<std::string, std::shared_ptr<const ExportCodec>, std::less<>> exports_ GUARDED_BY(mu_);
 };
 
 }  // namespace s3block

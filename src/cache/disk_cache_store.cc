@@ -115,7 +115,7 @@ std::string DiskCacheStore::Describe() const {
 }
 
 Status DiskCacheStore::OpenDirs(const std::string& what, int* exports_fd) {
-  std::lock_guard<std::mutex> lock(dirs_mu_);
+  MutexLock lock(&dirs_mu_);
   if (exports_fd_ < 0) {
     if (dir_.empty() || dir_[0] != '/')
       return Status::InvalidArgument(what + ": '" + dir_ + "' is not an absolute path");
@@ -144,7 +144,7 @@ Status DiskCacheStore::Check() {
   const std::string text = next_->Describe() + "\n";
   int store_fd;
   {
-    std::lock_guard<std::mutex> lock(dirs_mu_);
+    MutexLock lock(&dirs_mu_);
     store_fd = store_fd_;
   }
   Status s = ReplaceFileAt(
@@ -158,7 +158,7 @@ Status DiskCacheStore::Check() {
 DiskCacheStore::Export* DiskCacheStore::For(std::string_view export_name) {
   Export* e;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = exports_.find(export_name);
     if (it == exports_.end()) {
       auto fresh = std::make_unique<Export>();
@@ -189,7 +189,7 @@ std::string DiskCacheStore::RelPathOf(uint64_t id, const Digest& md5) {
 }
 
 void DiskCacheStore::Load(Export* e) {
-  std::lock_guard<std::mutex> load_lock(e->load_mu);
+  MutexLock load_lock(&e->load_mu);
   if (e->loaded.load(std::memory_order_acquire)) return;
   struct Found {
     uint64_t id;
@@ -261,7 +261,7 @@ void DiskCacheStore::Load(Export* e) {
   }
   std::vector<Doomed> unlink;
   {
-    std::lock_guard<std::mutex> lock_mu(mu_);
+    MutexLock lock_mu(&mu_);
     e->lock_fd = fd;
     e->dir_fd = dir_fd;
     e->usable = usable;
@@ -277,7 +277,7 @@ void DiskCacheStore::Load(Export* e) {
 Status DiskCacheStore::CloseExport(std::string_view export_name) {
   std::unique_ptr<Export> gone;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = exports_.find(export_name);
     if (it != exports_.end() && it->second->loaded.load(std::memory_order_acquire)) {
       Export* e = it->second.get();
@@ -401,7 +401,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
   uint32_t size = 0;
   bool have = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = e->entries.find(id);
     if (it != e->entries.end() && it->second.checked) {
       md5 = it->second.md5;
@@ -413,14 +413,14 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
   if (have) {
     if (ReadCopy(e->dir_fd, RelPathOf(id, md5), PathOf(e, id, md5), size, data) &&
         Md5Of(*data) == md5) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       ++e->stats.hits;
       *found = true;
       return Status::Ok();
     }
     Doomed path;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       ++e->stats.errors;
       if (HoldsLocked(e, id, md5)) path = DropLocked(e, id);
     }
@@ -428,7 +428,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
   }
   uint64_t gen;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     ++e->stats.misses;
     gen = BeginLocked(e, id, false);
   }
@@ -442,7 +442,7 @@ Status DiskCacheStore::Read(std::string_view export_name, uint64_t id, Bytes* da
   }
   std::vector<Doomed> unlink;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const bool current = EndLocked(e, id, gen, false);
     if (written && current) {
       InsertLocked(e, id, fresh, static_cast<uint32_t>(data->size()), true, &unlink);
@@ -462,7 +462,7 @@ std::vector<uint64_t> DiskCacheStore::BeginChanges(Export* e, std::span<const ui
   std::vector<uint64_t> gens;
   gens.reserve(ids.size());
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (uint64_t id : ids) {
       unlink.push_back(DropLocked(e, id));
       gens.push_back(BeginLocked(e, id, true));
@@ -474,7 +474,7 @@ std::vector<uint64_t> DiskCacheStore::BeginChanges(Export* e, std::span<const ui
 
 void DiskCacheStore::EndChanges(Export* e, std::span<const uint64_t> ids,
                                 const std::vector<uint64_t>& gens) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (size_t i = 0; i < ids.size(); ++i) EndLocked(e, ids[i], gens[i], true);
 }
 
@@ -501,7 +501,7 @@ Status DiskCacheStore::Write(std::string_view export_name, uint64_t id,
   }
   std::vector<Doomed> unlink;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const bool current = EndLocked(e, id, gen, true);
     if (written && current) {
       InsertLocked(e, id, md5, static_cast<uint32_t>(data.size()), true, &unlink);
@@ -541,7 +541,7 @@ Status DiskCacheStore::DeleteMeta(std::string_view export_name) {
   S3B_RETURN_IF_ERROR(next_->DeleteMeta(export_name));
   std::vector<Doomed> unlink;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     std::vector<uint64_t> ids;
     ids.reserve(e->entries.size());
     for (const auto& [id, entry] : e->entries) ids.push_back(id);
@@ -562,14 +562,14 @@ Status DiskCacheStore::ListBlockDigests(
   if (!e->usable) return next_->ListBlockDigests(export_name, fn);
   uint64_t listing, start;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     listing = ++e->listings;
     start = seq_;
   }
   std::vector<Doomed> unlink;
   Status s = next_->ListBlockDigests(export_name, [&](uint64_t id, std::string_view md5_hex) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       auto it = e->entries.find(id);
       if (it != e->entries.end()) {
         Digest md5;
@@ -589,7 +589,7 @@ Status DiskCacheStore::ListBlockDigests(
   if (s.ok()) {
     // What the listing did not show is not stored (any more), unless it was written after the
     // listing began.
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     std::vector<uint64_t> gone;
     for (const auto& [id, entry] : e->entries)
       if (entry.listed != listing && entry.born <= start) gone.push_back(id);
@@ -603,7 +603,7 @@ Status DiskCacheStore::ListBlockDigests(
 }
 
 DiskCacheStats DiskCacheStore::Stats(std::string_view export_name) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = exports_.find(export_name);
   if (it == exports_.end()) return DiskCacheStats();
   DiskCacheStats s = it->second->stats;

@@ -53,7 +53,6 @@
 #include <list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -61,6 +60,7 @@
 #include <vector>
 
 #include "s3block/block_store.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -155,16 +155,17 @@ class DiskCacheStore : public StoreDecorator {
     std::string name;
     std::string dir;  // DIR/<store-id>/exports/<name>
     int dir_fd = -1;  // dir, opened without following links; written before `loaded`
-    std::mutex load_mu;
+    Mutex load_mu;  // held by Load
     // Set (release) once Load has run; usable and lock_fd are written before it and not after.
     std::atomic<bool> loaded{false};
     bool usable = false;  // the lock is taken: copies are read and written
     int lock_fd = -1;
-    uint64_t listings = 0;                          // guarded by mu_
-    std::unordered_map<uint64_t, Entry> entries;    // guarded by mu_
-    std::unordered_map<uint64_t, Pending> pending;  // guarded by mu_
-    DiskCacheStats stats;                           // guarded by mu_ (bytes, blocks derived)
-    uint64_t bytes = 0;                             // guarded by mu_
+    // Guarded by the store's mu_: not checked, the analysis cannot name mu_ from here.
+    uint64_t listings = 0;
+    std::unordered_map<uint64_t, Entry> entries;
+    std::unordered_map<uint64_t, Pending> pending;
+    DiskCacheStats stats;  // bytes, blocks derived
+    uint64_t bytes = 0;
   };
 
   // A copy's file to remove: its path below an export's directory fd ("<shard>/<id>.<md5>").
@@ -174,53 +175,56 @@ class DiskCacheStore : public StoreDecorator {
   };
   // Opens (making them if missing) DIR, DIR/<store-id> and its exports/, checking the first two
   // are private; *exports_fd is the last. `what` names the parameter in errors.
-  Status OpenDirs(const std::string& what, int* exports_fd);
+  Status OpenDirs(const std::string& what, int* exports_fd) EXCLUDES(dirs_mu_);
   // Removes each file, never following a link.
   static void UnlinkAll(const std::vector<Doomed>& doomed);
   // The copy's path below its export's directory.
   static std::string RelPathOf(uint64_t id, const std::array<uint8_t, 16>& md5);
 
   // The export's state, loaded from its directory on first use.
-  Export* For(std::string_view export_name);
-  void Load(Export* e);
+  Export* For(std::string_view export_name) EXCLUDES(mu_);
+  void Load(Export* e) EXCLUDES(mu_);
   std::string PathOf(const Export* e, uint64_t id, const std::array<uint8_t, 16>& md5) const;
   // Writes a copy of data under its final name; false on a local disk error.
   bool WriteCopy(Export* e, uint64_t id, std::span<const uint8_t> data,
                  const std::array<uint8_t, 16>& md5);
-  // REQUIRES: mu_ held. Removes the entry (if any) and returns its file to unlink (after mu_ is
-  // released), or an empty Doomed.
-  Doomed DropLocked(Export* e, uint64_t id);
-  // REQUIRES: mu_ held. Adds (or replaces) an entry and evicts down to the size; paths to
-  // unlink go to *unlink. `checked` is false for a copy loaded from disk.
+  // Removes the entry (if any) and returns its file to unlink (after mu_ is released), or an
+  // empty Doomed.
+  Doomed DropLocked(Export* e, uint64_t id) REQUIRES(mu_);
+  // Adds (or replaces) an entry and evicts down to the size; paths to unlink go to *unlink.
+  // `checked` is false for a copy loaded from disk.
   void InsertLocked(Export* e, uint64_t id, const std::array<uint8_t, 16>& md5, uint32_t size,
-                    bool checked, std::vector<Doomed>* unlink);
-  // REQUIRES: mu_ held. True if the entry of `id` is the copy with this MD5 (same file).
-  bool HoldsLocked(const Export* e, uint64_t id, const std::array<uint8_t, 16>& md5) const;
-  // REQUIRES: mu_ held. Starts / ends a request on a block (see Pending).
-  uint64_t BeginLocked(Export* e, uint64_t id, bool changes);
+                    bool checked, std::vector<Doomed>* unlink) REQUIRES(mu_);
+  // True if the entry of `id` is the copy with this MD5 (same file).
+  bool HoldsLocked(const Export* e, uint64_t id, const std::array<uint8_t, 16>& md5) const
+      REQUIRES(mu_);
+  // Starts / ends a request on a block (see Pending).
+  uint64_t BeginLocked(Export* e, uint64_t id, bool changes) REQUIRES(mu_);
   // Returns true if no write or delete of the block was in the store during the read that
   // BeginLocked(changes=false) gave `gen` (see Pending); for a write, if no other change began,
   // ended or is under way.
-  bool EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes);
+  bool EndLocked(Export* e, uint64_t id, uint64_t gen, bool changes) REQUIRES(mu_);
   // Drops the copies of `ids` and begins a change (write, delete) of each; returns their
-  // generations for EndLocked or EndChanges. REQUIRES: mu_ not held.
-  std::vector<uint64_t> BeginChanges(Export* e, std::span<const uint64_t> ids);
-  void EndChanges(Export* e, std::span<const uint64_t> ids, const std::vector<uint64_t>& gens);
+  // generations for EndLocked or EndChanges.
+  std::vector<uint64_t> BeginChanges(Export* e, std::span<const uint64_t> ids) EXCLUDES(mu_);
+  void EndChanges(Export* e, std::span<const uint64_t> ids, const std::vector<uint64_t>& gens)
+      EXCLUDES(mu_);
 
   const std::string dir_;
   const uint64_t size_;
   const std::string store_dir_;
 
-  mutable std::mutex mu_;
-  std::map<std::string, std::unique_ptr<Export>, std::less<>> exports_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::map<std::string, std::unique_ptr<Export>, std::less<>> exports_ GUARDED_BY(mu_);
   // Most recently used first.
-  std::list<std::pair<Export*, uint64_t>> lru_;  // guarded by mu_
-  uint64_t total_bytes_ = 0;                     // guarded by mu_
-  uint64_t seq_ = 0;                             // guarded by mu_
-  std::mutex dirs_mu_;
-  int dir_fd_ = -1;      // guarded by dirs_mu_; kept once open
-  int store_fd_ = -1;    // guarded by dirs_mu_; kept once open
-  int exports_fd_ = -1;  // guarded by dirs_mu_; kept once open
+  std::list<std::pair<Export*, uint64_t>> lru_ GUARDED_BY(mu_);
+  uint64_t total_bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t seq_ GUARDED_BY(mu_) = 0;
+  Mutex dirs_mu_;
+  // Kept once open.
+  int dir_fd_ GUARDED_BY(dirs_mu_) = -1;
+  int store_fd_ GUARDED_BY(dirs_mu_) = -1;
+  int exports_fd_ GUARDED_BY(dirs_mu_) = -1;
 };
 
 }  // namespace s3block

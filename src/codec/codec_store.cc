@@ -7,7 +7,6 @@
 #include <zstd.h>
 
 #include <cstring>
-#include <mutex>
 
 #include "util/crc32c.h"
 #include "s3block/params.h"
@@ -100,7 +99,7 @@ Status CodecStore::Understand(std::string_view export_name, std::string_view tex
 }
 
 void CodecStore::Remember(std::string_view export_name, std::shared_ptr<const ExportCodec> codec) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  WriterMutexLock lock(&mu_);
   auto it = exports_.find(export_name);
   if (it == exports_.end()) {
     if (codec) exports_.emplace(std::string(export_name), std::move(codec));
@@ -113,7 +112,7 @@ void CodecStore::Remember(std::string_view export_name, std::shared_ptr<const Ex
 
 Status CodecStore::Lookup(std::string_view export_name, std::shared_ptr<const ExportCodec>* out) {
   {
-    std::shared_lock<std::shared_mutex> lock(mu_);
+    ReaderMutexLock lock(&mu_);
     auto it = exports_.find(export_name);
     if (it != exports_.end()) {
       *out = it->second;

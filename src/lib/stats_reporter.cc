@@ -75,7 +75,7 @@ void StatsReporter::Start() {
 void StatsReporter::Stop() {
   if (!thread_.joinable()) return;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
   cv_.notify_all();
@@ -92,11 +92,11 @@ void StatsReporter::WriteFile(const std::string& json) {
 void StatsReporter::Loop() {
   std::map<std::string, std::string> logged;
   int seconds = 0;
-  std::unique_lock<std::mutex> lock(mu_);
+  UniqueLock lock(&mu_);
   while (!stop_) {
-    cv_.wait_for(lock, std::chrono::seconds(1));
+    cv_.wait_for(lock.native(), std::chrono::seconds(1));
     const bool stopping = stop_;
-    lock.unlock();
+    lock.Unlock();
     ExportCounters all;
     auto add = [&](const std::string& name) -> Counters& {
       for (auto& [n, counters] : all)
@@ -126,7 +126,7 @@ void StatsReporter::Loop() {
         logged[name] = std::move(line);
       }
     }
-    lock.lock();
+    lock.Lock();
   }
 }
 

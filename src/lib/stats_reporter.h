@@ -15,12 +15,12 @@
 #include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "lib/volume_registry.h"
 #include "s3block/store_factory.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -43,16 +43,16 @@ class StatsReporter {
   void Stop();
 
  private:
-  void Loop();
+  void Loop() EXCLUDES(mu_);
   void WriteFile(const std::string& json);
 
   const StoreStack stack_;
   VolumeRegistry* const registry_;
   const std::string stats_file_;
   const std::function<void(const std::string&)> log_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;  // guarded by mu_
+  bool stop_ GUARDED_BY(mu_) = false;
   bool write_failing_ = false;  // the reporting thread's own
   std::thread thread_;
 };

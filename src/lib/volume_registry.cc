@@ -22,7 +22,7 @@ VolumeRegistry::VolumeRegistry(StoreStack stack, VolumeRegistryOptions options)
 
 VolumeRegistry::~VolumeRegistry() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   changed_.notify_all();
@@ -30,7 +30,7 @@ VolumeRegistry::~VolumeRegistry() {
 }
 
 void VolumeRegistry::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (closer_.joinable() || stopping_) return;
   closer_ = std::thread([this] { CloserThread(); });
 }
@@ -39,7 +39,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
                                std::shared_ptr<Volume>* out) {
   VolumeOptions vo = options_.volume;
   vo.readonly = readonly;
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   for (;;) {
     if (stopping_)
       return Status::Error(ESHUTDOWN, "export " + Quoted(name) + ": the server is shutting down");
@@ -47,16 +47,16 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
     if (it != entries_.end()) {
       std::shared_ptr<Entry> e = it->second;
       if (e->state != State::kOpen) {  // being opened or closed by another thread
-        changed_.wait(lk);
+        changed_.wait(lk.native());
         continue;
       }
       if (!readonly && e->volume->readonly()) {
         // Open it again read-write; the read-only connections keep the Volume they have.
         e->state = State::kOpening;
-        lk.unlock();
+        lk.Unlock();
         std::shared_ptr<Volume> v;
         Status s = Volume::Open(stack_, name, vo, &v);
-        lk.lock();
+        lk.Lock();
         e->state = State::kOpen;
         changed_.notify_all();
         if (!s.ok()) return s;
@@ -70,7 +70,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
       auto idle = OldestIdleLocked();
       if (idle != entries_.end()) {
         const std::string victim = idle->first;
-        CloseIdleLocked(lk, victim, idle->second);
+        CloseIdleLocked(victim, idle->second);
         if (entries_.count(victim) != 0) {
           return Status::Error(
               EBUSY, "cannot open export " + Quoted(name) + ": max-exports=" +
@@ -83,7 +83,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
         return kv.second->state != State::kOpen;
       });
       if (settling) {  // an export being closed (or opened) may leave room
-        changed_.wait(lk);
+        changed_.wait(lk.native());
         continue;
       }
       return Status::Error(EBUSY, "cannot open export " + Quoted(name) + ": max-exports=" +
@@ -93,20 +93,20 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
     }
     auto e = std::make_shared<Entry>();
     entries_[name] = e;
-    lk.unlock();
+    lk.Unlock();
     std::shared_ptr<Volume> v;
     Status s = Volume::Open(stack_, name, vo, &v);
     if (!s.ok()) {
       // The layers may have begun to keep things for the export (the cache, once it listed the
       // blocks): give them back before the name can be opened again.
-      lk.lock();
+      lk.Lock();
       e->state = State::kClosing;
-      lk.unlock();
+      lk.Unlock();
       Status released = stack_.store->CloseExport(name);
       if (!released.ok() && options_.log)
         options_.log("export " + Quoted(name) + " was not opened; the store kept some of its state: " +
                      released.message());
-      lk.lock();
+      lk.Lock();
       entries_.erase(name);
       changed_.notify_all();
       return s;
@@ -119,7 +119,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
                      ", block size " + std::to_string(v->block_size()) + ", encoding " +
                      v->encoding().Describe());
     }
-    lk.lock();
+    lk.Lock();
     e->volume = std::move(v);
     e->state = State::kOpen;
     e->connections = 1;
@@ -131,7 +131,7 @@ Status VolumeRegistry::Acquire(const std::string& name, bool readonly,
 
 Status VolumeRegistry::Release(const std::string& name, bool* last) {
   *last = false;
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end() || it->second->connections <= 0) return Status::Ok();
   std::shared_ptr<Entry> e = it->second;
@@ -141,9 +141,9 @@ Status VolumeRegistry::Release(const std::string& name, bool* last) {
   if (!e->volume->readonly()) {
     ++e->flushing;
     std::shared_ptr<Volume> v = e->volume;
-    lk.unlock();
+    lk.Unlock();
     s = v->Flush();
-    lk.lock();
+    lk.Lock();
     --e->flushing;
   }
   e->idle_since = Clock::now();
@@ -162,11 +162,10 @@ VolumeRegistry::OldestIdleLocked() {
   return best;
 }
 
-void VolumeRegistry::CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std::string& name,
-                                     std::shared_ptr<Entry> e) {
+void VolumeRegistry::CloseIdleLocked(const std::string& name, std::shared_ptr<Entry> e) {
   e->state = State::kClosing;
   std::shared_ptr<Volume> v = e->volume;
-  lk.unlock();
+  mu_.Unlock();
   // Flush first and keep the export open if that fails: its writes stay in the cache, to be
   // stored by a later flush, and the lease stays held so that nobody else writes meanwhile.
   Status s = v->Flush();
@@ -176,24 +175,24 @@ void VolumeRegistry::CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std
     if (!closed.ok() && options_.log)
       options_.log("closing idle export " + Quoted(name) + ": " + closed.message());
   }
-  lk.lock();
+  mu_.Lock();
   if (!s.ok()) {
     e->state = State::kOpen;
     e->idle_since = Clock::now() + kCloseRetry -
                     std::chrono::duration_cast<Clock::duration>(
                         std::chrono::duration<double>(options_.idle_timeout));
     changed_.notify_all();
-    lk.unlock();
+    mu_.Unlock();
     if (options_.log)
       options_.log("cannot close idle export " + Quoted(name) + " (tried again later): " +
                    s.message());
-    lk.lock();
+    mu_.Lock();
     return;
   }
   // The name stays taken (kClosing) until every layer has let go of the export, so that an open
   // of it now waits and then starts afresh.
   std::shared_ptr<Volume> last = std::move(e->volume);
-  lk.unlock();
+  mu_.Unlock();
   v.reset();
   last.reset();  // the Volume goes before the store forgets the export (it clears its hint)
   Status released = stack_.store->CloseExport(name);
@@ -202,7 +201,7 @@ void VolumeRegistry::CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std
                                : "closed idle export " + Quoted(name) +
                                      "; the store kept some of its state: " + released.message());
   }
-  lk.lock();
+  mu_.Lock();
   entries_.erase(name);
   changed_.notify_all();
 }
@@ -210,7 +209,7 @@ void VolumeRegistry::CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std
 void VolumeRegistry::CloserThread() {
   const auto idle = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(options_.idle_timeout));
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   while (!stopping_) {
     const auto now = Clock::now();
     auto due = entries_.end();
@@ -227,24 +226,24 @@ void VolumeRegistry::CloserThread() {
     }
     if (due != entries_.end()) {
       const std::string name = due->first;
-      CloseIdleLocked(lk, name, due->second);
+      CloseIdleLocked(name, due->second);
       continue;
     }
     if (wake)
-      changed_.wait_until(lk, *wake);
+      changed_.wait_until(lk.native(), *wake);
     else
-      changed_.wait(lk);
+      changed_.wait(lk.native());
   }
 }
 
 Status VolumeRegistry::CloseAll() {
   std::vector<std::shared_ptr<Volume>> volumes;
   {
-    std::unique_lock<std::mutex> lk(mu_);
+    UniqueLock lk(&mu_);
     stopping_ = true;
     changed_.notify_all();
     // An export being opened or closed finishes first: a close in progress makes it durable.
-    changed_.wait(lk, [&] {
+    changed_.wait(lk.native(), [&]() REQUIRES(mu_) {
       return std::all_of(entries_.begin(), entries_.end(),
                          [](const auto& kv) { return kv.second->state == State::kOpen; });
     });
@@ -260,7 +259,7 @@ Status VolumeRegistry::CloseAll() {
 }
 
 std::vector<std::string> VolumeRegistry::OpenNames() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<std::string> names;
   for (const auto& [name, e] : entries_) names.push_back(name);
   return names;

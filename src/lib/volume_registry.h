@@ -24,13 +24,13 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "s3block/store_factory.h"
 #include "s3block/volume.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -78,6 +78,7 @@ class VolumeRegistry {
  private:
   using Clock = std::chrono::steady_clock;
   enum class State { kOpening, kOpen, kClosing };
+  // Its fields are guarded by mu_: not checked, the analysis cannot name mu_ from here.
   struct Entry {
     State state = State::kOpening;
     std::shared_ptr<Volume> volume;
@@ -89,21 +90,21 @@ class VolumeRegistry {
   };
 
   // Makes the export durable, gives up its lease and has the store release it; on success the
-  // entry is gone. REQUIRES: lk holds mu_ (released meanwhile), e is kOpen and idle.
-  void CloseIdleLocked(std::unique_lock<std::mutex>& lk, const std::string& name,
-                       std::shared_ptr<Entry> e);
+  // entry is gone. Lets go of mu_ meanwhile, and holds it again when it returns (a UniqueLock
+  // of the caller's stays valid). REQUIRES: e is kOpen and idle.
+  void CloseIdleLocked(const std::string& name, std::shared_ptr<Entry> e) REQUIRES(mu_);
   // The idle export that has been idle longest, or null.
-  std::map<std::string, std::shared_ptr<Entry>>::iterator OldestIdleLocked();
-  void CloserThread();
+  std::map<std::string, std::shared_ptr<Entry>>::iterator OldestIdleLocked() REQUIRES(mu_);
+  void CloserThread() EXCLUDES(mu_);
 
   const StoreStack stack_;
   const VolumeRegistryOptions options_;
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Signalled whenever an entry changes state or goes, and when the registry stops.
   std::condition_variable changed_;
-  std::map<std::string, std::shared_ptr<Entry>> entries_;  // guarded by mu_
-  bool stopping_ = false;                                   // guarded by mu_
+  std::map<std::string, std::shared_ptr<Entry>> entries_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread closer_;
 };
 

@@ -125,18 +125,18 @@ HttpClient::~HttpClient() {
 void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent,
                          bool* timed_out) {
   *timed_out = false;
-  std::unique_lock<std::mutex> lock(mu_);
+  UniqueLock lock(&mu_);
   const size_t max = std::max<size_t>(1, options_.max_connections);
-  auto free = [&] { return !idle_.empty() || created_ < max; };
+  auto free = [&]() REQUIRES(mu_) { return !idle_.empty() || created_ < max; };
   // A reader or a lease renewal does not queue behind uploads: those wait while it does.
-  auto ready = [&] { return free() && (urgent || urgent_waiting_ == 0); };
+  auto ready = [&]() REQUIRES(mu_) { return free() && (urgent || urgent_waiting_ == 0); };
   if (!ready()) {
     if (urgent) ++urgent_waiting_;
     bool got = true;
     if (wait_until == std::chrono::steady_clock::time_point::max()) {
-      cv_.wait(lock, ready);
+      cv_.wait(lock.native(), ready);
     } else {
-      got = cv_.wait_until(lock, wait_until, ready);
+      got = cv_.wait_until(lock.native(), wait_until, ready);
     }
     if (urgent) {
       --urgent_waiting_;
@@ -154,10 +154,10 @@ void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool 
     return h;
   }
   ++created_;
-  lock.unlock();
+  lock.Unlock();
   CURL* h = curl_easy_init();
   if (h == nullptr) {
-    std::lock_guard<std::mutex> relock(mu_);
+    MutexLock relock(&mu_);
     --created_;
     cv_.notify_all();
   }
@@ -165,7 +165,7 @@ void* HttpClient::Borrow(std::chrono::steady_clock::time_point wait_until, bool 
 }
 
 void HttpClient::Return(void* handle) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   idle_.push_back(handle);
   // With urgent requests waiting, a single wake-up could go to a request that must let them go
   // first; wake all, and the urgent ones take the handle.

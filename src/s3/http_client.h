@@ -19,7 +19,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,6 +26,7 @@
 #include <vector>
 
 #include "s3block/status.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -105,15 +105,16 @@ class HttpClient {
 
  private:
   // A handle, or nullptr: *timed_out if wait_until passed first, else libcurl had no memory.
-  void* Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent, bool* timed_out);
-  void Return(void* handle);
+  void* Borrow(std::chrono::steady_clock::time_point wait_until, bool urgent, bool* timed_out)
+      EXCLUDES(mu_);
+  void Return(void* handle) EXCLUDES(mu_);
 
   const HttpClientOptions options_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  std::vector<void*> idle_;  // guarded by mu_: CURL* handles with their open connections
-  size_t created_ = 0;       // guarded by mu_
-  size_t urgent_waiting_ = 0;  // guarded by mu_: urgent requests waiting for a handle
+  std::vector<void*> idle_ GUARDED_BY(mu_);  // CURL* handles with their open connections
+  size_t created_ GUARDED_BY(mu_) = 0;
+  size_t urgent_waiting_ GUARDED_BY(mu_) = 0;  // urgent requests waiting for a handle
 };
 
 }  // namespace s3block

@@ -23,7 +23,6 @@
 #include <sstream>
 #include <cstring>
 #include <condition_variable>
-#include <mutex>
 #include <thread>
 
 #include "s3/s3_client.h"
@@ -31,6 +30,7 @@
 #include "s3block/params.h"
 #include "util/encoding.h"
 #include "util/host.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -200,12 +200,13 @@ class S3Lease : public ExportLease {
     // after the lease is gone, when another server may hold it.
     state_->released.store(true, std::memory_order_release);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       stop_ = true;
     }
     cv_.notify_all();
     renewer_.join();
-    // Release: delete the lease object if it is still ours.
+    // Release: delete the lease object if it is still ours. (The renewer is gone: lost_ needs
+    // no lock now, and the analysis does not check destructors.)
     if (lost_) return;
     std::string body, etag;
     bool found = false;
@@ -221,7 +222,7 @@ class S3Lease : public ExportLease {
     if (!state_->lost.load(std::memory_order_acquire) &&
         Clock::now().time_since_epoch().count() <= state_->valid_until_ticks.load(std::memory_order_acquire))
       return Status::Ok();
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (lost_) return Status::IoError(lost_reason_);
     if (Clock::now() > valid_until_) {
       return Status::IoError("the lease of export '" + QuoteForMessage(export_name_) +
@@ -232,19 +233,19 @@ class S3Lease : public ExportLease {
   }
 
  private:
-  void RenewLoop() {
-    std::unique_lock<std::mutex> lock(mu_);
+  void RenewLoop() EXCLUDES(mu_) {
+    UniqueLock lock(&mu_);
     // Renewed four times a lease's span: a renewal that fails is tried again every second, and
     // the lease keeps at least a second to spare meanwhile at lease-timeout=3.
     auto interval = std::chrono::duration<double>(timeout_ / 4);
     while (!stop_ && !lost_) {
-      cv_.wait_for(lock, interval, [this] { return stop_; });
+      cv_.wait_for(lock.native(), interval, [this]() REQUIRES(mu_) { return stop_; });
       if (stop_) return;
       const auto started = Clock::now();
       LeaseDoc next = doc_;
       next.expires = ExpiryFor(*client_, started, timeout_);
       std::string etag = etag_;
-      lock.unlock();
+      lock.Unlock();
       std::string new_etag;
       bool failed = false;
       Status s = client_->PutObjectConditional(key_, AsBytes(Serialize(next)), false, etag,
@@ -257,12 +258,12 @@ class S3Lease : public ExportLease {
         std::string body, cur;
         bool found = false;
         if (client_->GetObjectWithEtag(key_, &body, &found, &cur).ok() && found &&
-            Parse(body).token == doc_.token) {
+            Parse(body).token == next.token) {  // doc_ with a new expiry: its token
           landed_before = true;
           new_etag = cur;
         }
       }
-      lock.lock();
+      lock.Lock();
       if (landed_before) {
         etag_ = new_etag;
         interval = std::chrono::duration<double>(0);
@@ -288,17 +289,18 @@ class S3Lease : public ExportLease {
   const std::shared_ptr<const void> keep_alive_;  // the store, which owns client_
   S3Client* const client_;
   const std::string key_, export_name_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_;
-  LeaseDoc doc_;            // guarded by mu_
-  std::string etag_;        // guarded by mu_
+  LeaseDoc doc_ GUARDED_BY(mu_);
+  std::string etag_ GUARDED_BY(mu_);
   const double timeout_;
-  Clock::time_point valid_until_;  // guarded by mu_
-  bool stop_ = false, lost_ = false;  // guarded by mu_
+  Clock::time_point valid_until_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool lost_ GUARDED_BY(mu_) = false;
   // Copies of valid_until_ (in clock ticks) and lost_, stored under mu_ when they change and read
   // without it by Valid() and by the store's fence.
   const std::shared_ptr<S3Store::LeaseState> state_;
-  std::string lost_reason_;
+  std::string lost_reason_ GUARDED_BY(mu_);
   std::thread renewer_;
 };
 
@@ -386,7 +388,7 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
 }
 
 void S3Store::RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state) {
-  std::lock_guard<std::mutex> lock(leases_mu_);
+  MutexLock lock(&leases_mu_);
   leases_[std::string(export_name)] = state;
 }
 
@@ -394,7 +396,7 @@ Status S3Store::CheckLease(std::string_view export_name, double* seconds_left) c
   *seconds_left = 0;
   std::shared_ptr<LeaseState> state;
   {
-    std::lock_guard<std::mutex> lock(leases_mu_);
+    MutexLock lock(&leases_mu_);
     auto it = leases_.find(export_name);
     if (it != leases_.end()) state = it->second;
   }

@@ -19,12 +19,12 @@
 #include <atomic>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "s3/credentials.h"
 #include "s3block/block_store.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -136,10 +136,11 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   Status CheckLease(std::string_view export_name, double* seconds_left) const;
 
  private:
-  void RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state);
-  mutable std::mutex leases_mu_;
+  void RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state)
+      EXCLUDES(leases_mu_);
+  mutable Mutex leases_mu_;
   // The state of the last lease this store took on each export (kept after its release).
-  std::map<std::string, std::shared_ptr<LeaseState>, std::less<>> leases_;  // guarded by leases_mu_
+  std::map<std::string, std::shared_ptr<LeaseState>, std::less<>> leases_ GUARDED_BY(leases_mu_);
 };
 
 }  // namespace s3block

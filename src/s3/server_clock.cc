@@ -25,7 +25,7 @@ void ServerClock::ObserveSeconds(double date, double sent, double received) {
   // A server that rounds its Date to the nearest second instead of down may be half a second
   // behind D: the interval starts a whole second earlier.
   const double low = date - 1 - received, high = date + 1 - sent;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (known_) {
     // What was known, widened for the drift since it was learnt, then narrowed by this answer.
     const double drift = kMaxDrift * std::fabs(received - at_);
@@ -49,7 +49,7 @@ void ServerClock::ObserveSeconds(double date, double sent, double received) {
 }
 
 bool ServerClock::Bounds(double now, double* earliest, double* latest) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (!known_) return false;
   const double drift = kMaxDrift * std::fabs(now - at_);
   *earliest = now + low_ - drift;

@@ -23,8 +23,9 @@
 #ifndef S3BLOCK_S3_SERVER_CLOCK_H_
 #define S3BLOCK_S3_SERVER_CLOCK_H_
 
-#include <mutex>
 #include <string_view>
+
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -50,10 +51,12 @@ class ServerClock {
   bool Bounds(double now, double* earliest, double* latest) const;
 
  private:
-  mutable std::mutex mu_;
-  bool known_ = false;
-  double low_ = 0, high_ = 0;  // the server's time minus the steady clock, at steady time `at_`
-  double at_ = 0;
+  mutable Mutex mu_;
+  bool known_ GUARDED_BY(mu_) = false;
+  // The server's time minus the steady clock, at steady time `at_`.
+  double low_ GUARDED_BY(mu_) = 0;
+  double high_ GUARDED_BY(mu_) = 0;
+  double at_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace s3block

@@ -1,4 +1,4 @@
-// Tests of src/util: each helper alone, in one thread.
+// Tests of src/util: each helper alone, in one thread (the mutexes' with a second one).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/time.h>
@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <random>
+#include <condition_variable>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -21,6 +23,7 @@
 #include "util/fd_io.h"
 #include "util/host.h"
 #include "util/json.h"
+#include "util/mutex.h"
 #include "util/zero.h"
 
 namespace s3block {
@@ -323,6 +326,89 @@ TEST(BatchesTest, PartsInOrderOfAtMostTheSizeGivenStoppingAtAFailure) {
   });
   EXPECT_FALSE(r.ok());
   EXPECT_EQ(calls, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutex, MutexLock, UniqueLock, SharedMutex (their annotations are checked by the clang build,
+// tests/scripts/thread_safety.sh)
+
+// Whether another thread can take `mu` now (it lets go at once if it can).
+template <typename M>
+bool FreeForAnotherThread(M* mu) {
+  bool got = false;
+  std::thread([&] {
+    if (mu->TryLock()) {
+      got = true;
+      mu->Unlock();
+    }
+  }).join();
+  return got;
+}
+
+TEST(MutexTest, AScopedLockHoldsTheMutexUntilItsScopeEnds) {
+  Mutex mu;
+  {
+    MutexLock lock(&mu);
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+  }
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
+  mu.Lock();
+  EXPECT_FALSE(FreeForAnotherThread(&mu));
+  mu.Unlock();
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
+}
+
+TEST(MutexTest, AUniqueLockLetsGoAndTakesAgainAndEndsEitherWay) {
+  Mutex mu;
+  {
+    UniqueLock lock(&mu);
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+    lock.Unlock();
+    EXPECT_TRUE(FreeForAnotherThread(&mu));
+    lock.Lock();
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+  }
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
+  {
+    UniqueLock lock(&mu);
+    lock.Unlock();
+  }
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
+}
+
+TEST(MutexTest, AConditionVariableWaitsOnAUniqueLockAndWakesWithItHeld) {
+  Mutex mu;
+  std::condition_variable cv;
+  bool ready = false;  // guarded by mu
+  std::thread setter([&] {
+    MutexLock lock(&mu);
+    ready = true;
+    cv.notify_all();
+  });
+  {
+    UniqueLock lock(&mu);
+    cv.wait(lock.native(), [&] { return ready; });
+    EXPECT_TRUE(ready);
+    EXPECT_TRUE(lock.native().owns_lock());
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+  }
+  setter.join();
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
+}
+
+TEST(MutexTest, ReadersShareASharedMutexAndAWriterHasItAlone) {
+  SharedMutex mu;
+  {
+    ReaderMutexLock reader(&mu);
+    // Another reader gets in (this would hang if readers excluded each other); a writer does not.
+    std::thread([&] { ReaderMutexLock other(&mu); }).join();
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+  }
+  {
+    WriterMutexLock writer(&mu);
+    EXPECT_FALSE(FreeForAnotherThread(&mu));
+  }
+  EXPECT_TRUE(FreeForAnotherThread(&mu));
 }
 
 }  // namespace
