@@ -148,7 +148,7 @@ std::string FileStore::BlockPath(std::string_view export_name, uint64_t id) cons
 }
 
 Status FileStore::ExportsFd(int* fd) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (exports_fd_ < 0) {
     if (root_.empty() || root_[0] != '/')
       return Status::InvalidArgument("store directory '" + root_ + "' is not an absolute path");
@@ -190,7 +190,7 @@ Status FileStore::GetDirs(std::string_view export_name, bool create,
                           std::shared_ptr<const Dirs>* out) {
   const std::string name(export_name);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = dirs_.find(name);
     if (it != dirs_.end()) {
       *out = it->second;
@@ -219,7 +219,7 @@ Status FileStore::GetDirs(std::string_view export_name, bool create,
   auto dirs = std::make_shared<Dirs>();
   dirs->exp = exp.Release();
   dirs->blocks = blocks.Release();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto [it, inserted] = dirs_.emplace(name, std::move(dirs));
   *out = it->second;  // another thread's, if it was first: the same directories
   return Status::Ok();
@@ -233,7 +233,7 @@ Status FileStore::CloseExport(std::string_view export_name) {
 
 void FileStore::DropDirs(std::string_view export_name) {
   std::shared_ptr<const Dirs> old;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = dirs_.find(std::string(export_name));
   if (it == dirs_.end()) return;
   old = std::move(it->second);
@@ -375,7 +375,7 @@ Status FileStore::Write(std::string_view export_name, uint64_t id, std::span<con
 
 Status FileStore::FileAdded(std::string_view export_name, const Dirs& dirs, uint64_t id, bool fua) {
   if (fua) return FsyncFd(dirs.blocks, BlocksDir(export_name));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Pending& p = PendingFor(export_name);
   p.files.insert(id);
   p.blocks_dir_changed = true;
@@ -473,7 +473,7 @@ Status FileStore::OverwriteInPlace(std::string_view export_name, uint64_t id,
     if (::fdatasync(fd.get()) != 0) return Status::FromErrno(errno, "fdatasync " + path);
     return Status::Ok();
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   PendingFor(export_name).files.insert(id);
   return Status::Ok();
 }
@@ -499,7 +499,7 @@ Status FileStore::Delete(std::string_view export_name, std::span<const uint64_t>
   }
   if (!changed) return s;
   if (s.ok() && fua) return FsyncFd(dirs->blocks, BlocksDir(export_name));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   PendingFor(export_name).blocks_dir_changed = true;
   return s;
 }
@@ -507,7 +507,7 @@ Status FileStore::Delete(std::string_view export_name, std::span<const uint64_t>
 Status FileStore::Flush(std::string_view export_name) {
   Pending work;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = pending_.find(std::string(export_name));
     if (it == pending_.end()) return Status::Ok();
     work = std::move(it->second);
@@ -540,7 +540,7 @@ Status FileStore::Flush(std::string_view export_name) {
   if (s.ok() && work.blocks_dir_changed) s = FsyncFd(dirs->blocks, dir);
   if (!s.ok()) {
     // Keep the work for the next flush: nothing is known to be durable.
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     Pending& p = PendingFor(export_name);
     p.files.insert(work.files.begin(), work.files.end());
     p.blocks_dir_changed = p.blocks_dir_changed || work.blocks_dir_changed;
@@ -653,7 +653,7 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
     return Status::FromErrno(errno, "rmdir " + exp_path);
   DropDirs(export_name);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     pending_.erase(std::string(export_name));
   }
   return FsyncFd(exports, root_ + "/exports");

@@ -41,13 +41,13 @@
 #include <array>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "s3block/block_store.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -102,13 +102,14 @@ class FileStore : public BlockStore {
     int blocks = -1;  // exports/<name>/blocks
     ~Dirs();
   };
-  // The store's exports/ directory fd (opened once, with the root). REQUIRES: mu_ not held.
-  Status ExportsFd(int* fd);
+  // The store's exports/ directory fd (opened once, with the root).
+  Status ExportsFd(int* fd) EXCLUDES(mu_);
   // The export's directories; with create, made if missing (each new entry made durable in its
   // parent), else *out is null if the export has no blocks directory.
-  Status GetDirs(std::string_view export_name, bool create, std::shared_ptr<const Dirs>* out);
+  Status GetDirs(std::string_view export_name, bool create, std::shared_ptr<const Dirs>* out)
+      EXCLUDES(mu_);
   // Forgets the export's directory fds (the next use opens them again).
-  void DropDirs(std::string_view export_name);
+  void DropDirs(std::string_view export_name) EXCLUDES(mu_);
 
   // What must be made durable at the next flush of one export.
   struct Pending {
@@ -116,7 +117,7 @@ class FileStore : public BlockStore {
     bool blocks_dir_changed = false;     // a rename or unlink happened in blocks/
   };
 
-  Pending& PendingFor(std::string_view export_name);  // REQUIRES: mu_ held
+  Pending& PendingFor(std::string_view export_name) REQUIRES(mu_);
   // Writes data into the existing file of block id if it holds as many bytes and has one link;
   // *done is false otherwise (nothing was changed, or a write failed part way: either way the
   // caller replaces the file whole). *missing tells that the block has no file.
@@ -137,11 +138,11 @@ class FileStore : public BlockStore {
   std::shared_mutex& BlockLock(std::string_view export_name, uint64_t id);
 
   const std::string root_;
-  std::mutex mu_;
-  std::unordered_map<std::string, Pending> pending_;       // guarded by mu_
-  std::unordered_map<std::string, std::shared_ptr<const Dirs>> dirs_;  // guarded by mu_
-  int root_fd_ = -1;                                       // guarded by mu_; kept once open
-  int exports_fd_ = -1;                                    // guarded by mu_; kept once open
+  Mutex mu_;
+  std::unordered_map<std::string, Pending> pending_ GUARDED_BY(mu_);
+  std::unordered_map<std::string, std::shared_ptr<const Dirs>> dirs_ GUARDED_BY(mu_);
+  int root_fd_ GUARDED_BY(mu_) = -1;      // kept once open
+  int exports_fd_ GUARDED_BY(mu_) = -1;   // kept once open
   static constexpr size_t kBlockLocks = 64;
   std::array<std::shared_mutex, kBlockLocks> block_locks_;
 };
