@@ -388,9 +388,8 @@ TEST(MutexTest, AConditionVariableWaitsOnAUniqueLockAndWakesWithItHeld) {
   {
     UniqueLock lock(&mu);
     cv.wait(lock.native(), [&] { return ready; });
-    EXPECT_TRUE(ready);
-    EXPECT_TRUE(lock.native().owns_lock());
-    EXPECT_FALSE(FreeForAnotherThread(&mu));
+    // Woken with the flag set and the mutex held again.
+    EXPECT_TRUE(ready && lock.native().owns_lock() && !FreeForAnotherThread(&mu));
   }
   setter.join();
   EXPECT_TRUE(FreeForAnotherThread(&mu));
