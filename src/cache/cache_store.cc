@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cache/block_overlay.h"
 #include "s3block/params.h"
 #include "util/batches.h"
 #include "util/zero.h"
@@ -59,135 +60,6 @@ uint64_t CostOf(const std::shared_ptr<const Bytes>& data) {
 }
 
 }  // namespace
-
-// The newest bytes of parts of a block, kept apart from the rest of it: a block written in part
-// that was not in memory, or was clean in memory (then the stored content stays beside it, as a
-// base that may be dropped to make room). Kept in pages allocated as they are written, with one
-// bit per 512-byte sector that holds new bytes. Only whole sectors are kept (other writes merge
-// with the block).
-class BlockOverlay {
- public:
-  static constexpr uint32_t kSector = 512;
-  static constexpr uint32_t kPage = 4096;
-
-  BlockOverlay(uint32_t block_size, bool base_zero)
-      : block_size_(block_size),
-        page_size_(std::min(kPage, block_size)),
-        base_zero_(base_zero),
-        pages_(block_size / page_size_),
-        bits_((block_size / kSector + 63) / 64, 0) {}
-
-  static bool Aligned(uint32_t offset, size_t len) {
-    return offset % kSector == 0 && len % kSector == 0;
-  }
-  uint32_t block_size() const { return block_size_; }
-  // The block is known not to be stored: what is not in the overlay is zeros.
-  bool base_zero() const { return base_zero_; }
-  // The stored content, if kept (null: not kept, or base_zero).
-  const std::shared_ptr<const Bytes>& base() const { return base_; }
-  void set_base(std::shared_ptr<const Bytes> base) { base_ = std::move(base); }
-  // Whether the rest of the block is known without reading the store.
-  bool BaseKnown() const { return base_zero_ || base_ != nullptr; }
-  // Bytes of memory it holds (pages and bookkeeping).
-  uint64_t Cost() const { return CostWith(0); }
-  // Bytes a new overlay of a block of block_size would hold after Apply(offset, len).
-  static uint64_t NewCost(uint32_t block_size, uint32_t offset, size_t len) {
-    const uint32_t page = std::min(kPage, block_size);
-    const uint64_t touched = (offset + len + page - 1) / page - offset / page;
-    return Bookkeeping(block_size, touched, page);
-  }
-  // Bytes it would hold after Apply(offset, len).
-  uint64_t CostAfter(uint32_t offset, size_t len) const {
-    uint64_t more = 0;
-    for (uint32_t p = offset / page_size_; p * uint64_t{page_size_} < offset + len; ++p)
-      if (!pages_[p]) ++more;
-    return CostWith(more);
-  }
-  bool Full() const { return present_ == block_size_ / kSector; }
-  bool Covers(uint32_t offset, size_t len) const {
-    if (!Aligned(offset, len)) return false;
-    for (uint32_t sec = offset / kSector; sec < (offset + len) / kSector; ++sec)
-      if (!Test(sec)) return false;
-    return true;
-  }
-  // REQUIRES: Aligned(offset, data.size()), offset + data.size() <= block_size.
-  void Apply(uint32_t offset, std::span<const uint8_t> data) {
-    for (size_t done = 0; done < data.size();) {
-      const uint32_t at = offset + static_cast<uint32_t>(done);
-      const uint32_t p = at / page_size_, in = at % page_size_;
-      const size_t n = std::min<size_t>(page_size_ - in, data.size() - done);
-      if (!pages_[p]) {
-        pages_[p] = std::make_unique<uint8_t[]>(page_size_);
-        ++pages_used_;
-      }
-      std::memcpy(pages_[p].get() + in, data.data() + done, n);
-      done += n;
-    }
-    for (uint32_t sec = offset / kSector; sec < (offset + data.size()) / kSector; ++sec) {
-      if (Test(sec)) continue;
-      bits_[sec / 64] |= uint64_t{1} << (sec % 64);
-      ++present_;
-    }
-  }
-  // Copies bytes [offset, offset + out.size()) of the block as it is now to out.
-  // REQUIRES: Covers(offset, out.size()) or BaseKnown().
-  void CopyOut(uint32_t offset, std::span<uint8_t> out) const {
-    if (out.empty()) return;
-    if (!Covers(offset, out.size())) {
-      if (base_)
-        std::memcpy(out.data(), base_->data() + offset, out.size());
-      else
-        std::memset(out.data(), 0, out.size());
-    }
-    const uint64_t end = offset + uint64_t{out.size()};
-    for (uint32_t sec = offset / kSector; sec * uint64_t{kSector} < end; ++sec) {
-      if (!Test(sec)) continue;
-      const uint64_t lo = std::max<uint64_t>(offset, sec * uint64_t{kSector});
-      const uint64_t hi = std::min<uint64_t>(end, (sec + 1) * uint64_t{kSector});
-      std::memcpy(out.data() + (lo - offset), pages_[lo / page_size_].get() + lo % page_size_,
-                  hi - lo);
-    }
-  }
-  // Copies every sector it holds over `block` (block_size bytes).
-  void MergeInto(uint8_t* block) const {
-    const uint32_t per_page = page_size_ / kSector;
-    for (uint32_t p = 0; p < pages_.size(); ++p) {
-      if (!pages_[p]) continue;
-      for (uint32_t i = 0; i < per_page;) {
-        const uint32_t sec = p * per_page + i;
-        if (!Test(sec)) {
-          ++i;
-          continue;
-        }
-        uint32_t run = 1;  // copy runs of present sectors at once
-        while (i + run < per_page && Test(sec + run)) ++run;
-        std::memcpy(block + uint64_t{sec} * kSector, pages_[p].get() + i * kSector,
-                    run * kSector);
-        i += run;
-      }
-    }
-  }
-
- private:
-  bool Test(uint32_t sec) const { return (bits_[sec / 64] >> (sec % 64)) & 1; }
-  uint64_t CostWith(uint64_t more_pages) const {
-    return Bookkeeping(block_size_, pages_used_ + more_pages, page_size_);
-  }
-  // Pages of page bytes, the page table and the sector bits of a block of block_size.
-  static uint64_t Bookkeeping(uint32_t block_size, uint64_t pages, uint32_t page) {
-    return pages * page + uint64_t{block_size / page} * sizeof(std::unique_ptr<uint8_t[]>) +
-           uint64_t{(block_size / kSector + 63) / 64} * sizeof(uint64_t);
-  }
-
-  const uint32_t block_size_;
-  const uint32_t page_size_;
-  const bool base_zero_;
-  std::shared_ptr<const Bytes> base_;
-  std::vector<std::unique_ptr<uint8_t[]>> pages_;
-  std::vector<uint64_t> bits_;
-  uint32_t present_ = 0;     // sectors set
-  uint32_t pages_used_ = 0;  // pages allocated
-};
 
 // One cached block.
 struct CacheEntry {
