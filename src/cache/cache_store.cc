@@ -16,6 +16,7 @@
 #include <unordered_set>
 
 #include "cache/block_overlay.h"
+#include "cache/readahead.h"
 #include "s3block/params.h"
 #include "util/batches.h"
 #include "util/zero.h"
@@ -27,13 +28,6 @@ using Clock = std::chrono::steady_clock;
 
 // The protected segment holds at most this share of the budget; the rest is probationary.
 constexpr uint64_t kProtectedPercent = 80;
-// A reader is sequential after this many consecutive blocks, each but the last read whole;
-// read-ahead starts then.
-constexpr uint32_t kMinSequentialRun = 2;
-// The first read-ahead window, in blocks; it doubles with each sequential read.
-constexpr uint32_t kFirstWindow = 4;
-// Sequential streams tracked per export (several connections may stream at once).
-constexpr size_t kStreams = 8;
 // Most blocks a fetcher reads ahead with one ReadBatch of the store below.
 constexpr size_t kMaxFetchBatch = 32;
 // A batch is at most this many bytes: for larger blocks, one block per fetch (reading many
@@ -48,9 +42,6 @@ constexpr uint64_t kFetchBatchBytes = 128 << 10;
 // of 256 or 512 blocks, were no faster.
 constexpr uint32_t kBatchFetchersDivisor = 4;
 constexpr uint32_t kBatchWindowFactor = 4;
-// A read this close to where a sequential stream is expected still continues it: parallel
-// requests of one reader arrive slightly out of order.
-constexpr uint64_t kStreamSlack = 8;
 // Back-off after failed uploads: doubles per consecutive failure, from the first to the last.
 constexpr auto kRetryFirst = std::chrono::milliseconds(100);
 constexpr auto kRetryLast = std::chrono::seconds(30);
@@ -174,15 +165,6 @@ class CacheStore::ExportCache {
     // An upload it needed that was in flight when it began has failed: its block is tried again
     // now (the failure may be one the store has recovered from).
     bool again = false;
-  };
-  // A sequential reader.
-  struct Stream {
-    uint64_t next = 0;     // the block it is expected to read next
-    uint64_t ahead = 0;    // read-ahead has been scheduled up to here (exclusive)
-    uint64_t covered = 0;  // bytes read in block next - 1, until the stream is sequential
-    uint32_t run = 0;      // consecutive blocks read
-    uint32_t window = 0;
-    uint64_t last_used = 0;
   };
 
   // --- lists (REQUIRES: mu_ held for all of these) ---
@@ -379,8 +361,7 @@ class CacheStore::ExportCache {
   Status last_failure_;
   uint32_t consecutive_failures_ = 0;
   std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_;  // (id, token)
-  Stream streams_[kStreams];
-  uint64_t stream_clock_ = 0;
+  SequentialStreams streams_;
   // From the Volume above: false for blocks certainly not stored. Guarded by mu_.
   std::function<bool(uint64_t)> presence_hint_;
   bool running_ = false;  // the pools work for this cache
@@ -843,51 +824,15 @@ void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
 
 bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size) {
   if (!running_ || options_.readahead_max == 0) return false;
-  ++stream_clock_;
-  Stream* s = nullptr;
-  for (Stream& st : streams_) {
-    if (st.run == 0) continue;
-    // Before a stream is sequential it continues only in its block, or into the next one once
-    // its block has been read whole: random reads into a few large blocks often land in the
-    // same or the next block, but almost never cover a whole block before moving on. Once
-    // sequential, the slack lets a reader's parallel requests arrive out of order.
-    const bool match =
-        st.run >= kMinSequentialRun
-            ? id + kStreamSlack >= st.next && id <= std::max(st.ahead, st.next) + kStreamSlack
-            : id + 1 == st.next || (id == st.next && st.covered >= block_size);
-    if (match) {
-      s = &st;
-      break;
-    }
-  }
-  if (s == nullptr) {
-    Stream* oldest = &streams_[0];
-    for (Stream& st : streams_)
-      if (st.last_used < oldest->last_used) oldest = &st;
-    *oldest = Stream{id + 1, id + 1, len, 1, 0, stream_clock_};
-    return false;
-  }
-  s->last_used = stream_clock_;
-  if (id < s->next) {  // a late request of the same reader, a repeat, or more of its block
-    if (id + 1 != s->next) return false;
-    s->covered += len;
-    return true;
-  }
-  s->next = id + 1;
-  s->covered = len;
-  if (++s->run < kMinSequentialRun) return false;
-  // The window grows while the reader keeps going, but never beyond a quarter of the budget, so
-  // read-ahead cannot evict what it fetched before the reader gets there.
-  const uint64_t budget_blocks = budget_ / (last_block_size_ + kEntryOverhead);
-  const uint64_t max_window =
-      std::max<uint64_t>(1, std::min<uint64_t>(ReadaheadWindowLocked(), budget_blocks / 4));
-  s->window = s->window == 0 ? kFirstWindow : s->window * 2;
-  if (s->window > max_window) s->window = static_cast<uint32_t>(max_window);
-  const uint64_t end = id + 1 + s->window;
+  const SequentialStreams::Decision d = streams_.Note(id, len, block_size);
+  if (!d.sequential) return d.same_use;
+  const SequentialStreams::Range ahead = streams_.Window(
+      d.stream, {ReadaheadWindowLocked(), budget_, last_block_size_ + kEntryOverhead});
+  const uint64_t end = ahead.end;
   size_t queued = 0;
-  uint64_t x = std::max(s->ahead, id + 1);
+  uint64_t x = ahead.first;
   for (; x < end; ++x) {
-    if (prefetch_queue_.size() >= kStreams * ReadaheadWindowLocked()) break;
+    if (prefetch_queue_.size() >= SequentialStreams::kStreams * ReadaheadWindowLocked()) break;
     if (entries_.count(x)) continue;
     if (presence_hint_ && !presence_hint_(x)) continue;  // nothing to fetch: a hole or past the end
     // The entry exists from now on, so that a reader arriving before the fetch starts waits for
@@ -896,7 +841,7 @@ bool CacheStore::ExportCache::NoteReadLocked(uint64_t id, uint32_t len, uint32_t
     prefetch_queue_.emplace_back(x, e->fetch_token);
     ++queued;
   }
-  s->ahead = x;
+  streams_.Queued(d.stream, x);
   // As many fetchers as the new blocks make batches: waking every fetcher for a few blocks had
   // most of them find nothing to do, and contend for the lock on their way back to sleep.
   const size_t batch = BatchBlocksLocked();
