@@ -4,6 +4,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
@@ -52,23 +54,56 @@ uint64_t CostOf(const std::shared_ptr<const Bytes>& data) {
 
 }  // namespace
 
+// Builds with S3BLOCK_CACHE_INVARIANTS (the sanitizer builds) check the cache's bookkeeping when
+// each public call and pool step returns; others compile nothing for it.
+#if S3BLOCK_CACHE_INVARIANTS
+#define S3B_CACHE_CHECK_ON_RETURN() InvariantCheck invariant_check(this)
+#else
+#define S3B_CACHE_CHECK_ON_RETURN() \
+  do {                              \
+  } while (0)
+#endif
+
 // One cached block.
 struct CacheEntry {
   // Which list the entry is on; an entry is on at most one.
   enum class List : uint8_t { kNone, kProbation, kProtected, kReadyData, kReadyDelete, kRetry };
 
+  // Where the block is in its life in the cache. An entry is made kFetching (by a reader or
+  // read-ahead), kDirty (written whole) or kOverlay (written in part), and is erased kClean
+  // (evicted) or kFetching (its fetch failed, or its read-ahead was dropped). What each state
+  // requires of the other members, and of the lists, is in CheckInvariantsLocked.
+  enum class State : uint8_t {
+    kFetching,   // a fetch (fetch_token) is pending: no content yet
+    kClean,      // data is the stored content; on an LRU segment
+    kDirty,      // data is newer than the store's, and no store request of it is in flight
+    kOverlay,    // written in part: the parts are in overlay; dirty
+    kResolving,  // an overlay whose rest is being read from the store (fetch_token)
+    kUploading,  // a store write or delete of data (sending) is in flight
+    kRewritten,  // kUploading, and written again since: data is stored again after
+  };
+
+  // The state as the rest of the cache asks about it.
+  bool fetching() const { return state == State::kFetching; }
+  bool resolving() const { return state == State::kResolving; }
+  bool clean() const { return state == State::kClean; }
+  // data is the block's content (else a fetch is pending, or overlay).
+  bool valid() const {
+    return state == State::kClean || state == State::kDirty || busy();
+  }
+  // The content differs from the store's.
+  bool dirty() const { return state != State::kFetching && state != State::kClean; }
+  // A store write or delete of this block is in flight.
+  bool busy() const { return state == State::kUploading || state == State::kRewritten; }
+
   uint64_t id = 0;
+  State state = State::kFetching;
   // When valid: the content; null means absent (not stored, deleted, or all zeros).
   std::shared_ptr<const Bytes> data;
-  // When set: the block was written in part, and its parts are kept apart from the rest (which
-  // is in memory only if the overlay keeps a base). The entry is then dirty and not valid, and it
-  // is never busy: it is made whole (resolved) before it is stored.
+  // When kOverlay or kResolving: the block was written in part, and its parts are kept apart
+  // from the rest (which is in memory only if the overlay keeps a base). Such an entry is never
+  // busy: it is made whole (resolved) before it is stored.
   std::unique_ptr<BlockOverlay> overlay;
-  bool valid = false;       // data is the block's content (else a fetch is pending, or overlay)
-  bool resolving = false;   // the rest of an overlay's block is being read
-  bool dirty = false;       // the content differs from the store's
-  bool busy = false;        // a store write or delete of this block is in flight
-  bool fetching = false;    // a fetch (fetch_token) is pending and the entry is not yet valid
   bool prefetched = false;  // fetched by read-ahead and not yet read by anyone
   bool hot = false;         // used more than once: belongs to the protected segment
   List list = List::kNone;
@@ -167,6 +202,15 @@ class CacheStore::ExportCache {
     bool again = false;
   };
 
+  // Verifies that every entry's state agrees with the list it is on and with its other members,
+  // and that the byte and block counters are the sums over the entries; aborts if not. O(entries):
+  // called after every public call and pool step only in builds with S3BLOCK_CACHE_INVARIANTS.
+  // REQUIRES: mu_ held.
+  void CheckInvariantsLocked() const;
+  // Runs CheckInvariantsLocked when the function that holds it returns (after its locks are
+  // released: it takes mu_ itself).
+  class InvariantCheck;
+
   // --- lists (REQUIRES: mu_ held for all of these) ---
   std::list<CacheEntry*>* ListOf(CacheEntry::List l);
   void Unlink(CacheEntry* e);
@@ -206,7 +250,7 @@ class CacheStore::ExportCache {
   // For an uploader (for_upload): on success *out is the entry, idle and dirty, unlinked for the
   // caller to store (null if someone else stores it); on failure the failure is recorded as an
   // upload's. For a reader: *out is the entry if it is valid now.
-  // REQUIRES: lk holds mu_ (released during the read), e->overlay, !e->resolving, !e->busy.
+  // REQUIRES: lk holds mu_ (released during the read), e->state == kOverlay.
   Status ResolveLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, bool for_upload,
                        CacheEntry** out);
   // Makes `buf` (null: absent) the content of block id and marks it dirty.
@@ -367,6 +411,122 @@ class CacheStore::ExportCache {
   bool running_ = false;  // the pools work for this cache
   CacheStats stats_;  // the monotonic counters
 };
+
+// ---------------------------------------------------------------------------------------------
+// Invariants
+
+class CacheStore::ExportCache::InvariantCheck {
+ public:
+  explicit InvariantCheck(const ExportCache* cache) : cache_(cache) {}
+  ~InvariantCheck() {
+    std::lock_guard<std::mutex> lock(cache_->mu_);
+    cache_->CheckInvariantsLocked();
+  }
+
+ private:
+  const ExportCache* const cache_;
+};
+
+namespace {
+
+[[noreturn]] void InvariantFailed(const char* what, uint64_t id) {
+  std::fprintf(stderr, "cache invariant failed: %s (block %llu)\n", what,
+               static_cast<unsigned long long>(id));
+  std::abort();
+}
+
+}  // namespace
+
+#define S3B_CACHE_INVARIANT(cond, id) \
+  do {                                \
+    if (!(cond)) InvariantFailed(#cond, (id)); \
+  } while (0)
+
+void CacheStore::ExportCache::CheckInvariantsLocked() const {
+  using State = CacheEntry::State;
+  using List = CacheEntry::List;
+  uint64_t cached = 0, dirty = 0, inflight = 0, blocks = 0, bases = 0, dirty_blocks = 0;
+  uint64_t held = 0, listed = 0;
+  for (const auto& [id, slot] : entries_) {
+    const CacheEntry* e = slot.get();
+    S3B_CACHE_INVARIANT(e->id == id, id);
+    const State st = e->state;
+    const bool overlay = st == State::kOverlay || st == State::kResolving;
+    S3B_CACHE_INVARIANT(overlay == (e->overlay != nullptr), id);
+    S3B_CACHE_INVARIANT(!overlay || !e->data, id);
+    // The lists each state may be on. Idle dirty entries are off them only while the thread
+    // that took one holds the lock.
+    switch (st) {
+      case State::kFetching:
+      case State::kResolving:
+      case State::kUploading:
+      case State::kRewritten:
+        S3B_CACHE_INVARIANT(e->list == List::kNone, id);
+        break;
+      case State::kClean:
+        S3B_CACHE_INVARIANT(e->list == (e->hot ? List::kProtected : List::kProbation), id);
+        break;
+      case State::kDirty:
+        S3B_CACHE_INVARIANT(e->list == List::kRetry ||
+                                e->list == (e->data ? List::kReadyData : List::kReadyDelete),
+                            id);
+        break;
+      case State::kOverlay:
+        S3B_CACHE_INVARIANT(e->list == List::kReadyData || e->list == List::kRetry, id);
+        break;
+    }
+    if (e->list != List::kNone) {
+      S3B_CACHE_INVARIANT(*e->pos == e, id);
+      ++listed;
+    }
+    // What is being stored: only while busy; apart from data only once written over since.
+    S3B_CACHE_INVARIANT(e->busy() || (!e->sending && !e->sending_apart), id);
+    S3B_CACHE_INVARIANT(e->sending_apart == (e->sending && e->sending != e->data), id);
+    S3B_CACHE_INVARIANT(st != State::kUploading || (e->sending == e->data && e->redirty_seq == 0),
+                        id);
+    S3B_CACHE_INVARIANT((st == State::kRewritten) == (e->redirty_seq != 0), id);
+    if (e->sending_apart) held += e->sending->size();
+    // The bytes it is charged.
+    S3B_CACHE_INVARIANT(e->base_cost == (overlay && e->overlay->base() ? e->overlay->base()->size() : 0),
+                        id);
+    if (overlay) {
+      S3B_CACHE_INVARIANT(e->cost == e->overlay->Cost() + kEntryOverhead, id);
+    } else if (e->valid()) {
+      S3B_CACHE_INVARIANT(e->cost == CostOf(e->data), id);
+    } else {
+      S3B_CACHE_INVARIANT(!e->data && e->cost == 0, id);
+    }
+    if (!e->fetching()) {
+      ++blocks;
+      cached += e->cost + e->base_cost;
+    }
+    if (e->base_cost != 0) ++bases;
+    if (e->dirty()) {
+      ++dirty_blocks;
+      dirty += e->cost;
+      auto it = dirty_.find(e->dirty_seq);
+      S3B_CACHE_INVARIANT(it != dirty_.end() && it->second == e, id);
+    } else {
+      S3B_CACHE_INVARIANT(e->dirty_seq == 0, id);
+    }
+    if (e->busy()) inflight += e->cost;
+  }
+  uint64_t protected_bytes = 0;
+  for (const CacheEntry* e : protected_) protected_bytes += e->cost;
+  const uint64_t on_lists =
+      probation_.size() + protected_.size() + ready_data_.size() + ready_delete_.size() + retry_.size();
+  S3B_CACHE_INVARIANT(on_lists == listed, 0);
+  S3B_CACHE_INVARIANT(cached == cached_bytes_, 0);
+  S3B_CACHE_INVARIANT(blocks == cached_blocks_, 0);
+  S3B_CACHE_INVARIANT(dirty == dirty_bytes_, 0);
+  S3B_CACHE_INVARIANT(dirty_blocks == dirty_.size(), 0);
+  S3B_CACHE_INVARIANT(inflight == inflight_bytes_, 0);
+  S3B_CACHE_INVARIANT(protected_bytes == protected_bytes_, 0);
+  S3B_CACHE_INVARIANT(bases == bases_, 0);
+  S3B_CACHE_INVARIANT(held == held_bytes_, 0);
+}
+
+#undef S3B_CACHE_INVARIANT
 
 // ---------------------------------------------------------------------------------------------
 // Lists and eviction
@@ -645,6 +805,7 @@ void CacheStore::ExportCache::SignalFetchesLocked(uint32_t n) {
 }
 
 void CacheStore::ExportCache::StartWork() {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::lock_guard<std::mutex> lock(mu_);
   if (running_) return;
   running_ = true;
@@ -653,6 +814,7 @@ void CacheStore::ExportCache::StartWork() {
 }
 
 void CacheStore::ExportCache::StopWork() {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::lock_guard<std::mutex> lock(mu_);
   if (!running_) return;
   running_ = false;
@@ -665,14 +827,14 @@ void CacheStore::ExportCache::DropPendingPrefetchesLocked() {
   // Entries whose read-ahead was never started would make readers wait for ever.
   for (auto [id, token] : prefetch_queue_) {
     auto it = entries_.find(id);
-    if (it != entries_.end() && it->second->fetch_token == token && it->second->fetching &&
-        !it->second->valid)
+    if (it != entries_.end() && it->second->fetch_token == token && it->second->fetching())
       entries_.erase(it);
   }
   prefetch_queue_.clear();
 }
 
 bool CacheStore::ExportCache::UploadStep(std::optional<Clock::time_point>* wake) {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::unique_lock<std::mutex> lk(mu_);
   if (!running_) return false;
   RequeueRetriesLocked(false, Clock::now());
@@ -689,6 +851,7 @@ bool CacheStore::ExportCache::UploadStep(std::optional<Clock::time_point>* wake)
 }
 
 bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake*/) {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::unique_lock<std::mutex> lk(mu_);
   if (!running_) return false;
   // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
@@ -712,7 +875,7 @@ bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake
     auto [id, token] = prefetch_queue_.front();
     prefetch_queue_.pop_front();
     auto it = entries_.find(id);
-    if (it == entries_.end() || it->second->fetch_token != token || !it->second->fetching)
+    if (it == entries_.end() || it->second->fetch_token != token || !it->second->fetching())
       continue;  // written meanwhile: nothing to fetch
     batch[n].id = id;
     batch[n].token = token;
@@ -735,7 +898,7 @@ CacheEntry* CacheStore::ExportCache::NewFetchLocked(uint64_t id, bool prefetched
   slot = std::make_unique<CacheEntry>();
   CacheEntry* e = slot.get();
   e->id = id;
-  e->fetching = true;
+  e->state = CacheEntry::State::kFetching;
   e->prefetched = prefetched;
   e->fetch_token = ++next_token_;
   return e;
@@ -796,13 +959,12 @@ void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
       item.content.reset();
     }
     auto it = entries_.find(item.id);
-    // The entry may have been written meanwhile (the write cleared `fetching` and wins: the
+    // The entry may have been written meanwhile (the write ended kFetching and wins: the
     // fetched content is older), or written, stored, evicted and fetched again (another token).
-    if (it != entries_.end() && it->second->fetch_token == item.token && it->second->fetching) {
+    if (it != entries_.end() && it->second->fetch_token == item.token && it->second->fetching()) {
       CacheEntry* e = it->second.get();
       if (s.ok()) {
-        e->fetching = false;
-        e->valid = true;
+        e->state = CacheEntry::State::kClean;
         e->data = item.content;
         e->cost = CostOf(e->data);
         cached_bytes_ += e->cost;
@@ -866,7 +1028,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
     auto it = entries_.find(id);
     if (it == entries_.end()) break;
     CacheEntry* e = it->second.get();
-    if (e->valid) {
+    if (e->valid()) {
       ++stats_.hits;
       if (!same_use) Touch(e);
       *content = e->data;
@@ -880,7 +1042,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
         *copied = true;
         return Status::Ok();
       }
-      if (!e->resolving) {
+      if (!e->resolving()) {
         // A store read, unless the rest of the block is known.
         if (e->overlay->BaseKnown()) ++stats_.hits; else ++stats_.misses;
         CacheEntry* got = nullptr;
@@ -903,11 +1065,12 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
   S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, /*readahead=*/false, content));
   // A write that landed during the fetch is newer than what was fetched.
   auto it = entries_.find(id);
-  if (it != entries_.end() && it->second->valid) *content = it->second->data;
+  if (it != entries_.end() && it->second->valid()) *content = it->second->data;
   return Status::Ok();
 }
 
 Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
+  S3B_CACHE_CHECK_ON_RETURN();
   data->clear();
   *found = false;
   std::shared_ptr<const Bytes> content;
@@ -924,6 +1087,7 @@ Status CacheStore::ExportCache::Read(uint64_t id, Bytes* data, bool* found) {
 Status CacheStore::ExportCache::ReadRange(uint64_t id, uint32_t block_size, uint32_t offset,
                                           std::span<uint8_t> out, ReadIntent intent,
                                           bool* found) {
+  S3B_CACHE_CHECK_ON_RETURN();
   *found = false;
   std::shared_ptr<const Bytes> content;
   const uint32_t noted = intent == ReadIntent::kRead ? static_cast<uint32_t>(out.size()) : 0;
@@ -950,6 +1114,7 @@ Status CacheStore::ExportCache::CopyOut(uint64_t id, const Bytes* content, uint3
 
 Status CacheStore::ExportCache::ReadBlocks(uint64_t first, uint32_t count, uint32_t block_size,
                                            uint8_t* out) {
+  S3B_CACHE_CHECK_ON_RETURN();
   // At 4 KiB blocks a 1 MiB request is 256 blocks: taking the lock for each, its readers' threads
   // spent more time handing it to each other than copying.
   constexpr uint32_t kRun = 64;
@@ -962,7 +1127,7 @@ Status CacheStore::ExportCache::ReadBlocks(uint64_t first, uint32_t count, uint3
       for (; n < kRun && i + n < count; ++n) {
         const uint64_t id = first + i + n;
         auto it = entries_.find(id);
-        if (it == entries_.end() || !it->second->valid) break;
+        if (it == entries_.end() || !it->second->valid()) break;
         CacheEntry* e = it->second.get();
         ++stats_.hits;
         if (!NoteReadLocked(id, block_size, block_size)) Touch(e);
@@ -996,57 +1161,57 @@ Status CacheStore::ExportCache::ReadBlocks(uint64_t first, uint32_t count, uint3
 CacheEntry* CacheStore::ExportCache::SetContentLocked(uint64_t id,
                                                       std::shared_ptr<const Bytes> buf) {
   auto& slot = entries_[id];
-  if (!slot) {
+  const bool fresh = !slot;
+  if (fresh) {
     slot = std::make_unique<CacheEntry>();
     slot->id = id;
   }
   CacheEntry* e = slot.get();
   DropBaseLocked(e);
-  const bool was_valid = e->valid;
+  const bool was_valid = e->valid();
   const bool charged = was_valid || e->overlay;
   const uint64_t old_cost = charged ? e->cost : 0;
   Unlink(e);
   if (was_valid && !e->prefetched) e->hot = true;  // a second use
   // A pending fetch would return older content: this write supersedes it. Readers waiting for
   // that fetch can use this content now (a read-ahead not yet started never finishes to wake them).
-  if (e->fetching) BlockCv(id).notify_all();
-  e->fetching = false;
+  if (!fresh && e->fetching()) BlockCv(id).notify_all();
   e->prefetched = false;
   e->overlay.reset();   // so are the parts written before, and the rest being read for them
   SupersedeResolveLocked(e);
   if (!charged) ++cached_blocks_;
-  e->valid = true;
+  const bool was_dirty = e->dirty(), busy = e->busy();
+  e->state = busy ? CacheEntry::State::kRewritten : CacheEntry::State::kDirty;
   e->data = std::move(buf);
   if (e->data) last_block_size_ = e->data->size();
   ++e->gen;
   e->cost = CostOf(e->data);
   cached_bytes_ += e->cost;
   cached_bytes_ -= old_cost;
-  if (!e->dirty) {
-    e->dirty = true;
+  if (!was_dirty) {
     e->dirty_seq = ++seq_;
     dirty_.emplace(e->dirty_seq, e);
     dirty_bytes_ += e->cost;
   } else {
     dirty_bytes_ += e->cost;
     dirty_bytes_ -= old_cost;
-    if (e->busy) {
+    if (busy) {
       inflight_bytes_ += e->cost;
       inflight_bytes_ -= old_cost;
       if (e->redirty_seq == 0) e->redirty_seq = ++seq_;
     }
   }
   RecountSendingLocked(e);
-  if (!e->busy && !e->resolving) PushReady(e);
+  if (!busy) PushReady(e);
   return e;
 }
 
 void CacheStore::ExportCache::SupersedeResolveLocked(CacheEntry* e) {
-  if (!e->resolving) return;
+  if (!e->resolving()) return;
   // The overlay whose rest is being read is gone: what the read returns is older than the
   // block now, and must not complete an overlay made after it (from content stored meanwhile).
   // A new token tells the reader so; waiters look at the entry again.
-  e->resolving = false;
+  e->state = CacheEntry::State::kOverlay;
   e->fetch_token = ++next_token_;
   BlockCv(e->id).notify_all();
 }
@@ -1082,11 +1247,10 @@ void CacheStore::ExportCache::MakeOverlayLocked(CacheEntry* e, uint32_t block_si
     overlay->set_base(std::move(e->data));
   }
   e->data.reset();
-  e->valid = false;
+  e->state = CacheEntry::State::kOverlay;
   e->overlay = std::move(overlay);
   e->cost = e->overlay->Cost() + kEntryOverhead;
   cached_bytes_ = cached_bytes_ + e->cost + e->base_cost - old_cost;
-  e->dirty = true;
   e->dirty_seq = ++seq_;
   dirty_.emplace(e->dirty_seq, e);
   dirty_bytes_ += e->cost;
@@ -1094,8 +1258,8 @@ void CacheStore::ExportCache::MakeOverlayLocked(CacheEntry* e, uint32_t block_si
 
 void CacheStore::ExportCache::RechargeLocked(CacheEntry* e, uint64_t cost) {
   cached_bytes_ = cached_bytes_ + cost - e->cost;
-  if (e->dirty) dirty_bytes_ = dirty_bytes_ + cost - e->cost;
-  if (e->busy) inflight_bytes_ = inflight_bytes_ + cost - e->cost;
+  if (e->dirty()) dirty_bytes_ = dirty_bytes_ + cost - e->cost;
+  if (e->busy()) inflight_bytes_ = inflight_bytes_ + cost - e->cost;
   if (e->list == CacheEntry::List::kProtected) protected_bytes_ = protected_bytes_ + cost - e->cost;
   e->cost = cost;
 }
@@ -1104,7 +1268,7 @@ void CacheStore::ExportCache::CompleteOverlayLocked(CacheEntry* e, Bytes base) {
   e->overlay->MergeInto(base.data());
   DropBaseLocked(e);
   e->overlay.reset();
-  e->valid = true;
+  e->state = CacheEntry::State::kDirty;
   if (IsAllZero(base.data(), base.size())) {
     e->data.reset();
   } else {
@@ -1122,13 +1286,13 @@ Status CacheStore::ExportCache::MergeLocked(std::unique_lock<std::mutex>& lk, Ca
   if (e->data && e->data->size() != block_size)
     return WrongBlockLength(*next_, name_, id, e->data->size(), block_size);
   const bool zero_range = IsAllZero(data.data(), data.size());
-  if (e->data && e->data.use_count() == 1 && !e->busy) {
+  if (e->data && e->data.use_count() == 1 && !e->busy()) {
     // Nobody else holds the buffer (readers and uploads take a reference while they use it, and
     // only under the lock): write into it rather than copy the whole block.
     S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, e->cost));
     auto it = entries_.find(id);
-    if (it == entries_.end() || it->second.get() != e || !e->valid || !e->data ||
-        e->data.use_count() != 1 || e->busy) {
+    if (it == entries_.end() || it->second.get() != e || !e->valid() || !e->data ||
+        e->data.use_count() != 1 || e->busy()) {
       *done = false;  // changed while waiting for room
       return Status::Ok();
     }
@@ -1150,13 +1314,13 @@ Status CacheStore::ExportCache::MergeLocked(std::unique_lock<std::mutex>& lk, Ca
   if (!(zero_range && IsAllZero(merged->data(), merged->size()))) buf = std::move(merged);
   lk.lock();
   auto it = entries_.find(id);
-  if (it == entries_.end() || !it->second->valid || it->second->data != old) {
+  if (it == entries_.end() || !it->second->valid() || it->second->data != old) {
     *done = false;
     return Status::Ok();
   }
   S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(buf)));
   it = entries_.find(id);
-  if (it == entries_.end() || !it->second->valid || it->second->data != old) {
+  if (it == entries_.end() || !it->second->valid() || it->second->data != old) {
     *done = false;
     return Status::Ok();
   }
@@ -1177,7 +1341,7 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     base.assign(known->begin(), known->end());
     found = true;
   } else if (!e->overlay->base_zero()) {
-    e->resolving = true;
+    e->state = CacheEntry::State::kResolving;
     const uint64_t token = e->fetch_token = ++next_token_;
     // Charged like a fetch, so that the cache makes room for the whole block first.
     const uint64_t charge = block_size + kEntryOverhead;
@@ -1204,7 +1368,7 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
       return Status::Ok();
     }
     e = it->second.get();
-    e->resolving = false;
+    e->state = CacheEntry::State::kOverlay;
     if (s.ok() && found && base.size() != block_size)
       s = WrongBlockLength(*next_, name_, id, base.size(), block_size);
   }
@@ -1213,15 +1377,15 @@ Status CacheStore::ExportCache::ResolveLocked(std::unique_lock<std::mutex>& lk, 
     if (!found) base.assign(block_size, 0);
     CompleteOverlayLocked(e, std::move(base));
   }
-  if (!e->busy && e->dirty && e->list == CacheEntry::List::kNone) {
+  if (!e->busy() && e->dirty() && e->list == CacheEntry::List::kNone) {
     if (!s.ok() && for_upload) {
       FailUploadLocked(e, s);
     } else if (!s.ok() || !for_upload) {
       PushReady(e);
     }
   }
-  if (s.ok() && (for_upload ? !e->busy && e->dirty && e->list == CacheEntry::List::kNone
-                            : e->valid))
+  if (s.ok() && (for_upload ? !e->busy() && e->dirty() && e->list == CacheEntry::List::kNone
+                            : e->valid()))
     *out = e;
   EvictLocked();
   return s;
@@ -1235,7 +1399,7 @@ Status CacheStore::ExportCache::WaitForRoomLocked(std::unique_lock<std::mutex>& 
     // The limit is on dirty data that no upload has taken yet: uploads in flight are bounded
     // apart (inflight_limit_), so writers go on while they run.
     const uint64_t pending = PendingBytesLocked();
-    const uint64_t already = it != entries_.end() && it->second->dirty && !it->second->busy
+    const uint64_t already = it != entries_.end() && it->second->dirty() && !it->second->busy()
                                  ? it->second->cost
                                  : 0;
     // Fits, or replaces dirty data at no extra cost, or nothing else waits (a block larger
@@ -1276,7 +1440,7 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
     bool busy = false;
     for (uint64_t id : ids) {
       auto it = entries_.find(id);
-      if (it != entries_.end() && it->second->busy) busy = true;
+      if (it != entries_.end() && it->second->busy()) busy = true;
     }
     if (!busy) break;
     if (!waited) ++stats_.ordered_waits;
@@ -1287,9 +1451,9 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
   taken.reserve(ids.size());
   for (uint64_t id : ids) {
     CacheEntry* e = SetContentLocked(id, buf);
-    if (e->busy) continue;  // a duplicate id in ids
+    if (e->busy()) continue;  // a duplicate id in ids
     Unlink(e);
-    e->busy = true;
+    e->state = CacheEntry::State::kUploading;
     e->sending = buf;
     e->upload_no = uploads_started_ + 1;
     inflight_bytes_ += e->cost;
@@ -1301,6 +1465,7 @@ Status CacheStore::ExportCache::StoreNowLocked(std::unique_lock<std::mutex>& lk,
 }
 
 Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::shared_ptr<const Bytes> buf;
   const bool zero = IsAllZero(data.data(), data.size());
   // Copied unlocked; mutable, so that a later partial write may change it in place.
@@ -1313,8 +1478,7 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
   }
   if (zero) {
     auto it = entries_.find(id);
-    if (it != entries_.end() && it->second->valid && !it->second->dirty && !it->second->busy &&
-        !it->second->data) {
+    if (it != entries_.end() && it->second->clean() && !it->second->data) {
       Touch(it->second.get());
       return Status::Ok();  // known not stored: nothing to delete
     }
@@ -1329,17 +1493,18 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
 Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,
                                            std::span<const uint8_t> data, bool base_zero,
                                            bool fua) {
+  S3B_CACHE_CHECK_ON_RETURN();
   if (!fua && BlockOverlay::Aligned(offset, data.size())) {
     std::unique_lock<std::mutex> lk(mu_);
     // A clean block in memory (of the right length) keeps its content as the base of an overlay:
     // only the bytes written count as dirty, and storing it reads nothing.
     auto clean = [&](const CacheEntry* e) {
-      return e->valid && !e->dirty && !e->busy && (!e->data || e->data->size() == block_size);
+      return e->clean() && (!e->data || e->data->size() == block_size);
     };
     for (;;) {
       auto it = entries_.find(id);
       CacheEntry* e = it == entries_.end() ? nullptr : it->second.get();
-      if (e != nullptr && e->valid && !clean(e)) {
+      if (e != nullptr && e->valid() && !clean(e)) {
         // Dirty in memory already (or being stored): merge now.
         bool done = false;
         S3B_RETURN_IF_ERROR(MergeLocked(lk, e, block_size, offset, data, &done));
@@ -1348,7 +1513,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         WakeUploaderIfDueLocked();
         return Status::Ok();
       }
-      if (e != nullptr && !e->valid && !e->overlay) {
+      if (e != nullptr && !e->valid() && !e->overlay) {
         BlockCv(id).wait(lk);  // a fetch is pending: look again when it is done
         continue;
       }
@@ -1369,7 +1534,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
         e = slot.get();
         e->id = id;
         e->overlay = std::make_unique<BlockOverlay>(block_size, base_zero);
-        e->dirty = true;
+        e->state = CacheEntry::State::kOverlay;
         e->dirty_seq = ++seq_;
         dirty_.emplace(e->dirty_seq, e);
         ++cached_blocks_;
@@ -1381,10 +1546,10 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
       ++stats_.partial_writes;
       RechargeLocked(e, e->overlay->Cost() + kEntryOverhead);
       if (e->overlay->Full()) {
-        CompleteOverlayLocked(e, Bytes(block_size, 0));
         SupersedeResolveLocked(e);
+        CompleteOverlayLocked(e, Bytes(block_size, 0));
       }
-      if (!e->busy && !e->resolving) PushReady(e);
+      if (!e->busy() && !e->resolving()) PushReady(e);
       EvictLocked();
       WakeUploaderIfDueLocked();
       return Status::Ok();
@@ -1404,6 +1569,7 @@ Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uin
 }
 
 Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::unique_lock<std::mutex> lk(mu_);
   if (fua) {
     return ForEachBatch(ids, kDeleteBatch, [&](std::span<const uint64_t> part) {
@@ -1412,8 +1578,7 @@ Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) 
   }
   for (uint64_t id : ids) {
     auto it = entries_.find(id);
-    if (it != entries_.end() && it->second->valid && !it->second->dirty && !it->second->busy &&
-        !it->second->data)
+    if (it != entries_.end() && it->second->clean() && !it->second->data)
       continue;  // known not stored
     S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, id, CostOf(nullptr)));
     SetContentLocked(id, nullptr);
@@ -1473,7 +1638,7 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   }
   ++uploads_started_;
   for (auto [e, gen] : taken) {
-    e->busy = true;
+    e->state = CacheEntry::State::kUploading;
     e->sending = buf;  // null for deletes
     e->upload_no = uploads_started_;
     inflight_bytes_ += e->cost;
@@ -1512,7 +1677,7 @@ Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
 }
 
 void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) {
-  e->busy = false;
+  e->state = CacheEntry::State::kDirty;  // idle again
   if (e->sending_apart) held_bytes_ -= e->sending->size();
   e->sending_apart = false;
   e->sending.reset();
@@ -1521,7 +1686,7 @@ void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, 
     consecutive_failures_ = 0;
     dirty_.erase(e->dirty_seq);
     if (e->gen == gen) {
-      e->dirty = false;
+      e->state = CacheEntry::State::kClean;
       e->dirty_seq = 0;
       dirty_bytes_ -= e->cost;
       InsertLru(e);
@@ -1572,6 +1737,7 @@ void CacheStore::ExportCache::RequeueRetriesLocked(bool all, Clock::time_point n
 }
 
 Status CacheStore::ExportCache::Flush() {
+  S3B_CACHE_CHECK_ON_RETURN();
   std::unique_lock<std::mutex> lk(mu_);
   FlushWaiter w;
   w.seq = seq_;
