@@ -24,6 +24,7 @@
 #include "cache/block_overlay.h"
 #include "cache/readahead.h"
 #include "s3block/cache_store.h"
+#include "s3block/params.h"
 
 namespace s3block {
 
