@@ -1,4 +1,5 @@
-#pragma once
+#ifndef S3BLOCK_CACHE_BLOCK_OVERLAY_H_
+#define S3BLOCK_CACHE_BLOCK_OVERLAY_H_
 
 #include <algorithm>
 #include <cstdint>
@@ -86,3 +87,5 @@ class BlockOverlay {
 };
 
 }  // namespace s3block
+
+#endif  // S3BLOCK_CACHE_BLOCK_OVERLAY_H_

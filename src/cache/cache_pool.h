@@ -1,4 +1,5 @@
-#pragma once
+#ifndef S3BLOCK_CACHE_CACHE_POOL_H_
+#define S3BLOCK_CACHE_CACHE_POOL_H_
 
 #include <chrono>
 #include <condition_variable>
@@ -63,3 +64,5 @@ class CacheStore::Pool {
 };
 
 }  // namespace s3block
+
+#endif  // S3BLOCK_CACHE_CACHE_POOL_H_

@@ -1,8 +1,9 @@
-#pragma once
 // The cache of one export, CacheStore::ExportCache, and its entries: private to the cache layer.
 // Its definitions are in cache_lists.cc (invariants, lists, eviction, pool work), cache_reads.cc
 // (reads, fetches, read-ahead), cache_writes.cc (writes, overlays) and cache_uploads.cc (uploads,
 // retries, flushes).
+#ifndef S3BLOCK_CACHE_EXPORT_CACHE_H_
+#define S3BLOCK_CACHE_EXPORT_CACHE_H_
 
 #include <algorithm>
 #include <atomic>
@@ -425,3 +426,5 @@ class CacheStore::ExportCache::InvariantCheck {
 };
 
 }  // namespace s3block
+
+#endif  // S3BLOCK_CACHE_EXPORT_CACHE_H_

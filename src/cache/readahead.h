@@ -1,4 +1,5 @@
-#pragma once
+#ifndef S3BLOCK_CACHE_READAHEAD_H_
+#define S3BLOCK_CACHE_READAHEAD_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -70,3 +71,5 @@ class SequentialStreams {
 };
 
 }  // namespace s3block
+
+#endif  // S3BLOCK_CACHE_READAHEAD_H_
