@@ -79,6 +79,7 @@
 
 #include "s3block/block_device.h"
 #include "s3block/block_store.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -235,12 +236,12 @@ class CacheStore : public StoreDecorator {
   // Declared before exports_: every cache refers to them.
   std::unique_ptr<Pool> upload_pool_;
   std::unique_ptr<Pool> fetch_pool_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Signalled when a cache being closed is no longer held, and when a close ends.
   mutable std::condition_variable close_cv_;
-  bool started_ = false;  // guarded by mu_
+  bool started_ GUARDED_BY(mu_) = false;
   // Erased only by CloseExport, once no Ref to the cache is held.
-  std::map<std::string, std::unique_ptr<ExportCache>, std::less<>> exports_;  // guarded by mu_
+  std::map<std::string, std::unique_ptr<ExportCache>, std::less<>> exports_ GUARDED_BY(mu_);
 };
 
 }  // namespace s3block

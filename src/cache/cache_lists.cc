@@ -224,7 +224,7 @@ void CacheStore::ExportCache::SignalFetchesLocked(uint32_t n) {
 
 void CacheStore::ExportCache::StartWork() {
   S3B_CACHE_CHECK_ON_RETURN();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (running_) return;
   running_ = true;
   // Dirty blocks may be waiting already.
@@ -233,7 +233,7 @@ void CacheStore::ExportCache::StartWork() {
 
 void CacheStore::ExportCache::StopWork() {
   S3B_CACHE_CHECK_ON_RETURN();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (!running_) return;
   running_ = false;
   DropPendingPrefetchesLocked();
@@ -244,7 +244,7 @@ void CacheStore::ExportCache::StopWork() {
 Status CacheStore::ExportCache::ListBlocks(const std::function<void(uint64_t)>& fn) {
   std::unordered_set<uint64_t> written, deleted;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (const auto& [seq, e] : dirty_) (e->data || e->overlay ? written : deleted).insert(e->id);
   }
   S3B_RETURN_IF_ERROR(next_->ListBlocks(name_, [&](uint64_t id) {
@@ -255,7 +255,7 @@ Status CacheStore::ExportCache::ListBlocks(const std::function<void(uint64_t)>& 
 }
 
 CacheStats CacheStore::ExportCache::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   CacheStats s = stats_;
   s.flushes_in_progress = flushes_.size();
   s.dirty_bytes = dirty_bytes_;

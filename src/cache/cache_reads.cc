@@ -21,19 +21,17 @@ CacheEntry* CacheStore::ExportCache::NewFetchLocked(uint64_t id, bool prefetched
   return e;
 }
 
-Status CacheStore::ExportCache::FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id,
-                                            uint64_t token, bool readahead,
+Status CacheStore::ExportCache::FetchLocked(uint64_t id, uint64_t token, bool readahead,
                                             std::shared_ptr<const Bytes>* result) {
   FetchItem item;
   item.id = id;
   item.token = token;
-  FetchBatchLocked(lk, std::span<FetchItem>(&item, 1), readahead);
+  FetchBatchLocked(std::span<FetchItem>(&item, 1), readahead);
   *result = std::move(item.content);
   return item.status;
 }
 
-void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
-                                               std::span<FetchItem> items, bool readahead) {
+void CacheStore::ExportCache::FetchBatchLocked(std::span<FetchItem> items, bool readahead) {
   const size_t n = items.size();
   stats_.fetches_in_flight += n;
   // A block's size is not known before it arrives: the last one seen is the best guess (all
@@ -42,7 +40,7 @@ void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
   fetch_bytes_ += charge;
   if (readahead) readahead_bytes_ += charge;
   EvictLocked();
-  lk.unlock();
+  mu_.Unlock();
   std::array<std::shared_ptr<Bytes>, kMaxFetchBatch> bufs;
   std::array<BlockRead, kMaxFetchBatch> reads;
   for (size_t i = 0; i < n; ++i) {
@@ -51,7 +49,7 @@ void CacheStore::ExportCache::FetchBatchLocked(std::unique_lock<std::mutex>& lk,
     reads[i].data = bufs[i].get();
   }
   next_->ReadBatch(name_, std::span<BlockRead>(reads.data(), n));
-  lk.lock();
+  mu_.Lock();
   stats_.fetches_in_flight -= n;
   fetch_bytes_ -= charge;
   if (readahead) {
@@ -136,7 +134,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
                                        std::span<uint8_t> out, bool* copied) {
   content->reset();
   if (copied != nullptr) *copied = false;
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   // A reader going through a large block in small requests uses it once, not many times: it
   // must not promote every block it streams through (and evict what was read ahead for it).
   const bool same_use = len > 0 && NoteReadLocked(id, len, block_size);
@@ -163,7 +161,7 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
         // A store read, unless the rest of the block is known.
         if (e->overlay->BaseKnown()) ++stats_.hits; else ++stats_.misses;
         CacheEntry* got = nullptr;
-        S3B_RETURN_IF_ERROR(ResolveLocked(lk, e, /*for_upload=*/false, &got));
+        S3B_RETURN_IF_ERROR(ResolveLocked(e, /*for_upload=*/false, &got));
         if (got != nullptr) {
           *content = got->data;
           return Status::Ok();
@@ -175,11 +173,11 @@ Status CacheStore::ExportCache::Lookup(uint64_t id, uint32_t len, uint32_t block
     // rather than asking the store twice.
     if (!waited) ++stats_.coalesced;
     waited = true;
-    BlockCv(id).wait(lk);
+    BlockCv(id).wait(lk.native());
   }
   ++stats_.misses;
   CacheEntry* e = NewFetchLocked(id, /*prefetched=*/false);
-  S3B_RETURN_IF_ERROR(FetchLocked(lk, id, e->fetch_token, /*readahead=*/false, content));
+  S3B_RETURN_IF_ERROR(FetchLocked(id, e->fetch_token, /*readahead=*/false, content));
   // A write that landed during the fetch is newer than what was fetched.
   auto it = entries_.find(id);
   if (it != entries_.end() && it->second->valid()) *content = it->second->data;
@@ -240,7 +238,7 @@ Status CacheStore::ExportCache::ReadBlocks(uint64_t first, uint32_t count, uint3
   while (i < count) {
     uint32_t n = 0;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       for (; n < kRun && i + n < count; ++n) {
         const uint64_t id = first + i + n;
         auto it = entries_.find(id);
@@ -284,7 +282,7 @@ void CacheStore::ExportCache::DropPendingPrefetchesLocked() {
 
 bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake*/) {
   S3B_CACHE_CHECK_ON_RETURN();
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   if (!running_) return false;
   // Read-ahead in flight is held to an eighth of the budget (one block at least): at 1 MiB
   // blocks, 32 fetchers would otherwise hold half of a 64 MiB budget in buffers on their way
@@ -317,7 +315,7 @@ bool CacheStore::ExportCache::FetchStep(std::optional<Clock::time_point>* /*wake
   stats_.readahead_blocks += n;
   ++active_fetchers_;
   // A reader waiting for one of these blocks fetches it again and sees the error.
-  FetchBatchLocked(lk, std::span<FetchItem>(batch.data(), n), /*readahead=*/true);
+  FetchBatchLocked(std::span<FetchItem>(batch.data(), n), /*readahead=*/true);
   --active_fetchers_;
   return true;
 }

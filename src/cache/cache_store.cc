@@ -19,7 +19,7 @@ void CacheStore::Ref::reset() {
   ExportCache* c = std::exchange(cache_, nullptr);
   // The cache may be freed as soon as the count falls: only the store is used after.
   if (c->users_.fetch_sub(1) == ExportCache::kClosing + 1) {
-    std::lock_guard<std::mutex> lock(store_->mu_);
+    MutexLock lock(&store_->mu_);
     store_->close_cv_.notify_all();
   }
 }
@@ -40,7 +40,7 @@ CacheStore::~CacheStore() { (void)Shutdown(); }
 
 Status CacheStore::Start() {
   S3B_RETURN_IF_ERROR(next_->Start());
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   started_ = true;
   upload_pool_->Start();
   fetch_pool_->Start();
@@ -51,7 +51,7 @@ Status CacheStore::Start() {
 Status CacheStore::Shutdown() {
   std::vector<Ref> caches;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     started_ = false;
     for (auto& [name, cache] : exports_) caches.emplace_back(this, cache.get());
   }
@@ -67,18 +67,18 @@ Status CacheStore::Shutdown() {
 }
 
 CacheStore::Ref CacheStore::Find(std::string_view export_name) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = exports_.find(export_name);
   return it == exports_.end() ? Ref() : Ref(this, it->second.get());
 }
 
 CacheStore::Ref CacheStore::For(std::string_view export_name) {
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   for (;;) {
     auto it = exports_.find(export_name);
     if (it == exports_.end()) break;
     if (!it->second->closing_) return Ref(this, it->second.get());
-    close_cv_.wait(lk);
+    close_cv_.wait(lk.native());
   }
   auto cache = std::make_unique<ExportCache>(next_.get(), options_, std::string(export_name),
                                              upload_pool_.get(), fetch_pool_.get());
@@ -90,7 +90,7 @@ CacheStore::Ref CacheStore::For(std::string_view export_name) {
 Status CacheStore::CloseExport(std::string_view export_name) {
   ExportCache* c = nullptr;
   {
-    std::unique_lock<std::mutex> lk(mu_);
+    UniqueLock lk(&mu_);
     for (;;) {
       auto it = exports_.find(export_name);
       if (it == exports_.end()) break;
@@ -98,7 +98,7 @@ Status CacheStore::CloseExport(std::string_view export_name) {
         c = it->second.get();
         break;
       }
-      close_cv_.wait(lk);  // closed by another call meanwhile: look again when that ends
+      close_cv_.wait(lk.native());  // closed by another call meanwhile: look again when that ends
     }
     // From here on no new call starts on the cache: For() waits, and only this call erases it.
     if (c != nullptr) c->closing_ = true;
@@ -110,7 +110,7 @@ Status CacheStore::CloseExport(std::string_view export_name) {
         upload_pool_->Attach(c);
         fetch_pool_->Attach(c);
       }
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       c->users_.fetch_and(~ExportCache::kClosing);
       c->closing_ = false;
       if (detached && started_) c->StartWork();
@@ -126,9 +126,9 @@ Status CacheStore::CloseExport(std::string_view export_name) {
     c->StopWork();
     {
       // Calls that were inside when the close began, and pool threads in a step for it.
-      std::unique_lock<std::mutex> lk(mu_);
+      UniqueLock lk(&mu_);
       c->users_.fetch_or(ExportCache::kClosing);
-      close_cv_.wait(lk, [&] { return c->users_.load() == ExportCache::kClosing; });
+      close_cv_.wait(lk.native(), [&] { return c->users_.load() == ExportCache::kClosing; });
     }
     // Such a call may have written after the flush.
     if (c->HasDirty()) {
@@ -140,7 +140,7 @@ Status CacheStore::CloseExport(std::string_view export_name) {
     }
     std::unique_ptr<ExportCache> gone;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       auto it = exports_.find(export_name);
       gone = std::move(it->second);
       exports_.erase(it);
@@ -243,7 +243,7 @@ bool CacheStore::GetStats(std::string_view export_name, CacheStats* out) const {
 std::vector<std::pair<std::string, CacheStats>> CacheStore::AllStats() const {
   std::vector<std::pair<std::string, Ref>> caches;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (auto& [name, cache] : exports_) caches.emplace_back(name, Ref(this, cache.get()));
   }
   std::vector<std::pair<std::string, CacheStats>> out;

@@ -9,7 +9,7 @@ namespace s3block {
 
 bool CacheStore::ExportCache::UploadStep(std::optional<Clock::time_point>* wake) {
   S3B_CACHE_CHECK_ON_RETURN();
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   if (!running_) return false;
   RequeueRetriesLocked(false, Clock::now());
   if (UploadOneLocked(lk, false)) return true;
@@ -37,7 +37,7 @@ bool CacheStore::ExportCache::RoomToUploadLocked(const CacheEntry* e) const {
   return busy == 0 || busy + cost <= inflight_limit_;
 }
 
-bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force) {
+bool CacheStore::ExportCache::UploadOneLocked(UniqueLock& lk, bool force) {
   const auto now = Clock::now();
   std::vector<std::pair<CacheEntry*, uint64_t>> taken;
   std::vector<uint64_t> ids;
@@ -57,7 +57,7 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
       // Written in part: read the rest first (this thread stores it right after).
       e->upload_no = ++uploads_started_;
       CacheEntry* got = nullptr;
-      (void)ResolveLocked(lk, e, /*for_upload=*/true, &got);
+      (void)ResolveLocked(e, /*for_upload=*/true, &got);
       if (got == nullptr) return true;
       e = got;
       if (!e->data) {  // all zeros: a delete
@@ -85,18 +85,17 @@ bool CacheStore::ExportCache::UploadOneLocked(std::unique_lock<std::mutex>& lk, 
   // Pass the baton: if work remains, an idle uploader must look at it (it may be asleep with
   // no deadline, or a later one) while this thread is busy.
   if (!ready_data_.empty() || !ready_delete_.empty()) SignalUploadsLocked(1);
-  (void)SendLocked(lk, ids, buf, taken, /*fua=*/false);
+  (void)SendLocked(ids, buf, taken, /*fua=*/false);
   return true;
 }
 
-Status CacheStore::ExportCache::SendLocked(std::unique_lock<std::mutex>& lk,
-                                           std::span<const uint64_t> ids,
+Status CacheStore::ExportCache::SendLocked(std::span<const uint64_t> ids,
                                            const std::shared_ptr<const Bytes>& buf,
                                            const std::vector<std::pair<CacheEntry*, uint64_t>>& taken,
                                            bool fua) {
-  lk.unlock();
+  mu_.Unlock();
   Status s = buf ? next_->Overwrite(name_, ids[0], *buf, fua) : next_->Delete(name_, ids, fua);
-  lk.lock();
+  mu_.Lock();
   stats_.uploads_in_flight -= taken.size();
   if (buf) {
     ++stats_.store_writes;
@@ -174,7 +173,7 @@ void CacheStore::ExportCache::RequeueRetriesLocked(bool all, Clock::time_point n
 
 Status CacheStore::ExportCache::Flush() {
   S3B_CACHE_CHECK_ON_RETURN();
-  std::unique_lock<std::mutex> lk(mu_);
+  UniqueLock lk(&mu_);
   FlushWaiter w;
   w.seq = seq_;
   flushes_.push_back(&w);
@@ -196,13 +195,13 @@ Status CacheStore::ExportCache::Flush() {
     // Upload in this thread too; the background uploaders work in parallel.
     if (UploadOneLocked(lk, true)) continue;
     // What remains is in flight.
-    state_cv_.wait(lk);
+    state_cv_.wait(lk.native());
   }
   flushes_.remove(&w);
-  lk.unlock();
+  lk.Unlock();
   if (!s.ok()) return s;
   s = next_->Flush(name_);
-  lk.lock();
+  lk.Lock();
   ++stats_.store_flushes;
   return s;
 }

@@ -26,6 +26,7 @@
 #include "cache/readahead.h"
 #include "s3block/cache_store.h"
 #include "s3block/params.h"
+#include "util/mutex.h"
 
 namespace s3block {
 
@@ -129,7 +130,7 @@ class CacheStore::ExportCache {
   bool UploadStep(std::optional<Clock::time_point>* wake);
   bool FetchStep(std::optional<Clock::time_point>* wake);
   bool HasDirty() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return !dirty_.empty();
   }
 
@@ -164,7 +165,7 @@ class CacheStore::ExportCache {
   Status ListBlocks(const std::function<void(uint64_t)>& fn);
   CacheStats Stats() const;
   void SetPresenceHint(std::function<bool(uint64_t)> fn) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     presence_hint_ = std::move(fn);
   }
 
@@ -206,101 +207,98 @@ class CacheStore::ExportCache {
   // Verifies that every entry's state agrees with the list it is on and with its other members,
   // and that the byte and block counters are the sums over the entries; aborts if not. O(entries):
   // called after every public call and pool step only in builds with S3BLOCK_CACHE_INVARIANTS.
-  // REQUIRES: mu_ held.
-  void CheckInvariantsLocked() const;
+  void CheckInvariantsLocked() const REQUIRES(mu_);
   // Runs CheckInvariantsLocked when the function that holds it returns (after its locks are
   // released: it takes mu_ itself).
   class InvariantCheck;
 
-  // --- lists (REQUIRES: mu_ held for all of these) ---
-  std::list<CacheEntry*>* ListOf(CacheEntry::List l);
-  void Unlink(CacheEntry* e);
-  void LinkFront(CacheEntry* e, CacheEntry::List l);
+  // --- lists ---
+  std::list<CacheEntry*>* ListOf(CacheEntry::List l) REQUIRES(mu_);
+  void Unlink(CacheEntry* e) REQUIRES(mu_);
+  void LinkFront(CacheEntry* e, CacheEntry::List l) REQUIRES(mu_);
   // Puts a clean, valid, idle entry on its LRU segment (most recently used end).
-  void InsertLru(CacheEntry* e);
+  void InsertLru(CacheEntry* e) REQUIRES(mu_);
   // Puts a dirty, idle entry on the ready list for its kind.
-  void PushReady(CacheEntry* e);
+  void PushReady(CacheEntry* e) REQUIRES(mu_);
   // Records a use of a valid entry (segment promotion).
-  void Touch(CacheEntry* e);
+  void Touch(CacheEntry* e) REQUIRES(mu_);
   // Evicts clean entries until the cache is within budget.
-  void EvictLocked();
+  void EvictLocked() REQUIRES(mu_);
   // Moves protected entries beyond the protected share back to probation.
-  void DemoteLocked();
+  void DemoteLocked() REQUIRES(mu_);
 
   // Charges or discharges e->sending to held_bytes_ after e's content may have changed. Only
   // SetContentLocked changes a busy entry's content (overlay entries are never busy, and only
   // idle entries become overlays), so it is the one caller.
-  void RecountSendingLocked(CacheEntry* e);
+  void RecountSendingLocked(CacheEntry* e) REQUIRES(mu_);
   // Called when e's overlay is replaced: a read of its rest in flight must not complete another.
-  void SupersedeResolveLocked(CacheEntry* e);
+  void SupersedeResolveLocked(CacheEntry* e) REQUIRES(mu_);
   // Stops charging (and keeping) overlay entry e's base.
-  void DropBaseLocked(CacheEntry* e);
+  void DropBaseLocked(CacheEntry* e) REQUIRES(mu_);
   // Turns clean, valid, idle entry e into an overlay entry (dirty) whose base is its content.
-  void MakeOverlayLocked(CacheEntry* e, uint32_t block_size);
+  void MakeOverlayLocked(CacheEntry* e, uint32_t block_size) REQUIRES(mu_);
   // Charges entry e (valid or overlay) `cost` bytes from now on.
-  void RechargeLocked(CacheEntry* e, uint64_t cost);
+  void RechargeLocked(CacheEntry* e, uint64_t cost) REQUIRES(mu_);
   // Makes overlay entry e valid: its overlay merged onto base (the stored block, or zeros).
-  void CompleteOverlayLocked(CacheEntry* e, Bytes base);
+  void CompleteOverlayLocked(CacheEntry* e, Bytes base) REQUIRES(mu_);
   // Writes `data` at `offset` into valid entry e (a block of block_size bytes), in place when
-  // nobody else holds its buffer. REQUIRES: lk holds mu_ (maybe released meanwhile).
-  // Sets *done to false if e changed while the lock was released (the caller looks again).
-  Status MergeLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, uint32_t block_size,
-                     uint32_t offset, std::span<const uint8_t> data, bool* done);
+  // nobody else holds its buffer. lk holds mu_, which may be released meanwhile: then *done is
+  // false if e changed (the caller looks again).
+  Status MergeLocked(UniqueLock& lk, CacheEntry* e, uint32_t block_size, uint32_t offset,
+                     std::span<const uint8_t> data, bool* done) REQUIRES(mu_);
   // Makes overlay entry e whole: merges its parts onto its base, read from the store unless it
   // is known (zeros, or kept).
   // For an uploader (for_upload): on success *out is the entry, idle and dirty, unlinked for the
   // caller to store (null if someone else stores it); on failure the failure is recorded as an
   // upload's. For a reader: *out is the entry if it is valid now.
-  // REQUIRES: lk holds mu_ (released during the read), e->state == kOverlay.
-  Status ResolveLocked(std::unique_lock<std::mutex>& lk, CacheEntry* e, bool for_upload,
-                       CacheEntry** out);
+  // mu_ is released during the read. REQUIRES: e->state == kOverlay.
+  Status ResolveLocked(CacheEntry* e, bool for_upload, CacheEntry** out) REQUIRES(mu_);
   // Makes `buf` (null: absent) the content of block id and marks it dirty.
-  // REQUIRES: mu_ held. Returns the entry (which may be busy; it is then uploaded again after).
-  CacheEntry* SetContentLocked(uint64_t id, std::shared_ptr<const Bytes> buf);
+  // Returns the entry (which may be busy; it is then uploaded again after).
+  CacheEntry* SetContentLocked(uint64_t id, std::shared_ptr<const Bytes> buf) REQUIRES(mu_);
   // Waits until block id, newly charged `need` bytes, fits in the dirty limit.
-  Status WaitForRoomLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t need);
+  Status WaitForRoomLocked(UniqueLock& lk, uint64_t id, uint64_t need) REQUIRES(mu_);
   // Sends one store request for the entries in `taken`, already marked busy and counted in
   // uploads_in_flight: a write of buf to ids[0], or (buf null) a delete of ids; then records the
-  // outcome. REQUIRES: lk holds mu_ (released during the request).
-  Status SendLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
-                    const std::shared_ptr<const Bytes>& buf,
-                    const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, bool fua);
+  // outcome. mu_ is released during the request.
+  Status SendLocked(std::span<const uint64_t> ids, const std::shared_ptr<const Bytes>& buf,
+                    const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, bool fua)
+      REQUIRES(mu_);
   // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
-  Status StoreNowLocked(std::unique_lock<std::mutex>& lk, std::span<const uint64_t> ids,
-                        std::shared_ptr<const Bytes> buf);
+  Status StoreNowLocked(UniqueLock& lk, std::span<const uint64_t> ids,
+                        std::shared_ptr<const Bytes> buf) REQUIRES(mu_);
   // Dirty bytes that no upload has taken yet.
-  uint64_t PendingBytesLocked() const { return dirty_bytes_ - inflight_bytes_; }
+  uint64_t PendingBytesLocked() const REQUIRES(mu_) { return dirty_bytes_ - inflight_bytes_; }
   // Asks n pool threads to look at this cache's uploads (or read-ahead); nothing without threads.
-  void SignalUploadsLocked(uint32_t n);
-  void SignalFetchesLocked(uint32_t n);
+  void SignalUploadsLocked(uint32_t n) REQUIRES(mu_);
+  void SignalFetchesLocked(uint32_t n) REQUIRES(mu_);
   // Wakes an uploader if what waits for one has passed the upload threshold.
-  void WakeUploaderIfDueLocked() {
+  void WakeUploaderIfDueLocked() REQUIRES(mu_) {
     if (PendingBytesLocked() > upload_threshold_) SignalUploadsLocked(1);
   }
   // Whether uploads in flight leave room for one of entry e.
-  bool RoomToUploadLocked(const CacheEntry* e) const;
+  bool RoomToUploadLocked(const CacheEntry* e) const REQUIRES(mu_);
   // Whether a background uploader may start on entry e now.
-  bool EligibleLocked(const CacheEntry* e, Clock::time_point now) const;
+  bool EligibleLocked(const CacheEntry* e, Clock::time_point now) const REQUIRES(mu_);
   // Starts one upload (one block, or a batch of deletes) from the ready lists and waits for it.
   // With force, ignores the thresholds. Returns false if there was nothing to start.
-  // REQUIRES: lk holds mu_ (released during the store request).
-  bool UploadOneLocked(std::unique_lock<std::mutex>& lk, bool force);
+  // lk holds mu_, released during the store request.
+  bool UploadOneLocked(UniqueLock& lk, bool force) REQUIRES(mu_);
   // Records the outcome of a store write or delete of e, which started at generation gen.
-  void CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s);
+  void CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) REQUIRES(mu_);
   // Records a failed store request for idle, dirty entry e: every flush that needed it fails,
   // and it is tried again after a back-off.
-  void FailUploadLocked(CacheEntry* e, const Status& s);
+  void FailUploadLocked(CacheEntry* e, const Status& s) REQUIRES(mu_);
   // Moves failed entries due for a retry (all of them with all) back to the ready lists.
-  void RequeueRetriesLocked(bool all, Clock::time_point now);
+  void RequeueRetriesLocked(bool all, Clock::time_point now) REQUIRES(mu_);
 
-  // Creates a pending-fetch entry for block id. REQUIRES: mu_ held, id not cached.
-  CacheEntry* NewFetchLocked(uint64_t id, bool prefetched);
+  // Creates a pending-fetch entry for block id. REQUIRES: id not cached.
+  CacheEntry* NewFetchLocked(uint64_t id, bool prefetched) REQUIRES(mu_);
   // Fetches block id for the entry created with `token`, and fills it. The block is charged to
   // the budget while it is in flight, so that the cache makes room for it first.
-  // REQUIRES: lk holds mu_ (released during the fetch). On success, *result is the fetched
-  // content (null: absent).
-  Status FetchLocked(std::unique_lock<std::mutex>& lk, uint64_t id, uint64_t token,
-                     bool readahead, std::shared_ptr<const Bytes>* result);
+  // mu_ is released during the fetch. On success, *result is the fetched content (null: absent).
+  Status FetchLocked(uint64_t id, uint64_t token, bool readahead,
+                     std::shared_ptr<const Bytes>* result) REQUIRES(mu_);
   // One block of FetchBatchLocked.
   struct FetchItem {
     uint64_t id = 0;
@@ -309,8 +307,7 @@ class CacheStore::ExportCache {
     std::shared_ptr<const Bytes> content;  // out: the block (null: not stored, or an error)
   };
   // As FetchLocked, for up to kMaxFetchBatch blocks read with one ReadBatch of the store.
-  void FetchBatchLocked(std::unique_lock<std::mutex>& lk, std::span<FetchItem> items,
-                        bool readahead);
+  void FetchBatchLocked(std::span<FetchItem> items, bool readahead) REQUIRES(mu_);
   // Finds block id in the cache, or fetches it, and sets *content to a reference to its
   // immutable buffer (null: not stored). The reference keeps the buffer alive after eviction,
   // so callers copy from it without the lock.
@@ -325,8 +322,8 @@ class CacheStore::ExportCache {
   // Notes a reader's read of `len` bytes of block id (of block_size bytes) and schedules
   // read-ahead for a sequential reader. Returns true if the read goes on reading a block that
   // a stream has just read from (not a second use of the block, for the LRU).
-  bool NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size);
-  void DropPendingPrefetchesLocked();
+  bool NoteReadLocked(uint64_t id, uint32_t len, uint32_t block_size) REQUIRES(mu_);
+  void DropPendingPrefetchesLocked() REQUIRES(mu_);
 
   BlockStore* const next_;
   const CacheOptions& options_;
@@ -343,24 +340,24 @@ class CacheStore::ExportCache {
   // kMaxFetchBatch.
   const size_t fetch_batch_;
   // Blocks one fetcher reads with one ReadBatch now: more than one only if the store reads
-  // batches and the blocks are small (kFetchBatchBytes). REQUIRES: mu_ held.
-  size_t BatchBlocksLocked() const {
+  // batches and the blocks are small (kFetchBatchBytes).
+  size_t BatchBlocksLocked() const REQUIRES(mu_) {
     if (fetch_batch_ == 1) return 1;
     return static_cast<size_t>(std::clamp<uint64_t>(
         kFetchBatchBytes / std::max<uint64_t>(last_block_size_, 1), 1, fetch_batch_));
   }
   // Fetchers that may read at once, and most blocks read ahead of one sequential reader: fewer
-  // and longer while batches are read (kBatchFetchersDivisor). REQUIRES: mu_ held.
-  uint32_t FetcherLimitLocked() const {
+  // and longer while batches are read (kBatchFetchersDivisor).
+  uint32_t FetcherLimitLocked() const REQUIRES(mu_) {
     return BatchBlocksLocked() > 1 ? std::max<uint32_t>(1, options_.read_threads / kBatchFetchersDivisor)
                                    : options_.read_threads;
   }
-  uint64_t ReadaheadWindowLocked() const {
+  uint64_t ReadaheadWindowLocked() const REQUIRES(mu_) {
     return BatchBlocksLocked() > 1 ? uint64_t{options_.readahead_max} * kBatchWindowFactor
                                    : options_.readahead_max;
   }
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Signalled when an entry's fetch or upload finishes (or the rest of a block written in part
   // has been read), when an upload fails, and when an upload starts with writers waiting.
   std::condition_variable state_cv_;
@@ -374,50 +371,58 @@ class CacheStore::ExportCache {
   static constexpr size_t kBlockCvs = 16;
   std::condition_variable block_cv_[kBlockCvs];
   std::condition_variable& BlockCv(uint64_t id) { return block_cv_[id % kBlockCvs]; }
-  void NotifyAllLocked() {
+  void NotifyAllLocked() REQUIRES(mu_) {
     state_cv_.notify_all();
     for (auto& cv : block_cv_) cv.notify_all();
   }
-  // Everything below is guarded by mu_.
-  std::unordered_map<uint64_t, std::unique_ptr<CacheEntry>> entries_;
-  std::list<CacheEntry*> probation_, protected_;     // clean entries, most recent first
-  std::list<CacheEntry*> ready_data_, ready_delete_;  // dirty, idle entries, oldest last
-  std::list<CacheEntry*> retry_;                      // dirty entries whose upload failed
-  std::map<uint64_t, CacheEntry*> dirty_;             // every dirty entry, by dirty_seq
-  uint64_t seq_ = 0;
-  uint64_t uploads_started_ = 0;  // store requests begun to store blocks (see upload_no)
-  uint64_t next_token_ = 0;
-  uint64_t cached_bytes_ = 0;     // cost of valid entries
-  uint64_t protected_bytes_ = 0;  // cost of entries on protected_
-  uint64_t cached_blocks_ = 0;    // valid entries
-  uint64_t dirty_bytes_ = 0;      // cost of dirty entries
-  uint64_t inflight_bytes_ = 0;   // cost of entries being uploaded
-  uint64_t fetch_bytes_ = 0;      // expected cost of the fetches in flight
-  uint64_t readahead_bytes_ = 0;  // the part of fetch_bytes_ that is read-ahead
-  uint64_t bases_ = 0;            // overlay entries that keep their base (on ready_data_ or not)
-  uint64_t resolve_bytes_ = 0;    // the part of fetch_bytes_ that is the rest of blocks written in part
-  uint64_t held_bytes_ = 0;       // content written over while a store write of it is in flight
-  bool readahead_held_ = false;   // a fetcher waits for readahead_bytes_ to fall
-  uint32_t active_fetchers_ = 0;  // fetchers reading ahead now
-  uint64_t last_block_size_ = kDefaultBlockSize;
-  std::list<FlushWaiter*> flushes_;
-  int writers_waiting_ = 0;
-  uint64_t failure_epoch_ = 0;  // incremented by every failed upload
-  Status last_failure_;
-  uint32_t consecutive_failures_ = 0;
-  std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_;  // (id, token)
-  SequentialStreams streams_;
-  // From the Volume above: false for blocks certainly not stored. Guarded by mu_.
-  std::function<bool(uint64_t)> presence_hint_;
-  bool running_ = false;  // the pools work for this cache
-  CacheStats stats_;  // the monotonic counters
+  // What mu_ guards.
+  std::unordered_map<uint64_t, std::unique_ptr<CacheEntry>> entries_ GUARDED_BY(mu_);
+  // Clean entries, most recent first.
+  std::list<CacheEntry*> probation_ GUARDED_BY(mu_);
+  std::list<CacheEntry*> protected_ GUARDED_BY(mu_);
+  // Dirty, idle entries, oldest last.
+  std::list<CacheEntry*> ready_data_ GUARDED_BY(mu_);
+  std::list<CacheEntry*> ready_delete_ GUARDED_BY(mu_);
+  std::list<CacheEntry*> retry_ GUARDED_BY(mu_);           // dirty entries whose upload failed
+  std::map<uint64_t, CacheEntry*> dirty_ GUARDED_BY(mu_);  // every dirty entry, by dirty_seq
+  uint64_t seq_ GUARDED_BY(mu_) = 0;
+  // Store requests begun to store blocks (see upload_no).
+  uint64_t uploads_started_ GUARDED_BY(mu_) = 0;
+  uint64_t next_token_ GUARDED_BY(mu_) = 0;
+  uint64_t cached_bytes_ GUARDED_BY(mu_) = 0;     // cost of valid entries
+  uint64_t protected_bytes_ GUARDED_BY(mu_) = 0;  // cost of entries on protected_
+  uint64_t cached_blocks_ GUARDED_BY(mu_) = 0;    // valid entries
+  uint64_t dirty_bytes_ GUARDED_BY(mu_) = 0;      // cost of dirty entries
+  uint64_t inflight_bytes_ GUARDED_BY(mu_) = 0;   // cost of entries being uploaded
+  uint64_t fetch_bytes_ GUARDED_BY(mu_) = 0;      // expected cost of the fetches in flight
+  uint64_t readahead_bytes_ GUARDED_BY(mu_) = 0;  // the part of fetch_bytes_ that is read-ahead
+  // Overlay entries that keep their base (on ready_data_ or not).
+  uint64_t bases_ GUARDED_BY(mu_) = 0;
+  // The part of fetch_bytes_ that is the rest of blocks written in part.
+  uint64_t resolve_bytes_ GUARDED_BY(mu_) = 0;
+  // Content written over while a store write of it is in flight.
+  uint64_t held_bytes_ GUARDED_BY(mu_) = 0;
+  bool readahead_held_ GUARDED_BY(mu_) = false;   // a fetcher waits for readahead_bytes_ to fall
+  uint32_t active_fetchers_ GUARDED_BY(mu_) = 0;  // fetchers reading ahead now
+  uint64_t last_block_size_ GUARDED_BY(mu_) = kDefaultBlockSize;
+  std::list<FlushWaiter*> flushes_ GUARDED_BY(mu_);
+  int writers_waiting_ GUARDED_BY(mu_) = 0;
+  uint64_t failure_epoch_ GUARDED_BY(mu_) = 0;  // incremented by every failed upload
+  Status last_failure_ GUARDED_BY(mu_);
+  uint32_t consecutive_failures_ GUARDED_BY(mu_) = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> prefetch_queue_ GUARDED_BY(mu_);  // (id, token)
+  SequentialStreams streams_ GUARDED_BY(mu_);
+  // From the Volume above: false for blocks certainly not stored.
+  std::function<bool(uint64_t)> presence_hint_ GUARDED_BY(mu_);
+  bool running_ GUARDED_BY(mu_) = false;  // the pools work for this cache
+  CacheStats stats_ GUARDED_BY(mu_);      // the monotonic counters
 };
 
 class CacheStore::ExportCache::InvariantCheck {
  public:
   explicit InvariantCheck(const ExportCache* cache) : cache_(cache) {}
   ~InvariantCheck() {
-    std::lock_guard<std::mutex> lock(cache_->mu_);
+    MutexLock lock(&cache_->mu_);
     cache_->CheckInvariantsLocked();
   }
 
