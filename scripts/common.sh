@@ -9,6 +9,9 @@ S3BLOCK_PLUGIN=${S3BLOCK_PLUGIN:-$S3BLOCK_BUILD/nbdkit-s3block-plugin.so}
 # tool the code and CMakeLists.txt use).
 S3BLOCK_BUILD_PACKAGES="build-essential cmake pkg-config nbdkit nbdkit-plugin-dev libnbd-dev
   libcurl4-openssl-dev libssl-dev libexpat1-dev libzstd-dev liburing-dev libgtest-dev"
+# The clients the README attaches with: nbdinfo, nbdcopy and nbdfuse (libnbd-bin), fusermount3
+# (fuse3).
+S3BLOCK_CLIENT_PACKAGES="libnbd-bin fuse3"
 # What running the tests needs besides: nbdfuse and nbdinfo (libnbd-bin), nbdsh (python3-libnbd),
 # fusermount3 (fuse3), mkfs.ext4 and e2fsck (e2fsprogs), losetup (mount), blockdev and mountpoint
 # (util-linux), curl (the S3 test server's scripts and an independent S3 client), fio for the

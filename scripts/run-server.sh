@@ -1,6 +1,7 @@
 #!/bin/bash
-# Installs what is missing, builds the plugin, and serves the local store over NBD on TCP port
-# 10809, in the foreground. Ctrl-C stops it, once its clients have gone, and says whether what they
+# Installs what is missing (and the NBD clients the README uses), builds the plugin, the admin
+# command and the manuals, and serves the local store over NBD on TCP port 10809, in the
+# foreground. Ctrl-C stops it (clients still attached get errors) and says whether what they
 # wrote was all stored.
 #
 #   scripts/run-server.sh [PARAM=VALUE...]
@@ -30,8 +31,9 @@ if [ "${1:-}" = --build-only ]; then
 fi
 
 s3b_install_missing $S3BLOCK_BUILD_PACKAGES
-s3b_build nbdkit-s3block-plugin s3block-admin
+s3b_build nbdkit-s3block-plugin s3block-admin man-pages
 [ $build_only = 0 ] || exit 0
+s3b_install_missing $S3BLOCK_CLIENT_PACKAGES
 
 # store= on the command line wins over S3BLOCK_STORE.
 have_store=0
