@@ -14,7 +14,7 @@
 
 #include "s3block/params.h"
 #include "s3block/status.h"
-#include "s3block/volume_options.h"
+#include "s3block/export_meta.h"
 
 namespace s3block {
 
@@ -87,7 +87,6 @@ struct Config {
   Status Finish();
 
   bool is_s3() const { return store.rfind("s3://", 0) == 0; }
-  VolumeOptions volume_options(bool readonly) const;
 
   // Every member equal (the unit tests compare a Config with the defaults).
   bool operator==(const Config&) const = default;

@@ -14,14 +14,17 @@
 #include "s3block/block_store.h"
 #include "s3block/cache_store.h"
 #include "s3block/config.h"
+#include "s3block/volume_options.h"
 
 namespace s3block {
 
 struct S3StoreOptions;
 
-// The options of the cache and of the S3 store that the configuration asks for.
+// The options of the cache, of the S3 store and of an export's Volume (read-only or not) that
+// the configuration asks for.
 CacheOptions CacheOptionsFor(const Config& config);
 S3StoreOptions S3StoreOptionsFor(const Config& config);
+VolumeOptions VolumeOptionsFor(const Config& config, bool readonly);
 
 // Builds the leaf store named by config.store (a directory or s3://...). No I/O happens here;
 // call Check() on the result to verify that it is usable.

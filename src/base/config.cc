@@ -60,19 +60,6 @@ Status Config::Finish() {
   return Status::Ok();
 }
 
-VolumeOptions Config::volume_options(bool readonly) const {
-  VolumeOptions o;
-  o.size = size;
-  o.block_size = block_size;
-  o.block_size_explicit = block_size_given;
-  o.readonly = readonly;
-  o.create = create;
-  o.force = force;
-  o.encoding = encoding;
-  o.encoding_explicit = encoding_given;
-  return o;
-}
-
 const char* Config::Help() {
   static const std::string text = [] {
     std::string t = ParamListText(ParamSyntax::kPlugin, "", 26);

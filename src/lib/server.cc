@@ -61,7 +61,7 @@ Status Server::Create(const Config& config, const std::string& program, Log debu
   VolumeRegistryOptions ro;
   ro.max_exports = static_cast<uint32_t>(config.max_exports);
   ro.idle_timeout = config.idle_timeout;
-  ro.volume = config.volume_options(false);
+  ro.volume = VolumeOptionsFor(config, false);
   ro.volume.holder = DescribeThisProcess(program);
   ro.log = server->debug_;
   server->volumes_ = std::make_unique<VolumeRegistry>(server->stack_, std::move(ro));

@@ -34,6 +34,19 @@ S3StoreOptions S3StoreOptionsFor(const Config& config) {
   return o;
 }
 
+VolumeOptions VolumeOptionsFor(const Config& config, bool readonly) {
+  VolumeOptions o;
+  o.size = config.size;
+  o.block_size = config.block_size;
+  o.block_size_explicit = config.block_size_given;
+  o.readonly = readonly;
+  o.create = config.create;
+  o.force = config.force;
+  o.encoding = config.encoding;
+  o.encoding_explicit = config.encoding_given;
+  return o;
+}
+
 Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
   if (config.is_s3()) {
     std::shared_ptr<S3Store> s3;

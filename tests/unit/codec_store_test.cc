@@ -602,7 +602,7 @@ TEST_F(CodecConfigTest, DefaultStoreKeepsTheRawLayout) {
   StoreStack stack;
   ASSERT_OK(MakeStoreStack(c, &stack));
   ASSERT_OK(stack.store->Check());
-  VolumeOptions o = c.volume_options(false);
+  VolumeOptions o = VolumeOptionsFor(c, false);
   o.size = 8192;
   o.block_size = 4096;
   std::shared_ptr<Volume> v;
@@ -637,7 +637,7 @@ TEST_F(CodecConfigTest, ParametersAndKeySources) {
   EXPECT_EQ(c.encryption_key, std::string(32, '\xcc'));
   EXPECT_TRUE(KeyMatchesCheck(c.encryption_key, c.encoding.key_check));
   EXPECT_EQ(c.encoding.Describe(), "zstd:5+aes-256-gcm+crc32c");
-  VolumeOptions o = c.volume_options(false);
+  VolumeOptions o = VolumeOptionsFor(c, false);
   EXPECT_TRUE(o.encoding_explicit);
   EXPECT_TRUE(o.encoding.SameChoices(c.encoding));
 
@@ -661,7 +661,7 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   StoreStack stack;
   ASSERT_OK(MakeStoreStack(c, &stack));
   ASSERT_OK(stack.store->Check());
-  VolumeOptions o = c.volume_options(false);
+  VolumeOptions o = VolumeOptionsFor(c, false);
   o.size = 4096 * 4;
   std::shared_ptr<Volume> v;
   ASSERT_OK(Volume::Open(stack, "z", o, &v));
@@ -672,7 +672,7 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   ASSERT_OK(later.Set("compression", "none"));
   ASSERT_OK(later.Finish());
   ASSERT_OK(MakeStoreStack(later, &stack));
-  ASSERT_OK(Volume::Open(stack, "z", later.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "z", VolumeOptionsFor(later, false), &v));
   EXPECT_NE(v->encoding_note().find("keeps the block encoding it was created with (zstd:3)"),
             std::string::npos)
       << v->encoding_note();
@@ -689,7 +689,7 @@ TEST_F(CodecConfigTest, RecordedEncodingWinsOverAnotherGivenLater) {
   Config quiet = Base();
   ASSERT_OK(quiet.Finish());
   ASSERT_OK(MakeStoreStack(quiet, &stack));
-  ASSERT_OK(Volume::Open(stack, "z", quiet.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "z", VolumeOptionsFor(quiet, false), &v));
   EXPECT_TRUE(v->encoding_note().empty());
 }
 
@@ -707,7 +707,7 @@ TEST_F(CodecConfigTest, BlocksWithoutMetadataStayRaw) {
   StoreStack stack;
   ASSERT_OK(MakeStoreStack(c, &stack));
   std::shared_ptr<Volume> v;
-  ASSERT_OK(Volume::Open(stack, "legacy", c.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "legacy", VolumeOptionsFor(c, false), &v));
   EXPECT_TRUE(v->encoding().raw());
   EXPECT_NE(v->encoding_note().find("has blocks but no metadata"), std::string::npos)
       << v->encoding_note();
@@ -715,7 +715,7 @@ TEST_F(CodecConfigTest, BlocksWithoutMetadataStayRaw) {
   ASSERT_OK(v->Read(back.data(), back.size(), 2 * 4096));
   EXPECT_TRUE(back == old);
   // A new export of the same server gets the encoding.
-  ASSERT_OK(Volume::Open(stack, "fresh", c.volume_options(false), &v));
+  ASSERT_OK(Volume::Open(stack, "fresh", VolumeOptionsFor(c, false), &v));
   EXPECT_EQ(v->encoding().Describe(), "zstd:3+crc32c");
   EXPECT_TRUE(v->encoding_note().empty());
 }
