@@ -77,6 +77,24 @@ struct LogStats {
   uint64_t checkpoints = 0;     // stored since opened
 };
 
+// Calls fn(key, value) for each counter of `stats`, as the stats file names them.
+template <typename Fn>
+void ForEachLogStat(const LogStats& s, Fn fn) {
+  fn("segments", s.segments);
+  fn("segment_bytes", s.segment_bytes);
+  fn("live_bytes", s.live_bytes);
+  fn("blocks", s.blocks);
+  fn("map_bytes", s.map_bytes);
+  fn("pending_segments", s.pending_segments);
+  fn("last_seq", s.last_seq);
+  fn("checkpoint_seq", s.checkpoint_seq);
+  fn("client_bytes", s.client_bytes);
+  fn("gc_bytes", s.gc_bytes);
+  fn("gc_segments_freed", s.gc_segments_freed);
+  fn("gc_bytes_freed", s.gc_bytes_freed);
+  fn("checkpoints", s.checkpoints);
+}
+
 struct GcResult {
   uint64_t segments_freed = 0;  // deleted
   uint64_t bytes_freed = 0;     // their size
