@@ -77,7 +77,10 @@ Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header) {
     S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
     if (need) return Status::IoError(where + " is cut short");
   }
-  if (header->seq != seq) return Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+  // An object under another segment's key (a copy, a writer's gone astray) is no part of the
+  // run: "corrupt", so that recovery ends the run before it, as before a bad checksum.
+  if (header->seq != seq)
+    return Status::IoError(where + " is corrupt: it says it is segment " + std::to_string(header->seq));
   return Status::Ok();
 }
 

@@ -313,6 +313,31 @@ TEST_F(LogExportTest, ASegmentAfterAGapOrWithACorruptHeadIsNotApplied) {
   ExpectBlock(*e, 4, std::nullopt);
 }
 
+TEST_F(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
+  uint64_t old_seq = 0;
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(1, Block(1, 1), false));
+    ASSERT_OK(e->Flush());
+    old_seq = e->Stats().last_seq;
+    ASSERT_OK(e->Write(1, Block(1, 2), false));
+    ASSERT_OK(e->Flush());
+  }
+  // A copy of the older segment put where the next one goes: sound, but it says it is another.
+  const uint64_t next = Segments().back() + 1;
+  std::filesystem::copy_file(SegmentPath(old_seq), SegmentPath(next));
+  {
+    auto e = Open();
+    ExpectBlock(*e, 1, 2);
+    // The next writer removes it and takes its place.
+    ASSERT_OK(e->Write(2, Block(2, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  ExpectBlock(*e, 1, 2);
+  ExpectBlock(*e, 2, 1);
+}
+
 TEST_F(LogExportTest, ACorruptFrameIsAnErrorNotData) {
   {
     auto e = Open();
