@@ -338,6 +338,76 @@ TEST_F(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
   ExpectBlock(*e, 2, 1);
 }
 
+// A transport whose first `damaged` listings of checkpoints show every root's last digit
+// turned into a letter, as a byte flipped on the way would.
+class DamagedListings : public ObjectTransport {
+ public:
+  DamagedListings(std::shared_ptr<ObjectTransport> next, int damaged)
+      : next_(std::move(next)), damaged_(damaged) {}
+  std::string Describe() const override { return next_->Describe(); }
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
+             std::string* version) override {
+    return next_->Put(key, data, options, version);
+  }
+  Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
+    return next_->Get(key, data, info);
+  }
+  Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
+                  std::vector<uint8_t>* data) override {
+    return next_->GetRange(key, offset, length, data);
+  }
+  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
+  Status List(const std::string& prefix,
+              const std::function<void(const std::string&, std::string_view)>& fn) override {
+    const bool damage = prefix == CheckpointPrefix("e") && damaged_ > 0 && damaged_--;
+    return next_->List(prefix, [&](const std::string& key, std::string_view version) {
+      uint64_t seq;
+      fn(damage && ParseSeqKey(key, prefix, &seq) ? key.substr(0, key.size() - 1) + "j" : key, version);
+    });
+  }
+  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
+    return next_->Delete(keys, fence);
+  }
+
+ private:
+  std::shared_ptr<ObjectTransport> next_;
+  int damaged_;
+};
+
+TEST_F(LogExportTest, ADamagedListingOfCheckpointsIsListedAgainNeverOpenedFromAnOlderOne) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+    ASSERT_OK(e->Flush());
+    GcResult gc;
+    ASSERT_OK(e->CollectGarbage(true, &gc));  // the dead segments go, the checkpoint stays
+    ASSERT_GT(gc.segments_freed, 0u);
+  }
+  const auto damaged_open = [&](int damaged, std::unique_ptr<LogExport>* out) {
+    return LogExport::Open(std::make_shared<DamagedListings>(transport_, damaged), "e", options_,
+                           nullptr, out);
+  };
+  {
+    // Once: the listing is fetched again, and the export is what the checkpoint says.
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(damaged_open(1, &e));
+    for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 2);
+    ASSERT_OK(e->Write(9, Block(9, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    // Every time: an error, not an export opened from before the checkpoint.
+    std::unique_ptr<LogExport> e;
+    Status s = damaged_open(100, &e);
+    EXPECT_TRUE(s.IsIoError()) << s.ToString();
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 2);
+  ExpectBlock(*e, 9, 1);
+}
+
 TEST_F(LogExportTest, ACorruptFrameIsAnErrorNotData) {
   {
     auto e = Open();
