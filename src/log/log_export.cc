@@ -68,20 +68,31 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
 Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
-  std::vector<uint8_t> bytes;
-  S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
-  uint64_t need = 0;
-  S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
-  if (need > bytes.size()) {
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+  auto read_once = [&]() {
+    std::vector<uint8_t> bytes;
+    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
+    uint64_t need = 0;
     S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
-    if (need) return Status::IoError(where + " is cut short");
+    if (need > bytes.size()) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+      S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
+      if (need) return Status::IoError(where + " is cut short");
+    }
+    // An object under another segment's key (a copy, a writer's gone astray) is no part of the
+    // run: "corrupt", so that recovery ends the run before it, as before a bad checksum.
+    if (header->seq != seq)
+      return Status::IoError(where + " is corrupt: it says it is segment " + std::to_string(header->seq));
+    return Status::Ok();
+  };
+  // A head found corrupt is read again before it is believed: nothing else checks a range read
+  // over plain HTTP, and a corrupt head ends the run, after which the next writer deletes what
+  // follows as never acknowledged.
+  Status s;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    s = read_once();
+    if (!s.IsIoError() || s.message().find(" is corrupt") == std::string::npos) break;
   }
-  // An object under another segment's key (a copy, a writer's gone astray) is no part of the
-  // run: "corrupt", so that recovery ends the run before it, as before a bad checksum.
-  if (header->seq != seq)
-    return Status::IoError(where + " is corrupt: it says it is segment " + std::to_string(header->seq));
-  return Status::Ok();
+  return s;
 }
 
 uint32_t LogExport::AllocSlotLocked() {

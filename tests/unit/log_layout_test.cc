@@ -338,12 +338,13 @@ TEST_F(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
   ExpectBlock(*e, 2, 1);
 }
 
-// A transport whose first `damaged` listings of checkpoints show every root's last digit
-// turned into a letter, as a byte flipped on the way would.
-class DamagedListings : public ObjectTransport {
+// A transport that damages what comes back as a byte flipped on the way would: its first
+// `listings` listings of checkpoints show every root's last digit turned into a letter, and its
+// first `heads` ranged reads of segments from their start have a byte of the header flipped.
+class DamagingTransport : public ObjectTransport {
  public:
-  DamagedListings(std::shared_ptr<ObjectTransport> next, int damaged)
-      : next_(std::move(next)), damaged_(damaged) {}
+  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads)
+      : next_(std::move(next)), listings_(listings), heads_(heads) {}
   std::string Describe() const override { return next_->Describe(); }
   Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
              std::string* version) override {
@@ -354,12 +355,19 @@ class DamagedListings : public ObjectTransport {
   }
   Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
                   std::vector<uint8_t>* data) override {
-    return next_->GetRange(key, offset, length, data);
+    S3B_RETURN_IF_ERROR(next_->GetRange(key, offset, length, data));
+    uint64_t seq;
+    if (offset == 0 && data->size() > 30 && heads_ > 0 &&
+        ParseSeqKey(key, LogPrefix("e"), &seq)) {
+      --heads_;
+      (*data)[30] ^= 0x5a;  // in the writer's epoch: the header's checksum fails
+    }
+    return Status::Ok();
   }
   Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
   Status List(const std::string& prefix,
               const std::function<void(const std::string&, std::string_view)>& fn) override {
-    const bool damage = prefix == CheckpointPrefix("e") && damaged_ > 0 && damaged_--;
+    const bool damage = prefix == CheckpointPrefix("e") && listings_ > 0 && listings_--;
     return next_->List(prefix, [&](const std::string& key, std::string_view version) {
       uint64_t seq;
       fn(damage && ParseSeqKey(key, prefix, &seq) ? key.substr(0, key.size() - 1) + "j" : key, version);
@@ -371,8 +379,31 @@ class DamagedListings : public ObjectTransport {
 
  private:
   std::shared_ptr<ObjectTransport> next_;
-  int damaged_;
+  int listings_, heads_;
 };
+
+TEST_F(LogExportTest, AHeadDamagedOnTheWayIsReadAgainNotTakenForTorn) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    for (uint64_t id = 4; id < 12; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    // Two reads of the first head damaged: the third is sound, and the run goes on.
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 2), "e", options_,
+                              nullptr, &e));
+    for (uint64_t id = 0; id < 12; ++id) ExpectBlock(*e, id, id < 4 ? 1 : 2);
+    // A writer now deletes only what truly follows the run.
+    ASSERT_OK(e->Write(20, Block(20, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 12; ++id) ExpectBlock(*e, id, id < 4 ? 1 : 2);
+  ExpectBlock(*e, 20, 1);
+}
 
 TEST_F(LogExportTest, ADamagedListingOfCheckpointsIsListedAgainNeverOpenedFromAnOlderOne) {
   {
@@ -386,8 +417,8 @@ TEST_F(LogExportTest, ADamagedListingOfCheckpointsIsListedAgainNeverOpenedFromAn
     ASSERT_GT(gc.segments_freed, 0u);
   }
   const auto damaged_open = [&](int damaged, std::unique_ptr<LogExport>* out) {
-    return LogExport::Open(std::make_shared<DamagedListings>(transport_, damaged), "e", options_,
-                           nullptr, out);
+    return LogExport::Open(std::make_shared<DamagingTransport>(transport_, damaged, 0), "e",
+                           options_, nullptr, out);
   };
   {
     // Once: the listing is fetched again, and the export is what the checkpoint says.
