@@ -20,6 +20,8 @@ constexpr uint64_t kCoalesceGap = 64 << 10;
 constexpr uint64_t kMaxRangeRead = 8ull << 20;
 // After a crash, what lies after the run may be a crashed writer's: this many seqs are deleted.
 constexpr uint64_t kDanglingSeqs = 64;
+// Reads of a range whose frames fail their checks, before the error is believed.
+constexpr int kFrameReads = 8;
 // A collector pass rewrites at most this much.
 constexpr uint64_t kGcBudgetBytes = 256ull << 20;
 
@@ -484,20 +486,31 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
       end = std::max<uint64_t>(end, uint64_t{locs[j].offset} + locs[j].length);
       ++j;
     }
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
-    for (size_t k = i; k < j; ++k) {
-      const uint64_t at = locs[k].offset - locs[i].offset;
-      if (at + locs[k].length > range.size())
-        return Status::IoError(where + " ends before block frame at " + std::to_string(locs[k].offset));
-      std::span<const uint8_t> payload;
-      // The frame's own CRC: the map does not keep the entry's (the head has it, and the frame
-      // repeats it).
-      std::span<const uint8_t> frame(range.data() + at, locs[k].length);
-      const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
-                           static_cast<uint32_t>(frame[6]) << 16 | static_cast<uint32_t>(frame[7]) << 24;
-      S3B_RETURN_IF_ERROR(OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload));
-      outs[k]->assign(payload.begin(), payload.end());
+    // A range whose frames fail their checks is fetched again before the error is believed:
+    // nothing else checks a range read over plain HTTP, and a byte flipped on the way would fail
+    // the client's read.
+    Status frames;
+    for (int attempt = 0; attempt < kFrameReads; ++attempt) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
+      frames = Status::Ok();
+      for (size_t k = i; k < j && frames.ok(); ++k) {
+        const uint64_t at = locs[k].offset - locs[i].offset;
+        if (at + locs[k].length > range.size()) {
+          frames = Status::IoError(where + " ends before block frame at " + std::to_string(locs[k].offset));
+          break;
+        }
+        std::span<const uint8_t> payload;
+        // The frame's own CRC: the map does not keep the entry's (the head has it, and the frame
+        // repeats it).
+        std::span<const uint8_t> frame(range.data() + at, locs[k].length);
+        const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
+                             static_cast<uint32_t>(frame[6]) << 16 | static_cast<uint32_t>(frame[7]) << 24;
+        frames = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
+        if (frames.ok()) outs[k]->assign(payload.begin(), payload.end());
+      }
+      if (frames.ok()) break;
     }
+    S3B_RETURN_IF_ERROR(frames);
     i = j;
   }
   return Status::Ok();

@@ -339,12 +339,13 @@ TEST_F(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
 }
 
 // A transport that damages what comes back as a byte flipped on the way would: its first
-// `listings` listings of checkpoints show every root's last digit turned into a letter, and its
-// first `heads` ranged reads of segments from their start have a byte of the header flipped.
+// `listings` listings of checkpoints show every root's last digit turned into a letter, its
+// first `heads` ranged reads of segments from their start have a byte of the header flipped, and
+// its first `frames` ranged reads of segments' frames a byte in their middle.
 class DamagingTransport : public ObjectTransport {
  public:
-  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads)
-      : next_(std::move(next)), listings_(listings), heads_(heads) {}
+  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads, int frames = 0)
+      : next_(std::move(next)), listings_(listings), heads_(heads), frames_(frames) {}
   std::string Describe() const override { return next_->Describe(); }
   Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
              std::string* version) override {
@@ -361,6 +362,9 @@ class DamagingTransport : public ObjectTransport {
         ParseSeqKey(key, LogPrefix("e"), &seq)) {
       --heads_;
       (*data)[30] ^= 0x5a;  // in the writer's epoch: the header's checksum fails
+    } else if (offset > 0 && !data->empty() && frames_ > 0 && ParseSeqKey(key, LogPrefix("e"), &seq)) {
+      --frames_;
+      (*data)[data->size() / 2] ^= 0x5a;
     }
     return Status::Ok();
   }
@@ -379,7 +383,7 @@ class DamagingTransport : public ObjectTransport {
 
  private:
   std::shared_ptr<ObjectTransport> next_;
-  int listings_, heads_;
+  int listings_, heads_, frames_;
 };
 
 TEST_F(LogExportTest, AHeadDamagedOnTheWayIsReadAgainNotTakenForTorn) {
@@ -403,6 +407,27 @@ TEST_F(LogExportTest, AHeadDamagedOnTheWayIsReadAgainNotTakenForTorn) {
   auto e = Open();
   for (uint64_t id = 0; id < 12; ++id) ExpectBlock(*e, id, id < 4 ? 1 : 2);
   ExpectBlock(*e, 20, 1);
+}
+
+TEST_F(LogExportTest, AFrameDamagedOnTheWayIsReadAgainAndOneDamagedForGoodIsAnError) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 0, 3), "e",
+                              options_, nullptr, &e));
+    for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 1);
+  }
+  std::unique_ptr<LogExport> e;
+  ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 0, 1000), "e",
+                            options_, nullptr, &e));
+  Bytes data;
+  bool found = false;
+  Status s = e->Read(3, &data, &found);
+  EXPECT_TRUE(s.IsIoError()) << s.ToString();
 }
 
 TEST_F(LogExportTest, ADamagedListingOfCheckpointsIsListedAgainNeverOpenedFromAnOlderOne) {
