@@ -188,16 +188,23 @@ Status LayoutStore::CloseExport(std::string_view e) {
     auto it = entries_.find(e);
     if (it != entries_.end()) entry = it->second;
   }
+  Status closed;
   if (entry) {
     MutexLock l(&entry->mu);
     if (entry->log) {
-      S3B_RETURN_IF_ERROR(entry->log->Close());
+      // What is not stored yet keeps it open. Once everything is, it goes even if its last
+      // checkpoint cannot be stored (its lease given up first, say): its map is the export as
+      // this process last saw it, and an export opened again must be read again from the store,
+      // where another server may have written since.
+      S3B_RETURN_IF_ERROR(entry->log->Flush());
+      closed = entry->log->Close();
       entry->log.reset();
     }
     MutexLock m(&mu_);
     entries_.erase(std::string(e));
   }
-  return next_->CloseExport(e);
+  Status next = next_->CloseExport(e);
+  return closed.ok() ? next : closed;
 }
 
 Status LayoutStore::LogStatsOf(std::string_view e, LogStats* stats, bool* is_log) {

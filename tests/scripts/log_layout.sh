@@ -10,7 +10,9 @@
 #  c. A read-only server (nbdkit -r) started after a flush serves exactly that flush's data
 #     while the writer goes on writing (new blocks, and newer versions of some of that flush's)
 #     and flushing; one started later serves the later flush.
-#  d. The collector: a 64 MiB export (segment-size=1M) filled, then random 4 KiB overwrites of
+#  d. An export closed as idle (idle-timeout=1), then written by another server, is read again
+#     from the store when a client opens it again on the first server, which then writes it.
+#  e. The collector: a 64 MiB export (segment-size=1M) filled, then random 4 KiB overwrites of
 #     twice its size with flushes; the stats file is polled until the segments stored are at
 #     most twice the live bytes (a timeout is a failure); then every block reads back as last
 #     written (each block's content names its number and version; the last version of each is
@@ -200,8 +202,32 @@ for b in range(768): assert h.pread(4096, b * 4096) == blk(b, 99), 'block %d' % 
 stop_nbdkit -n ro
 stop_nbdkit -n w
 
-# --- d. The collector under random overwrites ---
-log "d. the collector: a 64 MiB export filled, then 128 MiB of random 4 KiB overwrites"
+# --- d. An export closed as idle is read again from the store when it is opened again ---
+log "d. an export closed as idle, then written by another server, is read afresh when opened again"
+serve a idle-timeout=1 size=16M
+io "$work/a.sock" idle "h.pwrite(blk(0, 1), 0); h.flush()"
+# Server b gets the export once a has closed it (and given up its lease).
+start_nbdkit -n b "$plugin" "${store_params[@]}"
+for ((i = 0; ; i++)); do
+  io "$work/b.sock" idle "h.pwrite(blk(0, 2), 0); h.flush()" 2>/dev/null && break
+  [ $i -lt 60 ] || die "server a did not close the idle export within 30 s"
+  sleep 0.5
+done
+stop_nbdkit -n b
+io "$work/a.sock" idle "
+got = h.pread(4096, 0)
+assert got == blk(0, 2), 'block 0 reads %r, not what server b flushed' % got[:16]
+h.pwrite(blk(1, 3), 4096)
+h.flush()" || die "the export opened again serves what this server saw before, not the store"
+stop_nbdkit -n a
+start_nbdkit -n b "$plugin" "${store_params[@]}"
+io "$work/b.sock" idle "
+assert h.pread(4096, 0) == blk(0, 2) and h.pread(4096, 4096) == blk(1, 3)" ||
+  die "after both servers stopped, the export does not hold what each flushed last"
+stop_nbdkit -n b
+
+# --- e. The collector under random overwrites ---
+log "e. the collector: a 64 MiB export filled, then 128 MiB of random 4 KiB overwrites"
 stats=$work/stats.json
 model=$work/gc.model
 blocks=16384
