@@ -65,19 +65,27 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
   return Status::Ok();
 }
 
-Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header) {
+Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
+  if (bad) *bad = false;
+  auto invalid = [&](Status why) {
+    if (bad) *bad = true;
+    return why;
+  };
   std::vector<uint8_t> bytes;
   S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
   uint64_t need = 0;
-  S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
+  Status s = ParseSegmentHead(bytes, where, header, &need);
+  if (!s.ok()) return invalid(s);
   if (need > bytes.size()) {
     S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
-    S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
-    if (need) return Status::IoError(where + " is cut short");
+    s = ParseSegmentHead(bytes, where, header, &need);
+    if (!s.ok()) return invalid(s);
+    if (need) return invalid(Status::IoError(where + " is cut short"));
   }
-  if (header->seq != seq) return Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+  if (header->seq != seq)
+    return invalid(Status::IoError(where + " says it is segment " + std::to_string(header->seq)));
   return Status::Ok();
 }
 
@@ -142,9 +150,9 @@ Status LogExport::Load() {
   // The unbroken run after the checkpoint.
   for (uint64_t seq = applied_seq_ + 1;; ++seq) {
     SegmentHeader h;
-    Status s = ReadHead(seq, &h);
-    if (s.IsNotFound()) break;
-    if (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos) break;  // torn
+    bool bad = false;
+    Status s = ReadHead(seq, &h, &bad);
+    if (s.IsNotFound() || bad) break;  // the end of the run
     if (!s.ok()) return s.Annotate("export '" + name_ + "'");
     if (h.epoch < epoch_) {
       // A stale writer's, after a newer writer's first segment: never applied.
@@ -184,9 +192,9 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   uint64_t epoch = 0;
   for (;; ++seq) {
     SegmentHeader h;
-    Status s = ReadHead(seq, &h);
-    if (s.IsNotFound() || (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos))
-      break;
+    bool bad = false;
+    Status s = ReadHead(seq, &h, &bad);
+    if (s.IsNotFound() || bad) break;
     if (!s.ok()) {
       status = s;
       break;
@@ -273,6 +281,7 @@ void LogExport::Upload(std::shared_ptr<Sealed> s) {
                             "; this server no longer owns the export");
       MutexLock l(&mu_);
       if (lost_.ok()) lost_ = status;
+      cv_.notify_all();
     }
   }
   MutexLock l(&mu_);
@@ -297,14 +306,12 @@ void LogExport::ApplyStoredLocked() {
 }
 
 void LogExport::SealLocked(UniqueLock& lock) {
-  while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_) {
-    // Room for one more first, but a failed one waits for a flush to retry it: don't wait on it.
-    bool failed = false;
-    for (auto& [seq, s] : sealed_) failed |= s->state == Sealed::State::kFailed;
-    if (failed) break;
+  // Room in the window first: what is not yet stored stays bounded, and writers wait while the
+  // store is down (a failed segment is tried again by the background thread and by flushes).
+  while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_ &&
+         lost_.ok())
     cv_.wait(lock.native());
-  }
-  if (open_index_.empty()) return;
+  if (open_index_.empty() || !lost_.ok()) return;
   auto s = std::make_shared<Sealed>();
   s->seq = next_seq_++;
   s->header.seq = s->seq;
@@ -363,6 +370,7 @@ Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
   if (!open_index_.empty() &&
       head_now + open_frames_.size() + frame > options_.segment_size)
     SealLocked(lock);
+  S3B_RETURN_IF_ERROR(lost_);
   Frame f;
   if (payload) {
     f.offset = static_cast<uint32_t>(open_frames_.size());
@@ -497,6 +505,23 @@ Status LogExport::Read(uint64_t id, Bytes* data, bool* found) {
   return r.status;
 }
 
+Status LogExport::Refresh() {
+  std::unique_ptr<LogExport> fresh;
+  S3B_RETURN_IF_ERROR(Open(transport_, name_, options_, fence_, &fresh));
+  MutexLock l(&mu_);
+  MutexLock f(&fresh->mu_);
+  if (writer_ || becoming_writer_) return Status::Ok();  // a writer's own map is never stale
+  map_ = std::move(fresh->map_);
+  slots_ = std::move(fresh->slots_);
+  free_slots_ = std::move(fresh->free_slots_);
+  applied_seq_ = fresh->applied_seq_;
+  next_seq_ = fresh->next_seq_;
+  checkpoint_seq_ = fresh->checkpoint_seq_;
+  epoch_ = fresh->epoch_;
+  skipped_ = std::move(fresh->skipped_);
+  return Status::Ok();
+}
+
 void LogExport::ReadBatch(std::span<BlockRead> reads) {
   // A segment read may find the segment gone (collected since its place was looked up): look
   // again, a few times.
@@ -509,8 +534,10 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       size_t index;
     };
     std::vector<Want> wants;
+    bool reader = false;
     {
       MutexLock l(&mu_);
+      reader = !writer_;
       for (size_t i : todo) {
         BlockRead& r = reads[i];
         r.data->clear();
@@ -555,6 +582,9 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       }
       i = j;
     }
+    // A view that only reads, whose segments the export's writer has since collected: the
+    // export as of a later flush.
+    if (reader && !todo.empty() && !Refresh().ok()) break;
   }
 }
 

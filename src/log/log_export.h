@@ -152,8 +152,12 @@ class LogExport {
             const LogOptions& options, WriteFence fence);
 
   Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
-  // Reads the head of segment seq: NotFound if there is none.
-  Status ReadHead(uint64_t seq, SegmentHeader* header);
+  // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
+  // (torn, corrupt, another segment's) sets *bad (when given) with the reason in the status.
+  Status ReadHead(uint64_t seq, SegmentHeader* header, bool* bad = nullptr);
+  // A read-only view whose segment was collected by the writer: loads the export again (a view
+  // as of a later flush). REQUIRES: not the writer.
+  Status Refresh();
   // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
   void ApplyEntries(const SegmentHeader& header) REQUIRES(mu_);
 

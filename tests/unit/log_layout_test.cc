@@ -403,6 +403,18 @@ TEST_P(LogExportTest, AReaderSeesTheExportAsOfOneFlush) {
   EXPECT_FALSE(reader->Stats().writer);
 }
 
+TEST_P(LogExportTest, AReaderWhoseSegmentsWereCollectedMovesToALaterFlush) {
+  auto writer = Open();
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(writer->Write(id, Block(id, 1), false));
+  ASSERT_OK(writer->Flush());
+  auto reader = Open();
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(writer->Write(id, Block(id, 2), false));
+  ASSERT_OK(writer->Flush());
+  ASSERT_OK(writer->Checkpoint());  // the segments of version 1 are dead: deleted
+  // Not an error, and never a mix: every block as of the later flush.
+  for (uint64_t id = 0; id < 300; ++id) ExpectBlock(*reader, id, 2);
+}
+
 TEST_P(LogExportTest, TheCollectorFreesDeadSegmentsAndKeepsEveryBlock) {
   auto e = Open();
   const uint64_t blocks = 1024;  // 4 MiB: four segments of 1 MiB
