@@ -301,6 +301,10 @@ void LogExport::ApplyStoredLocked() {
     if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
     std::shared_ptr<Sealed> s = it->second;
     ApplyEntries(s->header);
+    if (spare_buffers_.size() <= options_.upload_window) {
+      spare_buffers_.push_back(std::move(s->bytes));
+      s->bytes.clear();
+    }
     sealed_.erase(it);
   }
 }
@@ -326,7 +330,13 @@ void LogExport::SealLocked(UniqueLock& lock) {
   }
   std::sort(ids.begin(), ids.end());
   const uint64_t data_offset = SegmentDataOffset(ids.size());
-  s->bytes.resize(data_offset + frame_bytes);
+  if (!spare_buffers_.empty()) {
+    s->bytes = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+  }
+  s->bytes.clear();
+  s->bytes.reserve(data_offset + frame_bytes);
+  s->bytes.resize(data_offset);
   s->header.entries.resize(ids.size());
   uint64_t at = data_offset;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -334,7 +344,8 @@ void LogExport::SealLocked(UniqueLock& lock) {
     SegmentEntry& e = s->header.entries[i];
     e.id = ids[i];
     if (f.length) {
-      std::memcpy(s->bytes.data() + at, open_frames_.data() + f.offset, f.length);
+      const uint8_t* frame = open_frames_.data() + f.offset;
+      s->bytes.insert(s->bytes.end(), frame, frame + f.length);
       e.offset = static_cast<uint32_t>(at);
       e.length = f.length;
       e.crc = f.crc;

@@ -225,6 +225,9 @@ class LogExport {
   std::thread housekeeper_;
   std::vector<std::thread> uploaders_;
   std::vector<std::shared_ptr<Sealed>> upload_queue_ GUARDED_BY(mu_);
+  // Buffers of stored segments, kept for the next ones: a fresh one costs a page fault for every
+  // page of it.
+  std::vector<std::vector<uint8_t>> spare_buffers_ GUARDED_BY(mu_);
 };
 
 }  // namespace s3block::log
