@@ -301,7 +301,7 @@ void LogExport::ApplyStoredLocked() {
     if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
     std::shared_ptr<Sealed> s = it->second;
     ApplyEntries(s->header);
-    if (spare_buffers_.size() <= options_.upload_window) {
+    if (spare_buffers_.empty()) {  // one: the next seal takes it; more would only hold memory
       spare_buffers_.push_back(std::move(s->bytes));
       s->bytes.clear();
     }
@@ -839,9 +839,12 @@ void LogExport::Housekeeping() {
       // A large map costs more to write out: written less often, about once per MiB of it
       // per segment applied.
       const uint64_t every = std::max<uint64_t>(options_.checkpoint_segments, map_.MemoryBytes() >> 20);
+      // Also soon after writes stop: a server stopped then opens quickly next time.
+      const bool quiet = open_index_.empty() && sealed_.empty() &&
+                         now - last_write_ > std::chrono::duration<double>(2 * options_.seal_idle_seconds);
       checkpoint = since >= every ||
-                   (since > 0 && now - checkpoint_time_ >
-                                     std::chrono::duration<double>(options_.checkpoint_seconds));
+                   (since > 0 && (quiet || now - checkpoint_time_ > std::chrono::duration<double>(
+                                                                   options_.checkpoint_seconds)));
       if (now - last_gc > std::chrono::duration<double>(options_.gc_seconds)) {
         last_gc = now;
         for (const Slot& s : slots_) {
@@ -866,7 +869,8 @@ void LogExport::Housekeeping() {
 
 Status LogExport::Close() {
   S3B_RETURN_IF_ERROR(Flush());
-  S3B_RETURN_IF_ERROR(Checkpoint());
+  // Only to open faster next time: a checkpoint refused (a lease already given up) loses nothing.
+  (void)Checkpoint();
   {
     MutexLock l(&mu_);
     stop_ = true;
