@@ -723,6 +723,31 @@ Status LogExport::Checkpoint() {
   return CheckpointNow(&wrote);
 }
 
+std::vector<std::pair<uint32_t, uint64_t>> LogExport::GcCandidatesLocked(bool all) {
+  // Segments less live than the threshold (all: than 99%), least live first; and small ones
+  // (frequent flushes leave them), packed together once there are enough of them that packing
+  // makes fewer: a lone small segment, or the collector's own small output, is left alone.
+  const double threshold = all ? 0.99 : options_.gc_threshold / 100.0;
+  std::vector<std::pair<double, std::pair<uint32_t, uint64_t>>> big, small;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (!s.used || s.live == 0) continue;  // dead: deleted by the next checkpoint
+    const double share = static_cast<double>(s.live) / static_cast<double>(std::max<uint64_t>(s.size, 1));
+    if (s.size < options_.segment_size / 8) small.push_back({share, {i, s.seq}});
+    else if (share < threshold) big.push_back({share, {i, s.seq}});
+  }
+  if (small.size() >= (all ? 2u : 8u)) big.insert(big.end(), small.begin(), small.end());
+  std::sort(big.begin(), big.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::pair<uint32_t, uint64_t>> out;
+  uint64_t budget = 0;
+  for (const auto& [share, v] : big) {
+    if (budget > kGcBudgetBytes) break;
+    budget += slots_[v.first].live;
+    out.push_back(v);
+  }
+  return out;
+}
+
 Status LogExport::CollectGarbage(bool all, GcResult* result) {
   *result = GcResult();
   struct Victim {
@@ -739,24 +764,7 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
     freed_before = counters_.gc_segments_freed;
     bytes_freed_before = counters_.gc_bytes_freed;
     copied_before = counters_.gc_bytes;
-    std::vector<std::pair<double, Victim>> candidates;
-    for (uint32_t i = 0; i < slots_.size(); ++i) {
-      const Slot& s = slots_[i];
-      if (!s.used || s.live == 0 || s.live == s.size) continue;
-      const double share = static_cast<double>(s.live) / static_cast<double>(std::max<uint64_t>(s.size, 1));
-      // Small segments (a flush of a few blocks each) are packed together whatever their share.
-      const bool small = s.size < options_.segment_size / 8;
-      if (all || small || share * 100 < options_.gc_threshold)
-        candidates.push_back({small ? 0.0 : share, {i, s.seq}});
-    }
-    std::sort(candidates.begin(), candidates.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
-    uint64_t budget = 0;
-    for (auto& [share, v] : candidates) {
-      if (budget > kGcBudgetBytes) break;
-      budget += slots_[v.slot].live;
-      victims.push_back(v);
-    }
+    for (const auto& [slot, seq] : GcCandidatesLocked(all)) victims.push_back({slot, seq});
   }
   Status status;
   for (const Victim& v : victims) {
@@ -847,15 +855,7 @@ void LogExport::Housekeeping() {
                                                                    options_.checkpoint_seconds)));
       if (now - last_gc > std::chrono::duration<double>(options_.gc_seconds)) {
         last_gc = now;
-        for (const Slot& s : slots_) {
-          if (s.used && s.live < s.size && s.seq <= applied_seq_ &&
-              (s.live == 0 || s.live * 100 < s.size * options_.gc_threshold ||
-               s.size < options_.segment_size / 8)) {
-            gc = true;
-            break;
-          }
-        }
-        // Small segments alone are not worth a pass until there are several.
+        gc = !GcCandidatesLocked(false).empty();
       }
     }
     if (checkpoint) (void)Checkpoint();

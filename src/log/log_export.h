@@ -185,6 +185,8 @@ class LogExport {
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
   void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);
   Status Sweep();
+  // The segments a collector pass takes now, as (slot, seq).
+  std::vector<std::pair<uint32_t, uint64_t>> GcCandidatesLocked(bool all) REQUIRES(mu_);
   bool FenceOk(Status* why);
   uint32_t AllocSlotLocked() REQUIRES(mu_);
 

@@ -438,6 +438,23 @@ TEST_P(LogExportTest, TheCollectorFreesDeadSegmentsAndKeepsEveryBlock) {
   for (uint64_t id = 0; id < blocks; ++id) ExpectBlock(*again, id, id % 4 ? 2 : 1);
 }
 
+TEST_P(LogExportTest, SmallSegmentsArePackedTogetherAndThenLeftAlone) {
+  auto e = Open();
+  // Ten flushes of a few blocks: ten small segments.
+  for (uint64_t round = 0; round < 10; ++round) {
+    for (uint64_t id = round * 3; id < round * 3 + 3; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  GcResult r;
+  ASSERT_OK(e->CollectGarbage(false, &r));
+  EXPECT_GE(r.segments_freed, 10u);
+  EXPECT_EQ(r.bytes_copied, 30u * FrameBytes(4096));
+  // What is left is one small segment: not worth rewriting, pass after pass.
+  ASSERT_OK(e->CollectGarbage(false, &r));
+  EXPECT_EQ(r.bytes_copied, 0u);
+  for (uint64_t id = 0; id < 30; ++id) ExpectBlock(*e, id, 1);
+}
+
 TEST_P(LogExportTest, AClientWriteRacingTheCollectorKeepsTheClientsVersion) {
   auto e = Open();
   const uint64_t blocks = 512;
