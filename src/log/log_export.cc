@@ -488,20 +488,32 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
       end = std::max<uint64_t>(end, uint64_t{locs[j].offset} + locs[j].length);
       ++j;
     }
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
-    for (size_t k = i; k < j; ++k) {
-      const uint64_t at = locs[k].offset - locs[i].offset;
-      if (at + locs[k].length > range.size())
-        return Status::IoError(where + " ends before block frame at " + std::to_string(locs[k].offset));
-      std::span<const uint8_t> payload;
-      // The frame's own CRC: the map does not keep the entry's (the head has it, and the frame
-      // repeats it).
-      std::span<const uint8_t> frame(range.data() + at, locs[k].length);
-      const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
-                           static_cast<uint32_t>(frame[6]) << 16 | static_cast<uint32_t>(frame[7]) << 24;
-      S3B_RETURN_IF_ERROR(OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload));
-      outs[k]->assign(payload.begin(), payload.end());
+    // A range that does not check out may have been damaged on the way (S3 checks only whole
+    // objects): read again, twice, before calling the stored frame corrupt.
+    Status checked;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
+      checked = Status::Ok();
+      for (size_t k = i; k < j && checked.ok(); ++k) {
+        const uint64_t at = locs[k].offset - locs[i].offset;
+        if (at + locs[k].length > range.size()) {
+          checked = Status::IoError(where + " ends before block frame at " +
+                                    std::to_string(locs[k].offset));
+          break;
+        }
+        std::span<const uint8_t> payload;
+        // The frame's own CRC: the map does not keep the entry's (the head has it, and the
+        // frame repeats it).
+        std::span<const uint8_t> frame(range.data() + at, locs[k].length);
+        const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
+                             static_cast<uint32_t>(frame[6]) << 16 |
+                             static_cast<uint32_t>(frame[7]) << 24;
+        checked = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
+        if (checked.ok()) outs[k]->assign(payload.begin(), payload.end());
+      }
+      if (checked.ok()) break;
     }
+    S3B_RETURN_IF_ERROR(checked);
     i = j;
   }
   return Status::Ok();
