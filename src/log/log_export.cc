@@ -73,20 +73,24 @@ Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
     if (bad) *bad = true;
     return why;
   };
-  std::vector<uint8_t> bytes;
-  S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
-  uint64_t need = 0;
-  Status s = ParseSegmentHead(bytes, where, header, &need);
-  if (!s.ok()) return invalid(s);
-  if (need > bytes.size()) {
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+  // A head that does not check out may have been damaged on the way (S3 checks only whole
+  // objects): read again, twice, before calling the stored one invalid.
+  Status s;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::vector<uint8_t> bytes;
+    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
+    uint64_t need = 0;
     s = ParseSegmentHead(bytes, where, header, &need);
-    if (!s.ok()) return invalid(s);
-    if (need) return invalid(Status::IoError(where + " is cut short"));
+    if (s.ok() && need > bytes.size()) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+      s = ParseSegmentHead(bytes, where, header, &need);
+      if (s.ok() && need) s = Status::IoError(where + " is cut short");
+    }
+    if (s.ok() && header->seq != seq)
+      s = Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+    if (s.ok()) return s;
   }
-  if (header->seq != seq)
-    return invalid(Status::IoError(where + " says it is segment " + std::to_string(header->seq)));
-  return Status::Ok();
+  return invalid(s);
 }
 
 uint32_t LogExport::AllocSlotLocked() {
@@ -152,7 +156,12 @@ Status LogExport::Load() {
     SegmentHeader h;
     bool bad = false;
     Status s = ReadHead(seq, &h, &bad);
-    if (s.IsNotFound() || bad) break;  // the end of the run
+    if (s.IsNotFound()) break;  // the end of the run
+    if (bad) {
+      // Not applied, nor anything after it; and never written over (see BecomeWriterLocked).
+      damaged_ = s;
+      break;
+    }
     if (!s.ok()) return s.Annotate("export '" + name_ + "'");
     if (h.epoch < epoch_) {
       // A stale writer's, after a newer writer's first segment: never applied.
@@ -194,12 +203,28 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
     SegmentHeader h;
     bool bad = false;
     Status s = ReadHead(seq, &h, &bad);
-    if (s.IsNotFound() || bad) break;
+    if (s.IsNotFound()) break;
+    if (bad) {
+      mu_.Lock();
+      damaged_ = s;
+      mu_.Unlock();
+      break;
+    }
     if (!s.ok()) {
       status = s;
       break;
     }
     more.push_back(std::move(h));
+  }
+  {
+    mu_.Lock();
+    // The run ends at a segment that is there but not valid: what follows it may be acknowledged
+    // data, so nothing after it is deleted or written over; the export is served as it is, read
+    // only, until an operator looks (s3block verify names the segment).
+    if (status.ok() && !damaged_.ok())
+      status = Status::IoError(damaged_.message() + "; the blocks of later segments are not served, "
+                               "and nothing is written to the export");
+    mu_.Unlock();
   }
   if (status.ok()) {
     mu_.Lock();
@@ -542,6 +567,7 @@ Status LogExport::Refresh() {
   checkpoint_seq_ = fresh->checkpoint_seq_;
   epoch_ = fresh->epoch_;
   skipped_ = std::move(fresh->skipped_);
+  damaged_ = fresh->damaged_;
   return Status::Ok();
 }
 

@@ -219,6 +219,8 @@ class LogExport {
   bool swept_ GUARDED_BY(mu_) = false;
   // Set once another writer is found to own the export: every change then fails with it.
   Status lost_ GUARDED_BY(mu_);
+  // Why the run ended at a segment that is there but not valid (OK if it ended at a missing one).
+  Status damaged_ GUARDED_BY(mu_);
   // Segments skipped by recovery (a stale writer's), deleted by the sweep.
   std::vector<uint64_t> skipped_ GUARDED_BY(mu_);
   LogStats counters_ GUARDED_BY(mu_);

@@ -349,10 +349,16 @@ TEST_P(LogExportTest, ASegmentAfterAGapOrWithACorruptHeadIsNotApplied) {
     ExpectBlock(*e, 4, 1);
   }
   // A corrupt head ends the run the same way.
-  CorruptSegment(Segments().back(), 30);
+  const uint64_t damaged = Segments().back();
+  CorruptSegment(damaged, 30);
   auto e = Open();
   ExpectBlock(*e, 1, 1);
   ExpectBlock(*e, 4, std::nullopt);
+  // What follows a damaged segment may be acknowledged data: nothing is written over it.
+  Status s = e->Write(9, Block(9, 1), false);
+  EXPECT_TRUE(s.IsIoError()) << s.ToString();
+  EXPECT_NE(s.message().find("nothing is written"), std::string::npos) << s.ToString();
+  EXPECT_EQ(Segments().back(), damaged);
 }
 
 TEST_P(LogExportTest, ACorruptFrameIsAnErrorNotData) {
