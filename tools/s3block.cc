@@ -47,7 +47,7 @@ const char kUsageTail[] =
     "  --force                       act even if a server holds the export; shrink; delete\n"
     "  --all                         gc: every segment with a dead byte, whatever its share\n"
     "  --yes                         do not ask before deleting\n"
-    "  --json                        machine-readable output (list, info, verify, stats)\n"
+    "  --json                        machine-readable output (list, info, verify, gc, stats)\n"
     "  --help                        this text; 's3block COMMAND --help' for one command\n"
     "\n"
     "--store may be left out when $S3BLOCK_STORE is set. The secret key comes from\n"
