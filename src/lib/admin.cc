@@ -203,6 +203,51 @@ Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uin
 
 bool IsLog(const ExportMeta& meta) { return meta.layout == ExportLayout::kLog; }
 
+// Reads the blocks `ids` (ascending) of export `name`, in parallel, and calls fn(read) for each
+// (its status is the read's: fn decides what a failed one means). A log export's blocks are read
+// in batches of the store's ReadBatchSize, a run of them being one ranged read of a segment
+// rather than one request each; the blocks layout's one by one, as they always were. Progress
+// counts blocks.
+Status ForEachBlockRead(BlockStore& store, std::string_view name, bool log,
+                        const std::vector<uint64_t>& ids, const AdminOptions& options,
+                        const std::string& what, const std::function<Status(BlockRead&)>& fn) {
+  const size_t batch = log ? std::max<size_t>(store.ReadBatchSize(name), 1) : 1;
+  if (batch == 1) {
+    return ParallelFor(ids.size(), options, what, [&](uint64_t i) {
+      Bytes data;
+      BlockRead r;
+      r.id = ids[i];
+      r.data = &data;
+      r.status = store.Read(name, r.id, &data, &r.found);
+      return fn(r);
+    });
+  }
+  AdminOptions o = options;
+  if (options.progress) {
+    o.progress = [&](uint64_t done, uint64_t total) {
+      options.progress(done == total ? ids.size() : std::min<uint64_t>(done * batch, ids.size()),
+                       ids.size());
+    };
+  }
+  return ParallelFor((ids.size() + batch - 1) / batch, o, what, [&](uint64_t b) {
+    const size_t first = b * batch, n = std::min<size_t>(batch, ids.size() - first);
+    std::vector<Bytes> data(n);
+    std::vector<BlockRead> reads(n);
+    for (size_t k = 0; k < n; ++k) {
+      reads[k].id = ids[first + k];
+      reads[k].data = &data[k];
+    }
+    store.ReadBatch(name, reads);
+    for (BlockRead& r : reads) {
+      // A run read at once fails as a whole for one bad block in it: each of its blocks is read
+      // again alone, so that what fails is the block that is damaged, not its neighbours.
+      if (!r.status.ok()) r.status = store.Read(name, r.id, r.data, &r.found);
+      S3B_RETURN_IF_ERROR(fn(r));
+    }
+    return Status::Ok();
+  });
+}
+
 // Closes an export when it goes out of scope unless Close() was called: declared after the
 // lease, it runs before the lease is let go. Closing a log export stores what it holds and a
 // checkpoint of its map (the next open reads that rather than every segment since the last);
@@ -461,10 +506,18 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, from, &ids));
   ids.erase(std::lower_bound(ids.begin(), ids.end(), meta.block_count()), ids.end());
-  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "copy", [&](uint64_t i) {
-    bool found = false;
-    return store.CopyBlock(from, to, ids[i], &found);
-  }));
+  if (IsLog(meta) || IsLog(next)) {
+    // No store copies a block into or out of a segment: read in runs, written one by one.
+    S3B_RETURN_IF_ERROR(ForEachBlockRead(store, from, IsLog(meta), ids, options, "copy", [&](BlockRead& r) {
+      S3B_RETURN_IF_ERROR(r.status);
+      return r.found ? store.Write(to, r.id, *r.data, false) : Status::Ok();
+    }));
+  } else {
+    S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "copy", [&](uint64_t i) {
+      bool found = false;
+      return store.CopyBlock(from, to, ids[i], &found);
+    }));
+  }
   S3B_RETURN_IF_ERROR(StillHeld(src_lease, from, "the copy"));
   S3B_RETURN_IF_ERROR(store.Flush(to));
   S3B_RETURN_IF_ERROR(closing.Close());
@@ -599,12 +652,11 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     return Status::InvalidArgument(path + " is not a regular file or a device");
   }
   // (A character device, such as /dev/null, gets the stored blocks at their offsets.)
-  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "export", [&](uint64_t i) {
-    const uint64_t id = ids[i];
-    Bytes data;
-    bool found = false;
-    S3B_RETURN_IF_ERROR(store.Read(name, id, &data, &found));
-    if (!found) return Status::Ok();
+  S3B_RETURN_IF_ERROR(ForEachBlockRead(store, name, IsLog(meta), ids, options, "export", [&](BlockRead& r) {
+    const uint64_t id = r.id;
+    const Bytes& data = *r.data;
+    S3B_RETURN_IF_ERROR(r.status);
+    if (!r.found) return Status::Ok();
     if (data.size() != meta.block_size)
       return Status::IoError("block " + std::to_string(id) + " of export " + Q(name) + " has " +
                              std::to_string(data.size()) + " bytes, not " + std::to_string(meta.block_size));
@@ -654,23 +706,23 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
                                (meta.state == ExportMeta::State::kDeleting ? "deleting" : "incomplete"));
   std::mutex mu;
   std::atomic<uint64_t> checked{0};
-  Status s = ParallelFor(ids.size(), options, "verify", [&](uint64_t i) {
-    const uint64_t id = ids[i];
+  // Blocks past the end are named without being read; ids is in order.
+  const auto end = std::lower_bound(ids.begin(), ids.end(), meta.block_count());
+  for (auto it = end; it != ids.end(); ++it) {
+    report->problems.push_back("block " + std::to_string(*it) + " is stored past the end of the export");
+    checked.fetch_add(1);
+  }
+  ids.erase(end, ids.end());
+  Status s = ForEachBlockRead(store, name, found && IsLog(meta), ids, options, "verify", [&](BlockRead& r) {
+    const uint64_t id = r.id;
     std::string problem;
-    if (id >= meta.block_count()) {
-      problem = "block " + std::to_string(id) + " is stored past the end of the export";
-    } else {
-      Bytes data;
-      bool present = false;
-      Status r = store.Read(name, id, &data, &present);
-      if (!r.ok()) {
-        problem = "block " + std::to_string(id) + ": " + r.message();
-      } else if (!present) {
-        problem = "block " + std::to_string(id) + " was listed but cannot be found";
-      } else if (data.size() != meta.block_size) {
-        problem = "block " + std::to_string(id) + " has " + std::to_string(data.size()) +
-                  " bytes; the block size is " + std::to_string(meta.block_size);
-      }
+    if (!r.status.ok()) {
+      problem = "block " + std::to_string(id) + ": " + r.status.message();
+    } else if (!r.found) {
+      problem = "block " + std::to_string(id) + " was listed but cannot be found";
+    } else if (r.data->size() != meta.block_size) {
+      problem = "block " + std::to_string(id) + " has " + std::to_string(r.data->size()) +
+                " bytes; the block size is " + std::to_string(meta.block_size);
     }
     checked.fetch_add(1);
     if (!problem.empty()) {

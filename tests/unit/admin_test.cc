@@ -551,7 +551,7 @@ TEST_F(AdminLogTest, VerifyFindsAFrameRewrittenWithItsOwnChecksum) {
   EXPECT_NE(report.problems[0].find("checksum"), std::string::npos) << report.problems[0];
 }
 
-// Counts the deletes of blocks that pass through it.
+// Counts the deletes of blocks and the reads that pass through it.
 class CountingStore : public StoreDecorator {
  public:
   using StoreDecorator::StoreDecorator;
@@ -559,8 +559,57 @@ class CountingStore : public StoreDecorator {
     deleted += ids.size();
     return StoreDecorator::Delete(e, ids, fua);
   }
-  std::atomic<uint64_t> deleted{0};
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
+    ++reads;
+    return StoreDecorator::Read(e, id, data, found);
+  }
+  void ReadBatch(std::string_view e, std::span<BlockRead> batch) override {
+    ++batches;
+    StoreDecorator::ReadBatch(e, batch);
+  }
+  std::atomic<uint64_t> deleted{0}, reads{0}, batches{0};
 };
+
+// A log export's blocks are read in runs (one ranged read of a segment each), with progress in
+// blocks; a blocks export's one by one, as before.
+TEST_F(AdminLogTest, ExportAndVerifyReadALogExportInRuns) {
+  std::string image = FullImage(600);
+  ASSERT_OK(ImportImage(*coded_, "runs", image, 4096, log_));
+  CountingStore counting(coded_);
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  AdminOptions o = log_;
+  o.threads = 4;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    std::lock_guard<std::mutex> lock(mu);
+    calls.emplace_back(done, total);
+  };
+  const std::string out = dir_.path() + "/runs.img";
+  ASSERT_OK(ExportImage(counting, "runs", out, o));
+  EXPECT_EQ(Slurp(out), Slurp(image));
+  EXPECT_EQ(counting.reads.load(), 0u);
+  EXPECT_GE(counting.batches.load(), 2u);
+  EXPECT_LE(counting.batches.load(), 10u);
+  ASSERT_FALSE(calls.empty());
+  for (const auto& [done, total] : calls) EXPECT_EQ(total, 600u);
+  EXPECT_EQ(calls.back(), std::make_pair(uint64_t{600}, uint64_t{600}));
+  VerifyReport report;
+  ASSERT_OK(VerifyExport(counting, "runs", o, &report));
+  EXPECT_EQ(report.blocks_checked, 600u);
+  EXPECT_EQ(counting.reads.load(), 0u);
+  // Copied into the blocks layout from runs too.
+  AdminOptions to_blocks = o;
+  to_blocks.layout_given = true;
+  to_blocks.layout = ExportLayout::kBlocks;
+  ASSERT_OK(CopyExport(counting, "runs", "runs-blocks", to_blocks));
+  EXPECT_EQ(counting.reads.load(), 0u);
+  EXPECT_EQ(Exported("runs-blocks"), Slurp(image));
+  // The blocks export is read one block at a time.
+  const uint64_t batches = counting.batches.load();
+  ASSERT_OK(ExportImage(counting, "runs-blocks", out, options_));
+  EXPECT_EQ(counting.reads.load(), 600u);
+  EXPECT_EQ(counting.batches.load(), batches);
+}
 
 TEST_F(AdminLogTest, DeleteRemovesSegmentsAndCheckpointsWithoutARecordPerBlock) {
   std::string image = FullImage(600);
