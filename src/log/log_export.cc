@@ -778,10 +778,11 @@ Status LogExport::Checkpoint() {
 }
 
 std::vector<std::pair<uint32_t, uint64_t>> LogExport::GcCandidatesLocked(bool all) {
-  // Segments less live than the threshold (all: than 99%), least live first; and small ones
-  // (frequent flushes leave them), packed together once there are enough of them that packing
-  // makes fewer: a lone small segment, or the collector's own small output, is left alone.
-  const double threshold = all ? 0.99 : options_.gc_threshold / 100.0;
+  // Segments less live than the threshold (all: every one, whose head at least is not live),
+  // least live first; and small ones (frequent flushes leave them), packed together once there
+  // are enough of them that packing makes fewer: a lone small segment, or the collector's own
+  // small output, is left alone.
+  const double threshold = all ? 1.0 : options_.gc_threshold / 100.0;
   std::vector<std::pair<double, std::pair<uint32_t, uint64_t>>> big, small;
   for (uint32_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
