@@ -5,8 +5,9 @@
 #
 #   scripts/run-tests.sh            every test: the full tier (what CI runs)
 #   scripts/run-tests.sh --quick    the quick tier: unit tests, the integration tests on the local
-#                                   store and one ext4 round trip on it; no S3 server, no
-#                                   sanitizer, lock-analysis or fuzzing builds
+#                                   store and two ext4 round trips on it (the cache off, and a log
+#                                   export); no S3 server, no sanitizer, lock-analysis or fuzzing
+#                                   builds
 #   scripts/run-tests.sh --help
 #
 # The S3 store is tested against a real S3-compatible server on 127.0.0.1 that
@@ -45,15 +46,23 @@ ext4_param_sets=(
   "cache=true cache-size=256K dirty-size=64K"    # the cache, smaller than the working set
   # Blocks larger than ext4's: its writes are parts of blocks, kept apart and merged later.
   "block-size=64K cache-size=2M dirty-size=512K"
+  # Log-structured: every write of ext4 reaching the log as sent, then through a small cache
+  # with the blocks compressed and encrypted inside the segments.
+  "layout=log cache=false"
+  "layout=log cache-size=1M compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
 )
+# The sets of ext4_param_sets the quick tier runs on the local store (its indexes).
+ext4_quick_sets=(0 4)
 # Parameter sets the ext4 round trip runs with on the S3 store only: the disk cache (its directory
 # made fresh by this script, removed at exit), under a small block cache so that reads reach it.
 ext4_disk_cache=$(mktemp -d /tmp/s3block-ext4-diskcache.XXXXXX)
 ext4_s3_param_sets=(
   "cache-size=1M disk-cache=$ext4_disk_cache,256M compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
+  "layout=log cache-size=1M disk-cache=$ext4_disk_cache,256M compression=zstd encryption=aes-256-gcm key-file=$ext4_key"
 )
 # Scripts in tests/scripts/ that take the backend to test ("local" or "s3") as their argument and
-# read S3BLOCK_TEST_S3_* for s3; one line each. A script not in this checkout is left out.
+# read S3BLOCK_TEST_S3_* for s3, with any further arguments after the backend; one line each. A
+# script not in this checkout is left out.
 backend_scripts=(
   admin_cli_basics.sh
   admin_cli_image.sh
@@ -61,7 +70,9 @@ backend_scripts=(
   admin_cli_verify.sh
   admin_cli_incomplete.sh
   crash.sh
+  "crash.sh log"
   crash_ext4.sh
+  log_layout.sh
   tls_nbd_x509.sh
   tls_nbd_psk.sh
 )
@@ -185,7 +196,9 @@ ext4_local() {  # PARAMS: the ext4 round trip on a fresh local store
 if [ $quick = 1 ]; then
   suite "unit tests" ctest_run -L unit
   suite "integration tests, local store" ctest_run -L integration -E '/s3_'
-  if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then ext4_local "${ext4_param_sets[0]}"; fi
+  if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
+    for i in "${ext4_quick_sets[@]}"; do ext4_local "${ext4_param_sets[i]}"; done
+  fi
   finish
 fi
 
@@ -240,12 +253,15 @@ if [ "${S3BLOCK_SKIP_EXT4:-0}" != 1 ]; then
   fi
 fi
 
-for script in "${backend_scripts[@]}"; do
+for entry in "${backend_scripts[@]}"; do
+  read -r script more <<<"$entry"
   path=$S3BLOCK_REPO/tests/scripts/$script
   [ -f "$path" ] || continue
-  suite "$script local" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" local
+  # shellcheck disable=SC2086
+  suite "$script local${more:+ $more}" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" local $more
   if [ $s3_available = 1 ]; then
-    suite "$script s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3
+    # shellcheck disable=SC2086
+    suite "$script s3${more:+ $more}" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3 $more
   fi
   [[ " ${log_layout_scripts[*]} " == *" $script "* ]] || continue
   suite "$script local log" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" local log
@@ -272,6 +288,7 @@ fi
 # fuzzing.
 if [ $s3_available = 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/faults.sh" ]; then
   suite "faults.sh s3" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$S3BLOCK_REPO/tests/scripts/faults.sh"
+  suite "faults.sh s3 log" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$S3BLOCK_REPO/tests/scripts/faults.sh" log
 fi
 if [ "${S3BLOCK_SKIP_SANITIZERS:-0}" != 1 ] && [ -f "$S3BLOCK_REPO/tests/scripts/sanitizers.sh" ]; then
   suite "ASan+UBSan: unit and local integration tests" \
