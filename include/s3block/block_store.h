@@ -81,7 +81,7 @@ class BlockStore {
 
   // How many blocks one ReadBatch reads at less cost than as many calls of Read. 1 (this
   // default) means no gain: a caller with several blocks to read spreads them over threads.
-  virtual size_t ReadBatchSize() const { return 1; }
+  virtual size_t ReadBatchSize(std::string_view /*export_name*/) const { return 1; }
 
   // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
   // With fua, the block is durable when this returns; otherwise it is durable after the next
@@ -185,7 +185,7 @@ class StoreDecorator : public BlockStore {
   void ReadBatch(std::string_view e, std::span<BlockRead> reads) override {
     next_->ReadBatch(e, reads);
   }
-  size_t ReadBatchSize() const override { return next_->ReadBatchSize(); }
+  size_t ReadBatchSize(std::string_view e) const override { return next_->ReadBatchSize(e); }
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     return next_->Write(e, id, data, fua);
   }

@@ -167,7 +167,7 @@ class CacheStore : public StoreDecorator {
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
   // Each block as Read (a block the cache holds costs no store request).
   void ReadBatch(std::string_view export_name, std::span<BlockRead> reads) override;
-  size_t ReadBatchSize() const override { return 1; }
+  size_t ReadBatchSize(std::string_view) const override { return 1; }
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   // As Write: the cache uploads every block with the store's Overwrite.

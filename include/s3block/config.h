@@ -51,6 +51,13 @@ struct Config {
   // (never a parameter value, which would show in ps). Never printed.
   std::string encryption_key;
 
+  // --- Layout of new exports (layout=), and of log-structured exports' segments ---
+  // Recorded in a new export's metadata; an existing export keeps the layout it was created with.
+  ExportLayout layout = ExportLayout::kBlocks;
+  bool layout_given = false;
+  uint64_t segment_size = 8ull << 20;  // a log export's segments are sealed at this size
+  uint64_t gc_threshold = 50;          // percent: segments less live than this are collected
+
   // --- S3 ---
   std::string endpoint;        // empty: AWS (https://s3.REGION.amazonaws.com)
   std::string region = "us-east-1";

@@ -11,6 +11,7 @@
 //   encryption=aes-256-gcm
 //   key-check=SALT:MAC
 //   checksum=crc32c
+//   layout=log              (only for a log-structured export; see ExportLayout)
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
 // a format number above the one this version understands. An export with the raw encoding (the
@@ -66,6 +67,25 @@ struct BlockEncoding {
   Status SetChecksum(std::string_view value);
 };
 
+// Where an export's blocks are, chosen when the export is created and fixed for its life.
+//   kBlocks  the specification's layout (the default): one object per block,
+//            exports/<name>/blocks/<decimal id>; its metadata document has no layout= line.
+//   kLog     log-structured (docs/log-layout.md): blocks appended to large immutable segment
+//            objects under exports/<name>/log/, found through a map checkpointed beside them.
+enum class ExportLayout { kBlocks, kLog };
+
+// "blocks" or "log".
+const char* LayoutName(ExportLayout layout);
+// Parses the value of layout= ("blocks" or "log"). Errors: EINVAL naming what it accepts.
+Status ParseLayout(std::string_view value, ExportLayout* out);
+
+// The largest block of a log export (a frame of a segment holds one block).
+inline constexpr uint32_t kMaxLogBlockSize = 1u << 20;
+
+struct ExportMeta;
+// InvalidArgument if the layout cannot hold blocks of the metadata's size.
+Status CheckLayoutBlockSize(const ExportMeta& meta);
+
 struct ExportMeta {
   // An export being filled by an import or copy, or being deleted, is not served: its blocks are
   // not yet (or no longer) a consistent disk. Recorded as "state=..." when not ready.
@@ -76,6 +96,7 @@ struct ExportMeta {
   uint64_t size = 0;        // bytes; a multiple of nothing in particular
   uint32_t block_size = 0;  // a power of two from 512 to 16M
   BlockEncoding encoding;   // raw unless the export was created with compression, encryption...
+  ExportLayout layout = ExportLayout::kBlocks;
 
   // Serialises the metadata as the document above.
   std::string Serialize() const;

@@ -32,6 +32,10 @@ struct VolumeOptions {
   // given explicitly (encoding_explicit) and differs, Open says so in encoding_note().
   BlockEncoding encoding;
   bool encoding_explicit = false;
+  // Layout of a new export; an existing export keeps its own (a note says so when one was given
+  // explicitly and differs).
+  ExportLayout layout = ExportLayout::kBlocks;
+  bool layout_explicit = false;
 };
 
 }  // namespace s3block

@@ -128,6 +128,22 @@ Status SetDiskCache(Config* c, Sv, Sv value) {
   return Status::Ok();
 }
 
+Status SetLayout(Config* c, Sv, Sv value) {
+  S3B_RETURN_IF_ERROR(ParseLayout(value, &c->layout));
+  c->layout_given = true;
+  return Status::Ok();
+}
+
+Status SetSegmentSize(Config* c, Sv key, Sv value) {
+  uint64_t v = 0;
+  S3B_RETURN_IF_ERROR(ParseSize(key, value, &v));
+  if (v < (1u << 20) || v > (64u << 20))
+    return Status::InvalidArgument(std::string(key) + "=" + QuoteForMessage(value) +
+                                   ": a segment is 1M to 64M");
+  c->segment_size = v;
+  return Status::Ok();
+}
+
 Status SetStatsFile(Config* c, Sv key, Sv value) {
   return SetNonEmpty(&c->stats_file, key, value, ": give a file name");
 }
@@ -162,6 +178,14 @@ const ConfigParam kParams[] = {
      "encryption key, 32 bytes or 64 hex digits (default: $S3BLOCK_KEY)", true, SetKeyFile},
     {"checksum", "none|crc32c", "none", "a CRC-32C in each block of a new export", true,
      SetEncoding<&BlockEncoding::SetChecksum>},
+    {"layout", "blocks|log", "blocks",
+     "new exports: an object per block, or log-structured", true,
+     SetLayout},
+    {"segment-size", "SIZE", "8M", "size of a log export's segments, 1M to 64M",
+     true, SetSegmentSize},
+    {"gc-threshold", "PERCENT", "50",
+     "collect log segments less live than this, 1 to 99", true,
+     SetCount<&Config::gc_threshold, 1, 99>},
     {"endpoint", "URL", nullptr, "S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS)", true,
      SetEndpoint},
     {"region", "REGION", "us-east-1", "S3 region for signing", true, SetRegion},

@@ -74,6 +74,26 @@ Status BlockEncoding::SetChecksum(std::string_view value) {
   return Status::Ok();
 }
 
+const char* LayoutName(ExportLayout layout) {
+  return layout == ExportLayout::kLog ? "log" : "blocks";
+}
+
+Status ParseLayout(std::string_view value, ExportLayout* out) {
+  if (value == "blocks") *out = ExportLayout::kBlocks;
+  else if (value == "log") *out = ExportLayout::kLog;
+  else
+    return Status::InvalidArgument("layout=" + QuoteForMessage(value) +
+                                   ": expected blocks or log");
+  return Status::Ok();
+}
+
+Status CheckLayoutBlockSize(const ExportMeta& meta) {
+  if (meta.layout == ExportLayout::kLog && meta.block_size > kMaxLogBlockSize)
+    return Status::InvalidArgument("a log export's block size is at most 1M (block-size=" +
+                                   std::to_string(meta.block_size) + " was given)");
+  return Status::Ok();
+}
+
 std::string ExportMeta::Serialize() const {
   std::string out = "# nbd-s3-backend export metadata\n";
   out += "format=" + std::to_string(format) + "\n";
@@ -85,6 +105,7 @@ std::string ExportMeta::Serialize() const {
   if (encoding.encryption == BlockEncoding::Encryption::kAes256Gcm)
     out += "encryption=aes-256-gcm\nkey-check=" + encoding.key_check + "\n";
   if (encoding.checksum) out += "checksum=crc32c\n";
+  if (layout == ExportLayout::kLog) out += "layout=log\n";
   if (state == State::kIncomplete) out += "state=incomplete\n";
   if (state == State::kDeleting) out += "state=deleting\n";
   return out;
@@ -144,6 +165,9 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     } else if (key == "checksum") {
       Status s = m.encoding.SetChecksum(value);
       if (!s.ok()) return bad(line_no, s.message());
+    } else if (key == "layout") {
+      Status s = ParseLayout(value, &m.layout);
+      if (!s.ok()) return bad(line_no, s.message());
     } else if (have_format && m.format > kMetaFormatVersion) {
       continue;  // Reported below as a newer format, which is the real cause.
     } else {
@@ -163,6 +187,8 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     return Status::IoError(where + " is corrupt: encryption without key-check");
   if (!encrypted && !m.encoding.key_check.empty())
     return Status::IoError(where + " is corrupt: key-check without encryption");
+  if (!CheckLayoutBlockSize(m).ok())
+    return Status::IoError(where + " is corrupt: a log export's block size is at most 1M");
   *out = m;
   return Status::Ok();
 }

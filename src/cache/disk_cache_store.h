@@ -104,7 +104,7 @@ class DiskCacheStore : public StoreDecorator {
   Status Read(std::string_view export_name, uint64_t id, Bytes* data, bool* found) override;
   // Each block as Read: a copy on disk answers it, or the store below does.
   void ReadBatch(std::string_view export_name, std::span<BlockRead> reads) override;
-  size_t ReadBatchSize() const override { return 1; }
+  size_t ReadBatchSize(std::string_view) const override { return 1; }
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   // As Write: the copy on disk must follow every write.

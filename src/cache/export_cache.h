@@ -116,7 +116,7 @@ class CacheStore::ExportCache {
         dirty_limit_(options.dirty_size ? options.dirty_size : options.cache_size / 4),
         upload_threshold_(dirty_limit_ / 2),
         inflight_limit_(std::max(dirty_limit_, budget_ / 2)),
-        fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(), 1, kMaxFetchBatch)) {}
+        fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(name_), 1, kMaxFetchBatch)) {}
 
   // From now on the pools work for this cache (if they are not already).
   void StartWork();

@@ -263,7 +263,7 @@ Status FileStore::Read(std::string_view export_name, uint64_t id, Bytes* data, b
   return Status::Ok();
 }
 
-size_t FileStore::ReadBatchSize() const { return IoUringReads() ? kRingEntries : 1; }
+size_t FileStore::ReadBatchSize(std::string_view) const { return IoUringReads() ? kRingEntries : 1; }
 
 void FileStore::ReadBatch(std::string_view export_name, std::span<BlockRead> reads) {
   while (!reads.empty()) {

@@ -65,7 +65,7 @@ class FileStore : public BlockStore {
   // Reads up to 32 blocks at a time with one io_uring submission, where the kernel allows
   // io_uring (else one by one, as Read).
   void ReadBatch(std::string_view export_name, std::span<BlockRead> reads) override;
-  size_t ReadBatchSize() const override;
+  size_t ReadBatchSize(std::string_view export_name) const override;
   Status Write(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                bool fua) override;
   Status Overwrite(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,

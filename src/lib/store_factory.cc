@@ -2,7 +2,9 @@
 
 #include "base/direct_device.h"
 #include "cache/disk_cache_store.h"
+#include "file/dir_transport.h"
 #include "file/file_store.h"
+#include "log/layout_store.h"
 #include "s3/s3_store.h"
 #include "s3block/cache_store.h"
 #include "s3block/codec_store.h"
@@ -44,18 +46,46 @@ VolumeOptions VolumeOptionsFor(const Config& config, bool readonly) {
   o.force = config.force;
   o.encoding = config.encoding;
   o.encoding_explicit = config.encoding_given;
+  o.layout = config.layout;
+  o.layout_explicit = config.layout_given;
+  return o;
+}
+
+log::LogOptions LogOptionsFor(const Config& config) {
+  log::LogOptions o;
+  o.segment_size = config.segment_size;
+  o.gc_threshold = static_cast<uint32_t>(config.gc_threshold);
   return o;
 }
 
 Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
+  // Each export's blocks in the layout its metadata records: one object per block (the store
+  // below), or log-structured over the same place as objects.
   if (config.is_s3()) {
     std::shared_ptr<S3Store> s3;
     S3B_RETURN_IF_ERROR(S3Store::Create(S3StoreOptionsFor(config), &s3));
     s3->set_lease_timeout(config.lease_timeout);
-    *out = std::move(s3);
+    auto transport = [s3](std::shared_ptr<ObjectTransport>* t) {
+      *t = std::shared_ptr<ObjectTransport>(s3, s3->transport());
+      return Status::Ok();
+    };
+    S3Store* raw = s3.get();
+    auto fence_for = [raw](std::string_view name) -> WriteFence {
+      return [raw, name = std::string(name)](double* left) { return raw->CheckLease(name, left); };
+    };
+    *out = std::make_shared<log::LayoutStore>(std::move(s3), transport, LogOptionsFor(config),
+                                              fence_for);
     return Status::Ok();
   }
-  *out = std::make_shared<FileStore>(config.store);
+  const std::string root = config.store;
+  auto transport = [root](std::shared_ptr<ObjectTransport>* t) {
+    std::unique_ptr<DirTransport> dir;
+    S3B_RETURN_IF_ERROR(DirTransport::Open(root, true, &dir));
+    *t = std::move(dir);
+    return Status::Ok();
+  };
+  *out = std::make_shared<log::LayoutStore>(std::make_shared<FileStore>(config.store), transport,
+                                            LogOptionsFor(config), nullptr);
   return Status::Ok();
 }
 

@@ -66,6 +66,12 @@ Status DecideMeta(std::string_view name, const std::string& where, const VolumeO
                        meta->encoding.Describe() + "); the encoding given (" +
                        options.encoding.Describe() + ") applies only to new exports";
     }
+    if (options.layout_explicit && meta->layout != options.layout) {
+      if (!encoding_note->empty()) *encoding_note += "; ";
+      *encoding_note += where + " keeps the layout it was created with (" +
+                        LayoutName(meta->layout) + "); layout=" + LayoutName(options.layout) +
+                        " applies only to new exports";
+    }
     return Status::Ok();
   }
   if (!options.create) return Status::Error(ENOENT, where + " does not exist");
@@ -74,7 +80,8 @@ Status DecideMeta(std::string_view name, const std::string& where, const VolumeO
   meta->size = options.size;
   meta->block_size = options.block_size;
   meta->encoding = options.encoding;
-  return Status::Ok();
+  meta->layout = options.layout;
+  return CheckLayoutBlockSize(*meta);
 }
 
 }  // namespace
@@ -135,15 +142,17 @@ Status Volume::Open(const StoreStack& stack, std::string_view name,
     // Blocks without metadata are served as they are: that is the layout the specification's
     // first version wrote. Recording the metadata now fixes the size and block size, and keeps
     // such blocks raw: recording another encoding would make them unreadable.
-    if (!meta.encoding.raw()) {
+    if (!meta.encoding.raw() || meta.layout != ExportLayout::kBlocks) {
       bool has_blocks = false;
       S3B_RETURN_IF_ERROR(
           store->ListBlocks(name, [&](uint64_t) { has_blocks = true; }).Annotate(where));
       if (has_blocks) {
         encoding_note = where + " has blocks but no metadata (the first version's layout): its "
-                                "blocks stay raw; the encoding given (" +
-                        meta.encoding.Describe() + ") applies only to new exports";
+                                "blocks stay raw, one object each; the encoding (" +
+                        meta.encoding.Describe() + ") and layout (" + LayoutName(meta.layout) +
+                        ") given apply only to new exports";
         meta.encoding = BlockEncoding();
+        meta.layout = ExportLayout::kBlocks;
       }
     }
     S3B_RETURN_IF_ERROR(store->WriteMeta(name, meta.Serialize()).Annotate(where));

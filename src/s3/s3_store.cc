@@ -25,6 +25,8 @@ WriteFence FenceOf(const S3Store& store, std::string_view export_name) {
 
 }  // namespace
 
+ObjectTransport* S3Store::transport() const { return transport_.get(); }
+
 Status S3Store::Create(const S3StoreOptions& options, std::shared_ptr<S3Store>* out) {
   if (options.url.rfind("s3://", 0) != 0)
     return Status::InvalidArgument("store=" + options.url + " is not s3://BUCKET[/PREFIX]");

@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 
+#include "base/object_transport.h"
 #include "s3/credentials.h"
 #include "s3block/block_store.h"
 #include "util/mutex.h"
@@ -99,6 +100,8 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   std::string LeaseKey(std::string_view export_name) const;
 
   const std::string& bucket() const { return bucket_; }
+  // The bucket (below the prefix) as objects, for layouts other than one object per block.
+  ObjectTransport* transport() const;
   // "s3://bucket/prefix", as given in store= (without the endpoint).
   std::string StoreUrl() const;
   // The key prefix ending in '/', or "" (no prefix).

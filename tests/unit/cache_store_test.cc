@@ -77,7 +77,7 @@ class TestStore : public BlockStore {
     BlockStore::ReadBatch(e, reads);
   }
   // As a store that reads batches says; set before the export is first used.
-  size_t ReadBatchSize() const override { return batch_size_; }
+  size_t ReadBatchSize(std::string_view) const override { return batch_size_; }
 
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     std::unique_lock<std::mutex> lk(mu_);

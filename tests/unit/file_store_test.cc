@@ -395,7 +395,7 @@ TEST(FileStore, ReadBatchReadsEachBlockAsReadDoes) {
     EXPECT_TRUE(r.data->empty());
   }
   // A batch costs less than as many reads only where the kernel allows io_uring.
-  EXPECT_EQ(store.ReadBatchSize(), KernelHasIoUring() ? 32u : 1u);
+  EXPECT_EQ(store.ReadBatchSize("e"), KernelHasIoUring() ? 32u : 1u);
 }
 
 TEST(FileStore, ACreateThatFailsPartWayLeavesTheBlockUnwritten) {

@@ -243,7 +243,7 @@ TEST(ConfigParams, EachDefaultIsWhatAFreshConfigHolds) {
     Config c;
     ASSERT_OK(c.Set(p.name, p.default_value));
     // Giving a value is recorded apart from the value itself.
-    c.size_given = c.block_size_given = c.encoding_given = false;
+    c.size_given = c.block_size_given = c.encoding_given = c.layout_given = false;
     EXPECT_TRUE(c == Config{}) << p.name << "=" << p.default_value << " is not the default";
   }
 }

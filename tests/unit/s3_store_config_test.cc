@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include "log/layout_store.h"
 #include "s3/s3_store.h"
 #include "s3block/store_factory.h"
 #include "test_util.h"
@@ -39,7 +40,10 @@ TEST(S3StoreConfig, KeysFollowTheLayoutUnderThePrefix) {
 TEST(S3StoreConfig, FactoryBuildsTheS3Store) {
   std::shared_ptr<BlockStore> store;
   ASSERT_OK(MakeLeafStore(S3Config("s3://bucket-3/p"), &store));
-  ASSERT_NE(dynamic_cast<S3Store*>(store.get()), nullptr);
+  // The layout router, over the S3 store.
+  auto* router = dynamic_cast<log::LayoutStore*>(store.get());
+  ASSERT_NE(router, nullptr);
+  ASSERT_NE(dynamic_cast<S3Store*>(router->next()), nullptr);
 }
 
 TEST(S3StoreConfig, BadStoreOrMissingKeysAreClearErrors) {

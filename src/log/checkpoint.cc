@@ -1,0 +1,185 @@
+#include "log/checkpoint.h"
+
+#include <zstd.h>
+
+#include <cstring>
+
+#include "log/segment.h"
+#include "util/crc32c.h"
+
+namespace s3block::log {
+namespace {
+
+constexpr char kMagic[8] = {'S', '3', 'B', 'L', 'C', 'K', 'P', '1'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kPartEntries = 1u << 20;
+constexpr size_t kEntryBytes = 16;
+// A root holds the segment table: 20 bytes a segment; more than this is not ours.
+constexpr uint64_t kMaxRootBytes = 256ull << 20;
+
+void Put32(std::vector<uint8_t>* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+void Put64(std::vector<uint8_t>* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+struct PartInfo {
+  uint64_t stored = 0;
+  uint64_t entries = 0;
+  uint32_t crc = 0;
+};
+
+Status Compress(std::span<const uint8_t> raw, std::vector<uint8_t>* out) {
+  out->resize(ZSTD_compressBound(raw.size()));
+  const size_t n = ZSTD_compress(out->data(), out->size(), raw.data(), raw.size(), 1);
+  if (ZSTD_isError(n)) return Status::IoError(std::string("zstd: ") + ZSTD_getErrorName(n));
+  out->resize(n);
+  return Status::Ok();
+}
+
+// Reads a whole object in ranges (an S3 GET of a whole object is bounded in size).
+Status GetAll(ObjectTransport& t, const std::string& key, uint64_t limit, std::vector<uint8_t>* out) {
+  ObjectInfo info;
+  S3B_RETURN_IF_ERROR(t.Head(key, &info));
+  if (info.size > limit)
+    return Status::IoError(t.Describe() + " " + key + " is too large to be a checkpoint (" +
+                           std::to_string(info.size) + " bytes)");
+  out->clear();
+  out->reserve(info.size);
+  constexpr uint64_t kChunk = 16ull << 20;
+  std::vector<uint8_t> part;
+  while (out->size() < info.size) {
+    S3B_RETURN_IF_ERROR(t.GetRange(key, out->size(), std::min(kChunk, info.size - out->size()), &part));
+    if (part.empty()) return Status::IoError(t.Describe() + " " + key + " ended early");
+    out->insert(out->end(), part.begin(), part.end());
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
+                       const CheckpointInfo& info, const BlockMap& map, const WriteFence* fence) {
+  std::vector<PartInfo> parts;
+  std::vector<uint8_t> raw, packed;
+  raw.reserve(std::min<uint64_t>(map.size(), kPartEntries) * kEntryBytes);
+  Status status;
+  auto store_part = [&]() {
+    if (!status.ok()) return;
+    PartInfo p;
+    p.entries = raw.size() / kEntryBytes;
+    p.crc = Crc32c(0, raw.data(), raw.size());
+    status = Compress(raw, &packed);
+    if (!status.ok()) return;
+    p.stored = packed.size();
+    status = transport.Put(CheckpointPartKey(name, info.seq, static_cast<uint32_t>(parts.size())),
+                           packed, PutOptions::Fenced(fence));
+    parts.push_back(p);
+    raw.clear();
+  };
+  map.ForEach([&](uint64_t id, const Loc& loc) {
+    Put64(&raw, id);
+    Put64(&raw, BlockMap::Pack(loc));
+    if (raw.size() == kPartEntries * kEntryBytes) store_part();
+  });
+  if (!raw.empty()) store_part();
+  S3B_RETURN_IF_ERROR(status);
+
+  std::vector<uint8_t> root(kMagic, kMagic + 8);
+  Put32(&root, kVersion);
+  Put32(&root, static_cast<uint32_t>(parts.size()));
+  Put64(&root, info.seq);
+  Put64(&root, info.epoch);
+  Put64(&root, map.size());
+  Put64(&root, info.slots.size());
+  for (const CheckpointSlot& s : info.slots) {
+    Put32(&root, s.slot);
+    Put64(&root, s.seq);
+    Put64(&root, s.size);
+  }
+  for (const PartInfo& p : parts) {
+    Put64(&root, p.stored);
+    Put64(&root, p.entries);
+    Put32(&root, p.crc);
+  }
+  Put32(&root, Crc32c(0, root.data(), root.size()));
+  return transport.Put(CheckpointKey(name, info.seq), root, PutOptions::IfAbsent(fence));
+}
+
+Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_t seq,
+                      CheckpointInfo* info, BlockMap* map) {
+  const std::string key = CheckpointKey(name, seq);
+  const std::string where = "checkpoint " + key + " in " + transport.Describe();
+  std::vector<uint8_t> root;
+  S3B_RETURN_IF_ERROR(GetAll(transport, key, kMaxRootBytes, &root));
+  auto corrupt = [&](const std::string& why) { return Status::IoError(where + " is corrupt: " + why); };
+  if (root.size() < 52 || std::memcmp(root.data(), kMagic, 8) != 0) return corrupt("bad magic");
+  if (Crc32c(0, root.data(), root.size() - 4) != Get32(root.data() + root.size() - 4))
+    return corrupt("its checksum does not match");
+  if (Get32(root.data() + 8) != kVersion)
+    return Status::IoError(where + " has a format this version does not know");
+  const uint32_t part_count = Get32(root.data() + 12);
+  info->seq = Get64(root.data() + 16);
+  info->epoch = Get64(root.data() + 24);
+  const uint64_t blocks = Get64(root.data() + 32);
+  const uint64_t slot_count = Get64(root.data() + 40);
+  if (info->seq != seq) return corrupt("it names segment " + std::to_string(info->seq));
+  if (slot_count > kMaxSlots || 48 + slot_count * 20 + uint64_t{part_count} * 20 + 4 != root.size())
+    return corrupt("its length does not add up");
+  const uint8_t* p = root.data() + 48;
+  info->slots.resize(slot_count);
+  for (CheckpointSlot& s : info->slots) {
+    s.slot = Get32(p);
+    s.seq = Get64(p + 4);
+    s.size = Get64(p + 12);
+    if (s.slot >= kMaxSlots) return corrupt("a slot is out of range");
+    p += 20;
+  }
+  *map = BlockMap();
+  std::vector<uint8_t> packed, raw;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < part_count; ++i, p += 20) {
+    const uint64_t stored = Get64(p), entries = Get64(p + 8);
+    const uint32_t crc = Get32(p + 16);
+    if (entries > kPartEntries) return corrupt("part " + std::to_string(i) + " is too large");
+    const std::string part_key = CheckpointPartKey(name, seq, i);
+    S3B_RETURN_IF_ERROR(GetAll(transport, part_key, stored, &packed).Annotate(where));
+    if (packed.size() != stored) return corrupt("part " + std::to_string(i) + " has the wrong length");
+    raw.resize(entries * kEntryBytes);
+    const size_t n = ZSTD_decompress(raw.data(), raw.size(), packed.data(), packed.size());
+    if (ZSTD_isError(n) || n != raw.size() || Crc32c(0, raw.data(), raw.size()) != crc)
+      return corrupt("part " + std::to_string(i) + " does not decode to what its root says");
+    for (uint64_t e = 0; e < entries; ++e) {
+      const uint64_t id = Get64(raw.data() + e * kEntryBytes);
+      map->Set(id, BlockMap::Unpack(Get64(raw.data() + e * kEntryBytes + 8)));
+    }
+    total += entries;
+  }
+  if (total != blocks || map->size() != blocks) return corrupt("it holds a block twice or too few");
+  return Status::Ok();
+}
+
+Status ListCheckpoints(ObjectTransport& transport, std::string_view name,
+                       std::vector<uint64_t>* roots, std::vector<std::string>* keys) {
+  roots->clear();
+  if (keys) keys->clear();
+  const std::string prefix = CheckpointPrefix(name);
+  return transport.List(prefix, [&](const std::string& key, std::string_view) {
+    uint64_t seq = 0;
+    if (ParseSeqKey(key, prefix, &seq)) roots->push_back(seq);
+    if (keys) keys->push_back(key);
+  });
+}
+
+}  // namespace s3block::log

@@ -1,0 +1,242 @@
+#include "log/layout_store.h"
+
+namespace s3block::log {
+
+LayoutStore::LayoutStore(std::shared_ptr<BlockStore> blocks, TransportMaker make_transport,
+                         LogOptions options, std::function<WriteFence(std::string_view)> fence_for)
+    : StoreDecorator(std::move(blocks)), make_transport_(std::move(make_transport)),
+      options_(options), fence_for_(std::move(fence_for)) {}
+
+Status LayoutStore::Transport(std::shared_ptr<ObjectTransport>* out) {
+  MutexLock l(&mu_);
+  if (!transport_) S3B_RETURN_IF_ERROR(make_transport_(&transport_));
+  *out = transport_;
+  return Status::Ok();
+}
+
+LayoutStore::~LayoutStore() = default;
+
+std::shared_ptr<LayoutStore::Entry> LayoutStore::EntryFor(std::string_view e) const {
+  MutexLock l(&mu_);
+  auto it = entries_.find(e);
+  if (it == entries_.end()) it = entries_.emplace(std::string(e), std::make_shared<Entry>()).first;
+  return it->second;
+}
+
+void LayoutStore::Learn(std::string_view e, std::string_view meta_text) {
+  ExportMeta meta;
+  if (!ExportMeta::Parse(e, meta_text, &meta).ok()) return;
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  MutexLock l(&entry->mu);
+  if (entry->resolved && entry->layout == meta.layout) return;
+  if (entry->log) return;  // open: what it serves stays what it is until it is closed
+  entry->resolved = true;
+  entry->layout = meta.layout;
+  entry->error = Status::Ok();
+}
+
+Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
+  *log = nullptr;
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  MutexLock l(&entry->mu);
+  if (!entry->resolved) {
+    std::string text;
+    bool found = false;
+    S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+    ExportMeta meta;
+    // No metadata: the specification's first version's layout. Unreadable metadata is the
+    // Volume's to report; blocks are not looked for elsewhere on account of it.
+    if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+    entry->layout = meta.layout;
+    entry->resolved = true;
+  }
+  if (entry->layout != ExportLayout::kLog) return Status::Ok();
+  if (!entry->log) {
+    WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+    std::shared_ptr<ObjectTransport> transport;
+    S3B_RETURN_IF_ERROR(Transport(&transport));
+    S3B_RETURN_IF_ERROR(LogExport::Open(std::move(transport), std::string(e), options_,
+                                        std::move(fence), &entry->log));
+  }
+  *log = entry->log.get();
+  return Status::Ok();
+}
+
+Status LayoutStore::Read(std::string_view e, uint64_t id, Bytes* data, bool* found) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->Read(id, data, found) : next_->Read(e, id, data, found);
+}
+
+void LayoutStore::ReadBatch(std::string_view e, std::span<BlockRead> reads) {
+  LogExport* log;
+  Status s = Resolve(e, &log);
+  if (!s.ok()) {
+    for (BlockRead& r : reads) r.status = s;
+    return;
+  }
+  if (log) log->ReadBatch(reads);
+  else next_->ReadBatch(e, reads);
+}
+
+size_t LayoutStore::ReadBatchSize(std::string_view e) const {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    // A run of blocks is one ranged read of a segment.
+    if (entry->resolved && entry->layout == ExportLayout::kLog) return 256;
+  }
+  return next_->ReadBatchSize(e);
+}
+
+Status LayoutStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data,
+                          bool fua) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->Write(id, data, fua) : next_->Write(e, id, data, fua);
+}
+
+Status LayoutStore::Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,
+                              bool fua) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->Write(id, data, fua) : next_->Overwrite(e, id, data, fua);
+}
+
+Status LayoutStore::Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->Delete(ids, fua) : next_->Delete(e, ids, fua);
+}
+
+Status LayoutStore::Flush(std::string_view e) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->Flush() : next_->Flush(e);
+}
+
+Status LayoutStore::ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  if (!log) return next_->ListBlocks(e, fn);
+  log->ListBlocks(fn);
+  return Status::Ok();
+}
+
+Status LayoutStore::ListBlockDigests(std::string_view e,
+                                     const std::function<void(uint64_t, std::string_view)>& fn) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  if (!log) return next_->ListBlockDigests(e, fn);
+  log->ListBlocks([&](uint64_t id) { fn(id, {}); });
+  return Status::Ok();
+}
+
+Status LayoutStore::ReadMeta(std::string_view e, std::string* text, bool* found) {
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, text, found));
+  if (*found) Learn(e, *text);
+  return Status::Ok();
+}
+
+Status LayoutStore::WriteMeta(std::string_view e, std::string_view text) {
+  S3B_RETURN_IF_ERROR(next_->WriteMeta(e, text));
+  Learn(e, text);
+  return Status::Ok();
+}
+
+Status LayoutStore::DeleteMeta(std::string_view e) {
+  LogExport* log = nullptr;
+  Status s = Resolve(e, &log);
+  bool is_log = log != nullptr;
+  if (!s.ok()) {
+    // An export whose checkpoint is unreadable can still be deleted.
+    std::shared_ptr<Entry> entry = EntryFor(e);
+    MutexLock l(&entry->mu);
+    is_log = entry->resolved && entry->layout == ExportLayout::kLog;
+    if (!is_log) return s;
+  }
+  if (is_log) {
+    {
+      std::shared_ptr<Entry> entry = EntryFor(e);
+      MutexLock l(&entry->mu);
+      entry->log.reset();
+    }
+    const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+    std::shared_ptr<ObjectTransport> transport;
+    S3B_RETURN_IF_ERROR(Transport(&transport));
+    S3B_RETURN_IF_ERROR(LogExport::DeleteAll(*transport, e, fence ? &fence : nullptr));
+  }
+  S3B_RETURN_IF_ERROR(next_->DeleteMeta(e));
+  MutexLock l(&mu_);
+  entries_.erase(std::string(e));
+  return Status::Ok();
+}
+
+Status LayoutStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id,
+                              bool* found) {
+  LogExport *a, *b;
+  S3B_RETURN_IF_ERROR(Resolve(from, &a));
+  S3B_RETURN_IF_ERROR(Resolve(to, &b));
+  if (!a && !b) return next_->CopyBlock(from, to, id, found);
+  return BlockStore::CopyBlock(from, to, id, found);  // through this layer: read, then write
+}
+
+Status LayoutStore::CloseExport(std::string_view e) {
+  std::shared_ptr<Entry> entry;
+  {
+    MutexLock l(&mu_);
+    auto it = entries_.find(e);
+    if (it != entries_.end()) entry = it->second;
+  }
+  if (entry) {
+    MutexLock l(&entry->mu);
+    if (entry->log) {
+      S3B_RETURN_IF_ERROR(entry->log->Close());
+      entry->log.reset();
+    }
+    MutexLock m(&mu_);
+    entries_.erase(std::string(e));
+  }
+  return next_->CloseExport(e);
+}
+
+Status LayoutStore::LogStatsOf(std::string_view e, LogStats* stats, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  if (log) *stats = log->Stats();
+  return Status::Ok();
+}
+
+Status LayoutStore::CollectGarbage(std::string_view e, bool all, GcResult* result,
+                                   bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->CollectGarbage(all, result) : Status::Ok();
+}
+
+Status LayoutStore::VerifyLog(std::string_view e,
+                              const std::function<void(const std::string&)>& report,
+                              uint64_t* problems, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->Verify(report, problems) : Status::Ok();
+}
+
+std::map<std::string, LogStats> LayoutStore::OpenLogStats() {
+  std::map<std::string, std::shared_ptr<Entry>, std::less<>> entries;
+  {
+    MutexLock l(&mu_);
+    entries = entries_;
+  }
+  std::map<std::string, LogStats> out;
+  for (auto& [name, entry] : entries) {
+    MutexLock l(&entry->mu);
+    if (entry->log) out[name] = entry->log->Stats();
+  }
+  return out;
+}
+
+}  // namespace s3block::log

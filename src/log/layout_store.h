@@ -1,0 +1,90 @@
+// LayoutStore: the leaf of the stack that gives each export the layout its metadata records.
+//
+// Below it are two ways of keeping blocks in one place (a directory or a bucket): `blocks`, the
+// specification's layout (FileStore, S3Store), which also keeps every export's metadata and
+// lease, and `transport`, the same place as objects, over which the log layout (LogExport)
+// keeps the exports created with layout=log. Calls about an export whose metadata says
+// layout=log go to its LogExport, opened on the first such call; every other call (metadata,
+// leases, listing exports, exports of the default layout, and those with no metadata, which are
+// the specification's first version's) goes to `blocks` unchanged.
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_LOG_LAYOUT_STORE_H_
+#define S3BLOCK_LOG_LAYOUT_STORE_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/object_transport.h"
+#include "log/log_export.h"
+#include "s3block/block_store.h"
+#include "s3block/export_meta.h"
+#include "util/mutex.h"
+
+namespace s3block::log {
+
+class LayoutStore : public StoreDecorator {
+ public:
+  // make_transport is called once, when the first log export is opened (no I/O happens before
+  // Check); fence_for(name) is the fence of changes to export `name` (empty: none).
+  using TransportMaker = std::function<Status(std::shared_ptr<ObjectTransport>* out)>;
+  LayoutStore(std::shared_ptr<BlockStore> blocks, TransportMaker make_transport,
+              LogOptions options, std::function<WriteFence(std::string_view name)> fence_for);
+  ~LayoutStore() override;
+
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override;
+  void ReadBatch(std::string_view e, std::span<BlockRead> reads) override;
+  size_t ReadBatchSize(std::string_view e) const override;
+  Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override;
+  Status Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,
+                   bool fua) override;
+  Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override;
+  Status Flush(std::string_view e) override;
+  Status ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) override;
+  Status ListBlockDigests(std::string_view e,
+                          const std::function<void(uint64_t, std::string_view)>& fn) override;
+  Status ReadMeta(std::string_view e, std::string* text, bool* found) override;
+  Status WriteMeta(std::string_view e, std::string_view text) override;
+  // For a log export, removes its segments and checkpoints first.
+  Status DeleteMeta(std::string_view e) override;
+  Status CopyBlock(std::string_view from, std::string_view to, uint64_t id, bool* found) override;
+  Status CloseExport(std::string_view e) override;
+
+  // What the admin command and the stats file show of log exports. *is_log is false (and
+  // nothing else is done) for an export of the default layout.
+  Status LogStatsOf(std::string_view e, LogStats* stats, bool* is_log);
+  Status CollectGarbage(std::string_view e, bool all, GcResult* result, bool* is_log);
+  Status VerifyLog(std::string_view e, const std::function<void(const std::string&)>& report,
+                   uint64_t* problems, bool* is_log);
+  // The stats of every log export open in this process, by name.
+  std::map<std::string, LogStats> OpenLogStats();
+
+ private:
+  struct Entry {
+    Mutex mu;
+    bool resolved GUARDED_BY(mu) = false;
+    ExportLayout layout GUARDED_BY(mu) = ExportLayout::kBlocks;
+    std::unique_ptr<LogExport> log GUARDED_BY(mu);
+    Status error GUARDED_BY(mu);
+  };
+  std::shared_ptr<Entry> EntryFor(std::string_view e) const EXCLUDES(mu_);
+  // The export's LogExport, opened if need be; null for an export of the default layout.
+  Status Resolve(std::string_view e, LogExport** log);
+  // Records the layout a metadata document gives (when it parses).
+  void Learn(std::string_view e, std::string_view meta_text);
+
+  Status Transport(std::shared_ptr<ObjectTransport>* out) EXCLUDES(mu_);
+
+  const TransportMaker make_transport_;
+  const LogOptions options_;
+  const std::function<WriteFence(std::string_view)> fence_for_;
+  mutable Mutex mu_;
+  mutable std::map<std::string, std::shared_ptr<Entry>, std::less<>> entries_ GUARDED_BY(mu_);
+  std::shared_ptr<ObjectTransport> transport_ GUARDED_BY(mu_);
+};
+
+}  // namespace s3block::log
+
+#endif  // S3BLOCK_LOG_LAYOUT_STORE_H_

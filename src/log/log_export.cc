@@ -1,0 +1,940 @@
+#include "log/log_export.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "log/checkpoint.h"
+#include "util/crc32c.h"
+
+namespace s3block::log {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How many bytes of a segment's head one read takes first: the heads of segments of 4K blocks
+// up to about 10 MiB fit.
+constexpr uint64_t kHeadProbe = 64 << 10;
+// Frames closer than this in one segment are read with one request (the gap read and dropped).
+constexpr uint64_t kCoalesceGap = 64 << 10;
+constexpr uint64_t kMaxRangeRead = 8ull << 20;
+// After a crash, what lies after the run may be a crashed writer's: this many seqs are deleted.
+constexpr uint64_t kDanglingSeqs = 64;
+// A collector pass rewrites at most this much.
+constexpr uint64_t kGcBudgetBytes = 256ull << 20;
+
+}  // namespace
+
+struct LogExport::Frame {
+  uint32_t offset = 0;  // in open_frames_
+  uint32_t length = 0;  // of the frame; 0: a deletion
+  uint32_t crc = 0;
+};
+
+struct LogExport::Sealed {
+  uint64_t seq = 0;
+  SegmentHeader header;
+  std::vector<uint8_t> bytes;
+  std::unordered_map<uint64_t, uint32_t> index;  // block id -> entry
+  enum class State { kQueued, kUploading, kStored, kFailed } state = State::kQueued;
+  Status error;
+};
+
+LogExport::LogExport(std::shared_ptr<ObjectTransport> transport, std::string name,
+                     const LogOptions& options, WriteFence fence)
+    : transport_(std::move(transport)), name_(std::move(name)), options_(options),
+      fence_(std::move(fence)) {}
+
+LogExport::~LogExport() {
+  {
+    MutexLock l(&mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (housekeeper_.joinable()) housekeeper_.join();
+  for (std::thread& t : uploaders_) t.join();
+}
+
+Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string name,
+                       const LogOptions& options, WriteFence fence,
+                       std::unique_ptr<LogExport>* out) {
+  std::unique_ptr<LogExport> e(
+      new LogExport(std::move(transport), std::move(name), options, std::move(fence)));
+  S3B_RETURN_IF_ERROR(e->Load());
+  *out = std::move(e);
+  return Status::Ok();
+}
+
+Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header) {
+  const std::string key = SegmentKey(name_, seq);
+  const std::string where = "segment " + key + " in " + transport_->Describe();
+  std::vector<uint8_t> bytes;
+  S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
+  uint64_t need = 0;
+  S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
+  if (need > bytes.size()) {
+    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+    S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
+    if (need) return Status::IoError(where + " is cut short");
+  }
+  if (header->seq != seq) return Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+  return Status::Ok();
+}
+
+uint32_t LogExport::AllocSlotLocked() {
+  if (!free_slots_.empty()) {
+    const uint32_t s = free_slots_.back();
+    free_slots_.pop_back();
+    return s;
+  }
+  slots_.emplace_back();
+  return static_cast<uint32_t>(slots_.size() - 1);
+}
+
+void LogExport::ApplyEntries(const SegmentHeader& header) NO_THREAD_SAFETY_ANALYSIS {
+  const uint32_t slot = AllocSlotLocked();
+  Slot& s = slots_[slot];
+  s = Slot{header.seq, header.total_size, 0, true};
+  for (const SegmentEntry& e : header.entries) {
+    Loc old;
+    bool had = false;
+    if (e.deleted()) {
+      had = map_.Erase(e.id, &old);
+    } else {
+      had = map_.Set(e.id, Loc{slot, e.offset, e.length}, &old);
+      slots_[slot].live += e.length;
+    }
+    if (had) slots_[old.slot].live -= old.length;
+  }
+  applied_seq_ = header.seq;
+  epoch_ = std::max(epoch_, header.epoch);
+}
+
+Status LogExport::Load() NO_THREAD_SAFETY_ANALYSIS {  // before any other thread
+  std::vector<uint64_t> roots;
+  S3B_RETURN_IF_ERROR(ListCheckpoints(*transport_, name_, &roots, nullptr));
+  if (!roots.empty()) {
+    CheckpointInfo info;
+    S3B_RETURN_IF_ERROR(ReadCheckpoint(*transport_, name_, roots.back(), &info, &map_));
+    for (const CheckpointSlot& cs : info.slots) {
+      if (cs.slot >= slots_.size()) slots_.resize(cs.slot + 1);
+      slots_[cs.slot] = Slot{cs.seq, cs.size, 0, true};
+    }
+    Status bad;
+    map_.ForEach([&](uint64_t id, const Loc& loc) {
+      if (loc.slot >= slots_.size() || !slots_[loc.slot].used) {
+        if (bad.ok())
+          bad = Status::IoError("checkpoint " + CheckpointKey(name_, info.seq) + " in " +
+                                transport_->Describe() + " is corrupt: block " +
+                                std::to_string(id) + " is in no segment it lists");
+        return;
+      }
+      slots_[loc.slot].live += loc.length;
+    });
+    S3B_RETURN_IF_ERROR(bad);
+    for (uint32_t i = 0; i < slots_.size(); ++i)
+      if (!slots_[i].used) free_slots_.push_back(i);
+    std::reverse(free_slots_.begin(), free_slots_.end());
+    applied_seq_ = checkpoint_seq_ = info.seq;
+    epoch_ = info.epoch;
+  }
+  // The unbroken run after the checkpoint.
+  for (uint64_t seq = applied_seq_ + 1;; ++seq) {
+    SegmentHeader h;
+    Status s = ReadHead(seq, &h);
+    if (s.IsNotFound()) break;
+    if (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos) break;  // torn
+    if (!s.ok()) return s.Annotate("export '" + name_ + "'");
+    if (h.epoch < epoch_) {
+      // A stale writer's, after a newer writer's first segment: never applied.
+      skipped_.push_back(seq);
+      applied_seq_ = seq;
+      continue;
+    }
+    ApplyEntries(h);
+  }
+  next_seq_ = applied_seq_ + 1;
+  checkpoint_time_ = Clock::now();
+  return Status::Ok();
+}
+
+bool LogExport::FenceOk(Status* why) {
+  if (!fence_) return true;
+  double left = 0;
+  *why = fence_(&left);
+  return why->ok();
+}
+
+Status LogExport::BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_) {
+  while (becoming_writer_) cv_.wait(lock.native());
+  if (writer_) return lost_;
+  becoming_writer_ = true;
+  mu_.Unlock();
+  // Another writer may have added to the run since we loaded it (a server that had the export
+  // before us, whose uploads were still landing): apply that first.
+  Status status;
+  std::vector<SegmentHeader> more;
+  uint64_t seq;
+  {
+    mu_.Lock();
+    seq = applied_seq_ + 1;
+    mu_.Unlock();
+  }
+  uint64_t epoch = 0;
+  for (;; ++seq) {
+    SegmentHeader h;
+    Status s = ReadHead(seq, &h);
+    if (s.IsNotFound() || (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos))
+      break;
+    if (!s.ok()) {
+      status = s;
+      break;
+    }
+    more.push_back(std::move(h));
+  }
+  if (status.ok()) {
+    mu_.Lock();
+    for (const SegmentHeader& h : more) {
+      if (h.epoch < epoch_) {
+        skipped_.push_back(h.seq);
+        applied_seq_ = h.seq;
+      } else {
+        ApplyEntries(h);
+      }
+    }
+    next_seq_ = applied_seq_ + 1;
+    seq = next_seq_;
+    epoch = epoch_ + 1;
+    mu_.Unlock();
+    // What follows the run was never acknowledged (a crashed writer's uploads that landed past
+    // a gap): removed, so that it can never join the run once the gap is filled.
+    std::vector<std::string> keys;
+    for (uint64_t i = 0; i < kDanglingSeqs; ++i) keys.push_back(SegmentKey(name_, seq + i));
+    status = transport_->Delete(keys, fence_ ? &fence_ : nullptr);
+  }
+  SegmentHeader mark;
+  if (status.ok()) {
+    // The first segment of the new epoch, empty.
+    mark.seq = seq;
+    mark.epoch = epoch;
+    mark.flags = kSegmentEpochMark;
+    std::vector<uint8_t> bytes(SegmentDataOffset(0));
+    EncodeSegmentHead(&mark, &bytes);
+    status = transport_->Put(SegmentKey(name_, seq), bytes, PutOptions::IfAbsent(fence_ ? &fence_ : nullptr));
+    if (IsPreconditionFailed(status))
+      status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
+                            ": another writer stored segment " + std::to_string(seq) +
+                            " while this one took the export over; not writing");
+  }
+  mu_.Lock();
+  becoming_writer_ = false;
+  cv_.notify_all();
+  if (!status.ok()) return status.Annotate("export '" + name_ + "'");
+  ApplyEntries(mark);
+  next_seq_ = seq + 1;
+  epoch_ = epoch;
+  writer_ = true;
+  last_write_ = Clock::now();
+  for (uint32_t i = 0; i < options_.upload_window; ++i)
+    uploaders_.emplace_back([this] {
+      MutexLock l(&mu_);
+      for (;;) {
+        while (!stop_ && upload_queue_.empty()) {
+          std::unique_lock<std::mutex> native(mu_.native(), std::adopt_lock);
+          cv_.wait(native);
+          native.release();
+        }
+        if (upload_queue_.empty()) return;
+        std::shared_ptr<Sealed> s = upload_queue_.front();
+        upload_queue_.erase(upload_queue_.begin());
+        mu_.Unlock();
+        Upload(s);
+        mu_.Lock();
+      }
+    });
+  if (options_.background) housekeeper_ = std::thread([this] { Housekeeping(); });
+  return Status::Ok();
+}
+
+void LogExport::Upload(std::shared_ptr<Sealed> s) {
+  const std::string key = SegmentKey(name_, s->seq);
+  Status status = transport_->Put(key, s->bytes, PutOptions::IfAbsent(fence_ ? &fence_ : nullptr));
+  if (IsPreconditionFailed(status)) {
+    // Stored by an earlier attempt of ours whose reply was lost, or by another writer.
+    std::vector<uint8_t> head;
+    Status r = transport_->GetRange(key, 0, s->header.data_offset, &head);
+    if (r.ok() && head.size() == s->header.data_offset &&
+        std::memcmp(head.data(), s->bytes.data(), head.size()) == 0) {
+      status = Status::Ok();
+    } else {
+      status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
+                            ": another writer stored segment " + std::to_string(s->seq) +
+                            "; this server no longer owns the export");
+      MutexLock l(&mu_);
+      if (lost_.ok()) lost_ = status;
+    }
+  }
+  MutexLock l(&mu_);
+  if (status.ok()) {
+    s->state = Sealed::State::kStored;
+    ApplyStoredLocked();
+  } else {
+    s->state = Sealed::State::kFailed;
+    s->error = status.Annotate("storing segment " + std::to_string(s->seq));
+  }
+  cv_.notify_all();
+}
+
+void LogExport::ApplyStoredLocked() REQUIRES(mu_) {
+  while (!sealed_.empty()) {
+    auto it = sealed_.begin();
+    if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
+    std::shared_ptr<Sealed> s = it->second;
+    ApplyEntries(s->header);
+    sealed_.erase(it);
+  }
+}
+
+void LogExport::SealLocked(UniqueLock& lock) REQUIRES(mu_) {
+  while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_) {
+    // Room for one more first, but a failed one waits for a flush to retry it: don't wait on it.
+    bool failed = false;
+    for (auto& [seq, s] : sealed_) failed |= s->state == Sealed::State::kFailed;
+    if (failed) break;
+    cv_.wait(lock.native());
+  }
+  if (open_index_.empty()) return;
+  auto s = std::make_shared<Sealed>();
+  s->seq = next_seq_++;
+  s->header.seq = s->seq;
+  s->header.epoch = epoch_;
+  s->header.flags = open_from_collector_ ? kSegmentFromCollector : 0;
+  std::vector<uint64_t> ids;
+  ids.reserve(open_index_.size());
+  uint64_t frame_bytes = 0;
+  for (const auto& [id, f] : open_index_) {
+    ids.push_back(id);
+    frame_bytes += f.length;
+  }
+  std::sort(ids.begin(), ids.end());
+  const uint64_t data_offset = SegmentDataOffset(ids.size());
+  s->bytes.resize(data_offset + frame_bytes);
+  s->header.entries.resize(ids.size());
+  uint64_t at = data_offset;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const Frame& f = open_index_[ids[i]];
+    SegmentEntry& e = s->header.entries[i];
+    e.id = ids[i];
+    if (f.length) {
+      std::memcpy(s->bytes.data() + at, open_frames_.data() + f.offset, f.length);
+      e.offset = static_cast<uint32_t>(at);
+      e.length = f.length;
+      e.crc = f.crc;
+      at += f.length;
+    }
+    s->index.emplace(ids[i], static_cast<uint32_t>(i));
+  }
+  EncodeSegmentHead(&s->header, &s->bytes);
+  open_index_.clear();
+  open_frames_.clear();
+  open_from_collector_ = false;
+  sealed_.emplace(s->seq, s);
+  upload_queue_.push_back(s);
+  cv_.notify_all();
+}
+
+Status LogExport::WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_) {
+  for (;;) {
+    if (applied_seq_ >= seq) return Status::Ok();
+    for (auto& [sq, s] : sealed_) {
+      if (sq > seq) break;
+      if (s->state == Sealed::State::kFailed) return s->error;
+    }
+    if (stop_) return Status::IoError("export '" + name_ + "' is closing");
+    cv_.wait(lock.native());
+  }
+}
+
+Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
+                               const std::span<const uint8_t>* payload, bool from_collector)
+    REQUIRES(mu_) {
+  const uint64_t frame = payload ? FrameBytes(payload->size()) : 0;
+  const uint64_t head_now = SegmentDataOffset(open_index_.size() + 1);
+  if (!open_index_.empty() &&
+      head_now + open_frames_.size() + frame > options_.segment_size)
+    SealLocked(lock);
+  Frame f;
+  if (payload) {
+    f.offset = static_cast<uint32_t>(open_frames_.size());
+    f.crc = AppendFrame(*payload, &open_frames_);
+    f.length = static_cast<uint32_t>(frame);
+    (from_collector ? counters_.gc_bytes : counters_.client_bytes) += frame;
+  }
+  open_index_[id] = f;
+  open_from_collector_ |= from_collector;
+  last_write_ = Clock::now();
+  return Status::Ok();
+}
+
+Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
+  if (data.size() > kMaxPayloadBytes)
+    return Status::InvalidArgument("a block of " + std::to_string(data.size()) +
+                                   " bytes is larger than a log export's frames take");
+  UniqueLock lock(&mu_);
+  if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+  S3B_RETURN_IF_ERROR(lost_);
+  S3B_RETURN_IF_ERROR(AppendLocked(lock, id, &data, false));
+  if (!fua) return Status::Ok();
+  SealLocked(lock);
+  return WaitAppliedLocked(lock, next_seq_ - 1);
+}
+
+Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
+  UniqueLock lock(&mu_);
+  bool any = false;
+  for (uint64_t id : ids) {
+    Loc loc;
+    uint64_t seq = 0;
+    const Where w = LocateLocked(id, nullptr, &loc, &seq);
+    // A block stored nowhere needs no record: no segment the map can reach holds it.
+    if (w == Where::kNone || w == Where::kDeleted) continue;
+    if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+    S3B_RETURN_IF_ERROR(lost_);
+    S3B_RETURN_IF_ERROR(AppendLocked(lock, id, nullptr, false));
+    any = true;
+  }
+  if (!fua || !any) return fua ? Flush() : Status::Ok();
+  SealLocked(lock);
+  return WaitAppliedLocked(lock, next_seq_ - 1);
+}
+
+Status LogExport::Flush() {
+  UniqueLock lock(&mu_);
+  if (!writer_) return Status::Ok();  // nothing was ever written through this process
+  S3B_RETURN_IF_ERROR(lost_);
+  // A segment that failed is tried again by every flush.
+  for (auto& [seq, s] : sealed_) {
+    if (s->state == Sealed::State::kFailed) {
+      s->state = Sealed::State::kQueued;
+      s->error = Status::Ok();
+      upload_queue_.push_back(s);
+    }
+  }
+  cv_.notify_all();
+  SealLocked(lock);
+  return WaitAppliedLocked(lock, next_seq_ - 1);
+}
+
+LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq)
+    REQUIRES(mu_) {
+  auto o = open_index_.find(id);
+  if (o != open_index_.end()) {
+    if (!o->second.length) return Where::kDeleted;
+    if (memory) {
+      std::span<const uint8_t> payload;
+      (void)OpenFrame(std::span<const uint8_t>(open_frames_).subspan(o->second.offset, o->second.length),
+                      o->second.crc, "", &payload);
+      memory->assign(payload.begin(), payload.end());
+    }
+    return Where::kMemory;
+  }
+  for (auto it = sealed_.rbegin(); it != sealed_.rend(); ++it) {
+    const Sealed& s = *it->second;
+    auto e = s.index.find(id);
+    if (e == s.index.end()) continue;
+    const SegmentEntry& entry = s.header.entries[e->second];
+    if (entry.deleted()) return Where::kDeleted;
+    if (memory) {
+      std::span<const uint8_t> payload;
+      (void)OpenFrame(std::span<const uint8_t>(s.bytes).subspan(entry.offset, entry.length),
+                      entry.crc, "", &payload);
+      memory->assign(payload.begin(), payload.end());
+    }
+    return Where::kMemory;
+  }
+  if (!map_.Get(id, loc)) return Where::kNone;
+  *seq = slots_[loc->slot].seq;
+  return Where::kStored;
+}
+
+Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs) {
+  const std::string key = SegmentKey(name_, seq);
+  const std::string where = "segment " + key + " in " + transport_->Describe();
+  std::vector<uint8_t> range;
+  size_t i = 0;
+  while (i < locs.size()) {
+    size_t j = i + 1;
+    uint64_t end = uint64_t{locs[i].offset} + locs[i].length;
+    while (j < locs.size() && locs[j].offset <= end + kCoalesceGap &&
+           uint64_t{locs[j].offset} + locs[j].length - locs[i].offset <= kMaxRangeRead) {
+      end = std::max<uint64_t>(end, uint64_t{locs[j].offset} + locs[j].length);
+      ++j;
+    }
+    S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
+    for (size_t k = i; k < j; ++k) {
+      const uint64_t at = locs[k].offset - locs[i].offset;
+      if (at + locs[k].length > range.size())
+        return Status::IoError(where + " ends before block frame at " + std::to_string(locs[k].offset));
+      std::span<const uint8_t> payload;
+      // The frame's own CRC: the map does not keep the entry's (the head has it, and the frame
+      // repeats it).
+      std::span<const uint8_t> frame(range.data() + at, locs[k].length);
+      const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
+                           static_cast<uint32_t>(frame[6]) << 16 | static_cast<uint32_t>(frame[7]) << 24;
+      S3B_RETURN_IF_ERROR(OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload));
+      outs[k]->assign(payload.begin(), payload.end());
+    }
+    i = j;
+  }
+  return Status::Ok();
+}
+
+Status LogExport::Read(uint64_t id, Bytes* data, bool* found) {
+  BlockRead r;
+  r.id = id;
+  r.data = data;
+  ReadBatch(std::span<BlockRead>(&r, 1));
+  *found = r.found;
+  return r.status;
+}
+
+void LogExport::ReadBatch(std::span<BlockRead> reads) {
+  // A segment read may find the segment gone (collected since its place was looked up): look
+  // again, a few times.
+  std::vector<size_t> todo(reads.size());
+  for (size_t i = 0; i < reads.size(); ++i) todo[i] = i;
+  for (int attempt = 0; attempt < 4 && !todo.empty(); ++attempt) {
+    struct Want {
+      uint64_t seq;
+      Loc loc;
+      size_t index;
+    };
+    std::vector<Want> wants;
+    {
+      MutexLock l(&mu_);
+      for (size_t i : todo) {
+        BlockRead& r = reads[i];
+        r.data->clear();
+        r.found = false;
+        r.status = Status::Ok();
+        Loc loc;
+        uint64_t seq = 0;
+        switch (LocateLocked(r.id, r.data, &loc, &seq)) {
+          case Where::kNone:
+          case Where::kDeleted: break;
+          case Where::kMemory: r.found = true; break;
+          case Where::kStored: wants.push_back({seq, loc, i}); break;
+        }
+      }
+    }
+    todo.clear();
+    std::sort(wants.begin(), wants.end(), [](const Want& a, const Want& b) {
+      return a.seq != b.seq ? a.seq < b.seq : a.loc.offset < b.loc.offset;
+    });
+    for (size_t i = 0; i < wants.size();) {
+      size_t j = i;
+      std::vector<Loc> locs;
+      std::vector<Bytes*> outs;
+      while (j < wants.size() && wants[j].seq == wants[i].seq) {
+        locs.push_back(wants[j].loc);
+        outs.push_back(reads[wants[j].index].data);
+        ++j;
+      }
+      Status s = ReadFrames(wants[i].seq, locs, outs);
+      for (size_t k = i; k < j; ++k) {
+        BlockRead& r = reads[wants[k].index];
+        if (s.IsNotFound() && attempt < 3) {
+          todo.push_back(wants[k].index);
+        } else if (s.IsNotFound()) {
+          r.status = Status::IoError("export '" + name_ + "': block " + std::to_string(r.id) +
+                                     " is in segment " + std::to_string(wants[i].seq) +
+                                     ", which is missing from " + transport_->Describe());
+        } else {
+          r.status = s;
+          r.found = s.ok();
+        }
+      }
+      i = j;
+    }
+  }
+}
+
+void LogExport::ListBlocks(const std::function<void(uint64_t id)>& fn) {
+  MutexLock l(&mu_);
+  std::unordered_map<uint64_t, bool> newer;  // id -> stored (else deleted)
+  for (auto& [seq, s] : sealed_)
+    for (const SegmentEntry& e : s->header.entries) newer[e.id] = !e.deleted();
+  for (auto& [id, f] : open_index_) newer[id] = f.length != 0;
+  map_.ForEach([&](uint64_t id, const Loc&) {
+    if (!newer.count(id)) fn(id);
+  });
+  for (auto& [id, stored] : newer)
+    if (stored) fn(id);
+}
+
+Status LogExport::CheckpointNow(bool* wrote) {
+  *wrote = false;
+  CheckpointInfo info;
+  BlockMap copy;
+  {
+    UniqueLock lock(&mu_);
+    while (checkpointing_) cv_.wait(lock.native());
+    if (!writer_ || applied_seq_ == checkpoint_seq_) return Status::Ok();
+    checkpointing_ = true;
+    info.seq = applied_seq_;
+    info.epoch = epoch_;
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      // A segment nothing in the map uses is not listed: it is deleted once this is stored.
+      if (slots_[i].used && slots_[i].live > 0)
+        info.slots.push_back({i, slots_[i].seq, slots_[i].size});
+    }
+    copy = map_;
+  }
+  Status s = WriteCheckpoint(*transport_, name_, info, copy, fence_ ? &fence_ : nullptr);
+  copy = BlockMap();
+  if (IsPreconditionFailed(s)) {
+    // One with this seq exists: ours, from an attempt whose reply was lost, or a checkpoint
+    // of the same run by the writer before us (the same map, which a root describes alone).
+    CheckpointInfo theirs;
+    BlockMap ignored;
+    Status r = ReadCheckpoint(*transport_, name_, info.seq, &theirs, &ignored);
+    s = r.ok() && theirs.epoch <= info.epoch ? Status::Ok() : Status::Busy(
+        "export '" + name_ + "': another writer stored checkpoint " + std::to_string(info.seq));
+  }
+  UniqueLock lock(&mu_);
+  checkpointing_ = false;
+  cv_.notify_all();
+  S3B_RETURN_IF_ERROR(s.Annotate("export '" + name_ + "': storing a checkpoint"));
+  checkpoint_seq_ = info.seq;
+  checkpoint_time_ = Clock::now();
+  ++counters_.checkpoints;
+  *wrote = true;
+  DeleteUnreferencedLocked(lock, info.seq);
+  return Status::Ok();
+}
+
+void LogExport::DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_) {
+  std::vector<std::string> keys;
+  std::vector<uint32_t> freed;
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (s.used && s.live == 0 && s.seq <= checkpoint_seq) {
+      keys.push_back(SegmentKey(name_, s.seq));
+      freed.push_back(i);
+      bytes += s.size;
+    }
+  }
+  for (uint64_t seq : skipped_)
+    if (seq <= checkpoint_seq) keys.push_back(SegmentKey(name_, seq));
+  std::erase_if(skipped_, [&](uint64_t seq) { return seq <= checkpoint_seq; });
+  for (uint32_t i : freed) {
+    slots_[i] = Slot();
+    free_slots_.push_back(i);
+  }
+  mu_.Unlock();
+  std::vector<uint64_t> roots;
+  std::vector<std::string> ckpt_keys;
+  if (ListCheckpoints(*transport_, name_, &roots, &ckpt_keys).ok()) {
+    const std::string keep = CheckpointKey(name_, checkpoint_seq);
+    for (const std::string& k : ckpt_keys)
+      if (k.compare(0, keep.size(), keep) != 0) keys.push_back(k);
+  }
+  Status s;
+  for (size_t i = 0; i < keys.size() && s.ok(); i += 1000) {
+    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
+    s = transport_->Delete(batch, fence_ ? &fence_ : nullptr);
+  }
+  mu_.Lock();
+  // A delete that failed leaves objects no checkpoint names: the sweep of a later writer finds
+  // them. Counted as freed all the same (they are no longer part of the export).
+  counters_.gc_segments_freed += freed.size();
+  counters_.gc_bytes_freed += bytes;
+  (void)lock;
+}
+
+Status LogExport::Sweep() {
+  // Segments at or below the checkpoint that it does not list (a crash between a checkpoint and
+  // its deletions, or a stale writer's): removed. One listing, once per writer, in background.
+  uint64_t ckpt;
+  std::unordered_set<uint64_t> listed;
+  {
+    MutexLock l(&mu_);
+    ckpt = checkpoint_seq_;
+    for (const Slot& s : slots_)
+      if (s.used) listed.insert(s.seq);
+  }
+  if (ckpt == 0) return Status::Ok();
+  std::vector<std::string> keys;
+  const std::string prefix = LogPrefix(name_);
+  S3B_RETURN_IF_ERROR(transport_->List(prefix, [&](const std::string& key, std::string_view) {
+    uint64_t seq = 0;
+    if (ParseSeqKey(key, prefix, &seq) && seq <= ckpt && !listed.count(seq)) keys.push_back(key);
+  }));
+  for (size_t i = 0; i < keys.size(); i += 1000) {
+    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
+    S3B_RETURN_IF_ERROR(transport_->Delete(batch, fence_ ? &fence_ : nullptr));
+  }
+  return Status::Ok();
+}
+
+Status LogExport::Checkpoint() {
+  bool wrote = false;
+  return CheckpointNow(&wrote);
+}
+
+Status LogExport::CollectGarbage(bool all, GcResult* result) {
+  *result = GcResult();
+  struct Victim {
+    uint32_t slot;
+    uint64_t seq;
+  };
+  std::vector<Victim> victims;
+  uint64_t freed_before = 0, bytes_freed_before = 0, copied_before = 0;
+  {
+    UniqueLock lock(&mu_);
+    if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+    while (collecting_) cv_.wait(lock.native());
+    collecting_ = true;
+    freed_before = counters_.gc_segments_freed;
+    bytes_freed_before = counters_.gc_bytes_freed;
+    copied_before = counters_.gc_bytes;
+    std::vector<std::pair<double, Victim>> candidates;
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      const Slot& s = slots_[i];
+      if (!s.used || s.live == 0 || s.live == s.size) continue;
+      const double share = static_cast<double>(s.live) / static_cast<double>(std::max<uint64_t>(s.size, 1));
+      // Small segments (a flush of a few blocks each) are packed together whatever their share.
+      const bool small = s.size < options_.segment_size / 8;
+      if (all || small || share * 100 < options_.gc_threshold)
+        candidates.push_back({small ? 0.0 : share, {i, s.seq}});
+    }
+    std::sort(candidates.begin(), candidates.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    uint64_t budget = 0;
+    for (auto& [share, v] : candidates) {
+      if (budget > kGcBudgetBytes) break;
+      budget += slots_[v.slot].live;
+      victims.push_back(v);
+    }
+  }
+  Status status;
+  for (const Victim& v : victims) {
+    SegmentHeader h;
+    status = ReadHead(v.seq, &h);
+    if (!status.ok()) break;
+    std::vector<SegmentEntry> live;
+    {
+      MutexLock l(&mu_);
+      for (const SegmentEntry& e : h.entries) {
+        Loc loc;
+        if (!e.deleted() && map_.Get(e.id, &loc) && loc == Loc{v.slot, e.offset, e.length})
+          live.push_back(e);
+      }
+    }
+    std::vector<Loc> locs;
+    std::vector<Bytes> data(live.size());
+    std::vector<Bytes*> outs;
+    for (size_t i = 0; i < live.size(); ++i) {
+      locs.push_back(Loc{v.slot, live[i].offset, live[i].length});
+      outs.push_back(&data[i]);
+    }
+    status = ReadFrames(v.seq, locs, outs);
+    if (!status.ok()) break;
+    UniqueLock lock(&mu_);
+    for (size_t i = 0; i < live.size(); ++i) {
+      // Moved only if nothing newer was written meanwhile: the map still points at this copy
+      // and no unapplied segment or the open one has the block.
+      Loc now;
+      if (!map_.Get(live[i].id, &now) || !(now == locs[i]) || open_index_.count(live[i].id))
+        continue;
+      bool newer = false;
+      for (auto& [seq, s] : sealed_) newer |= s->index.count(live[i].id) > 0;
+      if (newer) continue;
+      const std::span<const uint8_t> payload(data[i]);
+      status = AppendLocked(lock, live[i].id, &payload, true);
+      if (!status.ok()) break;
+    }
+    if (!status.ok()) break;
+  }
+  {
+    UniqueLock lock(&mu_);
+    if (status.ok() && !victims.empty()) {
+      SealLocked(lock);
+      status = WaitAppliedLocked(lock, next_seq_ - 1);
+    }
+    collecting_ = false;
+    cv_.notify_all();
+  }
+  if (status.ok()) status = Checkpoint();
+  MutexLock l(&mu_);
+  result->segments_freed = counters_.gc_segments_freed - freed_before;
+  result->bytes_freed = counters_.gc_bytes_freed - bytes_freed_before;
+  result->bytes_copied = counters_.gc_bytes - copied_before;
+  return status.Annotate("export '" + name_ + "': collecting garbage");
+}
+
+void LogExport::Housekeeping() {
+  auto last_gc = Clock::now();
+  bool swept = false;
+  for (;;) {
+    bool checkpoint = false, gc = false;
+    {
+      UniqueLock lock(&mu_);
+      cv_.wait_for(lock.native(), std::chrono::milliseconds(500));
+      if (stop_) return;
+      const auto now = Clock::now();
+      if (!open_index_.empty() &&
+          now - last_write_ > std::chrono::duration<double>(options_.seal_idle_seconds))
+        SealLocked(lock);
+      // A failed segment is retried here too, so that data is stored without a client's flush.
+      for (auto& [seq, s] : sealed_) {
+        if (s->state == Sealed::State::kFailed && s->error.kind() != Status::Kind::kBusy) {
+          s->state = Sealed::State::kQueued;
+          upload_queue_.push_back(s);
+          cv_.notify_all();
+        }
+      }
+      const uint64_t since = applied_seq_ - checkpoint_seq_;
+      // A large map costs more to write out: written less often, about once per MiB of it
+      // per segment applied.
+      const uint64_t every = std::max<uint64_t>(options_.checkpoint_segments, map_.MemoryBytes() >> 20);
+      checkpoint = since >= every ||
+                   (since > 0 && now - checkpoint_time_ >
+                                     std::chrono::duration<double>(options_.checkpoint_seconds));
+      if (now - last_gc > std::chrono::duration<double>(options_.gc_seconds)) {
+        last_gc = now;
+        for (const Slot& s : slots_) {
+          if (s.used && s.live < s.size && s.seq <= applied_seq_ &&
+              (s.live == 0 || s.live * 100 < s.size * options_.gc_threshold ||
+               s.size < options_.segment_size / 8)) {
+            gc = true;
+            break;
+          }
+        }
+        // Small segments alone are not worth a pass until there are several.
+      }
+    }
+    if (checkpoint) (void)Checkpoint();
+    if (gc) {
+      GcResult r;
+      (void)CollectGarbage(false, &r);
+    }
+    if (!swept) swept = Sweep().ok();
+  }
+}
+
+Status LogExport::Close() {
+  S3B_RETURN_IF_ERROR(Flush());
+  S3B_RETURN_IF_ERROR(Checkpoint());
+  {
+    MutexLock l(&mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (housekeeper_.joinable()) housekeeper_.join();
+  for (std::thread& t : uploaders_) t.join();
+  uploaders_.clear();
+  return Status::Ok();
+}
+
+LogStats LogExport::Stats() {
+  MutexLock l(&mu_);
+  LogStats s = counters_;
+  for (const Slot& slot : slots_) {
+    if (!slot.used) continue;
+    ++s.segments;
+    s.segment_bytes += slot.size;
+    s.live_bytes += slot.live;
+  }
+  s.blocks = map_.size();
+  s.map_bytes = map_.MemoryBytes();
+  s.pending_segments = sealed_.size();
+  s.open_bytes = open_frames_.size();
+  s.last_seq = applied_seq_;
+  s.checkpoint_seq = checkpoint_seq_;
+  s.epoch = epoch_;
+  s.writer = writer_;
+  return s;
+}
+
+Status LogExport::Verify(const std::function<void(const std::string&)>& report, uint64_t* problems) {
+  *problems = 0;
+  std::vector<Slot> slots;
+  BlockMap map;
+  {
+    MutexLock l(&mu_);
+    slots = slots_;
+    map = map_;
+  }
+  // Each segment's entries, as the map should see them.
+  for (uint32_t i = 0; i < slots.size(); ++i) {
+    if (!slots[i].used) continue;
+    const std::string key = SegmentKey(name_, slots[i].seq);
+    SegmentHeader h;
+    Status s = ReadHead(slots[i].seq, &h);
+    if (!s.ok()) {
+      report(s.message());
+      ++*problems;
+      continue;
+    }
+    if (h.total_size != slots[i].size) {
+      report(key + ": " + std::to_string(h.total_size) + " bytes, the map says " +
+             std::to_string(slots[i].size));
+      ++*problems;
+    }
+    std::vector<Loc> locs;
+    std::vector<SegmentEntry> entries;
+    for (const SegmentEntry& e : h.entries) {
+      Loc loc;
+      if (!e.deleted() && map.Get(e.id, &loc) && loc == Loc{i, e.offset, e.length}) {
+        locs.push_back(loc);
+        entries.push_back(e);
+      }
+    }
+    std::vector<Bytes> data(locs.size());
+    std::vector<Bytes*> outs;
+    for (Bytes& d : data) outs.push_back(&d);
+    // Frame by frame, so that one bad frame is reported alone.
+    for (size_t k = 0; k < locs.size(); ++k) {
+      Status r = ReadFrames(slots[i].seq, std::span<const Loc>(&locs[k], 1), {outs[k]});
+      if (!r.ok()) {
+        report("block " + std::to_string(entries[k].id) + ": " + r.message());
+        ++*problems;
+      } else if (Crc32c(0, outs[k]->data(), outs[k]->size()) != entries[k].crc) {
+        report("block " + std::to_string(entries[k].id) + " in " + key +
+               ": its checksum differs from the segment's entry");
+        ++*problems;
+      }
+      outs[k]->clear();
+    }
+  }
+  map.ForEach([&](uint64_t id, const Loc& loc) {
+    if (loc.slot >= slots.size() || !slots[loc.slot].used) {
+      report("block " + std::to_string(id) + " is mapped to no segment");
+      ++*problems;
+    }
+  });
+  return Status::Ok();
+}
+
+Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
+                            const WriteFence* fence) {
+  std::vector<std::string> keys;
+  S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), [&](const std::string& k, std::string_view) {
+    keys.push_back(k);
+  }));
+  S3B_RETURN_IF_ERROR(transport.List(CheckpointPrefix(name),
+                                     [&](const std::string& k, std::string_view) { keys.push_back(k); }));
+  // Checkpoints first: an export half deleted then has no checkpoint naming missing segments.
+  std::stable_partition(keys.begin(), keys.end(), [&](const std::string& k) {
+    return k.compare(0, CheckpointPrefix(name).size(), CheckpointPrefix(name)) == 0;
+  });
+  for (size_t i = 0; i < keys.size(); i += 1000) {
+    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
+    S3B_RETURN_IF_ERROR(transport.Delete(batch, fence));
+  }
+  return Status::Ok();
+}
+
+}  // namespace s3block::log

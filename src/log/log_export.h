@@ -1,0 +1,210 @@
+// LogExport: one log-structured export (docs/log-layout.md): its blocks appended into segments,
+// the map from block to frame, checkpoints of the map, recovery, and the garbage collector.
+//
+// A block write is appended, as a frame, to the open segment in memory. The open segment is
+// sealed (its entries sorted by block id, its head written) when it is full (segment-size), on a
+// flush or a write with FUA, and after two seconds without writes, and is stored as one object
+// with a condition (if absent): a writer that lost the export cannot overwrite a successor's
+// segment. Up to four sealed segments are stored at once; a segment stored is applied to the map
+// only once every segment before it is, so the map always describes an unbroken run of stored
+// segments, and a checkpoint of it is a state that recovery can reach. Reads look at the open
+// segment, then the sealed ones not yet applied, then the map (a ranged read of one frame).
+//
+// Opening loads the newest checkpoint and applies the unbroken run of segments after it; a
+// segment after a gap, or whose head fails its checksum, ends the run and is not applied. Each
+// writer has an epoch, one above any it has seen: a segment of a lower epoch after one of a
+// higher is a stale writer's, and is skipped. An export opened becomes a writer on its first
+// change only (a read-only server never writes): it deletes what may lie after the run (segments
+// of a writer that crashed, never acknowledged) and stores an empty segment with its epoch.
+//
+// The collector (a background thread, or CollectGarbage) rewrites the live blocks of segments
+// less live than gc-threshold into new segments, each moved only if the map still points at the
+// copy it read (a client's newer write wins), and deletes a segment only once a checkpoint that
+// no longer references it is stored.
+//
+// Thread safety: safe for concurrent use.
+#ifndef S3BLOCK_LOG_LOG_EXPORT_H_
+#define S3BLOCK_LOG_LOG_EXPORT_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "base/object_transport.h"
+#include "log/block_map.h"
+#include "log/segment.h"
+#include "s3block/block_store.h"
+#include "util/mutex.h"
+
+namespace s3block::log {
+
+struct LogOptions {
+  uint64_t segment_size = 8ull << 20;  // 1M to 64M
+  uint32_t gc_threshold = 50;          // percent live below which a segment is collected
+  uint32_t upload_window = 4;          // sealed segments stored at once
+  double seal_idle_seconds = 2;        // an open segment is sealed after this long without writes
+  double checkpoint_seconds = 30;      // most time between checkpoints while the export changes
+  uint32_t checkpoint_segments = 64;   // most segments applied between checkpoints (at least)
+  double gc_seconds = 10;              // between collector passes
+  bool background = true;              // the housekeeping thread (tests drive it by hand)
+};
+
+// What `s3block info` and the stats file show of a log export.
+struct LogStats {
+  uint64_t segments = 0;        // stored and applied
+  uint64_t segment_bytes = 0;   // their size
+  uint64_t live_bytes = 0;      // of frames the map points at
+  uint64_t blocks = 0;          // mapped
+  uint64_t map_bytes = 0;       // memory of the map
+  uint64_t pending_segments = 0;  // sealed, not yet applied
+  uint64_t open_bytes = 0;      // in the open segment
+  uint64_t last_seq = 0;        // the last segment applied
+  uint64_t checkpoint_seq = 0;  // of the newest checkpoint stored (0: none)
+  uint64_t epoch = 0;
+  bool writer = false;
+  uint64_t client_bytes = 0;    // frames written for clients since opened
+  uint64_t gc_bytes = 0;        // frames the collector rewrote since opened
+  uint64_t gc_segments_freed = 0;
+  uint64_t gc_bytes_freed = 0;
+  uint64_t checkpoints = 0;     // stored since opened
+};
+
+struct GcResult {
+  uint64_t segments_freed = 0;  // deleted
+  uint64_t bytes_freed = 0;     // their size
+  uint64_t bytes_copied = 0;    // live frames rewritten
+};
+
+class LogExport {
+ public:
+  // Loads the export's newest checkpoint and the segments after it. `fence` (may be empty) is
+  // asked before every change stored.
+  static Status Open(std::shared_ptr<ObjectTransport> transport, std::string name,
+                     const LogOptions& options, WriteFence fence, std::unique_ptr<LogExport>* out);
+  ~LogExport();
+
+  Status Read(uint64_t id, Bytes* data, bool* found);
+  void ReadBatch(std::span<BlockRead> reads);
+  // REQUIRES: data.size() <= kMaxPayloadBytes.
+  Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
+  Status Delete(std::span<const uint64_t> ids, bool fua);
+  Status Flush();
+  void ListBlocks(const std::function<void(uint64_t id)>& fn);
+
+  // Flushes, stores a checkpoint if the map changed since the last, and stops the background
+  // thread. Errors are Flush's (the export may then be closed again).
+  Status Close();
+
+  // One collector pass now, whatever the timer: collects every segment below the threshold
+  // (all of them with `all`: any with a dead byte), then stores a checkpoint and deletes what
+  // it freed.
+  Status CollectGarbage(bool all, GcResult* result);
+  // Stores a checkpoint of the map now (if it changed), then deletes what it made unreferenced.
+  Status Checkpoint();
+  LogStats Stats();
+
+  // Reads every segment the map uses and checks every frame and head against its checksum,
+  // and the map against the segments' entries; report() gets one line per problem. *problems
+  // counts them.
+  Status Verify(const std::function<void(const std::string&)>& report, uint64_t* problems);
+
+  // Deletes every object of the layout (segments, checkpoints) of export `name`.
+  static Status DeleteAll(ObjectTransport& transport, std::string_view name,
+                          const WriteFence* fence);
+
+ private:
+  struct Frame;       // a block in the open segment
+  struct Sealed;      // a sealed segment not yet applied
+  struct Slot {
+    uint64_t seq = 0;
+    uint64_t size = 0;
+    uint64_t live = 0;
+    bool used = false;
+  };
+
+  LogExport(std::shared_ptr<ObjectTransport> transport, std::string name,
+            const LogOptions& options, WriteFence fence);
+
+  Status Load();
+  // Reads the head of segment seq: NotFound if there is none.
+  Status ReadHead(uint64_t seq, SegmentHeader* header);
+  // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
+  void ApplyEntries(const SegmentHeader& header);
+
+  // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
+  Status BecomeWriterLocked(UniqueLock& lock);
+  // Seals the open segment (if not empty), waiting for room in the upload window.
+  void SealLocked(UniqueLock& lock);
+  // Waits until every segment up to seq is applied, or one failed.
+  Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq);
+  // Appends one frame (or a deletion: payload null) to the open segment.
+  Status AppendLocked(UniqueLock& lock, uint64_t id, const std::span<const uint8_t>* payload,
+                      bool from_collector);
+  // Applies every stored segment that follows the run.
+  void ApplyStoredLocked();
+  void Upload(std::shared_ptr<Sealed> s);
+  void Housekeeping();
+  // Where block id is right now, if anywhere: *in_memory is set with its payload for a block
+  // not yet in the map.
+  enum class Where { kNone, kDeleted, kMemory, kStored };
+  Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq);
+  Status ReadStored(uint64_t id, uint64_t seq, const Loc& loc, Bytes* data);
+  // Fetches frames of one segment; each of `locs` (sorted by offset) gets its payload.
+  Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs);
+  Status CheckpointNow(bool* wrote);
+  // Deletes dead segments at or below the checkpoint, and older checkpoints.
+  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq);
+  Status Sweep();
+  bool FenceOk(Status* why);
+  uint32_t AllocSlotLocked();
+
+  const std::shared_ptr<ObjectTransport> transport_;
+  const std::string name_;
+  const LogOptions options_;
+  const WriteFence fence_;
+
+  Mutex mu_;
+  std::condition_variable cv_;
+  BlockMap map_ GUARDED_BY(mu_);
+  std::vector<Slot> slots_ GUARDED_BY(mu_);
+  std::vector<uint32_t> free_slots_ GUARDED_BY(mu_);
+  // The open segment: frames back to back, and the newest of each block.
+  std::vector<uint8_t> open_frames_ GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Frame> open_index_ GUARDED_BY(mu_);
+  bool open_from_collector_ GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point last_write_ GUARDED_BY(mu_);
+  // Sealed, not yet applied, by seq.
+  std::map<uint64_t, std::shared_ptr<Sealed>> sealed_ GUARDED_BY(mu_);
+  uint64_t next_seq_ GUARDED_BY(mu_) = 1;     // of the next segment sealed
+  uint64_t applied_seq_ GUARDED_BY(mu_) = 0;  // every segment up to it is in the map
+  uint64_t checkpoint_seq_ GUARDED_BY(mu_) = 0;
+  std::chrono::steady_clock::time_point checkpoint_time_ GUARDED_BY(mu_);
+  uint64_t epoch_ GUARDED_BY(mu_) = 0;
+  bool writer_ GUARDED_BY(mu_) = false;
+  bool becoming_writer_ GUARDED_BY(mu_) = false;
+  bool checkpointing_ GUARDED_BY(mu_) = false;
+  bool collecting_ GUARDED_BY(mu_) = false;
+  bool swept_ GUARDED_BY(mu_) = false;
+  // Set once another writer is found to own the export: every change then fails with it.
+  Status lost_ GUARDED_BY(mu_);
+  // Segments skipped by recovery (a stale writer's), deleted by the sweep.
+  std::vector<uint64_t> skipped_ GUARDED_BY(mu_);
+  LogStats counters_ GUARDED_BY(mu_);
+
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::thread housekeeper_;
+  std::vector<std::thread> uploaders_;
+  std::vector<std::shared_ptr<Sealed>> upload_queue_ GUARDED_BY(mu_);
+};
+
+}  // namespace s3block::log
+
+#endif  // S3BLOCK_LOG_LOG_EXPORT_H_

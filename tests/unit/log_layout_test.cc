@@ -1,0 +1,428 @@
+// The log layout (src/log): the map, the segment format, recovery and the collector, on a real
+// local directory (the transport a layout is written against; the S3 one is the same contract,
+// checked by object_transport_test.cc and through nbdkit by the integration tests).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <optional>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "file/dir_transport.h"
+#include "log/block_map.h"
+#include "log/checkpoint.h"
+#include "log/log_export.h"
+#include "log/segment.h"
+#include "test_util.h"
+
+namespace s3block::log {
+namespace {
+
+using ::s3block::testing::TempDir;
+
+// ---------------------------------------------------------------- the map
+
+TEST(BlockMap, KeepsWhatIsSetAndForgetsWhatIsErased) {
+  BlockMap map;
+  std::map<uint64_t, Loc> model;
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    const uint64_t id = rng() % 5000;
+    if (rng() % 4 == 0) {
+      Loc old;
+      const bool had = map.Erase(id, &old);
+      ASSERT_EQ(had, model.count(id) > 0);
+      if (had) ASSERT_EQ(old, model[id]);
+      model.erase(id);
+    } else {
+      const Loc loc{static_cast<uint32_t>(rng() % kMaxSlots), static_cast<uint32_t>(rng() % (1 << 22)) * 16,
+                    static_cast<uint32_t>(rng() % (1 << 17)) * 16};
+      Loc old;
+      const bool had = map.Set(id, loc, &old);
+      ASSERT_EQ(had, model.count(id) > 0);
+      if (had) ASSERT_EQ(old, model[id]);
+      model[id] = loc;
+    }
+  }
+  EXPECT_EQ(map.size(), model.size());
+  auto it = model.begin();
+  map.ForEach([&](uint64_t id, const Loc& loc) {
+    ASSERT_NE(it, model.end());
+    EXPECT_EQ(id, it->first);
+    EXPECT_EQ(loc, it->second);
+    ++it;
+  });
+  EXPECT_EQ(it, model.end());
+}
+
+TEST(BlockMap, RandomBlocksCostEightBytesEachAndARunAlmostNothing) {
+  // Random 4K writes over a large export: 8 bytes a block, plus each page's own few bytes.
+  BlockMap random;
+  std::mt19937_64 rng(1);
+  const uint64_t blocks = 1 << 20;
+  uint64_t stored = 0;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t id = rng() % (1ull << 24);
+    if (!random.Set(id, Loc{static_cast<uint32_t>(i % 1000), 4112 * static_cast<uint32_t>(i % 2000), 4112}))
+      ++stored;
+  }
+  // Pages of 256 with at most a few entries each: the page's own bytes dominate here; a dense
+  // random export (the budget's worst case) is measured below.
+  BlockMap dense;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t id = (i * 2654435761u) % blocks;  // every block once, in a scattered order
+    dense.Set(id, Loc{static_cast<uint32_t>(i % 1000), 4112 * static_cast<uint32_t>(i % 2000), 4112});
+  }
+  EXPECT_EQ(dense.size(), blocks);
+  // 8 bytes a block, and each page's own (bitmap, header, pointer: at most 128 bytes).
+  EXPECT_LE(dense.MemoryBytes(), blocks * 8 + blocks / 256 * 128 + (1 << 16))
+      << dense.MemoryBytes() / double(blocks) << " bytes a block";
+  // Sparse: the pages' own bytes, bounded by the export's size (a page per 256 blocks of it).
+  EXPECT_LE(random.MemoryBytes(), stored * 8 + ((1ull << 24) / 256) * 128 + (1 << 20));
+  // Written in order into segments of 2048 blocks: a page per 256 blocks, each a single entry.
+  BlockMap run;
+  for (uint64_t id = 0; id < blocks; ++id)
+    run.Set(id, Loc{static_cast<uint32_t>(id / 2048), static_cast<uint32_t>(64 + 4112 * (id % 2048)), 4112});
+  EXPECT_EQ(run.size(), blocks);
+  EXPECT_LE(run.MemoryBytes(), blocks / 256 * 160 + (1 << 16)) << run.MemoryBytes();
+  Loc loc;
+  ASSERT_TRUE(run.Get(123457, &loc));
+  EXPECT_EQ(loc, (Loc{123457 / 2048, static_cast<uint32_t>(64 + 4112 * (123457 % 2048)), 4112}));
+  // Overwriting a run in place expands it and packs it again once the page is rewritten.
+  for (uint64_t id = 0; id < 256; ++id)
+    run.Set(id, Loc{9, static_cast<uint32_t>(64 + 4112 * id), 4112});
+  EXPECT_LE(run.MemoryBytes(), blocks / 256 * 160 + (1 << 16)) << run.MemoryBytes();
+}
+
+TEST(BlockMap, ACopyKeepsItsContentWhileTheOriginalChanges) {
+  BlockMap map;
+  for (uint64_t id = 0; id < 1000; ++id) map.Set(id, Loc{1, static_cast<uint32_t>(id * 16), 16});
+  BlockMap copy = map;
+  for (uint64_t id = 0; id < 1000; id += 3) map.Set(id, Loc{2, 0, 32});
+  for (uint64_t id = 1; id < 1000; id += 7) map.Erase(id);
+  for (uint64_t id = 0; id < 1000; ++id) {
+    Loc loc;
+    ASSERT_TRUE(copy.Get(id, &loc)) << id;
+    EXPECT_EQ(loc, (Loc{1, static_cast<uint32_t>(id * 16), 16}));
+  }
+  EXPECT_EQ(copy.size(), 1000u);
+}
+
+// ---------------------------------------------------------------- the segment format
+
+std::vector<uint8_t> MakeSegment(uint64_t seq, const std::map<uint64_t, std::string>& blocks,
+                                 SegmentHeader* header) {
+  std::vector<uint8_t> frames;
+  header->seq = seq;
+  header->epoch = 3;
+  const uint64_t data = SegmentDataOffset(blocks.size());
+  for (auto& [id, text] : blocks) {
+    SegmentEntry e;
+    e.id = id;
+    if (!text.empty()) {
+      e.offset = static_cast<uint32_t>(data + frames.size());
+      e.crc = AppendFrame(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()), &frames);
+      e.length = static_cast<uint32_t>(data + frames.size() - e.offset);
+    }
+    header->entries.push_back(e);
+  }
+  std::vector<uint8_t> bytes(data);
+  bytes.insert(bytes.end(), frames.begin(), frames.end());
+  EncodeSegmentHead(header, &bytes);
+  return bytes;
+}
+
+TEST(SegmentFormat, AHeadAndItsFramesReadBackAndCorruptionIsCaught) {
+  SegmentHeader h;
+  std::vector<uint8_t> bytes = MakeSegment(9, {{1, "one"}, {5, ""}, {7, std::string(5000, 'x')}}, &h);
+  SegmentHeader back;
+  uint64_t need = 0;
+  ASSERT_OK(ParseSegmentHead(std::span<const uint8_t>(bytes).subspan(0, 10), "s", &back, &need));
+  EXPECT_EQ(need, kSegmentHeaderBytes);
+  ASSERT_OK(ParseSegmentHead(bytes, "s", &back, &need));
+  EXPECT_EQ(need, 0u);
+  EXPECT_EQ(back.seq, 9u);
+  EXPECT_EQ(back.epoch, 3u);
+  ASSERT_EQ(back.entries.size(), 3u);
+  EXPECT_TRUE(back.entries[1].deleted());
+  std::span<const uint8_t> payload;
+  const SegmentEntry& e = back.entries[2];
+  ASSERT_OK(OpenFrame(std::span<const uint8_t>(bytes).subspan(e.offset, e.length), e.crc, "f", &payload));
+  EXPECT_EQ(std::string(payload.begin(), payload.end()), std::string(5000, 'x'));
+
+  // A flipped bit in the head, or in a frame, is refused, never served.
+  for (size_t at : {size_t{20}, size_t{kSegmentHeaderBytes + 3}}) {
+    std::vector<uint8_t> bad = bytes;
+    bad[at] ^= 1;
+    EXPECT_FALSE(ParseSegmentHead(bad, "s", &back, &need).ok()) << at;
+  }
+  std::vector<uint8_t> bad = bytes;
+  bad[e.offset + 100] ^= 0x40;
+  Status s = OpenFrame(std::span<const uint8_t>(bad).subspan(e.offset, e.length), e.crc, "frame", &payload);
+  EXPECT_TRUE(s.IsIoError()) << s.ToString();
+  EXPECT_NE(s.message().find("checksum"), std::string::npos);
+}
+
+// ---------------------------------------------------------------- an export
+
+class LogExportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::unique_ptr<DirTransport> t;
+    ASSERT_OK(DirTransport::Open(dir_.path(), true, &t));
+    transport_ = std::move(t);
+    options_.background = false;  // the tests drive checkpoints and the collector
+    options_.segment_size = 1 << 20;
+  }
+
+  std::unique_ptr<LogExport> Open() {
+    std::unique_ptr<LogExport> e;
+    Status s = LogExport::Open(transport_, "e", options_, nullptr, &e);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return e;
+  }
+  static Bytes Block(uint64_t id, uint32_t version) {
+    Bytes b(4096);
+    for (size_t i = 0; i < b.size(); i += 8) {
+      const uint64_t v = id * 1000003 + version * 7 + i;
+      std::memcpy(&b[i], &v, 8);
+    }
+    return b;
+  }
+  static void ExpectBlock(LogExport& e, uint64_t id, std::optional<uint32_t> version) {
+    Bytes data;
+    bool found = false;
+    ASSERT_OK(e.Read(id, &data, &found));
+    if (!version) {
+      EXPECT_FALSE(found) << "block " << id;
+      return;
+    }
+    ASSERT_TRUE(found) << "block " << id;
+    EXPECT_TRUE(data == Block(id, *version)) << "block " << id << " is not version " << *version;
+  }
+  std::string SegmentPath(uint64_t seq) { return dir_.path() + "/" + SegmentKey("e", seq); }
+  std::vector<uint64_t> Segments() {
+    std::vector<uint64_t> seqs;
+    (void)transport_->List(LogPrefix("e"), [&](const std::string& key, std::string_view) {
+      uint64_t seq;
+      if (ParseSeqKey(key, LogPrefix("e"), &seq)) seqs.push_back(seq);
+    });
+    return seqs;
+  }
+  uint64_t StoredBytes() {
+    uint64_t total = 0;
+    for (auto& f : std::filesystem::recursive_directory_iterator(dir_.path()))
+      if (f.is_regular_file()) total += f.file_size();
+    return total;
+  }
+
+  TempDir dir_;
+  std::shared_ptr<ObjectTransport> transport_;
+  LogOptions options_;
+};
+
+TEST_F(LogExportTest, WhatAFlushCoveredIsThereAfterReopeningAndTrimsStayTrimmed) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 600; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    const uint64_t gone[] = {3, 4, 5, 599};
+    ASSERT_OK(e->Delete(gone, false));
+    ASSERT_OK(e->Write(10, Block(10, 2), false));
+    ASSERT_OK(e->Flush());
+    // Written after the last flush and never flushed: may or may not be there, never torn.
+    ASSERT_OK(e->Write(11, Block(11, 2), false));
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 600; ++id) {
+    if (id == 11) continue;
+    ExpectBlock(*e, id, (id >= 3 && id <= 5) || id == 599 ? std::nullopt
+                        : std::optional<uint32_t>(id == 10 ? 2 : 1));
+  }
+  Bytes data;
+  bool found;
+  ASSERT_OK(e->Read(11, &data, &found));
+  EXPECT_TRUE(!found || data == Block(11, 1));
+  uint64_t listed = 0;
+  e->ListBlocks([&](uint64_t) { ++listed; });
+  EXPECT_EQ(listed, 596u);
+}
+
+TEST_F(LogExportTest, OpeningLoadsTheCheckpointAndReplaysOnlyWhatFollowsIt) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 1000; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    ASSERT_OK(e->Checkpoint());
+    const LogStats s = e->Stats();
+    EXPECT_EQ(s.checkpoint_seq, s.last_seq);
+    for (uint64_t id = 0; id < 1000; id += 2) ASSERT_OK(e->Write(id, Block(id, 2), false));
+    const uint64_t gone[] = {1};
+    ASSERT_OK(e->Delete(gone, false));
+    ASSERT_OK(e->Flush());
+  }
+  // Segments at or below the checkpoint are never read again: removing one the checkpoint does
+  // not need... and replaying still gives every block.
+  auto e = Open();
+  for (uint64_t id = 0; id < 1000; ++id)
+    ExpectBlock(*e, id, id == 1 ? std::nullopt : std::optional<uint32_t>(id % 2 ? 1 : 2));
+  EXPECT_GT(e->Stats().checkpoint_seq, 0u);
+}
+
+TEST_F(LogExportTest, ASegmentAfterAGapOrWithACorruptHeadIsNotApplied) {
+  uint64_t first_seq = 0;
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(1, Block(1, 1), false));
+    ASSERT_OK(e->Flush());
+    first_seq = e->Stats().last_seq;
+    ASSERT_OK(e->Write(2, Block(2, 1), false));
+    ASSERT_OK(e->Flush());
+    ASSERT_OK(e->Write(3, Block(3, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  // The segment holding block 2 lost (as if its upload never landed while a later one did).
+  ASSERT_TRUE(std::filesystem::remove(SegmentPath(first_seq + 1)));
+  {
+    auto e = Open();
+    ExpectBlock(*e, 1, 1);
+    ExpectBlock(*e, 2, std::nullopt);
+    ExpectBlock(*e, 3, std::nullopt);  // after the gap: never applied
+    // A new writer removes what lay after the gap, so it never joins the run later.
+    ASSERT_OK(e->Write(4, Block(4, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    auto e = Open();
+    ExpectBlock(*e, 3, std::nullopt);
+    ExpectBlock(*e, 4, 1);
+  }
+  // A corrupt head ends the run the same way.
+  const uint64_t last = Segments().back();
+  {
+    std::fstream f(SegmentPath(last), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(30);
+    f.put('\x7f');
+  }
+  auto e = Open();
+  ExpectBlock(*e, 1, 1);
+  ExpectBlock(*e, 4, std::nullopt);
+}
+
+TEST_F(LogExportTest, ACorruptFrameIsAnErrorNotData) {
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(5, Block(5, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  const uint64_t seq = Segments().back();
+  {
+    std::fstream f(SegmentPath(seq), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-100, std::ios::end);
+    f.put('\x01');
+  }
+  auto e = Open();
+  Bytes data;
+  bool found = false;
+  Status s = e->Read(5, &data, &found);
+  EXPECT_TRUE(s.IsIoError()) << s.ToString();
+  uint64_t problems = 0;
+  std::vector<std::string> lines;
+  ASSERT_OK(e->Verify([&](const std::string& l) { lines.push_back(l); }, &problems));
+  EXPECT_EQ(problems, 1u);
+}
+
+TEST_F(LogExportTest, AStaleWritersSegmentIsRefusedAndNeverServed) {
+  auto old_writer = Open();
+  ASSERT_OK(old_writer->Write(1, Block(1, 1), false));
+  ASSERT_OK(old_writer->Flush());
+  // A successor takes the export over (its lease expired, say) and writes.
+  auto successor = Open();
+  ASSERT_OK(successor->Write(2, Block(2, 1), false));
+  ASSERT_OK(successor->Flush());
+  // The old writer still thinks it owns the export: its next segment's key is taken.
+  ASSERT_OK(old_writer->Write(1, Block(1, 9), false));
+  Status s = old_writer->Flush();
+  EXPECT_TRUE(s.IsBusy()) << s.ToString();
+  EXPECT_TRUE(old_writer->Write(3, Block(3, 9), false).IsBusy());
+  auto reader = Open();
+  ExpectBlock(*reader, 1, 1);
+  ExpectBlock(*reader, 2, 1);
+  ExpectBlock(*reader, 3, std::nullopt);
+}
+
+TEST_F(LogExportTest, AReaderSeesTheExportAsOfOneFlush) {
+  auto writer = Open();
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(writer->Write(id, Block(id, 1), false));
+  ASSERT_OK(writer->Flush());
+  auto reader = Open();
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(writer->Write(id, Block(id, 2), false));
+  ASSERT_OK(writer->Flush());
+  for (uint64_t id = 0; id < 300; ++id) ExpectBlock(*reader, id, 1);
+  EXPECT_FALSE(reader->Stats().writer);
+}
+
+TEST_F(LogExportTest, TheCollectorFreesDeadSegmentsAndKeepsEveryBlock) {
+  auto e = Open();
+  const uint64_t blocks = 1024;  // 4 MiB: four segments of 1 MiB
+  for (uint64_t id = 0; id < blocks; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+  ASSERT_OK(e->Flush());
+  // Overwrite 3 blocks in 4, scattered: every old segment is a quarter live.
+  for (uint64_t id = 0; id < blocks; ++id)
+    if (id % 4) ASSERT_OK(e->Write(id, Block(id, 2), false));
+  ASSERT_OK(e->Flush());
+  const uint64_t before = StoredBytes();
+  GcResult r;
+  ASSERT_OK(e->CollectGarbage(false, &r));
+  EXPECT_GE(r.segments_freed, 4u);
+  EXPECT_GT(r.bytes_copied, 0u);
+  EXPECT_LT(StoredBytes(), before);
+  const LogStats s = e->Stats();
+  EXPECT_LE(s.segment_bytes, 2 * s.live_bytes);
+  for (uint64_t id = 0; id < blocks; ++id) ExpectBlock(*e, id, id % 4 ? 2 : 1);
+  e.reset();
+  auto again = Open();
+  for (uint64_t id = 0; id < blocks; ++id) ExpectBlock(*again, id, id % 4 ? 2 : 1);
+}
+
+TEST_F(LogExportTest, AClientWriteRacingTheCollectorKeepsTheClientsVersion) {
+  auto e = Open();
+  const uint64_t blocks = 512;
+  std::vector<std::atomic<uint32_t>> version(blocks);
+  for (uint64_t id = 0; id < blocks; ++id) {
+    ASSERT_OK(e->Write(id, Block(id, 0), false));
+    version[id] = 0;
+  }
+  ASSERT_OK(e->Flush());
+  std::atomic<bool> done{false};
+  std::thread collector([&] {
+    while (!done) {
+      GcResult r;
+      Status s = e->CollectGarbage(true, &r);
+      ASSERT_TRUE(s.ok()) << s.ToString();
+    }
+  });
+  std::mt19937_64 rng(3);
+  for (int round = 1; round <= 40; ++round) {
+    for (int i = 0; i < 100; ++i) {
+      const uint64_t id = rng() % blocks;
+      ASSERT_OK(e->Write(id, Block(id, round), false));
+      version[id] = round;
+    }
+    if (round % 5 == 0) ASSERT_OK(e->Flush());
+  }
+  ASSERT_OK(e->Flush());
+  done = true;
+  collector.join();
+  for (uint64_t id = 0; id < blocks; ++id) ExpectBlock(*e, id, version[id].load());
+  e.reset();
+  auto again = Open();
+  for (uint64_t id = 0; id < blocks; ++id) ExpectBlock(*again, id, version[id].load());
+}
+
+}  // namespace
+}  // namespace s3block::log
