@@ -20,9 +20,9 @@
 #   BENCH_EXT4_SIZE   export size for mkfs.ext4 and the small files (512M; quick 256M)
 #   BENCH_FILES       small files in the tree (3000; quick 300)
 #   BENCH_GC_CAP      seconds at most for the gc workload's random overwrites (300; quick 60)
-#   BENCH_GC_SETTLE   seconds at most to wait after them for the collector to finish (120; quick 30)
+#   BENCH_GC_SETTLE   seconds at most to wait after them for the collector to finish (180; quick 90)
 #   BENCH_GC_QUIET    the collector has finished once its counters and the space stored stayed the
-#                     same this many seconds (6)
+#                     same this many seconds (22: longer than two of its passes, 10 s apart)
 #   BENCH_OPEN_BLOCKS 4K blocks stored before the open workload times a restart (60000; quick
 #                     2000); issue 24's goal is at 1000000 (about 3.9 GiB per system filled)
 #   BENCH_SYSTEMS     space-separated subset of the systems (default all; see ALL_SYSTEMS)
@@ -43,11 +43,11 @@ REPO=$S3BLOCK_REPO
 
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300 d_gc_cap=60 d_gc_settle=30
+  d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300 d_gc_cap=60 d_gc_settle=90
   d_open=2000
 else
   d_size=256M d_cache=64M d_cap=12 d_warm=4 d_ext4=512M d_files=3000 d_gc_cap=300
-  d_gc_settle=120 d_open=60000
+  d_gc_settle=180 d_open=60000
 fi
 REPEATS=${BENCH_REPEATS:-1}
 SIZE=${BENCH_SIZE:-$d_size}
@@ -58,7 +58,9 @@ EXT4_SIZE=${BENCH_EXT4_SIZE:-$d_ext4}
 FILES=${BENCH_FILES:-$d_files}
 GC_CAP=${BENCH_GC_CAP:-$d_gc_cap}
 GC_SETTLE=${BENCH_GC_SETTLE:-$d_gc_settle}
-GC_QUIET=${BENCH_GC_QUIET:-6}
+# The plugin's collector makes a pass every 10 s and deletes what it freed at the checkpoint
+# that ends the pass: two passes with nothing changed say it is done.
+GC_QUIET=${BENCH_GC_QUIET:-22}
 OPEN_BLOCKS=${BENCH_OPEN_BLOCKS:-$d_open}
 PORT=${BENCH_PORT:-9500}
 OUT=${BENCH_OUT:-$BENCH_DIR/results}
