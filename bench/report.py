@@ -480,7 +480,8 @@ def cmd_report(raw, meta_path, outdir):
     if gc_med:
         L.append("**gc**: on a new export of %s, random 4 KiB writes of twice its size at queue "
                  "depth 32 (every block written, then overwritten), a flush, then the wait until "
-                 "the collector's counters and the space stored have not moved for %s s. Write "
+                 "the collector's counters have not moved and the space stored has reached no new "
+                 "low for %s s (the space is that low). Write "
                  "amplification = (bytes clients wrote into segments + bytes the collector "
                  "rewrote) / bytes clients wrote, from the stats file (`log_client_bytes`, "
                  "`log_gc_bytes`; n/a when the plugin does not report them). Stored = the sizes "

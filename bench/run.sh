@@ -21,8 +21,9 @@
 #   BENCH_FILES       small files in the tree (3000; quick 300)
 #   BENCH_GC_CAP      seconds at most for the gc workload's random overwrites (300; quick 60)
 #   BENCH_GC_SETTLE   seconds at most to wait after them for the collector to finish (180; quick 90)
-#   BENCH_GC_QUIET    the collector has finished once its counters and the space stored stayed the
-#                     same this many seconds (22: longer than two of its passes, 10 s apart)
+#   BENCH_GC_QUIET    the collector has finished once its counters stayed the same and the space
+#                     stored reached no new low this many seconds (22: longer than two of its
+#                     passes, 10 s apart)
 #   BENCH_OPEN_BLOCKS 4K blocks stored before the open workload times a restart (60000; quick
 #                     2000); issue 24's goal is at 1000000 (about 3.9 GiB per system filled)
 #   BENCH_SYSTEMS     space-separated subset of the systems (default all; see ALL_SYSTEMS)
@@ -616,8 +617,8 @@ run_system() {
 # the fio row "gc", and "_gc CLIENT_BYTES GC_BYTES STORED_BYTES LIVE_BYTES SETTLE_S OBJECTS"
 # (na where a figure is missing).
 run_gc() {
-  local sid=$1 stats=$WORK/stats.json cur prev='' quiet=0 t0 settled=0 client gc stored objects live
-  local step=2 wa space
+  local sid=$1 stats=$WORK/stats.json cur prev='' t0 settled=0 client gc stored='' objects live
+  local step=2 wa space b n elapsed
   rm -f "$stats"
   EXTRA_PARAMS=(stats-file="$stats")
   start_system "$SYSTEM" "$sid" "$SIZE_B" || {
@@ -635,25 +636,27 @@ run_gc() {
     stop_system
     return 1
   fi
-  # The collector works in the background: done once its counters and the space stored have
-  # not moved for GC_QUIET seconds (or after GC_SETTLE). SETTLE_S is when they last moved.
+  # The collector works in the background: done once its counters have not moved and the space
+  # stored has not reached a new low for GC_QUIET seconds (or after GC_SETTLE). The space is
+  # taken at its low: a pass holds the old and the new copies for a moment, until the
+  # checkpoint after it deletes the old. SETTLE_S is when the last change was seen.
   t0=$(now)
   while :; do
-    cur="$(python3 "$BENCH_DIR/report.py" logstats "$stats") $(stored_bytes "$sid")"
-    if [ "$cur" = "$prev" ]; then
-      quiet=$((quiet + step))
-    else
-      quiet=0 prev=$cur settled=$(since "$t0")
+    cur=$(python3 "$BENCH_DIR/report.py" logstats "$stats")
+    read -r b n <<<"$(stored_bytes "$sid")"
+    if [ -n "$b" ] && { [ -z "$stored" ] || [ "$b" -lt "$stored" ]; }; then
+      stored=$b objects=$n settled=$(since "$t0")
     fi
-    [ "$quiet" -ge "$GC_QUIET" ] && break
-    if awk -v t="$(since "$t0")" -v m="$GC_SETTLE" 'BEGIN { exit !(t >= m) }'; then
+    [ "$cur" != "$prev" ] && prev=$cur settled=$(since "$t0")
+    elapsed=$(since "$t0")
+    awk -v t="$elapsed" -v c="$settled" -v q="$GC_QUIET" 'BEGIN { exit !(t - c >= q) }' && break
+    if awk -v t="$elapsed" -v m="$GC_SETTLE" 'BEGIN { exit !(t >= m) }'; then
       log "$SYSTEM gc: still changing after ${GC_SETTLE}s; measured as it is"
       break
     fi
     sleep "$step"
   done
-  read -r client gc <<<"$(python3 "$BENCH_DIR/report.py" logstats "$stats")"
-  read -r stored objects <<<"$(stored_bytes "$sid")"
+  read -r client gc <<<"$cur"
   live=$(live_bytes "$sid")
   if [ -z "$live" ]; then
     # fio's random map writes every block once per pass: the whole export, if it did one.
