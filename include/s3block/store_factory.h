@@ -19,6 +19,9 @@
 namespace s3block {
 
 struct S3StoreOptions;
+namespace log {
+class LayoutStore;
+}
 
 // The options of the cache, of the S3 store and of an export's Volume (read-only or not) that
 // the configuration asks for.
@@ -26,13 +29,17 @@ CacheOptions CacheOptionsFor(const Config& config);
 S3StoreOptions S3StoreOptionsFor(const Config& config);
 VolumeOptions VolumeOptionsFor(const Config& config, bool readonly);
 
-// Builds the leaf store named by config.store (a directory or s3://...). No I/O happens here;
-// call Check() on the result to verify that it is usable.
-Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out);
+// Builds the leaf of the stack for config.store (a directory or s3://...): the layout router
+// (log/layout_store.h) over the store of one object per block there. No I/O happens here; call
+// Check() on the result to verify that it is usable. *layout (when given) is the router, through
+// which the log exports' own operations (statistics, collection, verification) go.
+Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out,
+                     std::shared_ptr<log::LayoutStore>* layout = nullptr);
 
 // The leaf store with the codec layer (codec_store.h) above it, holding config.encryption_key: every
 // export's blocks in their recorded encoding. What the admin command works on (no cache).
-Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out);
+Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out,
+                      std::shared_ptr<log::LayoutStore>* layout = nullptr);
 
 class DiskCacheStore;
 
@@ -54,6 +61,7 @@ struct StoreStack {
   std::shared_ptr<BlockStore> store;
   std::shared_ptr<CacheStore> cache;            // the top, unless cache=false
   std::shared_ptr<DiskCacheStore> disk_cache;   // with disk-cache=
+  std::shared_ptr<log::LayoutStore> layout;     // the leaf, which serves log exports
 };
 
 // Builds the whole stack: the leaf store and, above it, the layers the configuration asks for.

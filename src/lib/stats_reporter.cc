@@ -10,6 +10,7 @@
 
 #include "base/safe_file.h"
 #include "cache/disk_cache_store.h"
+#include "log/layout_store.h"
 #include "s3block/cache_store.h"
 #include "s3block/params.h"
 #include "util/json.h"
@@ -68,7 +69,7 @@ Status StatsReporter::CheckStatsFile(const std::string& stats_file) {
 }
 
 void StatsReporter::Start() {
-  if (thread_.joinable() || (!stack_.cache && !stack_.disk_cache)) return;
+  if (thread_.joinable() || (!stack_.cache && !stack_.disk_cache && !stack_.layout)) return;
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -114,6 +115,14 @@ void StatsReporter::Loop() {
         auto& counters = add(name);
         ForEachDiskCacheStat(stack_.disk_cache->Stats(name), [&](const char* key, uint64_t value) {
           counters.emplace_back(std::string("disk_") + key, value);
+        });
+      }
+    }
+    if (stack_.layout) {
+      for (const auto& [name, st] : stack_.layout->OpenLogStats()) {
+        auto& counters = add(name);
+        ForEachLogStat(st, [&](const char* key, uint64_t value) {
+          counters.emplace_back(std::string("log_") + key, value);
         });
       }
     }

@@ -58,7 +58,9 @@ log::LogOptions LogOptionsFor(const Config& config) {
   return o;
 }
 
-Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
+Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out,
+                     std::shared_ptr<log::LayoutStore>* layout) {
+  std::shared_ptr<log::LayoutStore> router;
   // Each export's blocks in the layout its metadata records: one object per block (the store
   // below), or log-structured over the same place as objects.
   if (config.is_s3()) {
@@ -73,25 +75,28 @@ Status MakeLeafStore(const Config& config, std::shared_ptr<BlockStore>* out) {
     auto fence_for = [raw](std::string_view name) -> WriteFence {
       return [raw, name = std::string(name)](double* left) { return raw->CheckLease(name, left); };
     };
-    *out = std::make_shared<log::LayoutStore>(std::move(s3), transport, LogOptionsFor(config),
-                                              fence_for);
-    return Status::Ok();
+    router = std::make_shared<log::LayoutStore>(std::move(s3), transport, LogOptionsFor(config),
+                                                fence_for);
+  } else {
+    const std::string root = config.store;
+    auto transport = [root](std::shared_ptr<ObjectTransport>* t) {
+      std::unique_ptr<DirTransport> dir;
+      S3B_RETURN_IF_ERROR(DirTransport::Open(root, true, &dir));
+      *t = std::move(dir);
+      return Status::Ok();
+    };
+    router = std::make_shared<log::LayoutStore>(std::make_shared<FileStore>(config.store),
+                                                transport, LogOptionsFor(config), nullptr);
   }
-  const std::string root = config.store;
-  auto transport = [root](std::shared_ptr<ObjectTransport>* t) {
-    std::unique_ptr<DirTransport> dir;
-    S3B_RETURN_IF_ERROR(DirTransport::Open(root, true, &dir));
-    *t = std::move(dir);
-    return Status::Ok();
-  };
-  *out = std::make_shared<log::LayoutStore>(std::make_shared<FileStore>(config.store), transport,
-                                            LogOptionsFor(config), nullptr);
+  if (layout) *layout = router;
+  *out = std::move(router);
   return Status::Ok();
 }
 
-Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out) {
+Status MakeCodedStore(const Config& config, std::shared_ptr<BlockStore>* out,
+                      std::shared_ptr<log::LayoutStore>* layout) {
   std::shared_ptr<BlockStore> leaf;
-  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &leaf));
+  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &leaf, layout));
   *out = std::make_shared<CodecStore>(std::move(leaf), config.encryption_key);
   return Status::Ok();
 }
@@ -105,7 +110,7 @@ std::unique_ptr<BlockDevice> StoreStack::OpenDevice(std::string_view name,
 Status MakeStoreStack(const Config& config, StoreStack* out) {
   *out = StoreStack();
   std::shared_ptr<BlockStore> store;
-  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store));
+  S3B_RETURN_IF_ERROR(MakeLeafStore(config, &store, &out->layout));
   // Under the codec layer, so that the local copies are what the store holds: compressed and
   // encrypted blocks stay so on the local disk, and are checked by the codec as S3's are.
   if (!config.disk_cache_dir.empty()) {

@@ -91,7 +91,7 @@ uint32_t LogExport::AllocSlotLocked() {
   return static_cast<uint32_t>(slots_.size() - 1);
 }
 
-void LogExport::ApplyEntries(const SegmentHeader& header) NO_THREAD_SAFETY_ANALYSIS {
+void LogExport::ApplyEntries(const SegmentHeader& header) {
   const uint32_t slot = AllocSlotLocked();
   Slot& s = slots_[slot];
   s = Slot{header.seq, header.total_size, 0, true};
@@ -110,7 +110,7 @@ void LogExport::ApplyEntries(const SegmentHeader& header) NO_THREAD_SAFETY_ANALY
   epoch_ = std::max(epoch_, header.epoch);
 }
 
-Status LogExport::Load() NO_THREAD_SAFETY_ANALYSIS {  // before any other thread
+Status LogExport::Load() {
   std::vector<uint64_t> roots;
   S3B_RETURN_IF_ERROR(ListCheckpoints(*transport_, name_, &roots, nullptr));
   if (!roots.empty()) {
@@ -121,7 +121,8 @@ Status LogExport::Load() NO_THREAD_SAFETY_ANALYSIS {  // before any other thread
       slots_[cs.slot] = Slot{cs.seq, cs.size, 0, true};
     }
     Status bad;
-    map_.ForEach([&](uint64_t id, const Loc& loc) {
+    // Before any other thread, as all of Load.
+    map_.ForEach([&](uint64_t id, const Loc& loc) NO_THREAD_SAFETY_ANALYSIS {
       if (loc.slot >= slots_.size() || !slots_[loc.slot].used) {
         if (bad.ok())
           bad = Status::IoError("checkpoint " + CheckpointKey(name_, info.seq) + " in " +
@@ -165,7 +166,7 @@ bool LogExport::FenceOk(Status* why) {
   return why->ok();
 }
 
-Status LogExport::BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_) {
+Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   while (becoming_writer_) cv_.wait(lock.native());
   if (writer_) return lost_;
   becoming_writer_ = true;
@@ -285,7 +286,7 @@ void LogExport::Upload(std::shared_ptr<Sealed> s) {
   cv_.notify_all();
 }
 
-void LogExport::ApplyStoredLocked() REQUIRES(mu_) {
+void LogExport::ApplyStoredLocked() {
   while (!sealed_.empty()) {
     auto it = sealed_.begin();
     if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
@@ -295,7 +296,7 @@ void LogExport::ApplyStoredLocked() REQUIRES(mu_) {
   }
 }
 
-void LogExport::SealLocked(UniqueLock& lock) REQUIRES(mu_) {
+void LogExport::SealLocked(UniqueLock& lock) {
   while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_) {
     // Room for one more first, but a failed one waits for a flush to retry it: don't wait on it.
     bool failed = false;
@@ -343,7 +344,7 @@ void LogExport::SealLocked(UniqueLock& lock) REQUIRES(mu_) {
   cv_.notify_all();
 }
 
-Status LogExport::WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_) {
+Status LogExport::WaitAppliedLocked(UniqueLock& lock, uint64_t seq) {
   for (;;) {
     if (applied_seq_ >= seq) return Status::Ok();
     for (auto& [sq, s] : sealed_) {
@@ -356,8 +357,7 @@ Status LogExport::WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_
 }
 
 Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
-                               const std::span<const uint8_t>* payload, bool from_collector)
-    REQUIRES(mu_) {
+                               const std::span<const uint8_t>* payload, bool from_collector) {
   const uint64_t frame = payload ? FrameBytes(payload->size()) : 0;
   const uint64_t head_now = SegmentDataOffset(open_index_.size() + 1);
   if (!open_index_.empty() &&
@@ -425,8 +425,7 @@ Status LogExport::Flush() {
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
-LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq)
-    REQUIRES(mu_) {
+LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq) {
   auto o = open_index_.find(id);
   if (o != open_index_.end()) {
     if (!o->second.length) return Where::kDeleted;
@@ -613,7 +612,7 @@ Status LogExport::CheckpointNow(bool* wrote) {
   return Status::Ok();
 }
 
-void LogExport::DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_) {
+void LogExport::DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) {
   std::vector<std::string> keys;
   std::vector<uint32_t> freed;
   uint64_t bytes = 0;

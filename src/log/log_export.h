@@ -77,6 +77,24 @@ struct LogStats {
   uint64_t checkpoints = 0;     // stored since opened
 };
 
+// Calls fn(key, value) for each counter of `stats`, as the stats file names them.
+template <typename Fn>
+void ForEachLogStat(const LogStats& s, Fn fn) {
+  fn("segments", s.segments);
+  fn("segment_bytes", s.segment_bytes);
+  fn("live_bytes", s.live_bytes);
+  fn("blocks", s.blocks);
+  fn("map_bytes", s.map_bytes);
+  fn("pending_segments", s.pending_segments);
+  fn("last_seq", s.last_seq);
+  fn("checkpoint_seq", s.checkpoint_seq);
+  fn("client_bytes", s.client_bytes);
+  fn("gc_bytes", s.gc_bytes);
+  fn("gc_segments_freed", s.gc_segments_freed);
+  fn("gc_bytes_freed", s.gc_bytes_freed);
+  fn("checkpoints", s.checkpoints);
+}
+
 struct GcResult {
   uint64_t segments_freed = 0;  // deleted
   uint64_t bytes_freed = 0;     // their size
@@ -133,38 +151,38 @@ class LogExport {
   LogExport(std::shared_ptr<ObjectTransport> transport, std::string name,
             const LogOptions& options, WriteFence fence);
 
-  Status Load();
+  Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
   // Reads the head of segment seq: NotFound if there is none.
   Status ReadHead(uint64_t seq, SegmentHeader* header);
   // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
-  void ApplyEntries(const SegmentHeader& header);
+  void ApplyEntries(const SegmentHeader& header) REQUIRES(mu_);
 
   // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
-  Status BecomeWriterLocked(UniqueLock& lock);
+  Status BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_);
   // Seals the open segment (if not empty), waiting for room in the upload window.
-  void SealLocked(UniqueLock& lock);
+  void SealLocked(UniqueLock& lock) REQUIRES(mu_);
   // Waits until every segment up to seq is applied, or one failed.
-  Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq);
+  Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_);
   // Appends one frame (or a deletion: payload null) to the open segment.
   Status AppendLocked(UniqueLock& lock, uint64_t id, const std::span<const uint8_t>* payload,
-                      bool from_collector);
+                      bool from_collector) REQUIRES(mu_);
   // Applies every stored segment that follows the run.
-  void ApplyStoredLocked();
+  void ApplyStoredLocked() REQUIRES(mu_);
   void Upload(std::shared_ptr<Sealed> s);
   void Housekeeping();
   // Where block id is right now, if anywhere: *in_memory is set with its payload for a block
   // not yet in the map.
   enum class Where { kNone, kDeleted, kMemory, kStored };
-  Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq);
+  Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq) REQUIRES(mu_);
   Status ReadStored(uint64_t id, uint64_t seq, const Loc& loc, Bytes* data);
   // Fetches frames of one segment; each of `locs` (sorted by offset) gets its payload.
   Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs);
   Status CheckpointNow(bool* wrote);
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
-  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq);
+  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);
   Status Sweep();
   bool FenceOk(Status* why);
-  uint32_t AllocSlotLocked();
+  uint32_t AllocSlotLocked() REQUIRES(mu_);
 
   const std::shared_ptr<ObjectTransport> transport_;
   const std::string name_;
