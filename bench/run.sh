@@ -614,11 +614,11 @@ run_system() {
 # overwritten, in random order: a whole export's worth of dead blocks for the collector), a flush,
 # and the wait until the collector is done. Then the collector's write amplification, from the
 # stats file's log_client_bytes and log_gc_bytes, and the space stored over the live data. Rows:
-# the fio row "gc", and "_gc CLIENT_BYTES GC_BYTES STORED_BYTES LIVE_BYTES SETTLE_S OBJECTS"
-# (na where a figure is missing).
+# the fio row "gc", and "_gc CLIENT_BYTES GC_BYTES STORED_BYTES LIVE_BYTES SETTLE_S OBJECTS DONE"
+# (na where a figure is missing; DONE 0 if the collector was still at work after GC_SETTLE).
 run_gc() {
   local sid=$1 stats=$WORK/stats.json cur prev='' t0 settled=0 client gc stored='' objects live
-  local step=2 wa space b n elapsed
+  local step=2 wa space b n elapsed done=1
   rm -f "$stats"
   EXTRA_PARAMS=(stats-file="$stats")
   start_system "$SYSTEM" "$sid" "$SIZE_B" || {
@@ -652,6 +652,7 @@ run_gc() {
     awk -v t="$elapsed" -v c="$settled" -v q="$GC_QUIET" 'BEGIN { exit !(t - c >= q) }' && break
     if awk -v t="$elapsed" -v m="$GC_SETTLE" 'BEGIN { exit !(t >= m) }'; then
       log "$SYSTEM gc: still changing after ${GC_SETTLE}s; measured as it is"
+      done=0
       break
     fi
     sleep "$step"
@@ -670,8 +671,8 @@ run_gc() {
   fi
   stop_clients
   stop_system
-  printf '%s\t%s\t_gc\t%s\t%s\t%s\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "${client:-na}" "${gc:-na}" \
-    "${stored:-na}" "$live" "$settled" "${objects:-na}" >>"$RAW"
+  printf '%s\t%s\t_gc\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "${client:-na}" \
+    "${gc:-na}" "${stored:-na}" "$live" "$settled" "${objects:-na}" "$done" >>"$RAW"
   wa=$(awk -v c="$client" -v g="$gc" 'BEGIN {
     if (c ~ /^[0-9]+$/ && g ~ /^[0-9]+$/ && c > 0) printf "%.2f", (c + g) / c; else print "n/a" }')
   space=$(awk -v s="$stored" -v l="$live" 'BEGIN {
@@ -829,6 +830,7 @@ mkdir -p "$OUT"
   echo "files=$FILES"
   echo "gc_cap=$GC_CAP"
   echo "gc_quiet=$GC_QUIET"
+  echo "gc_settle=$GC_SETTLE"
   echo "open_blocks=$OPEN_BLOCKS"
   echo "tree_mib=$(du -sm "$WORK/tree" | awk '{print $1}')"
   echo "ceiling_threads=$CEIL_THREADS"
