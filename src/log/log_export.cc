@@ -65,20 +65,32 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
   return Status::Ok();
 }
 
-Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header) {
+Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
-  std::vector<uint8_t> bytes;
-  S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
-  uint64_t need = 0;
-  S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
-  if (need > bytes.size()) {
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
-    S3B_RETURN_IF_ERROR(ParseSegmentHead(bytes, where, header, &need));
-    if (need) return Status::IoError(where + " is cut short");
+  if (bad) *bad = false;
+  auto invalid = [&](Status why) {
+    if (bad) *bad = true;
+    return why;
+  };
+  // A head that does not check out may have been damaged on the way (S3 checks only whole
+  // objects): read again, twice, before calling the stored one invalid.
+  Status s;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::vector<uint8_t> bytes;
+    S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
+    uint64_t need = 0;
+    s = ParseSegmentHead(bytes, where, header, &need);
+    if (s.ok() && need > bytes.size()) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, need, &bytes));
+      s = ParseSegmentHead(bytes, where, header, &need);
+      if (s.ok() && need) s = Status::IoError(where + " is cut short");
+    }
+    if (s.ok() && header->seq != seq)
+      s = Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+    if (s.ok()) return s;
   }
-  if (header->seq != seq) return Status::IoError(where + " says it is segment " + std::to_string(header->seq));
-  return Status::Ok();
+  return invalid(s);
 }
 
 uint32_t LogExport::AllocSlotLocked() {
@@ -142,9 +154,14 @@ Status LogExport::Load() {
   // The unbroken run after the checkpoint.
   for (uint64_t seq = applied_seq_ + 1;; ++seq) {
     SegmentHeader h;
-    Status s = ReadHead(seq, &h);
-    if (s.IsNotFound()) break;
-    if (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos) break;  // torn
+    bool bad = false;
+    Status s = ReadHead(seq, &h, &bad);
+    if (s.IsNotFound()) break;  // the end of the run
+    if (bad) {
+      // Not applied, nor anything after it; and never written over (see BecomeWriterLocked).
+      damaged_ = s;
+      break;
+    }
     if (!s.ok()) return s.Annotate("export '" + name_ + "'");
     if (h.epoch < epoch_) {
       // A stale writer's, after a newer writer's first segment: never applied.
@@ -184,14 +201,30 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   uint64_t epoch = 0;
   for (;; ++seq) {
     SegmentHeader h;
-    Status s = ReadHead(seq, &h);
-    if (s.IsNotFound() || (s.IsIoError() && s.message().find(" is corrupt") != std::string::npos))
+    bool bad = false;
+    Status s = ReadHead(seq, &h, &bad);
+    if (s.IsNotFound()) break;
+    if (bad) {
+      mu_.Lock();
+      damaged_ = s;
+      mu_.Unlock();
       break;
+    }
     if (!s.ok()) {
       status = s;
       break;
     }
     more.push_back(std::move(h));
+  }
+  {
+    mu_.Lock();
+    // The run ends at a segment that is there but not valid: what follows it may be acknowledged
+    // data, so nothing after it is deleted or written over; the export is served as it is, read
+    // only, until an operator looks (s3block verify names the segment).
+    if (status.ok() && !damaged_.ok())
+      status = Status::IoError(damaged_.message() + "; the blocks of later segments are not served, "
+                               "and nothing is written to the export");
+    mu_.Unlock();
   }
   if (status.ok()) {
     mu_.Lock();
@@ -273,6 +306,7 @@ void LogExport::Upload(std::shared_ptr<Sealed> s) {
                             "; this server no longer owns the export");
       MutexLock l(&mu_);
       if (lost_.ok()) lost_ = status;
+      cv_.notify_all();
     }
   }
   MutexLock l(&mu_);
@@ -292,19 +326,21 @@ void LogExport::ApplyStoredLocked() {
     if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
     std::shared_ptr<Sealed> s = it->second;
     ApplyEntries(s->header);
+    if (spare_buffers_.empty()) {  // one: the next seal takes it; more would only hold memory
+      spare_buffers_.push_back(std::move(s->bytes));
+      s->bytes.clear();
+    }
     sealed_.erase(it);
   }
 }
 
 void LogExport::SealLocked(UniqueLock& lock) {
-  while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_) {
-    // Room for one more first, but a failed one waits for a flush to retry it: don't wait on it.
-    bool failed = false;
-    for (auto& [seq, s] : sealed_) failed |= s->state == Sealed::State::kFailed;
-    if (failed) break;
+  // Room in the window first: what is not yet stored stays bounded, and writers wait while the
+  // store is down (a failed segment is tried again by the background thread and by flushes).
+  while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_ &&
+         lost_.ok())
     cv_.wait(lock.native());
-  }
-  if (open_index_.empty()) return;
+  if (open_index_.empty() || !lost_.ok()) return;
   auto s = std::make_shared<Sealed>();
   s->seq = next_seq_++;
   s->header.seq = s->seq;
@@ -319,7 +355,13 @@ void LogExport::SealLocked(UniqueLock& lock) {
   }
   std::sort(ids.begin(), ids.end());
   const uint64_t data_offset = SegmentDataOffset(ids.size());
-  s->bytes.resize(data_offset + frame_bytes);
+  if (!spare_buffers_.empty()) {
+    s->bytes = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+  }
+  s->bytes.clear();
+  s->bytes.reserve(data_offset + frame_bytes);
+  s->bytes.resize(data_offset);
   s->header.entries.resize(ids.size());
   uint64_t at = data_offset;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -327,7 +369,8 @@ void LogExport::SealLocked(UniqueLock& lock) {
     SegmentEntry& e = s->header.entries[i];
     e.id = ids[i];
     if (f.length) {
-      std::memcpy(s->bytes.data() + at, open_frames_.data() + f.offset, f.length);
+      const uint8_t* frame = open_frames_.data() + f.offset;
+      s->bytes.insert(s->bytes.end(), frame, frame + f.length);
       e.offset = static_cast<uint32_t>(at);
       e.length = f.length;
       e.crc = f.crc;
@@ -363,6 +406,7 @@ Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
   if (!open_index_.empty() &&
       head_now + open_frames_.size() + frame > options_.segment_size)
     SealLocked(lock);
+  S3B_RETURN_IF_ERROR(lost_);
   Frame f;
   if (payload) {
     f.offset = static_cast<uint32_t>(open_frames_.size());
@@ -469,20 +513,32 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
       end = std::max<uint64_t>(end, uint64_t{locs[j].offset} + locs[j].length);
       ++j;
     }
-    S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
-    for (size_t k = i; k < j; ++k) {
-      const uint64_t at = locs[k].offset - locs[i].offset;
-      if (at + locs[k].length > range.size())
-        return Status::IoError(where + " ends before block frame at " + std::to_string(locs[k].offset));
-      std::span<const uint8_t> payload;
-      // The frame's own CRC: the map does not keep the entry's (the head has it, and the frame
-      // repeats it).
-      std::span<const uint8_t> frame(range.data() + at, locs[k].length);
-      const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
-                           static_cast<uint32_t>(frame[6]) << 16 | static_cast<uint32_t>(frame[7]) << 24;
-      S3B_RETURN_IF_ERROR(OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload));
-      outs[k]->assign(payload.begin(), payload.end());
+    // A range that does not check out may have been damaged on the way (S3 checks only whole
+    // objects): read again, twice, before calling the stored frame corrupt.
+    Status checked;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
+      checked = Status::Ok();
+      for (size_t k = i; k < j && checked.ok(); ++k) {
+        const uint64_t at = locs[k].offset - locs[i].offset;
+        if (at + locs[k].length > range.size()) {
+          checked = Status::IoError(where + " ends before block frame at " +
+                                    std::to_string(locs[k].offset));
+          break;
+        }
+        std::span<const uint8_t> payload;
+        // The frame's own CRC: the map does not keep the entry's (the head has it, and the
+        // frame repeats it).
+        std::span<const uint8_t> frame(range.data() + at, locs[k].length);
+        const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
+                             static_cast<uint32_t>(frame[6]) << 16 |
+                             static_cast<uint32_t>(frame[7]) << 24;
+        checked = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
+        if (checked.ok()) outs[k]->assign(payload.begin(), payload.end());
+      }
+      if (checked.ok()) break;
     }
+    S3B_RETURN_IF_ERROR(checked);
     i = j;
   }
   return Status::Ok();
@@ -497,6 +553,24 @@ Status LogExport::Read(uint64_t id, Bytes* data, bool* found) {
   return r.status;
 }
 
+Status LogExport::Refresh() {
+  std::unique_ptr<LogExport> fresh;
+  S3B_RETURN_IF_ERROR(Open(transport_, name_, options_, fence_, &fresh));
+  MutexLock l(&mu_);
+  MutexLock f(&fresh->mu_);
+  if (writer_ || becoming_writer_) return Status::Ok();  // a writer's own map is never stale
+  map_ = std::move(fresh->map_);
+  slots_ = std::move(fresh->slots_);
+  free_slots_ = std::move(fresh->free_slots_);
+  applied_seq_ = fresh->applied_seq_;
+  next_seq_ = fresh->next_seq_;
+  checkpoint_seq_ = fresh->checkpoint_seq_;
+  epoch_ = fresh->epoch_;
+  skipped_ = std::move(fresh->skipped_);
+  damaged_ = fresh->damaged_;
+  return Status::Ok();
+}
+
 void LogExport::ReadBatch(std::span<BlockRead> reads) {
   // A segment read may find the segment gone (collected since its place was looked up): look
   // again, a few times.
@@ -509,8 +583,10 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       size_t index;
     };
     std::vector<Want> wants;
+    bool reader = false;
     {
       MutexLock l(&mu_);
+      reader = !writer_;
       for (size_t i : todo) {
         BlockRead& r = reads[i];
         r.data->clear();
@@ -555,6 +631,9 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       }
       i = j;
     }
+    // A view that only reads, whose segments the export's writer has since collected: the
+    // export as of a later flush.
+    if (reader && !todo.empty() && !Refresh().ok()) break;
   }
 }
 
@@ -682,6 +761,31 @@ Status LogExport::Checkpoint() {
   return CheckpointNow(&wrote);
 }
 
+std::vector<std::pair<uint32_t, uint64_t>> LogExport::GcCandidatesLocked(bool all) {
+  // Segments less live than the threshold (all: than 99%), least live first; and small ones
+  // (frequent flushes leave them), packed together once there are enough of them that packing
+  // makes fewer: a lone small segment, or the collector's own small output, is left alone.
+  const double threshold = all ? 0.99 : options_.gc_threshold / 100.0;
+  std::vector<std::pair<double, std::pair<uint32_t, uint64_t>>> big, small;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (!s.used || s.live == 0) continue;  // dead: deleted by the next checkpoint
+    const double share = static_cast<double>(s.live) / static_cast<double>(std::max<uint64_t>(s.size, 1));
+    if (s.size < options_.segment_size / 8) small.push_back({share, {i, s.seq}});
+    else if (share < threshold) big.push_back({share, {i, s.seq}});
+  }
+  if (small.size() >= (all ? 2u : 8u)) big.insert(big.end(), small.begin(), small.end());
+  std::sort(big.begin(), big.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::pair<uint32_t, uint64_t>> out;
+  uint64_t budget = 0;
+  for (const auto& [share, v] : big) {
+    if (budget > kGcBudgetBytes) break;
+    budget += slots_[v.first].live;
+    out.push_back(v);
+  }
+  return out;
+}
+
 Status LogExport::CollectGarbage(bool all, GcResult* result) {
   *result = GcResult();
   struct Victim {
@@ -698,24 +802,7 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
     freed_before = counters_.gc_segments_freed;
     bytes_freed_before = counters_.gc_bytes_freed;
     copied_before = counters_.gc_bytes;
-    std::vector<std::pair<double, Victim>> candidates;
-    for (uint32_t i = 0; i < slots_.size(); ++i) {
-      const Slot& s = slots_[i];
-      if (!s.used || s.live == 0 || s.live == s.size) continue;
-      const double share = static_cast<double>(s.live) / static_cast<double>(std::max<uint64_t>(s.size, 1));
-      // Small segments (a flush of a few blocks each) are packed together whatever their share.
-      const bool small = s.size < options_.segment_size / 8;
-      if (all || small || share * 100 < options_.gc_threshold)
-        candidates.push_back({small ? 0.0 : share, {i, s.seq}});
-    }
-    std::sort(candidates.begin(), candidates.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
-    uint64_t budget = 0;
-    for (auto& [share, v] : candidates) {
-      if (budget > kGcBudgetBytes) break;
-      budget += slots_[v.slot].live;
-      victims.push_back(v);
-    }
+    for (const auto& [slot, seq] : GcCandidatesLocked(all)) victims.push_back({slot, seq});
   }
   Status status;
   for (const Victim& v : victims) {
@@ -798,20 +885,15 @@ void LogExport::Housekeeping() {
       // A large map costs more to write out: written less often, about once per MiB of it
       // per segment applied.
       const uint64_t every = std::max<uint64_t>(options_.checkpoint_segments, map_.MemoryBytes() >> 20);
+      // Also soon after writes stop: a server stopped then opens quickly next time.
+      const bool quiet = open_index_.empty() && sealed_.empty() &&
+                         now - last_write_ > std::chrono::duration<double>(2 * options_.seal_idle_seconds);
       checkpoint = since >= every ||
-                   (since > 0 && now - checkpoint_time_ >
-                                     std::chrono::duration<double>(options_.checkpoint_seconds));
+                   (since > 0 && (quiet || now - checkpoint_time_ > std::chrono::duration<double>(
+                                                                   options_.checkpoint_seconds)));
       if (now - last_gc > std::chrono::duration<double>(options_.gc_seconds)) {
         last_gc = now;
-        for (const Slot& s : slots_) {
-          if (s.used && s.live < s.size && s.seq <= applied_seq_ &&
-              (s.live == 0 || s.live * 100 < s.size * options_.gc_threshold ||
-               s.size < options_.segment_size / 8)) {
-            gc = true;
-            break;
-          }
-        }
-        // Small segments alone are not worth a pass until there are several.
+        gc = !GcCandidatesLocked(false).empty();
       }
     }
     if (checkpoint) (void)Checkpoint();
@@ -825,7 +907,8 @@ void LogExport::Housekeeping() {
 
 Status LogExport::Close() {
   S3B_RETURN_IF_ERROR(Flush());
-  S3B_RETURN_IF_ERROR(Checkpoint());
+  // Only to open faster next time: a checkpoint refused (a lease already given up) loses nothing.
+  (void)Checkpoint();
   {
     MutexLock l(&mu_);
     stop_ = true;

@@ -152,8 +152,12 @@ class LogExport {
             const LogOptions& options, WriteFence fence);
 
   Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
-  // Reads the head of segment seq: NotFound if there is none.
-  Status ReadHead(uint64_t seq, SegmentHeader* header);
+  // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
+  // (torn, corrupt, another segment's) sets *bad (when given) with the reason in the status.
+  Status ReadHead(uint64_t seq, SegmentHeader* header, bool* bad = nullptr);
+  // A read-only view whose segment was collected by the writer: loads the export again (a view
+  // as of a later flush). REQUIRES: not the writer.
+  Status Refresh();
   // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
   void ApplyEntries(const SegmentHeader& header) REQUIRES(mu_);
 
@@ -181,6 +185,8 @@ class LogExport {
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
   void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);
   Status Sweep();
+  // The segments a collector pass takes now, as (slot, seq).
+  std::vector<std::pair<uint32_t, uint64_t>> GcCandidatesLocked(bool all) REQUIRES(mu_);
   bool FenceOk(Status* why);
   uint32_t AllocSlotLocked() REQUIRES(mu_);
 
@@ -213,6 +219,8 @@ class LogExport {
   bool swept_ GUARDED_BY(mu_) = false;
   // Set once another writer is found to own the export: every change then fails with it.
   Status lost_ GUARDED_BY(mu_);
+  // Why the run ended at a segment that is there but not valid (OK if it ended at a missing one).
+  Status damaged_ GUARDED_BY(mu_);
   // Segments skipped by recovery (a stale writer's), deleted by the sweep.
   std::vector<uint64_t> skipped_ GUARDED_BY(mu_);
   LogStats counters_ GUARDED_BY(mu_);
@@ -221,6 +229,9 @@ class LogExport {
   std::thread housekeeper_;
   std::vector<std::thread> uploaders_;
   std::vector<std::shared_ptr<Sealed>> upload_queue_ GUARDED_BY(mu_);
+  // Buffers of stored segments, kept for the next ones: a fresh one costs a page fault for every
+  // page of it.
+  std::vector<std::vector<uint8_t>> spare_buffers_ GUARDED_BY(mu_);
 };
 
 }  // namespace s3block::log

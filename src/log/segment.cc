@@ -74,13 +74,14 @@ bool ParseSeqKey(std::string_view key, std::string_view prefix, uint64_t* seq) {
 }
 
 uint32_t AppendFrame(std::span<const uint8_t> payload, std::vector<uint8_t>* out) {
-  const size_t at = out->size();
   const uint32_t crc = Crc32c(0, payload.data(), payload.size());
-  out->resize(at + FrameBytes(payload.size()), 0);
-  uint8_t* p = out->data() + at;
-  Put32(p, static_cast<uint32_t>(payload.size()));
-  Put32(p + 4, crc);
-  if (!payload.empty()) std::memcpy(p + kFrameHeaderBytes, payload.data(), payload.size());
+  uint8_t head[kFrameHeaderBytes];
+  Put32(head, static_cast<uint32_t>(payload.size()));
+  Put32(head + 4, crc);
+  // Appended, not resized and copied over: a segment's bytes are written once.
+  out->insert(out->end(), head, head + kFrameHeaderBytes);
+  out->insert(out->end(), payload.begin(), payload.end());
+  out->resize(out->size() + (FrameBytes(payload.size()) - kFrameHeaderBytes - payload.size()), 0);
   return crc;
 }
 
