@@ -481,7 +481,7 @@ def cmd_report(raw, meta_path, outdir):
         L.append("")
     if gc_med:
         L.append("**gc**: on a new export of %s, random 4 KiB writes of twice its size at queue "
-                 "depth 32 (every block written, then overwritten), a flush, then the wait until "
+                 "depth 32, at uniformly random offsets (fio's `--norandommap`), a flush, then the wait until "
                  "the collector's counters have not moved and the space stored has reached no new "
                  "low for %s s (the space is that low). Write "
                  "amplification = (bytes clients wrote into segments + bytes the collector "
