@@ -172,14 +172,33 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
 
 Status ListCheckpoints(ObjectTransport& transport, std::string_view name,
                        std::vector<uint64_t>* roots, std::vector<std::string>* keys) {
-  roots->clear();
-  if (keys) keys->clear();
   const std::string prefix = CheckpointPrefix(name);
-  return transport.List(prefix, [&](const std::string& key, std::string_view) {
-    uint64_t seq = 0;
-    if (ParseSeqKey(key, prefix, &seq)) roots->push_back(seq);
-    if (keys) keys->push_back(key);
-  });
+  auto is_part = [&](const std::string& key) {
+    uint64_t seq = 0, part = 0;
+    return key.size() == prefix.size() + 21 && key[prefix.size() + 16] == '.' &&
+           ParseSeqKey(key.substr(0, prefix.size() + 16), prefix, &seq) &&
+           ParseSeqKey(prefix + "000000000000" + key.substr(prefix.size() + 17), prefix, &part);
+  };
+  // A key here that is neither a root nor a part may be the newest root's name damaged on the
+  // way (nothing checks a listing over plain HTTP): opening from an older checkpoint would replay
+  // segments the newer one let go, and the writer would delete the live ones after them as
+  // dangling. The listing is fetched again; still odd, it is an error.
+  std::string odd;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    roots->clear();
+    if (keys) keys->clear();
+    odd.clear();
+    S3B_RETURN_IF_ERROR(transport.List(prefix, [&](const std::string& key, std::string_view) {
+      uint64_t seq = 0;
+      if (ParseSeqKey(key, prefix, &seq)) roots->push_back(seq);
+      else if (odd.empty() && !is_part(key)) odd = key;
+      if (keys) keys->push_back(key);
+    }));
+    if (odd.empty()) return Status::Ok();
+  }
+  return Status::IoError("the checkpoints of export '" + std::string(name) + "' in " +
+                         transport.Describe() + " are listed with '" + odd +
+                         "', which is no checkpoint's object");
 }
 
 }  // namespace s3block::log

@@ -44,6 +44,7 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
                       CheckpointInfo* info, BlockMap* map);
 
 // The seqs of the roots under the export's checkpoint prefix, ascending, and every key there.
+// A key there that is neither a root's nor a part's is an error (EIO) after two more listings.
 Status ListCheckpoints(ObjectTransport& transport, std::string_view name,
                        std::vector<uint64_t>* roots, std::vector<std::string>* keys);
 

@@ -22,6 +22,8 @@ constexpr uint64_t kMaxRangeRead = 8ull << 20;
 constexpr uint64_t kDanglingSeqs = 64;
 // A collector pass rewrites at most this much.
 constexpr uint64_t kGcBudgetBytes = 256ull << 20;
+// Reads of a range, or of a segment's head, before what fails its checks is called damaged.
+constexpr int kFrameReads = 8;
 
 }  // namespace
 
@@ -65,10 +67,11 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
   return Status::Ok();
 }
 
-Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
+Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad, bool* misnamed) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
   if (bad) *bad = false;
+  if (misnamed) *misnamed = false;
   auto invalid = [&](Status why) {
     if (bad) *bad = true;
     return why;
@@ -76,7 +79,7 @@ Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
   // A head that does not check out may have been damaged on the way (S3 checks only whole
   // objects): read again, twice, before calling the stored one invalid.
   Status s;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  for (int attempt = 0; attempt < kFrameReads; ++attempt) {
     std::vector<uint8_t> bytes;
     S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, kHeadProbe, &bytes));
     uint64_t need = 0;
@@ -86,8 +89,14 @@ Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad) {
       s = ParseSegmentHead(bytes, where, header, &need);
       if (s.ok() && need) s = Status::IoError(where + " is cut short");
     }
-    if (s.ok() && header->seq != seq)
-      s = Status::IoError(where + " says it is segment " + std::to_string(header->seq));
+    if (s.ok() && header->seq != seq) {
+      // Another segment's copy under this key (never one of ours: a writer's segment always
+      // names its own seq, and is stored only if the key is free): the run ends before it, and
+      // it is no acknowledged data, so a writer may remove it.
+      if (misnamed) *misnamed = true;
+      return Status::IoError(where + " is not that segment: it says it is segment " +
+                             std::to_string(header->seq));
+    }
     if (s.ok()) return s;
   }
   return invalid(s);
@@ -154,9 +163,9 @@ Status LogExport::Load() {
   // The unbroken run after the checkpoint.
   for (uint64_t seq = applied_seq_ + 1;; ++seq) {
     SegmentHeader h;
-    bool bad = false;
-    Status s = ReadHead(seq, &h, &bad);
-    if (s.IsNotFound()) break;  // the end of the run
+    bool bad = false, misnamed = false;
+    Status s = ReadHead(seq, &h, &bad, &misnamed);
+    if (s.IsNotFound() || misnamed) break;  // the end of the run
     if (bad) {
       // Not applied, nor anything after it; and never written over (see BecomeWriterLocked).
       damaged_ = s;
@@ -201,9 +210,9 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   uint64_t epoch = 0;
   for (;; ++seq) {
     SegmentHeader h;
-    bool bad = false;
-    Status s = ReadHead(seq, &h, &bad);
-    if (s.IsNotFound()) break;
+    bool bad = false, misnamed = false;
+    Status s = ReadHead(seq, &h, &bad, &misnamed);
+    if (s.IsNotFound() || misnamed) break;
     if (bad) {
       mu_.Lock();
       damaged_ = s;
@@ -500,9 +509,11 @@ LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, u
   return Where::kStored;
 }
 
-Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs) {
+Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs,
+                             std::vector<Status>* checks) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
+  checks->assign(locs.size(), Status::Ok());
   std::vector<uint8_t> range;
   size_t i = 0;
   while (i < locs.size()) {
@@ -513,32 +524,35 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
       end = std::max<uint64_t>(end, uint64_t{locs[j].offset} + locs[j].length);
       ++j;
     }
-    // A range that does not check out may have been damaged on the way (S3 checks only whole
-    // objects): read again, twice, before calling the stored frame corrupt.
-    Status checked;
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    // A range whose frames do not check out may have been damaged on the way (S3 checks only
+    // whole objects): read again before calling a stored frame corrupt. Each frame is judged
+    // alone: one bad frame fails only its own block.
+    for (size_t k = i; k < j; ++k) (*checks)[k] = Status::IoError("unread");
+    for (int attempt = 0; attempt < kFrameReads; ++attempt) {
       S3B_RETURN_IF_ERROR(transport_->GetRange(key, locs[i].offset, end - locs[i].offset, &range));
-      checked = Status::Ok();
-      for (size_t k = i; k < j && checked.ok(); ++k) {
+      bool all = true;
+      for (size_t k = i; k < j; ++k) {
+        if ((*checks)[k].ok()) continue;
         const uint64_t at = locs[k].offset - locs[i].offset;
         if (at + locs[k].length > range.size()) {
-          checked = Status::IoError(where + " ends before block frame at " +
-                                    std::to_string(locs[k].offset));
-          break;
+          (*checks)[k] = Status::IoError(where + " ends before block frame at " +
+                                         std::to_string(locs[k].offset));
+          all = false;
+          continue;
         }
-        std::span<const uint8_t> payload;
         // The frame's own CRC: the map does not keep the entry's (the head has it, and the
         // frame repeats it).
         std::span<const uint8_t> frame(range.data() + at, locs[k].length);
         const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
                              static_cast<uint32_t>(frame[6]) << 16 |
                              static_cast<uint32_t>(frame[7]) << 24;
-        checked = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
-        if (checked.ok()) outs[k]->assign(payload.begin(), payload.end());
+        std::span<const uint8_t> payload;
+        (*checks)[k] = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
+        if ((*checks)[k].ok()) outs[k]->assign(payload.begin(), payload.end());
+        else all = false;
       }
-      if (checked.ok()) break;
+      if (all) break;
     }
-    S3B_RETURN_IF_ERROR(checked);
     i = j;
   }
   return Status::Ok();
@@ -615,9 +629,11 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
         outs.push_back(reads[wants[j].index].data);
         ++j;
       }
-      Status s = ReadFrames(wants[i].seq, locs, outs);
+      std::vector<Status> checks;
+      Status s = ReadFrames(wants[i].seq, locs, outs, &checks);
       for (size_t k = i; k < j; ++k) {
         BlockRead& r = reads[wants[k].index];
+        if (s.ok()) s = checks[k - i];
         if (s.IsNotFound() && attempt < 3) {
           todo.push_back(wants[k].index);
         } else if (s.IsNotFound()) {
@@ -762,10 +778,11 @@ Status LogExport::Checkpoint() {
 }
 
 std::vector<std::pair<uint32_t, uint64_t>> LogExport::GcCandidatesLocked(bool all) {
-  // Segments less live than the threshold (all: than 99%), least live first; and small ones
-  // (frequent flushes leave them), packed together once there are enough of them that packing
-  // makes fewer: a lone small segment, or the collector's own small output, is left alone.
-  const double threshold = all ? 0.99 : options_.gc_threshold / 100.0;
+  // Segments less live than the threshold (all: every one, whose head at least is not live),
+  // least live first; and small ones (frequent flushes leave them), packed together once there
+  // are enough of them that packing makes fewer: a lone small segment, or the collector's own
+  // small output, is left alone.
+  const double threshold = all ? 1.0 : options_.gc_threshold / 100.0;
   std::vector<std::pair<double, std::pair<uint32_t, uint64_t>>> big, small;
   for (uint32_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
@@ -796,6 +813,10 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
   uint64_t freed_before = 0, bytes_freed_before = 0, copied_before = 0;
   {
     UniqueLock lock(&mu_);
+    // Nothing to move and nothing dead: nothing is written (not even a writer's first segment).
+    bool dead = false;
+    for (const Slot& s : slots_) dead |= s.used && s.live == 0;
+    if (!writer_ && GcCandidatesLocked(all).empty() && !dead) return Status::Ok();
     if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
     while (collecting_) cv_.wait(lock.native());
     collecting_ = true;
@@ -825,7 +846,10 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
       locs.push_back(Loc{v.slot, live[i].offset, live[i].length});
       outs.push_back(&data[i]);
     }
-    status = ReadFrames(v.seq, locs, outs);
+    std::vector<Status> checks;
+    status = ReadFrames(v.seq, locs, outs, &checks);
+    for (const Status& c : checks)
+      if (status.ok()) status = c;  // a damaged frame is not moved, nor its segment deleted
     if (!status.ok()) break;
     UniqueLock lock(&mu_);
     for (size_t i = 0; i < live.size(); ++i) {
@@ -977,9 +1001,10 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
     std::vector<Bytes> data(locs.size());
     std::vector<Bytes*> outs;
     for (Bytes& d : data) outs.push_back(&d);
-    // Frame by frame, so that one bad frame is reported alone.
+    std::vector<Status> checks;
+    Status read = ReadFrames(slots[i].seq, locs, outs, &checks);
     for (size_t k = 0; k < locs.size(); ++k) {
-      Status r = ReadFrames(slots[i].seq, std::span<const Loc>(&locs[k], 1), {outs[k]});
+      const Status& r = read.ok() ? checks[k] : read;
       if (!r.ok()) {
         report("block " + std::to_string(entries[k].id) + ": " + r.message());
         ++*problems;

@@ -153,8 +153,10 @@ class LogExport {
 
   Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
   // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
-  // (torn, corrupt, another segment's) sets *bad (when given) with the reason in the status.
-  Status ReadHead(uint64_t seq, SegmentHeader* header, bool* bad = nullptr);
+  // (torn, corrupt) sets *bad (when given), one that is another segment's sets *misnamed, with
+  // the reason in the status.
+  Status ReadHead(uint64_t seq, SegmentHeader* header, bool* bad = nullptr,
+                  bool* misnamed = nullptr);
   // A read-only view whose segment was collected by the writer: loads the export again (a view
   // as of a later flush). REQUIRES: not the writer.
   Status Refresh();
@@ -179,8 +181,10 @@ class LogExport {
   enum class Where { kNone, kDeleted, kMemory, kStored };
   Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq) REQUIRES(mu_);
   Status ReadStored(uint64_t id, uint64_t seq, const Loc& loc, Bytes* data);
-  // Fetches frames of one segment; each of `locs` (sorted by offset) gets its payload.
-  Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs);
+  // Fetches frames of one segment: each of `locs` (sorted by offset) gets its payload in outs,
+  // and (*checks)[i] says whether its frame checked out. Errors: the transport's.
+  Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs,
+                    std::vector<Status>* checks);
   Status CheckpointNow(bool* wrote);
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
   void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);

@@ -12,9 +12,9 @@ and, at the chosen rate, answers with a fault instead:
             the connection is closed
   truncate  the upstream response is sent with its full Content-Length but only part of its body,
             then the connection is closed
-  corrupt   a 200 response body has one byte flipped (Content-Length and headers unchanged): the
-            first byte of the first occurrence of the text given by flip=, or else the one at a
-            third of the body
+  corrupt   a 200 (or 206: a range) response body has one byte flipped (Content-Length and
+            headers unchanged): the first byte of the first occurrence of the text given by
+            flip=, or else the one at a third of the body
   html      HTTP 503 with a body that is not XML (an HTML page, as some load balancers send)
 
 500, 503, reset and html happen either before the request reaches the server or after it was
@@ -287,7 +287,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                                        declared_length=len(data))
                     self.sock.close()
                     return
-                if kind == "corrupt" and status == 200 and data and not head:
+                if kind == "corrupt" and status in (200, 206) and data and not head:
                     STATE.count(kind)
                     flip = STATE.flip
                     i = len(data) // 3

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -191,7 +192,7 @@ TEST_P(HostileTest, PercentEncodedSlashIsAPlainNameNeverAPath) {
   ASSERT_TRUE(store->ListExports(&exports).ok());
   EXPECT_EQ(exports, std::vector<std::string>{"a%2Fb"});
   if (is_local()) {
-    EXPECT_TRUE(fs::exists(local_root() + "/exports/a%2Fb/blocks/0"));
+    EXPECT_TRUE(LocallyStored("a%2Fb", 0, data));
     EXPECT_FALSE(fs::exists(local_root() + "/exports/a"));
     EXPECT_FALSE(fs::exists(fs::path(local_root()).parent_path() / "escape"));
   }
@@ -265,6 +266,7 @@ TEST_P(HostileTest, CorruptOrFutureMetadataIsRefusedWithAClearErrorAndLeftAsItIs
 
 TEST_P(HostileTest, BlockFilesOfTheWrongLengthAreErrorsNotDataAndAreLeftAsTheyAre) {
   if (!is_local()) GTEST_SKIP() << "block files laid out by hand (S3: s3_store_test.cc)";
+  if (is_log()) GTEST_SKIP() << "a log export has no block files (ASegmentCutShort... below)";
   ASSERT_TRUE(StartServer({"cache=false"}));
   {
     auto c = Connect("len");
@@ -299,6 +301,48 @@ TEST_P(HostileTest, BlockFilesOfTheWrongLengthAreErrorsNotDataAndAreLeftAsTheyAr
   auto size_of = [&](const char* id) { return fs::file_size(blocks + id); };
   EXPECT_EQ(size_of("0"), 100u);
   EXPECT_EQ(size_of("1"), 4097u);
+}
+
+// The log layout's counterpart of the test above: a segment file cut short behind the server's
+// back. The blocks whose frames it still holds read back; the one cut off is an error, never
+// zeros or another block's bytes; the file is left as it is.
+TEST_P(HostileTest, ASegmentCutShortIsAnErrorNotDataAndIsLeftAsItIs) {
+  if (!is_local() || !is_log()) GTEST_SKIP() << "a segment file of a local log export";
+  ASSERT_TRUE(StartServer({"cache=false"}));
+  const std::vector<uint8_t> data = Pattern(8, 0, 3 * 4096);
+  {
+    auto c = Connect("cut");
+    ASSERT_TRUE(c);
+    ASSERT_TRUE(c->Pwrite(data.data(), data.size(), 0)) << c->error();
+    ASSERT_TRUE(c->Flush()) << c->error();
+    ASSERT_TRUE(c->Shutdown()) << c->error();
+  }
+  ASSERT_TRUE(server_->Stop());
+  // The largest segment holds the three blocks, their frames in the order of their ids: the
+  // last 100 bytes cut are block 2's.
+  std::string victim;
+  uintmax_t victim_size = 0;
+  for (const std::string& n : LocalSegments("cut")) {
+    const std::string path = local_root() + "/exports/cut/log/" + n;
+    if (fs::file_size(path) > victim_size) victim = path, victim_size = fs::file_size(path);
+  }
+  ASSERT_GT(victim_size, 3u * 4096) << "no segment holds the three blocks";
+  fs::resize_file(victim, victim_size - 100);
+  ASSERT_TRUE(server_->Restart());
+  auto c = Connect("cut");
+  ASSERT_TRUE(c);
+  std::vector<uint8_t> two(2 * 4096);
+  ASSERT_TRUE(c->Pread(two.data(), two.size(), 0)) << c->error();
+  EXPECT_TRUE(SameBytes(two, std::vector<uint8_t>(data.begin(), data.begin() + 2 * 4096)));
+  std::vector<uint8_t> buf(4096);
+  EXPECT_FALSE(c->Pread(buf.data(), 4096, 2 * 4096)) << "a frame cut short was read as data";
+  EXPECT_EQ(c->err(), EIO) << c->error();
+  std::vector<uint8_t> across(2 * 4096);
+  EXPECT_FALSE(c->Pread(across.data(), across.size(), 4096 + 10)) << "a read across the cut block succeeded";
+  EXPECT_NE(server_->LastLog().find(fs::path(victim).filename().string()), std::string::npos)
+      << server_->LastLog();
+  ASSERT_TRUE(c->Shutdown());
+  EXPECT_EQ(fs::file_size(victim), victim_size - 100);
 }
 
 TEST_P(HostileTest, StoreErrorsReachTheClientAsIoErrorsNotAsInvalidRequests) {

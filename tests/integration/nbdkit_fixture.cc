@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -35,6 +36,10 @@ const std::vector<ParameterSet> kParameterSets = {
     {"nocache", {"cache=false"}},
     // The cache, smaller than any test's working set, so that eviction and write-back run.
     {"smallcache", {"cache=true", "cache-size=256K", "dirty-size=64K"}},
+    // Exports created log-structured: with the default cache, and with none, so that every
+    // request reaches the log as the client sent it.
+    {"log", {"layout=log"}},
+    {"log_nocache", {"layout=log", "cache=false"}},
 };
 
 const char* Env(const char* name) {
@@ -409,6 +414,11 @@ void NbdkitTest::TearDown() {
   scratch_.reset();
 }
 
+bool NbdkitTest::is_log() const {
+  const auto& extra = GetParam().extra;
+  return std::find(extra.begin(), extra.end(), "layout=log") != extra.end();
+}
+
 std::vector<std::string> NbdkitTest::StoreArgs() const {
   std::vector<std::string> args;
   if (is_local()) {
@@ -465,6 +475,40 @@ std::shared_ptr<BlockStore> NbdkitTest::LeafStore() {
     return nullptr;
   }
   return store;
+}
+
+std::vector<std::string> NbdkitTest::LocalSegments(const std::string& export_name) const {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(local_root_ + "/exports/" + export_name + "/log", ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.size() == 16 && std::all_of(n.begin(), n.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+      names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+::testing::AssertionResult NbdkitTest::LocallyStored(const std::string& export_name, uint64_t id,
+                                                     const std::vector<uint8_t>& data) {
+  const std::string dir = local_root_ + "/exports/" + export_name;
+  if (!is_log()) {
+    if (std::filesystem::exists(dir + "/blocks/" + std::to_string(id))) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "no " << dir << "/blocks/" << id;
+  }
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/blocks", ec))
+    return ::testing::AssertionFailure() << "a log export has a block file: " << e.path();
+  if (LocalSegments(export_name).empty())
+    return ::testing::AssertionFailure() << "no segment file in " << dir << "/log";
+  auto store = LeafStore();
+  if (!store) return ::testing::AssertionFailure() << "cannot open the leaf store";
+  Bytes got;
+  bool found = false;
+  Status s = store->Read(export_name, id, &got, &found);
+  if (!s.ok()) return ::testing::AssertionFailure() << "reading block " << id << ": " << s.ToString();
+  if (!found) return ::testing::AssertionFailure() << "block " << id << " is in no segment of " << dir;
+  return SameBytes(std::vector<uint8_t>(got.begin(), got.end()), data, 0);
 }
 
 std::vector<uint8_t> NbdkitTest::ReadBack(NbdClient& c, uint64_t offset, size_t count) {

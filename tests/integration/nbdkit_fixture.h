@@ -169,6 +169,9 @@ class NbdkitTest : public ::testing::TestWithParam<SuiteParam> {
   void TearDown() override;
 
   bool is_local() const { return GetParam().backend == "local"; }
+  // Whether the exports this parameter set creates are log-structured (layout=log): their
+  // blocks are then in segments (exports/<name>/log/), not one object each.
+  bool is_log() const;
   // The store= and connection parameters for this backend, then the parameter set's extras.
   std::vector<std::string> StoreArgs() const;
   // Starts the server with StoreArgs() and `more`.
@@ -181,6 +184,14 @@ class NbdkitTest : public ::testing::TestWithParam<SuiteParam> {
   std::shared_ptr<BlockStore> LeafStore();
   // The store directory of the local backend.
   const std::string& local_root() const { return local_root_; }
+  // Whether the local store holds block `id` of `export_name` as `data`, where this parameter
+  // set's layout keeps it: for a log export, in a segment file of exports/<name>/log/ (read
+  // through the leaf store), and no file in exports/<name>/blocks/; else the block's own file,
+  // exports/<name>/blocks/<id>.
+  ::testing::AssertionResult LocallyStored(const std::string& export_name, uint64_t id,
+                                           const std::vector<uint8_t>& data);
+  // The names of the segment files of a local log export (16 hex digits each), sorted.
+  std::vector<std::string> LocalSegments(const std::string& export_name) const;
 
   // Reads `count` bytes at `offset` and returns them (failing the test on an error).
   std::vector<uint8_t> ReadBack(NbdClient& c, uint64_t offset, size_t count);

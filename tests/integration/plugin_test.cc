@@ -567,7 +567,7 @@ TEST_P(PluginTest, HostileExportNamesAreRefusedAndCreateNothing) {
     };
     EXPECT_EQ(names_in(local_root()), std::vector<std::string>{"exports"});
     EXPECT_EQ(names_in(local_root() + "/exports"), std::vector<std::string>{"good"});
-    EXPECT_TRUE(std::filesystem::exists(local_root() + "/exports/good/blocks/0"));
+    EXPECT_TRUE(LocallyStored("good", 0, Pattern(91, 0, 4096)));
     EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(local_root()).parent_path() / "escape"));
   }
 }

@@ -8,25 +8,49 @@
 # temporary files the kills left behind (they must never be listed or read as blocks).
 # (tests/scripts/crash_ext4.sh does the same under ext4.)
 #
-#   tests/scripts/crash.sh local
-#   tests/scripts/crash.sh s3         (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
+# With the layout "log" the export is log-structured (layout=log), in segments of 1 MiB with the
+# collector rewriting any segment less than 90% live (gc-threshold=90), so that the random
+# overwrites give it work: every other round lasts past the collector's first pass (10 s after
+# the server starts writing) before the kill, and at least one round must have seen the
+# collector rewrite blocks (its counters in the stats file) before it was killed.
+#
+#   tests/scripts/crash.sh local [blocks|log]
+#   tests/scripts/crash.sh s3 [blocks|log]   (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout); CRASH_ROUNDS (default 30);
-# CRASH_SECONDS (default 90: no new round starts after that).
+# CRASH_SECONDS (default 90, 120 for the log: no new round starts after that).
 # Prints "crashes survived: N" with the total bytes verified.
 set -euo pipefail
 mode=${1:-local}
-TEST_NAME="crash[$mode]"
+layout=${2:-blocks}
+TEST_NAME="crash[$mode${2:+,$layout}]"
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 model=$build/tests/blockmodel
 rounds=${CRASH_ROUNDS:-30}
-budget=${CRASH_SECONDS:-90}
 require_built "$plugin" "$model"
 require_tool nbdkit
 use_store "$mode" crash
 # force=true: the killed server's lease is still in the bucket, and the operator knows its holder
 # is dead (without it the restart would wait for lease-timeout=).
 [ "$mode" = local ] || store_params+=(force=true)
+stats=$work/stats.json
+case "$layout" in
+blocks) budget=${CRASH_SECONDS:-90} ;;
+log)
+  budget=${CRASH_SECONDS:-120}
+  store_params+=(layout=log segment-size=1M gc-threshold=90 "stats-file=$stats")
+  ;;
+*) die "usage: $0 local|s3 [blocks|log]" ;;
+esac
+# stat_of KEY: a counter of the export in the stats file (0 until it shows).
+stat_of() {
+  $py -c "import json
+try:
+    print(json.load(open('$stats'))['exports']['crash']['$1'])
+except (OSError, ValueError, KeyError):
+    print(0)"
+}
+collected_rounds=0
 
 serve() { start_nbdkit "$plugin" "${store_params[@]}" size=256M "$@"; }
 
@@ -47,9 +71,19 @@ for ((r = 1; r <= rounds; r++)); do
     --flush-every $((RANDOM % 4 + 1)) --seed "$r" >"$work/writer.out" 2>&1 &
   writer_pid=$!
   end_at_exit "$writer_pid"
-  # A random moment between 0.2 and 2.5 seconds into the run.
-  sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.2 + 2.3 * r / 32767 }')"
+  # A random moment between 0.2 and 2.5 seconds into the run; for the log, every other round
+  # between 11 and 14 seconds, past the collector's first pass.
+  if [ "$layout" = log ] && ((r % 2 == 0)); then from=11 span=3; else from=0.2 span=2.3; fi
+  sleep "$(awk -v r=$RANDOM -v from=$from -v span=$span 'BEGIN { printf "%.2f", from + span * r / 32767 }')"
   kill -0 "$writer_pid" 2>/dev/null || { cat "$work/writer.out" >&2; die "round $r: the writer ended before the kill"; }
+  if [ "$layout" = log ]; then
+    # The stats file of the server about to be killed (written once a second).
+    gc=$(stat_of log_gc_bytes)
+    if [ "$gc" -gt 0 ]; then
+      collected_rounds=$((collected_rounds + 1))
+      log "round $r: the collector had rewritten $gc bytes ($(stat_of log_gc_segments_freed) segments freed) before the kill"
+    fi
+  fi
   kill_nbdkit
   rc=0
   wait "$writer_pid" || rc=$?
@@ -57,7 +91,17 @@ for ((r = 1; r <= rounds; r++)); do
   [ $rc -eq 0 ] || die "round $r: the writer saw lost or wrong data before the kill (exit $rc)"
   grep -q 'connection lost' "$work/writer.out" || die "round $r: the writer did not see the kill"
 
-  if [ "$mode" = local ]; then
+  if [ "$mode" = local ] && [ "$layout" = log ]; then
+    # Segments are whole or absent: a file named as one is never cut short of what its head says
+    # (checked when the restart reads it); anything else in log/ is a temporary file.
+    segs=$store/exports/crash/log
+    if [ -d "$segs" ]; then
+      temps=$(find "$segs" -maxdepth 1 -type f -regextype posix-extended ! -regex '.*/[0-9a-f]{16}' | wc -l)
+      [ "$temps" -eq 0 ] || log "round $r: $temps temporary files left by the kill (never segments)"
+    fi
+    blockfiles=$(find "$store/exports/crash" -path '*/blocks/*' -type f 2>/dev/null | wc -l)
+    [ "$blockfiles" -eq 0 ] || die "round $r: a log export has $blockfiles block files"
+  elif [ "$mode" = local ]; then
     blocks=$store/exports/crash/blocks
     if [ -d "$blocks" ]; then
       short=$(find "$blocks" -maxdepth 1 -type f -regex '.*/[0-9]+' ! -size 4096c | wc -l)
@@ -79,4 +123,8 @@ for ((r = 1; r <= rounds; r++)); do
   survived=$((survived + 1))
 done
 [ $survived -ge 1 ] || die "no round ran"
+if [ "$layout" = log ]; then
+  [ $collected_rounds -ge 1 ] || die "in no round had the collector rewritten anything before the kill"
+  log "the collector had run before the kill in $collected_rounds rounds"
+fi
 log "crashes survived: $survived (kill -9 during writes; $verified_bytes bytes verified after restarts, 0 bytes lost)"

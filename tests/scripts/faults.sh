@@ -19,11 +19,21 @@
 # The number of faults injected of each kind is printed at the end ("faults injected: ...");
 # every kind must have been injected at least once.
 #
-#   tests/scripts/faults.sh       (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
+# With the layout "log" the exports are log-structured (layout=log) in segments of 1 MiB, with
+# the collector rewriting any segment less than 90% live (gc-threshold=90): the model writer's
+# random overwrites then run for 14 seconds, past the collector's first pass (10 s after the
+# first write), and under each kind of fault the collector must have rewritten blocks (its
+# counters in the stats file). The damaged listing is then one of the export's checkpoints
+# (the newest root's name), which must be listed again rather than the export opened from an
+# older checkpoint, or none.
+#
+#   tests/scripts/faults.sh [blocks|log]   (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout); FAULTS_KINDS (default every kind);
 # FAULTS_PORT (default: two free ports from 9600-9699; the proxy's control port is FAULTS_PORT+1).
 set -euo pipefail
+layout=${1:-blocks}
+TEST_NAME="faults${1:+[$layout]}"
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 model=$build/tests/blockmodel
 kinds=${FAULTS_KINDS:-"500 503 reset stall truncate corrupt html"}
@@ -31,6 +41,19 @@ require_built "$plugin" "$model"
 require_s3_env
 require_tool nbdkit nbdinfo fio curl python3
 require_libnbd_python
+case "$layout" in
+blocks) layout_params=() writer_seconds=8 ;;
+log) layout_params=(layout=log segment-size=1M gc-threshold=90) writer_seconds=14 ;;
+*) die "usage: $0 [blocks|log]" ;;
+esac
+# stat_of FILE KEY: a counter of the export "disk" in the stats file FILE (0 until it shows).
+stat_of() {
+  $py -c "import json
+try:
+    print(json.load(open('$1'))['exports']['disk']['$2'])
+except (OSError, ValueError, KeyError):
+    print(0)"
+}
 
 start_faultproxy ${FAULTS_PORT:+-p "$FAULTS_PORT"}
 # The count of one fault kind in the proxy's statistics.
@@ -43,7 +66,7 @@ serve() {
   shift
   start_nbdkit -o "$work/nbdkit-$label.log" "$plugin" "store=s3://$S3BLOCK_TEST_S3_BUCKET/$prefix" \
     "endpoint=http://127.0.0.1:$proxy_port" "access-key=$S3BLOCK_TEST_S3_ACCESS_KEY" \
-    "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=64M "$@"
+    "secret-key=$S3BLOCK_TEST_S3_SECRET_KEY" size=64M ${layout_params[@]+"${layout_params[@]}"} "$@"
 }
 
 uri="nbd+unix:///disk?socket=$sock"
@@ -57,13 +80,21 @@ for kind in $kinds; do
   if [ "$kind" = stall ]; then rate_hi=0.1; rate_lo=0.02; else rate_hi=0.4; rate_lo=0.15; fi
 
   log "$kind: model writer under faults at rate $rate_hi, retry-timeout=1"
-  serve "$kind" retry-timeout=1 request-timeout=2 cache-size=1M upload-threads=4
+  stats=$work/stats-$kind.json
+  serve "$kind" retry-timeout=1 request-timeout=2 cache-size=1M upload-threads=4 "stats-file=$stats"
   # Open the export (metadata, lease) before the faults: opening is not what is tested here, and
   # the export stays open while nbdkit runs.
   nbdinfo --size "$uri" >/dev/null || die "$kind: cannot open the export"
   ctl "set?kinds=$kind&rate=$rate_hi&stall=3&seed=7" >/dev/null || die "cannot set faults"
-  "$model" write --uri "$uri" --state "$state" --units $units --seconds 8 --depth 8 \
+  "$model" write --uri "$uri" --state "$state" --units $units --seconds $writer_seconds --depth 8 \
     --flush-every 3 --keep-going --seed 11 | tee -a "$work/model.out" || die "$kind: the model writer saw lost or wrong data"
+  if [ "$layout" = log ]; then
+    # The stats file is written once a second: what the collector had done under the faults.
+    sleep 1
+    gc=$(stat_of "$stats" log_gc_bytes)
+    log "$kind: the collector rewrote $gc bytes under the faults ($(stat_of "$stats" log_gc_segments_freed) segments freed)"
+    [ "$gc" -gt 0 ] || die "$kind: the collector rewrote nothing while the faults ran"
+  fi
   ctl off >/dev/null
   # A request stalled just before the switch still stalls until the proxy lets it go and then
   # times out; let those end before judging the device (this waits, it asserts nothing on time).
@@ -101,28 +132,69 @@ for kind in $kinds; do
   summary+=("$kind=$n")
   total=$((total + n))
 done
-# A block listing damaged on the way (plain HTTP protects nothing of it): block 0's number in
-# the page turned into a letter, so that the page names an object that is no block. The store
-# must fetch the page again, not take block 0 for unstored: that would read it as zeros, and a
-# trim, which skips blocks not stored, would leave it to come back after a restart.
-log "a damaged block listing: fetched again, block 0 still read and trimmed"
-prefix=faults-$$-listing
-serve listing
-nbd_io "$sock" "h.pwrite(b'L' * 12288, 0); h.flush()"
-stop_nbdkit
-before=$(injected corrupt)
-ctl "set?kinds=corrupt&rate=1&methods=GET&paths=blocks%252F&flip=0%3C%2FKey%3E&count=1" >/dev/null
-serve listing
-got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
-[ "$(injected corrupt)" = $((before + 1)) ] || die "the block listing was not damaged"
-[ "$got" = L ] || die "after a damaged listing block 0 reads '$got', not what was stored"
-nbd_io "$sock" "h.trim(12288, 0); h.flush()"
-ctl off >/dev/null
-stop_nbdkit
-serve listing
-nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
-  die "a flushed trim came back after the restart"
-stop_nbdkit
+if [ "$layout" = blocks ]; then
+  # A block listing damaged on the way (plain HTTP protects nothing of it): block 0's number in
+  # the page turned into a letter, so that the page names an object that is no block. The store
+  # must fetch the page again, not take block 0 for unstored: that would read it as zeros, and a
+  # trim, which skips blocks not stored, would leave it to come back after a restart.
+  log "a damaged block listing: fetched again, block 0 still read and trimmed"
+  prefix=faults-$$-listing
+  serve listing
+  nbd_io "$sock" "h.pwrite(b'L' * 12288, 0); h.flush()"
+  stop_nbdkit
+  before=$(injected corrupt)
+  ctl "set?kinds=corrupt&rate=1&methods=GET&paths=blocks%252F&flip=0%3C%2FKey%3E&count=1" >/dev/null
+  serve listing
+  got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
+  [ "$(injected corrupt)" = $((before + 1)) ] || die "the block listing was not damaged"
+  [ "$got" = L ] || die "after a damaged listing block 0 reads '$got', not what was stored"
+  nbd_io "$sock" "h.trim(12288, 0); h.flush()"
+  ctl off >/dev/null
+  stop_nbdkit
+  serve listing
+  nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
+    die "a flushed trim came back after the restart"
+  stop_nbdkit
+else
+  # A listing of the export's checkpoints damaged on the way: the newest root's name, a zero of
+  # its seq turned into a letter, so that it names no checkpoint. The store must list them
+  # again: opened from an older checkpoint (or none) it would replay segments the newer one let
+  # go, read block 0 as zeros, and its writer would delete the live segments after them.
+  log "a damaged listing of checkpoints: listed again, block 0 still read and trimmed"
+  prefix=faults-$$-listing
+  serve listing
+  # Enough flushes for the writer to store a checkpoint of its own (every 64 segments).
+  nbd_io "$sock" "
+for i in range(70):
+    h.pwrite(b'KLM'[i % 3:i % 3 + 1] * 12288, 0)
+    h.flush()
+h.pwrite(b'L' * 12288, 0)
+h.flush()"
+  root=
+  for ((i = 0; i < 40; i++)); do
+    root=$(s3_list "$prefix/exports/disk/checkpoint/" | awk '{ print $2 }' | grep -E '/[0-9a-f]{16}$' | tail -n 1) || true
+    [ -z "$root" ] || break
+    sleep 0.5
+  done
+  [ -n "$root" ] || die "the writer stored no checkpoint after 71 flushes"
+  stop_nbdkit
+  before=$(injected corrupt)
+  # The flip text starts at the root's 13th digit, a zero below 4096 segments.
+  tail4=${root: -4}
+  [ "${tail4:0:1}" = 0 ] || die "the checkpoint's seq is too large for this test: $root"
+  ctl "set?kinds=corrupt&rate=1&methods=GET&paths=checkpoint%252F&flip=${tail4}%3C%2FKey%3E&count=1" >/dev/null
+  serve listing
+  got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
+  [ "$(injected corrupt)" = $((before + 1)) ] || die "the listing of checkpoints was not damaged"
+  [ "$got" = L ] || die "after a damaged listing of checkpoints block 0 reads '$got', not what was stored"
+  nbd_io "$sock" "h.trim(12288, 0); h.flush()"
+  ctl off >/dev/null
+  stop_nbdkit
+  serve listing
+  nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
+    die "a flushed trim came back after the restart"
+  stop_nbdkit
+fi
 reqs=$(ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['requests'])")
 # Over plain HTTP every request's signature covers a SHA-256 of its body, which the server checks.
 unhashed=$(ctl stats | python3 -c "import json,sys; p=json.load(sys.stdin)['payload']; print(p['unsigned'] + p['other'])")

@@ -137,6 +137,53 @@ use_store() {
   esac
 }
 
+# --- Objects of the S3 test server, with curl (SigV4), apart from the code under test ---
+
+# s3_curl CURL_ARGS...: curl signed with the test server's credentials; the caller gives the
+# x-amz-content-sha256 header when there is a body (an empty body's hash otherwise).
+s3_curl() {
+  local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 h=()
+  [[ " $* " == *" x-amz-content-sha256: "* ]] || h=(-H "x-amz-content-sha256: $empty")
+  curl -sf --max-time 60 --aws-sigv4 "aws:amz:${S3BLOCK_TEST_S3_REGION:-us-east-1}:s3" \
+    --user "$S3BLOCK_TEST_S3_ACCESS_KEY:$S3BLOCK_TEST_S3_SECRET_KEY" "${h[@]}" "$@"
+}
+# s3_list PREFIX: "SIZE KEY" for each object of the test bucket whose key starts with PREFIX.
+s3_list() {
+  S3_LIST_PREFIX=$1 $py - <<'PY'
+import os, subprocess, sys, urllib.parse, xml.etree.ElementTree as ET
+ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+prefix, after = os.environ["S3_LIST_PREFIX"], ""
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+q = lambda v: urllib.parse.quote(v, safe="-_.~")
+while True:
+    # The query's parameters in sorted order: curl signs them as they are written.
+    query = "list-type=2&prefix=" + q(prefix) + ("&start-after=" + q(after) if after else "")
+    url = "%s/%s?%s" % (os.environ["S3BLOCK_TEST_S3_ENDPOINT"], os.environ["S3BLOCK_TEST_S3_BUCKET"], query)
+    e = os.environ
+    out = subprocess.run(["curl", "-sf", "--max-time", "60", "--aws-sigv4",
+                          "aws:amz:%s:s3" % e.get("S3BLOCK_TEST_S3_REGION", "us-east-1"),
+                          "--user", e["S3BLOCK_TEST_S3_ACCESS_KEY"] + ":" + e["S3BLOCK_TEST_S3_SECRET_KEY"],
+                          "-H", "x-amz-content-sha256: " + EMPTY, url],
+                         stdout=subprocess.PIPE, check=True).stdout
+    root = ET.fromstring(out)
+    keys = root.findall(ns + "Contents")
+    for c in keys:
+        print(c.find(ns + "Size").text, c.find(ns + "Key").text)
+    if root.findtext(ns + "IsTruncated") != "true" or not keys:
+        break
+    after = keys[-1].find(ns + "Key").text
+PY
+}
+# s3_get KEY FILE: the object KEY of the test bucket into FILE.
+s3_get() { s3_curl -o "$2" "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$1"; }
+# s3_put_if_absent FILE KEY: stores FILE as KEY unless an object KEY exists (If-None-Match: *,
+# as a writer's conditional PUT); fails if it does.
+s3_put_if_absent() {
+  s3_curl -X PUT -H "If-None-Match: *" -H "Content-Type: application/octet-stream" \
+    -H "x-amz-content-sha256: $(sha256sum "$1" | cut -d' ' -f1)" --data-binary @"$1" \
+    "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$2" >/dev/null
+}
+
 # --- Waiting ---
 
 # wait_for_file FILE SECONDS: true once FILE exists and is not empty.

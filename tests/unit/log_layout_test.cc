@@ -361,6 +361,159 @@ TEST_P(LogExportTest, ASegmentAfterAGapOrWithACorruptHeadIsNotApplied) {
   EXPECT_EQ(Segments().back(), damaged);
 }
 
+TEST_P(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
+  uint64_t old_seq = 0;
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(1, Block(1, 1), false));
+    ASSERT_OK(e->Flush());
+    old_seq = e->Stats().last_seq;
+    ASSERT_OK(e->Write(1, Block(1, 2), false));
+    ASSERT_OK(e->Flush());
+  }
+  // A copy of the older segment put where the next one goes: sound, but it says it is another.
+  const uint64_t next = Segments().back() + 1;
+  std::vector<uint8_t> copy;
+  ASSERT_OK(transport_->Get(SegmentKey("e", old_seq), &copy));
+  ASSERT_OK(transport_->Put(SegmentKey("e", next), copy));
+  {
+    auto e = Open();
+    ExpectBlock(*e, 1, 2);
+    // The next writer removes it and takes its place.
+    ASSERT_OK(e->Write(2, Block(2, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  ExpectBlock(*e, 1, 2);
+  ExpectBlock(*e, 2, 1);
+}
+
+// A transport that damages what comes back as a byte flipped on the way would: its first
+// `listings` listings of checkpoints show every root's last digit turned into a letter, its
+// first `heads` ranged reads of segments from their start have a byte of the header flipped, and
+// its first `frames` ranged reads of segments' frames a byte in their middle.
+class DamagingTransport : public ObjectTransport {
+ public:
+  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads, int frames = 0)
+      : next_(std::move(next)), listings_(listings), heads_(heads), frames_(frames) {}
+  std::string Describe() const override { return next_->Describe(); }
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
+             std::string* version) override {
+    return next_->Put(key, data, options, version);
+  }
+  Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
+    return next_->Get(key, data, info);
+  }
+  Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
+                  std::vector<uint8_t>* data) override {
+    S3B_RETURN_IF_ERROR(next_->GetRange(key, offset, length, data));
+    uint64_t seq;
+    if (offset == 0 && data->size() > 30 && heads_ > 0 &&
+        ParseSeqKey(key, LogPrefix("e"), &seq)) {
+      --heads_;
+      (*data)[30] ^= 0x5a;  // in the writer's epoch: the header's checksum fails
+    } else if (offset > 0 && !data->empty() && frames_ > 0 && ParseSeqKey(key, LogPrefix("e"), &seq)) {
+      --frames_;
+      (*data)[data->size() / 2] ^= 0x5a;
+    }
+    return Status::Ok();
+  }
+  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
+  Status List(const std::string& prefix,
+              const std::function<void(const std::string&, std::string_view)>& fn) override {
+    const bool damage = prefix == CheckpointPrefix("e") && listings_ > 0 && listings_--;
+    return next_->List(prefix, [&](const std::string& key, std::string_view version) {
+      uint64_t seq;
+      fn(damage && ParseSeqKey(key, prefix, &seq) ? key.substr(0, key.size() - 1) + "j" : key, version);
+    });
+  }
+  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
+    return next_->Delete(keys, fence);
+  }
+
+ private:
+  std::shared_ptr<ObjectTransport> next_;
+  int listings_, heads_, frames_;
+};
+
+TEST_P(LogExportTest, AHeadDamagedOnTheWayIsReadAgainNotTakenForTorn) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    for (uint64_t id = 4; id < 12; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    // Two reads of the first head damaged: the third is sound, and the run goes on.
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 2), "e", options_,
+                              nullptr, &e));
+    for (uint64_t id = 0; id < 12; ++id) ExpectBlock(*e, id, id < 4 ? 1 : 2);
+    // A writer now deletes only what truly follows the run.
+    ASSERT_OK(e->Write(20, Block(20, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 12; ++id) ExpectBlock(*e, id, id < 4 ? 1 : 2);
+  ExpectBlock(*e, 20, 1);
+}
+
+TEST_P(LogExportTest, AFrameDamagedOnTheWayIsReadAgainAndOneDamagedForGoodIsAnError) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 0, 3), "e",
+                              options_, nullptr, &e));
+    for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 1);
+  }
+  std::unique_ptr<LogExport> e;
+  ASSERT_OK(LogExport::Open(std::make_shared<DamagingTransport>(transport_, 0, 0, 1000), "e",
+                            options_, nullptr, &e));
+  Bytes data;
+  bool found = false;
+  Status s = e->Read(3, &data, &found);
+  EXPECT_TRUE(s.IsIoError()) << s.ToString();
+}
+
+TEST_P(LogExportTest, ADamagedListingOfCheckpointsIsListedAgainNeverOpenedFromAnOlderOne) {
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    for (uint64_t id = 0; id < 8; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+    ASSERT_OK(e->Flush());
+    GcResult gc;
+    ASSERT_OK(e->CollectGarbage(true, &gc));  // the dead segments go, the checkpoint stays
+    ASSERT_GT(gc.segments_freed, 0u);
+  }
+  const auto damaged_open = [&](int damaged, std::unique_ptr<LogExport>* out) {
+    return LogExport::Open(std::make_shared<DamagingTransport>(transport_, damaged, 0), "e",
+                           options_, nullptr, out);
+  };
+  {
+    // Once: the listing is fetched again, and the export is what the checkpoint says.
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(damaged_open(1, &e));
+    for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 2);
+    ASSERT_OK(e->Write(9, Block(9, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  {
+    // Every time: an error, not an export opened from before the checkpoint.
+    std::unique_ptr<LogExport> e;
+    Status s = damaged_open(100, &e);
+    EXPECT_TRUE(s.IsIoError()) << s.ToString();
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 8; ++id) ExpectBlock(*e, id, 2);
+  ExpectBlock(*e, 9, 1);
+}
+
 TEST_P(LogExportTest, ACorruptFrameIsAnErrorNotData) {
   {
     auto e = Open();
