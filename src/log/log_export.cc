@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "log/checkpoint.h"
+#include "log/little_endian.h"
 #include "util/crc32c.h"
 
 namespace s3block::log {
@@ -543,9 +544,7 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
         // The frame's own CRC: the map does not keep the entry's (the head has it, and the
         // frame repeats it).
         std::span<const uint8_t> frame(range.data() + at, locs[k].length);
-        const uint32_t crc = static_cast<uint32_t>(frame[4]) | static_cast<uint32_t>(frame[5]) << 8 |
-                             static_cast<uint32_t>(frame[6]) << 16 |
-                             static_cast<uint32_t>(frame[7]) << 24;
+        const uint32_t crc = LoadLe32(frame.data() + 4);
         std::span<const uint8_t> payload;
         (*checks)[k] = OpenFrame(frame, crc, where + " at " + std::to_string(locs[k].offset), &payload);
         if ((*checks)[k].ok()) outs[k]->assign(payload.begin(), payload.end());
