@@ -19,6 +19,13 @@
 #   BENCH_WARM_SECS   seconds of warm random reads over the hot set (4; quick 1)
 #   BENCH_EXT4_SIZE   export size for mkfs.ext4 and the small files (512M; quick 256M)
 #   BENCH_FILES       small files in the tree (3000; quick 300)
+#   BENCH_GC_CAP      seconds at most for the gc workload's random overwrites (300; quick 60)
+#   BENCH_GC_SETTLE   seconds at most to wait after them for the collector to finish (180; quick 90)
+#   BENCH_GC_QUIET    the collector has finished once its counters stayed the same and the space
+#                     stored reached no new low this many seconds (22: longer than two of its
+#                     passes, 10 s apart)
+#   BENCH_OPEN_BLOCKS 4K blocks stored before the open workload times a restart (60000; quick
+#                     2000); issue 24's goal is at 1000000 (about 3.9 GiB per system filled)
 #   BENCH_SYSTEMS     space-separated subset of the systems (default all; see ALL_SYSTEMS)
 #   BENCH_WORKLOADS   space-separated subset of the workloads (default all; see ALL_WORKLOADS)
 #   BENCH_PORT        RGW port (9500; the monitor takes the next one)
@@ -37,9 +44,11 @@ REPO=$S3BLOCK_REPO
 
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300
+  d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300 d_gc_cap=60 d_gc_settle=90
+  d_open=2000
 else
-  d_size=256M d_cache=64M d_cap=12 d_warm=4 d_ext4=512M d_files=3000
+  d_size=256M d_cache=64M d_cap=12 d_warm=4 d_ext4=512M d_files=3000 d_gc_cap=300
+  d_gc_settle=180 d_open=60000
 fi
 REPEATS=${BENCH_REPEATS:-1}
 SIZE=${BENCH_SIZE:-$d_size}
@@ -48,14 +57,23 @@ CAP=${BENCH_CAP:-$d_cap}
 WARM_SECS=${BENCH_WARM_SECS:-$d_warm}
 EXT4_SIZE=${BENCH_EXT4_SIZE:-$d_ext4}
 FILES=${BENCH_FILES:-$d_files}
+GC_CAP=${BENCH_GC_CAP:-$d_gc_cap}
+GC_SETTLE=${BENCH_GC_SETTLE:-$d_gc_settle}
+# The plugin's collector makes a pass every 10 s and deletes what it freed at the checkpoint
+# that ends the pass: two passes with nothing changed say it is done.
+GC_QUIET=${BENCH_GC_QUIET:-22}
+OPEN_BLOCKS=${BENCH_OPEN_BLOCKS:-$d_open}
 PORT=${BENCH_PORT:-9500}
 OUT=${BENCH_OUT:-$BENCH_DIR/results}
 BUCKET=bench
 
-ALL_SYSTEMS="s3block-local-4K s3block-local-1M s3block-s3-4K s3block-s3-1M nbdkit-memory
-  nbdkit-file nbdkit-S3-4K nbdkit-S3-64K s3backer-4K s3backer-1M"
+ALL_SYSTEMS="s3block-local-4K s3block-local-4K-log s3block-local-1M s3block-s3-4K
+  s3block-s3-4K-log s3block-s3-1M nbdkit-memory nbdkit-file nbdkit-S3-4K nbdkit-S3-64K s3backer-4K
+  s3backer-1M"
 ALL_WORKLOADS="seqwrite seqread-cold seqread-warm randread randread-warm randwrite randrw mkfs
-  smallfiles"
+  smallfiles gc open"
+# The plugin's default export: the one the URIs below select, with no export name.
+EXPORT=test_device
 # Lists as one line, single spaces.
 SYSTEMS=$(tr -s ' \n' '  ' <<<"${BENCH_SYSTEMS:-$ALL_SYSTEMS}" | sed 's/^ //; s/ $//')
 WORKLOADS=$(tr -s ' \n' '  ' <<<"${BENCH_WORKLOADS:-$ALL_WORKLOADS}" | sed 's/^ //; s/ $//')
@@ -74,12 +92,14 @@ bytes() {
 SIZE_B=$(bytes "$SIZE")
 CACHE_B=$(bytes "$CACHE")
 EXT4_B=$(bytes "$EXT4_SIZE")
+[ "$OPEN_BLOCKS" -ge 1 ] 2>/dev/null || die "BENCH_OPEN_BLOCKS=$OPEN_BLOCKS: give a number of blocks"
+OPEN_B=$((OPEN_BLOCKS * 4096))
 
 [ "$(id -u)" = 0 ] || die "run as root (packages, loop devices, mounts, drop_caches)"
 
 # ---------------------------------------------------------------------------------------------
 # Install and build.
-BENCH_PACKAGES="fio libnbd-bin fuse3 e2fsprogs mount util-linux curl procps python3
+BENCH_PACKAGES="fio libnbd-bin python3-libnbd fuse3 e2fsprogs mount util-linux curl procps python3
   s3backer nbdkit nbdkit-plugin-python python3-boto3 gnuplot-nox"
 # shellcheck disable=SC2086
 s3b_install_missing $S3BLOCK_BUILD_PACKAGES $BENCH_PACKAGES
@@ -88,13 +108,16 @@ if [ ! -f "$S3BLOCK_BUILD/CMakeCache.txt" ]; then
 fi
 log "building into $S3BLOCK_BUILD"
 build_log=$(mktemp /tmp/s3block-bench-build.XXXXXX)
-if ! (s3b_build nbdkit-s3block-plugin s3block) 2>"$build_log"; then
+if ! (s3b_build nbdkit-s3block-plugin s3block s3block-admin) 2>"$build_log"; then
   tail -n 40 "$build_log" >&2
   rm -f "$build_log"
   die "build failed"
 fi
 rm -f "$build_log"
 CEILING=$S3BLOCK_BUILD/bench-s3ceiling
+ADMIN=$S3BLOCK_BUILD/s3block
+# python3-libnbd's module is Debian's python3's, whatever python3 comes first on PATH.
+NBD_PY=/usr/bin/python3
 # shellcheck disable=SC2046
 g++ -O2 -std=c++20 -I"$REPO/include" -I"$REPO/src" "$BENCH_DIR/s3ceiling.cc" \
   "$S3BLOCK_BUILD/libs3block.a" $(pkg-config --libs libcurl expat libzstd) -lcrypto -lpthread \
@@ -116,6 +139,7 @@ S3BACKER_MNT=
 FUSE_DIR=
 FUSE_PID=
 LOOP=
+declare -a CLIENT_PIDS=()   # clients started in the background (gc's connection, open's reader)
 MNT=$WORK/mnt
 mkdir -p "$MNT" "$WORK/logs" "$WORK/fio"
 
@@ -164,10 +188,17 @@ stop_servers() {
   S3BACKER_PID=
 }
 
+stop_clients() {
+  local p
+  for p in "${CLIENT_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  CLIENT_PIDS=()
+}
+
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   detach_ext4
+  stop_clients
   stop_servers
   if [ "$S3_STARTED" = 1 ]; then
     bash "$REPO/tests/scripts/s3_server.sh" stop "$S3DIR" "$PORT" >>"$WORK/logs/rgw-stop.log" 2>&1
@@ -182,7 +213,9 @@ trap 'exit 130' INT TERM HUP
 # The S3 server: RGW on a bluestore OSD, logging every request (RGW_DEBUG=1) so that the
 # requests each workload causes can be counted from its access log, the same way for every system.
 log "starting Ceph RGW (bluestore) on 127.0.0.1:$PORT"
-store_gb=$(( (SIZE_B * 10 + EXT4_B * 4 + (3 << 30)) * REPEATS / (1 << 30) + 8 ))
+# The log systems add their segments (deleted ones keep their space: RGW frees it hours later),
+# and the open workload its blocks, twice on S3 (both layouts).
+store_gb=$(( (SIZE_B * 18 + EXT4_B * 5 + OPEN_B * 2 + (3 << 30)) * REPEATS / (1 << 30) + 8 ))
 RGW_OBJECTSTORE=bluestore RGW_DEBUG=1 RGW_STORE_GB=$store_gb S3BLOCK_TEST_S3_BUCKET_WANTED=$BUCKET \
   S3BLOCK_TEST_S3_ACCESS_KEY_WANTED=bench-key S3BLOCK_TEST_S3_SECRET_KEY_WANTED=bench-secret \
   bash "$REPO/tests/scripts/s3_server.sh" start "$S3DIR" "$PORT" >"$WORK/s3.env" \
@@ -237,13 +270,21 @@ wait_for_socket() {
   return 1
 }
 
+# START_NOWAIT=1: return once nbdkit is started, without connecting a client (the open
+# workload's reader is the first client). EXTRA_PARAMS: more parameters of this project's plugin.
+START_NOWAIT=0
+declare -a EXTRA_PARAMS=()
 start_system() {
   local name=$1 sid=$2 size=$3 store bs nlog=$WORK/logs/$1.log
   rm -f "$SOCK"
   local nbdkit=(nbdkit -f -U "$SOCK" --exit-with-parent)
   case "$name" in
     s3block-local-*|s3block-s3-*|base-local-*|base-s3-*)
-      bs=${name##*-}
+      # NAME-BS, or NAME-BS-log: the same with layout=log (its new exports are log-structured).
+      local layout=()
+      bs=${name%-log}
+      [ "$bs" != "$name" ] && layout=(layout=log)
+      bs=${bs##*-}
       local plugin=$S3BLOCK_PLUGIN
       if [ "${name#base-}" != "$name" ]; then
         plugin=${BENCH_BASELINE_PLUGIN:?"$name needs BENCH_BASELINE_PLUGIN=<the other build's plugin .so>"}
@@ -257,7 +298,7 @@ start_system() {
           secret-key="+$WORK/secret"
       fi
       "${nbdkit[@]}" "$plugin" "$@" size="$size" block-size="$bs" \
-        cache-size="$CACHE" </dev/null >>"$nlog" 2>&1 &
+        cache-size="$CACHE" "${layout[@]}" "${EXTRA_PARAMS[@]}" </dev/null >>"$nlog" 2>&1 &
       SERVER_PIDS=($!)
       ;;
     nbdkit-memory)
@@ -299,7 +340,34 @@ start_system() {
       ;;
     *) die "unknown system $name" ;;
   esac
+  [ "$START_NOWAIT" = 1 ] && return 0
   wait_for_socket || { tail "$nlog" >&2; return 1; }
+}
+
+# Bytes of the blocks the export holds, by the admin command (blocks stored x block size);
+# empty if it cannot tell.
+live_bytes() {
+  local store=(--store "$WORK/stores/$1")
+  case "$SYSTEM" in
+    *-local-*) ;;
+    *) store=(--store "s3://$BUCKET/$RUNID/$1" --endpoint "$ENDPOINT" --access-key "$AK") ;;
+  esac
+  AWS_SECRET_ACCESS_KEY=$SK "$ADMIN" "${store[@]}" info "$EXPORT" --json 2>>"$WORK/logs/admin.log" \
+    | python3 -c 'import json, sys
+e = json.load(sys.stdin)
+print(e["blocks_stored"] * e["block_size"] or "")' 2>/dev/null
+}
+
+# Bytes stored under the export's prefix, and the objects or files there: "BYTES COUNT".
+stored_bytes() {
+  case "$SYSTEM" in
+    *-local-*)
+      find "$WORK/stores/$1/exports/$EXPORT" -type f -printf '%s\n' 2>/dev/null \
+        | awk '{ b += $1; n++ } END { printf "%d %d\n", b, n }' ;;
+    *)
+      AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK python3 "$BENCH_DIR/report.py" s3size \
+        "$ENDPOINT" "$BUCKET" "$RUNID/$1/exports/$EXPORT/" ;;
+  esac
 }
 
 # Peak RSS (KiB) of the current system's server processes, summed.
@@ -353,16 +421,18 @@ record() {  # workload seconds mib_r mib_w iops mbps lat_mean lat_p99 capped cpu
     "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')	$9" >>"$RAW"
 }
 
-# fio_run WORKLOAD FIO_ARGS...: one fio job through the nbd engine, recorded.
+# fio_run WORKLOAD FIO_ARGS...: one fio job through the nbd engine, recorded. It stops after
+# $FIO_CAP seconds (default $CAP).
+FIO_CAP=
 fio_run() {
-  local wl=$1 out=$WORK/fio/$REP-$SYSTEM-$1.json cpu0 parsed extra=0
+  local wl=$1 out=$WORK/fio/$REP-$SYSTEM-$1.json cpu0 parsed extra=0 cap=${FIO_CAP:-$CAP}
   shift
   s3_requests >/dev/null
   cpu0=$(s3_cpu)
   fio --name="$wl" --ioengine=nbd --uri="$URI" --output-format=json --output="$out" \
-    --runtime="$CAP" "$@" >"$out.log" 2>&1
+    --runtime="$cap" "$@" >"$out.log" 2>&1
   case "$wl" in seqwrite|randwrite|randrw) extra=$(durable_wait) ;; esac
-  parsed=$(python3 "$BENCH_DIR/report.py" fio "$out" "$CAP" "$extra") || {
+  parsed=$(python3 "$BENCH_DIR/report.py" fio "$out" "$cap" "$extra") || {
     log "$SYSTEM $wl: fio failed: $(tail -3 "$out.log" | tr '\n' ' ')"
     s3_requests >/dev/null
     return 1
@@ -525,8 +595,141 @@ run_system() {
     detach_ext4
     stop_system
   fi
+
+  # Issue 24's workloads, each on a new export: the collector's (log layout only), and opening
+  # an export of many 4K blocks (both layouts).
+  if want gc; then
+    case "$SYSTEM" in *-log) run_gc "$sid-gc" ;; esac
+  fi
+  if want open; then
+    case "$SYSTEM" in
+      s3block-*-4K|s3block-*-4K-log|base-*-4K|base-*-4K-log) run_open "$sid-open" ;;
+    esac
+  fi
   printf '%s\t%s\t_rss\t%s\n' "$REP" "$SYSTEM" "$PEAK_RSS" >>"$RAW"
   log "$SYSTEM peak RSS $((PEAK_RSS / 1024)) MiB"
+}
+
+# gc: random 4 KiB writes of twice the export's size on a new export, at uniformly random offsets
+# (--norandommap: fio's random map would write every block once per pass, so that the second pass
+# left every segment of the first wholly dead and the collector nothing to copy), a flush, and
+# the wait until the collector is done. Then the collector's write amplification, from the
+# stats file's log_client_bytes and log_gc_bytes, and the space stored over the live data. Rows:
+# the fio row "gc", and "_gc CLIENT_BYTES GC_BYTES STORED_BYTES LIVE_BYTES SETTLE_S OBJECTS DONE"
+# (na where a figure is missing; DONE 0 if the collector was still at work after GC_SETTLE).
+run_gc() {
+  local sid=$1 stats=$WORK/stats.json cur prev='' t0 settled=0 client gc stored='' objects live
+  local step=2 wa space b n elapsed done=1
+  rm -f "$stats"
+  EXTRA_PARAMS=(stats-file="$stats")
+  start_system "$SYSTEM" "$sid" "$SIZE_B" || {
+    EXTRA_PARAMS=(); log "$SYSTEM did not start"; stop_system; return 1
+  }
+  EXTRA_PARAMS=()
+  # A client stays connected until the end: an export without one is closed after idle-timeout=,
+  # and with it would go its collector and its counters in the stats file.
+  "$NBD_PY" -m nbd -u "$URI" -c 'import time; time.sleep(86400)' </dev/null \
+    >>"$WORK/logs/gc-client.log" 2>&1 &
+  CLIENT_PIDS+=($!)
+  if ! FIO_CAP=$GC_CAP fio_run gc --rw=randwrite --bs=4K --iodepth=32 --size="$SIZE_B" \
+    --io_size=$((SIZE_B * 2)) --norandommap --end_fsync=1; then
+    stop_clients
+    stop_system
+    return 1
+  fi
+  # The collector works in the background: done once its counters have not moved and the space
+  # stored has not reached a new low for GC_QUIET seconds (or after GC_SETTLE). The space is
+  # taken at its low: a pass holds the old and the new copies for a moment, until the
+  # checkpoint after it deletes the old. SETTLE_S is when the last change was seen.
+  t0=$(now)
+  while :; do
+    cur=$(python3 "$BENCH_DIR/report.py" logstats "$stats")
+    read -r b n <<<"$(stored_bytes "$sid")"
+    if [ -n "$b" ] && { [ -z "$stored" ] || [ "$b" -lt "$stored" ]; }; then
+      stored=$b objects=$n settled=$(since "$t0")
+    fi
+    [ "$cur" != "$prev" ] && prev=$cur settled=$(since "$t0")
+    elapsed=$(since "$t0")
+    awk -v t="$elapsed" -v c="$settled" -v q="$GC_QUIET" 'BEGIN { exit !(t - c >= q) }' && break
+    if awk -v t="$elapsed" -v m="$GC_SETTLE" 'BEGIN { exit !(t >= m) }'; then
+      log "$SYSTEM gc: still changing after ${GC_SETTLE}s; measured as it is"
+      done=0
+      break
+    fi
+    sleep "$step"
+  done
+  read -r client gc <<<"$cur"
+  live=$(live_bytes "$sid")
+  [ -n "$live" ] || { live=na; log "$SYSTEM gc: the admin command gave no blocks stored"; }
+  stop_clients
+  stop_system
+  printf '%s\t%s\t_gc\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "${client:-na}" \
+    "${gc:-na}" "${stored:-na}" "$live" "$settled" "${objects:-na}" "$done" >>"$RAW"
+  wa=$(awk -v c="$client" -v g="$gc" 'BEGIN {
+    if (c ~ /^[0-9]+$/ && g ~ /^[0-9]+$/ && c > 0) printf "%.2f", (c + g) / c; else print "n/a" }')
+  space=$(awk -v s="$stored" -v l="$live" 'BEGIN {
+    if (l ~ /^[0-9]+$/ && l > 0)
+      printf "%.1f MiB over %.1f MiB live (%.2fx)", s / 1048576, l / 1048576, s / l
+    else printf "%.1f MiB, live data n/a", s / 1048576 }')
+  log "$SYSTEM gc: write amplification $wa; stored $space in ${objects:-?} objects;" \
+    "settled ${settled}s after the flush"
+}
+
+# open: OPEN_BLOCKS 4K blocks written in order through NBD and flushed on a new export, the server
+# stopped and the page cache dropped; then the time from nbdkit's start to a client's first 4 KiB
+# read. The reader (report.py firstread) is started and ready first, and connects as soon as it
+# can. Rows: the "open" row (seconds, and the S3 requests of opening), and "_open BLOCKS FILL_S".
+run_open() {
+  local sid=$1 bs=4096 t0 t1 fill_s written cpu0 reader secs i
+  local ready=$WORK/firstread.ready out=$WORK/firstread.out
+  # The largest request up to 1 MiB that divides the export: fio would leave out a partial one.
+  while [ $((bs * 2)) -le 1048576 ] && [ $((OPEN_B % (bs * 2))) -eq 0 ]; do bs=$((bs * 2)); done
+  start_system "$SYSTEM" "$sid" "$OPEN_B" || { log "$SYSTEM did not start"; stop_system; return 1; }
+  t0=$(now)
+  fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs="$bs" --iodepth=8 --size="$OPEN_B" \
+    --end_fsync=1 --runtime=7200 --output-format=json \
+    --output="$WORK/fio/$REP-$SYSTEM-open-fill.json" >/dev/null 2>&1
+  fill_s=$(since "$t0")
+  durable_wait >/dev/null
+  written=$(python3 "$BENCH_DIR/report.py" written "$WORK/fio/$REP-$SYSTEM-open-fill.json" \
+    2>/dev/null || echo 0)
+  stop_system
+  if [ "$written" -lt "$OPEN_B" ]; then
+    log "$SYSTEM open: filling $OPEN_BLOCKS blocks failed ($written bytes written)"
+    return 1
+  fi
+  drop_caches
+  rm -f "$ready" "$out"
+  "$NBD_PY" "$BENCH_DIR/report.py" firstread "$URI" "$ready" 600 >"$out" \
+    2>>"$WORK/logs/firstread.log" &
+  reader=$!
+  CLIENT_PIDS+=("$reader")
+  for ((i = 0; i < 300; i++)); do [ -e "$ready" ] && break; sleep 0.1; done
+  s3_requests >/dev/null
+  cpu0=$(s3_cpu)
+  START_NOWAIT=1
+  t0=$(now)
+  start_system "$SYSTEM" "$sid" "$OPEN_B"
+  START_NOWAIT=0
+  # A server that exits without serving would leave the reader trying until its timeout.
+  while alive "$reader"; do
+    alive "${SERVER_PIDS[0]}" || { kill "$reader" 2>/dev/null; break; }
+    sleep 0.1
+  done
+  wait "$reader"
+  CLIENT_PIDS=()
+  t1=$(cat "$out" 2>/dev/null)
+  if [ -z "$t1" ]; then
+    log "$SYSTEM open: no read: $(tail -1 "$WORK/logs/firstread.log")"
+    stop_system
+    return 1
+  fi
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  record open "$secs" 0.004 0 0 0 0 0 0 "$cpu0"
+  printf '%s\t%s\t_open\t%s\t%s\n' "$REP" "$SYSTEM" "$OPEN_BLOCKS" "$fill_s" >>"$RAW"
+  log "$SYSTEM open: first read $secs s after nbdkit's start, $OPEN_BLOCKS blocks stored" \
+    "(written in $fill_s s)"
+  stop_system
 }
 
 # The raw S3 ceiling: parallel PUT then GET of block-sized objects by an efficient client.
@@ -617,6 +820,10 @@ mkdir -p "$OUT"
   echo "warm_secs=$WARM_SECS"
   echo "ext4_size=$EXT4_SIZE"
   echo "files=$FILES"
+  echo "gc_cap=$GC_CAP"
+  echo "gc_quiet=$GC_QUIET"
+  echo "gc_settle=$GC_SETTLE"
+  echo "open_blocks=$OPEN_BLOCKS"
   echo "tree_mib=$(du -sm "$WORK/tree" | awk '{print $1}')"
   echo "ceiling_threads=$CEIL_THREADS"
   echo "elapsed_s=$elapsed"

@@ -76,6 +76,15 @@ backend_scripts=(
   tls_nbd_x509.sh
   tls_nbd_psk.sh
 )
+# Of the scripts above, those that also take a layout after the backend ("blocks", the default,
+# or "log"): each also runs on log exports, as one more suite per backend.
+log_layout_scripts=(
+  admin_cli_basics.sh
+  admin_cli_image.sh
+  admin_cli_served.sh
+  admin_cli_verify.sh
+  admin_cli_incomplete.sh
+)
 # Scripts in tests/scripts/ that need the S3 server and take no argument; one line each.
 s3_scripts=(
   disk_cache.sh
@@ -253,6 +262,11 @@ for entry in "${backend_scripts[@]}"; do
   if [ $s3_available = 1 ]; then
     # shellcheck disable=SC2086
     suite "$script s3${more:+ $more}" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3 $more
+  fi
+  [[ " ${log_layout_scripts[*]} " == *" $script "* ]] || continue
+  suite "$script local log" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" local log
+  if [ $s3_available = 1 ]; then
+    suite "$script s3 log" env S3BLOCK_BUILD="$S3BLOCK_BUILD" bash "$path" s3 log
   fi
 done
 

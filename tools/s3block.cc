@@ -45,8 +45,9 @@ const char kUsageHead[] =
 const char kUsageTail[] =
     "  --threads N                   blocks in flight at once (default 16)\n"
     "  --force                       act even if a server holds the export; shrink; delete\n"
+    "  --all                         gc: every segment with a dead byte, whatever its share\n"
     "  --yes                         do not ask before deleting\n"
-    "  --json                        machine-readable output (list, info, verify, stats)\n"
+    "  --json                        machine-readable output (list, info, verify, gc, stats)\n"
     "  --help                        this text; 's3block COMMAND --help' for one command\n"
     "\n"
     "--store may be left out when $S3BLOCK_STORE is set. The secret key comes from\n"
@@ -137,7 +138,7 @@ struct Args {
   std::vector<std::string> positional;
   Config config;
   bool store_given = false;
-  bool json = false, force = false, yes = false, help = false;
+  bool json = false, force = false, yes = false, help = false, all = false;
   int threads = 16;
   std::string size, block_size;
 };
@@ -190,6 +191,7 @@ int ParseArgs(int argc, char** argv, Args* a) {
     if (key == "json") { a->json = true; continue; }
     if (key == "force") { a->force = true; continue; }
     if (key == "yes") { a->yes = true; continue; }
+    if (key == "all") { a->all = true; continue; }
     if (key == "threads") {
       if (!take()) return Usage("--threads needs a value");
       uint64_t n = 0;
@@ -233,26 +235,52 @@ int ParseArgs(int argc, char** argv, Args* a) {
   return -1;
 }
 
+// The layout of an export as list and info show it: blocks without metadata are the first
+// version's, which is the blocks layout; damaged metadata does not say.
+const char* LayoutOf(const ExportInfo& e) {
+  if (e.has_meta) return LayoutName(e.meta.layout);
+  return e.meta_error.empty() ? LayoutName(ExportLayout::kBlocks) : nullptr;
+}
+
+// A log export's segments as a JSON object, or null.
+std::string LogJson(const ExportInfo& e) {
+  if (!e.has_log) return "null";
+  const LogExportInfo& l = e.log;
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "{\"segments\": %" PRIu64 ", \"segment_bytes\": %" PRIu64 ", \"live_bytes\": %" PRIu64
+                ", \"dead_bytes\": %" PRIu64 ", \"blocks\": %" PRIu64 ", \"last_seq\": %" PRIu64
+                ", \"checkpoint_seq\": %" PRIu64 "}",
+                l.segments, l.segment_bytes, l.live_bytes, l.dead_bytes, l.blocks, l.last_seq,
+                l.checkpoint_seq);
+  return buf;
+}
+
 void PrintInfo(const ExportInfo& e, bool json, bool first) {
+  const char* layout = LayoutOf(e);
   if (json) {
+    // New fields go at the end: scripts may match the beginning of an object.
     std::printf("%s{\"name\": %s, \"size\": %" PRIu64 ", \"block_size\": %u, \"state\": %s, "
                 "\"blocks_stored\": %" PRIu64 ", \"allocated_bytes\": %" PRIu64
                 ", \"blocks_past_end\": %" PRIu64 ", \"has_metadata\": %s, \"metadata_error\": %s, "
-                "\"lease_holder\": %s}",
+                "\"lease_holder\": %s, \"layout\": %s, \"log\": %s, \"log_error\": %s}",
                 first ? "" : ",\n  ", JsonString(e.name).c_str(), e.has_meta ? e.meta.size : 0,
                 e.has_meta ? e.meta.block_size : 0,
                 JsonString(e.has_meta ? StateName(e.meta.state) : "unknown").c_str(),
                 e.blocks_stored, e.allocated_bytes, e.blocks_past_end, e.has_meta ? "true" : "false",
                 e.meta_error.empty() ? "null" : JsonString(e.meta_error).c_str(),
-                e.lease_holder.empty() ? "null" : JsonString(e.lease_holder).c_str());
+                e.lease_holder.empty() ? "null" : JsonString(e.lease_holder).c_str(),
+                layout ? JsonString(layout).c_str() : "null", LogJson(e).c_str(),
+                e.log_error.empty() ? "null" : JsonString(e.log_error).c_str());
     return;
   }
-  std::printf("%-24s %14s %10s %12" PRIu64 " %14s %s\n", QuoteForMessage(e.name).c_str(),
+  std::printf("%-24s %14s %10s %12" PRIu64 " %14s %-6s %s\n", QuoteForMessage(e.name).c_str(),
               e.has_meta ? std::to_string(e.meta.size).c_str() : "?",
               e.has_meta ? std::to_string(e.meta.block_size).c_str() : "?", e.blocks_stored,
-              std::to_string(e.allocated_bytes).c_str(),
+              std::to_string(e.allocated_bytes).c_str(), layout ? layout : "?",
               !e.meta_error.empty() ? "damaged metadata"
               : !e.has_meta        ? "no metadata"
+              : !e.log_error.empty() ? "damaged log"
                                    : StateName(e.meta.state));
 }
 
@@ -293,7 +321,7 @@ int RunStats(const Args& a) {
 struct Context {
   const Args& a;
   BlockStore* store = nullptr;
-  AdminOptions* options = nullptr;
+  AdminOptions* options = nullptr;  // options->layouts: the store's log exports' operations
   uint32_t block_size = kDefaultBlockSize;  // --block-size, or the default
   uint64_t size = kDefaultExportSize;       // --size, or the default
   const std::string& name(size_t i) const { return a.positional[i]; }
@@ -305,7 +333,8 @@ struct Context {
   // The same for an operation over the blocks of export NAME, if its block size can be read.
   void ShowProgressOver(const std::string& label, const std::string& export_name) {
     ExportInfo e;
-    if (GetExportInfo(*store, export_name, &e).ok() && e.has_meta) ShowProgress(label, e.meta.block_size);
+    if (GetExportInfo(*store, export_name, &e).ok() && e.has_meta)
+      ShowProgress(label, e.meta.block_size);
   }
 };
 
@@ -313,15 +342,15 @@ int CmdStats(Context& c) { return RunStats(c.a); }
 
 int CmdList(Context& c) {
   std::vector<ExportInfo> all;
-  Status s = ListExportInfo(*c.store, &all);
+  Status s = ListExportInfo(*c.store, &all, c.options->layouts);
   if (!s.ok()) return Report(s);
   if (c.a.json) {
     std::printf("[");
     for (size_t i = 0; i < all.size(); ++i) PrintInfo(all[i], true, i == 0);
     std::printf("]\n");
   } else {
-    std::printf("%-24s %14s %10s %12s %14s %s\n", "NAME", "SIZE", "BLOCK-SIZE", "BLOCKS",
-                "ALLOCATED", "STATE");
+    std::printf("%-24s %14s %10s %12s %14s %-6s %s\n", "NAME", "SIZE", "BLOCK-SIZE", "BLOCKS",
+                "ALLOCATED", "LAYOUT", "STATE");
     for (const auto& e : all) PrintInfo(e, false, false);
   }
   return kExitOk;
@@ -329,7 +358,7 @@ int CmdList(Context& c) {
 
 int CmdInfo(Context& c) {
   ExportInfo e;
-  Status s = GetExportInfo(*c.store, c.name(0), &e);
+  Status s = GetExportInfo(*c.store, c.name(0), &e, c.options->layouts);
   if (!s.ok()) return Report(s);
   if (c.a.json) {
     PrintInfo(e, true, true);
@@ -343,12 +372,26 @@ int CmdInfo(Context& c) {
     std::printf("block size:      %s\n", HumanSize(e.meta.block_size).c_str());
     std::printf("state:           %s\n", StateName(e.meta.state));
     std::printf("encoding:        %s\n", e.meta.encoding.Describe().c_str());
+    std::printf("layout:          %s\n", LayoutName(e.meta.layout));
   } else {
     std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
   }
   std::printf("blocks stored:   %" PRIu64 "\n", e.blocks_stored);
   std::printf("allocated:       %s (blocks stored x block size)\n", HumanSize(e.allocated_bytes).c_str());
   if (e.blocks_past_end) std::printf("past the end:    %" PRIu64 " blocks\n", e.blocks_past_end);
+  if (e.has_log) {
+    // What the segments hold: dead bytes are what the collector (gc) can give back.
+    const LogExportInfo& l = e.log;
+    std::printf("segments:        %" PRIu64 "\n", l.segments);
+    std::printf("segment bytes:   %s\n", HumanSize(l.segment_bytes).c_str());
+    std::printf("live bytes:      %s\n", HumanSize(l.live_bytes).c_str());
+    std::printf("dead bytes:      %s (segment bytes - live bytes)\n", HumanSize(l.dead_bytes).c_str());
+    std::printf("blocks mapped:   %" PRIu64 "\n", l.blocks);
+    std::printf("last seq:        %" PRIu64 "\n", l.last_seq);
+    std::printf("checkpoint seq:  %" PRIu64 "%s\n", l.checkpoint_seq,
+                l.checkpoint_seq == 0 ? " (none)" : "");
+  }
+  if (!e.log_error.empty()) std::printf("log:             %s\n", e.log_error.c_str());
   std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
   if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());
   return kExitOk;
@@ -357,8 +400,9 @@ int CmdInfo(Context& c) {
 int CmdCreate(Context& c) {
   Status s = CreateExport(*c.store, c.name(0), c.size, c.block_size, *c.options);
   if (!s.ok()) return Report(s);
-  std::printf("created export '%s': size %s, block size %s\n", QuoteForMessage(c.name(0)).c_str(),
-              HumanSize(c.size).c_str(), HumanSize(c.block_size).c_str());
+  std::printf("created export '%s': size %s, block size %s%s\n", QuoteForMessage(c.name(0)).c_str(),
+              HumanSize(c.size).c_str(), HumanSize(c.block_size).c_str(),
+              c.options->layout == ExportLayout::kLog ? ", layout log" : "");
   return kExitOk;
 }
 
@@ -428,28 +472,53 @@ int CmdVerify(Context& c) {
                 JsonString(c.name(0)).c_str(), report.blocks_checked);
     for (size_t i = 0; i < report.problems.size(); ++i)
       std::printf("%s%s", i ? ", " : "", JsonString(report.problems[i]).c_str());
-    std::printf("]}\n");
+    std::printf("], \"segments_checked\": %" PRIu64 "}\n", report.segments_checked);
   } else {
     for (const auto& p : report.problems) std::printf("DAMAGED: %s\n", p.c_str());
-    std::printf("%" PRIu64 " block%s checked, %zu problem%s\n", report.blocks_checked,
-                report.blocks_checked == 1 ? "" : "s", report.problems.size(),
+    std::string segments;
+    if (report.segments_checked)
+      segments = ", " + std::to_string(report.segments_checked) + " segment" +
+                 (report.segments_checked == 1 ? "" : "s") + " checked";
+    std::printf("%" PRIu64 " block%s checked%s, %zu problem%s\n", report.blocks_checked,
+                report.blocks_checked == 1 ? "" : "s", segments.c_str(), report.problems.size(),
                 report.problems.size() == 1 ? "" : "s");
   }
   return report.problems.empty() ? kExitOk : kExitDamage;
 }
 
+int CmdGc(Context& c) {
+  GcReport r;
+  Status s = CollectExportGarbage(*c.store, c.name(0), c.a.all, *c.options, &r);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    std::printf("{\"name\": %s, \"segments_freed\": %" PRIu64 ", \"bytes_freed\": %" PRIu64
+                ", \"bytes_copied\": %" PRIu64 "}\n",
+                JsonString(c.name(0)).c_str(), r.segments_freed, r.bytes_freed, r.bytes_copied);
+    return kExitOk;
+  }
+  std::printf("collected export '%s': %" PRIu64 " segment%s freed (%s), %s of live blocks copied\n",
+              QuoteForMessage(c.name(0)).c_str(), r.segments_freed,
+              r.segments_freed == 1 ? "" : "s", HumanSize(r.bytes_freed).c_str(),
+              HumanSize(r.bytes_copied).c_str());
+  return kExitOk;
+}
+
 const Command kCommands[] = {
-    {"create", 1, true, "create NAME [--size SIZE] [--block-size SIZE]",
+    {"create", 1, true, "create NAME [--size SIZE] [--block-size SIZE] [--layout blocks|log]",
      "create an empty export (default 1G, 4096)",
-     "Creates an empty export of SIZE bytes (default 1G) with blocks of SIZE (default 4096).\n",
+     "Creates an empty export of SIZE bytes (default 1G) with blocks of SIZE (default 4096).\n"
+     "--layout log makes it log-structured (blocks appended to segments; at most 1M blocks).\n",
      CmdCreate},
     {"list", 0, true, "list [--json]",
      "every export: size, block size, blocks stored, bytes allocated",
      "Lists every export: name, size, block size, blocks stored, bytes allocated (blocks stored\n"
-     "x block size, not the space they take in the store), state.\n",
+     "x block size, not the space they take in the store), layout, state.\n",
      CmdList},
     {"info", 1, true, "info NAME [--json]", "one export, and the server holding it if it is served",
-     "Shows one export, and the server that holds it if it is being served.\n", CmdInfo},
+     "Shows one export, and the server that holds it if it is being served. For a log export,\n"
+     "also its segments: how many, their bytes, the live and dead bytes in them, the blocks\n"
+     "mapped, the last segment's number and the newest checkpoint's.\n",
+     CmdInfo},
     {"resize", 2, true, "resize NAME SIZE [--force]",
      "grow (instant) or, with --force, shrink an export",
      "Grows an export at once. Shrinking deletes the blocks past the new end and needs --force.\n",
@@ -459,11 +528,13 @@ const Command kCommands[] = {
      "elsewhere needs --yes. An interrupted delete leaves the export marked as being deleted\n"
      "(it is not served); run the command again to finish.\n",
      CmdDelete},
-    {"copy", 2, true, "copy SRC DST", "copy an export to a new one (server-side on S3)",
+    {"copy", 2, true, "copy SRC DST [--layout blocks|log]",
+     "copy an export to a new one (server-side on S3)",
      "Copies export SRC to a new export DST: server-side copies on S3, reflinks or in-kernel\n"
-     "copies locally, in parallel. An interrupted copy leaves DST marked incomplete.\n",
+     "copies locally, in parallel. An interrupted copy leaves DST marked incomplete. DST has\n"
+     "SRC's layout unless --layout says otherwise: a copy converts an export to the other.\n",
      CmdCopy},
-    {"import", 2, true, "import NAME FILE [--block-size SIZE]",
+    {"import", 2, true, "import NAME FILE [--block-size SIZE] [--layout blocks|log]",
      "create an export from a raw disk image (sparse-aware)",
      "Creates export NAME from the raw image FILE (its size is the export's size). Holes\n"
      "and runs of zeros are not stored. An interrupted import leaves NAME marked incomplete.\n",
@@ -474,9 +545,16 @@ const Command kCommands[] = {
      CmdExport},
     {"verify", 1, true, "verify NAME [--json]", "read every stored block and check it",
      "Reads every stored block and checks it can be read and has the right length (and,\n"
-     "on S3, that its content matches the checksum the server stored). Exit status 3 if\n"
-     "anything is damaged. Refused while a server holds the export.\n",
+     "on S3, that its content matches the checksum the server stored); for a log export also\n"
+     "every segment's frames against their checksums and the map against the segments.\n"
+     "Exit status 3 if anything is damaged. Refused while a server holds the export.\n",
      CmdVerify},
+    {"gc", 1, true, "gc NAME [--all] [--json]", "collect a log export's garbage now",
+     "Runs one pass of a log export's garbage collector: the live blocks of segments less\n"
+     "live than --gc-threshold (default 50%; with --all, of every segment with a dead byte)\n"
+     "are rewritten, and those segments deleted. Prints the segments freed, their bytes and\n"
+     "the bytes copied. Refused while a server holds the export (whose collector runs anyway).\n",
+     CmdGc},
     {"stats", 1, false, "stats STATS-FILE [--json]",
      "a running server's counters (the plugin's stats-file=)",
      "Prints the counters a running server writes to the file given as its stats-file=.\n",
@@ -526,7 +604,8 @@ int Run(int argc, char** argv) {
     if (const char* env = ::getenv("AWS_SECRET_ACCESS_KEY")) a.config.secret_key = env;
   }
   std::shared_ptr<BlockStore> store;
-  s = MakeCodedStore(a.config, &store);
+  std::shared_ptr<log::LayoutStore> layouts;
+  s = MakeCodedStore(a.config, &store, &layouts);
   if (s.ok()) s = store->Check();
   if (!s.ok()) return Report(s);
 
@@ -542,6 +621,9 @@ int Run(int argc, char** argv) {
   options.cancel = &g_cancel;
   options.holder = "s3block " + a.command;
   options.encoding = a.config.encoding;
+  options.layout = a.config.layout;
+  options.layout_given = a.config.layout_given;
+  options.layouts = layouts.get();
   options.warn = [](const std::string& w) { std::fprintf(stderr, "s3block: warning: %s\n", w.c_str()); };
   c.store = store.get();
   c.options = &options;

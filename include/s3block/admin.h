@@ -19,6 +19,22 @@
 
 namespace s3block {
 
+namespace log {
+class LayoutStore;
+}
+
+// What a log-structured export (layout=log) holds, as its checkpoint and the segments after it
+// say.
+struct LogExportInfo {
+  uint64_t segments = 0;        // stored
+  uint64_t segment_bytes = 0;   // their size
+  uint64_t live_bytes = 0;      // of the frames the map points at
+  uint64_t dead_bytes = 0;      // segment_bytes - live_bytes: heads, and what the collector frees
+  uint64_t blocks = 0;          // mapped
+  uint64_t last_seq = 0;        // the last segment applied
+  uint64_t checkpoint_seq = 0;  // of the newest checkpoint stored (0: none)
+};
+
 struct ExportInfo {
   std::string name;
   bool has_meta = false;     // false: blocks without metadata (the first version's layout)
@@ -32,6 +48,10 @@ struct ExportInfo {
   uint64_t blocks_past_end = 0;  // stored blocks beyond the export's size (left by a crash)
   std::string lease_holder;      // non-empty while a server holds the export
   std::string key_error;         // non-empty if the export is encrypted and the key given is not its
+  // A log export's segments, when asked for (GetExportInfo's `layouts`) and they could be read.
+  bool has_log = false;
+  LogExportInfo log;
+  std::string log_error;  // non-empty if the log export's checkpoint or segments could not be read
 };
 
 // Progress of a long operation: called from worker threads, at most a few times a second.
@@ -44,17 +64,30 @@ struct AdminOptions {
   ProgressFn progress;                         // may be empty
   std::string holder = "s3block";              // recorded in the lease while we work
   BlockEncoding encoding;                      // of the exports that create and import make
+  ExportLayout layout = ExportLayout::kBlocks;  // of the exports that create and import make
+  bool layout_given = false;  // copy: the destination's layout is `layout`, not the source's
+  // The store's layout router (MakeCodedStore's *layout): the log exports' own operations (their
+  // segments in info, gc, verify) go through it. May be null: a store of the blocks layout only.
+  log::LayoutStore* layouts = nullptr;
   std::function<void(const std::string&)> warn;  // a warning for the user; may be empty
 };
 
-// Information about one export (errors: the store's; a missing export is kNotFound).
-Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info);
+// Information about one export (errors: the store's; a missing export is kNotFound). With
+// `layouts`, a log export's segments too (info->log). Reading a log export writes nothing.
+Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info,
+                     log::LayoutStore* layouts = nullptr);
 
 // All exports of the store, sorted by name; an export whose metadata is damaged is listed with
-// meta_error set rather than failing the whole list.
-Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out);
+// meta_error set rather than failing the whole list, and so is a log export whose segments cannot
+// be read (log_error). Each log export is closed once listed (its map is not kept in memory).
+Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out,
+                      log::LayoutStore* layouts = nullptr);
 
-// Creates an empty export. kAlreadyExists if it exists.
+// Every command below that writes to an export closes it (BlockStore::CloseExport) before it
+// lets go of the lease: a log export then stores what it holds and a checkpoint of its map.
+
+// Creates an empty export in options.layout. kAlreadyExists if it exists; kInvalidArgument if the
+// layout cannot hold blocks of that size (a log export's are at most 1M).
 Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uint32_t block_size,
                     const AdminOptions& options);
 
@@ -63,16 +96,20 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
 Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size, bool allow_shrink,
                     const AdminOptions& options);
 
-// Deletes every block and then the metadata.
+// Deletes every block and then the metadata. A log export's blocks are not deleted one by one:
+// its metadata marked as being deleted, its segments and checkpoints go with the metadata.
 Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options);
 
 // Copies export `from` to a new export `to` in the same store, block by block with the store's
-// CopyBlock (a server-side copy on S3, a reflink or in-kernel copy locally).
+// CopyBlock (a server-side copy on S3, a reflink or in-kernel copy locally; a read and a write
+// where either is a log export). `to` gets options.layout if options.layout_given, else the
+// source's layout: a copy converts an export from one layout to the other.
 Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
                   const AdminOptions& options);
 
 // Creates export `name` from a raw disk image: its size is the file's size. Runs of zeros and
-// holes in the file are not stored.
+// holes in the file are not stored. The layout is options.layout (a re-run over an incomplete
+// import keeps the layout that import recorded unless options.layout_given).
 Status ImportImage(BlockStore& store, std::string_view name, const std::string& path,
                    uint32_t block_size, const AdminOptions& options);
 
@@ -83,14 +120,30 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
 
 struct VerifyReport {
   uint64_t blocks_checked = 0;
+  uint64_t segments_checked = 0;      // of a log export
   std::vector<std::string> problems;  // one line per damaged block or inconsistency
 };
 
 // Reads every stored block and checks that it can be read and is exactly one block long
-// (a store with integrity checks also verifies each block's checksum as it reads it).
+// (a store with integrity checks also verifies each block's checksum as it reads it). For a
+// log export, with options.layouts, also every segment the map uses: each frame against its
+// checksum, and the map against the segments' entries.
 // Damage is reported in *report, not as an error; errors are for failures to check at all.
 Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions& options,
                     VerifyReport* report);
+
+struct GcReport {
+  uint64_t segments_freed = 0;  // deleted
+  uint64_t bytes_freed = 0;     // their size
+  uint64_t bytes_copied = 0;    // live blocks rewritten into new segments
+};
+
+// One pass of a log export's garbage collector now (options.layouts'), under the export's lease:
+// the segments less live than gc-threshold (with `all`, every segment with a dead byte) have
+// their live blocks rewritten and are deleted once a checkpoint no longer needs them.
+// kInvalidArgument for an export of the blocks layout, which has no segments.
+Status CollectExportGarbage(BlockStore& store, std::string_view name, bool all,
+                            const AdminOptions& options, GcReport* report);
 
 }  // namespace s3block
 

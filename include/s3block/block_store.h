@@ -83,6 +83,11 @@ class BlockStore {
   // default) means no gain: a caller with several blocks to read spreads them over threads.
   virtual size_t ReadBatchSize(std::string_view /*export_name*/) const { return 1; }
 
+  // True if the store keeps the export's unflushed writes itself, in memory, until a Flush (the
+  // log layout's open segment): a Write then costs a copy, and a cache above hands writes to it
+  // at once instead of writing them back later. This default: false.
+  virtual bool BuffersWrites(std::string_view /*export_name*/) const { return false; }
+
   // Replaces block `id` atomically: a reader sees the old content or the new, never a mix.
   // With fua, the block is durable when this returns; otherwise it is durable after the next
   // Flush(export_name) returns.
@@ -186,6 +191,7 @@ class StoreDecorator : public BlockStore {
     next_->ReadBatch(e, reads);
   }
   size_t ReadBatchSize(std::string_view e) const override { return next_->ReadBatchSize(e); }
+  bool BuffersWrites(std::string_view e) const override { return next_->BuffersWrites(e); }
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     return next_->Write(e, id, data, fua);
   }

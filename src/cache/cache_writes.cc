@@ -282,7 +282,7 @@ Status CacheStore::ExportCache::WaitForRoomLocked(UniqueLock& lk, uint64_t id,
   }
 }
 
-Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk,
+Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk, bool fua,
                                                std::span<const uint64_t> ids,
                                                std::shared_ptr<const Bytes> buf) {
   // Wait for uploads of these blocks already in flight, so that this one lands last.
@@ -312,7 +312,7 @@ Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk,
   }
   ++uploads_started_;
   stats_.uploads_in_flight += taken.size();
-  return SendLocked(ids, buf, taken, /*fua=*/true);
+  return SendLocked(ids, buf, taken, fua);
 }
 
 Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
@@ -323,9 +323,9 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
   if (!zero) buf = std::make_shared<Bytes>(data.begin(), data.end());
   UniqueLock lk(&mu_);
   if (zero) ++stats_.zero_writes;
-  if (fua) {
+  if (fua || write_through_) {
     uint64_t ids[1] = {id};
-    return StoreNowLocked(lk, ids, std::move(buf));
+    return StoreNowLocked(lk, fua, ids, std::move(buf));
   }
   if (zero) {
     auto it = entries_.find(id);
@@ -427,7 +427,8 @@ Status CacheStore::ExportCache::Delete(std::span<const uint64_t> ids, bool fua) 
     // the lock analysis cannot see that its callback runs with mu_ held).
     for (size_t i = 0; i < ids.size(); i += kDeleteBatch)
       S3B_RETURN_IF_ERROR(
-          StoreNowLocked(lk, ids.subspan(i, std::min(kDeleteBatch, ids.size() - i)), nullptr));
+          StoreNowLocked(lk, /*fua=*/true, ids.subspan(i, std::min(kDeleteBatch, ids.size() - i)),
+                         nullptr));
     return Status::Ok();
   }
   for (uint64_t id : ids) {

@@ -116,7 +116,8 @@ class CacheStore::ExportCache {
         dirty_limit_(options.dirty_size ? options.dirty_size : options.cache_size / 4),
         upload_threshold_(dirty_limit_ / 2),
         inflight_limit_(std::max(dirty_limit_, budget_ / 2)),
-        fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(name_), 1, kMaxFetchBatch)) {}
+        fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(name_), 1, kMaxFetchBatch)),
+        write_through_(next->BuffersWrites(name_)) {}
 
   // From now on the pools work for this cache (if they are not already).
   void StartWork();
@@ -264,8 +265,9 @@ class CacheStore::ExportCache {
   Status SendLocked(std::span<const uint64_t> ids, const std::shared_ptr<const Bytes>& buf,
                     const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, bool fua)
       REQUIRES(mu_);
-  // Stores blocks `ids` below now, with fua, after setting their content to buf (null: delete).
-  Status StoreNowLocked(UniqueLock& lk, std::span<const uint64_t> ids,
+  // Stores blocks `ids` below now (with fua: durably), after setting their content to buf (null:
+  // delete).
+  Status StoreNowLocked(UniqueLock& lk, bool fua, std::span<const uint64_t> ids,
                         std::shared_ptr<const Bytes> buf) REQUIRES(mu_);
   // Dirty bytes that no upload has taken yet.
   uint64_t PendingBytesLocked() const REQUIRES(mu_) { return dirty_bytes_ - inflight_bytes_; }
@@ -339,6 +341,9 @@ class CacheStore::ExportCache {
   // Blocks a fetcher reads with one ReadBatch of the store: the store's ReadBatchSize, at most
   // kMaxFetchBatch.
   const size_t fetch_batch_;
+  // The store keeps unflushed writes itself (BlockStore::BuffersWrites): whole blocks are
+  // handed to it in the writer's thread, and kept here clean, instead of written back later.
+  const bool write_through_;
   // Blocks one fetcher reads with one ReadBatch now: more than one only if the store reads
   // batches and the blocks are small (kFetchBatchBytes).
   size_t BatchBlocksLocked() const REQUIRES(mu_) {

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "base/safe_file.h"
 #include "file/dir_io.h"
@@ -648,6 +649,26 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
       return Status::FromErrno(errno, "rmdir " + blocks_path);
   } else if (!s.IsNotFound()) {
     return s;
+  }
+  // The directories another layout keeps over the same directory (the log layout's log/ and
+  // checkpoint/, which its transport leaves when their objects are deleted): removed as blocks/
+  // is. A symlink is not a directory here, and one that is not empty stays (and says so).
+  std::vector<std::string> subdirs;
+  S3B_RETURN_IF_ERROR(ForEachEntry(exp.get(), exp_path, [&](int dfd, const char* name) {
+    struct stat st;
+    if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0 &&
+        ::fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+      subdirs.push_back(name);
+  }));
+  for (const std::string& name : subdirs) {
+    const std::string path = exp_path + "/" + name;
+    Fd sub;
+    s = OpenDirAt(exp.get(), name, path, /*follow=*/false, &sub);
+    if (s.IsNotFound()) continue;
+    S3B_RETURN_IF_ERROR(s);
+    RemoveTempFiles(sub.get(), path);
+    if (::unlinkat(exp.get(), name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+      return Status::FromErrno(errno, "rmdir " + path);
   }
   if (::unlinkat(exports, std::string(export_name).c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
     return Status::FromErrno(errno, "rmdir " + exp_path);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "base/safe_file.h"
+#include "log/layout_store.h"
 #include "s3block/params.h"
 #include "s3block/volume.h"
 #include "util/fd_io.h"
@@ -200,9 +201,113 @@ Status DeleteIds(BlockStore& store, std::string_view name, const std::vector<uin
   });
 }
 
+bool IsLog(const ExportMeta& meta) { return meta.layout == ExportLayout::kLog; }
+
+// Reads the blocks `ids` (ascending) of export `name`, in parallel, and calls fn(read) for each
+// (its status is the read's: fn decides what a failed one means). A log export's blocks are read
+// in batches of the store's ReadBatchSize, a run of them being one ranged read of a segment
+// rather than one request each; the blocks layout's one by one, as they always were. Progress
+// counts blocks.
+Status ForEachBlockRead(BlockStore& store, std::string_view name, bool log,
+                        const std::vector<uint64_t>& ids, const AdminOptions& options,
+                        const std::string& what, const std::function<Status(BlockRead&)>& fn) {
+  const size_t batch = log ? std::max<size_t>(store.ReadBatchSize(name), 1) : 1;
+  if (batch == 1) {
+    return ParallelFor(ids.size(), options, what, [&](uint64_t i) {
+      Bytes data;
+      BlockRead r;
+      r.id = ids[i];
+      r.data = &data;
+      r.status = store.Read(name, r.id, &data, &r.found);
+      return fn(r);
+    });
+  }
+  AdminOptions o = options;
+  if (options.progress) {
+    o.progress = [&](uint64_t done, uint64_t total) {
+      options.progress(done == total ? ids.size() : std::min<uint64_t>(done * batch, ids.size()),
+                       ids.size());
+    };
+  }
+  return ParallelFor((ids.size() + batch - 1) / batch, o, what, [&](uint64_t b) {
+    const size_t first = b * batch, n = std::min<size_t>(batch, ids.size() - first);
+    std::vector<Bytes> data(n);
+    std::vector<BlockRead> reads(n);
+    for (size_t k = 0; k < n; ++k) {
+      reads[k].id = ids[first + k];
+      reads[k].data = &data[k];
+    }
+    store.ReadBatch(name, reads);
+    for (BlockRead& r : reads) {
+      // A run read at once fails as a whole for one bad block in it: each of its blocks is read
+      // again alone, so that what fails is the block that is damaged, not its neighbours.
+      if (!r.status.ok()) r.status = store.Read(name, r.id, r.data, &r.found);
+      S3B_RETURN_IF_ERROR(fn(r));
+    }
+    return Status::Ok();
+  });
+}
+
+// Closes an export when it goes out of scope unless Close() was called: declared after the
+// lease, it runs before the lease is let go. Closing a log export stores what it holds and a
+// checkpoint of its map (the next open reads that rather than every segment since the last);
+// on an error path that is all it can do, and its own error is not the one to report.
+class ExportCloser {
+ public:
+  ExportCloser(BlockStore& store, std::string_view name) : store_(store), name_(name) {}
+  ~ExportCloser() {
+    if (!closed_) (void)store_.CloseExport(name_);
+  }
+  ExportCloser(const ExportCloser&) = delete;
+  ExportCloser& operator=(const ExportCloser&) = delete;
+  Status Close() {
+    closed_ = true;
+    return store_.CloseExport(name_);
+  }
+
+ private:
+  BlockStore& store_;
+  const std::string name_;
+  bool closed_ = false;
+};
+
+// InvalidArgument unless `layout` can hold blocks of block_size; checked before an export is
+// claimed, which makes its directory in a file store.
+Status CheckLayout(ExportLayout layout, uint32_t block_size) {
+  ExportMeta meta;
+  meta.layout = layout;
+  meta.block_size = block_size;
+  return CheckLayoutBlockSize(meta);
+}
+
+// An import or copy run again over the incomplete export the last attempt left (`found`) goes on
+// in the layout it recorded: in the other, the blocks stored so far would stay where nothing
+// reads or deletes them.
+Status SameLayoutAsBefore(BlockStore& store, std::string_view name, bool found,
+                          const ExportMeta& old, const ExportMeta& next) {
+  if (!found || old.layout == next.layout) return Status::Ok();
+  return Status::AlreadyExists("export " + Q(name) + " in " + store.Describe() +
+                               " is an incomplete export of the " + LayoutName(old.layout) +
+                               " layout; run the command again with --layout " +
+                               LayoutName(old.layout) + ", or delete it first");
+}
+
+LogExportInfo LogInfoOf(const log::LogStats& s) {
+  LogExportInfo i;
+  i.segments = s.segments;
+  i.segment_bytes = s.segment_bytes;
+  i.live_bytes = s.live_bytes;
+  i.dead_bytes = s.segment_bytes > s.live_bytes ? s.segment_bytes - s.live_bytes : 0;
+  i.blocks = s.blocks;
+  i.last_seq = s.last_seq;
+  i.checkpoint_seq = s.checkpoint_seq;
+  return i;
+}
+
 }  // namespace
 
-Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info) {
+Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info,
+                     log::LayoutStore* layouts) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   *info = ExportInfo();
   info->name = std::string(name);
@@ -219,9 +324,26 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
   if (!s.ok()) info->meta_error = s.message();
   info->has_meta = found && s.ok();
   std::vector<uint64_t> ids;
-  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  Status ls = ListIds(store, name, &ids);
+  if (!ls.ok() && info->has_meta && IsLog(info->meta) && info->key_error.empty()) {
+    // Listing a log export reads its checkpoint and segments: damage there is shown, as damaged
+    // metadata is, rather than hiding the rest.
+    info->log_error = ls.message();
+    ls = Status::Ok();
+  }
+  S3B_RETURN_IF_ERROR(ls);
   if (!found && ids.empty() && s.ok())
     return NotFound(store, name);
+  if (layouts && info->has_meta && IsLog(info->meta) && info->log_error.empty()) {
+    log::LogStats stats;
+    bool is_log = false;
+    Status st = layouts->LogStatsOf(name, &stats, &is_log);
+    if (!st.ok()) info->log_error = st.message();
+    else if (is_log) {
+      info->has_log = true;
+      info->log = LogInfoOf(stats);
+    }
+  }
   info->blocks_stored = ids.size();
   uint32_t bs = info->has_meta ? info->meta.block_size : kDefaultBlockSize;
   info->allocated_bytes = info->blocks_stored * bs;
@@ -235,13 +357,16 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info)
   return Status::Ok();
 }
 
-Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out) {
+Status ListExportInfo(BlockStore& store, std::vector<ExportInfo>* out,
+                      log::LayoutStore* layouts) {
   out->clear();
   std::vector<std::string> names;
   S3B_RETURN_IF_ERROR(store.ListExports(&names));
   for (const auto& n : names) {
     ExportInfo info;
-    Status s = GetExportInfo(store, n, &info);
+    Status s = GetExportInfo(store, n, &info, layouts);
+    // A log export's map is in memory while it is open: one at a time, however many there are.
+    if (info.has_meta && IsLog(info.meta)) (void)store.CloseExport(n);
     if (s.IsNotFound()) continue;  // an empty directory
     S3B_RETURN_IF_ERROR(s);
     out->push_back(std::move(info));
@@ -253,6 +378,7 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
                     const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   S3B_RETURN_IF_ERROR(ValidateExportSize("size", size));
+  S3B_RETURN_IF_ERROR(CheckLayout(options.layout, block_size));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -266,6 +392,7 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
   meta.size = size;
   meta.block_size = block_size;
   meta.encoding = options.encoding;
+  meta.layout = options.layout;
   return store.WriteMeta(name, meta.Serialize());
 }
 
@@ -276,6 +403,7 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
+  ExportCloser closing(store, name);
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
   const uint64_t old_size = meta.size;
@@ -312,7 +440,7 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
   }
   S3B_RETURN_IF_ERROR(store.Flush(name));
   if (new_size >= old_size) S3B_RETURN_IF_ERROR(store.WriteMeta(name, next.Serialize()));
-  return Status::Ok();
+  return closing.Close();
 }
 
 Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
@@ -323,8 +451,12 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   ExportMeta meta;
   bool found = false;
   Status ms = ReadMetaOf(store, name, &meta, &found);
+  // A log export's blocks are not deleted one by one (each a record appended to a new segment,
+  // only for all of them to be deleted next): its segments and checkpoints go with its metadata.
+  // Nor listed, which reads its checkpoint, and fails if that is what is damaged.
+  const bool log = ms.ok() && found && IsLog(meta);
   std::vector<uint64_t> ids;
-  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (!log) S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!found && ids.empty() && ms.ok())
     return NotFound(store, name);
   // Mark it first: an interrupted delete leaves an export that is not served, rather than a
@@ -333,8 +465,10 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   if (meta.block_size == 0) meta.block_size = kDefaultBlockSize;
   meta.state = ExportMeta::State::kDeleting;
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
-  S3B_RETURN_IF_ERROR(DeleteIds(store, name, ids, options));
-  S3B_RETURN_IF_ERROR(store.Flush(name));
+  if (!log) {
+    S3B_RETURN_IF_ERROR(DeleteIds(store, name, ids, options));
+    S3B_RETURN_IF_ERROR(store.Flush(name));
+  }
   // The last change, while the lease is still held; releasing it then removes what is left.
   S3B_RETURN_IF_ERROR(store.DeleteMeta(name));
   lease.reset();
@@ -351,6 +485,9 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   S3B_RETURN_IF_ERROR(Claim(store, from, options, &src_lease));
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(RequireReady(store, from, &meta));
+  ExportMeta next = meta;
+  next.layout = options.layout_given ? options.layout : meta.layout;
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(next).Annotate("copying export " + Q(from)));
   S3B_RETURN_IF_ERROR(Claim(store, to, options, &dst_lease));
   bool dst_found = false;
   ExportMeta dst_meta;
@@ -360,20 +497,30 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   if ((dst_found && dst_meta.state != ExportMeta::State::kIncomplete) || !ds.ok() ||
       (!dst_found && !dst_ids.empty()))
     return Status::AlreadyExists("export " + Q(to) + " already exists in " + store.Describe());
-  ExportMeta next = meta;
   next.state = ExportMeta::State::kIncomplete;
+  S3B_RETURN_IF_ERROR(SameLayoutAsBefore(store, to, dst_found, dst_meta, next));
+  ExportCloser closing(store, to);
   S3B_RETURN_IF_ERROR(store.WriteMeta(to, next.Serialize()));
   // A re-run after an interruption starts clean: remove what the last attempt copied.
   S3B_RETURN_IF_ERROR(DeleteIds(store, to, dst_ids, Quiet(options)));
   std::vector<uint64_t> ids;
   S3B_RETURN_IF_ERROR(ListIds(store, from, &ids));
   ids.erase(std::lower_bound(ids.begin(), ids.end(), meta.block_count()), ids.end());
-  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "copy", [&](uint64_t i) {
-    bool found = false;
-    return store.CopyBlock(from, to, ids[i], &found);
-  }));
+  if (IsLog(meta) || IsLog(next)) {
+    // No store copies a block into or out of a segment: read in runs, written one by one.
+    S3B_RETURN_IF_ERROR(ForEachBlockRead(store, from, IsLog(meta), ids, options, "copy", [&](BlockRead& r) {
+      S3B_RETURN_IF_ERROR(r.status);
+      return r.found ? store.Write(to, r.id, *r.data, false) : Status::Ok();
+    }));
+  } else {
+    S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "copy", [&](uint64_t i) {
+      bool found = false;
+      return store.CopyBlock(from, to, ids[i], &found);
+    }));
+  }
   S3B_RETURN_IF_ERROR(StillHeld(src_lease, from, "the copy"));
   S3B_RETURN_IF_ERROR(store.Flush(to));
+  S3B_RETURN_IF_ERROR(closing.Close());
   next.state = ExportMeta::State::kReady;
   return store.WriteMeta(to, next.Serialize());
 }
@@ -395,6 +542,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
     return Status::InvalidArgument(path + " is not a regular file or a block device");
   }
   if (size == 0) return Status::InvalidArgument(path + " is empty");
+  S3B_RETURN_IF_ERROR(CheckLayout(options.layout, block_size));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -406,11 +554,16 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
       (!found && !old_ids.empty()))
     return Status::AlreadyExists("export " + Q(name) + " already exists in " + store.Describe() +
                                  "; delete it first");
+  const ExportMeta old = meta;
   meta = ExportMeta();
   meta.size = size;
   meta.block_size = block_size;
   meta.encoding = options.encoding;
   meta.state = ExportMeta::State::kIncomplete;
+  meta.layout = found && !options.layout_given ? old.layout : options.layout;
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(meta));
+  S3B_RETURN_IF_ERROR(SameLayoutAsBefore(store, name, found, old, meta));
+  ExportCloser closing(store, name);
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
   S3B_RETURN_IF_ERROR(DeleteIds(store, name, old_ids, Quiet(options)));
   // Only blocks that overlap data in the file are read at all: holes are skipped by SEEK_DATA.
@@ -444,6 +597,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
     return store.Write(name, id, buf, false);
   }));
   S3B_RETURN_IF_ERROR(store.Flush(name));
+  S3B_RETURN_IF_ERROR(closing.Close());
   meta.state = ExportMeta::State::kReady;
   return store.WriteMeta(name, meta.Serialize());
 }
@@ -498,12 +652,11 @@ Status ExportImage(BlockStore& store, std::string_view name, const std::string& 
     return Status::InvalidArgument(path + " is not a regular file or a device");
   }
   // (A character device, such as /dev/null, gets the stored blocks at their offsets.)
-  S3B_RETURN_IF_ERROR(ParallelFor(ids.size(), options, "export", [&](uint64_t i) {
-    const uint64_t id = ids[i];
-    Bytes data;
-    bool found = false;
-    S3B_RETURN_IF_ERROR(store.Read(name, id, &data, &found));
-    if (!found) return Status::Ok();
+  S3B_RETURN_IF_ERROR(ForEachBlockRead(store, name, IsLog(meta), ids, options, "export", [&](BlockRead& r) {
+    const uint64_t id = r.id;
+    const Bytes& data = *r.data;
+    S3B_RETURN_IF_ERROR(r.status);
+    if (!r.found) return Status::Ok();
     if (data.size() != meta.block_size)
       return Status::IoError("block " + std::to_string(id) + " of export " + Q(name) + " has " +
                              std::to_string(data.size()) + " bytes, not " + std::to_string(meta.block_size));
@@ -530,7 +683,14 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
   bool found = false;
   Status ms = ReadMetaOf(store, name, &meta, &found);
   std::vector<uint64_t> ids;
-  S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  Status ls = ListIds(store, name, &ids);
+  if (!ls.ok() && ms.ok() && found && IsLog(meta)) {
+    // A log export is listed from its checkpoint and the segments after it: what cannot be read
+    // there is a problem found, as a block that cannot be read is.
+    report->problems.push_back(ls.message());
+    return Status::Ok();
+  }
+  S3B_RETURN_IF_ERROR(ls);
   if (!ms.ok()) {
     report->problems.push_back(ms.message());
     return Status::Ok();
@@ -546,23 +706,23 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
                                (meta.state == ExportMeta::State::kDeleting ? "deleting" : "incomplete"));
   std::mutex mu;
   std::atomic<uint64_t> checked{0};
-  Status s = ParallelFor(ids.size(), options, "verify", [&](uint64_t i) {
-    const uint64_t id = ids[i];
+  // Blocks past the end are named without being read; ids is in order.
+  const auto end = std::lower_bound(ids.begin(), ids.end(), meta.block_count());
+  for (auto it = end; it != ids.end(); ++it) {
+    report->problems.push_back("block " + std::to_string(*it) + " is stored past the end of the export");
+    checked.fetch_add(1);
+  }
+  ids.erase(end, ids.end());
+  Status s = ForEachBlockRead(store, name, found && IsLog(meta), ids, options, "verify", [&](BlockRead& r) {
+    const uint64_t id = r.id;
     std::string problem;
-    if (id >= meta.block_count()) {
-      problem = "block " + std::to_string(id) + " is stored past the end of the export";
-    } else {
-      Bytes data;
-      bool present = false;
-      Status r = store.Read(name, id, &data, &present);
-      if (!r.ok()) {
-        problem = "block " + std::to_string(id) + ": " + r.message();
-      } else if (!present) {
-        problem = "block " + std::to_string(id) + " was listed but cannot be found";
-      } else if (data.size() != meta.block_size) {
-        problem = "block " + std::to_string(id) + " has " + std::to_string(data.size()) +
-                  " bytes; the block size is " + std::to_string(meta.block_size);
-      }
+    if (!r.status.ok()) {
+      problem = "block " + std::to_string(id) + ": " + r.status.message();
+    } else if (!r.found) {
+      problem = "block " + std::to_string(id) + " was listed but cannot be found";
+    } else if (r.data->size() != meta.block_size) {
+      problem = "block " + std::to_string(id) + " has " + std::to_string(r.data->size()) +
+                " bytes; the block size is " + std::to_string(meta.block_size);
     }
     checked.fetch_add(1);
     if (!problem.empty()) {
@@ -572,9 +732,56 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
     return Status::Ok();
   });
   report->blocks_checked = checked.load();
+  if (s.ok() && options.layouts && found && IsLog(meta)) {
+    // The segments themselves: every frame the map uses against its checksum, and the map
+    // against the segments' entries.
+    log::LogStats stats;
+    bool is_log = false;
+    s = options.layouts->LogStatsOf(name, &stats, &is_log);
+    uint64_t problems = 0;
+    if (s.ok() && is_log) {
+      report->segments_checked = stats.segments;
+      s = options.layouts->VerifyLog(
+          name, [&](const std::string& p) { report->problems.push_back(p); }, &problems, &is_log);
+    }
+  }
   std::sort(report->problems.begin(), report->problems.end());
+  // A damaged frame is found twice, by the block's read and by the segment's check, in the same
+  // words: one line for it.
+  report->problems.erase(std::unique(report->problems.begin(), report->problems.end()),
+                         report->problems.end());
   S3B_RETURN_IF_ERROR(s);
   return StillHeld(lease, name, "the verification");
+}
+
+Status CollectExportGarbage(BlockStore& store, std::string_view name, bool all,
+                            const AdminOptions& options, GcReport* report) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  *report = GcReport();
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  ExportMeta meta;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
+  auto not_log = [&] {
+    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout (one object per "
+                                   "block, deleted as it is trimmed): gc applies to log exports "
+                                   "(layout=log) only");
+  };
+  if (!found || !IsLog(meta)) return not_log();
+  if (options.layouts == nullptr)
+    return Status::NotSupported("this store has no log layout to collect " + Q(name) + " in");
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to collect its garbage"));
+  ExportCloser closing(store, name);
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  log::GcResult result;
+  bool is_log = false;
+  S3B_RETURN_IF_ERROR(options.layouts->CollectGarbage(name, all, &result, &is_log));
+  if (!is_log) return not_log();
+  report->segments_freed = result.segments_freed;
+  report->bytes_freed = result.bytes_freed;
+  report->bytes_copied = result.bytes_copied;
+  return closing.Close();
 }
 
 }  // namespace s3block

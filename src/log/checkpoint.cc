@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "log/little_endian.h"
 #include "log/segment.h"
 #include "util/crc32c.h"
 
@@ -16,23 +17,6 @@ constexpr size_t kPartEntries = 1u << 20;
 constexpr size_t kEntryBytes = 16;
 // A root holds the segment table: 20 bytes a segment; more than this is not ours.
 constexpr uint64_t kMaxRootBytes = 256ull << 20;
-
-void Put32(std::vector<uint8_t>* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-void Put64(std::vector<uint8_t>* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-uint32_t Get32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-uint64_t Get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 struct PartInfo {
   uint64_t stored = 0;
@@ -89,31 +73,31 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
     raw.clear();
   };
   map.ForEach([&](uint64_t id, const Loc& loc) {
-    Put64(&raw, id);
-    Put64(&raw, BlockMap::Pack(loc));
+    AppendLe64(&raw, id);
+    AppendLe64(&raw, BlockMap::Pack(loc));
     if (raw.size() == kPartEntries * kEntryBytes) store_part();
   });
   if (!raw.empty()) store_part();
   S3B_RETURN_IF_ERROR(status);
 
   std::vector<uint8_t> root(kMagic, kMagic + 8);
-  Put32(&root, kVersion);
-  Put32(&root, static_cast<uint32_t>(parts.size()));
-  Put64(&root, info.seq);
-  Put64(&root, info.epoch);
-  Put64(&root, map.size());
-  Put64(&root, info.slots.size());
+  AppendLe32(&root, kVersion);
+  AppendLe32(&root, static_cast<uint32_t>(parts.size()));
+  AppendLe64(&root, info.seq);
+  AppendLe64(&root, info.epoch);
+  AppendLe64(&root, map.size());
+  AppendLe64(&root, info.slots.size());
   for (const CheckpointSlot& s : info.slots) {
-    Put32(&root, s.slot);
-    Put64(&root, s.seq);
-    Put64(&root, s.size);
+    AppendLe32(&root, s.slot);
+    AppendLe64(&root, s.seq);
+    AppendLe64(&root, s.size);
   }
   for (const PartInfo& p : parts) {
-    Put64(&root, p.stored);
-    Put64(&root, p.entries);
-    Put32(&root, p.crc);
+    AppendLe64(&root, p.stored);
+    AppendLe64(&root, p.entries);
+    AppendLe32(&root, p.crc);
   }
-  Put32(&root, Crc32c(0, root.data(), root.size()));
+  AppendLe32(&root, Crc32c(0, root.data(), root.size()));
   return transport.Put(CheckpointKey(name, info.seq), root, PutOptions::IfAbsent(fence));
 }
 
@@ -125,24 +109,24 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   S3B_RETURN_IF_ERROR(GetAll(transport, key, kMaxRootBytes, &root));
   auto corrupt = [&](const std::string& why) { return Status::IoError(where + " is corrupt: " + why); };
   if (root.size() < 52 || std::memcmp(root.data(), kMagic, 8) != 0) return corrupt("bad magic");
-  if (Crc32c(0, root.data(), root.size() - 4) != Get32(root.data() + root.size() - 4))
+  if (Crc32c(0, root.data(), root.size() - 4) != LoadLe32(root.data() + root.size() - 4))
     return corrupt("its checksum does not match");
-  if (Get32(root.data() + 8) != kVersion)
+  if (LoadLe32(root.data() + 8) != kVersion)
     return Status::IoError(where + " has a format this version does not know");
-  const uint32_t part_count = Get32(root.data() + 12);
-  info->seq = Get64(root.data() + 16);
-  info->epoch = Get64(root.data() + 24);
-  const uint64_t blocks = Get64(root.data() + 32);
-  const uint64_t slot_count = Get64(root.data() + 40);
+  const uint32_t part_count = LoadLe32(root.data() + 12);
+  info->seq = LoadLe64(root.data() + 16);
+  info->epoch = LoadLe64(root.data() + 24);
+  const uint64_t blocks = LoadLe64(root.data() + 32);
+  const uint64_t slot_count = LoadLe64(root.data() + 40);
   if (info->seq != seq) return corrupt("it names segment " + std::to_string(info->seq));
   if (slot_count > kMaxSlots || 48 + slot_count * 20 + uint64_t{part_count} * 20 + 4 != root.size())
     return corrupt("its length does not add up");
   const uint8_t* p = root.data() + 48;
   info->slots.resize(slot_count);
   for (CheckpointSlot& s : info->slots) {
-    s.slot = Get32(p);
-    s.seq = Get64(p + 4);
-    s.size = Get64(p + 12);
+    s.slot = LoadLe32(p);
+    s.seq = LoadLe64(p + 4);
+    s.size = LoadLe64(p + 12);
     if (s.slot >= kMaxSlots) return corrupt("a slot is out of range");
     p += 20;
   }
@@ -150,8 +134,8 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   std::vector<uint8_t> packed, raw;
   uint64_t total = 0;
   for (uint32_t i = 0; i < part_count; ++i, p += 20) {
-    const uint64_t stored = Get64(p), entries = Get64(p + 8);
-    const uint32_t crc = Get32(p + 16);
+    const uint64_t stored = LoadLe64(p), entries = LoadLe64(p + 8);
+    const uint32_t crc = LoadLe32(p + 16);
     if (entries > kPartEntries) return corrupt("part " + std::to_string(i) + " is too large");
     const std::string part_key = CheckpointPartKey(name, seq, i);
     S3B_RETURN_IF_ERROR(GetAll(transport, part_key, stored, &packed).Annotate(where));
@@ -161,8 +145,8 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
     if (ZSTD_isError(n) || n != raw.size() || Crc32c(0, raw.data(), raw.size()) != crc)
       return corrupt("part " + std::to_string(i) + " does not decode to what its root says");
     for (uint64_t e = 0; e < entries; ++e) {
-      const uint64_t id = Get64(raw.data() + e * kEntryBytes);
-      map->Set(id, BlockMap::Unpack(Get64(raw.data() + e * kEntryBytes + 8)));
+      const uint64_t id = LoadLe64(raw.data() + e * kEntryBytes);
+      map->Set(id, BlockMap::Unpack(LoadLe64(raw.data() + e * kEntryBytes + 8)));
     }
     total += entries;
   }

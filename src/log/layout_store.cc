@@ -89,6 +89,12 @@ size_t LayoutStore::ReadBatchSize(std::string_view e) const {
   return next_->ReadBatchSize(e);
 }
 
+bool LayoutStore::BuffersWrites(std::string_view e) const {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  MutexLock l(&entry->mu);
+  return entry->resolved && entry->layout == ExportLayout::kLog;  // the open segment
+}
+
 Status LayoutStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data,
                           bool fua) {
   LogExport* log;

@@ -151,38 +151,48 @@ class LogExport {
   LogExport(std::shared_ptr<ObjectTransport> transport, std::string name,
             const LogOptions& options, WriteFence fence);
 
-  Status Load();
-  // Reads the head of segment seq: NotFound if there is none.
-  Status ReadHead(uint64_t seq, SegmentHeader* header);
+  Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
+  // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
+  // (torn, corrupt) sets *bad (when given), one that is another segment's sets *misnamed, with
+  // the reason in the status.
+  Status ReadHead(uint64_t seq, SegmentHeader* header, bool* bad = nullptr,
+                  bool* misnamed = nullptr);
+  // A read-only view whose segment was collected by the writer: loads the export again (a view
+  // as of a later flush). REQUIRES: not the writer.
+  Status Refresh();
   // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
-  void ApplyEntries(const SegmentHeader& header);
+  void ApplyEntries(const SegmentHeader& header) REQUIRES(mu_);
 
   // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
-  Status BecomeWriterLocked(UniqueLock& lock);
+  Status BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_);
   // Seals the open segment (if not empty), waiting for room in the upload window.
-  void SealLocked(UniqueLock& lock);
+  void SealLocked(UniqueLock& lock) REQUIRES(mu_);
   // Waits until every segment up to seq is applied, or one failed.
-  Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq);
+  Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_);
   // Appends one frame (or a deletion: payload null) to the open segment.
   Status AppendLocked(UniqueLock& lock, uint64_t id, const std::span<const uint8_t>* payload,
-                      bool from_collector);
+                      bool from_collector) REQUIRES(mu_);
   // Applies every stored segment that follows the run.
-  void ApplyStoredLocked();
+  void ApplyStoredLocked() REQUIRES(mu_);
   void Upload(std::shared_ptr<Sealed> s);
   void Housekeeping();
   // Where block id is right now, if anywhere: *in_memory is set with its payload for a block
   // not yet in the map.
   enum class Where { kNone, kDeleted, kMemory, kStored };
-  Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq);
+  Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq) REQUIRES(mu_);
   Status ReadStored(uint64_t id, uint64_t seq, const Loc& loc, Bytes* data);
-  // Fetches frames of one segment; each of `locs` (sorted by offset) gets its payload.
-  Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs);
+  // Fetches frames of one segment: each of `locs` (sorted by offset) gets its payload in outs,
+  // and (*checks)[i] says whether its frame checked out. Errors: the transport's.
+  Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs,
+                    std::vector<Status>* checks);
   Status CheckpointNow(bool* wrote);
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
-  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq);
+  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);
   Status Sweep();
+  // The segments a collector pass takes now, as (slot, seq).
+  std::vector<std::pair<uint32_t, uint64_t>> GcCandidatesLocked(bool all) REQUIRES(mu_);
   bool FenceOk(Status* why);
-  uint32_t AllocSlotLocked();
+  uint32_t AllocSlotLocked() REQUIRES(mu_);
 
   const std::shared_ptr<ObjectTransport> transport_;
   const std::string name_;
@@ -213,6 +223,8 @@ class LogExport {
   bool swept_ GUARDED_BY(mu_) = false;
   // Set once another writer is found to own the export: every change then fails with it.
   Status lost_ GUARDED_BY(mu_);
+  // Why the run ended at a segment that is there but not valid (OK if it ended at a missing one).
+  Status damaged_ GUARDED_BY(mu_);
   // Segments skipped by recovery (a stale writer's), deleted by the sweep.
   std::vector<uint64_t> skipped_ GUARDED_BY(mu_);
   LogStats counters_ GUARDED_BY(mu_);
@@ -221,6 +233,9 @@ class LogExport {
   std::thread housekeeper_;
   std::vector<std::thread> uploaders_;
   std::vector<std::shared_ptr<Sealed>> upload_queue_ GUARDED_BY(mu_);
+  // Buffers of stored segments, kept for the next ones: a fresh one costs a page fault for every
+  // page of it.
+  std::vector<std::vector<uint8_t>> spare_buffers_ GUARDED_BY(mu_);
 };
 
 }  // namespace s3block::log

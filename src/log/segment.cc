@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "log/little_endian.h"
 #include "util/crc32c.h"
 
 namespace s3block::log {
@@ -10,23 +11,6 @@ namespace {
 constexpr char kMagic[8] = {'S', '3', 'B', 'L', 'S', 'E', 'G', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kCrcAt = 60;  // where the header's CRC is
-
-void Put32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-void Put64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t Get32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-uint64_t Get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 std::string Hex16(uint64_t v) {
   static const char kDigits[] = "0123456789abcdef";
@@ -74,13 +58,14 @@ bool ParseSeqKey(std::string_view key, std::string_view prefix, uint64_t* seq) {
 }
 
 uint32_t AppendFrame(std::span<const uint8_t> payload, std::vector<uint8_t>* out) {
-  const size_t at = out->size();
   const uint32_t crc = Crc32c(0, payload.data(), payload.size());
-  out->resize(at + FrameBytes(payload.size()), 0);
-  uint8_t* p = out->data() + at;
-  Put32(p, static_cast<uint32_t>(payload.size()));
-  Put32(p + 4, crc);
-  if (!payload.empty()) std::memcpy(p + kFrameHeaderBytes, payload.data(), payload.size());
+  uint8_t head[kFrameHeaderBytes];
+  StoreLe32(head, static_cast<uint32_t>(payload.size()));
+  StoreLe32(head + 4, crc);
+  // Appended, not resized and copied over: a segment's bytes are written once.
+  out->insert(out->end(), head, head + kFrameHeaderBytes);
+  out->insert(out->end(), payload.begin(), payload.end());
+  out->resize(out->size() + (FrameBytes(payload.size()) - kFrameHeaderBytes - payload.size()), 0);
   return crc;
 }
 
@@ -89,8 +74,8 @@ Status OpenFrame(std::span<const uint8_t> frame, uint32_t crc, const std::string
   if (frame.size() < kFrameHeaderBytes)
     return Status::IoError(where + ": the frame is cut short (" + std::to_string(frame.size()) +
                            " bytes)");
-  const uint32_t len = Get32(frame.data());
-  const uint32_t stored_crc = Get32(frame.data() + 4);
+  const uint32_t len = LoadLe32(frame.data());
+  const uint32_t stored_crc = LoadLe32(frame.data() + 4);
   if (len > kMaxPayloadBytes || kFrameHeaderBytes + len > frame.size())
     return Status::IoError(where + ": the frame's length (" + std::to_string(len) +
                            ") does not fit in it");
@@ -113,22 +98,22 @@ void EncodeSegmentHead(SegmentHeader* header, std::vector<uint8_t>* segment) {
   uint8_t* p = segment->data();
   std::memset(p, 0, data_offset);
   std::memcpy(p, kMagic, 8);
-  Put32(p + 8, kVersion);
-  Put32(p + 12, static_cast<uint32_t>(header->entries.size()));
-  Put64(p + 16, header->seq);
-  Put64(p + 24, header->epoch);
-  Put64(p + 32, data_offset);
-  Put64(p + 40, header->total_size);
-  Put32(p + 48, header->flags);
+  StoreLe32(p + 8, kVersion);
+  StoreLe32(p + 12, static_cast<uint32_t>(header->entries.size()));
+  StoreLe64(p + 16, header->seq);
+  StoreLe64(p + 24, header->epoch);
+  StoreLe64(p + 32, data_offset);
+  StoreLe64(p + 40, header->total_size);
+  StoreLe32(p + 48, header->flags);
   uint8_t* e = p + kSegmentHeaderBytes;
   for (const SegmentEntry& entry : header->entries) {
-    Put64(e, entry.id);
-    Put32(e + 8, entry.offset);
-    Put32(e + 12, entry.length);
-    Put32(e + 16, entry.crc);
+    StoreLe64(e, entry.id);
+    StoreLe32(e + 8, entry.offset);
+    StoreLe32(e + 12, entry.length);
+    StoreLe32(e + 16, entry.crc);
     e += kSegmentEntryBytes;
   }
-  Put32(p + kCrcAt, HeadCrc(std::span<const uint8_t>(p, data_offset)));
+  StoreLe32(p + kCrcAt, HeadCrc(std::span<const uint8_t>(p, data_offset)));
 }
 
 Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where,
@@ -142,12 +127,12 @@ Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where
   const uint8_t* p = bytes.data();
   if (std::memcmp(p, kMagic, 8) != 0)
     return Status::IoError(where + " is not a segment (bad magic)");
-  if (Get32(p + 8) != kVersion)
-    return Status::IoError(where + " has segment format " + std::to_string(Get32(p + 8)) +
+  if (LoadLe32(p + 8) != kVersion)
+    return Status::IoError(where + " has segment format " + std::to_string(LoadLe32(p + 8)) +
                            ", which this version does not know");
-  const uint32_t count = Get32(p + 12);
-  const uint64_t data_offset = Get64(p + 32);
-  const uint64_t total = Get64(p + 40);
+  const uint32_t count = LoadLe32(p + 12);
+  const uint64_t data_offset = LoadLe64(p + 32);
+  const uint64_t total = LoadLe64(p + 40);
   if (count > kMaxSegmentBytes / kSegmentEntryBytes || data_offset != SegmentDataOffset(count) ||
       total < data_offset || total > kMaxSegmentBytes)
     return Status::IoError(where + " is corrupt: its header does not add up");
@@ -155,21 +140,21 @@ Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where
     *need = data_offset;
     return Status::Ok();
   }
-  if (HeadCrc(bytes.subspan(0, data_offset)) != Get32(p + kCrcAt))
+  if (HeadCrc(bytes.subspan(0, data_offset)) != LoadLe32(p + kCrcAt))
     return Status::IoError(where + " is corrupt: its header's checksum does not match");
-  header->seq = Get64(p + 16);
-  header->epoch = Get64(p + 24);
-  header->flags = Get32(p + 48);
+  header->seq = LoadLe64(p + 16);
+  header->epoch = LoadLe64(p + 24);
+  header->flags = LoadLe32(p + 48);
   header->data_offset = data_offset;
   header->total_size = total;
   header->entries.resize(count);
   const uint8_t* e = p + kSegmentHeaderBytes;
   for (uint32_t i = 0; i < count; ++i, e += kSegmentEntryBytes) {
     SegmentEntry& entry = header->entries[i];
-    entry.id = Get64(e);
-    entry.offset = Get32(e + 8);
-    entry.length = Get32(e + 12);
-    entry.crc = Get32(e + 16);
+    entry.id = LoadLe64(e);
+    entry.offset = LoadLe32(e + 8);
+    entry.length = LoadLe32(e + 12);
+    entry.crc = LoadLe32(e + 16);
     if (!entry.deleted() &&
         (entry.offset < data_offset || entry.offset % kFrameAlign != 0 ||
          entry.length < kFrameHeaderBytes || uint64_t{entry.offset} + entry.length > total))

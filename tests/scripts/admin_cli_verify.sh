@@ -1,37 +1,49 @@
 #!/bin/bash
 # The admin command's verify: a sound export passes, and a block damaged behind the store's back
 # (cut short in the directory, or replaced on S3 by a PUT of 5 bytes with curl) is found: exit 3,
-# the block named, and the summary counting one problem.
+# the block named, and the summary counting one problem. With log: a byte of the last frame of the
+# export's segment is changed (in the directory, or on S3 by a PUT of the changed segment): the
+# block it holds is named once (the read of the block and the check of the segment both find it),
+# and the summary counts the segment checked and one problem.
 #
-#   tests/scripts/admin_cli_verify.sh local
-#   tests/scripts/admin_cli_verify.sh s3   (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
+#   tests/scripts/admin_cli_verify.sh local [blocks|log]
+#   tests/scripts/admin_cli_verify.sh s3 [blocks|log]   (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
 # Environment: S3BLOCK_BUILD (default build/ of this checkout). Exits 0 when every check passes.
 set -euo pipefail
 mode=${1:-local}
-TEST_NAME="admin_cli_verify[$mode]"
+layout=${2:-blocks}
+TEST_NAME="admin_cli_verify[$mode${2:+,$2}]"
 . "$(dirname "${BASH_SOURCE[0]}")/testlib.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/admin_cli_lib.sh"
 
 import_disk
 log "verify finds damage made behind its back"
-s3b verify disk >/dev/null 2>&1 || die "verify of a sound export failed"
-if [ "$mode" = local ]; then
-  truncate -s 100 "$store/exports/disk/blocks/7"
+s3b verify disk >"$work/sound.out" 2>&1 || { cat "$work/sound.out"; die "verify of a sound export failed"; }
+[ "$mode" = local ] || require_tool curl
+if [ "$layout" = log ]; then
+  grep -qE "^$blocks blocks checked, 1 segment checked, 0 problems$" "$work/sound.out" ||
+    { cat "$work/sound.out"; die "verify's summary of a sound log export"; }
+  # The import's blocks fit in one segment (2: the writer's first, empty one was 1), in order of
+  # block id: its last frame holds the export's last block, 10239, whose payload ends 8 bytes
+  # (the frame's padding) before the segment does.
+  segment=exports/disk/log/0000000000000002
+  get_object "$segment" "$work/segment" || die "could not read $segment"
+  size=$(stat -c %s "$work/segment")
+  printf '\377' | dd of="$work/segment" bs=1 seek=$((size - 100)) conv=notrunc status=none
+  put_object "$segment" "$work/segment" || die "could not replace $segment"
+  damaged=10239
+  summary="[0-9]+ blocks checked, 1 segment checked, 1 problem"
 else
-  require_tool curl
-  key="${store#s3://$S3BLOCK_TEST_S3_BUCKET/}/exports/disk/blocks/7"
   printf 'short' >"$work/short"
-  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3BLOCK_TEST_S3_ACCESS_KEY:$S3BLOCK_TEST_S3_SECRET_KEY" \
-    -H "x-amz-content-sha256: $(sha256sum "$work/short" | cut -d' ' -f1)" -H "Content-Type: application/octet-stream" \
-    -T "$work/short" -H "Expect:" "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$key" >/dev/null 2>&1 \
-  || curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3BLOCK_TEST_S3_ACCESS_KEY:$S3BLOCK_TEST_S3_SECRET_KEY" \
-    -H "x-amz-content-sha256: $(sha256sum "$work/short" | cut -d' ' -f1)" -H "Content-Type: application/octet-stream" \
-    -X PUT --data-binary @"$work/short" "$S3BLOCK_TEST_S3_ENDPOINT/$S3BLOCK_TEST_S3_BUCKET/$key" >/dev/null \
-  || die "could not damage the block with curl"
+  put_object exports/disk/blocks/7 "$work/short" || die "could not damage block 7"
+  damaged=7
+  summary="[0-9]+ blocks checked, 1 problem"
 fi
 expect_exit 3 "$admin" "${cli_store[@]}" verify disk
-grep -q "DAMAGED: block 7" "$work/out" || { cat "$work/out"; die "verify did not name block 7"; }
-grep -qE "^[0-9]+ blocks checked, 1 problem$" "$work/out" || { cat "$work/out"; die "verify's summary does not count one problem"; }
+grep -q "DAMAGED: block $damaged[: ]" "$work/out" || { cat "$work/out"; die "verify did not name block $damaged"; }
+grep -qE "^$summary$" "$work/out" || { cat "$work/out"; die "verify's summary does not count one problem"; }
+"$admin" "${cli_store[@]}" verify disk --json >"$work/out.json" 2>/dev/null || true
+grep -q "\"problems\": \[\"block $damaged[: ][^]]*\"\]" "$work/out.json" || { cat "$work/out.json"; die "verify --json"; }
 s3b delete disk --yes >/dev/null 2>&1
 log "all checks passed"

@@ -12,8 +12,13 @@
 #include <vector>
 
 #include "file/file_store.h"
+#include "log/layout_store.h"
+#include "log/segment.h"
+#include "s3block/config.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
+#include "util/crc32c.h"
 
 namespace s3block {
 namespace {
@@ -307,6 +312,341 @@ TEST_F(AdminTest, ChangingAMissingExportFailsAndLeavesNothingBehind) {
   EXPECT_EQ(CopyExport(*store_, "ghost", "ghost2", options_).err(), ENOENT);
   EXPECT_FALSE(fs::exists(dir_.path() + "/store/exports/ghost"));
   EXPECT_FALSE(fs::exists(dir_.path() + "/store/exports/ghost2"));
+}
+
+}  // namespace
+}  // namespace s3block
+
+namespace s3block {
+namespace {
+
+// The operations on log exports, through the stack the command works on (MakeCodedStore: the
+// codec layer over the layout router, over the same directory as store_), with 1M segments: an
+// import written in order (one thread) fills segment 2 with blocks 0-252, segment 3 with
+// 253-505 and so on (segment 1 is the writer's first, empty one).
+class AdminLogTest : public AdminTest {
+ protected:
+  void SetUp() override {
+    AdminTest::SetUp();
+    Config c;
+    ASSERT_OK(c.Set("store", dir_.path() + "/store"));
+    ASSERT_OK(c.Set("segment-size", "1M"));
+    ASSERT_OK(c.Finish());
+    ASSERT_OK(MakeCodedStore(c, &coded_, &layouts_));
+    ASSERT_OK(coded_->Check());
+    options_.layouts = layouts_.get();
+    log_ = options_;
+    log_.layout = ExportLayout::kLog;
+    log_.threads = 1;
+  }
+  std::string ExportDir(const std::string& name) { return dir_.path() + "/store/exports/" + name; }
+  // A file of `blocks` 4K blocks, none of them zeros.
+  std::string FullImage(uint64_t blocks, const std::string& name = "full") {
+    std::string path = dir_.path() + "/" + name;
+    std::mt19937_64 rng(blocks);
+    std::string data(blocks * 4096, '\0');
+    for (auto& c : data) c = static_cast<char>(rng() | 1);
+    std::ofstream(path, std::ios::binary) << data;
+    return path;
+  }
+  ExportInfo Info(const std::string& name) {
+    ExportInfo info;
+    Status s = GetExportInfo(*coded_, name, &info, layouts_.get());
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return info;
+  }
+  std::string Exported(const std::string& name) {
+    const std::string out = dir_.path() + "/out-" + name;
+    Status s = ExportImage(*coded_, name, out, options_);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return Slurp(out);
+  }
+
+  std::shared_ptr<BlockStore> coded_;
+  std::shared_ptr<log::LayoutStore> layouts_;
+  AdminOptions log_;
+};
+
+TEST_F(AdminLogTest, CreateRecordsTheLayoutAndListAndInfoShowIt) {
+  ASSERT_OK(CreateExport(*coded_, "l", 64 << 20, 4096, log_));
+  ASSERT_OK(CreateExport(*coded_, "b", 1 << 20, 4096, options_));
+  EXPECT_NE(Slurp(ExportDir("l") + "/metadata").find("layout=log\n"), std::string::npos);
+  EXPECT_EQ(Slurp(ExportDir("b") + "/metadata").find("layout="), std::string::npos);
+  // A log export's frames hold blocks of at most 1M: refused before anything is made.
+  Status s = CreateExport(*coded_, "huge", 64 << 20, 2 << 20, log_);
+  EXPECT_EQ(s.err(), EINVAL);
+  EXPECT_NE(s.message().find("at most 1M"), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(ExportDir("huge")));
+  std::vector<ExportInfo> all;
+  ASSERT_OK(ListExportInfo(*coded_, &all, layouts_.get()));
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name, "b");
+  EXPECT_EQ(all[0].meta.layout, ExportLayout::kBlocks);
+  EXPECT_FALSE(all[0].has_log);
+  EXPECT_EQ(all[1].meta.layout, ExportLayout::kLog);
+  EXPECT_TRUE(all[1].has_log);
+  EXPECT_EQ(all[1].log.segments, 0u);  // nothing written yet, and listing wrote nothing
+  EXPECT_FALSE(fs::exists(ExportDir("l") + "/log"));
+}
+
+TEST_F(AdminLogTest, ImportStoresSegmentsAndACheckpointThatInfoShows) {
+  const uint64_t size = 3 * (1 << 20) + 1000;
+  std::string image = MakeImage(size);
+  ASSERT_OK(ImportImage(*coded_, "img", image, 4096, log_));
+  ExportInfo info = Info("img");
+  ASSERT_TRUE(info.has_log) << info.log_error;
+  EXPECT_EQ(info.meta.layout, ExportLayout::kLog);
+  EXPECT_EQ(info.meta.state, ExportMeta::State::kReady);
+  EXPECT_GE(info.blocks_stored, 8u);
+  EXPECT_EQ(info.log.blocks, info.blocks_stored);
+  EXPECT_GE(info.log.segments, 1u);
+  EXPECT_GE(info.log.live_bytes, info.blocks_stored * 4096);
+  EXPECT_EQ(info.log.dead_bytes, info.log.segment_bytes - info.log.live_bytes);
+  // The import closed the export: its map is checkpointed as of the last segment.
+  EXPECT_GT(info.log.last_seq, 0u);
+  EXPECT_EQ(info.log.checkpoint_seq, info.log.last_seq);
+  EXPECT_TRUE(fs::exists(ExportDir("img") + "/checkpoint"));
+  EXPECT_FALSE(fs::exists(store_->BlockPath("img", 0)));  // no block files
+  EXPECT_EQ(Exported("img"), Slurp(image));
+}
+
+TEST_F(AdminLogTest, CopyConvertsBetweenLayouts) {
+  std::string image = MakeImage(1 << 20);
+  ASSERT_OK(ImportImage(*coded_, "src", image, 4096, log_));
+  AdminOptions to_blocks = options_, to_log = options_;
+  to_blocks.layout_given = to_log.layout_given = true;
+  to_log.layout = ExportLayout::kLog;
+  ASSERT_OK(CopyExport(*coded_, "src", "same", options_));  // the source's layout
+  ASSERT_OK(CopyExport(*coded_, "src", "blocks", to_blocks));
+  ASSERT_OK(CopyExport(*coded_, "blocks", "log", to_log));
+  EXPECT_EQ(Info("same").meta.layout, ExportLayout::kLog);
+  EXPECT_EQ(Info("blocks").meta.layout, ExportLayout::kBlocks);
+  EXPECT_TRUE(fs::exists(store_->BlockPath("blocks", 0)));
+  ExportInfo log = Info("log");
+  EXPECT_EQ(log.meta.layout, ExportLayout::kLog);
+  EXPECT_EQ(log.log.checkpoint_seq, log.log.last_seq);
+  for (const char* name : {"same", "blocks", "log"}) EXPECT_EQ(Exported(name), Slurp(image)) << name;
+  // A blocks export whose blocks a log export cannot hold is refused, leaving nothing.
+  ASSERT_OK(CreateExport(*coded_, "wide", 4 << 20, 2 << 20, options_));
+  Status s = CopyExport(*coded_, "wide", "wide-log", to_log);
+  EXPECT_EQ(s.err(), EINVAL);
+  EXPECT_NE(s.message().find("at most 1M"), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(ExportDir("wide-log")));
+}
+
+TEST_F(AdminLogTest, ResizeDeletesTheBlocksPastTheEnd) {
+  std::string path = dir_.path() + "/ones";
+  std::ofstream(path, std::ios::binary) << std::string(1 << 20, '\1');
+  ASSERT_OK(ImportImage(*coded_, "r", path, 4096, log_));
+  EXPECT_EQ(ResizeExport(*coded_, "r", 100000, false, log_).err(), EINVAL);
+  ASSERT_OK(ResizeExport(*coded_, "r", 100000, true, log_));  // mid-block
+  ExportInfo info = Info("r");
+  EXPECT_EQ(info.meta.size, 100000u);
+  EXPECT_EQ(info.blocks_stored, 25u);
+  EXPECT_EQ(info.log.blocks, 25u);
+  EXPECT_EQ(info.log.checkpoint_seq, info.log.last_seq);
+  ASSERT_OK(ResizeExport(*coded_, "r", 2 << 20, false, log_));
+  const std::string all = Exported("r");
+  ASSERT_EQ(all.size(), 2u << 20);
+  for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], i < 100000 ? 1 : 0) << i;
+}
+
+TEST_F(AdminLogTest, GcRewritesLiveBlocksOfMostlyDeadSegmentsAndKeepsTheData) {
+  std::string image = FullImage(1000);
+  ASSERT_OK(ImportImage(*coded_, "g", image, 4096, log_));
+  // Blocks 300 on are deleted: segment 3 keeps 47 of its 253 blocks, those after it none.
+  ASSERT_OK(ResizeExport(*coded_, "g", 300 * 4096, true, log_));
+  const ExportInfo before = Info("g");
+  GcReport r;
+  ASSERT_OK(CollectExportGarbage(*coded_, "g", false, log_, &r));
+  EXPECT_GE(r.segments_freed, 1u);
+  EXPECT_GE(r.bytes_freed, 253u * 4096);
+  EXPECT_GE(r.bytes_copied, 47u * 4096);
+  EXPECT_LT(r.bytes_copied, 100u * 4096);  // segment 2 is all live: not rewritten
+  const ExportInfo after = Info("g");
+  EXPECT_LT(after.log.dead_bytes, before.log.dead_bytes / 4);
+  EXPECT_EQ(after.log.blocks, 300u);
+  EXPECT_EQ(after.log.checkpoint_seq, after.log.last_seq);
+  EXPECT_EQ(Exported("g"), Slurp(image).substr(0, 300 * 4096));
+  // --all: segment 2 too (only its head is dead).
+  ASSERT_OK(CollectExportGarbage(*coded_, "g", true, log_, &r));
+  EXPECT_GE(r.bytes_copied, 253u * 4096);
+  EXPECT_EQ(Exported("g"), Slurp(image).substr(0, 300 * 4096));
+}
+
+TEST_F(AdminLogTest, GcRefusesABlocksExportAndAServedOne) {
+  ASSERT_OK(CreateExport(*coded_, "b", 1 << 20, 4096, options_));
+  GcReport r;
+  Status s = CollectExportGarbage(*coded_, "b", false, log_, &r);
+  EXPECT_EQ(s.err(), EINVAL);
+  EXPECT_NE(s.message().find("gc applies to log exports"), std::string::npos) << s.message();
+  EXPECT_EQ(CollectExportGarbage(*coded_, "missing", false, log_, &r).err(), ENOENT);
+  ASSERT_OK(CreateExport(*coded_, "l", 1 << 20, 4096, log_));
+  std::shared_ptr<Volume> served;
+  VolumeOptions vo;
+  vo.holder = "nbdkit pid 4242";
+  ASSERT_OK(Volume::Open(coded_, "l", vo, &served));
+  s = CollectExportGarbage(*coded_, "l", false, log_, &r);
+  EXPECT_EQ(s.err(), EBUSY);
+  EXPECT_NE(s.message().find("nbdkit pid 4242"), std::string::npos) << s.message();
+}
+
+TEST_F(AdminLogTest, VerifyChecksTheSegmentsAndCountsADamagedFrameOnce) {
+  std::string image = FullImage(100);
+  ASSERT_OK(ImportImage(*coded_, "v", image, 4096, log_));
+  VerifyReport report;
+  ASSERT_OK(VerifyExport(*coded_, "v", log_, &report));
+  EXPECT_TRUE(report.problems.empty()) << report.problems[0];
+  EXPECT_EQ(report.blocks_checked, 100u);
+  EXPECT_EQ(report.segments_checked, 1u);
+  ASSERT_OK(coded_->CloseExport("v"));
+  // A byte of the last frame (block 99's) changed behind the store's back.
+  const std::string segment = ExportDir("v") + "/log/0000000000000002";
+  ASSERT_TRUE(fs::exists(segment));
+  {
+    std::fstream f(segment, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(segment)) - 100);
+    f.put('\x5a' ^ static_cast<char>(f.peek()));
+  }
+  ASSERT_OK(VerifyExport(*coded_, "v", log_, &report));
+  ASSERT_EQ(report.problems.size(), 1u) << report.problems[0] << " | " << report.problems.back();
+  EXPECT_NE(report.problems[0].find("block 99"), std::string::npos) << report.problems[0];
+  ASSERT_OK(coded_->CloseExport("v"));
+  // A checkpoint that cannot be read is damage found, not a failure to verify.
+  fs::resize_file(ExportDir("v") + "/checkpoint/0000000000000002", 10);
+  ASSERT_OK(VerifyExport(*coded_, "v", log_, &report));
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_NE(report.problems[0].find("checkpoint"), std::string::npos) << report.problems[0];
+  // ... and info shows it beside what the metadata says.
+  ExportInfo info;
+  ASSERT_OK(GetExportInfo(*coded_, "v", &info, layouts_.get()));
+  EXPECT_TRUE(info.has_meta);
+  EXPECT_FALSE(info.has_log);
+  EXPECT_NE(info.log_error.find("checkpoint"), std::string::npos) << info.log_error;
+}
+
+// A frame rewritten whole (another payload, with the CRC-32C of it in the frame) reads back
+// without an error: only the segment's entry, which keeps the CRC the block was stored with,
+// tells. Verify compares them.
+TEST_F(AdminLogTest, VerifyFindsAFrameRewrittenWithItsOwnChecksum) {
+  std::string image = FullImage(100);
+  ASSERT_OK(ImportImage(*coded_, "w", image, 4096, log_));
+  const std::string segment = ExportDir("w") + "/log/0000000000000002";
+  // Blocks 0-99 in order of id, after the head of 100 entries.
+  const uint64_t frame = log::SegmentDataOffset(100) + 50 * log::FrameBytes(4096);
+  {
+    std::fstream f(segment, std::ios::in | std::ios::out | std::ios::binary);
+    std::vector<char> payload(4096, 'X');
+    const uint32_t crc = Crc32c(0, reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+    char le[4] = {static_cast<char>(crc), static_cast<char>(crc >> 8), static_cast<char>(crc >> 16),
+                  static_cast<char>(crc >> 24)};
+    f.seekp(static_cast<std::streamoff>(frame + 4));
+    f.write(le, 4);
+    f.write(payload.data(), static_cast<std::streamsize>(payload.size()));
+  }
+  VerifyReport report;
+  ASSERT_OK(VerifyExport(*coded_, "w", log_, &report));
+  ASSERT_EQ(report.problems.size(), 1u);
+  EXPECT_NE(report.problems[0].find("block 50 "), std::string::npos) << report.problems[0];
+  EXPECT_NE(report.problems[0].find("checksum"), std::string::npos) << report.problems[0];
+}
+
+// Counts the deletes of blocks and the reads that pass through it.
+class CountingStore : public StoreDecorator {
+ public:
+  using StoreDecorator::StoreDecorator;
+  Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
+    deleted += ids.size();
+    return StoreDecorator::Delete(e, ids, fua);
+  }
+  Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override {
+    ++reads;
+    return StoreDecorator::Read(e, id, data, found);
+  }
+  void ReadBatch(std::string_view e, std::span<BlockRead> batch) override {
+    ++batches;
+    StoreDecorator::ReadBatch(e, batch);
+  }
+  std::atomic<uint64_t> deleted{0}, reads{0}, batches{0};
+};
+
+// A log export's blocks are read in runs (one ranged read of a segment each), with progress in
+// blocks; a blocks export's one by one, as before.
+TEST_F(AdminLogTest, ExportAndVerifyReadALogExportInRuns) {
+  std::string image = FullImage(600);
+  ASSERT_OK(ImportImage(*coded_, "runs", image, 4096, log_));
+  CountingStore counting(coded_);
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  AdminOptions o = log_;
+  o.threads = 4;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    std::lock_guard<std::mutex> lock(mu);
+    calls.emplace_back(done, total);
+  };
+  const std::string out = dir_.path() + "/runs.img";
+  ASSERT_OK(ExportImage(counting, "runs", out, o));
+  EXPECT_EQ(Slurp(out), Slurp(image));
+  EXPECT_EQ(counting.reads.load(), 0u);
+  EXPECT_GE(counting.batches.load(), 2u);
+  EXPECT_LE(counting.batches.load(), 10u);
+  ASSERT_FALSE(calls.empty());
+  for (const auto& [done, total] : calls) EXPECT_EQ(total, 600u);
+  EXPECT_EQ(calls.back(), std::make_pair(uint64_t{600}, uint64_t{600}));
+  VerifyReport report;
+  ASSERT_OK(VerifyExport(counting, "runs", o, &report));
+  EXPECT_EQ(report.blocks_checked, 600u);
+  EXPECT_EQ(counting.reads.load(), 0u);
+  // Copied into the blocks layout from runs too.
+  AdminOptions to_blocks = o;
+  to_blocks.layout_given = true;
+  to_blocks.layout = ExportLayout::kBlocks;
+  ASSERT_OK(CopyExport(counting, "runs", "runs-blocks", to_blocks));
+  EXPECT_EQ(counting.reads.load(), 0u);
+  EXPECT_EQ(Exported("runs-blocks"), Slurp(image));
+  // The blocks export is read one block at a time.
+  const uint64_t batches = counting.batches.load();
+  ASSERT_OK(ExportImage(counting, "runs-blocks", out, options_));
+  EXPECT_EQ(counting.reads.load(), 600u);
+  EXPECT_EQ(counting.batches.load(), batches);
+}
+
+TEST_F(AdminLogTest, DeleteRemovesSegmentsAndCheckpointsWithoutARecordPerBlock) {
+  std::string image = FullImage(600);
+  ASSERT_OK(ImportImage(*coded_, "d", image, 4096, log_));
+  ASSERT_OK(ResizeExport(*coded_, "d", 300 * 4096, true, log_));  // a segment of deletions too
+  CountingStore counting(coded_);
+  ASSERT_OK(DeleteExport(counting, "d", log_));
+  EXPECT_EQ(counting.deleted.load(), 0u);
+  EXPECT_FALSE(fs::exists(ExportDir("d")));
+  ExportInfo info;
+  EXPECT_EQ(GetExportInfo(*coded_, "d", &info, layouts_.get()).err(), ENOENT);
+  // An export whose checkpoint is damaged is deleted all the same.
+  ASSERT_OK(ImportImage(*coded_, "e", image, 4096, log_));
+  ASSERT_OK(coded_->CloseExport("e"));
+  for (const auto& entry : fs::directory_iterator(ExportDir("e") + "/checkpoint"))
+    fs::resize_file(entry.path(), 3);
+  ASSERT_OK(DeleteExport(*coded_, "e", log_));
+  EXPECT_FALSE(fs::exists(ExportDir("e")));
+}
+
+TEST_F(AdminLogTest, AnImportRunAgainKeepsTheLayoutItStartedIn) {
+  std::string image = FullImage(50);
+  std::atomic<bool> cancel{true};
+  AdminOptions cancelled = log_;
+  cancelled.cancel = &cancel;
+  EXPECT_EQ(ImportImage(*coded_, "i", image, 4096, cancelled).err(), ECANCELED);
+  EXPECT_EQ(Info("i").meta.state, ExportMeta::State::kIncomplete);
+  AdminOptions blocks = options_;
+  blocks.layout_given = true;
+  Status s = ImportImage(*coded_, "i", image, 4096, blocks);
+  EXPECT_EQ(s.err(), EEXIST);
+  EXPECT_NE(s.message().find("--layout log"), std::string::npos) << s.message();
+  ASSERT_OK(ImportImage(*coded_, "i", image, 4096, options_));  // no --layout: the one recorded
+  ExportInfo info = Info("i");
+  EXPECT_EQ(info.meta.layout, ExportLayout::kLog);
+  EXPECT_EQ(info.meta.state, ExportMeta::State::kReady);
+  EXPECT_EQ(Exported("i"), Slurp(image));
 }
 
 }  // namespace

@@ -78,6 +78,7 @@ class TestStore : public BlockStore {
   }
   // As a store that reads batches says; set before the export is first used.
   size_t ReadBatchSize(std::string_view) const override { return batch_size_; }
+  bool BuffersWrites(std::string_view) const override { return buffers_writes_; }
 
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
     std::unique_lock<std::mutex> lk(mu_);
@@ -204,6 +205,7 @@ class TestStore : public BlockStore {
   }
   int reads() { std::lock_guard<std::mutex> lk(mu_); return reads_; }
   void SetBatchSize(size_t n) { batch_size_ = n; }
+  void SetBuffersWrites(bool b) { buffers_writes_ = b; }
   // The size of every ReadBatch asked for, in order.
   std::vector<size_t> Batches() { std::lock_guard<std::mutex> lk(mu_); return batches_; }
   int writes() { std::lock_guard<std::mutex> lk(mu_); return writes_; }
@@ -259,6 +261,7 @@ class TestStore : public BlockStore {
   std::vector<int> uploads_in_flight_at_flush_;
   std::vector<size_t> batches_;
   size_t batch_size_ = 1;
+  bool buffers_writes_ = false;
   std::vector<Op> log_;
   std::map<uint64_t, std::vector<Bytes>> history_;
 };
@@ -336,6 +339,23 @@ class CacheTest : public ::testing::Test {
   std::mutex devices_mu_;
   std::map<uint32_t, std::unique_ptr<BlockDevice>> devices_;
 };
+
+TEST_F(CacheTest, AStoreThatBuffersWritesGetsThemAtOnceAndTheCacheKeepsThemClean) {
+  // Without threads: no uploader could store the blocks, only the writer's own call.
+  Make(Options(16), false);
+  store_->SetBuffersWrites(true);
+  ASSERT_OK(Put(1, MakeBlock(1, 1)));
+  ASSERT_OK(Put(2, MakeBlock(2, 1)));
+  EXPECT_EQ(store_->writes(), 2);
+  EXPECT_EQ(store_->fua_writes(), 0);  // the store's own flush makes them durable
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+  EXPECT_EQ(Get(1), MakeBlock(1, 1));
+  EXPECT_EQ(store_->reads(), 0);  // kept, clean
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->flushes(), 1);
+  EXPECT_EQ(store_->Durable(1), MakeBlock(1, 1));
+  EXPECT_EQ(store_->Durable(2), MakeBlock(2, 1));
+}
 
 TEST_F(CacheTest, HitCostsNoStoreRequest) {
   Make(Options(16), false);

@@ -466,6 +466,31 @@ TEST(FileStore, MetadataRoundTripAndExportList) {
   EXPECT_EQ(names, std::vector<std::string>{"a"});
 }
 
+// Another layout over the same directory (the log layout's segments and checkpoints, through
+// DirTransport) leaves its directories empty once it has deleted its objects: the export's
+// directory goes all the same. A directory still holding something is not emptied by force.
+TEST(FileStore, DeleteMetaRemovesTheEmptyDirectoriesOfAnotherLayout) {
+  TempDir dir;
+  FileStore store(dir.path());
+  ASSERT_OK(store.Check());
+  ASSERT_OK(store.WriteMeta("e", "format=1\n"));
+  const std::string exp = dir.path() + "/exports/e";
+  fs::create_directory(exp + "/log");
+  std::ofstream(exp + "/log/.tmp.0000000000000003.x1y2") << "torn";  // a crashed Put's
+  fs::create_directory(exp + "/checkpoint");
+  ASSERT_OK(store.DeleteMeta("e"));
+  EXPECT_FALSE(fs::exists(exp));
+
+  ASSERT_OK(store.WriteMeta("f", "format=1\n"));
+  const std::string other = dir.path() + "/exports/f";
+  fs::create_directory(other + "/log");
+  std::ofstream(other + "/log/0000000000000001") << "segment";
+  Status s = store.DeleteMeta("f");
+  EXPECT_EQ(s.err(), ENOTEMPTY) << s.message();
+  EXPECT_NE(s.message().find(other + "/log"), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::exists(other + "/log/0000000000000001"));
+}
+
 TEST(FileStore, CheckRefusesAStorePathThatIsAFile) {
   TempDir dir;
   std::ofstream(dir.path() + "/file") << "x";
