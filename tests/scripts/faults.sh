@@ -107,10 +107,16 @@ for kind in $kinds; do
   log "$kind: faults off ($n1 injected so far); the same nbdkit must serve every flushed byte"
   "$model" verify --uri "$uri" --state "$state" --strict | tee -a "$work/model.out" ||
     die "$kind: after the faults stopped, the device lost data or still fails"
-  if [ "$kind" = html ]; then
-    # Requests that failed for good said what the server sent instead of an S3 error document.
+  # Requests that failed for good said what the server sent instead of an S3 error document.
+  # Only the blocks layout is sure to have some: a log export's segments are stored again until
+  # they land, so at this rate none need fail for good (the S3 client's message is the same).
+  if [ "$kind" = html ] && [ "$layout" = blocks ]; then
     grep -q 'not an S3 error document' "$work/nbdkit-$kind.log" ||
       die "html: no message quoting the non-XML error body in the nbdkit log"
+  elif [ "$kind" = html ] && grep -q 'error' "$work/nbdkit-$kind.log"; then
+    # Where one did fail for good, it says why all the same.
+    grep -q 'not an S3 error document' "$work/nbdkit-$kind.log" ||
+      die "html: an error in the nbdkit log without the non-XML error body it met"
   fi
   stop_nbdkit
   log "$kind: restarted; everything flushed must be there"
