@@ -113,7 +113,7 @@ for kind in $kinds; do
   if [ "$kind" = html ] && [ "$layout" = blocks ]; then
     grep -q 'not an S3 error document' "$work/nbdkit-$kind.log" ||
       die "html: no message quoting the non-XML error body in the nbdkit log"
-  elif [ "$kind" = html ] && grep -q 'error' "$work/nbdkit-$kind.log"; then
+  elif [ "$kind" = html ] && grep -q ': error: ' "$work/nbdkit-$kind.log"; then
     # Where one did fail for good, it says why all the same.
     grep -q 'not an S3 error document' "$work/nbdkit-$kind.log" ||
       die "html: an error in the nbdkit log without the non-XML error body it met"
