@@ -153,7 +153,7 @@ TEST(SegmentFormat, AHeadAndItsFramesReadBackAndCorruptionIsCaught) {
   ASSERT_EQ(back.entries.size(), 3u);
   EXPECT_TRUE(back.entries[1].deleted());
   std::span<const uint8_t> payload;
-  const SegmentEntry& e = back.entries[2];
+  const SegmentEntry e = back.entries[2];  // a copy: back is parsed into again below
   ASSERT_OK(OpenFrame(std::span<const uint8_t>(bytes).subspan(e.offset, e.length), e.crc, "f", &payload));
   EXPECT_EQ(std::string(payload.begin(), payload.end()), std::string(5000, 'x'));
 
