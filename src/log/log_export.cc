@@ -445,7 +445,6 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
 
 Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
   UniqueLock lock(&mu_);
-  bool any = false;
   for (uint64_t id : ids) {
     Loc loc;
     uint64_t seq = 0;
@@ -455,9 +454,10 @@ Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
     if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
     S3B_RETURN_IF_ERROR(lost_);
     S3B_RETURN_IF_ERROR(AppendLocked(lock, id, nullptr, false));
-    any = true;
   }
-  if (!fua || !any) return fua ? Flush() : Status::Ok();
+  // With fua, what is already recorded for these blocks (a deletion waiting in memory) must be
+  // durable too, whether or not this call added to it.
+  if (!fua || !writer_) return Status::Ok();
   SealLocked(lock);
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }

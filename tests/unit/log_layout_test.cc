@@ -299,6 +299,21 @@ TEST_P(LogExportTest, WhatAFlushCoveredIsThereAfterReopeningAndTrimsStayTrimmed)
   EXPECT_EQ(listed, 596u);
 }
 
+TEST_P(LogExportTest, ADeleteWithFuaOfBlocksStoredNowhereReturns) {
+  auto e = Open();
+  const uint64_t nowhere[] = {7, 8};
+  ASSERT_OK(e->Delete(nowhere, true));  // not even a writer yet: nothing to make durable
+  ASSERT_OK(e->Write(1, Block(1, 1), false));
+  const uint64_t one[] = {1};
+  ASSERT_OK(e->Delete(one, false));
+  // Block 1's deletion waits in memory: a FUA delete that adds nothing still makes it durable.
+  ASSERT_OK(e->Delete(one, true));
+  ASSERT_OK(e->Delete(nowhere, true));
+  e.reset();
+  auto again = Open();
+  ExpectBlock(*again, 1, std::nullopt);
+}
+
 TEST_P(LogExportTest, OpeningLoadsTheCheckpointAndReplaysOnlyWhatFollowsIt) {
   {
     auto e = Open();
