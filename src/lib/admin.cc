@@ -237,13 +237,8 @@ Status ForEachBlockRead(BlockStore& store, std::string_view name, bool log,
       reads[k].id = ids[first + k];
       reads[k].data = &data[k];
     }
-    store.ReadBatch(name, reads);
-    for (BlockRead& r : reads) {
-      // A run read at once fails as a whole for one bad block in it: each of its blocks is read
-      // again alone, so that what fails is the block that is damaged, not its neighbours.
-      if (!r.status.ok()) r.status = store.Read(name, r.id, r.data, &r.found);
-      S3B_RETURN_IF_ERROR(fn(r));
-    }
+    store.ReadBatch(name, reads);  // each block's status its own: a bad one fails alone
+    for (BlockRead& r : reads) S3B_RETURN_IF_ERROR(fn(r));
     return Status::Ok();
   });
 }

@@ -632,16 +632,16 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       Status s = ReadFrames(wants[i].seq, locs, outs, &checks);
       for (size_t k = i; k < j; ++k) {
         BlockRead& r = reads[wants[k].index];
-        if (s.ok()) s = checks[k - i];
-        if (s.IsNotFound() && attempt < 3) {
+        const Status& st = s.ok() ? checks[k - i] : s;  // each frame judged alone
+        if (st.IsNotFound() && attempt < 3) {
           todo.push_back(wants[k].index);
-        } else if (s.IsNotFound()) {
+        } else if (st.IsNotFound()) {
           r.status = Status::IoError("export '" + name_ + "': block " + std::to_string(r.id) +
                                      " is in segment " + std::to_string(wants[i].seq) +
                                      ", which is missing from " + transport_->Describe());
         } else {
-          r.status = s;
-          r.found = s.ok();
+          r.status = st;
+          r.found = st.ok();
         }
       }
       i = j;
