@@ -82,9 +82,8 @@ Status ParseLayout(std::string_view value, ExportLayout* out);
 // The largest block of a log export (a frame of a segment holds one block).
 inline constexpr uint32_t kMaxLogBlockSize = 1u << 20;
 
-struct ExportMeta;
-// InvalidArgument if the layout cannot hold blocks of the metadata's size.
-Status CheckLayoutBlockSize(const ExportMeta& meta);
+// InvalidArgument if `layout` cannot hold blocks of block_size bytes.
+Status CheckLayoutBlockSize(ExportLayout layout, uint32_t block_size);
 
 struct ExportMeta {
   // An export being filled by an import or copy, or being deleted, is not served: its blocks are

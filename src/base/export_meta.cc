@@ -87,10 +87,10 @@ Status ParseLayout(std::string_view value, ExportLayout* out) {
   return Status::Ok();
 }
 
-Status CheckLayoutBlockSize(const ExportMeta& meta) {
-  if (meta.layout == ExportLayout::kLog && meta.block_size > kMaxLogBlockSize)
+Status CheckLayoutBlockSize(ExportLayout layout, uint32_t block_size) {
+  if (layout == ExportLayout::kLog && block_size > kMaxLogBlockSize)
     return Status::InvalidArgument("a log export's block size is at most 1M (block-size=" +
-                                   std::to_string(meta.block_size) + " was given)");
+                                   std::to_string(block_size) + " was given)");
   return Status::Ok();
 }
 
@@ -187,7 +187,7 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     return Status::IoError(where + " is corrupt: encryption without key-check");
   if (!encrypted && !m.encoding.key_check.empty())
     return Status::IoError(where + " is corrupt: key-check without encryption");
-  if (!CheckLayoutBlockSize(m).ok())
+  if (!CheckLayoutBlockSize(m.layout, m.block_size).ok())
     return Status::IoError(where + " is corrupt: a log export's block size is at most 1M");
   *out = m;
   return Status::Ok();

@@ -266,15 +266,6 @@ class ExportCloser {
   bool closed_ = false;
 };
 
-// InvalidArgument unless `layout` can hold blocks of block_size; checked before an export is
-// claimed, which makes its directory in a file store.
-Status CheckLayout(ExportLayout layout, uint32_t block_size) {
-  ExportMeta meta;
-  meta.layout = layout;
-  meta.block_size = block_size;
-  return CheckLayoutBlockSize(meta);
-}
-
 // An import or copy run again over the incomplete export the last attempt left (`found`) goes on
 // in the layout it recorded: in the other, the blocks stored so far would stay where nothing
 // reads or deletes them.
@@ -373,7 +364,8 @@ Status CreateExport(BlockStore& store, std::string_view name, uint64_t size, uin
                     const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   S3B_RETURN_IF_ERROR(ValidateExportSize("size", size));
-  S3B_RETURN_IF_ERROR(CheckLayout(options.layout, block_size));
+  // Checked before the export is claimed, which makes its directory in a file store.
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(options.layout, block_size));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -482,7 +474,7 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   S3B_RETURN_IF_ERROR(RequireReady(store, from, &meta));
   ExportMeta next = meta;
   next.layout = options.layout_given ? options.layout : meta.layout;
-  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(next).Annotate("copying export " + Q(from)));
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(next.layout, next.block_size).Annotate("copying export " + Q(from)));
   S3B_RETURN_IF_ERROR(Claim(store, to, options, &dst_lease));
   bool dst_found = false;
   ExportMeta dst_meta;
@@ -537,7 +529,8 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
     return Status::InvalidArgument(path + " is not a regular file or a block device");
   }
   if (size == 0) return Status::InvalidArgument(path + " is empty");
-  S3B_RETURN_IF_ERROR(CheckLayout(options.layout, block_size));
+  // Checked before the export is claimed, which makes its directory in a file store.
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(options.layout, block_size));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
   ExportMeta meta;
@@ -556,7 +549,7 @@ Status ImportImage(BlockStore& store, std::string_view name, const std::string& 
   meta.encoding = options.encoding;
   meta.state = ExportMeta::State::kIncomplete;
   meta.layout = found && !options.layout_given ? old.layout : options.layout;
-  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(meta));
+  S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(meta.layout, meta.block_size));
   S3B_RETURN_IF_ERROR(SameLayoutAsBefore(store, name, found, old, meta));
   ExportCloser closing(store, name);
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));

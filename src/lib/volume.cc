@@ -81,7 +81,7 @@ Status DecideMeta(std::string_view name, const std::string& where, const VolumeO
   meta->block_size = options.block_size;
   meta->encoding = options.encoding;
   meta->layout = options.layout;
-  return CheckLayoutBlockSize(*meta);
+  return CheckLayoutBlockSize(meta->layout, meta->block_size);
 }
 
 }  // namespace

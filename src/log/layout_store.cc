@@ -79,20 +79,19 @@ void LayoutStore::ReadBatch(std::string_view e, std::span<BlockRead> reads) {
   else next_->ReadBatch(e, reads);
 }
 
-size_t LayoutStore::ReadBatchSize(std::string_view e) const {
+bool LayoutStore::KnownLog(std::string_view e) const {
   std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    // A run of blocks is one ranged read of a segment.
-    if (entry->resolved && entry->layout == ExportLayout::kLog) return 256;
-  }
-  return next_->ReadBatchSize(e);
+  MutexLock l(&entry->mu);
+  return entry->resolved && entry->layout == ExportLayout::kLog;
+}
+
+size_t LayoutStore::ReadBatchSize(std::string_view e) const {
+  // A run of blocks is one ranged read of a segment.
+  return KnownLog(e) ? 256 : next_->ReadBatchSize(e);
 }
 
 bool LayoutStore::BuffersWrites(std::string_view e) const {
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  MutexLock l(&entry->mu);
-  return entry->resolved && entry->layout == ExportLayout::kLog;  // the open segment
+  return KnownLog(e);  // the open segment
 }
 
 Status LayoutStore::Write(std::string_view e, uint64_t id, std::span<const uint8_t> data,
@@ -156,9 +155,7 @@ Status LayoutStore::DeleteMeta(std::string_view e) {
   bool is_log = log != nullptr;
   if (!s.ok()) {
     // An export whose checkpoint is unreadable can still be deleted.
-    std::shared_ptr<Entry> entry = EntryFor(e);
-    MutexLock l(&entry->mu);
-    is_log = entry->resolved && entry->layout == ExportLayout::kLog;
+    is_log = KnownLog(e);
     if (!is_log) return s;
   }
   if (is_log) {

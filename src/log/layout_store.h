@@ -73,6 +73,8 @@ class LayoutStore : public StoreDecorator {
   std::shared_ptr<Entry> EntryFor(std::string_view e) const EXCLUDES(mu_);
   // The export's LogExport, opened if need be; null for an export of the default layout.
   Status Resolve(std::string_view e, LogExport** log);
+  // True if export e's metadata is known (read already) to say layout=log.
+  bool KnownLog(std::string_view e) const EXCLUDES(mu_);
   // Records the layout a metadata document gives (when it parses).
   void Learn(std::string_view e, std::string_view meta_text);
 

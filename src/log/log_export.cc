@@ -26,6 +26,13 @@ constexpr uint64_t kGcBudgetBytes = 256ull << 20;
 // Reads of a range, or of a segment's head, before what fails its checks is called damaged.
 constexpr int kFrameReads = 8;
 
+// The payload of the frame at [offset, offset + length) of a segment in memory, into *out.
+void CopyPayload(std::span<const uint8_t> segment, uint32_t offset, uint32_t length, Bytes* out) {
+  const std::span<const uint8_t> frame = segment.subspan(offset, length);
+  const uint32_t size = LoadLe32(frame.data());
+  out->assign(frame.begin() + kFrameHeaderBytes, frame.begin() + kFrameHeaderBytes + size);
+}
+
 }  // namespace
 
 struct LogExport::Frame {
@@ -39,7 +46,7 @@ struct LogExport::Sealed {
   SegmentHeader header;
   std::vector<uint8_t> bytes;
   std::unordered_map<uint64_t, uint32_t> index;  // block id -> entry
-  enum class State { kQueued, kUploading, kStored, kFailed } state = State::kQueued;
+  enum class State { kQueued, kStored, kFailed } state = State::kQueued;
   Status error;
 };
 
@@ -78,7 +85,7 @@ Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad, bool*
     return why;
   };
   // A head that does not check out may have been damaged on the way (S3 checks only whole
-  // objects): read again, twice, before calling the stored one invalid.
+  // objects): read again before calling the stored one invalid.
   Status s;
   for (int attempt = 0; attempt < kFrameReads; ++attempt) {
     std::vector<uint8_t> bytes;
@@ -161,36 +168,41 @@ Status LogExport::Load() {
     applied_seq_ = checkpoint_seq_ = info.seq;
     epoch_ = info.epoch;
   }
-  // The unbroken run after the checkpoint.
-  for (uint64_t seq = applied_seq_ + 1;; ++seq) {
-    SegmentHeader h;
-    bool bad = false, misnamed = false;
-    Status s = ReadHead(seq, &h, &bad, &misnamed);
-    if (s.IsNotFound() || misnamed) break;  // the end of the run
-    if (bad) {
-      // Not applied, nor anything after it; and never written over (see BecomeWriterLocked).
-      damaged_ = s;
-      break;
-    }
-    if (!s.ok()) return s.Annotate("export '" + name_ + "'");
-    if (h.epoch < epoch_) {
-      // A stale writer's, after a newer writer's first segment: never applied.
-      skipped_.push_back(seq);
-      applied_seq_ = seq;
-      continue;
-    }
-    ApplyEntries(h);
-  }
+  // The unbroken run after the checkpoint. A damaged segment ends it: neither it nor anything
+  // after it is applied, nor ever written over (see BecomeWriterLocked).
+  std::vector<SegmentHeader> run;
+  S3B_RETURN_IF_ERROR(ReadRun(applied_seq_ + 1, &run, &damaged_).Annotate("export '" + name_ + "'"));
+  ApplyRunLocked(run);
   next_seq_ = applied_seq_ + 1;
   checkpoint_time_ = Clock::now();
   return Status::Ok();
 }
 
-bool LogExport::FenceOk(Status* why) {
-  if (!fence_) return true;
-  double left = 0;
-  *why = fence_(&left);
-  return why->ok();
+Status LogExport::ReadRun(uint64_t first, std::vector<SegmentHeader>* heads, Status* damaged) {
+  for (uint64_t seq = first;; ++seq) {
+    SegmentHeader h;
+    bool bad = false, misnamed = false;
+    Status s = ReadHead(seq, &h, &bad, &misnamed);
+    if (s.IsNotFound() || misnamed) return Status::Ok();  // the end of the run
+    if (bad) {
+      *damaged = s;
+      return Status::Ok();
+    }
+    S3B_RETURN_IF_ERROR(s);
+    heads->push_back(std::move(h));
+  }
+}
+
+void LogExport::ApplyRunLocked(const std::vector<SegmentHeader>& heads) {
+  for (const SegmentHeader& h : heads) {
+    if (h.epoch < epoch_) {
+      // A stale writer's, after a newer writer's first segment: never applied.
+      skipped_.push_back(h.seq);
+      applied_seq_ = h.seq;
+    } else {
+      ApplyEntries(h);
+    }
+  }
 }
 
 Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
@@ -200,52 +212,25 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   mu_.Unlock();
   // Another writer may have added to the run since we loaded it (a server that had the export
   // before us, whose uploads were still landing): apply that first.
-  Status status;
-  std::vector<SegmentHeader> more;
-  uint64_t seq;
-  {
-    mu_.Lock();
-    seq = applied_seq_ + 1;
-    mu_.Unlock();
-  }
+  mu_.Lock();
+  uint64_t seq = applied_seq_ + 1;
+  mu_.Unlock();
   uint64_t epoch = 0;
-  for (;; ++seq) {
-    SegmentHeader h;
-    bool bad = false, misnamed = false;
-    Status s = ReadHead(seq, &h, &bad, &misnamed);
-    if (s.IsNotFound() || misnamed) break;
-    if (bad) {
-      mu_.Lock();
-      damaged_ = s;
-      mu_.Unlock();
-      break;
-    }
-    if (!s.ok()) {
-      status = s;
-      break;
-    }
-    more.push_back(std::move(h));
-  }
-  {
-    mu_.Lock();
-    // The run ends at a segment that is there but not valid: what follows it may be acknowledged
-    // data, so nothing after it is deleted or written over; the export is served as it is, read
-    // only, until an operator looks (s3block verify names the segment).
-    if (status.ok() && !damaged_.ok())
-      status = Status::IoError(damaged_.message() + "; the blocks of later segments are not served, "
-                               "and nothing is written to the export");
-    mu_.Unlock();
-  }
+  std::vector<SegmentHeader> more;
+  Status damaged;
+  Status status = ReadRun(seq, &more, &damaged);
+  mu_.Lock();
+  if (!damaged.ok()) damaged_ = damaged;
+  // The run ends at a segment that is there but not valid: what follows it may be acknowledged
+  // data, so nothing after it is deleted or written over; the export is served as it is, read
+  // only, until an operator looks (s3block verify names the segment).
+  if (status.ok() && !damaged_.ok())
+    status = Status::IoError(damaged_.message() + "; the blocks of later segments are not served, "
+                             "and nothing is written to the export");
+  mu_.Unlock();
   if (status.ok()) {
     mu_.Lock();
-    for (const SegmentHeader& h : more) {
-      if (h.epoch < epoch_) {
-        skipped_.push_back(h.seq);
-        applied_seq_ = h.seq;
-      } else {
-        ApplyEntries(h);
-      }
-    }
+    ApplyRunLocked(more);
     next_seq_ = applied_seq_ + 1;
     seq = next_seq_;
     epoch = epoch_ + 1;
@@ -254,7 +239,7 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
     // a gap): removed, so that it can never join the run once the gap is filled.
     std::vector<std::string> keys;
     for (uint64_t i = 0; i < kDanglingSeqs; ++i) keys.push_back(SegmentKey(name_, seq + i));
-    status = transport_->Delete(keys, fence_ ? &fence_ : nullptr);
+    status = transport_->Delete(keys, fence());
   }
   SegmentHeader mark;
   if (status.ok()) {
@@ -264,7 +249,7 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
     mark.flags = kSegmentEpochMark;
     std::vector<uint8_t> bytes(SegmentDataOffset(0));
     EncodeSegmentHead(&mark, &bytes);
-    status = transport_->Put(SegmentKey(name_, seq), bytes, PutOptions::IfAbsent(fence_ ? &fence_ : nullptr));
+    status = transport_->Put(SegmentKey(name_, seq), bytes, PutOptions::IfAbsent(fence()));
     if (IsPreconditionFailed(status))
       status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
                             ": another writer stored segment " + std::to_string(seq) +
@@ -302,7 +287,7 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
 
 void LogExport::Upload(std::shared_ptr<Sealed> s) {
   const std::string key = SegmentKey(name_, s->seq);
-  Status status = transport_->Put(key, s->bytes, PutOptions::IfAbsent(fence_ ? &fence_ : nullptr));
+  Status status = transport_->Put(key, s->bytes, PutOptions::IfAbsent(fence()));
   if (IsPreconditionFailed(status)) {
     // Stored by an earlier attempt of ours whose reply was lost, or by another writer.
     std::vector<uint8_t> head;
@@ -397,6 +382,18 @@ void LogExport::SealLocked(UniqueLock& lock) {
   cv_.notify_all();
 }
 
+void LogExport::RetryFailedLocked() {
+  if (!lost_.ok()) return;
+  for (auto& [seq, s] : sealed_) {
+    if (s->state == Sealed::State::kFailed) {
+      s->state = Sealed::State::kQueued;
+      s->error = Status::Ok();
+      upload_queue_.push_back(s);
+    }
+  }
+  cv_.notify_all();
+}
+
 Status LogExport::WaitAppliedLocked(UniqueLock& lock, uint64_t seq) {
   for (;;) {
     if (applied_seq_ >= seq) return Status::Ok();
@@ -436,7 +433,6 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
                                    " bytes is larger than a log export's frames take");
   UniqueLock lock(&mu_);
   if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
-  S3B_RETURN_IF_ERROR(lost_);
   S3B_RETURN_IF_ERROR(AppendLocked(lock, id, &data, false));
   if (!fua) return Status::Ok();
   SealLocked(lock);
@@ -452,7 +448,6 @@ Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
     // A block stored nowhere needs no record: no segment the map can reach holds it.
     if (w == Where::kNone || w == Where::kDeleted) continue;
     if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
-    S3B_RETURN_IF_ERROR(lost_);
     S3B_RETURN_IF_ERROR(AppendLocked(lock, id, nullptr, false));
   }
   // With fua, what is already recorded for these blocks (a deletion waiting in memory) must be
@@ -466,15 +461,7 @@ Status LogExport::Flush() {
   UniqueLock lock(&mu_);
   if (!writer_) return Status::Ok();  // nothing was ever written through this process
   S3B_RETURN_IF_ERROR(lost_);
-  // A segment that failed is tried again by every flush.
-  for (auto& [seq, s] : sealed_) {
-    if (s->state == Sealed::State::kFailed) {
-      s->state = Sealed::State::kQueued;
-      s->error = Status::Ok();
-      upload_queue_.push_back(s);
-    }
-  }
-  cv_.notify_all();
+  RetryFailedLocked();  // by every flush
   SealLocked(lock);
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
@@ -483,12 +470,7 @@ LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, u
   auto o = open_index_.find(id);
   if (o != open_index_.end()) {
     if (!o->second.length) return Where::kDeleted;
-    if (memory) {
-      std::span<const uint8_t> payload;
-      (void)OpenFrame(std::span<const uint8_t>(open_frames_).subspan(o->second.offset, o->second.length),
-                      o->second.crc, "", &payload);
-      memory->assign(payload.begin(), payload.end());
-    }
+    if (memory) CopyPayload(open_frames_, o->second.offset, o->second.length, memory);
     return Where::kMemory;
   }
   for (auto it = sealed_.rbegin(); it != sealed_.rend(); ++it) {
@@ -497,12 +479,7 @@ LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, u
     if (e == s.index.end()) continue;
     const SegmentEntry& entry = s.header.entries[e->second];
     if (entry.deleted()) return Where::kDeleted;
-    if (memory) {
-      std::span<const uint8_t> payload;
-      (void)OpenFrame(std::span<const uint8_t>(s.bytes).subspan(entry.offset, entry.length),
-                      entry.crc, "", &payload);
-      memory->assign(payload.begin(), payload.end());
-    }
+    if (memory) CopyPayload(s.bytes, entry.offset, entry.length, memory);
     return Where::kMemory;
   }
   if (!map_.Get(id, loc)) return Where::kNone;
@@ -555,6 +532,28 @@ Status LogExport::ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vecto
     i = j;
   }
   return Status::Ok();
+}
+
+std::vector<SegmentEntry> LogExport::LiveEntries(const BlockMap& map, uint32_t slot,
+                                                 const SegmentHeader& header) {
+  std::vector<SegmentEntry> live;
+  for (const SegmentEntry& e : header.entries) {
+    Loc loc;
+    if (!e.deleted() && map.Get(e.id, &loc) && loc == Loc{slot, e.offset, e.length})
+      live.push_back(e);
+  }
+  return live;
+}
+
+Status LogExport::ReadEntryFrames(uint64_t seq, uint32_t slot,
+                                  const std::vector<SegmentEntry>& entries,
+                                  std::vector<Bytes>* data, std::vector<Status>* checks) {
+  std::vector<Loc> locs;
+  for (const SegmentEntry& e : entries) locs.push_back(Loc{slot, e.offset, e.length});
+  data->assign(entries.size(), Bytes());
+  std::vector<Bytes*> outs;
+  for (Bytes& d : *data) outs.push_back(&d);
+  return ReadFrames(seq, locs, outs, checks);
 }
 
 Status LogExport::Read(uint64_t id, Bytes* data, bool* found) {
@@ -665,8 +664,7 @@ void LogExport::ListBlocks(const std::function<void(uint64_t id)>& fn) {
     if (stored) fn(id);
 }
 
-Status LogExport::CheckpointNow(bool* wrote) {
-  *wrote = false;
+Status LogExport::Checkpoint() {
   CheckpointInfo info;
   BlockMap copy;
   {
@@ -683,7 +681,7 @@ Status LogExport::CheckpointNow(bool* wrote) {
     }
     copy = map_;
   }
-  Status s = WriteCheckpoint(*transport_, name_, info, copy, fence_ ? &fence_ : nullptr);
+  Status s = WriteCheckpoint(*transport_, name_, info, copy, fence());
   copy = BlockMap();
   if (IsPreconditionFailed(s)) {
     // One with this seq exists: ours, from an attempt whose reply was lost, or a checkpoint
@@ -701,12 +699,11 @@ Status LogExport::CheckpointNow(bool* wrote) {
   checkpoint_seq_ = info.seq;
   checkpoint_time_ = Clock::now();
   ++counters_.checkpoints;
-  *wrote = true;
-  DeleteUnreferencedLocked(lock, info.seq);
+  DeleteUnreferencedLocked(info.seq);
   return Status::Ok();
 }
 
-void LogExport::DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) {
+void LogExport::DeleteUnreferencedLocked(uint64_t checkpoint_seq) {
   std::vector<std::string> keys;
   std::vector<uint32_t> freed;
   uint64_t bytes = 0;
@@ -733,17 +730,12 @@ void LogExport::DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_s
     for (const std::string& k : ckpt_keys)
       if (k.compare(0, keep.size(), keep) != 0) keys.push_back(k);
   }
-  Status s;
-  for (size_t i = 0; i < keys.size() && s.ok(); i += 1000) {
-    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
-    s = transport_->Delete(batch, fence_ ? &fence_ : nullptr);
-  }
-  mu_.Lock();
   // A delete that failed leaves objects no checkpoint names: the sweep of a later writer finds
   // them. Counted as freed all the same (they are no longer part of the export).
+  (void)transport_->Delete(keys, fence());
+  mu_.Lock();
   counters_.gc_segments_freed += freed.size();
   counters_.gc_bytes_freed += bytes;
-  (void)lock;
 }
 
 Status LogExport::Sweep() {
@@ -764,16 +756,7 @@ Status LogExport::Sweep() {
     uint64_t seq = 0;
     if (ParseSeqKey(key, prefix, &seq) && seq <= ckpt && !listed.count(seq)) keys.push_back(key);
   }));
-  for (size_t i = 0; i < keys.size(); i += 1000) {
-    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
-    S3B_RETURN_IF_ERROR(transport_->Delete(batch, fence_ ? &fence_ : nullptr));
-  }
-  return Status::Ok();
-}
-
-Status LogExport::Checkpoint() {
-  bool wrote = false;
-  return CheckpointNow(&wrote);
+  return transport_->Delete(keys, fence());
 }
 
 std::vector<std::pair<uint32_t, uint64_t>> LogExport::GcCandidatesLocked(bool all) {
@@ -832,21 +815,11 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
     std::vector<SegmentEntry> live;
     {
       MutexLock l(&mu_);
-      for (const SegmentEntry& e : h.entries) {
-        Loc loc;
-        if (!e.deleted() && map_.Get(e.id, &loc) && loc == Loc{v.slot, e.offset, e.length})
-          live.push_back(e);
-      }
+      live = LiveEntries(map_, v.slot, h);
     }
-    std::vector<Loc> locs;
-    std::vector<Bytes> data(live.size());
-    std::vector<Bytes*> outs;
-    for (size_t i = 0; i < live.size(); ++i) {
-      locs.push_back(Loc{v.slot, live[i].offset, live[i].length});
-      outs.push_back(&data[i]);
-    }
+    std::vector<Bytes> data;
     std::vector<Status> checks;
-    status = ReadFrames(v.seq, locs, outs, &checks);
+    status = ReadEntryFrames(v.seq, v.slot, live, &data, &checks);
     for (const Status& c : checks)
       if (status.ok()) status = c;  // a damaged frame is not moved, nor its segment deleted
     if (!status.ok()) break;
@@ -855,7 +828,8 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
       // Moved only if nothing newer was written meanwhile: the map still points at this copy
       // and no unapplied segment or the open one has the block.
       Loc now;
-      if (!map_.Get(live[i].id, &now) || !(now == locs[i]) || open_index_.count(live[i].id))
+      if (!map_.Get(live[i].id, &now) || !(now == Loc{v.slot, live[i].offset, live[i].length}) ||
+          open_index_.count(live[i].id))
         continue;
       bool newer = false;
       for (auto& [seq, s] : sealed_) newer |= s->index.count(live[i].id) > 0;
@@ -897,13 +871,7 @@ void LogExport::Housekeeping() {
           now - last_write_ > std::chrono::duration<double>(options_.seal_idle_seconds))
         SealLocked(lock);
       // A failed segment is retried here too, so that data is stored without a client's flush.
-      for (auto& [seq, s] : sealed_) {
-        if (s->state == Sealed::State::kFailed && s->error.kind() != Status::Kind::kBusy) {
-          s->state = Sealed::State::kQueued;
-          upload_queue_.push_back(s);
-          cv_.notify_all();
-        }
-      }
+      RetryFailedLocked();
       const uint64_t since = applied_seq_ - checkpoint_seq_;
       // A large map costs more to write out: written less often, about once per MiB of it
       // per segment applied.
@@ -988,31 +956,20 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
              std::to_string(slots[i].size));
       ++*problems;
     }
-    std::vector<Loc> locs;
-    std::vector<SegmentEntry> entries;
-    for (const SegmentEntry& e : h.entries) {
-      Loc loc;
-      if (!e.deleted() && map.Get(e.id, &loc) && loc == Loc{i, e.offset, e.length}) {
-        locs.push_back(loc);
-        entries.push_back(e);
-      }
-    }
-    std::vector<Bytes> data(locs.size());
-    std::vector<Bytes*> outs;
-    for (Bytes& d : data) outs.push_back(&d);
+    const std::vector<SegmentEntry> entries = LiveEntries(map, i, h);
+    std::vector<Bytes> data;
     std::vector<Status> checks;
-    Status read = ReadFrames(slots[i].seq, locs, outs, &checks);
-    for (size_t k = 0; k < locs.size(); ++k) {
+    Status read = ReadEntryFrames(slots[i].seq, i, entries, &data, &checks);
+    for (size_t k = 0; k < entries.size(); ++k) {
       const Status& r = read.ok() ? checks[k] : read;
       if (!r.ok()) {
         report("block " + std::to_string(entries[k].id) + ": " + r.message());
         ++*problems;
-      } else if (Crc32c(0, outs[k]->data(), outs[k]->size()) != entries[k].crc) {
+      } else if (Crc32c(0, data[k].data(), data[k].size()) != entries[k].crc) {
         report("block " + std::to_string(entries[k].id) + " in " + key +
                ": its checksum differs from the segment's entry");
         ++*problems;
       }
-      outs[k]->clear();
     }
   }
   map.ForEach([&](uint64_t id, const Loc& loc) {
@@ -1026,21 +983,12 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
 
 Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
                             const WriteFence* fence) {
-  std::vector<std::string> keys;
-  S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), [&](const std::string& k, std::string_view) {
-    keys.push_back(k);
-  }));
-  S3B_RETURN_IF_ERROR(transport.List(CheckpointPrefix(name),
-                                     [&](const std::string& k, std::string_view) { keys.push_back(k); }));
   // Checkpoints first: an export half deleted then has no checkpoint naming missing segments.
-  std::stable_partition(keys.begin(), keys.end(), [&](const std::string& k) {
-    return k.compare(0, CheckpointPrefix(name).size(), CheckpointPrefix(name)) == 0;
-  });
-  for (size_t i = 0; i < keys.size(); i += 1000) {
-    std::span<const std::string> batch(keys.data() + i, std::min<size_t>(1000, keys.size() - i));
-    S3B_RETURN_IF_ERROR(transport.Delete(batch, fence));
-  }
-  return Status::Ok();
+  std::vector<std::string> keys;
+  const auto add = [&](const std::string& k, std::string_view) { keys.push_back(k); };
+  S3B_RETURN_IF_ERROR(transport.List(CheckpointPrefix(name), add));
+  S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), add));
+  return transport.Delete(keys, fence);
 }
 
 }  // namespace s3block::log

@@ -162,6 +162,12 @@ class LogExport {
   Status Refresh();
   // Applies a segment's entries to the map, in a new slot. REQUIRES: mu_ held, or no thread yet.
   void ApplyEntries(const SegmentHeader& header) REQUIRES(mu_);
+  // Reads the heads of the unbroken run of segments from `first` on, until one is missing or
+  // is another segment's; a head that is there but invalid ends it too, and sets *damaged.
+  Status ReadRun(uint64_t first, std::vector<SegmentHeader>* heads, Status* damaged);
+  // Applies a run read by ReadRun, skipping a stale writer's segments (of a lower epoch than
+  // one before them).
+  void ApplyRunLocked(const std::vector<SegmentHeader>& heads) REQUIRES(mu_);
 
   // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
   Status BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_);
@@ -185,14 +191,22 @@ class LogExport {
   // and (*checks)[i] says whether its frame checked out. Errors: the transport's.
   Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs,
                     std::vector<Status>* checks);
-  Status CheckpointNow(bool* wrote);
   // Deletes dead segments at or below the checkpoint, and older checkpoints.
-  void DeleteUnreferencedLocked(UniqueLock& lock, uint64_t checkpoint_seq) REQUIRES(mu_);
+  void DeleteUnreferencedLocked(uint64_t checkpoint_seq) REQUIRES(mu_);
   Status Sweep();
   // The segments a collector pass takes now, as (slot, seq).
   std::vector<std::pair<uint32_t, uint64_t>> GcCandidatesLocked(bool all) REQUIRES(mu_);
-  bool FenceOk(Status* why);
-  uint32_t AllocSlotLocked() REQUIRES(mu_);
+  // The fence of every change stored, or null.
+  const WriteFence* fence() const { return fence_ ? &fence_ : nullptr; }
+  // Segments whose upload failed are queued again (not once another writer has the export).
+  void RetryFailedLocked() REQUIRES(mu_);
+  // The entries of segment `header` (in slot `slot`) that `map` still points at.
+  static std::vector<SegmentEntry> LiveEntries(const BlockMap& map, uint32_t slot,
+                                               const SegmentHeader& header);
+  // Reads the frames of `entries` of segment seq (in slot `slot`): data[i] for entries[i], and
+  // checks[i] says whether its frame checked out. Errors: the transport's.
+  Status ReadEntryFrames(uint64_t seq, uint32_t slot, const std::vector<SegmentEntry>& entries,
+                         std::vector<Bytes>* data, std::vector<Status>* checks);  uint32_t AllocSlotLocked() REQUIRES(mu_);
 
   const std::shared_ptr<ObjectTransport> transport_;
   const std::string name_;

@@ -39,7 +39,9 @@ TEST(BlockMap, KeepsWhatIsSetAndForgetsWhatIsErased) {
       Loc old;
       const bool had = map.Erase(id, &old);
       ASSERT_EQ(had, model.count(id) > 0);
-      if (had) ASSERT_EQ(old, model[id]);
+      if (had) {
+        ASSERT_EQ(old, model[id]);
+      }
       model.erase(id);
     } else {
       const Loc loc{static_cast<uint32_t>(rng() % kMaxSlots), static_cast<uint32_t>(rng() % (1 << 22)) * 16,
@@ -47,7 +49,9 @@ TEST(BlockMap, KeepsWhatIsSetAndForgetsWhatIsErased) {
       Loc old;
       const bool had = map.Set(id, loc, &old);
       ASSERT_EQ(had, model.count(id) > 0);
-      if (had) ASSERT_EQ(old, model[id]);
+      if (had) {
+        ASSERT_EQ(old, model[id]);
+      }
       model[id] = loc;
     }
   }
