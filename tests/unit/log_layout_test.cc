@@ -194,14 +194,9 @@ class LogExportTest : public ::testing::TestWithParam<std::string> {
       if (HasFailure()) return;
       GTEST_SKIP() << "no S3 server configured (S3BLOCK_TEST_S3_ENDPOINT unset)";
     }
-    S3ClientOptions o;
-    o.endpoint = env.endpoint;
-    o.region = env.region;
-    o.bucket = env.bucket;
-    o.retry_timeout = 10;
-    o.http.max_connections = 16;
-    o.http.max_response_bytes = 64 << 20;
-    client_ = std::make_unique<S3Client>(o, AwsCredentials{env.access_key, env.secret_key, ""});
+    // Whole segments come back in one GET here (the layout itself reads ranges).
+    client_ = ::s3block::testing::MakeTestS3Client(
+        env, 16, [](S3ClientOptions* o) { o->http.max_response_bytes = 64 << 20; });
     transport_ = std::make_shared<S3Transport>(
         client_.get(), "logtest-" + std::to_string(::getpid()) + "-" + std::to_string(g_counter++) + "/");
   }

@@ -47,13 +47,7 @@ class ObjectTransportTest : public ::testing::TestWithParam<std::string> {
       if (HasFailure()) return;
       GTEST_SKIP() << "no S3 server configured (S3BLOCK_TEST_S3_ENDPOINT unset)";
     }
-    S3ClientOptions o;
-    o.endpoint = env.endpoint;
-    o.region = env.region;
-    o.bucket = env.bucket;
-    o.retry_timeout = 10;
-    o.http.max_connections = 16;
-    client_ = std::make_unique<S3Client>(o, AwsCredentials{env.access_key, env.secret_key, ""});
+    client_ = testing::MakeTestS3Client(env);
     // Small pages: listing many keys crosses several.
     client_->set_list_page_size_for_testing(100);
     prefix_ = "transport-" + std::to_string(::getpid()) + "-" + std::to_string(g_counter++) + "/";

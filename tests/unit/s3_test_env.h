@@ -9,7 +9,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <string>
+
+#include "s3/s3_client.h"
 
 namespace s3block::testing {
 
@@ -39,6 +43,21 @@ inline bool LoadS3Env(S3Env* env) {
                      "tests/scripts/s3_server.sh start DIR PORT and eval its output)";
   }
   return false;
+}
+
+// A client of the test server (retries for 10 s, at most `connections` requests at once);
+// `tune` may change its options first.
+inline std::unique_ptr<S3Client> MakeTestS3Client(
+    const S3Env& env, int connections = 16,
+    const std::function<void(S3ClientOptions*)>& tune = nullptr) {
+  S3ClientOptions o;
+  o.endpoint = env.endpoint;
+  o.region = env.region;
+  o.bucket = env.bucket;
+  o.retry_timeout = 10;
+  o.http.max_connections = connections;
+  if (tune) tune(&o);
+  return std::make_unique<S3Client>(o, AwsCredentials{env.access_key, env.secret_key, ""});
 }
 
 }  // namespace s3block::testing
