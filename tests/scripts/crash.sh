@@ -40,14 +40,6 @@ blocks) ;;
 log) store_params+=(layout=log segment-size=1M gc-threshold=90 "stats-file=$stats") ;;
 *) die "usage: $0 local|s3 [blocks|log]" ;;
 esac
-# stat_of KEY: a counter of the export in the stats file (0 until it shows).
-stat_of() {
-  $py -c "import json
-try:
-    print(json.load(open('$stats'))['exports']['crash']['$1'])
-except (OSError, ValueError, KeyError):
-    print(0)"
-}
 collected_rounds=0
 
 serve() { start_nbdkit "$plugin" "${store_params[@]}" size=256M "$@"; }
@@ -76,10 +68,10 @@ for ((r = 1; r <= rounds; r++)); do
   kill -0 "$writer_pid" 2>/dev/null || { cat "$work/writer.out" >&2; die "round $r: the writer ended before the kill"; }
   if [ "$layout" = log ]; then
     # The stats file of the server about to be killed (written once a second).
-    gc=$(stat_of log_gc_bytes)
+    gc=$(export_stat "$stats" crash log_gc_bytes 0)
     if [ "$gc" -gt 0 ]; then
       collected_rounds=$((collected_rounds + 1))
-      log "round $r: the collector had rewritten $gc bytes ($(stat_of log_gc_segments_freed) segments freed) before the kill"
+      log "round $r: the collector had rewritten $gc bytes ($(export_stat "$stats" crash log_gc_segments_freed 0) segments freed) before the kill"
     fi
   fi
   kill_nbdkit

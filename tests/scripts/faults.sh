@@ -47,15 +47,6 @@ blocks) layout_params=() writer_seconds=8 ;;
 log) layout_params=(layout=log segment-size=1M gc-threshold=90) writer_seconds=14 ;;
 *) die "usage: $0 [blocks|log]" ;;
 esac
-# stat_of FILE KEY: a counter of the export "disk" in the stats file FILE (0 until it shows).
-stat_of() {
-  $py -c "import json
-try:
-    print(json.load(open('$1'))['exports']['disk']['$2'])
-except (OSError, ValueError, KeyError):
-    print(0)"
-}
-
 start_faultproxy ${FAULTS_PORT:+-p "$FAULTS_PORT"}
 # The count of one fault kind in the proxy's statistics.
 injected() { proxy_stat "['faults']['$1']"; }
@@ -93,8 +84,8 @@ for kind in $kinds; do
     [ "$layout" = log ] || break
     # The stats file is written once a second: what the collector had done under the faults.
     sleep 1
-    gc=$(stat_of "$stats" log_gc_bytes)
-    log "$kind: the collector rewrote $gc bytes under the faults ($(stat_of "$stats" log_gc_segments_freed) segments freed)"
+    gc=$(export_stat "$stats" disk log_gc_bytes 0)
+    log "$kind: the collector rewrote $gc bytes under the faults ($(export_stat "$stats" disk log_gc_segments_freed 0) segments freed)"
     [ "$gc" -eq 0 ] || break
     # A pass that meets a fault it cannot ride out ends, and the next is 10 s later: another run.
     [ $run -lt 3 ] || die "$kind: the collector rewrote nothing in $((run * writer_seconds)) s of faults"
@@ -142,6 +133,26 @@ for kind in $kinds; do
   summary+=("$kind=$n")
   total=$((total + n))
 done
+
+# damaged_listing_holds WHAT PATH FLIP: the export "listing" (block 0 stored as 'L's) opened with
+# one listing under PATH damaged on the way (the text FLIP before a </Key> changed); block 0
+# must still read as stored, and a flushed trim of it hold across a restart.
+damaged_listing_holds() {
+  local what=$1 path=$2 flip=$3 before got
+  before=$(injected corrupt)
+  ctl "set?kinds=corrupt&rate=1&methods=GET&paths=$path&flip=$flip%3C%2FKey%3E&count=1" >/dev/null
+  serve listing
+  got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
+  [ "$(injected corrupt)" = $((before + 1)) ] || die "the $what was not damaged"
+  [ "$got" = L ] || die "after a damaged $what block 0 reads '$got', not what was stored"
+  nbd_io "$sock" "h.trim(12288, 0); h.flush()"
+  ctl off >/dev/null
+  stop_nbdkit
+  serve listing
+  nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
+    die "a flushed trim came back after the restart"
+  stop_nbdkit
+}
 if [ "$layout" = blocks ]; then
   # A block listing damaged on the way (plain HTTP protects nothing of it): block 0's number in
   # the page turned into a letter, so that the page names an object that is no block. The store
@@ -152,19 +163,7 @@ if [ "$layout" = blocks ]; then
   serve listing
   nbd_io "$sock" "h.pwrite(b'L' * 12288, 0); h.flush()"
   stop_nbdkit
-  before=$(injected corrupt)
-  ctl "set?kinds=corrupt&rate=1&methods=GET&paths=blocks%252F&flip=0%3C%2FKey%3E&count=1" >/dev/null
-  serve listing
-  got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
-  [ "$(injected corrupt)" = $((before + 1)) ] || die "the block listing was not damaged"
-  [ "$got" = L ] || die "after a damaged listing block 0 reads '$got', not what was stored"
-  nbd_io "$sock" "h.trim(12288, 0); h.flush()"
-  ctl off >/dev/null
-  stop_nbdkit
-  serve listing
-  nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
-    die "a flushed trim came back after the restart"
-  stop_nbdkit
+  damaged_listing_holds "block listing" "blocks%252F" 0
 else
   # A listing of the export's checkpoints damaged on the way: the newest root's name, a zero of
   # its seq turned into a letter, so that it names no checkpoint. The store must list them
@@ -188,22 +187,10 @@ h.flush()"
   done
   [ -n "$root" ] || die "the writer stored no checkpoint after 71 flushes"
   stop_nbdkit
-  before=$(injected corrupt)
   # The flip text starts at the root's 13th digit, a zero below 4096 segments.
   tail4=${root: -4}
   [ "${tail4:0:1}" = 0 ] || die "the checkpoint's seq is too large for this test: $root"
-  ctl "set?kinds=corrupt&rate=1&methods=GET&paths=checkpoint%252F&flip=${tail4}%3C%2FKey%3E&count=1" >/dev/null
-  serve listing
-  got=$(nbd_io "$sock" "sys.stdout.write(h.pread(4096, 0)[:1].decode('latin-1'))")
-  [ "$(injected corrupt)" = $((before + 1)) ] || die "the listing of checkpoints was not damaged"
-  [ "$got" = L ] || die "after a damaged listing of checkpoints block 0 reads '$got', not what was stored"
-  nbd_io "$sock" "h.trim(12288, 0); h.flush()"
-  ctl off >/dev/null
-  stop_nbdkit
-  serve listing
-  nbd_io "$sock" "assert h.pread(12288, 0) == bytes(12288), 'the trim did not hold'" ||
-    die "a flushed trim came back after the restart"
-  stop_nbdkit
+  damaged_listing_holds "listing of checkpoints" "checkpoint%252F" "$tail4"
 fi
 reqs=$(ctl stats | python3 -c "import json,sys; print(json.load(sys.stdin)['requests'])")
 # Over plain HTTP every request's signature covers a SHA-256 of its body, which the server checks.

@@ -76,15 +76,6 @@ plant_object() {
     s3_put_if_absent "$1" "${store#s3://$S3BLOCK_TEST_S3_BUCKET/}/$2"
   fi
 }
-# stat_of STATSFILE EXPORT KEY: one counter of the stats file (empty until the export shows).
-stat_of() {
-  $py -c "import json, sys
-try:
-    print(json.load(open('$1'))['exports']['$2']['$3'])
-except (OSError, ValueError, KeyError):
-    pass"
-}
-
 # --- a. A second server is refused ---
 log "a. a second server on the export the first serves is refused"
 serve w size=16M
@@ -267,16 +258,16 @@ stored() { objects gc | awk '{ s += $1 } END { print s + 0 }'; }
 live=$((blocks * 4096))
 deadline=$(($(date +%s) + gc_timeout))
 while :; do
-  seg=$(stat_of "$stats" gc log_segment_bytes)
-  lb=$(stat_of "$stats" gc log_live_bytes)
+  seg=$(export_stat "$stats" gc log_segment_bytes)
+  lb=$(export_stat "$stats" gc log_live_bytes)
   if [ -n "$seg" ] && [ -n "$lb" ] && [ "$seg" -le $((2 * lb)) ] && [ "$(stored)" -le $((2 * live)) ]; then break; fi
   if [ "$(date +%s)" -ge "$deadline" ]; then
     die "after ${gc_timeout}s the collector has not brought the space within twice the live data: segments ${seg:-?} bytes, live ${lb:-?} bytes, objects $(stored) bytes for $live bytes of data"
   fi
   sleep 2
 done
-gc_bytes=$(stat_of "$stats" gc log_gc_bytes)
-freed=$(stat_of "$stats" gc log_gc_segments_freed)
+gc_bytes=$(export_stat "$stats" gc log_gc_bytes)
+freed=$(export_stat "$stats" gc log_gc_segments_freed)
 [ "${freed:-0}" -gt 0 ] && [ "${gc_bytes:-0}" -gt 0 ] || die "the space came down, but the collector freed nothing (gc bytes ${gc_bytes:-?}, segments freed ${freed:-?})"
 log "collector: $gc_bytes bytes rewritten, $freed segments freed; segments $seg bytes, live $lb bytes, $(stored) bytes stored for $live bytes of data"
 check_blocks "$work/gc.sock" || die "after the collector, a block does not read back as last written"

@@ -408,3 +408,13 @@ h.connect_uri('nbd+unix:///disk?socket=$s')
 $*
 h.shutdown()"
 }
+
+# export_stat FILE EXPORT KEY [DEFAULT]: one counter of an export in a stats file (stats-file=),
+# or DEFAULT (empty if not given) until the file shows it.
+export_stat() {
+  $py -c "import json, sys
+try:
+    print(json.load(open(sys.argv[1]))['exports'][sys.argv[2]][sys.argv[3]])
+except (OSError, ValueError, KeyError):
+    print(sys.argv[4] if len(sys.argv) > 4 else '')" "$@"
+}
