@@ -87,7 +87,9 @@ class Volume {
 
   // Flushes, then gives up the export's lease so that another server may take it; writes after
   // this fail with ESHUTDOWN. For a clean shutdown, when connections may still hold the Volume.
-  Status Close();
+  // With `lease`, the lease is handed to the caller instead, to give up once the store has closed
+  // the export too: what the store writes then (a log export's last checkpoint) is fenced by it.
+  Status Close(std::shared_ptr<ExportLease>* lease = nullptr);
 
   // Calls fn(offset, length, hole) for consecutive runs covering [offset, offset + count), as far
   // as fn returns true. A hole is a range of blocks that are not stored (they read as zeros).

@@ -431,7 +431,7 @@ Status Volume::Flush() {
   return device_->Flush().Annotate("flush export '" + QuoteForMessage(name_) + "'");
 }
 
-Status Volume::Close() {
+Status Volume::Close(std::shared_ptr<ExportLease>* lease) {
   std::lock_guard<std::mutex> lock(close_mu_);
   if (closed_.load()) return Status::Ok();
   Status s = Flush();
@@ -439,7 +439,8 @@ Status Volume::Close() {
   // Writes already past their check may still be running; the store keeps them durable on its
   // own (a PUT that returned is stored) or they are lost with the process, as unflushed writes
   // may be. The lease goes only after the flush, so nobody else writes before ours are stored.
-  lease_.store(nullptr);
+  std::shared_ptr<ExportLease> held = lease_.exchange(nullptr);
+  if (lease) *lease = std::move(held);
   return s;
 }
 

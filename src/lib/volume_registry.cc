@@ -138,7 +138,7 @@ Status VolumeRegistry::Release(const std::string& name, bool* last) {
   if (--e->connections > 0) return Status::Ok();
   *last = true;
   Status s;
-  if (!e->volume->readonly()) {
+  if (e->volume && !e->volume->readonly()) {  // none once CloseAll has closed it
     ++e->flushing;
     std::shared_ptr<Volume> v = e->volume;
     lk.Unlock();
@@ -169,9 +169,11 @@ void VolumeRegistry::CloseIdleLocked(const std::string& name, std::shared_ptr<En
   // Flush first and keep the export open if that fails: its writes stay in the cache, to be
   // stored by a later flush, and the lease stays held so that nobody else writes meanwhile.
   Status s = v->Flush();
+  // Held until the store has closed the export below: its last writes are made under it.
+  std::shared_ptr<ExportLease> lease;
   if (s.ok()) {
-    // Nothing was written since (no connection): Close only gives up the lease now.
-    Status closed = v->Close();
+    // Nothing was written since (no connection): Close only hands over the lease now.
+    Status closed = v->Close(&lease);
     if (!closed.ok() && options_.log)
       options_.log("closing idle export " + Quoted(name) + ": " + closed.message());
   }
@@ -196,6 +198,7 @@ void VolumeRegistry::CloseIdleLocked(const std::string& name, std::shared_ptr<En
   v.reset();
   last.reset();  // the Volume goes before the store forgets the export (it clears its hint)
   Status released = stack_.store->CloseExport(name);
+  lease.reset();
   if (options_.log) {
     options_.log(released.ok() ? "closed idle export " + Quoted(name)
                                : "closed idle export " + Quoted(name) +
@@ -237,7 +240,7 @@ void VolumeRegistry::CloserThread() {
 }
 
 Status VolumeRegistry::CloseAll() {
-  std::vector<std::shared_ptr<Volume>> volumes;
+  std::vector<std::pair<std::string, std::shared_ptr<Volume>>> volumes;
   {
     UniqueLock lk(&mu_);
     stopping_ = true;
@@ -247,12 +250,23 @@ Status VolumeRegistry::CloseAll() {
       return std::all_of(entries_.begin(), entries_.end(),
                          [](const auto& kv) { return kv.second->state == State::kOpen; });
     });
-    for (auto& [name, e] : entries_)
-      if (e->volume && !e->volume->readonly()) volumes.push_back(e->volume);
+    for (auto& [name, e] : entries_) {
+      if (!e->volume) continue;
+      volumes.emplace_back(name, std::move(e->volume));
+      e->state = State::kClosing;
+    }
   }
+  // Each export as an idle one is closed: the Volume, then the store's part of it (a log export
+  // stores its last checkpoint), then the lease. A connection that still holds the Volume is
+  // refused writes from now on; its reads start afresh in the store.
   Status first;
-  for (auto& v : volumes) {
-    Status s = v->Close();
+  for (auto& [name, v] : volumes) {
+    std::shared_ptr<ExportLease> lease;
+    Status s = v->readonly() ? Status::Ok() : v->Close(&lease);
+    v.reset();
+    Status released = stack_.store->CloseExport(name);
+    if (s.ok()) s = released;
+    lease.reset();
     if (!s.ok() && first.ok()) first = s;
   }
   return first;

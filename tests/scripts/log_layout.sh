@@ -12,7 +12,9 @@
 #     and flushing; one started later serves the later flush.
 #  d. An export closed as idle (idle-timeout=1), then written by another server, is read again
 #     from the store when a client opens it again on the first server, which then writes it.
-#  e. The collector: a 64 MiB export (segment-size=1M) filled, then random 4 KiB overwrites of
+#  e. A clean stop of nbdkit, and an idle close (on S3 while the lease is still held), each store
+#     a checkpoint that covers the newest segment.
+#  f. The collector: a 64 MiB export (segment-size=1M) filled, then random 4 KiB overwrites of
 #     twice its size with flushes; the stats file is polled until the segments stored are at
 #     most twice the live bytes (a timeout is a failure); then every block reads back as last
 #     written (each block's content names its number and version; the last version of each is
@@ -217,8 +219,37 @@ assert h.pread(4096, 0) == blk(0, 2) and h.pread(4096, 4096) == blk(1, 3)" ||
   die "after both servers stopped, the export does not hold what each flushed last"
 stop_nbdkit -n b
 
-# --- e. The collector under random overwrites ---
-log "e. the collector: a 64 MiB export filled, then 128 MiB of random 4 KiB overwrites"
+# --- e. A clean stop and an idle close leave a checkpoint of every segment ---
+log "e. a clean stop and an idle close each store a checkpoint that covers the newest segment"
+# covered EXPORT: the newest checkpoint covers the newest segment, so that the next open replays
+# nothing. Both come before the checkpoint a writer stores once it has been quiet a few seconds.
+covered() {
+  local seg ckpt
+  seg=$(segments "$1" | tail -n 1)
+  ckpt=$(objects "$1" | sed -n "s|^[0-9]* exports/$1/checkpoint/\([0-9a-f]\{16\}\)$|\1|p" | sort | tail -n 1)
+  [ -n "$seg" ] && [ -n "$ckpt" ] && [ $((16#$ckpt)) -ge $((16#$seg)) ]
+}
+serve f size=16M
+io "$work/f.sock" stopped "
+for b in range(64): h.pwrite(blk(b, 1), b * 4096)
+h.flush()"
+stop_nbdkit -n f
+covered stopped || die "after a clean stop, no checkpoint covers the newest segment: $(objects stopped)"
+# The idle close: on S3 the checkpoint is fenced by the lease, which must still be held.
+start_nbdkit -n f -v "$plugin" "${store_params[@]}" layout=log size=16M idle-timeout=1
+io "$work/f.sock" idled "
+for b in range(64): h.pwrite(blk(b, 1), b * 4096)
+h.flush()"
+for ((i = 0; ; i++)); do
+  grep -q "closed idle export 'idled'\$" "$work/f.log" && break
+  [ $i -lt 120 ] || die "the idle export was not closed within 60 s"
+  sleep 0.5
+done
+covered idled || die "after an idle close, no checkpoint covers the newest segment: $(objects idled)"
+stop_nbdkit -n f
+
+# --- f. The collector under random overwrites ---
+log "f. the collector: a 64 MiB export filled, then 128 MiB of random 4 KiB overwrites"
 stats=$work/stats.json
 model=$work/gc.model
 blocks=16384
