@@ -443,15 +443,19 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   // Nor listed, which reads its checkpoint, and fails if that is what is damaged.
   const bool log = ms.ok() && found && IsLog(meta);
   std::vector<uint64_t> ids;
-  if (!log) S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
+  if (ms.ok() && !log) S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!found && ids.empty() && ms.ok())
     return NotFound(store, name);
   // Mark it first: an interrupted delete leaves an export that is not served, rather than a
   // disk with holes punched in it.
   if (!ms.ok()) meta = ExportMeta();  // damaged metadata: replace it with a marker
   if (meta.block_size == 0) meta.block_size = kDefaultBlockSize;
+  if (meta.size == 0) meta.size = meta.block_size;  // a marker's size means nothing, but parses
   meta.state = ExportMeta::State::kDeleting;
   S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
+  // Damaged metadata named no layout the store could read: the blocks are listed under the
+  // marker (the store deletes the log layout's objects of an export marked so with it).
+  if (!ms.ok()) S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!log) {
     S3B_RETURN_IF_ERROR(DeleteIds(store, name, ids, options));
     S3B_RETURN_IF_ERROR(store.Flush(name));

@@ -158,6 +158,16 @@ Status LayoutStore::DeleteMeta(std::string_view e) {
     is_log = KnownLog(e);
     if (!is_log) return s;
   }
+  if (!is_log) {
+    // An export marked for deletion loses this layout's objects whatever its metadata says: the
+    // mark may have replaced damaged metadata that named this layout. (Two listings of nothing
+    // for an export that never had any.)
+    std::string text;
+    bool found = false;
+    ExportMeta meta;
+    is_log = next_->ReadMeta(e, &text, &found).ok() && found &&
+             ExportMeta::Parse(e, text, &meta).ok() && meta.state == ExportMeta::State::kDeleting;
+  }
   if (is_log) {
     {
       std::shared_ptr<Entry> entry = EntryFor(e);

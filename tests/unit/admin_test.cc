@@ -628,6 +628,18 @@ TEST_F(AdminLogTest, DeleteRemovesSegmentsAndCheckpointsWithoutARecordPerBlock) 
     fs::resize_file(entry.path(), 3);
   ASSERT_OK(DeleteExport(*coded_, "e", log_));
   EXPECT_FALSE(fs::exists(ExportDir("e")));
+  // And one whose metadata is damaged (the layout it names unreadable): its segments and
+  // checkpoints go too, where a listing of them would otherwise be left behind.
+  ASSERT_OK(ImportImage(*coded_, "f", image, 4096, log_));
+  ASSERT_OK(coded_->CloseExport("f"));
+  std::ofstream(ExportDir("f") + "/metadata", std::ios::trunc) << "format=1\nsize=twelve\n";
+  ASSERT_OK(DeleteExport(*coded_, "f", log_));
+  EXPECT_FALSE(fs::exists(ExportDir("f")));
+  // A blocks export with damaged metadata: its blocks go, listed under the marker.
+  ASSERT_OK(ImportImage(*coded_, "g", image, 4096, options_));
+  std::ofstream(ExportDir("g") + "/metadata", std::ios::trunc) << "format=1\nsize=twelve\n";
+  ASSERT_OK(DeleteExport(*coded_, "g", options_));
+  EXPECT_FALSE(fs::exists(ExportDir("g")));
 }
 
 TEST_F(AdminLogTest, AnImportRunAgainKeepsTheLayoutItStartedIn) {
