@@ -57,10 +57,18 @@ Status FileStore::AcquireLease(std::string_view export_name, const std::string& 
     }
     return Status::FromErrno(err, "flock " + path);
   }
-  // We are the export's only writer now: temporary files in its directories were left by a
-  // writer that died mid-write (they were never renamed into place, so they are not data).
+  // We are the export's only writer now: temporary files in its directory and the ones below it
+  // (blocks/, and log/ and checkpoint/ of the log layout) were left by a writer that died
+  // mid-write (they were never renamed into place, so they are not data).
   RemoveTempFiles(dirs->exp, ExportDir(export_name));
-  RemoveTempFiles(dirs->blocks, BlocksDir(export_name));
+  (void)ForEachEntry(dirs->exp, ExportDir(export_name), [&](int dfd, const char* name) {
+    if (name[0] == '.') return;
+    // Only a directory, and never through a link.
+    const int sub = ::openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) return;
+    RemoveTempFiles(sub, ExportDir(export_name) + "/" + name);
+    ::close(sub);
+  });
   std::string text = holder + "\n";
   if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), text.data(), text.size(), 0) < 0)
     return Status::FromErrno(errno, "write " + path);

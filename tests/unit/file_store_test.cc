@@ -555,11 +555,23 @@ TEST(FileStore, TheLeaseHolderSweepsTemporaryFilesOfADeadWriter) {
   const std::string blocks = dir.path() + "/exports/e/blocks/";
   std::ofstream(blocks + ".tmp.7.123.4") << "half a block";
   std::ofstream(dir.path() + "/exports/e/.tmp.metadata.123.5") << "format=";
+  // The log layout's directories, and one reached through a link, which is not followed.
+  const std::string log = dir.path() + "/exports/e/log/";
+  fs::create_directory(log);
+  std::ofstream(log + ".tmp.0000000000000003.x1y2") << "half a segment";
+  std::ofstream(log + "0000000000000002") << "a segment";
+  const std::string elsewhere = dir.path() + "/elsewhere/";
+  fs::create_directory(elsewhere);
+  std::ofstream(elsewhere + ".tmp.keep") << "not the export's";
+  fs::create_directory_symlink(elsewhere, dir.path() + "/exports/e/linked");
   std::unique_ptr<ExportLease> lease;
   ASSERT_OK(store.AcquireLease("e", "me", false, &lease));
   EXPECT_FALSE(fs::exists(blocks + ".tmp.7.123.4"));
   EXPECT_FALSE(fs::exists(dir.path() + "/exports/e/.tmp.metadata.123.5"));
+  EXPECT_FALSE(fs::exists(log + ".tmp.0000000000000003.x1y2"));
   EXPECT_TRUE(fs::exists(blocks + "1"));
+  EXPECT_TRUE(fs::exists(log + "0000000000000002"));
+  EXPECT_TRUE(fs::exists(elsewhere + ".tmp.keep"));
 }
 
 }  // namespace
