@@ -131,7 +131,7 @@ void StatsReporter::Loop() {
       for (const auto& [name, counters] : all) {
         std::string line = ToLine(counters);
         if (logged[name] == line) continue;
-        log_("cache of export '" + QuoteForMessage(name) + "': " + line);
+        log_("counters of export '" + QuoteForMessage(name) + "': " + line);
         logged[name] = std::move(line);
       }
     }
