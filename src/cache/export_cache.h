@@ -117,6 +117,7 @@ class CacheStore::ExportCache {
         upload_threshold_(dirty_limit_ / 2),
         inflight_limit_(std::max(dirty_limit_, budget_ / 2)),
         fetch_batch_(std::clamp<size_t>(next->ReadBatchSize(name_), 1, kMaxFetchBatch)),
+        fetch_batch_bytes_(next->ReadBatchBytes(name_)),
         write_through_(next->BuffersWrites(name_)) {}
 
   // From now on the pools work for this cache (if they are not already).
@@ -173,11 +174,9 @@ class CacheStore::ExportCache {
  private:
   // The protected segment holds at most this share of the budget; the rest is probationary.
   static constexpr uint64_t kProtectedPercent = 80;
-  // Most blocks a fetcher reads ahead with one ReadBatch of the store below.
-  static constexpr size_t kMaxFetchBatch = 32;
-  // A batch is at most this many bytes: for larger blocks, one block per fetch (reading many
-  // 1 MiB files in one io_uring submission was slower than reading them from many threads).
-  static constexpr uint64_t kFetchBatchBytes = 128 << 10;
+  // Most blocks a fetcher reads ahead with one ReadBatch of the store below (a batch is also at
+  // most the store's ReadBatchBytes).
+  static constexpr size_t kMaxFetchBatch = 256;
   // While batches are read (small blocks of a store that reads batches: the file store), a
   // quarter of CacheOptions::read_threads fetch at a time, and the read-ahead window is four
   // times CacheOptions::readahead_max: the blocks in flight are then many batches, not many
@@ -339,17 +338,18 @@ class CacheStore::ExportCache {
   // be uploaded, this bounds the memory that written data holds.
   const uint64_t inflight_limit_;
   // Blocks a fetcher reads with one ReadBatch of the store: the store's ReadBatchSize, at most
-  // kMaxFetchBatch.
+  // kMaxFetchBatch; and the bytes, the store's ReadBatchBytes.
   const size_t fetch_batch_;
+  const uint64_t fetch_batch_bytes_;
   // The store keeps unflushed writes itself (BlockStore::BuffersWrites): whole blocks are
   // handed to it in the writer's thread, and kept here clean, instead of written back later.
   const bool write_through_;
   // Blocks one fetcher reads with one ReadBatch now: more than one only if the store reads
-  // batches and the blocks are small (kFetchBatchBytes).
+  // batches and the blocks are small (fetch_batch_bytes_).
   size_t BatchBlocksLocked() const REQUIRES(mu_) {
     if (fetch_batch_ == 1) return 1;
     return static_cast<size_t>(std::clamp<uint64_t>(
-        kFetchBatchBytes / std::max<uint64_t>(last_block_size_, 1), 1, fetch_batch_));
+        fetch_batch_bytes_ / std::max<uint64_t>(last_block_size_, 1), 1, fetch_batch_));
   }
   // Fetchers that may read at once, and most blocks read ahead of one sequential reader: fewer
   // and longer while batches are read (kBatchFetchersDivisor).
@@ -358,8 +358,12 @@ class CacheStore::ExportCache {
                                    : options_.read_threads;
   }
   uint64_t ReadaheadWindowLocked() const REQUIRES(mu_) {
-    return BatchBlocksLocked() > 1 ? uint64_t{options_.readahead_max} * kBatchWindowFactor
-                                   : options_.readahead_max;
+    const size_t batch = BatchBlocksLocked();
+    if (batch == 1) return options_.readahead_max;
+    // At least a batch for every fetcher: a store whose batches are large (a log segment's 1 MiB
+    // ranges) would otherwise keep only a few of them busy.
+    return std::max<uint64_t>(uint64_t{options_.readahead_max} * kBatchWindowFactor,
+                              uint64_t{FetcherLimitLocked()} * batch);
   }
 
   mutable Mutex mu_;

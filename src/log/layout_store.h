@@ -37,6 +37,7 @@ class LayoutStore : public StoreDecorator {
   Status Read(std::string_view e, uint64_t id, Bytes* data, bool* found) override;
   void ReadBatch(std::string_view e, std::span<BlockRead> reads) override;
   size_t ReadBatchSize(std::string_view e) const override;
+  uint64_t ReadBatchBytes(std::string_view e) const override;
   bool BuffersWrites(std::string_view e) const override;
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override;
   Status Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,

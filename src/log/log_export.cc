@@ -321,7 +321,9 @@ void LogExport::ApplyStoredLocked() {
     if (it->first != applied_seq_ + 1 || it->second->state != Sealed::State::kStored) return;
     std::shared_ptr<Sealed> s = it->second;
     ApplyEntries(s->header);
-    if (spare_buffers_.empty()) {  // one: the next seal takes it; more would only hold memory
+    // Every buffer goes back for the next seals to reuse: at most the window's are ever made.
+    // (Freed and made again, they left the allocator's per-thread arenas holding ever more.)
+    if (spare_buffers_.size() < options_.upload_window) {
       spare_buffers_.push_back(std::move(s->bytes));
       s->bytes.clear();
     }
@@ -355,7 +357,7 @@ void LogExport::SealLocked(UniqueLock& lock) {
     spare_buffers_.pop_back();
   }
   s->bytes.clear();
-  s->bytes.reserve(data_offset + frame_bytes);
+  s->bytes.reserve(std::max<uint64_t>(options_.segment_size, data_offset + frame_bytes));
   s->bytes.resize(data_offset);
   s->header.entries.resize(ids.size());
   uint64_t at = data_offset;
@@ -416,6 +418,8 @@ Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
   S3B_RETURN_IF_ERROR(lost_);
   Frame f;
   if (payload) {
+    // At its full size at once: growing it by doubling held the old and the new copy.
+    if (open_frames_.capacity() < options_.segment_size) open_frames_.reserve(options_.segment_size);
     f.offset = static_cast<uint32_t>(open_frames_.size());
     f.crc = AppendFrame(*payload, &open_frames_);
     f.length = static_cast<uint32_t>(frame);

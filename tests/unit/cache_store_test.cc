@@ -78,6 +78,9 @@ class TestStore : public BlockStore {
   }
   // As a store that reads batches says; set before the export is first used.
   size_t ReadBatchSize(std::string_view) const override { return batch_size_; }
+  uint64_t ReadBatchBytes(std::string_view e) const override {
+    return batch_bytes_ ? batch_bytes_ : BlockStore::ReadBatchBytes(e);
+  }
   bool BuffersWrites(std::string_view) const override { return buffers_writes_; }
 
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override {
@@ -205,6 +208,7 @@ class TestStore : public BlockStore {
   }
   int reads() { std::lock_guard<std::mutex> lk(mu_); return reads_; }
   void SetBatchSize(size_t n) { batch_size_ = n; }
+  void SetBatchBytes(uint64_t n) { batch_bytes_ = n; }
   void SetBuffersWrites(bool b) { buffers_writes_ = b; }
   // The size of every ReadBatch asked for, in order.
   std::vector<size_t> Batches() { std::lock_guard<std::mutex> lk(mu_); return batches_; }
@@ -261,6 +265,7 @@ class TestStore : public BlockStore {
   std::vector<int> uploads_in_flight_at_flush_;
   std::vector<size_t> batches_;
   size_t batch_size_ = 1;
+  uint64_t batch_bytes_ = 0;  // 0: BlockStore's default
   bool buffers_writes_ = false;
   std::vector<Op> log_;
   std::map<uint64_t, std::vector<Bytes>> history_;
@@ -477,6 +482,38 @@ TEST_F(CacheTest, AStoreThatReadsBatchesIsReadAheadInBatches) {
   EXPECT_EQ(blocks, st.store_reads);  // every fetch is a ReadBatch: a reader's miss, one block
   // Past the last block read-ahead asks for blocks that are not stored, a window at most.
   EXPECT_LE(st.store_reads, kBlocks + 4 * 32);
+}
+
+// A store whose batches may be large (a log segment's ranged reads: 256 blocks, 1 MiB) is read
+// ahead in batches larger than the default 128 KiB, never larger than it says.
+TEST_F(CacheTest, AStoreWithLargeBatchesIsReadAheadInLargeBatches) {
+  Make(Options(8192), true);
+  store_->SetBatchSize(256);
+  store_->SetBatchBytes(1 << 20);
+  constexpr uint64_t kBlocks = 3000;
+  for (uint64_t id = 0; id < kBlocks; ++id) store_->Put(id, MakeBlock(id, 0));
+  Bytes out(256 * kBs);
+  for (uint64_t first = 0; first + 256 <= kBlocks; first += 256) {  // a reader of 1 MiB requests
+    ASSERT_OK(Dev(kBs)->ReadBlocks(first, 256, out.data()));
+    for (uint64_t i = 0; i < 256; ++i) {
+      const Bytes want = MakeBlock(first + i, 0);
+      ASSERT_TRUE(std::equal(want.begin(), want.end(), out.begin() + i * kBs)) << first + i;
+    }
+  }
+  ASSERT_OK(cache_->Shutdown());
+  size_t largest = 0;
+  for (size_t n : store_->Batches()) largest = std::max(largest, n);
+  EXPECT_GT(largest, 32u) << "batches stay at the default's 128 KiB";
+  EXPECT_LE(largest, 256u);
+  // A store whose batches are at most 64 KiB: 16 blocks.
+  Make(Options(8192), true);
+  store_->SetBatchSize(256);
+  store_->SetBatchBytes(64 << 10);
+  for (uint64_t id = 0; id < kBlocks; ++id) store_->Put(id, MakeBlock(id, 0));
+  for (uint64_t first = 0; first + 256 <= kBlocks; first += 256)
+    ASSERT_OK(Dev(kBs)->ReadBlocks(first, 256, out.data()));
+  ASSERT_OK(cache_->Shutdown());
+  for (size_t n : store_->Batches()) EXPECT_LE(n, 16u);
 }
 
 // A store that gains nothing from batches is read one block per request, from many threads.
