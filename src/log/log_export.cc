@@ -249,7 +249,7 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
     mark.flags = kSegmentEpochMark;
     std::vector<uint8_t> bytes(SegmentDataOffset(0));
     EncodeSegmentHead(&mark, &bytes);
-    status = transport_->Put(SegmentKey(name_, seq), bytes, PutOptions::IfAbsent(fence()));
+    status = PutSegment(seq, bytes, bytes.size());
     if (IsPreconditionFailed(status))
       status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
                             ": another writer stored segment " + std::to_string(seq) +
@@ -285,24 +285,26 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   return Status::Ok();
 }
 
+Status LogExport::PutSegment(uint64_t seq, std::span<const uint8_t> bytes, size_t head_bytes) {
+  const std::string key = SegmentKey(name_, seq);
+  Status status = transport_->Put(key, bytes, PutOptions::IfAbsent(fence()));
+  if (!IsPreconditionFailed(status)) return status;
+  std::vector<uint8_t> head;
+  S3B_RETURN_IF_ERROR(transport_->GetRange(key, 0, head_bytes, &head));
+  if (head.size() == head_bytes && std::memcmp(head.data(), bytes.data(), head_bytes) == 0)
+    return Status::Ok();
+  return status;
+}
+
 void LogExport::Upload(std::shared_ptr<Sealed> s) {
-  const std::string key = SegmentKey(name_, s->seq);
-  Status status = transport_->Put(key, s->bytes, PutOptions::IfAbsent(fence()));
+  Status status = PutSegment(s->seq, s->bytes, s->header.data_offset);
   if (IsPreconditionFailed(status)) {
-    // Stored by an earlier attempt of ours whose reply was lost, or by another writer.
-    std::vector<uint8_t> head;
-    Status r = transport_->GetRange(key, 0, s->header.data_offset, &head);
-    if (r.ok() && head.size() == s->header.data_offset &&
-        std::memcmp(head.data(), s->bytes.data(), head.size()) == 0) {
-      status = Status::Ok();
-    } else {
-      status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
-                            ": another writer stored segment " + std::to_string(s->seq) +
-                            "; this server no longer owns the export");
-      MutexLock l(&mu_);
-      if (lost_.ok()) lost_ = status;
-      cv_.notify_all();
-    }
+    status = Status::Busy("export '" + name_ + "' in " + transport_->Describe() +
+                          ": another writer stored segment " + std::to_string(s->seq) +
+                          "; this server no longer owns the export");
+    MutexLock l(&mu_);
+    if (lost_.ok()) lost_ = status;
+    cv_.notify_all();
   }
   MutexLock l(&mu_);
   if (status.ok()) {
@@ -333,10 +335,13 @@ void LogExport::ApplyStoredLocked() {
 
 void LogExport::SealLocked(UniqueLock& lock) {
   // Room in the window first: what is not yet stored stays bounded, and writers wait while the
-  // store is down (a failed segment is tried again by the background thread and by flushes).
+  // store is down. A window of failed segments is tried again from here too, every half second:
+  // nothing else may be left to (the background thread may be waiting here itself).
   while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_ &&
-         lost_.ok())
-    cv_.wait(lock.native());
+         lost_.ok()) {
+    if (cv_.wait_for(lock.native(), std::chrono::milliseconds(500)) == std::cv_status::timeout)
+      RetryFailedLocked();
+  }
   if (open_index_.empty() || !lost_.ok()) return;
   auto s = std::make_shared<Sealed>();
   s->seq = next_seq_++;
@@ -693,8 +698,11 @@ Status LogExport::Checkpoint() {
     CheckpointInfo theirs;
     BlockMap ignored;
     Status r = ReadCheckpoint(*transport_, name_, info.seq, &theirs, &ignored);
-    s = r.ok() && theirs.epoch <= info.epoch ? Status::Ok() : Status::Busy(
-        "export '" + name_ + "': another writer stored checkpoint " + std::to_string(info.seq));
+    // Not read back: only that (tried again at the next checkpoint), not another writer.
+    if (!r.ok()) s = r;
+    else if (theirs.epoch <= info.epoch) s = Status::Ok();
+    else s = Status::Busy("export '" + name_ + "': another writer stored checkpoint " +
+                          std::to_string(info.seq));
   }
   UniqueLock lock(&mu_);
   checkpointing_ = false;
@@ -871,11 +879,12 @@ void LogExport::Housekeeping() {
       cv_.wait_for(lock.native(), std::chrono::milliseconds(500));
       if (stop_) return;
       const auto now = Clock::now();
-      if (!open_index_.empty() &&
-          now - last_write_ > std::chrono::duration<double>(options_.seal_idle_seconds))
-        SealLocked(lock);
       // A failed segment is retried here too, so that data is stored without a client's flush.
       RetryFailedLocked();
+      // An idle segment is sealed only if there is room for it: this thread does not wait.
+      if (!open_index_.empty() && sealed_.size() < options_.upload_window &&
+          now - last_write_ > std::chrono::duration<double>(options_.seal_idle_seconds))
+        SealLocked(lock);
       const uint64_t since = applied_seq_ - checkpoint_seq_;
       // A large map costs more to write out: written less often, about once per MiB of it
       // per segment applied.

@@ -183,6 +183,11 @@ class LogExport {
   // Applies every stored segment that follows the run.
   void ApplyStoredLocked() REQUIRES(mu_);
   void Upload(std::shared_ptr<Sealed> s);
+  // Stores segment `seq` only if its key is absent. Refused, the object there is read back: the
+  // same first `head_bytes` are ours (an earlier attempt whose reply was lost): Ok. Another head
+  // is another writer's: the refusal (IsPreconditionFailed). A failure to read it back is only
+  // that, returned as it is, for the caller to try again.
+  Status PutSegment(uint64_t seq, std::span<const uint8_t> bytes, size_t head_bytes);
   void Housekeeping();
   // Where block id is right now, if anywhere: *in_memory is set with its payload for a block
   // not yet in the map.

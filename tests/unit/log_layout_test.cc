@@ -450,6 +450,87 @@ class DamagingTransport : public ObjectTransport {
   int listings_, heads_, frames_;
 };
 
+// A transport whose next `lose` segment PUTs store the segment and answer as a request sent
+// again after a lost reply would (the key is taken), and whose next `fail_reads` reads of a
+// segment so refused fail, as a reset of the connection would make them.
+class LosingTransport : public ObjectTransport {
+ public:
+  explicit LosingTransport(std::shared_ptr<ObjectTransport> next) : next_(std::move(next)) {}
+  void Arm(int lose, int fail_reads) {
+    lose_ = lose;
+    fail_reads_ = fail_reads;
+  }
+  std::string Describe() const override { return next_->Describe(); }
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
+             std::string* version) override {
+    Status s = next_->Put(key, data, options, version);
+    uint64_t seq;
+    if (s.ok() && lose_ > 0 && ParseSeqKey(key, LogPrefix("e"), &seq)) {
+      --lose_;
+      refused_ = key;
+      return Status::AlreadyExists("the key is taken (the request's first attempt stored it)");
+    }
+    return s;
+  }
+  Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
+    return next_->Get(key, data, info);
+  }
+  Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
+                  std::vector<uint8_t>* data) override {
+    if (key == refused_ && fail_reads_ > 0) {
+      --fail_reads_;
+      return Status::IoError("connection reset reading " + key);
+    }
+    return next_->GetRange(key, offset, length, data);
+  }
+  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
+  Status List(const std::string& prefix,
+              const std::function<void(const std::string&, std::string_view)>& fn) override {
+    return next_->List(prefix, fn);
+  }
+  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
+    return next_->Delete(keys, fence);
+  }
+
+ private:
+  std::shared_ptr<ObjectTransport> next_;
+  int lose_ = 0, fail_reads_ = 0;
+  std::string refused_;
+};
+
+// A segment stored by a request whose reply was lost is refused when the request is sent again;
+// reading it back to see whose it is may fail too. That is a failure to try again, never another
+// writer's segment: the export stays this server's, and what it flushed is there.
+TEST_P(LogExportTest, ASegmentStoredWhoseReplyWasLostIsOursEvenIfReadingItBackFails) {
+  auto lossy = std::make_shared<LosingTransport>(transport_);
+  {
+    std::unique_ptr<LogExport> e;
+    ASSERT_OK(LogExport::Open(lossy, "e", options_, nullptr, &e));
+    // The epoch mark of the first write: refused, then not read back.
+    lossy->Arm(1, 1);
+    Status s = e->Write(1, Block(1, 1), false);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.message().find("another writer"), std::string::npos) << s.ToString();
+    ASSERT_OK(e->Write(1, Block(1, 1), false));
+    ASSERT_OK(e->Flush());
+    // A segment: refused, then not read back; the flush fails, and the next one finds it ours.
+    lossy->Arm(1, 1);
+    for (uint64_t id = 2; id < 40; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    s = e->Flush();
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.message().find("another writer"), std::string::npos) << s.ToString();
+    ASSERT_OK(e->Flush());
+    // Refused and read back at once: ours.
+    lossy->Arm(1, 0);
+    ASSERT_OK(e->Write(40, Block(40, 1), false));
+    ASSERT_OK(e->Flush());
+    ASSERT_OK(e->Write(41, Block(41, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  for (uint64_t id = 1; id < 42; ++id) ExpectBlock(*e, id, 1);
+}
+
 TEST_P(LogExportTest, AHeadDamagedOnTheWayIsReadAgainNotTakenForTorn) {
   {
     auto e = Open();
