@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,6 +99,15 @@ Status ForEachEntry(int dirfd, const std::string& path,
   ::closedir(d);
   if (err != 0) return Status::FromErrno(err, "readdir " + path);
   return Status::Ok();
+}
+
+Status ListSubdirectories(int dirfd, const std::string& path, std::vector<std::string>* names) {
+  return ForEachEntry(dirfd, path, [&](int dfd, const char* name) {
+    struct stat st;
+    if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0 &&
+        ::fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
+      names->push_back(name);
+  });
 }
 
 void RemoveTempFiles(int dirfd, const std::string& path) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "s3block/status.h"
 
@@ -29,6 +30,9 @@ Status WriteFileAtomically(const std::string& path, std::string_view data);
 // shared by other threads keeps its own position). ENOENT-free: the directory is open.
 Status ForEachEntry(int dirfd, const std::string& path,
                     const std::function<void(int dfd, const char* name)>& fn);
+
+// The names of the directories in dirfd, a symlink to one not counted (nor "." and "..").
+Status ListSubdirectories(int dirfd, const std::string& path, std::vector<std::string>* names);
 
 // Removes the temporary files (".tmp.*") a writer that died left in dirfd: never data (never
 // renamed into place). Unlinking never follows a link, and dirfd was opened without following one.

@@ -4,6 +4,9 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <string>
+#include <vector>
+
 #include "base/safe_file.h"
 #include "file/dir_io.h"
 #include "file/file_store.h"
@@ -61,14 +64,14 @@ Status FileStore::AcquireLease(std::string_view export_name, const std::string& 
   // (blocks/, and log/ and checkpoint/ of the log layout) were left by a writer that died
   // mid-write (they were never renamed into place, so they are not data).
   RemoveTempFiles(dirs->exp, ExportDir(export_name));
-  (void)ForEachEntry(dirs->exp, ExportDir(export_name), [&](int dfd, const char* name) {
-    if (name[0] == '.') return;
-    // Only a directory, and never through a link.
-    const int sub = ::openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (sub < 0) return;
-    RemoveTempFiles(sub, ExportDir(export_name) + "/" + name);
-    ::close(sub);
-  });
+  std::vector<std::string> subdirs;
+  (void)ListSubdirectories(dirs->exp, ExportDir(export_name), &subdirs);
+  for (const std::string& name : subdirs) {
+    const std::string path = ExportDir(export_name) + "/" + name;
+    Fd sub;
+    if (OpenDirAt(dirs->exp, name, path, /*follow=*/false, &sub).ok())
+      RemoveTempFiles(sub.get(), path);
+  }
   std::string text = holder + "\n";
   if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), text.data(), text.size(), 0) < 0)
     return Status::FromErrno(errno, "write " + path);

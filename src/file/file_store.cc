@@ -654,12 +654,7 @@ Status FileStore::DeleteMeta(std::string_view export_name) {
   // checkpoint/, which its transport leaves when their objects are deleted): removed as blocks/
   // is. A symlink is not a directory here, and one that is not empty stays (and says so).
   std::vector<std::string> subdirs;
-  S3B_RETURN_IF_ERROR(ForEachEntry(exp.get(), exp_path, [&](int dfd, const char* name) {
-    struct stat st;
-    if (std::strcmp(name, ".") != 0 && std::strcmp(name, "..") != 0 &&
-        ::fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode))
-      subdirs.push_back(name);
-  }));
+  S3B_RETURN_IF_ERROR(ListSubdirectories(exp.get(), exp_path, &subdirs));
   for (const std::string& name : subdirs) {
     const std::string path = exp_path + "/" + name;
     Fd sub;
