@@ -402,14 +402,10 @@ TEST_P(LogExportTest, AnObjectAtTheNextKeyNamingAnotherSegmentEndsTheRun) {
   ExpectBlock(*e, 2, 1);
 }
 
-// A transport that damages what comes back as a byte flipped on the way would: its first
-// `listings` listings of checkpoints show every root's last digit turned into a letter, its
-// first `heads` ranged reads of segments from their start have a byte of the header flipped, and
-// its first `frames` ranged reads of segments' frames a byte in their middle.
-class DamagingTransport : public ObjectTransport {
+// A transport that passes every call to `next`; the faulty ones below override what they change.
+class ForwardingTransport : public ObjectTransport {
  public:
-  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads, int frames = 0)
-      : next_(std::move(next)), listings_(listings), heads_(heads), frames_(frames) {}
+  explicit ForwardingTransport(std::shared_ptr<ObjectTransport> next) : next_(std::move(next)) {}
   std::string Describe() const override { return next_->Describe(); }
   Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
              std::string* version) override {
@@ -418,6 +414,31 @@ class DamagingTransport : public ObjectTransport {
   Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
     return next_->Get(key, data, info);
   }
+  Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
+                  std::vector<uint8_t>* data) override {
+    return next_->GetRange(key, offset, length, data);
+  }
+  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
+  Status List(const std::string& prefix,
+              const std::function<void(const std::string&, std::string_view)>& fn) override {
+    return next_->List(prefix, fn);
+  }
+  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
+    return next_->Delete(keys, fence);
+  }
+
+ protected:
+  std::shared_ptr<ObjectTransport> next_;
+};
+
+// A transport that damages what comes back as a byte flipped on the way would: its first
+// `listings` listings of checkpoints show every root's last digit turned into a letter, its
+// first `heads` ranged reads of segments from their start have a byte of the header flipped, and
+// its first `frames` ranged reads of segments' frames a byte in their middle.
+class DamagingTransport : public ForwardingTransport {
+ public:
+  DamagingTransport(std::shared_ptr<ObjectTransport> next, int listings, int heads, int frames = 0)
+      : ForwardingTransport(std::move(next)), listings_(listings), heads_(heads), frames_(frames) {}
   Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
                   std::vector<uint8_t>* data) override {
     S3B_RETURN_IF_ERROR(next_->GetRange(key, offset, length, data));
@@ -432,7 +453,6 @@ class DamagingTransport : public ObjectTransport {
     }
     return Status::Ok();
   }
-  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
   Status List(const std::string& prefix,
               const std::function<void(const std::string&, std::string_view)>& fn) override {
     const bool damage = prefix == CheckpointPrefix("e") && listings_ > 0 && listings_--;
@@ -441,26 +461,21 @@ class DamagingTransport : public ObjectTransport {
       fn(damage && ParseSeqKey(key, prefix, &seq) ? key.substr(0, key.size() - 1) + "j" : key, version);
     });
   }
-  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
-    return next_->Delete(keys, fence);
-  }
 
  private:
-  std::shared_ptr<ObjectTransport> next_;
   int listings_, heads_, frames_;
 };
 
 // A transport whose next `lose` segment PUTs store the segment and answer as a request sent
 // again after a lost reply would (the key is taken), and whose next `fail_reads` reads of a
 // segment so refused fail, as a reset of the connection would make them.
-class LosingTransport : public ObjectTransport {
+class LosingTransport : public ForwardingTransport {
  public:
-  explicit LosingTransport(std::shared_ptr<ObjectTransport> next) : next_(std::move(next)) {}
+  using ForwardingTransport::ForwardingTransport;
   void Arm(int lose, int fail_reads) {
     lose_ = lose;
     fail_reads_ = fail_reads;
   }
-  std::string Describe() const override { return next_->Describe(); }
   Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
              std::string* version) override {
     Status s = next_->Put(key, data, options, version);
@@ -472,9 +487,6 @@ class LosingTransport : public ObjectTransport {
     }
     return s;
   }
-  Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
-    return next_->Get(key, data, info);
-  }
   Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
                   std::vector<uint8_t>* data) override {
     if (key == refused_ && fail_reads_ > 0) {
@@ -483,17 +495,8 @@ class LosingTransport : public ObjectTransport {
     }
     return next_->GetRange(key, offset, length, data);
   }
-  Status Head(const std::string& key, ObjectInfo* info) override { return next_->Head(key, info); }
-  Status List(const std::string& prefix,
-              const std::function<void(const std::string&, std::string_view)>& fn) override {
-    return next_->List(prefix, fn);
-  }
-  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
-    return next_->Delete(keys, fence);
-  }
 
  private:
-  std::shared_ptr<ObjectTransport> next_;
   int lose_ = 0, fail_reads_ = 0;
   std::string refused_;
 };
