@@ -92,6 +92,7 @@ class CodecStore : public StoreDecorator {
   struct ExportCodec {
     BlockEncoding encoding;
     uint32_t block_size = 0;  // 0 for an export without metadata (raw)
+    std::string blocks_of;    // the name blocks are bound to, if not the export's (blocks-of=)
   };
 
   // The export's codec, from memory or from its metadata.

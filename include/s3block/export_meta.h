@@ -12,6 +12,7 @@
 //   key-check=SALT:MAC
 //   checksum=crc32c
 //   layout=log              (only for a log-structured export; see ExportLayout)
+//   blocks-of=NAME          (only where the blocks are another export's: a snapshot's view)
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
 // a format number above the one this version understands. An export with the raw encoding (the
@@ -96,6 +97,9 @@ struct ExportMeta {
   uint32_t block_size = 0;  // a power of two from 512 to 16M
   BlockEncoding encoding;   // raw unless the export was created with compression, encryption...
   ExportLayout layout = ExportLayout::kBlocks;
+  // The export whose blocks these are, if not this one's: encoded blocks are bound to that
+  // export's name (codec_store.h). A snapshot's view (NAME@SNAP) reads NAME's blocks.
+  std::string blocks_of;
 
   // Serialises the metadata as the document above.
   std::string Serialize() const;

@@ -106,6 +106,7 @@ std::string ExportMeta::Serialize() const {
     out += "encryption=aes-256-gcm\nkey-check=" + encoding.key_check + "\n";
   if (encoding.checksum) out += "checksum=crc32c\n";
   if (layout == ExportLayout::kLog) out += "layout=log\n";
+  if (!blocks_of.empty()) out += "blocks-of=" + blocks_of + "\n";
   if (state == State::kIncomplete) out += "state=incomplete\n";
   if (state == State::kDeleting) out += "state=deleting\n";
   return out;
@@ -168,6 +169,9 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     } else if (key == "layout") {
       Status s = ParseLayout(value, &m.layout);
       if (!s.ok()) return bad(line_no, s.message());
+    } else if (key == "blocks-of") {
+      if (!ValidateExportName(value).ok()) return bad(line_no, "bad blocks-of");
+      m.blocks_of = std::string(value);
     } else if (have_format && m.format > kMetaFormatVersion) {
       continue;  // Reported below as a newer format, which is the real cause.
     } else {

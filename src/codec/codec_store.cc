@@ -94,6 +94,7 @@ Status CodecStore::Understand(std::string_view export_name, std::string_view tex
   auto codec = std::make_shared<ExportCodec>();
   codec->encoding = meta.encoding;
   codec->block_size = meta.block_size;
+  codec->blocks_of = meta.blocks_of;
   *out = std::move(codec);
   return Status::Ok();
 }
@@ -267,7 +268,7 @@ Status CodecStore::Encode(std::string_view export_name, uint64_t id, const Expor
   p[4] = kVersion;
   p[5] = flags;
   p[6] = p[7] = 0;
-  const Binding binding(id, export_name);
+  const Binding binding(id, codec.blocks_of.empty() ? export_name : codec.blocks_of);
   if (encrypt) {
     uint8_t* nonce = p + kHeaderSize;
     uint8_t* cipher = nonce + kNonceSize;
@@ -318,7 +319,7 @@ Status CodecStore::Decode(std::string_view export_name, uint64_t id, const Expor
   if ((flags & ~kFlagZstd) != expected || ((flags & kFlagZstd) && !may_compress) || object[6] ||
       object[7])
     return damaged("its header does not match the export's encoding");
-  const Binding binding(id, export_name);
+  const Binding binding(id, codec.blocks_of.empty() ? export_name : codec.blocks_of);
   std::span<const uint8_t> payload;
   thread_local Bytes plain;
   if (flags & kFlagAesGcm) {

@@ -13,6 +13,9 @@ namespace {
 
 constexpr char kMagic[8] = {'S', '3', 'B', 'L', 'C', 'K', 'P', '1'};
 constexpr uint32_t kVersion = 1;
+// With the segments kept for snapshots: written only when there are some, so that an export
+// without snapshots stays readable by a version that knows only the first.
+constexpr uint32_t kVersionKept = 2;
 constexpr size_t kPartEntries = 1u << 20;
 constexpr size_t kEntryBytes = 16;
 // A root holds the segment table: 20 bytes a segment; more than this is not ours.
@@ -81,7 +84,7 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
   S3B_RETURN_IF_ERROR(status);
 
   std::vector<uint8_t> root(kMagic, kMagic + 8);
-  AppendLe32(&root, kVersion);
+  AppendLe32(&root, info.kept.empty() ? kVersion : kVersionKept);
   AppendLe32(&root, static_cast<uint32_t>(parts.size()));
   AppendLe64(&root, info.seq);
   AppendLe64(&root, info.epoch);
@@ -97,6 +100,14 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
     AppendLe64(&root, p.entries);
     AppendLe32(&root, p.crc);
   }
+  if (!info.kept.empty()) {
+    AppendLe64(&root, info.kept.size());
+    for (const KeptSegment& k : info.kept) {
+      AppendLe64(&root, k.seq);
+      AppendLe64(&root, k.size);
+      AppendLe64(&root, k.dead_at);
+    }
+  }
   AppendLe32(&root, Crc32c(0, root.data(), root.size()));
   return transport.Put(CheckpointKey(name, info.seq), root, PutOptions::IfAbsent(fence));
 }
@@ -111,7 +122,8 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   if (root.size() < 52 || std::memcmp(root.data(), kMagic, 8) != 0) return corrupt("bad magic");
   if (Crc32c(0, root.data(), root.size() - 4) != LoadLe32(root.data() + root.size() - 4))
     return corrupt("its checksum does not match");
-  if (LoadLe32(root.data() + 8) != kVersion)
+  const uint32_t version = LoadLe32(root.data() + 8);
+  if (version != kVersion && version != kVersionKept)
     return Status::IoError(where + " has a format this version does not know");
   const uint32_t part_count = LoadLe32(root.data() + 12);
   info->seq = LoadLe64(root.data() + 16);
@@ -119,8 +131,26 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   const uint64_t blocks = LoadLe64(root.data() + 32);
   const uint64_t slot_count = LoadLe64(root.data() + 40);
   if (info->seq != seq) return corrupt("it names segment " + std::to_string(info->seq));
-  if (slot_count > kMaxSlots || 48 + slot_count * 20 + uint64_t{part_count} * 20 + 4 != root.size())
+  const uint64_t table_end = 48 + slot_count * 20 + uint64_t{part_count} * 20;
+  if (slot_count > kMaxSlots || table_end + 4 > root.size())
     return corrupt("its length does not add up");
+  info->kept.clear();
+  if (version == kVersionKept) {
+    if (table_end + 12 > root.size()) return corrupt("its length does not add up");
+    const uint64_t kept = LoadLe64(root.data() + table_end);
+    if (kept > kMaxSlots || table_end + 8 + kept * 24 + 4 != root.size())
+      return corrupt("its length does not add up");
+    info->kept.resize(kept);
+    const uint8_t* k = root.data() + table_end + 8;
+    for (KeptSegment& ks : info->kept) {
+      ks.seq = LoadLe64(k);
+      ks.size = LoadLe64(k + 8);
+      ks.dead_at = LoadLe64(k + 16);
+      k += 24;
+    }
+  } else if (table_end + 4 != root.size()) {
+    return corrupt("its length does not add up");
+  }
   const uint8_t* p = root.data() + 48;
   info->slots.resize(slot_count);
   for (CheckpointSlot& s : info->slots) {

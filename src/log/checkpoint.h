@@ -6,7 +6,9 @@
 //                                            absent): magic "S3BLCKP1", version, seq (the last
 //                                            segment the map holds), writer epoch, the segment
 //                                            table (slot, seq, size), each part's length and
-//                                            CRC-32C, and a CRC-32C of the root
+//                                            CRC-32C, the segments kept for snapshots (version
+//                                            2 only: version 1 when there are none), and a
+//                                            CRC-32C of the root
 //
 // A checkpoint exists once its root does: parts without a root are a checkpoint that was never
 // finished, and are removed by the next one.
@@ -29,10 +31,19 @@ struct CheckpointSlot {
   uint64_t size = 0;
 };
 
+// A segment that no block of the map is in but that a snapshot still reads (log_export.h).
+struct KeptSegment {
+  uint64_t seq = 0;
+  uint64_t size = 0;
+  uint64_t dead_at = 0;  // the seq whose applying left it no live block
+  bool operator==(const KeptSegment&) const = default;
+};
+
 struct CheckpointInfo {
   uint64_t seq = 0;
   uint64_t epoch = 0;
   std::vector<CheckpointSlot> slots;
+  std::vector<KeptSegment> kept;
 };
 
 // Stores the checkpoint: its parts, then its root (if absent: AlreadyExists if one has the seq).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <unordered_set>
 
 #include "log/checkpoint.h"
@@ -75,6 +76,16 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
   return Status::Ok();
 }
 
+Status LogExport::OpenSnapshot(std::shared_ptr<ObjectTransport> transport, std::string name,
+                               const SnapshotRecord& record, const LogOptions& options,
+                               std::unique_ptr<LogExport>* out) {
+  std::unique_ptr<LogExport> e(new LogExport(std::move(transport), std::move(name), options, {}));
+  e->view_ = true;
+  S3B_RETURN_IF_ERROR(e->LoadSnapshot(record));
+  *out = std::move(e);
+  return Status::Ok();
+}
+
 Status LogExport::ReadHead(uint64_t seq, SegmentHeader* header, bool* bad, bool* misnamed) {
   const std::string key = SegmentKey(name_, seq);
   const std::string where = "segment " + key + " in " + transport_->Describe();
@@ -133,18 +144,21 @@ void LogExport::ApplyEntries(const SegmentHeader& header) {
       had = map_.Set(e.id, Loc{slot, e.offset, e.length}, &old);
       slots_[slot].live += e.length;
     }
-    if (had) slots_[old.slot].live -= old.length;
+    if (had) {
+      Slot& o = slots_[old.slot];
+      o.live -= old.length;
+      if (o.live == 0) o.dead_at = header.seq;
+    }
   }
+  if (slots_[slot].live == 0) slots_[slot].dead_at = header.seq;
   applied_seq_ = header.seq;
   epoch_ = std::max(epoch_, header.epoch);
 }
 
-Status LogExport::Load() {
-  std::vector<uint64_t> roots;
-  S3B_RETURN_IF_ERROR(ListCheckpoints(*transport_, name_, &roots, nullptr));
-  if (!roots.empty()) {
-    CheckpointInfo info;
-    S3B_RETURN_IF_ERROR(ReadCheckpoint(*transport_, name_, roots.back(), &info, &map_));
+Status LogExport::LoadCheckpointLocked(uint64_t seq) {
+  CheckpointInfo info;
+  S3B_RETURN_IF_ERROR(ReadCheckpoint(*transport_, name_, seq, &info, &map_));
+  {
     for (const CheckpointSlot& cs : info.slots) {
       if (cs.slot >= slots_.size()) slots_.resize(cs.slot + 1);
       slots_[cs.slot] = Slot{cs.seq, cs.size, 0, true};
@@ -167,7 +181,18 @@ Status LogExport::Load() {
     std::reverse(free_slots_.begin(), free_slots_.end());
     applied_seq_ = checkpoint_seq_ = info.seq;
     epoch_ = info.epoch;
+    kept_ = std::move(info.kept);
   }
+  return Status::Ok();
+}
+
+Status LogExport::Load() {
+  std::vector<uint64_t> roots;
+  S3B_RETURN_IF_ERROR(ListCheckpoints(*transport_, name_, &roots, nullptr));
+  if (!roots.empty()) S3B_RETURN_IF_ERROR(LoadCheckpointLocked(roots.back()));
+  std::vector<SnapshotRecord> snapshots;
+  S3B_RETURN_IF_ERROR(ListSnapshots(*transport_, name_, &snapshots).Annotate("export '" + name_ + "'"));
+  for (SnapshotRecord& r : snapshots) snapshots_.emplace(r.name, std::move(r));
   // The unbroken run after the checkpoint. A damaged segment ends it: neither it nor anything
   // after it is applied, nor ever written over (see BecomeWriterLocked).
   std::vector<SegmentHeader> run;
@@ -175,6 +200,30 @@ Status LogExport::Load() {
   ApplyRunLocked(run);
   next_seq_ = applied_seq_ + 1;
   checkpoint_time_ = Clock::now();
+  return Status::Ok();
+}
+
+Status LogExport::LoadSnapshot(const SnapshotRecord& record) {
+  const std::string what = "snapshot '" + record.name + "' of export '" + name_ + "' in " +
+                           transport_->Describe();
+  if (record.checkpoint > 0) {
+    Status s = LoadCheckpointLocked(record.checkpoint);
+    if (s.IsNotFound()) return Status::IoError(what + " is damaged: its checkpoint is missing");
+    S3B_RETURN_IF_ERROR(s.Annotate(what));
+  }
+  // Exactly the segments up to the snapshot's last: each of them is kept for it, so one missing
+  // or invalid is damage, not the end of a run.
+  std::vector<SegmentHeader> run;
+  for (uint64_t seq = record.checkpoint + 1; seq <= record.seq; ++seq) {
+    SegmentHeader h;
+    Status s = ReadHead(seq, &h);
+    if (s.IsNotFound())
+      return Status::IoError(what + " is damaged: segment " + std::to_string(seq) + " is missing");
+    S3B_RETURN_IF_ERROR(s.Annotate(what));
+    run.push_back(std::move(h));
+  }
+  ApplyRunLocked(run);
+  next_seq_ = applied_seq_ + 1;
   return Status::Ok();
 }
 
@@ -440,6 +489,7 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
   if (data.size() > kMaxPayloadBytes)
     return Status::InvalidArgument("a block of " + std::to_string(data.size()) +
                                    " bytes is larger than a log export's frames take");
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
   UniqueLock lock(&mu_);
   if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
   S3B_RETURN_IF_ERROR(AppendLocked(lock, id, &data, false));
@@ -449,6 +499,7 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
 }
 
 Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
   UniqueLock lock(&mu_);
   for (uint64_t id : ids) {
     Loc loc;
@@ -588,6 +639,8 @@ Status LogExport::Refresh() {
   checkpoint_seq_ = fresh->checkpoint_seq_;
   epoch_ = fresh->epoch_;
   skipped_ = std::move(fresh->skipped_);
+  snapshots_ = std::move(fresh->snapshots_);
+  kept_ = std::move(fresh->kept_);
   damaged_ = fresh->damaged_;
   return Status::Ok();
 }
@@ -655,8 +708,17 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       i = j;
     }
     // A view that only reads, whose segments the export's writer has since collected: the
-    // export as of a later flush.
-    if (reader && !todo.empty() && !Refresh().ok()) break;
+    // export as of a later flush. (Never a snapshot's: what it reads is kept for it.)
+    if (reader && !todo.empty()) {
+      Status refreshed = view_ ? Status::IoError("a segment is missing") : Refresh();
+      if (!refreshed.ok()) {
+        for (size_t i : todo)
+          reads[i].status = Status::IoError("export '" + name_ + "': block " +
+                                            std::to_string(reads[i].id) +
+                                            " could not be read: " + refreshed.message());
+        break;
+      }
+    }
   }
 }
 
@@ -683,6 +745,7 @@ Status LogExport::Checkpoint() {
     checkpointing_ = true;
     info.seq = applied_seq_;
     info.epoch = epoch_;
+    info.kept = KeptAfterLocked(info.seq);
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       // A segment nothing in the map uses is not listed: it is deleted once this is stored.
       if (slots_[i].used && slots_[i].live > 0)
@@ -718,36 +781,83 @@ Status LogExport::Checkpoint() {
 void LogExport::DeleteUnreferencedLocked(uint64_t checkpoint_seq) {
   std::vector<std::string> keys;
   std::vector<uint32_t> freed;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, deleted = 0;
+  // What a snapshot reads is kept (the checkpoint just stored lists it: KeptAfterLocked).
   for (uint32_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
     if (s.used && s.live == 0 && s.seq <= checkpoint_seq) {
-      keys.push_back(SegmentKey(name_, s.seq));
+      if (PinnedLocked(s.seq, s.dead_at)) {
+        kept_.push_back({s.seq, s.size, s.dead_at});
+      } else {
+        keys.push_back(SegmentKey(name_, s.seq));
+        bytes += s.size;
+        ++deleted;
+      }
       freed.push_back(i);
-      bytes += s.size;
     }
   }
-  for (uint64_t seq : skipped_)
-    if (seq <= checkpoint_seq) keys.push_back(SegmentKey(name_, seq));
+  for (uint64_t seq : skipped_) {
+    if (seq > checkpoint_seq) continue;
+    if (PinnedLocked(seq, seq)) kept_.push_back({seq, 0, seq});
+    else keys.push_back(SegmentKey(name_, seq));
+  }
   std::erase_if(skipped_, [&](uint64_t seq) { return seq <= checkpoint_seq; });
   for (uint32_t i : freed) {
     slots_[i] = Slot();
     free_slots_.push_back(i);
   }
+  counters_.gc_segments_freed += deleted;
+  counters_.gc_bytes_freed += bytes;
+  ReleaseUnpinnedLocked(std::move(keys));
+}
+
+bool LogExport::PinnedLocked(uint64_t seq, uint64_t dead_at) const {
+  for (const auto& [name, r] : snapshots_)
+    if (SnapshotReads(r, seq, dead_at)) return true;
+  return false;
+}
+
+std::vector<KeptSegment> LogExport::KeptAfterLocked(uint64_t seq) const {
+  std::vector<KeptSegment> kept = kept_;
+  for (const Slot& s : slots_)
+    if (s.used && s.live == 0 && s.seq <= seq && PinnedLocked(s.seq, s.dead_at))
+      kept.push_back({s.seq, s.size, s.dead_at});
+  for (uint64_t sk : skipped_)
+    if (sk <= seq && PinnedLocked(sk, sk)) kept.push_back({sk, 0, sk});
+  return kept;
+}
+
+void LogExport::ReleaseUnpinnedLocked(std::vector<std::string> keys) {
+  std::erase_if(kept_, [&](const KeptSegment& k) {
+    if (PinnedLocked(k.seq, k.dead_at)) return false;
+    keys.push_back(SegmentKey(name_, k.seq));
+    counters_.gc_segments_freed += 1;
+    counters_.gc_bytes_freed += k.size;
+    return true;
+  });
+  std::vector<std::string> keep = {CheckpointKey(name_, checkpoint_seq_)};
+  for (const auto& [name, r] : snapshots_)
+    if (r.checkpoint > 0) keep.push_back(CheckpointKey(name_, r.checkpoint));
   mu_.Unlock();
   std::vector<uint64_t> roots;
   std::vector<std::string> ckpt_keys;
   if (ListCheckpoints(*transport_, name_, &roots, &ckpt_keys).ok()) {
-    const std::string keep = CheckpointKey(name_, checkpoint_seq);
-    for (const std::string& k : ckpt_keys)
-      if (k.compare(0, keep.size(), keep) != 0) keys.push_back(k);
+    for (const std::string& k : ckpt_keys) {
+      const bool kept = std::any_of(keep.begin(), keep.end(), [&](const std::string& p) {
+        return k.compare(0, p.size(), p) == 0;
+      });
+      if (!kept) keys.push_back(k);
+    }
   }
   // A delete that failed leaves objects no checkpoint names: the sweep of a later writer finds
   // them. Counted as freed all the same (they are no longer part of the export).
   (void)transport_->Delete(keys, fence());
   mu_.Lock();
-  counters_.gc_segments_freed += freed.size();
-  counters_.gc_bytes_freed += bytes;
+}
+
+void LogExport::BeginCheckpointingLocked(UniqueLock& lock) {
+  while (checkpointing_) cv_.wait(lock.native());
+  checkpointing_ = true;
 }
 
 Status LogExport::Sweep() {
@@ -760,6 +870,7 @@ Status LogExport::Sweep() {
     ckpt = checkpoint_seq_;
     for (const Slot& s : slots_)
       if (s.used) listed.insert(s.seq);
+    for (const KeptSegment& k : kept_) listed.insert(k.seq);
   }
   if (ckpt == 0) return Status::Ok();
   std::vector<std::string> keys;
@@ -941,7 +1052,87 @@ LogStats LogExport::Stats() {
   s.checkpoint_seq = checkpoint_seq_;
   s.epoch = epoch_;
   s.writer = writer_;
+  s.snapshots = snapshots_.size();
+  s.kept_segments = kept_.size();
+  for (const KeptSegment& k : kept_) s.kept_bytes += k.size;
   return s;
+}
+
+Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, SnapshotRecord* out) {
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+  S3B_RETURN_IF_ERROR(ValidateSnapshotName(snapshot));
+  UniqueLock lock(&mu_);
+  if (snapshots_.count(snapshot))
+    return Status::AlreadyExists("export '" + name_ + "' has a snapshot '" + snapshot + "'");
+  // No checkpoint is stored or deleted meanwhile: the one named stays the newest until the
+  // snapshot is known, and kept from then on.
+  BeginCheckpointingLocked(lock);
+  // Every segment sealed so far, stored: what a crash now would keep.
+  const uint64_t seq = next_seq_ - 1;
+  Status stored = WaitAppliedLocked(lock, seq);
+  if (!stored.ok()) {
+    checkpointing_ = false;
+    cv_.notify_all();
+    return stored.Annotate("export '" + name_ + "': snapshot '" + snapshot + "'");
+  }
+  SnapshotRecord r;
+  r.name = snapshot;
+  r.checkpoint = checkpoint_seq_;
+  r.seq = seq;
+  r.size = size;
+  r.created = static_cast<int64_t>(std::time(nullptr));
+  mu_.Unlock();
+  const std::string text = EncodeSnapshotRecord(r);
+  Status s = transport_->Put(SnapshotKey(name_, snapshot),
+                             std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+                             PutOptions::IfAbsent(fence()));
+  if (IsPreconditionFailed(s))
+    s = Status::AlreadyExists("export '" + name_ + "' has a snapshot '" + snapshot + "'");
+  mu_.Lock();
+  if (s.ok()) snapshots_.emplace(snapshot, r);
+  checkpointing_ = false;
+  cv_.notify_all();
+  S3B_RETURN_IF_ERROR(s.Annotate("export '" + name_ + "' in " + transport_->Describe()));
+  *out = std::move(r);
+  return Status::Ok();
+}
+
+Status LogExport::DeleteSnapshot(const std::string& snapshot) {
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+  UniqueLock lock(&mu_);
+  if (!snapshots_.count(snapshot))
+    return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
+  BeginCheckpointingLocked(lock);
+  mu_.Unlock();
+  const std::string key = SnapshotKey(name_, snapshot);
+  Status s = transport_->Delete(std::span<const std::string>(&key, 1), fence());
+  mu_.Lock();
+  if (s.ok()) {
+    snapshots_.erase(snapshot);
+    ReleaseUnpinnedLocked({});
+  }
+  checkpointing_ = false;
+  cv_.notify_all();
+  return s.Annotate("export '" + name_ + "': deleting snapshot '" + snapshot + "'");
+}
+
+std::vector<SnapshotInfo> LogExport::Snapshots() {
+  MutexLock l(&mu_);
+  std::vector<SnapshotInfo> out;
+  std::map<std::string, uint64_t> unique;
+  for (const KeptSegment& k : kept_) {
+    const std::string* only = nullptr;
+    int readers = 0;
+    for (const auto& [name, r] : snapshots_) {
+      if (SnapshotReads(r, k.seq, k.dead_at)) {
+        ++readers;
+        only = &name;
+      }
+    }
+    if (readers == 1) unique[*only] += k.size;
+  }
+  for (const auto& [name, r] : snapshots_) out.push_back({r, unique[name]});
+  return out;
 }
 
 Status LogExport::Verify(const std::function<void(const std::string&)>& report, uint64_t* problems) {
@@ -1001,6 +1192,7 @@ Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
   const auto add = [&](const std::string& k, std::string_view) { keys.push_back(k); };
   S3B_RETURN_IF_ERROR(transport.List(CheckpointPrefix(name), add));
   S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), add));
+  S3B_RETURN_IF_ERROR(transport.List(SnapshotPrefix(name), add));
   return transport.Delete(keys, fence);
 }
 

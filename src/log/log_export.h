@@ -22,6 +22,12 @@
 // copy it read (a client's newer write wins), and deletes a segment only once a checkpoint that
 // no longer references it is stored.
 //
+// Snapshots (snapshot.h) are kept alive by the writer: a checkpoint a snapshot is rebuilt from is
+// never deleted, nor any segment it replays or whose blocks are live in its map (a segment
+// created at seq i whose last live block died at seq j is read by snapshot s if i <= s < j).
+// Such a segment, dead in the export's own map, waits on a list kept with each checkpoint until
+// no snapshot reads it. A snapshot is opened as a view (OpenSnapshot) that only reads.
+//
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_LOG_LOG_EXPORT_H_
 #define S3BLOCK_LOG_LOG_EXPORT_H_
@@ -40,7 +46,9 @@
 
 #include "base/object_transport.h"
 #include "log/block_map.h"
+#include "log/checkpoint.h"
 #include "log/segment.h"
+#include "log/snapshot.h"
 #include "s3block/block_store.h"
 #include "util/mutex.h"
 
@@ -77,6 +85,9 @@ struct LogStats {
   uint64_t gc_segments_freed = 0;
   uint64_t gc_bytes_freed = 0;
   uint64_t checkpoints = 0;     // stored since opened
+  uint64_t snapshots = 0;
+  uint64_t kept_segments = 0;   // dead in the export's map, kept for snapshots
+  uint64_t kept_bytes = 0;      // their size
 };
 
 // Calls fn(key, value) for each counter of `stats`, as the stats file names them.
@@ -95,7 +106,16 @@ void ForEachLogStat(const LogStats& s, Fn fn) {
   fn("gc_segments_freed", s.gc_segments_freed);
   fn("gc_bytes_freed", s.gc_bytes_freed);
   fn("checkpoints", s.checkpoints);
+  fn("snapshots", s.snapshots);
+  fn("kept_segments", s.kept_segments);
+  fn("kept_bytes", s.kept_bytes);
 }
+
+// A snapshot as the export's writer sees it.
+struct SnapshotInfo {
+  SnapshotRecord record;
+  uint64_t unique_bytes = 0;  // of segments no other snapshot, nor the export, reads
+};
 
 struct GcResult {
   uint64_t segments_freed = 0;  // deleted
@@ -109,6 +129,12 @@ class LogExport {
   // asked before every change stored.
   static Status Open(std::shared_ptr<ObjectTransport> transport, std::string name,
                      const LogOptions& options, WriteFence fence, std::unique_ptr<LogExport>* out);
+  // Opens snapshot `record` of export `name`: a view, read only, of the export as of the
+  // snapshot's last segment. Errors: EIO if a checkpoint or segment it needs is missing or
+  // damaged.
+  static Status OpenSnapshot(std::shared_ptr<ObjectTransport> transport, std::string name,
+                             const SnapshotRecord& record, const LogOptions& options,
+                             std::unique_ptr<LogExport>* out);
   ~LogExport();
 
   Status Read(uint64_t id, Bytes* data, bool* found);
@@ -131,6 +157,16 @@ class LogExport {
   Status Checkpoint();
   LogStats Stats();
 
+  // Takes snapshot `snapshot` (a valid name: ValidateSnapshotName) of the export as it is
+  // stored: every segment sealed before this call (every write a flush or FUA acknowledged, and
+  // none made after the call), once stored. `size` is the export's size now. Stores the record
+  // only if absent (AlreadyExists). Errors: the transport's; a view's is EROFS.
+  Status CreateSnapshot(const std::string& snapshot, uint64_t size, SnapshotRecord* out);
+  // Deletes a snapshot's record, then what only it kept (NotFound if there is none).
+  Status DeleteSnapshot(const std::string& snapshot);
+  // The snapshots, by name, with the bytes each alone keeps.
+  std::vector<SnapshotInfo> Snapshots();
+
   // Reads every segment the map uses and checks every frame and head against its checksum,
   // and the map against the segments' entries; report() gets one line per problem. *problems
   // counts them.
@@ -148,12 +184,28 @@ class LogExport {
     uint64_t size = 0;
     uint64_t live = 0;
     bool used = false;
+    uint64_t dead_at = 0;  // the seq whose applying left it no live block (0: live)
   };
 
   LogExport(std::shared_ptr<ObjectTransport> transport, std::string name,
             const LogOptions& options, WriteFence fence);
 
   Status Load() NO_THREAD_SAFETY_ANALYSIS;  // before any other thread
+  // Loads snapshot `record`'s map: its checkpoint and exactly the segments after it up to its
+  // seq. REQUIRES: before any other thread.
+  Status LoadSnapshot(const SnapshotRecord& record) NO_THREAD_SAFETY_ANALYSIS;
+  // Loads checkpoint seq into the map and the segment table.
+  Status LoadCheckpointLocked(uint64_t seq) REQUIRES(mu_);
+  // Whether a snapshot reads segment seq, which died (no live block left) at dead_at.
+  bool PinnedLocked(uint64_t seq, uint64_t dead_at) const REQUIRES(mu_);
+  // Segments dead at or below checkpoint `seq` that snapshots still read: what a checkpoint of
+  // it lists to keep.
+  std::vector<KeptSegment> KeptAfterLocked(uint64_t seq) const REQUIRES(mu_);
+  // Deletes the kept segments no snapshot reads any more, and the checkpoints no snapshot
+  // needs but the newest. REQUIRES: mu_ held; releases it meanwhile.
+  void ReleaseUnpinnedLocked(std::vector<std::string> keys) REQUIRES(mu_);
+  // Waits for, and takes, the right to checkpoint (also taken by snapshots).
+  void BeginCheckpointingLocked(UniqueLock& lock) REQUIRES(mu_);
   // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
   // (torn, corrupt) sets *bad (when given), one that is another segment's sets *misnamed, with
   // the reason in the status.
@@ -244,6 +296,11 @@ class LogExport {
   bool swept_ GUARDED_BY(mu_) = false;
   // Set once another writer is found to own the export: every change then fails with it.
   Status lost_ GUARDED_BY(mu_);
+  // The snapshots, by name, and the segments dead in the map that they still read.
+  std::map<std::string, SnapshotRecord> snapshots_ GUARDED_BY(mu_);
+  std::vector<KeptSegment> kept_ GUARDED_BY(mu_);
+  // Set for a snapshot's view: it only reads, and never reloads.
+  bool view_ = false;
   // Why the run ended at a segment that is there but not valid (OK if it ended at a missing one).
   Status damaged_ GUARDED_BY(mu_);
   // Segments skipped by recovery (a stale writer's), deleted by the sweep.
