@@ -256,6 +256,35 @@ std::string LogJson(const ExportInfo& e) {
   return buf;
 }
 
+std::string UtcTime(int64_t seconds) {
+  const time_t t = static_cast<time_t>(seconds);
+  struct tm tm;
+  char buf[32];
+  if (!gmtime_r(&t, &tm) || !std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm))
+    return std::to_string(seconds);
+  return buf;
+}
+
+std::string SnapshotsJson(const ExportInfo& e) {
+  std::string out = "[";
+  for (const SnapshotSummary& s : e.snapshots) {
+    out += (out.size() > 1 ? ", " : "");
+    out += "{\"name\": " + JsonString(s.name) + ", \"seq\": " + std::to_string(s.seq) +
+           ", \"size\": " + std::to_string(s.size) + ", \"created\": " +
+           std::to_string(s.created) + ", \"unique_bytes\": " + std::to_string(s.unique_bytes) +
+           "}";
+  }
+  return out + "]";
+}
+
+// One line a snapshot, under its export's.
+void PrintSnapshotLines(const ExportInfo& e) {
+  for (const SnapshotSummary& s : e.snapshots)
+    std::printf("  @%-21s %14s  taken %s, keeps %s alone\n", QuoteForMessage(s.name).c_str(),
+                std::to_string(s.size).c_str(), UtcTime(s.created).c_str(),
+                HumanSize(s.unique_bytes).c_str());
+}
+
 void PrintInfo(const ExportInfo& e, bool json, bool first) {
   const char* layout = LayoutOf(e);
   if (json) {
@@ -263,7 +292,8 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
     std::printf("%s{\"name\": %s, \"size\": %" PRIu64 ", \"block_size\": %u, \"state\": %s, "
                 "\"blocks_stored\": %" PRIu64 ", \"allocated_bytes\": %" PRIu64
                 ", \"blocks_past_end\": %" PRIu64 ", \"has_metadata\": %s, \"metadata_error\": %s, "
-                "\"lease_holder\": %s, \"layout\": %s, \"log\": %s, \"log_error\": %s}",
+                "\"lease_holder\": %s, \"layout\": %s, \"log\": %s, \"log_error\": %s, "
+                "\"snapshots\": %s}",
                 first ? "" : ",\n  ", JsonString(e.name).c_str(), e.has_meta ? e.meta.size : 0,
                 e.has_meta ? e.meta.block_size : 0,
                 JsonString(e.has_meta ? StateName(e.meta.state) : "unknown").c_str(),
@@ -271,7 +301,8 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
                 e.meta_error.empty() ? "null" : JsonString(e.meta_error).c_str(),
                 e.lease_holder.empty() ? "null" : JsonString(e.lease_holder).c_str(),
                 layout ? JsonString(layout).c_str() : "null", LogJson(e).c_str(),
-                e.log_error.empty() ? "null" : JsonString(e.log_error).c_str());
+                e.log_error.empty() ? "null" : JsonString(e.log_error).c_str(),
+                SnapshotsJson(e).c_str());
     return;
   }
   std::printf("%-24s %14s %10s %12" PRIu64 " %14s %-6s %s\n", QuoteForMessage(e.name).c_str(),
@@ -282,6 +313,7 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
               : !e.has_meta        ? "no metadata"
               : !e.log_error.empty() ? "damaged log"
                                    : StateName(e.meta.state));
+  PrintSnapshotLines(e);
 }
 
 int RunStats(const Args& a) {
@@ -392,6 +424,10 @@ int CmdInfo(Context& c) {
                 l.checkpoint_seq == 0 ? " (none)" : "");
   }
   if (!e.log_error.empty()) std::printf("log:             %s\n", e.log_error.c_str());
+  if (e.has_log) {
+    std::printf("snapshots:       %zu\n", e.snapshots.size());
+    PrintSnapshotLines(e);
+  }
   std::printf("served by:       %s\n", e.lease_holder.empty() ? "nobody" : e.lease_holder.c_str());
   if (!e.key_error.empty()) std::printf("key:             %s\n", e.key_error.c_str());
   return kExitOk;
@@ -420,20 +456,50 @@ int CmdResize(Context& c) {
 
 int CmdDelete(Context& c) {
   const std::string& name = c.name(0);
+  std::string of, snapshot;
+  const bool is_snapshot = IsSnapshot(*c.store, name, &of, &snapshot);
   if (!c.a.yes && !c.a.force) {
     if (::isatty(STDIN_FILENO) != 1) return Usage("delete needs --yes when not run on a terminal");
-    std::fprintf(stderr, "This deletes export '%s' and all its blocks in %s.\nType its name to confirm: ",
-                 QuoteForMessage(name).c_str(), c.store->Describe().c_str());
+    if (is_snapshot)
+      std::fprintf(stderr, "This deletes snapshot '%s' of export '%s' in %s.\nType its name (%s) "
+                   "to confirm: ", QuoteForMessage(snapshot).c_str(), QuoteForMessage(of).c_str(),
+                   c.store->Describe().c_str(), QuoteForMessage(name).c_str());
+    else
+      std::fprintf(stderr, "This deletes export '%s' and all its blocks in %s.\nType its name to confirm: ",
+                   QuoteForMessage(name).c_str(), c.store->Describe().c_str());
     std::string typed;
     if (!std::getline(std::cin, typed) || typed != name) {
       std::fprintf(stderr, "s3block: not confirmed; nothing deleted\n");
       return kExitFail;
     }
   }
+  if (is_snapshot) {
+    Status s = DeleteSnapshot(*c.store, of, snapshot, *c.options);
+    if (!s.ok()) return Report(s);
+    std::printf("deleted snapshot '%s' of export '%s'\n", QuoteForMessage(snapshot).c_str(),
+                QuoteForMessage(of).c_str());
+    return kExitOk;
+  }
   c.ShowProgress("delete", 0);
   Status s = DeleteExport(*c.store, name, *c.options);
   if (!s.ok()) return Report(s);
   std::printf("deleted export '%s'\n", QuoteForMessage(name).c_str());
+  return kExitOk;
+}
+
+int CmdSnapshot(Context& c) {
+  SnapshotSummary r;
+  Status s = SnapshotExport(*c.store, c.name(0), c.name(1), *c.options, &r);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    std::printf("{\"name\": %s, \"snapshot\": %s, \"seq\": %" PRIu64 ", \"size\": %" PRIu64
+                ", \"created\": %" PRId64 "}\n", JsonString(c.name(0)).c_str(),
+                JsonString(r.name).c_str(), r.seq, r.size, r.created);
+    return kExitOk;
+  }
+  std::printf("took snapshot '%s' of export '%s': served read only as '%s@%s'\n",
+              QuoteForMessage(r.name).c_str(), QuoteForMessage(c.name(0)).c_str(),
+              QuoteForMessage(c.name(0)).c_str(), QuoteForMessage(r.name).c_str());
   return kExitOk;
 }
 
@@ -523,10 +589,12 @@ const Command kCommands[] = {
      "grow (instant) or, with --force, shrink an export",
      "Grows an export at once. Shrinking deletes the blocks past the new end and needs --force.\n",
      CmdResize},
-    {"delete", 1, true, "delete NAME [--force | --yes]", "delete an export and all its blocks",
+    {"delete", 1, true, "delete NAME[@SNAP] [--force | --yes]",
+     "delete an export and all its blocks, or a snapshot",
      "Deletes an export and all its blocks. Asks for the name on a terminal unless --yes;\n"
      "elsewhere needs --yes. An interrupted delete leaves the export marked as being deleted\n"
-     "(it is not served); run the command again to finish.\n",
+     "(it is not served); run the command again to finish. An export with snapshots is\n"
+     "refused: NAME@SNAP deletes snapshot SNAP, and then what only it kept.\n",
      CmdDelete},
     {"copy", 2, true, "copy SRC DST [--layout blocks|log]",
      "copy an export to a new one (server-side on S3)",
@@ -555,6 +623,13 @@ const Command kCommands[] = {
      "are rewritten, and those segments deleted. Prints the segments freed, their bytes and\n"
      "the bytes copied. Refused while a server holds the export (whose collector runs anyway).\n",
      CmdGc},
+    {"snapshot", 2, true, "snapshot NAME SNAP [--json]",
+     "take a snapshot of a log export, served read only as NAME@SNAP",
+     "Takes snapshot SNAP of log export NAME: the export as stored now (every write a flush\n"
+     "acknowledged, none made later), kept whatever is written or collected afterwards, and\n"
+     "served read only as NAME@SNAP. Costs a few requests, whatever the export's size.\n"
+     "Delete it with 's3block delete NAME@SNAP'.\n",
+     CmdSnapshot},
     {"stats", 1, false, "stats STATS-FILE [--json]",
      "a running server's counters (the plugin's stats-file=)",
      "Prints the counters a running server writes to the file given as its stats-file=.\n",

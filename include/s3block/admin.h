@@ -35,6 +35,15 @@ struct LogExportInfo {
   uint64_t checkpoint_seq = 0;  // of the newest checkpoint stored (0: none)
 };
 
+// A snapshot of a log export (NAME@SNAP; docs/snapshots.md).
+struct SnapshotSummary {
+  std::string name;
+  uint64_t seq = 0;           // the export's last segment it holds
+  uint64_t size = 0;          // the export's size then
+  int64_t created = 0;        // seconds since 1970, UTC
+  uint64_t unique_bytes = 0;  // of segments it alone keeps (dead in the export and every other)
+};
+
 struct ExportInfo {
   std::string name;
   bool has_meta = false;     // false: blocks without metadata (the first version's layout)
@@ -52,6 +61,7 @@ struct ExportInfo {
   bool has_log = false;
   LogExportInfo log;
   std::string log_error;  // non-empty if the log export's checkpoint or segments could not be read
+  std::vector<SnapshotSummary> snapshots;  // a log export's, by name (with `layouts`)
 };
 
 // Progress of a long operation: called from worker threads, at most a few times a second.
@@ -112,6 +122,21 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
 // import keeps the layout that import recorded unless options.layout_given).
 Status ImportImage(BlockStore& store, std::string_view name, const std::string& path,
                    uint32_t block_size, const AdminOptions& options);
+
+// Takes snapshot `snapshot` of log export `name`, under the export's lease (kBusy while a server
+// holds it: that server takes it instead, asked through its control socket). The snapshot holds
+// what the export holds now; it is served read only as NAME@SNAP.
+Status SnapshotExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options, SnapshotSummary* out);
+
+// Deletes snapshot `snapshot` of log export `name`, under the export's lease, and what only it
+// kept. kNotFound if there is none.
+Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options);
+
+// If `full` names a snapshot (NAME@SNAP of a log export NAME that has snapshot SNAP, and no
+// export is called `full`): true, with the two parts.
+bool IsSnapshot(BlockStore& store, std::string_view full, std::string* name, std::string* snapshot);
 
 // Writes export `name` to a raw image file (created or truncated to the export's size); blocks
 // that are not stored are left as holes in the file.

@@ -13,6 +13,7 @@
 //   checksum=crc32c
 //   layout=log              (only for a log-structured export; see ExportLayout)
 //   blocks-of=NAME          (only where the blocks are another export's: a snapshot's view)
+//   snapshot=SNAP           (only in what a snapshot's view, NAME@SNAP, is served with; read only)
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
 // a format number above the one this version understands. An export with the raw encoding (the
@@ -100,6 +101,9 @@ struct ExportMeta {
   // The export whose blocks these are, if not this one's: encoded blocks are bound to that
   // export's name (codec_store.h). A snapshot's view (NAME@SNAP) reads NAME's blocks.
   std::string blocks_of;
+  // Non-empty in the metadata a snapshot's view is served with (never stored): the snapshot's
+  // name. Such an export is read only.
+  std::string snapshot;
 
   // Serialises the metadata as the document above.
   std::string Serialize() const;

@@ -107,6 +107,7 @@ std::string ExportMeta::Serialize() const {
   if (encoding.checksum) out += "checksum=crc32c\n";
   if (layout == ExportLayout::kLog) out += "layout=log\n";
   if (!blocks_of.empty()) out += "blocks-of=" + blocks_of + "\n";
+  if (!snapshot.empty()) out += "snapshot=" + snapshot + "\n";
   if (state == State::kIncomplete) out += "state=incomplete\n";
   if (state == State::kDeleting) out += "state=deleting\n";
   return out;
@@ -172,6 +173,10 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     } else if (key == "blocks-of") {
       if (!ValidateExportName(value).ok()) return bad(line_no, "bad blocks-of");
       m.blocks_of = std::string(value);
+    } else if (key == "snapshot") {
+      if (!ValidateExportName(value).ok() || value.find('@') != std::string_view::npos)
+        return bad(line_no, "bad snapshot name");
+      m.snapshot = std::string(value);
     } else if (have_format && m.format > kMetaFormatVersion) {
       continue;  // Reported below as a newer format, which is the real cause.
     } else {

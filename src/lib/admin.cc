@@ -12,6 +12,7 @@
 
 #include "base/safe_file.h"
 #include "log/layout_store.h"
+#include "log/snapshot.h"
 #include "s3block/params.h"
 #include "s3block/volume.h"
 #include "util/fd_io.h"
@@ -329,6 +330,12 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info,
       info->has_log = true;
       info->log = LogInfoOf(stats);
     }
+    std::vector<log::SnapshotInfo> snaps;
+    if (st.ok() && is_log && layouts->ListSnapshots(name, &snaps, &is_log).ok()) {
+      for (const log::SnapshotInfo& sn : snaps)
+        info->snapshots.push_back({sn.record.name, sn.record.seq, sn.record.size,
+                                   sn.record.created, sn.unique_bytes});
+    }
   }
   info->blocks_stored = ids.size();
   uint32_t bs = info->has_meta ? info->meta.block_size : kDefaultBlockSize;
@@ -430,8 +437,70 @@ Status ResizeExport(BlockStore& store, std::string_view name, uint64_t new_size,
   return closing.Close();
 }
 
+bool IsSnapshot(BlockStore& store, std::string_view full, std::string* name,
+                std::string* snapshot) {
+  if (full.find('@') == std::string_view::npos) return false;
+  ExportMeta meta;
+  bool found = false;
+  if (!ReadMetaOf(store, full, &meta, &found).ok() || !found || meta.snapshot.empty())
+    return false;
+  return log::SplitSnapshotName(full, name, snapshot);
+}
+
+namespace {
+
+// The snapshot commands' common part: export `name` is a log export, ready, claimed, and
+// opened through options.layouts; fn runs on it, and it is closed.
+Status WithLogExportClaimed(BlockStore& store, std::string_view name, const AdminOptions& options,
+                            const char* refusing,
+                            const std::function<Status(const ExportMeta&)>& fn) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  ExportMeta meta;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
+  if (!found || !IsLog(meta))
+    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout: snapshots are "
+                                   "of log exports (layout=log) only; 's3block copy " +
+                                   std::string(name) + " NEW --layout log' makes one");
+  if (options.layouts == nullptr)
+    return Status::NotSupported("this store has no log layout for export " + Q(name));
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, refusing));
+  ExportCloser closing(store, name);
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  S3B_RETURN_IF_ERROR(fn(meta));
+  return closing.Close();
+}
+
+}  // namespace
+
+Status SnapshotExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options, SnapshotSummary* out) {
+  S3B_RETURN_IF_ERROR(log::ValidateSnapshotName(snapshot));
+  return WithLogExportClaimed(store, name, options, "refusing to take its snapshot here",
+                              [&](const ExportMeta& meta) {
+    log::SnapshotRecord r;
+    bool is_log = false;
+    S3B_RETURN_IF_ERROR(options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log));
+    *out = {r.name, r.seq, r.size, r.created, 0};
+    return Status::Ok();
+  });
+}
+
+Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options) {
+  return WithLogExportClaimed(store, name, options, "refusing to delete its snapshot here",
+                              [&](const ExportMeta&) {
+    bool is_log = false;
+    return options.layouts->DeleteSnapshot(name, snapshot, &is_log);
+  });
+}
+
 Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  std::string of, snapshot;
+  if (IsSnapshot(store, name, &of, &snapshot)) return DeleteSnapshot(store, of, snapshot, options);
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
   std::unique_ptr<ExportLease> lease;
   S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease));
@@ -442,6 +511,19 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
   // only for all of them to be deleted next): its segments and checkpoints go with its metadata.
   // Nor listed, which reads its checkpoint, and fails if that is what is damaged.
   const bool log = ms.ok() && found && IsLog(meta);
+  if (log && options.layouts) {
+    // A snapshot is a point in time someone chose to keep: deleted one by one, by name.
+    std::vector<log::SnapshotInfo> snaps;
+    bool is_log = false;
+    S3B_RETURN_IF_ERROR(options.layouts->ListSnapshots(name, &snaps, &is_log));
+    if (!snaps.empty()) {
+      std::string names;
+      for (const log::SnapshotInfo& sn : snaps)
+        names += (names.empty() ? "" : ", ") + Q(std::string(name) + "@" + sn.record.name);
+      return Status::InvalidArgument("export " + Q(name) + " has snapshots: " + names +
+                                     "; delete them first (s3block delete NAME@SNAP)");
+    }
+  }
   std::vector<uint64_t> ids;
   if (ms.ok() && !log) S3B_RETURN_IF_ERROR(ListIds(store, name, &ids));
   if (!found && ids.empty() && ms.ok())

@@ -87,7 +87,25 @@ Status Server::Start() {
 }
 
 Status Server::Open(const std::string& requested, bool readonly, std::shared_ptr<Volume>* out) {
-  return volumes_->Acquire(requested.empty() ? config_.default_export : requested, readonly, out);
+  const std::string& name = requested.empty() ? config_.default_export : requested;
+  if (name.find('@') != std::string::npos) {
+    // A snapshot (NAME@SNAP) is served read only, and takes no lease. Such a name that is
+    // neither a snapshot nor an existing export cannot be created.
+    std::string text;
+    bool found = false;
+    ExportMeta meta;
+    S3B_RETURN_IF_ERROR(stack_.store->ReadMeta(name, &text, &found));
+    std::vector<std::string> names;
+    // An export of the first version has no metadata, only blocks: it is listed.
+    if (!found && stack_.store->ListExports(&names).ok() &&
+        std::find(names.begin(), names.end(), name) != names.end())
+      found = true;
+    if (!found)
+      return Status::NotFound("no export or snapshot named '" + QuoteForMessage(name) + "' in " +
+                              Describe());
+    if (ExportMeta::Parse(name, text, &meta).ok() && !meta.snapshot.empty()) readonly = true;
+  }
+  return volumes_->Acquire(name, readonly, out);
 }
 
 Status Server::Close(const std::shared_ptr<Volume>& volume) {

@@ -1,5 +1,7 @@
 #include "log/layout_store.h"
 
+#include "s3block/params.h"
+
 namespace s3block::log {
 
 LayoutStore::LayoutStore(std::shared_ptr<BlockStore> blocks, TransportMaker make_transport,
@@ -23,9 +25,36 @@ std::shared_ptr<LayoutStore::Entry> LayoutStore::EntryFor(std::string_view e) co
   return it->second;
 }
 
+Status LayoutStore::FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
+                                 SnapshotRecord* record, bool* found) {
+  *found = false;
+  std::string name, snapshot;
+  if (!SplitSnapshotName(e, &name, &snapshot) || !ValidateSnapshotName(snapshot).ok())
+    return Status::Ok();
+  std::string text;
+  bool has_meta = false;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(name, &text, &has_meta));
+  ExportMeta meta;
+  if (!has_meta || !ExportMeta::Parse(name, text, &meta).ok() || meta.layout != ExportLayout::kLog)
+    return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  Status s = ReadSnapshot(*transport, name, snapshot, record);
+  if (s.IsNotFound()) return Status::Ok();
+  S3B_RETURN_IF_ERROR(s);
+  meta.size = record->size;
+  if (meta.blocks_of.empty()) meta.blocks_of = name;
+  meta.snapshot = snapshot;
+  *meta_text = meta.Serialize();
+  *of = name;
+  *found = true;
+  return Status::Ok();
+}
+
 void LayoutStore::Learn(std::string_view e, std::string_view meta_text) {
   ExportMeta meta;
   if (!ExportMeta::Parse(e, meta_text, &meta).ok()) return;
+  if (!meta.snapshot.empty()) return;  // a view's, which is learnt where it is found
   std::shared_ptr<Entry> entry = EntryFor(e);
   MutexLock l(&entry->mu);
   if (entry->resolved && entry->layout == meta.layout) return;
@@ -47,6 +76,12 @@ Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
     // No metadata: the specification's first version's layout. Unreadable metadata is the
     // Volume's to report; blocks are not looked for elsewhere on account of it.
     if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+    if (!found) {
+      bool view = false;
+      S3B_RETURN_IF_ERROR(FindSnapshot(e, &text, &entry->of, &entry->record, &view));
+      entry->view = view;
+      if (view) meta.layout = ExportLayout::kLog;
+    }
     entry->layout = meta.layout;
     entry->resolved = true;
   }
@@ -55,8 +90,12 @@ Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
     WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
     std::shared_ptr<ObjectTransport> transport;
     S3B_RETURN_IF_ERROR(Transport(&transport));
-    S3B_RETURN_IF_ERROR(LogExport::Open(std::move(transport), std::string(e), options_,
-                                        std::move(fence), &entry->log));
+    if (entry->view)
+      S3B_RETURN_IF_ERROR(LogExport::OpenSnapshot(std::move(transport), entry->of, entry->record,
+                                                  options_, &entry->log));
+    else
+      S3B_RETURN_IF_ERROR(LogExport::Open(std::move(transport), std::string(e), options_,
+                                          std::move(fence), &entry->log));
   }
   *log = entry->log.get();
   return Status::Ok();
@@ -143,17 +182,49 @@ Status LayoutStore::ListBlockDigests(std::string_view e,
 
 Status LayoutStore::ReadMeta(std::string_view e, std::string* text, bool* found) {
   S3B_RETURN_IF_ERROR(next_->ReadMeta(e, text, found));
-  if (*found) Learn(e, *text);
+  if (*found) {
+    Learn(e, *text);
+    return Status::Ok();
+  }
+  std::string of;
+  SnapshotRecord record;
+  S3B_RETURN_IF_ERROR(FindSnapshot(e, text, &of, &record, found));
+  if (*found) {
+    std::shared_ptr<Entry> entry = EntryFor(e);
+    MutexLock l(&entry->mu);
+    if (!entry->log) {
+      entry->resolved = true;
+      entry->layout = ExportLayout::kLog;
+      entry->view = true;
+      entry->of = std::move(of);
+      entry->record = std::move(record);
+    }
+  }
   return Status::Ok();
 }
 
 Status LayoutStore::WriteMeta(std::string_view e, std::string_view text) {
+  if (e.find('@') != std::string_view::npos) {
+    // Only an export that already has this name keeps it: NAME@SNAP names a snapshot.
+    std::string old;
+    bool found = false;
+    S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &old, &found));
+    if (!found)
+      return Status::InvalidArgument("export name '" + QuoteForMessage(e) +
+                                     "' refused: a name with '@' is a snapshot's (NAME@SNAP)");
+  }
   S3B_RETURN_IF_ERROR(next_->WriteMeta(e, text));
   Learn(e, text);
   return Status::Ok();
 }
 
 Status LayoutStore::DeleteMeta(std::string_view e) {
+  {
+    std::shared_ptr<Entry> entry = EntryFor(e);
+    MutexLock l(&entry->mu);
+    if (entry->view)
+      return Status::InvalidArgument("'" + QuoteForMessage(e) + "' is a snapshot, not an export");
+  }
   LogExport* log = nullptr;
   Status s = Resolve(e, &log);
   bool is_log = log != nullptr;
@@ -247,6 +318,45 @@ Status LayoutStore::VerifyLog(std::string_view e,
   S3B_RETURN_IF_ERROR(Resolve(e, &log));
   *is_log = log != nullptr;
   return log ? log->Verify(report, problems) : Status::Ok();
+}
+
+Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapshot,
+                                   uint64_t size, SnapshotRecord* out, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->CreateSnapshot(snapshot, size, out) : Status::Ok();
+}
+
+Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapshot,
+                                   bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  if (!log) return Status::Ok();
+  // A view of it still served reads what is no longer kept: errors, never other data.
+  return log->DeleteSnapshot(snapshot);
+}
+
+Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>* out,
+                                  bool* is_log) {
+  out->clear();
+  LogExport* log = nullptr;
+  Status s = Resolve(e, &log);
+  if (!s.ok() && KnownLog(e)) {
+    // An export whose checkpoint cannot be read still has its snapshots' records.
+    *is_log = true;
+    std::shared_ptr<ObjectTransport> transport;
+    S3B_RETURN_IF_ERROR(Transport(&transport));
+    std::vector<SnapshotRecord> records;
+    S3B_RETURN_IF_ERROR(log::ListSnapshots(*transport, e, &records));
+    for (SnapshotRecord& r : records) out->push_back({std::move(r), 0});
+    return Status::Ok();
+  }
+  S3B_RETURN_IF_ERROR(s);
+  *is_log = log != nullptr;
+  if (log) *out = log->Snapshots();
+  return Status::Ok();
 }
 
 std::map<std::string, LogStats> LayoutStore::OpenLogStats() {

@@ -8,6 +8,11 @@
 // leases, listing exports, exports of the default layout, and those with no metadata, which are
 // the specification's first version's) goes to `blocks` unchanged.
 //
+// A name NAME@SNAP that is no export's is snapshot SNAP of log export NAME (snapshot.h): its
+// metadata is NAME's with the snapshot's size, blocks-of=NAME and snapshot=SNAP, and its blocks
+// are read from a view of NAME's segments; writing to it is refused. A new export's name may not
+// contain '@'.
+//
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_LOG_LAYOUT_STORE_H_
 #define S3BLOCK_LOG_LAYOUT_STORE_H_
@@ -60,6 +65,12 @@ class LayoutStore : public StoreDecorator {
   Status CollectGarbage(std::string_view e, bool all, GcResult* result, bool* is_log);
   Status VerifyLog(std::string_view e, const std::function<void(const std::string&)>& report,
                    uint64_t* problems, bool* is_log);
+  // Snapshots of log export e (snapshot.h); `size` is the export's size now. *is_log is false
+  // (and nothing is done) for an export of the default layout.
+  Status CreateSnapshot(std::string_view e, const std::string& snapshot, uint64_t size,
+                        SnapshotRecord* out, bool* is_log);
+  Status DeleteSnapshot(std::string_view e, const std::string& snapshot, bool* is_log);
+  Status ListSnapshots(std::string_view e, std::vector<SnapshotInfo>* out, bool* is_log);
   // The stats of every log export open in this process, by name.
   std::map<std::string, LogStats> OpenLogStats();
 
@@ -70,6 +81,10 @@ class LayoutStore : public StoreDecorator {
     ExportLayout layout GUARDED_BY(mu) = ExportLayout::kBlocks;
     std::unique_ptr<LogExport> log GUARDED_BY(mu);
     Status error GUARDED_BY(mu);
+    // A snapshot's view: the export whose it is, and its record.
+    bool view GUARDED_BY(mu) = false;
+    std::string of GUARDED_BY(mu);
+    SnapshotRecord record GUARDED_BY(mu);
   };
   std::shared_ptr<Entry> EntryFor(std::string_view e) const EXCLUDES(mu_);
   // The export's LogExport, opened if need be; null for an export of the default layout.
@@ -78,6 +93,10 @@ class LayoutStore : public StoreDecorator {
   bool KnownLog(std::string_view e) const EXCLUDES(mu_);
   // Records the layout a metadata document gives (when it parses).
   void Learn(std::string_view e, std::string_view meta_text);
+  // If e (which has no metadata) is NAME@SNAP of a log export NAME with snapshot SNAP: *found,
+  // and the metadata it is served with, NAME and the snapshot's record.
+  Status FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
+                      SnapshotRecord* record, bool* found);
 
   Status Transport(std::shared_ptr<ObjectTransport>* out) EXCLUDES(mu_);
 
