@@ -73,6 +73,7 @@ backend_scripts=(
   "crash.sh log"
   crash_ext4.sh
   log_layout.sh
+  snapshots.sh
   tls_nbd_x509.sh
   tls_nbd_psk.sh
 )

@@ -12,7 +12,9 @@
 //   key-check=SALT:MAC
 //   checksum=crc32c
 //   layout=log              (only for a log-structured export; see ExportLayout)
-//   blocks-of=NAME          (only where the blocks are another export's: a snapshot's view)
+//   base=NAME@SNAP          (only for a clone: the snapshot its unwritten blocks are read from)
+//   blocks-of=NAME          (only where blocks are bound to another export's name: a snapshot's
+//                           view, a clone)
 //   snapshot=SNAP           (only in what a snapshot's view, NAME@SNAP, is served with; read only)
 //
 // Unknown keys are refused (they would come from a newer version that relies on them), and so is
@@ -101,6 +103,8 @@ struct ExportMeta {
   // The export whose blocks these are, if not this one's: encoded blocks are bound to that
   // export's name (codec_store.h). A snapshot's view (NAME@SNAP) reads NAME's blocks.
   std::string blocks_of;
+  // A clone's base: the snapshot (NAME@SNAP) its blocks are read from until it writes them.
+  std::string base;
   // Non-empty in the metadata a snapshot's view is served with (never stored): the snapshot's
   // name. Such an export is read only.
   std::string snapshot;

@@ -106,6 +106,7 @@ std::string ExportMeta::Serialize() const {
     out += "encryption=aes-256-gcm\nkey-check=" + encoding.key_check + "\n";
   if (encoding.checksum) out += "checksum=crc32c\n";
   if (layout == ExportLayout::kLog) out += "layout=log\n";
+  if (!base.empty()) out += "base=" + base + "\n";
   if (!blocks_of.empty()) out += "blocks-of=" + blocks_of + "\n";
   if (!snapshot.empty()) out += "snapshot=" + snapshot + "\n";
   if (state == State::kIncomplete) out += "state=incomplete\n";
@@ -173,6 +174,12 @@ Status ExportMeta::Parse(std::string_view export_name, std::string_view text, Ex
     } else if (key == "blocks-of") {
       if (!ValidateExportName(value).ok()) return bad(line_no, "bad blocks-of");
       m.blocks_of = std::string(value);
+    } else if (key == "base") {
+      const size_t at = value.rfind('@');
+      if (!ValidateExportName(value).ok() || at == std::string_view::npos || at == 0 ||
+          at + 1 == value.size())
+        return bad(line_no, "bad base (expected NAME@SNAP)");
+      m.base = std::string(value);
     } else if (key == "snapshot") {
       if (!ValidateExportName(value).ok() || value.find('@') != std::string_view::npos)
         return bad(line_no, "bad snapshot name");

@@ -33,6 +33,11 @@ struct Loc {
 };
 
 inline constexpr uint32_t kMaxSlots = 1u << 25;
+// A clone's deleted block (a trim of a block its base holds): in the map, so that the base's
+// copy stays hidden, and in no segment.
+inline constexpr uint32_t kTombstoneSlot = kMaxSlots - 1;
+inline constexpr Loc kTombstone{kTombstoneSlot, 0, 0};
+inline bool IsTombstone(const Loc& loc) { return loc.slot == kTombstoneSlot; }
 inline constexpr uint64_t kMaxMappedSegmentBytes = 64ull << 20;
 inline constexpr uint32_t kMaxFrameBytes = 2u << 20;
 

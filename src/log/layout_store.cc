@@ -45,6 +45,7 @@ Status LayoutStore::FindSnapshot(std::string_view e, std::string* meta_text, std
   meta.size = record->size;
   if (meta.blocks_of.empty()) meta.blocks_of = name;
   meta.snapshot = snapshot;
+  meta.base.clear();  // the view's own base is the record's
   *meta_text = meta.Serialize();
   *of = name;
   *found = true;
@@ -61,7 +62,35 @@ void LayoutStore::Learn(std::string_view e, std::string_view meta_text) {
   if (entry->log) return;  // open: what it serves stays what it is until it is closed
   entry->resolved = true;
   entry->layout = meta.layout;
+  entry->base = meta.base;
   entry->error = Status::Ok();
+}
+
+Status LayoutStore::OpenBase(const std::string& base, int depth, std::unique_ptr<LogExport>* out) {
+  // A chain longer than this is a loop (metadata edited by hand), not clones of clones.
+  constexpr int kMaxDepth = 64;
+  std::string name, snapshot;
+  if (depth > kMaxDepth || !SplitSnapshotName(base, &name, &snapshot))
+    return Status::IoError("the base '" + QuoteForMessage(base) + "' of a clone is not valid");
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(name, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
+  if (!found || meta.layout != ExportLayout::kLog)
+    return Status::IoError("the base '" + QuoteForMessage(base) + "' of a clone: export '" +
+                           QuoteForMessage(name) + "' is missing, or no log export");
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  SnapshotRecord record;
+  Status s = ReadSnapshot(*transport, name, snapshot, &record);
+  if (s.IsNotFound())
+    return Status::IoError("the base '" + QuoteForMessage(base) + "' of a clone is missing");
+  S3B_RETURN_IF_ERROR(s);
+  std::unique_ptr<LogExport> below;
+  if (!record.base.empty()) S3B_RETURN_IF_ERROR(OpenBase(record.base, depth + 1, &below));
+  return LogExport::OpenSnapshot(std::move(transport), name, record, options_, out,
+                                 std::move(below));
 }
 
 Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
@@ -76,6 +105,7 @@ Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
     // No metadata: the specification's first version's layout. Unreadable metadata is the
     // Volume's to report; blocks are not looked for elsewhere on account of it.
     if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+    entry->base = meta.base;
     if (!found) {
       bool view = false;
       S3B_RETURN_IF_ERROR(FindSnapshot(e, &text, &entry->of, &entry->record, &view));
@@ -90,12 +120,16 @@ Status LayoutStore::Resolve(std::string_view e, LogExport** log) {
     WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
     std::shared_ptr<ObjectTransport> transport;
     S3B_RETURN_IF_ERROR(Transport(&transport));
+    const std::string& base = entry->view ? entry->record.base : entry->base;
+    std::unique_ptr<LogExport> below;
+    if (!base.empty())
+      S3B_RETURN_IF_ERROR(OpenBase(base, 0, &below).Annotate("export '" + QuoteForMessage(e) + "'"));
     if (entry->view)
       S3B_RETURN_IF_ERROR(LogExport::OpenSnapshot(std::move(transport), entry->of, entry->record,
-                                                  options_, &entry->log));
+                                                  options_, &entry->log, std::move(below)));
     else
       S3B_RETURN_IF_ERROR(LogExport::Open(std::move(transport), std::string(e), options_,
-                                          std::move(fence), &entry->log));
+                                          std::move(fence), &entry->log, std::move(below), base));
   }
   *log = entry->log.get();
   return Status::Ok();
@@ -335,7 +369,33 @@ Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapsh
   *is_log = log != nullptr;
   if (!log) return Status::Ok();
   // A view of it still served reads what is no longer kept: errors, never other data.
-  return log->DeleteSnapshot(snapshot);
+  const std::string full = std::string(e) + "@" + snapshot;
+  return log->DeleteSnapshot(snapshot, [&](const std::string& clone, bool* based) {
+    std::string text;
+    bool found = false;
+    ExportMeta meta;
+    S3B_RETURN_IF_ERROR(next_->ReadMeta(clone, &text, &found));
+    // Metadata that does not parse may still name it: kept, to be safe.
+    *based = found && (!ExportMeta::Parse(clone, text, &meta).ok() || meta.base == full);
+    return Status::Ok();
+  });
+}
+
+Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
+                             const std::string& clone, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->AddClone(snapshot, clone) : Status::Ok();
+}
+
+Status LayoutStore::CopyBaseBlocks(std::string_view e,
+                                   const std::function<void(uint64_t, uint64_t)>& progress,
+                                   bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->CopyBaseBlocks(progress) : Status::Ok();
 }
 
 Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>* out,

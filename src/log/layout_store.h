@@ -13,6 +13,9 @@
 // are read from a view of NAME's segments; writing to it is refused. A new export's name may not
 // contain '@'.
 //
+// A clone (metadata base=NAME@SNAP) is opened over a view of that snapshot, itself over its own
+// base if it was taken of a clone: the chain ends at an export that is no clone.
+//
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_LOG_LAYOUT_STORE_H_
 #define S3BLOCK_LOG_LAYOUT_STORE_H_
@@ -69,7 +72,13 @@ class LayoutStore : public StoreDecorator {
   // (and nothing is done) for an export of the default layout.
   Status CreateSnapshot(std::string_view e, const std::string& snapshot, uint64_t size,
                         SnapshotRecord* out, bool* is_log);
+  // Refused while a clone is based on the snapshot (its metadata is read to tell).
   Status DeleteSnapshot(std::string_view e, const std::string& snapshot, bool* is_log);
+  Status AddClone(std::string_view e, const std::string& snapshot, const std::string& clone,
+                  bool* is_log);
+  // A clone's blocks still read from its base, copied into its own segments (LogExport).
+  Status CopyBaseBlocks(std::string_view e, const std::function<void(uint64_t, uint64_t)>& progress,
+                        bool* is_log);
   Status ListSnapshots(std::string_view e, std::vector<SnapshotInfo>* out, bool* is_log);
   // The stats of every log export open in this process, by name.
   std::map<std::string, LogStats> OpenLogStats();
@@ -85,6 +94,8 @@ class LayoutStore : public StoreDecorator {
     bool view GUARDED_BY(mu) = false;
     std::string of GUARDED_BY(mu);
     SnapshotRecord record GUARDED_BY(mu);
+    // A clone's base (metadata base=), NAME@SNAP.
+    std::string base GUARDED_BY(mu);
   };
   std::shared_ptr<Entry> EntryFor(std::string_view e) const EXCLUDES(mu_);
   // The export's LogExport, opened if need be; null for an export of the default layout.
@@ -97,6 +108,8 @@ class LayoutStore : public StoreDecorator {
   // and the metadata it is served with, NAME and the snapshot's record.
   Status FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
                       SnapshotRecord* record, bool* found);
+  // Opens the view of snapshot `base` (NAME@SNAP) a clone reads through to, over its own base.
+  Status OpenBase(const std::string& base, int depth, std::unique_ptr<LogExport>* out);
 
   Status Transport(std::shared_ptr<ObjectTransport>* out) EXCLUDES(mu_);
 

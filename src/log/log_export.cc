@@ -68,9 +68,12 @@ LogExport::~LogExport() {
 
 Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string name,
                        const LogOptions& options, WriteFence fence,
-                       std::unique_ptr<LogExport>* out) {
+                       std::unique_ptr<LogExport>* out, std::unique_ptr<LogExport> base,
+                       std::string base_name) {
   std::unique_ptr<LogExport> e(
       new LogExport(std::move(transport), std::move(name), options, std::move(fence)));
+  e->base_ = std::move(base);
+  e->base_name_ = std::move(base_name);
   S3B_RETURN_IF_ERROR(e->Load());
   *out = std::move(e);
   return Status::Ok();
@@ -78,9 +81,11 @@ Status LogExport::Open(std::shared_ptr<ObjectTransport> transport, std::string n
 
 Status LogExport::OpenSnapshot(std::shared_ptr<ObjectTransport> transport, std::string name,
                                const SnapshotRecord& record, const LogOptions& options,
-                               std::unique_ptr<LogExport>* out) {
+                               std::unique_ptr<LogExport>* out, std::unique_ptr<LogExport> base) {
   std::unique_ptr<LogExport> e(new LogExport(std::move(transport), std::move(name), options, {}));
   e->view_ = true;
+  e->base_ = std::move(base);
+  e->base_name_ = record.base;
   S3B_RETURN_IF_ERROR(e->LoadSnapshot(record));
   *out = std::move(e);
   return Status::Ok();
@@ -139,12 +144,13 @@ void LogExport::ApplyEntries(const SegmentHeader& header) {
     Loc old;
     bool had = false;
     if (e.deleted()) {
-      had = map_.Erase(e.id, &old);
+      // A clone's deletion hides its base's block too.
+      had = base_name_.empty() ? map_.Erase(e.id, &old) : map_.Set(e.id, kTombstone, &old);
     } else {
       had = map_.Set(e.id, Loc{slot, e.offset, e.length}, &old);
       slots_[slot].live += e.length;
     }
-    if (had) {
+    if (had && !IsTombstone(old)) {
       Slot& o = slots_[old.slot];
       o.live -= old.length;
       if (o.live == 0) o.dead_at = header.seq;
@@ -166,6 +172,7 @@ Status LogExport::LoadCheckpointLocked(uint64_t seq) {
     Status bad;
     // Before any other thread, as all of Load.
     map_.ForEach([&](uint64_t id, const Loc& loc) NO_THREAD_SAFETY_ANALYSIS {
+      if (IsTombstone(loc)) return;
       if (loc.slot >= slots_.size() || !slots_[loc.slot].used) {
         if (bad.ok())
           bad = Status::IoError("checkpoint " + CheckpointKey(name_, info.seq) + " in " +
@@ -193,6 +200,7 @@ Status LogExport::Load() {
   std::vector<SnapshotRecord> snapshots;
   S3B_RETURN_IF_ERROR(ListSnapshots(*transport_, name_, &snapshots).Annotate("export '" + name_ + "'"));
   for (SnapshotRecord& r : snapshots) snapshots_.emplace(r.name, std::move(r));
+  S3B_RETURN_IF_ERROR(ListCloneMarkers(*transport_, name_, &clones_).Annotate("export '" + name_ + "'"));
   // The unbroken run after the checkpoint. A damaged segment ends it: neither it nor anything
   // after it is applied, nor ever written over (see BecomeWriterLocked).
   std::vector<SegmentHeader> run;
@@ -505,8 +513,16 @@ Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
     Loc loc;
     uint64_t seq = 0;
     const Where w = LocateLocked(id, nullptr, &loc, &seq);
-    // A block stored nowhere needs no record: no segment the map can reach holds it.
-    if (w == Where::kNone || w == Where::kDeleted) continue;
+    // A block stored nowhere needs no record: no segment the map can reach holds it (nor, for a
+    // clone, its base).
+    if (w == Where::kDeleted) continue;
+    if (w == Where::kNone) {
+      if (!base_) continue;
+      mu_.Unlock();
+      const bool in_base = base_->HoldsBlock(id);
+      mu_.Lock();
+      if (!in_base) continue;
+    }
     if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
     S3B_RETURN_IF_ERROR(AppendLocked(lock, id, nullptr, false));
   }
@@ -543,6 +559,7 @@ LogExport::Where LogExport::LocateLocked(uint64_t id, Bytes* memory, Loc* loc, u
     return Where::kMemory;
   }
   if (!map_.Get(id, loc)) return Where::kNone;
+  if (IsTombstone(*loc)) return Where::kDeleted;
   *seq = slots_[loc->slot].seq;
   return Where::kStored;
 }
@@ -627,7 +644,9 @@ Status LogExport::Read(uint64_t id, Bytes* data, bool* found) {
 
 Status LogExport::Refresh() {
   std::unique_ptr<LogExport> fresh;
-  S3B_RETURN_IF_ERROR(Open(transport_, name_, options_, fence_, &fresh));
+  // Without a base of its own (this one keeps reading through its own), but knowing there is
+  // one: a clone's deletions are tombstones.
+  S3B_RETURN_IF_ERROR(Open(transport_, name_, options_, fence_, &fresh, nullptr, base_name_));
   MutexLock l(&mu_);
   MutexLock f(&fresh->mu_);
   if (writer_ || becoming_writer_) return Status::Ok();  // a writer's own map is never stale
@@ -640,6 +659,7 @@ Status LogExport::Refresh() {
   epoch_ = fresh->epoch_;
   skipped_ = std::move(fresh->skipped_);
   snapshots_ = std::move(fresh->snapshots_);
+  clones_ = std::move(fresh->clones_);
   kept_ = std::move(fresh->kept_);
   damaged_ = fresh->damaged_;
   return Status::Ok();
@@ -650,6 +670,7 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
   // again, a few times.
   std::vector<size_t> todo(reads.size());
   for (size_t i = 0; i < reads.size(); ++i) todo[i] = i;
+  std::vector<size_t> from_base;  // a clone's blocks it never wrote
   for (int attempt = 0; attempt < 4 && !todo.empty(); ++attempt) {
     struct Want {
       uint64_t seq;
@@ -670,6 +691,8 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
         uint64_t seq = 0;
         switch (LocateLocked(r.id, r.data, &loc, &seq)) {
           case Where::kNone:
+            if (base_) from_base.push_back(i);
+            break;
           case Where::kDeleted: break;
           case Where::kMemory: r.found = true; break;
           case Where::kStored: wants.push_back({seq, loc, i}); break;
@@ -720,6 +743,32 @@ void LogExport::ReadBatch(std::span<BlockRead> reads) {
       }
     }
   }
+  if (from_base.empty()) return;
+  std::vector<BlockRead> base_reads(from_base.size());
+  for (size_t k = 0; k < from_base.size(); ++k) {
+    base_reads[k].id = reads[from_base[k]].id;
+    base_reads[k].data = reads[from_base[k]].data;
+  }
+  base_->ReadBatch(base_reads);
+  for (size_t k = 0; k < from_base.size(); ++k) {
+    reads[from_base[k]].found = base_reads[k].found;
+    reads[from_base[k]].status = base_reads[k].status;
+  }
+}
+
+bool LogExport::HoldsBlock(uint64_t id) {
+  {
+    MutexLock l(&mu_);
+    Loc loc;
+    uint64_t seq = 0;
+    switch (LocateLocked(id, nullptr, &loc, &seq)) {
+      case Where::kMemory:
+      case Where::kStored: return true;
+      case Where::kDeleted: return false;
+      case Where::kNone: break;
+    }
+  }
+  return base_ && base_->HoldsBlock(id);
 }
 
 void LogExport::ListBlocks(const std::function<void(uint64_t id)>& fn) {
@@ -728,11 +777,18 @@ void LogExport::ListBlocks(const std::function<void(uint64_t id)>& fn) {
   for (auto& [seq, s] : sealed_)
     for (const SegmentEntry& e : s->header.entries) newer[e.id] = !e.deleted();
   for (auto& [id, f] : open_index_) newer[id] = f.length != 0;
-  map_.ForEach([&](uint64_t id, const Loc&) {
-    if (!newer.count(id)) fn(id);
+  map_.ForEach([&](uint64_t id, const Loc& loc) {
+    if (!newer.count(id) && !IsTombstone(loc)) fn(id);
   });
   for (auto& [id, stored] : newer)
     if (stored) fn(id);
+  // A clone's base's blocks that it neither wrote nor deleted.
+  if (base_) {
+    base_->ListBlocks([&](uint64_t id) NO_THREAD_SAFETY_ANALYSIS {
+      Loc loc;
+      if (!newer.count(id) && !map_.Get(id, &loc)) fn(id);
+    });
+  }
 }
 
 Status LogExport::Checkpoint() {
@@ -1081,6 +1137,7 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   r.seq = seq;
   r.size = size;
   r.created = static_cast<int64_t>(std::time(nullptr));
+  r.base = base_name_;
   mu_.Unlock();
   const std::string text = EncodeSnapshotRecord(r);
   Status s = transport_->Put(SnapshotKey(name_, snapshot),
@@ -1097,16 +1154,39 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   return Status::Ok();
 }
 
-Status LogExport::DeleteSnapshot(const std::string& snapshot) {
+Status LogExport::DeleteSnapshot(
+    const std::string& snapshot,
+    const std::function<Status(const std::string& clone, bool* based)>& based) {
   if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
   UniqueLock lock(&mu_);
   if (!snapshots_.count(snapshot))
     return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
+  // No clone is added meanwhile (AddClone waits for this too).
   BeginCheckpointingLocked(lock);
+  std::vector<std::string> clones;
+  for (const auto& [clone, snap] : clones_)
+    if (snap == snapshot) clones.push_back(clone);
   mu_.Unlock();
+  Status s;
+  std::vector<std::string> stale;
+  for (const std::string& clone : clones) {
+    bool is_based = true;  // unless asked and told otherwise
+    if (based) s = based(clone, &is_based);
+    if (!s.ok()) break;
+    if (is_based) {
+      s = Status::InvalidArgument("snapshot '" + snapshot + "' of export '" + name_ +
+                                  "' is the base of clone '" + clone + "': flatten the clone " +
+                                  "(s3block flatten " + clone + ") or delete it first");
+      break;
+    }
+    stale.push_back(CloneKey(name_, clone));
+  }
+  if (s.ok() && !stale.empty()) s = transport_->Delete(stale, fence());
   const std::string key = SnapshotKey(name_, snapshot);
-  Status s = transport_->Delete(std::span<const std::string>(&key, 1), fence());
+  if (s.ok()) s = transport_->Delete(std::span<const std::string>(&key, 1), fence());
   mu_.Lock();
+  if (s.ok())
+    for (const std::string& k : stale) clones_.erase(k.substr(ClonePrefix(name_).size()));
   if (s.ok()) {
     snapshots_.erase(snapshot);
     ReleaseUnpinnedLocked({});
@@ -1114,6 +1194,66 @@ Status LogExport::DeleteSnapshot(const std::string& snapshot) {
   checkpointing_ = false;
   cv_.notify_all();
   return s.Annotate("export '" + name_ + "': deleting snapshot '" + snapshot + "'");
+}
+
+Status LogExport::AddClone(const std::string& snapshot, const std::string& clone) {
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+  UniqueLock lock(&mu_);
+  if (!snapshots_.count(snapshot))
+    return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
+  BeginCheckpointingLocked(lock);
+  mu_.Unlock();
+  const std::string text = "snapshot=" + snapshot + "\n";
+  Status s = transport_->Put(CloneKey(name_, clone),
+                             std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+                             PutOptions::Fenced(fence()));
+  mu_.Lock();
+  if (s.ok()) clones_[clone] = snapshot;
+  checkpointing_ = false;
+  cv_.notify_all();
+  return s.Annotate("export '" + name_ + "': recording clone '" + clone + "'");
+}
+
+Status LogExport::CopyBaseBlocks(const std::function<void(uint64_t, uint64_t)>& progress) {
+  if (!base_) return Status::Ok();
+  std::vector<uint64_t> ids;
+  ListBlocks([&](uint64_t id) { ids.push_back(id); });
+  {
+    // Only what is read from the base: the clone's own blocks (and deletions) stay.
+    MutexLock l(&mu_);
+    std::erase_if(ids, [&](uint64_t id) NO_THREAD_SAFETY_ANALYSIS {
+      Loc loc;
+      uint64_t seq = 0;
+      return LocateLocked(id, nullptr, &loc, &seq) != Where::kNone;
+    });
+  }
+  std::sort(ids.begin(), ids.end());
+  constexpr size_t kBatch = 256;
+  for (size_t i = 0; i < ids.size(); i += kBatch) {
+    const size_t n = std::min(kBatch, ids.size() - i);
+    std::vector<Bytes> data(n);
+    std::vector<BlockRead> reads(n);
+    for (size_t k = 0; k < n; ++k) {
+      reads[k].id = ids[i + k];
+      reads[k].data = &data[k];
+    }
+    base_->ReadBatch(reads);
+    UniqueLock lock(&mu_);
+    for (size_t k = 0; k < n; ++k) {
+      S3B_RETURN_IF_ERROR(reads[k].status);
+      Loc loc;
+      uint64_t seq = 0;
+      // Written meanwhile by a client: theirs stays.
+      if (!reads[k].found || LocateLocked(reads[k].id, nullptr, &loc, &seq) != Where::kNone)
+        continue;
+      if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+      const std::span<const uint8_t> payload(data[k]);
+      S3B_RETURN_IF_ERROR(AppendLocked(lock, reads[k].id, &payload, false));
+    }
+    lock.Unlock();
+    if (progress) progress(i + n, ids.size());
+  }
+  return Flush();
 }
 
 std::vector<SnapshotInfo> LogExport::Snapshots() {
@@ -1177,6 +1317,7 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
     }
   }
   map.ForEach([&](uint64_t id, const Loc& loc) {
+    if (IsTombstone(loc)) return;
     if (loc.slot >= slots.size() || !slots[loc.slot].used) {
       report("block " + std::to_string(id) + " is mapped to no segment");
       ++*problems;

@@ -28,6 +28,10 @@
 // Such a segment, dead in the export's own map, waits on a list kept with each checkpoint until
 // no snapshot reads it. A snapshot is opened as a view (OpenSnapshot) that only reads.
 //
+// A clone is an export made from a snapshot (its base): a block it has never written is read
+// from the base, and a block it deletes that the base holds is kept in its map as a tombstone
+// (block_map.h), so that the base's copy stays hidden.
+//
 // Thread safety: safe for concurrent use.
 #ifndef S3BLOCK_LOG_LOG_EXPORT_H_
 #define S3BLOCK_LOG_LOG_EXPORT_H_
@@ -126,15 +130,18 @@ struct GcResult {
 class LogExport {
  public:
   // Loads the export's newest checkpoint and the segments after it. `fence` (may be empty) is
-  // asked before every change stored.
+  // asked before every change stored. A clone's `base` is the view of the snapshot named
+  // `base_name` (NAME@SNAP) it reads through to.
   static Status Open(std::shared_ptr<ObjectTransport> transport, std::string name,
-                     const LogOptions& options, WriteFence fence, std::unique_ptr<LogExport>* out);
+                     const LogOptions& options, WriteFence fence, std::unique_ptr<LogExport>* out,
+                     std::unique_ptr<LogExport> base = nullptr, std::string base_name = {});
   // Opens snapshot `record` of export `name`: a view, read only, of the export as of the
   // snapshot's last segment. Errors: EIO if a checkpoint or segment it needs is missing or
   // damaged.
   static Status OpenSnapshot(std::shared_ptr<ObjectTransport> transport, std::string name,
                              const SnapshotRecord& record, const LogOptions& options,
-                             std::unique_ptr<LogExport>* out);
+                             std::unique_ptr<LogExport>* out,
+                             std::unique_ptr<LogExport> base = nullptr);
   ~LogExport();
 
   Status Read(uint64_t id, Bytes* data, bool* found);
@@ -162,8 +169,21 @@ class LogExport {
   // none made after the call), once stored. `size` is the export's size now. Stores the record
   // only if absent (AlreadyExists). Errors: the transport's; a view's is EROFS.
   Status CreateSnapshot(const std::string& snapshot, uint64_t size, SnapshotRecord* out);
-  // Deletes a snapshot's record, then what only it kept (NotFound if there is none).
-  Status DeleteSnapshot(const std::string& snapshot);
+  // Deletes a snapshot's record, then what only it kept (NotFound if there is none). Refused
+  // (InvalidArgument, naming it) while a clone made from it is still based on it, as
+  // based(clone) says; markers of clones no longer based on it are removed.
+  Status DeleteSnapshot(const std::string& snapshot,
+                        const std::function<Status(const std::string& clone, bool* based)>& based =
+                            nullptr);
+  // Records that export `clone` is being made from snapshot `snapshot` (which must exist): the
+  // snapshot is then not deleted while the clone is based on it.
+  Status AddClone(const std::string& snapshot, const std::string& clone);
+  // A clone: copies every block it still reads from its base into its own segments (the stored
+  // bytes as they are, still bound to the name they were written under), then flushes. After
+  // it, nothing is read from the base. progress(done, total) may be empty.
+  Status CopyBaseBlocks(const std::function<void(uint64_t, uint64_t)>& progress);
+  // NAME@SNAP of a clone's base, or empty.
+  const std::string& base_name() const { return base_name_; }
   // The snapshots, by name, with the bytes each alone keeps.
   std::vector<SnapshotInfo> Snapshots();
 
@@ -245,6 +265,8 @@ class LogExport {
   // not yet in the map.
   enum class Where { kNone, kDeleted, kMemory, kStored };
   Where LocateLocked(uint64_t id, Bytes* memory, Loc* loc, uint64_t* seq) REQUIRES(mu_);
+  // Whether block id is stored here or, for a clone, in its base (nothing is read).
+  bool HoldsBlock(uint64_t id) EXCLUDES(mu_);
   Status ReadStored(uint64_t id, uint64_t seq, const Loc& loc, Bytes* data);
   // Fetches frames of one segment: each of `locs` (sorted by offset) gets its payload in outs,
   // and (*checks)[i] says whether its frame checked out. Errors: the transport's.
@@ -301,6 +323,11 @@ class LogExport {
   std::vector<KeptSegment> kept_ GUARDED_BY(mu_);
   // Set for a snapshot's view: it only reads, and never reloads.
   bool view_ = false;
+  // A clone's base (constant once opened), and NAME@SNAP naming it.
+  std::unique_ptr<LogExport> base_;
+  std::string base_name_;
+  // Clones made from this export's snapshots: clone -> snapshot.
+  std::map<std::string, std::string> clones_ GUARDED_BY(mu_);
   // Why the run ended at a segment that is there but not valid (OK if it ended at a missing one).
   Status damaged_ GUARDED_BY(mu_);
   // Segments skipped by recovery (a stale writer's), deleted by the sweep.

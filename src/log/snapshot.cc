@@ -26,6 +26,41 @@ std::string SnapshotKey(std::string_view export_name, std::string_view snapshot)
   return SnapshotPrefix(export_name) + std::string(snapshot);
 }
 
+std::string ClonePrefix(std::string_view export_name) {
+  return "exports/" + std::string(export_name) + "/clones/";
+}
+
+std::string CloneKey(std::string_view export_name, std::string_view clone) {
+  return ClonePrefix(export_name) + std::string(clone);
+}
+
+Status ListCloneMarkers(ObjectTransport& transport, std::string_view name,
+                        std::map<std::string, std::string>* out) {
+  out->clear();
+  const std::string prefix = ClonePrefix(name);
+  std::vector<std::string> clones;
+  S3B_RETURN_IF_ERROR(transport.List(prefix, [&](const std::string& key, std::string_view) {
+    const std::string rest = key.substr(prefix.size());
+    if (!rest.empty() && rest.find('/') == std::string::npos && ValidateExportName(rest).ok())
+      clones.push_back(rest);
+  }));
+  for (const std::string& c : clones) {
+    std::vector<uint8_t> bytes;
+    Status s = transport.Get(CloneKey(name, c), &bytes);
+    if (s.IsNotFound()) continue;
+    S3B_RETURN_IF_ERROR(s);
+    const std::string text(bytes.begin(), bytes.end());
+    std::string snapshot;
+    if (text.rfind("snapshot=", 0) == 0 && text.size() > 10 && text.back() == '\n')
+      snapshot = text.substr(9, text.size() - 10);
+    if (!ValidateSnapshotName(snapshot).ok())
+      return Status::IoError("clone marker " + CloneKey(name, c) + " in " + transport.Describe() +
+                             " is not valid");
+    (*out)[c] = snapshot;
+  }
+  return Status::Ok();
+}
+
 Status ValidateSnapshotName(std::string_view name) {
   Status s = ValidateExportName(name);
   if (!s.ok())
@@ -48,7 +83,8 @@ bool SplitSnapshotName(std::string_view full, std::string* export_name, std::str
 std::string EncodeSnapshotRecord(const SnapshotRecord& r) {
   return std::string(kFirstLine) + "\nformat=1\ncheckpoint=" + std::to_string(r.checkpoint) +
          "\nseq=" + std::to_string(r.seq) + "\nsize=" + std::to_string(r.size) +
-         "\ncreated=" + std::to_string(r.created) + "\n";
+         "\ncreated=" + std::to_string(r.created) + "\n" +
+         (r.base.empty() ? "" : "base=" + r.base + "\n");
 }
 
 Status ParseSnapshotRecord(std::string_view text, const std::string& where, SnapshotRecord* out) {
@@ -57,6 +93,7 @@ Status ParseSnapshotRecord(std::string_view text, const std::string& where, Snap
   };
   if (text.size() > kMaxRecordBytes) return bad("it is too long");
   SnapshotRecord r = *out;
+  r.base.clear();
   bool first = true, format = false, checkpoint = false, seq = false, size = false, created = false;
   while (!text.empty()) {
     const size_t nl = text.find('\n');
@@ -71,6 +108,13 @@ Status ParseSnapshotRecord(std::string_view text, const std::string& where, Snap
     const size_t eq = line.find('=');
     if (eq == std::string_view::npos) return bad("a line has no '='");
     const std::string_view key = line.substr(0, eq), value = line.substr(eq + 1);
+    if (key == "base") {
+      std::string of, snap;
+      if (!SplitSnapshotName(value, &of, &snap) || !ValidateSnapshotName(snap).ok())
+        return bad("base= is not NAME@SNAP");
+      r.base = std::string(value);
+      continue;
+    }
     uint64_t v = 0;
     if (!ParseU64(value, &v)) return bad(std::string(key) + "= is not a number");
     if (key == "format") {

@@ -8,6 +8,12 @@
 //     seq=SEQ            the last segment of the snapshot: its map is the export's after it
 //     size=BYTES         the export's size when the snapshot was taken
 //     created=SECONDS    when, in seconds since 1970 (UTC)
+//     base=NAME@SNAP     (a clone's snapshot only) the snapshot the clone reads through to
+//
+//   exports/<name>/clones/<clone>         "snapshot=SNAP": export <clone> was made from snapshot
+//                                         SNAP, which is not deleted while <clone>'s metadata
+//                                         still names it as its base (a marker left by a clone
+//                                         deleted or flattened since is ignored, and removed)
 //
 // Opening a snapshot loads the checkpoint and applies the segments after it up to seq: its cost
 // does not depend on the export's size, and neither does taking one (a flush and one record).
@@ -17,6 +23,7 @@
 #define S3BLOCK_LOG_SNAPSHOT_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,7 +39,14 @@ struct SnapshotRecord {
   uint64_t seq = 0;
   uint64_t size = 0;
   int64_t created = 0;
+  std::string base;  // NAME@SNAP, if the export was a clone reading through to it
 };
+
+std::string ClonePrefix(std::string_view export_name);  // "exports/<name>/clones/"
+std::string CloneKey(std::string_view export_name, std::string_view clone);
+// The clones made from export `name`'s snapshots, as their markers say: clone -> snapshot.
+Status ListCloneMarkers(ObjectTransport& transport, std::string_view name,
+                        std::map<std::string, std::string>* out);
 
 std::string SnapshotPrefix(std::string_view export_name);  // "exports/<name>/snapshots/"
 std::string SnapshotKey(std::string_view export_name, std::string_view snapshot);
