@@ -1,6 +1,7 @@
 // The control channel: its protocol (requests, replies that carry a Status whole, the lease
 // holder that names the socket), the socket's server (creation refusals, stale sockets, its mode,
-// the peer check, bounds on slow and oversized clients) and the client's errors.
+// the peer check, bounds on slow and oversized clients), the client's errors, and the server's
+// command table through control=.
 #include "lib/control_channel.h"
 
 #include <gtest/gtest.h>
@@ -19,7 +20,11 @@
 #include <fstream>
 #include <functional>
 
+#include "base/config_params.h"
 #include "base/safe_file.h"
+#include "lib/server.h"
+#include "s3block/config.h"
+#include "s3block/store_factory.h"
 #include "s3block/volume.h"
 #include "test_util.h"
 
@@ -167,6 +172,23 @@ TEST(ControlProtocol, TheLeaseHolderNamesTheSocket) {
   EXPECT_FALSE(ControlSocketOfHolder("another server", &path));
   EXPECT_FALSE(ControlSocketOfHolder("nbdkit pid 1 on h since t, control socket ", &path));
   EXPECT_FALSE(ControlSocketOfHolder("nbdkit pid 1 on h since t, control socket rel", &path));
+}
+
+TEST(ControlParam, ControlIsAnAbsoluteSocketPath) {
+  Config c;
+  ASSERT_OK(c.Set("control", "/run/s3block.sock"));
+  EXPECT_EQ(c.control, "/run/s3block.sock");
+  EXPECT_EQ(c.Set("control", "s3block.sock").kind(), Status::Kind::kInvalidArgument);
+  EXPECT_EQ(c.Set("control", "").kind(), Status::Kind::kInvalidArgument);
+  EXPECT_EQ(c.Set("control", "/run/a\nb").kind(), Status::Kind::kInvalidArgument);
+  EXPECT_EQ(c.Set("control", "/" + std::string(107, 'x')).kind(), Status::Kind::kInvalidArgument);
+  EXPECT_OK(c.Set("control", "/" + std::string(106, 'x')));
+  EXPECT_EQ(c.control, "/" + std::string(106, 'x'));
+  const ConfigParam* p = FindConfigParam("control");
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(p->PathLength("rel.sock"), 8u);
+  EXPECT_FALSE(p->admin);
+  EXPECT_TRUE(Config().control.empty());
 }
 
 // --- The server and the client ---
@@ -517,6 +539,115 @@ TEST(ControlCall, OtherUsersAreKeptOutByTheModeAndThePeerCheck) {
   EXPECT_EQ(h.calls, 0);
   std::string out;
   EXPECT_OK(ControlCall(path, {"x"}, &out, 5));  // root is served
+}
+
+// --- The server's commands, through control= ---
+
+class ControlServerCommands : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::mkdir((dir_.path() + "/store").c_str(), 0700), 0);
+    config_.store = dir_.path() + "/store";
+    config_.control = dir_.path() + "/ctl";
+    config_.idle_timeout = 3600;
+    ASSERT_OK(config_.Finish());
+  }
+  Status Make(std::unique_ptr<Server>* out) {
+    return Server::Create(config_, "nbdkit", [](const std::string&) {}, out);
+  }
+  TempDir dir_;
+  Config config_;
+};
+
+TEST_F(ControlServerCommands, ExportsListsWhatTheServerHoldsOpen) {
+  std::unique_ptr<Server> server;
+  ASSERT_OK(Make(&server));
+  ASSERT_OK(server->Start());
+  std::string out;
+  ASSERT_OK(ControlCall(config_.control, {"exports"}, &out, 5));
+  EXPECT_EQ(out, "");
+
+  std::shared_ptr<Volume> a1, a2, b;
+  ASSERT_OK(server->Open("vm1", false, &a1));
+  ASSERT_OK(server->Open("vm1", false, &a2));
+  ASSERT_OK(server->Open("vm2", false, &b));
+  ASSERT_OK(server->Close(b));  // idle, still open
+  ASSERT_OK(ControlCall(config_.control, {"exports"}, &out, 5));
+  EXPECT_EQ(out,
+            "vm1\tread-write\tblock-size=4096\tsize=1073741824\tconnections=2\n"
+            "vm2\tread-write\tblock-size=4096\tsize=1073741824\tconnections=0\n");
+
+  Status s = ControlCall(config_.control, {"frobnicate", "vm1"}, &out, 5);
+  EXPECT_EQ(s.kind(), Status::Kind::kInvalidArgument);
+  EXPECT_EQ(s.message(), "unknown control command 'frobnicate'");
+  s = ControlCall(config_.control, {"exports", "vm1"}, &out, 5);
+  EXPECT_EQ(s.kind(), Status::Kind::kInvalidArgument);
+  EXPECT_EQ(s.message(), "control command 'exports' takes no arguments, not 1");
+  ASSERT_OK(server->Close(a1));
+  ASSERT_OK(server->Close(a2));
+}
+
+TEST_F(ControlServerCommands, ReadOnlyExportsAreSaidToBe) {
+  std::unique_ptr<Server> server;
+  ASSERT_OK(Make(&server));
+  ASSERT_OK(server->Start());
+  std::shared_ptr<Volume> w, r;
+  ASSERT_OK(server->Open("vm1", false, &w));
+  ASSERT_OK(server->Close(w));
+  ASSERT_OK(server->CloseAll());
+  server.reset();
+  ASSERT_OK(Make(&server));
+  ASSERT_OK(server->Start());
+  ASSERT_OK(server->Open("vm1", true, &r));
+  std::string out;
+  ASSERT_OK(server->Control({"exports"}, &out));
+  EXPECT_EQ(out, "vm1\tread-only\tblock-size=4096\tsize=1073741824\tconnections=1\n");
+  ASSERT_OK(server->Close(r));
+}
+
+TEST_F(ControlServerCommands, TheLeaseNamesTheSocketAndItGoesAtCloseAll) {
+  std::unique_ptr<Server> server;
+  ASSERT_OK(Make(&server));
+  // A second server with the same control= is refused before it serves anything.
+  std::unique_ptr<Server> second;
+  Status s = Make(&second);
+  EXPECT_TRUE(s.IsBusy()) << s.ToString();
+  ASSERT_OK(server->Start());
+  std::shared_ptr<Volume> v;
+  ASSERT_OK(server->Open("vm1", false, &v));
+
+  StoreStack other;
+  ASSERT_OK(MakeStoreStack(config_, &other));
+  std::string holder, path;
+  ASSERT_OK(other.store->QueryLease("vm1", &holder));
+  ASSERT_TRUE(ControlSocketOfHolder(holder, &path)) << holder;
+  EXPECT_EQ(path, config_.control);
+  EXPECT_EQ(holder.rfind("nbdkit pid ", 0), 0u) << holder;
+  std::string out;
+  ASSERT_OK(ControlCall(path, {"exports"}, &out, 5));
+  EXPECT_EQ(out.rfind("vm1\tread-write\t", 0), 0u) << out;
+
+  ASSERT_OK(server->Close(v));
+  ASSERT_OK(server->CloseAll());
+  EXPECT_NE(::access(config_.control.c_str(), F_OK), 0);
+  EXPECT_TRUE(ControlCall(path, {"exports"}, &out, 5).IsNotFound());
+}
+
+TEST_F(ControlServerCommands, WithoutControlTheHolderIsAsBefore) {
+  config_.control.clear();
+  std::unique_ptr<Server> server;
+  ASSERT_OK(Make(&server));
+  ASSERT_OK(server->Start());
+  std::shared_ptr<Volume> v;
+  ASSERT_OK(server->Open("vm1", false, &v));
+  StoreStack other;
+  ASSERT_OK(MakeStoreStack(config_, &other));
+  std::string holder, path;
+  ASSERT_OK(other.store->QueryLease("vm1", &holder));
+  EXPECT_EQ(holder.find("control"), std::string::npos) << holder;
+  EXPECT_FALSE(ControlSocketOfHolder(holder, &path));
+  EXPECT_EQ(::access((dir_.path() + "/ctl").c_str(), F_OK), -1);
+  ASSERT_OK(server->Close(v));
 }
 
 }  // namespace
