@@ -80,6 +80,9 @@ struct Config {
   uint64_t read_threads = 32;  // read-ahead fetchers, shared by all exports as the uploaders are
   // A file the plugin rewrites about once a second with the cache's counters (JSON); empty: none.
   std::string stats_file;
+  // The control socket (control=): absolute (the plugin makes it so with nbdkit_absolute_path), a
+  // unix socket through which the admin command asks the running server; empty: none.
+  std::string control;
 
   // --- Disk cache (disk-cache=DIR,SIZE): a persistent local copy of S3 blocks ---
   // Absolute (the plugin makes it so with nbdkit_absolute_path); empty: no disk cache.

@@ -1,5 +1,7 @@
 #include "base/config_params.h"
 
+#include <sys/un.h>
+
 #include <fstream>
 #include <iterator>
 
@@ -9,6 +11,9 @@ namespace s3block {
 namespace {
 
 using Sv = std::string_view;
+
+// The path and its NUL must fit in a unix socket's address.
+constexpr size_t kMaxUnixSocketPath = sizeof(sockaddr_un{}.sun_path) - 1;
 
 // Setters for the common kinds of value, parsed straight into a member of Config.
 template <uint64_t Config::*F>
@@ -148,6 +153,22 @@ Status SetStatsFile(Config* c, Sv key, Sv value) {
   return SetNonEmpty(&c->stats_file, key, value, ": give a file name");
 }
 
+Status SetControl(Config* c, Sv key, Sv value) {
+  const std::string where = std::string(key) + "=" + QuoteForMessage(value);
+  if (value.empty() || value[0] != '/')
+    return Status::InvalidArgument(where + ": the socket's path must be absolute");
+  // It is told to clients in the lease's holder and in the control protocol, both lines of text.
+  for (char ch : value)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
+      return Status::InvalidArgument(where + ": the path holds a control character");
+  if (value.size() > kMaxUnixSocketPath)
+    return Status::InvalidArgument(where + ": " + std::to_string(value.size()) +
+                                   " bytes long; a unix socket's path has at most " +
+                                   std::to_string(kMaxUnixSocketPath));
+  c->control = std::string(value);
+  return Status::Ok();
+}
+
 using P = ConfigParam::Path;
 
 // name, value, default (a value Set accepts, or nullptr), help, admin command, setter, ...
@@ -223,6 +244,8 @@ const ConfigParam kParams[] = {
      false, SetDiskCache, P::kBeforeComma},
     {"stats-file", "FILE", nullptr, "rewrite FILE about once a second with counters (JSON)",
      false, SetStatsFile, P::kWhole},
+    {"control", "PATH", nullptr, "unix socket where s3block reaches this server (default: none)",
+     false, SetControl, P::kWhole},
 };
 
 }  // namespace

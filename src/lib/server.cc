@@ -63,17 +63,34 @@ Status Server::Create(const Config& config, const std::string& program, Log debu
   ro.idle_timeout = config.idle_timeout;
   ro.volume = VolumeOptionsFor(config, false);
   ro.volume.holder = DescribeThisProcess(program);
+  // The lease names the control socket, so the admin command finds the server holding an export.
+  if (!config.control.empty())
+    ro.volume.holder = HolderWithControlSocket(ro.volume.holder, config.control);
   ro.log = server->debug_;
   server->volumes_ = std::make_unique<VolumeRegistry>(server->stack_, std::move(ro));
   server->stats_ = std::make_unique<StatsReporter>(server->stack_, server->volumes_.get(),
                                                    config.stats_file, server->debug_);
+  // Last: nothing may fail after the socket is made, which would leave it behind.
+  if (!config.control.empty()) {
+    ControlServerOptions co;
+    co.log = server->debug_;
+    Server* self = server.get();
+    S3B_RETURN_IF_ERROR(ControlServer::Create(
+        config.control,
+        [self](const std::vector<std::string>& args, std::string* output) {
+          return self->Control(args, output);
+        },
+        std::move(co), &server->control_));
+  }
   server->debug_("serving " + server->Describe());
   *out = std::move(server);
   return Status::Ok();
 }
 
 Server::~Server() {
-  // The reporter reads the registry, which holds the volumes over the store: in that order.
+  // Control commands use the registry; the reporter reads it; it holds the volumes over the
+  // store: in that order.
+  control_.reset();
   stats_.reset();
   volumes_.reset();
   stack_ = StoreStack();
@@ -83,6 +100,7 @@ Status Server::Start() {
   S3B_RETURN_IF_ERROR(stack_.store->Start());
   volumes_->Start();
   stats_->Start();
+  if (control_) S3B_RETURN_IF_ERROR(control_->Start());
   return Status::Ok();
 }
 
@@ -118,13 +136,61 @@ Status Server::Close(const std::shared_ptr<Volume>& volume) {
   return s;
 }
 
-Status Server::CloseAll() { return volumes_->CloseAll(); }
+Status Server::CloseAll() {
+  // No command may start on an export being closed, and a client finds no socket of a server
+  // that is going.
+  if (control_) control_->Stop();
+  return volumes_->CloseAll();
+}
 
 Status Server::ListExports(std::vector<std::string>* names) {
   S3B_RETURN_IF_ERROR(stack_.store->ListExports(names));
   if (config_.create &&
       std::find(names->begin(), names->end(), config_.default_export) == names->end())
     names->push_back(config_.default_export);
+  return Status::Ok();
+}
+
+Status Server::Control(const std::vector<std::string>& args, std::string* output) {
+  output->clear();
+  // A new command is a line here and a member that runs it.
+  struct Command {
+    const char* name;
+    size_t min_args, max_args;  // after the name
+    const char* usage;          // its arguments, for the message of a wrong count
+    Status (Server::*run)(const std::vector<std::string>& args, std::string* output);
+  };
+  static const Command kCommands[] = {
+      {"exports", 0, 0, "", &Server::ControlExports},
+  };
+  if (args.empty()) return Status::InvalidArgument("no control command given");
+  for (const Command& c : kCommands) {
+    if (args[0] != c.name) continue;
+    const size_t n = args.size() - 1;
+    if (n < c.min_args || n > c.max_args)
+      return Status::InvalidArgument("control command '" + args[0] + "' takes " +
+                                     (c.max_args == 0 ? std::string("no arguments")
+                                                      : std::string("the arguments ") + c.usage) +
+                                     ", not " + std::to_string(n));
+    return (this->*c.run)(std::vector<std::string>(args.begin() + 1, args.end()), output);
+  }
+  return Status::InvalidArgument("unknown control command '" + QuoteForMessage(args[0]) + "'");
+}
+
+Status Server::ControlExports(const std::vector<std::string>&, std::string* output) {
+  // NAME TAB read-only|read-write TAB block-size=N TAB size=N TAB connections=N, or NAME TAB
+  // opening|closing: an export name holds no TAB.
+  for (const VolumeRegistry::ExportState& e : volumes_->Exports()) {
+    *output += e.name + "\t";
+    switch (e.state) {
+      case VolumeRegistry::State::kOpening: *output += "opening\n"; continue;
+      case VolumeRegistry::State::kClosing: *output += "closing\n"; continue;
+      case VolumeRegistry::State::kOpen: break;
+    }
+    *output += std::string(e.readonly ? "read-only" : "read-write") +
+               "\tblock-size=" + std::to_string(e.block_size) + "\tsize=" + std::to_string(e.size) +
+               "\tconnections=" + std::to_string(e.connections) + "\n";
+  }
   return Status::Ok();
 }
 

@@ -279,4 +279,22 @@ std::vector<std::string> VolumeRegistry::OpenNames() const {
   return names;
 }
 
+std::vector<VolumeRegistry::ExportState> VolumeRegistry::Exports() const {
+  MutexLock lock(&mu_);
+  std::vector<ExportState> out;
+  for (const auto& [name, e] : entries_) {
+    ExportState x;
+    x.name = name;
+    x.state = e->state;
+    if (e->state == State::kOpen && e->volume) {
+      x.readonly = e->volume->readonly();
+      x.block_size = e->volume->block_size();
+      x.size = e->volume->size();
+      x.connections = e->connections;
+    }
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
 }  // namespace s3block

@@ -75,9 +75,22 @@ class VolumeRegistry {
   // The names of the exports that hold resources now (open, or being opened or closed), sorted.
   std::vector<std::string> OpenNames() const;
 
+  enum class State { kOpening, kOpen, kClosing };
+  // One export as Exports() tells it.
+  struct ExportState {
+    std::string name;
+    State state = State::kOpening;
+    // Only when kOpen: its Volume's mode and sizes, and the connections that use it.
+    bool readonly = false;
+    uint32_t block_size = 0;
+    uint64_t size = 0;
+    int connections = 0;
+  };
+  // The exports that hold resources now, sorted by name, as OpenNames, with what each is.
+  std::vector<ExportState> Exports() const;
+
  private:
   using Clock = std::chrono::steady_clock;
-  enum class State { kOpening, kOpen, kClosing };
   // Its fields are guarded by mu_: not checked, the analysis cannot name mu_ from here.
   struct Entry {
     State state = State::kOpening;

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "lib/control_channel.h"
 #include "nbdkit_fixture.h"
 
 namespace s3block::testing {
@@ -664,6 +665,12 @@ TEST_P(PluginTest, StartupFailuresNameTheParameter) {
   const std::string shared = scratch_->path() + "/shared";
   std::filesystem::create_directories(shared);
   std::filesystem::permissions(shared, std::filesystem::perms::all);
+  const std::string file = scratch_->path() + "/a-file";
+  std::ofstream(file) << "not a socket";
+  // A socket someone listens on, as another server's control socket.
+  const std::string live = scratch_->path() + "/live.sock";
+  std::unique_ptr<ControlServer> other;
+  ASSERT_TRUE(ControlServer::Create(live, nullptr, {}, &other).ok());
   const std::vector<std::pair<std::string, std::string>> bad = {
       // Checked before the server forks, where the background writer would fail unseen.
       {"stats-file=/nonexistent-dir/stats.json", "stats-file=/nonexistent-dir/stats.json"},
@@ -673,6 +680,11 @@ TEST_P(PluginTest, StartupFailuresNameTheParameter) {
       {"size=4E", "size=4611686018427387904 (4E) at block-size=4096 (4K)"},
       {"max-exports=0", "max-exports="},
       {"stats-file=" + shared + "/stats.json", "is writable by"},
+      // The control socket is made before the fork too.
+      {"control=/nonexistent-dir/ctl",
+       "control=/nonexistent-dir/ctl: directory /nonexistent-dir does not exist"},
+      {"control=" + file, "control=" + file + ": " + file + " exists and is a regular file"},
+      {"control=" + live, "another server uses control socket " + live},
   };
   for (const auto& [param, words] : bad) {
     std::vector<std::string> args = StoreArgs();
