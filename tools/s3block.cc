@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "base/config_params.h"
+#include "lib/control_channel.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
@@ -146,6 +147,23 @@ struct Args {
 int Usage(const std::string& message) {
   std::fprintf(stderr, "s3block: %s\nTry 's3block --help'.\n", message.c_str());
   return kExitUsage;
+}
+
+// Runs a control command in the server holding export `name`: the one its lease names, through
+// the control socket the lease records (the plugin's control=).
+Status AskServer(BlockStore& store, std::string_view name, const std::vector<std::string>& args,
+                 std::string* output) {
+  std::string holder, path;
+  S3B_RETURN_IF_ERROR(store.QueryLease(name, &holder));
+  if (holder.empty())
+    return Status::Busy("export '" + QuoteForMessage(name) + "' was held by a server a moment "
+                        "ago; run the command again");
+  if (!ControlSocketOfHolder(holder, &path))
+    return Status::Busy("export '" + QuoteForMessage(name) + "' is in use by " + holder +
+                        ", which has no control socket: start it with control=PATH, or stop it");
+  // A snapshot waits for the segments already sealed to be stored: allow for a slow store.
+  return ControlCall(path, args, output, 120).Annotate("the server holding export '" +
+                                                        QuoteForMessage(name) + "'");
 }
 
 int Report(const Status& s) {
@@ -487,6 +505,27 @@ int CmdDelete(Context& c) {
   return kExitOk;
 }
 
+int CmdClone(Context& c) {
+  std::string of, snapshot;
+  if (!IsSnapshot(*c.store, c.name(0), &of, &snapshot))
+    return Report(Status::NotFound("no snapshot '" + QuoteForMessage(c.name(0)) + "' in " +
+                                   c.store->Describe() + " (give NAME@SNAP)"));
+  Status s = CloneExport(*c.store, of, snapshot, c.name(1), *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("made export '%s' from snapshot '%s' of '%s': it reads its base until written\n",
+              QuoteForMessage(c.name(1)).c_str(), QuoteForMessage(snapshot).c_str(),
+              QuoteForMessage(of).c_str());
+  return kExitOk;
+}
+
+int CmdFlatten(Context& c) {
+  c.ShowProgress("flatten", 0);
+  Status s = FlattenExport(*c.store, c.name(0), *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("export '%s' no longer reads from its base\n", QuoteForMessage(c.name(0)).c_str());
+  return kExitOk;
+}
+
 int CmdSnapshot(Context& c) {
   SnapshotSummary r;
   Status s = SnapshotExport(*c.store, c.name(0), c.name(1), *c.options, &r);
@@ -623,6 +662,18 @@ const Command kCommands[] = {
      "are rewritten, and those segments deleted. Prints the segments freed, their bytes and\n"
      "the bytes copied. Refused while a server holds the export (whose collector runs anyway).\n",
      CmdGc},
+    {"clone", 2, true, "clone NAME@SNAP NEW",
+     "make a writable export from a snapshot, sharing its blocks",
+     "Makes log export NEW from snapshot SNAP of export NAME: same size, content and encoding,\n"
+     "nothing copied. NEW reads every block it has not written from the snapshot, which cannot\n"
+     "be deleted while NEW is based on it ('s3block flatten NEW' ends that).\n",
+     CmdClone},
+    {"flatten", 1, true, "flatten NAME",
+     "copy what a clone still reads from its snapshot into the clone",
+     "Copies the blocks clone NAME still reads from its base snapshot into its own segments,\n"
+     "then drops the base: the snapshot may then be deleted. Refused while a server holds\n"
+     "NAME, and while NAME has snapshots taken before (delete them first).\n",
+     CmdFlatten},
     {"snapshot", 2, true, "snapshot NAME SNAP [--json]",
      "take a snapshot of a log export, served read only as NAME@SNAP",
      "Takes snapshot SNAP of log export NAME: the export as stored now (every write a flush\n"
@@ -700,6 +751,11 @@ int Run(int argc, char** argv) {
   options.layout_given = a.config.layout_given;
   options.layouts = layouts.get();
   options.warn = [](const std::string& w) { std::fprintf(stderr, "s3block: warning: %s\n", w.c_str()); };
+  BlockStore* store_for_server = store.get();
+  options.ask_server = [store_for_server](std::string_view name, const std::vector<std::string>& args,
+                                          std::string* output) {
+    return AskServer(*store_for_server, name, args, output);
+  };
   c.store = store.get();
   c.options = &options;
   return command.run(c);

@@ -80,6 +80,12 @@ struct AdminOptions {
   // segments in info, gc, verify) go through it. May be null: a store of the blocks layout only.
   log::LayoutStore* layouts = nullptr;
   std::function<void(const std::string&)> warn;  // a warning for the user; may be empty
+  // Runs a control command (server.h: snapshot, delete-snapshot, add-clone) in the server that
+  // holds export `name`, found from its lease: what the snapshot commands do instead of
+  // refusing an export a server holds. May be empty (they refuse, kBusy).
+  std::function<Status(std::string_view name, const std::vector<std::string>& args,
+                       std::string* output)>
+      ask_server;
 };
 
 // Information about one export (errors: the store's; a missing export is kNotFound). With
@@ -133,6 +139,18 @@ Status SnapshotExport(BlockStore& store, std::string_view name, const std::strin
 // kept. kNotFound if there is none.
 Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::string& snapshot,
                       const AdminOptions& options);
+
+// Makes export `clone` from snapshot `name`@`snapshot` of a log export: a log export of the
+// snapshot's size, content and encoding, that reads every block it has not written from the
+// snapshot (metadata base=NAME@SNAP; nothing is copied). The snapshot is not deleted while the
+// clone is based on it.
+Status CloneExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                   std::string_view clone, const AdminOptions& options);
+
+// Makes a clone independent of its base: copies the blocks it still reads from it into its own
+// segments, then drops the base from its metadata. Refused while the clone has snapshots taken
+// before (they read through the base too).
+Status FlattenExport(BlockStore& store, std::string_view name, const AdminOptions& options);
 
 // If `full` names a snapshot (NAME@SNAP of a log export NAME that has snapshot SNAP, and no
 // export is called `full`): true, with the two parts.

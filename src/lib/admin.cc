@@ -451,8 +451,11 @@ namespace {
 
 // The snapshot commands' common part: export `name` is a log export, ready, claimed, and
 // opened through options.layouts; fn runs on it, and it is closed.
+// A server holds the export: with options.ask_server, it runs control command `server_args`
+// instead (and *output is its output).
 Status WithLogExportClaimed(BlockStore& store, std::string_view name, const AdminOptions& options,
-                            const char* refusing,
+                            const char* refusing, const std::vector<std::string>& server_args,
+                            std::string* output,
                             const std::function<Status(const ExportMeta&)>& fn) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   S3B_RETURN_IF_ERROR(RequireExists(store, name));
@@ -465,8 +468,12 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
                                    std::string(name) + " NEW --layout log' makes one");
   if (options.layouts == nullptr)
     return Status::NotSupported("this store has no log layout for export " + Q(name));
+  if (!meta.snapshot.empty())
+    return Status::InvalidArgument(Q(name) + " is a snapshot, not an export");
   std::unique_ptr<ExportLease> lease;
-  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, refusing));
+  Status claimed = Claim(store, name, options, &lease, refusing);
+  if (claimed.IsBusy() && options.ask_server) return options.ask_server(name, server_args, output);
+  S3B_RETURN_IF_ERROR(claimed);
   ExportCloser closing(store, name);
   S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
   S3B_RETURN_IF_ERROR(fn(meta));
@@ -478,23 +485,105 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
 Status SnapshotExport(BlockStore& store, std::string_view name, const std::string& snapshot,
                       const AdminOptions& options, SnapshotSummary* out) {
   S3B_RETURN_IF_ERROR(log::ValidateSnapshotName(snapshot));
-  return WithLogExportClaimed(store, name, options, "refusing to take its snapshot here",
-                              [&](const ExportMeta& meta) {
-    log::SnapshotRecord r;
-    bool is_log = false;
-    S3B_RETURN_IF_ERROR(options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log));
-    *out = {r.name, r.seq, r.size, r.created, 0};
-    return Status::Ok();
-  });
+  std::string text;
+  bool by_server = true;
+  Status s = WithLogExportClaimed(
+      store, name, options, "refusing to take its snapshot here",
+      {"snapshot", std::string(name), snapshot}, &text, [&](const ExportMeta& meta) {
+        by_server = false;
+        log::SnapshotRecord r;
+        bool is_log = false;
+        S3B_RETURN_IF_ERROR(options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log));
+        *out = {r.name, r.seq, r.size, r.created, 0};
+        return Status::Ok();
+      });
+  if (!s.ok() || !by_server) return s;
+  // The server's reply is the snapshot's record.
+  log::SnapshotRecord r;
+  S3B_RETURN_IF_ERROR(log::ParseSnapshotRecord(text, "from the server", &r));
+  *out = {snapshot, r.seq, r.size, r.created, 0};
+  return Status::Ok();
 }
 
 Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::string& snapshot,
                       const AdminOptions& options) {
+  std::string ignored;
   return WithLogExportClaimed(store, name, options, "refusing to delete its snapshot here",
+                              {"delete-snapshot", std::string(name), snapshot}, &ignored,
                               [&](const ExportMeta&) {
     bool is_log = false;
     return options.layouts->DeleteSnapshot(name, snapshot, &is_log);
   });
+}
+
+Status CloneExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                   std::string_view clone, const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(clone));
+  if (clone.find('@') != std::string_view::npos)
+    return Status::InvalidArgument("export name " + Q(clone) +
+                                   " refused: a name with '@' is a snapshot's (NAME@SNAP)");
+  const std::string full = std::string(name) + "@" + snapshot;
+  ExportMeta view;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, full, &view, &found));
+  if (!found || view.snapshot.empty())
+    return Status::NotFound("export " + Q(name) + " has no snapshot " + Q(snapshot) + " in " +
+                            store.Describe());
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, clone, options, &lease));
+  ExportMeta old;
+  Status ms = ReadMetaOf(store, clone, &old, &found);
+  std::vector<uint64_t> ids;
+  S3B_RETURN_IF_ERROR(ListIds(store, clone, &ids));
+  if (found || !ms.ok() || !ids.empty())
+    return Status::AlreadyExists("export " + Q(clone) + " already exists in " + store.Describe());
+  // The snapshot first learns it has a clone: a crash before the clone's metadata leaves only
+  // a marker of no export, which is ignored.
+  std::string ignored;
+  S3B_RETURN_IF_ERROR(WithLogExportClaimed(store, name, options, "refusing to record the clone",
+                                           {"add-clone", std::string(name), snapshot,
+                                            std::string(clone)},
+                                           &ignored, [&](const ExportMeta&) {
+    bool is_log = false;
+    return options.layouts->AddClone(name, snapshot, std::string(clone), &is_log);
+  }));
+  ExportMeta meta = view;  // the snapshot's size and encoding; its blocks bound to blocks_of
+  meta.snapshot.clear();
+  meta.base = full;
+  meta.state = ExportMeta::State::kReady;
+  S3B_RETURN_IF_ERROR(store.WriteMeta(clone, meta.Serialize()));
+  return store.CloseExport(clone);
+}
+
+Status FlattenExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  ExportMeta meta;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
+  if (!found || meta.base.empty())
+    return Status::InvalidArgument("export " + Q(name) + " is no clone: nothing to flatten");
+  if (options.layouts == nullptr)
+    return Status::NotSupported("this store has no log layout for export " + Q(name));
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to flatten it"));
+  ExportCloser closing(store, name);
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  std::vector<log::SnapshotInfo> snaps;
+  bool is_log = false;
+  S3B_RETURN_IF_ERROR(options.layouts->ListSnapshots(name, &snaps, &is_log));
+  std::string names;
+  for (const log::SnapshotInfo& sn : snaps)
+    if (!sn.record.base.empty())
+      names += (names.empty() ? "" : ", ") + Q(std::string(name) + "@" + sn.record.name);
+  if (!names.empty())
+    return Status::InvalidArgument("clone " + Q(name) + " has snapshots that read through its "
+                                   "base: " + names + "; delete them first");
+  S3B_RETURN_IF_ERROR(options.layouts->CopyBaseBlocks(name, options.progress, &is_log));
+  // Its blocks stay bound to the name they were written under (blocks-of).
+  meta.base.clear();
+  S3B_RETURN_IF_ERROR(store.WriteMeta(name, meta.Serialize()));
+  return closing.Close();
 }
 
 Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions& options) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "log/layout_store.h"
 #include "s3block/cache_store.h"
 #include "s3block/store_factory.h"
 
@@ -162,6 +163,9 @@ Status Server::Control(const std::vector<std::string>& args, std::string* output
   };
   static const Command kCommands[] = {
       {"exports", 0, 0, "", &Server::ControlExports},
+      {"snapshot", 2, 2, "NAME SNAP", &Server::ControlSnapshot},
+      {"delete-snapshot", 2, 2, "NAME SNAP", &Server::ControlDeleteSnapshot},
+      {"add-clone", 3, 3, "NAME SNAP CLONE", &Server::ControlAddClone},
   };
   if (args.empty()) return Status::InvalidArgument("no control command given");
   for (const Command& c : kCommands) {
@@ -175,6 +179,56 @@ Status Server::Control(const std::vector<std::string>& args, std::string* output
     return (this->*c.run)(std::vector<std::string>(args.begin() + 1, args.end()), output);
   }
   return Status::InvalidArgument("unknown control command '" + QuoteForMessage(args[0]) + "'");
+}
+
+Status Server::WithLogExport(const std::string& name,
+                             const std::function<Status(const std::shared_ptr<Volume>&)>& fn) {
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  // Only an export that exists, and is a log export: Open would create a missing one.
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(stack_.store->ReadMeta(name, &text, &found));
+  if (!found)
+    return Status::NotFound("export '" + QuoteForMessage(name) + "' does not exist in " + Describe());
+  S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
+  if (meta.layout != ExportLayout::kLog || !stack_.layout)
+    return Status::InvalidArgument("export '" + QuoteForMessage(name) +
+                                   "' has the blocks layout: snapshots are of log exports only");
+  if (!meta.snapshot.empty())
+    return Status::InvalidArgument("'" + QuoteForMessage(name) + "' is a snapshot, not an export");
+  std::shared_ptr<Volume> volume;
+  S3B_RETURN_IF_ERROR(volumes_->Acquire(name, false, &volume));
+  Status s = fn(volume);
+  bool last = false;
+  Status r = volumes_->Release(name, &last);
+  return s.ok() ? r : s;
+}
+
+Status Server::ControlSnapshot(const std::vector<std::string>& args, std::string* output) {
+  return WithLogExport(args[0], [&](const std::shared_ptr<Volume>& volume) {
+    log::SnapshotRecord r;
+    bool is_log = false;
+    S3B_RETURN_IF_ERROR(stack_.layout->CreateSnapshot(args[0], args[1], volume->size(), &r, &is_log));
+    *output = log::EncodeSnapshotRecord(r);
+    debug_("took snapshot '" + QuoteForMessage(args[1]) + "' of export '" +
+           QuoteForMessage(args[0]) + "' (segment " + std::to_string(r.seq) + ")");
+    return Status::Ok();
+  });
+}
+
+Status Server::ControlDeleteSnapshot(const std::vector<std::string>& args, std::string*) {
+  return WithLogExport(args[0], [&](const std::shared_ptr<Volume>&) {
+    bool is_log = false;
+    return stack_.layout->DeleteSnapshot(args[0], args[1], &is_log);
+  });
+}
+
+Status Server::ControlAddClone(const std::vector<std::string>& args, std::string*) {
+  return WithLogExport(args[0], [&](const std::shared_ptr<Volume>&) {
+    bool is_log = false;
+    return stack_.layout->AddClone(args[0], args[1], args[2], &is_log);
+  });
 }
 
 Status Server::ControlExports(const std::vector<std::string>&, std::string* output) {

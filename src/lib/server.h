@@ -69,6 +69,14 @@ class Server {
   // Control commands: args are those after the command's name.
   // exports: one line per export this server holds (VolumeRegistry::Exports).
   Status ControlExports(const std::vector<std::string>& args, std::string* output);
+  // snapshot NAME SNAP, delete-snapshot NAME SNAP, add-clone NAME SNAP CLONE: what the admin
+  // command does to a log export (admin.h) when this server holds it.
+  Status ControlSnapshot(const std::vector<std::string>& args, std::string* output);
+  Status ControlDeleteSnapshot(const std::vector<std::string>& args, std::string* output);
+  Status ControlAddClone(const std::vector<std::string>& args, std::string* output);
+  // Runs fn on log export `name`, held (opened if need be) for the time it runs.
+  Status WithLogExport(const std::string& name,
+                       const std::function<Status(const std::shared_ptr<Volume>&)>& fn);
 
   const Config config_;
   const Log debug_;

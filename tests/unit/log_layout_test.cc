@@ -918,5 +918,77 @@ TEST_P(LogExportTest, ASnapshotMissingASegmentItNeedsIsDamagedNotShorter) {
   EXPECT_NE(s.message().find("is missing"), std::string::npos) << s.ToString();
 }
 
+
+TEST_P(LogExportTest, ACloneReadsItsBaseUntilItWritesAndItsTrimsHideTheBase) {
+  auto e = Open();
+  for (uint64_t id = 0; id < 100; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+  ASSERT_OK(e->Flush());
+  SnapshotRecord rec;
+  ASSERT_OK(e->CreateSnapshot("s", 100 * 4096, &rec));
+  ASSERT_OK(e->AddClone("s", "c"));
+  for (uint64_t id = 0; id < 100; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+  ASSERT_OK(e->Flush());
+  auto open_clone = [&](bool with_base) {
+    std::unique_ptr<LogExport> base, clone;
+    if (with_base) EXPECT_OK(LogExport::OpenSnapshot(transport_, "e", rec, options_, &base));
+    Status s = LogExport::Open(transport_, "c", options_, nullptr, &clone, std::move(base),
+                               with_base ? "e@s" : "");
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return clone;
+  };
+  auto expect_clone = [&](LogExport& c) {
+    for (uint64_t id = 0; id < 100; ++id)
+      ExpectBlock(c, id, id < 10    ? std::optional<uint32_t>(3)
+                         : id < 20 ? std::nullopt
+                                   : std::optional<uint32_t>(1));
+    uint64_t listed = 0;
+    c.ListBlocks([&](uint64_t) { ++listed; });
+    EXPECT_EQ(listed, 90u);
+  };
+  {
+    auto c = open_clone(true);
+    for (uint64_t id = 0; id < 100; ++id) ExpectBlock(*c, id, 1);
+    for (uint64_t id = 0; id < 10; ++id) ASSERT_OK(c->Write(id, Block(id, 3), false));
+    std::vector<uint64_t> trims;
+    for (uint64_t id = 10; id < 20; ++id) trims.push_back(id);
+    ASSERT_OK(c->Delete(trims, false));
+    ASSERT_OK(c->Flush());
+    expect_clone(*c);
+    // A snapshot of the clone reads through the same base.
+    SnapshotRecord crec;
+    ASSERT_OK(c->CreateSnapshot("cs", 100 * 4096, &crec));
+    EXPECT_EQ(crec.base, "e@s");
+    ASSERT_OK(c->Checkpoint());
+  }
+  // The parent's blocks move and die; the snapshot keeps what the clone reads.
+  GcResult r;
+  ASSERT_OK(e->CollectGarbage(true, &r));
+  auto c = open_clone(true);
+  expect_clone(*c);
+  for (uint64_t id = 0; id < 100; ++id) ExpectBlock(*e, id, 2);
+  auto still_based = [](const std::string& clone, bool* based) {
+    EXPECT_EQ(clone, "c");
+    *based = true;
+    return Status::Ok();
+  };
+  Status refused = e->DeleteSnapshot("s", still_based);
+  EXPECT_EQ(refused.err(), EINVAL) << refused.ToString();
+  EXPECT_NE(refused.message().find("clone 'c'"), std::string::npos) << refused.ToString();
+  // Flattened, the clone reads nothing from the base, which may then go.
+  ASSERT_OK(c->CopyBaseBlocks(nullptr));
+  c.reset();
+  c = open_clone(false);
+  expect_clone(*c);
+  const uint64_t before = StoredBytes();
+  ASSERT_OK(e->DeleteSnapshot("s", [](const std::string&, bool* based) {
+    *based = false;
+    return Status::Ok();
+  }));
+  EXPECT_LT(StoredBytes(), before);
+  expect_clone(*c);
+  ObjectInfo marker;
+  EXPECT_TRUE(transport_->Head(CloneKey("e", "c"), &marker).IsNotFound());  // stale: removed
+}
+
 }  // namespace
 }  // namespace s3block::log
