@@ -518,6 +518,18 @@ int CmdClone(Context& c) {
   return kExitOk;
 }
 
+int CmdRollback(Context& c) {
+  std::string of, snapshot;
+  if (!IsSnapshot(*c.store, c.name(0), &of, &snapshot))
+    return Report(Status::NotFound("no snapshot '" + QuoteForMessage(c.name(0)) + "' in " +
+                                   c.store->Describe() + " (give NAME@SNAP)"));
+  Status s = RollbackExport(*c.store, of, snapshot, *c.options);
+  if (!s.ok()) return Report(s);
+  std::printf("export '%s' is snapshot '%s' again\n", QuoteForMessage(of).c_str(),
+              QuoteForMessage(snapshot).c_str());
+  return kExitOk;
+}
+
 int CmdFlatten(Context& c) {
   c.ShowProgress("flatten", 0);
   Status s = FlattenExport(*c.store, c.name(0), *c.options);
@@ -668,6 +680,12 @@ const Command kCommands[] = {
      "nothing copied. NEW reads every block it has not written from the snapshot, which cannot\n"
      "be deleted while NEW is based on it ('s3block flatten NEW' ends that).\n",
      CmdClone},
+    {"rollback", 1, true, "rollback NAME@SNAP",
+     "make a log export's content a snapshot's again (server stopped)",
+     "Makes export NAME's content (and size) snapshot SNAP's again, at the cost of a few\n"
+     "requests; what NAME held since is freed by the collector unless other snapshots keep\n"
+     "it. The snapshot stays. Refused while a server holds NAME: stop it first.\n",
+     CmdRollback},
     {"flatten", 1, true, "flatten NAME",
      "copy what a clone still reads from its snapshot into the clone",
      "Copies the blocks clone NAME still reads from its base snapshot into its own segments,\n"

@@ -147,6 +147,12 @@ Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::strin
 Status CloneExport(BlockStore& store, std::string_view name, const std::string& snapshot,
                    std::string_view clone, const AdminOptions& options);
 
+// Makes log export `name`'s content snapshot `snapshot`'s again (and its size the snapshot's),
+// under the export's lease: refused while a server holds it. What the export held since is
+// freed by the collector unless other snapshots keep it; the snapshot stays.
+Status RollbackExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options);
+
 // Makes a clone independent of its base: copies the blocks it still reads from it into its own
 // segments, then drops the base from its metadata. Refused while the clone has snapshots taken
 // before (they read through the base too).

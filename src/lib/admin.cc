@@ -555,6 +555,29 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
   return store.CloseExport(clone);
 }
 
+Status RollbackExport(BlockStore& store, std::string_view name, const std::string& snapshot,
+                      const AdminOptions& options) {
+  ExportMeta view;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, std::string(name) + "@" + snapshot, &view, &found));
+  if (!found || view.snapshot.empty())
+    return Status::NotFound("export " + Q(name) + " has no snapshot " + Q(snapshot) + " in " +
+                            store.Describe());
+  std::string ignored;
+  // No server: the clients of one would see their disk change under them.
+  AdminOptions no_server = options;
+  no_server.ask_server = nullptr;
+  return WithLogExportClaimed(store, name, no_server, "refusing to roll it back (stop it first)",
+                              {}, &ignored, [&](const ExportMeta& meta) {
+    bool is_log = false;
+    S3B_RETURN_IF_ERROR(options.layouts->Rollback(name, snapshot, &is_log));
+    if (meta.size == view.size) return Status::Ok();
+    ExportMeta next = meta;
+    next.size = view.size;
+    return store.WriteMeta(name, next.Serialize());
+  });
+}
+
 Status FlattenExport(BlockStore& store, std::string_view name, const AdminOptions& options) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   S3B_RETURN_IF_ERROR(RequireExists(store, name));

@@ -381,6 +381,13 @@ Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapsh
   });
 }
 
+Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->Rollback(snapshot) : Status::Ok();
+}
+
 Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
                              const std::string& clone, bool* is_log) {
   LogExport* log;

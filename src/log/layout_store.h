@@ -76,6 +76,7 @@ class LayoutStore : public StoreDecorator {
   Status DeleteSnapshot(std::string_view e, const std::string& snapshot, bool* is_log);
   Status AddClone(std::string_view e, const std::string& snapshot, const std::string& clone,
                   bool* is_log);
+  Status Rollback(std::string_view e, const std::string& snapshot, bool* is_log);
   // A clone's blocks still read from its base, copied into its own segments (LogExport).
   Status CopyBaseBlocks(std::string_view e, const std::function<void(uint64_t, uint64_t)>& progress,
                         bool* is_log);

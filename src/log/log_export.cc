@@ -834,8 +834,7 @@ Status LogExport::Checkpoint() {
   return Status::Ok();
 }
 
-void LogExport::DeleteUnreferencedLocked(uint64_t checkpoint_seq) {
-  std::vector<std::string> keys;
+void LogExport::DeleteUnreferencedLocked(uint64_t checkpoint_seq, std::vector<std::string> keys) {
   std::vector<uint32_t> freed;
   uint64_t bytes = 0, deleted = 0;
   // What a snapshot reads is kept (the checkpoint just stored lists it: KeptAfterLocked).
@@ -914,6 +913,11 @@ void LogExport::ReleaseUnpinnedLocked(std::vector<std::string> keys) {
 void LogExport::BeginCheckpointingLocked(UniqueLock& lock) {
   while (checkpointing_) cv_.wait(lock.native());
   checkpointing_ = true;
+}
+
+void LogExport::EndCheckpointingLocked() {
+  checkpointing_ = false;
+  cv_.notify_all();
 }
 
 Status LogExport::Sweep() {
@@ -1194,6 +1198,90 @@ Status LogExport::DeleteSnapshot(
   checkpointing_ = false;
   cv_.notify_all();
   return s.Annotate("export '" + name_ + "': deleting snapshot '" + snapshot + "'");
+}
+
+Status LogExport::Rollback(const std::string& snapshot) {
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+  const std::string what = "export '" + name_ + "': rolling back to snapshot '" + snapshot + "'";
+  SnapshotRecord record;
+  {
+    MutexLock l(&mu_);
+    auto it = snapshots_.find(snapshot);
+    if (it == snapshots_.end())
+      return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
+    record = it->second;
+  }
+  std::unique_ptr<LogExport> view;
+  S3B_RETURN_IF_ERROR(OpenSnapshot(transport_, name_, record, options_, &view).Annotate(what));
+  S3B_RETURN_IF_ERROR(Flush().Annotate(what));
+  UniqueLock lock(&mu_);
+  if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock).Annotate(what));
+  BeginCheckpointingLocked(lock);
+  if (!open_index_.empty() || !sealed_.empty()) {
+    EndCheckpointingLocked();
+    return Status::Busy(what + ": it is being written");
+  }
+  // The mark: after segment R, the map is the snapshot's.
+  SegmentHeader mark;
+  mark.seq = next_seq_;
+  mark.epoch = epoch_;
+  mark.flags = kSegmentRollback;
+  std::vector<uint8_t> bytes(SegmentDataOffset(0));
+  EncodeSegmentHead(&mark, &bytes);
+  mu_.Unlock();
+  Status s = PutSegment(mark.seq, bytes, bytes.size());
+  mu_.Lock();
+  if (!s.ok()) {
+    EndCheckpointingLocked();
+    return s.Annotate(what);
+  }
+  const uint64_t r = mark.seq;
+  next_seq_ = r + 1;
+  applied_seq_ = r;
+  // The snapshot's state replaces the export's; every segment the export used that the
+  // snapshot does not dies at R.
+  std::vector<Slot> old_slots = std::move(slots_);
+  {
+    MutexLock v(&view->mu_);
+    map_ = view->map_;
+    slots_ = view->slots_;
+    free_slots_ = view->free_slots_;
+  }
+  std::unordered_set<uint64_t> now_used;
+  for (const Slot& sl : slots_)
+    if (sl.used) now_used.insert(sl.seq);
+  std::erase_if(kept_, [&](const KeptSegment& k) { return now_used.count(k.seq) != 0; });
+  std::vector<std::string> doomed;
+  for (const Slot& sl : old_slots) {
+    if (!sl.used || now_used.count(sl.seq)) continue;
+    if (PinnedLocked(sl.seq, r)) kept_.push_back({sl.seq, sl.size, r});
+    else doomed.push_back(SegmentKey(name_, sl.seq));
+  }
+  ApplyEntries(mark);  // its own slot, dead at once: freed after the checkpoint
+  CheckpointInfo info;
+  info.seq = r;
+  info.epoch = epoch_;
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].used && slots_[i].live > 0)
+      info.slots.push_back({i, slots_[i].seq, slots_[i].size});
+  info.kept = KeptAfterLocked(r);
+  BlockMap copy = map_;
+  mu_.Unlock();
+  s = WriteCheckpoint(*transport_, name_, info, copy, fence());
+  mu_.Lock();
+  if (!s.ok()) {
+    // Not rolled back: the store still says what it said. This object no longer does.
+    if (lost_.ok()) lost_ = Status::IoError(what + " failed: " + s.message() + "; open the export again");
+    EndCheckpointingLocked();
+    return s.Annotate(what);
+  }
+  checkpoint_seq_ = r;
+  checkpoint_time_ = Clock::now();
+  ++counters_.checkpoints;
+  EndCheckpointingLocked();
+  counters_.gc_segments_freed += doomed.size();
+  DeleteUnreferencedLocked(r, std::move(doomed));
+  return Status::Ok();
 }
 
 Status LogExport::AddClone(const std::string& snapshot, const std::string& clone) {

@@ -175,6 +175,11 @@ class LogExport {
   Status DeleteSnapshot(const std::string& snapshot,
                         const std::function<Status(const std::string& clone, bool* based)>& based =
                             nullptr);
+  // Makes the export's content snapshot `snapshot`'s again: stores an empty segment R, then a
+  // checkpoint as of R whose map is the snapshot's; the rollback exists once that checkpoint
+  // does (a crash before it leaves the export as it was). What the export held since is freed
+  // as garbage, unless other snapshots read it. Meant for an export no client writes.
+  Status Rollback(const std::string& snapshot);
   // Records that export `clone` is being made from snapshot `snapshot` (which must exist): the
   // snapshot is then not deleted while the clone is based on it.
   Status AddClone(const std::string& snapshot, const std::string& clone);
@@ -226,6 +231,7 @@ class LogExport {
   void ReleaseUnpinnedLocked(std::vector<std::string> keys) REQUIRES(mu_);
   // Waits for, and takes, the right to checkpoint (also taken by snapshots).
   void BeginCheckpointingLocked(UniqueLock& lock) REQUIRES(mu_);
+  void EndCheckpointingLocked() REQUIRES(mu_);
   // Reads the head of segment seq: NotFound if there is none. A head that is not a valid one
   // (torn, corrupt) sets *bad (when given), one that is another segment's sets *misnamed, with
   // the reason in the status.
@@ -272,8 +278,9 @@ class LogExport {
   // and (*checks)[i] says whether its frame checked out. Errors: the transport's.
   Status ReadFrames(uint64_t seq, std::span<const Loc> locs, std::vector<Bytes*> outs,
                     std::vector<Status>* checks);
-  // Deletes dead segments at or below the checkpoint, and older checkpoints.
-  void DeleteUnreferencedLocked(uint64_t checkpoint_seq) REQUIRES(mu_);
+  // Deletes dead segments at or below the checkpoint, and older checkpoints (and `keys`).
+  void DeleteUnreferencedLocked(uint64_t checkpoint_seq, std::vector<std::string> keys = {})
+      REQUIRES(mu_);
   Status Sweep();
   // The segments a collector pass takes now, as (slot, seq).
   std::vector<std::pair<uint32_t, uint64_t>> GcCandidatesLocked(bool all) REQUIRES(mu_);

@@ -44,6 +44,7 @@ inline constexpr uint64_t kMaxSegmentBytes = (64ull << 20) + (2u << 20);
 // Flags of a segment.
 inline constexpr uint32_t kSegmentFromCollector = 1;  // holds blocks the collector moved
 inline constexpr uint32_t kSegmentEpochMark = 2;      // a new writer's first (empty) segment
+inline constexpr uint32_t kSegmentRollback = 4;       // empty: the checkpoint of it is a rollback
 
 std::string SegmentKey(std::string_view export_name, uint64_t seq);
 std::string LogPrefix(std::string_view export_name);         // "exports/<name>/log/"

@@ -990,5 +990,53 @@ TEST_P(LogExportTest, ACloneReadsItsBaseUntilItWritesAndItsTrimsHideTheBase) {
   EXPECT_TRUE(transport_->Head(CloneKey("e", "c"), &marker).IsNotFound());  // stale: removed
 }
 
+
+TEST_P(LogExportTest, ARollbackMakesTheExportTheSnapshotAgainAndFreesWhatCameAfter) {
+  auto e = Open();
+  for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->Checkpoint());
+  const uint64_t gone[] = {7};
+  ASSERT_OK(e->Delete(gone, false));
+  ASSERT_OK(e->Flush());
+  SnapshotRecord rec;
+  ASSERT_OK(e->CreateSnapshot("s", 300 * 4096, &rec));
+  auto expect_snapshot = [&](LogExport& x) {
+    for (uint64_t id = 0; id < 400; ++id)
+      ExpectBlock(x, id, id == 7 || id >= 300 ? std::nullopt : std::optional<uint32_t>(1));
+  };
+  // After it: overwrites, the trimmed block written again, new blocks, trims; collected.
+  for (uint32_t v = 2; v <= 3; ++v) {
+    for (uint64_t id = 0; id < 400; ++id) ASSERT_OK(e->Write(id, Block(id, v), false));
+    ASSERT_OK(e->Flush());
+  }
+  const uint64_t trims[] = {0, 1, 2};
+  ASSERT_OK(e->Delete(trims, false));
+  ASSERT_OK(e->Flush());
+  GcResult r;
+  ASSERT_OK(e->CollectGarbage(true, &r));
+  const uint64_t before = StoredBytes();
+  ASSERT_OK(e->Rollback("s"));
+  expect_snapshot(*e);
+  EXPECT_TRUE(e->Rollback("nosuch").IsNotFound());
+  // What came after is garbage now, freed: 400 blocks of version 3.
+  EXPECT_LT(StoredBytes() + 400 * FrameBytes(4096), before + (64u << 10));
+  e.reset();
+  e = Open();
+  expect_snapshot(*e);
+  // Still a snapshot, and the export goes on from there.
+  std::unique_ptr<LogExport> view;
+  ASSERT_OK(LogExport::OpenSnapshot(transport_, "e", rec, options_, &view));
+  expect_snapshot(*view);
+  for (uint64_t id = 0; id < 10; ++id) ASSERT_OK(e->Write(id, Block(id, 4), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->CollectGarbage(true, &r));
+  e.reset();
+  e = Open();
+  for (uint64_t id = 0; id < 10; ++id) ExpectBlock(*e, id, 4);
+  for (uint64_t id = 10; id < 300; ++id) ExpectBlock(*e, id, 1);
+  ExpectBlock(*view, 3, 1);
+}
+
 }  // namespace
 }  // namespace s3block::log
