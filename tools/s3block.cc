@@ -311,7 +311,7 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
                 "\"blocks_stored\": %" PRIu64 ", \"allocated_bytes\": %" PRIu64
                 ", \"blocks_past_end\": %" PRIu64 ", \"has_metadata\": %s, \"metadata_error\": %s, "
                 "\"lease_holder\": %s, \"layout\": %s, \"log\": %s, \"log_error\": %s, "
-                "\"snapshots\": %s}",
+                "\"snapshots\": %s, \"base\": %s}",
                 first ? "" : ",\n  ", JsonString(e.name).c_str(), e.has_meta ? e.meta.size : 0,
                 e.has_meta ? e.meta.block_size : 0,
                 JsonString(e.has_meta ? StateName(e.meta.state) : "unknown").c_str(),
@@ -320,7 +320,8 @@ void PrintInfo(const ExportInfo& e, bool json, bool first) {
                 e.lease_holder.empty() ? "null" : JsonString(e.lease_holder).c_str(),
                 layout ? JsonString(layout).c_str() : "null", LogJson(e).c_str(),
                 e.log_error.empty() ? "null" : JsonString(e.log_error).c_str(),
-                SnapshotsJson(e).c_str());
+                SnapshotsJson(e).c_str(),
+                e.has_meta && !e.meta.base.empty() ? JsonString(e.meta.base).c_str() : "null");
     return;
   }
   std::printf("%-24s %14s %10s %12" PRIu64 " %14s %-6s %s\n", QuoteForMessage(e.name).c_str(),
@@ -423,6 +424,9 @@ int CmdInfo(Context& c) {
     std::printf("state:           %s\n", StateName(e.meta.state));
     std::printf("encoding:        %s\n", e.meta.encoding.Describe().c_str());
     std::printf("layout:          %s\n", LayoutName(e.meta.layout));
+    if (!e.meta.base.empty())
+      std::printf("clone of:        %s (reads what it has not written from there)\n",
+                  QuoteForMessage(e.meta.base).c_str());
   } else {
     std::printf("metadata:        %s\n", e.meta_error.empty() ? "none (blocks only)" : e.meta_error.c_str());
   }

@@ -133,6 +133,9 @@ Status Claim(BlockStore& store, std::string_view name, const AdminOptions& optio
 // as long as no server holds the export, and say so.
 Status ClaimToRead(BlockStore& store, std::string_view name, const AdminOptions& options,
                    std::unique_ptr<ExportLease>* lease, const char* refusing) {
+  // A snapshot never changes, and has no lease of its own.
+  std::string of, snapshot;
+  if (IsSnapshot(store, name, &of, &snapshot)) return Status::Ok();
   Status s = Claim(store, name, options, lease, refusing);
   if (s.ok() || s.IsBusy()) return s;
   std::string holder;
@@ -667,10 +670,17 @@ Status CopyExport(BlockStore& store, std::string_view from, std::string_view to,
   if (from == to) return Status::InvalidArgument("source and destination are the same export");
   S3B_RETURN_IF_ERROR(RequireExists(store, from));
   std::unique_ptr<ExportLease> src_lease, dst_lease;
-  S3B_RETURN_IF_ERROR(Claim(store, from, options, &src_lease));
+  std::string of, snapshot;
+  // A snapshot never changes, and has no lease of its own.
+  if (!IsSnapshot(store, from, &of, &snapshot))
+    S3B_RETURN_IF_ERROR(Claim(store, from, options, &src_lease));
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(RequireReady(store, from, &meta));
   ExportMeta next = meta;
+  // A copy is an export of its own, whatever it was copied from (a snapshot, a clone).
+  next.snapshot.clear();
+  next.base.clear();
+  next.blocks_of.clear();
   next.layout = options.layout_given ? options.layout : meta.layout;
   S3B_RETURN_IF_ERROR(CheckLayoutBlockSize(next.layout, next.block_size).Annotate("copying export " + Q(from)));
   S3B_RETURN_IF_ERROR(Claim(store, to, options, &dst_lease));

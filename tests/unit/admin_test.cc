@@ -661,5 +661,93 @@ TEST_F(AdminLogTest, AnImportRunAgainKeepsTheLayoutItStartedIn) {
   EXPECT_EQ(Exported("i"), Slurp(image));
 }
 
+
+// Snapshots, clones, flatten and rollback through the codec layer, on an encrypted export: the
+// snapshot and the clone read the export's blocks with its key and binding, and so does the
+// clone once flattened.
+TEST_F(AdminLogTest, SnapshotsClonesFlattenAndRollbackOfAnEncryptedExport) {
+  Config c;
+  ASSERT_OK(c.Set("store", dir_.path() + "/enc"));
+  ASSERT_OK(c.Set("segment-size", "1M"));
+  c.encryption_key = std::string(32, 'k');
+  ASSERT_OK(c.Finish());
+  std::shared_ptr<BlockStore> enc;
+  std::shared_ptr<log::LayoutStore> layouts;
+  ASSERT_OK(MakeCodedStore(c, &enc, &layouts));
+  ASSERT_OK(enc->Check());
+  AdminOptions o = log_;
+  o.layouts = layouts.get();
+  ASSERT_OK(o.encoding.SetEncryption("aes-256-gcm"));
+  ASSERT_OK(MakeKeyCheck(c.encryption_key, &o.encoding.key_check));
+  auto exported = [&](const std::string& name) {
+    const std::string out = dir_.path() + "/enc-out";
+    std::filesystem::remove(out);
+    Status s = ExportImage(*enc, name, out, o);
+    EXPECT_TRUE(s.ok()) << name << ": " << s.ToString();
+    return Slurp(out);
+  };
+  auto overwrite = [&](const std::string& name, uint64_t first, uint64_t n, char fill) {
+    Bytes block(4096, static_cast<uint8_t>(fill));
+    for (uint64_t id = first; id < first + n; ++id) ASSERT_OK(enc->Write(name, id, block, false));
+    ASSERT_OK(enc->Flush(name));
+    ASSERT_OK(enc->CloseExport(name));
+  };
+  const std::string original = Slurp(FullImage(300));
+  ASSERT_OK(ImportImage(*enc, "v", dir_.path() + "/full", 4096, o));
+  SnapshotSummary s1;
+  ASSERT_OK(SnapshotExport(*enc, "v", "s1", o, &s1));
+  EXPECT_EQ(s1.size, 300u * 4096);
+  EXPECT_EQ(SnapshotExport(*enc, "v", "s1", o, &s1).kind(), Status::Kind::kAlreadyExists);
+  overwrite("v", 0, 100, 'v');
+  EXPECT_EQ(exported("v@s1"), original);
+  std::string changed = original;
+  std::fill(changed.begin(), changed.begin() + 100 * 4096, 'v');
+  EXPECT_EQ(exported("v"), changed);
+
+  ASSERT_OK(CloneExport(*enc, "v", "s1", "c", o));
+  ExportInfo ci;
+  ASSERT_OK(GetExportInfo(*enc, "c", &ci, layouts.get()));
+  EXPECT_EQ(ci.meta.base, "v@s1");
+  EXPECT_EQ(ci.blocks_stored, 300u);
+  EXPECT_EQ(exported("c"), original);
+  overwrite("c", 200, 50, 'c');
+  std::string in_clone = original;
+  std::fill(in_clone.begin() + 200 * 4096, in_clone.begin() + 250 * 4096, 'c');
+  EXPECT_EQ(exported("c"), in_clone);
+  EXPECT_EQ(exported("v"), changed);
+
+  // The snapshot is the clone's base, and the export has a snapshot: neither is deleted.
+  Status refused = DeleteSnapshot(*enc, "v", "s1", o);
+  EXPECT_EQ(refused.err(), EINVAL);
+  EXPECT_NE(refused.message().find("clone 'c'"), std::string::npos) << refused.ToString();
+  refused = DeleteExport(*enc, "v", o);
+  EXPECT_NE(refused.message().find("'v@s1'"), std::string::npos) << refused.ToString();
+  EXPECT_EQ(exported("v@s1"), original);
+
+  ASSERT_OK(FlattenExport(*enc, "c", o));
+  ASSERT_OK(GetExportInfo(*enc, "c", &ci, layouts.get()));
+  EXPECT_EQ(ci.meta.base, "");
+  ASSERT_OK(DeleteSnapshot(*enc, "v", "s1", o));
+  EXPECT_EQ(exported("c"), in_clone);  // still bound to 'v', still read with its key
+  EXPECT_TRUE(DeleteSnapshot(*enc, "v", "s1", o).IsNotFound());
+
+  // Rollback: the export is the snapshot again, size included.
+  SnapshotSummary s2;
+  ASSERT_OK(SnapshotExport(*enc, "v", "s2", o, &s2));
+  overwrite("v", 100, 150, 'w');
+  ASSERT_OK(ResizeExport(*enc, "v", 400 * 4096, false, o));
+  ASSERT_OK(RollbackExport(*enc, "v", "s2", o));
+  ExportInfo vi;
+  ASSERT_OK(GetExportInfo(*enc, "v", &vi, layouts.get()));
+  EXPECT_EQ(vi.meta.size, 300u * 4096);
+  EXPECT_EQ(exported("v"), changed);
+  ASSERT_EQ(vi.snapshots.size(), 1u);
+  EXPECT_EQ(vi.snapshots[0].name, "s2");
+  // A copy of a snapshot is an export of its own.
+  ASSERT_OK(CopyExport(*enc, "v@s2", "copy", o));
+  EXPECT_EQ(exported("copy"), changed);
+  EXPECT_FALSE(fs::exists(dir_.path() + "/enc/exports/v@s2"));
+}
+
 }  // namespace
 }  // namespace s3block
