@@ -883,7 +883,7 @@ std::vector<KeptSegment> LogExport::KeptAfterLocked(uint64_t seq) const {
 }
 
 void LogExport::ReleaseUnpinnedLocked(std::vector<std::string> keys) {
-  std::erase_if(kept_, [&](const KeptSegment& k) {
+  std::erase_if(kept_, [&](const KeptSegment& k) NO_THREAD_SAFETY_ANALYSIS {  // mu_ is held
     if (PinnedLocked(k.seq, k.dead_at)) return false;
     keys.push_back(SegmentKey(name_, k.seq));
     counters_.gc_segments_freed += 1;
@@ -1422,6 +1422,7 @@ Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
   S3B_RETURN_IF_ERROR(transport.List(CheckpointPrefix(name), add));
   S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), add));
   S3B_RETURN_IF_ERROR(transport.List(SnapshotPrefix(name), add));
+  S3B_RETURN_IF_ERROR(transport.List(ClonePrefix(name), add));
   return transport.Delete(keys, fence);
 }
 

@@ -197,7 +197,8 @@ class LogExport {
   // counts them.
   Status Verify(const std::function<void(const std::string&)>& report, uint64_t* problems);
 
-  // Deletes every object of the layout (segments, checkpoints) of export `name`.
+  // Deletes every object of the layout (segments, checkpoints, snapshots, clone markers) of
+  // export `name`.
   static Status DeleteAll(ObjectTransport& transport, std::string_view name,
                           const WriteFence* fence);
 
