@@ -356,10 +356,28 @@ Status LayoutStore::VerifyLog(std::string_view e,
 
 Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapshot,
                                    uint64_t size, SnapshotRecord* out, bool* is_log) {
-  LogExport* log;
-  S3B_RETURN_IF_ERROR(Resolve(e, &log));
-  *is_log = log != nullptr;
-  return log ? log->CreateSnapshot(snapshot, size, out) : Status::Ok();
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    if (entry->log) {
+      // Open here (a server's): its writer knows what is sealed and not yet stored.
+      *is_log = true;
+      return entry->log->CreateSnapshot(snapshot, size, out);
+    }
+  }
+  // Not open: its map need not be loaded for a snapshot (a few requests, whatever its size).
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
+  if (!*is_log) return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  return LogExport::CreateSnapshotOfStored(std::move(transport), std::string(e), meta.base,
+                                           snapshot, size, fence ? &fence : nullptr, out);
 }
 
 Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapshot,
@@ -390,10 +408,35 @@ Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bo
 
 Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
                              const std::string& clone, bool* is_log) {
-  LogExport* log;
-  S3B_RETURN_IF_ERROR(Resolve(e, &log));
-  *is_log = log != nullptr;
-  return log ? log->AddClone(snapshot, clone) : Status::Ok();
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    if (entry->log) {
+      *is_log = true;
+      return entry->log->AddClone(snapshot, clone);
+    }
+  }
+  // Not open: the record is checked and the marker written, without loading the map. The
+  // export's lease (held by the caller) keeps a deletion of the snapshot out meanwhile.
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
+  if (!*is_log) return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  SnapshotRecord record;
+  Status s = ReadSnapshot(*transport, e, snapshot, &record);
+  if (s.IsNotFound())
+    return Status::NotFound("export '" + QuoteForMessage(e) + "' has no snapshot '" + snapshot + "'");
+  S3B_RETURN_IF_ERROR(s);
+  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  const std::string marker = EncodeCloneMarker(snapshot);
+  return transport->Put(CloneKey(e, clone),
+                        std::span(reinterpret_cast<const uint8_t*>(marker.data()), marker.size()),
+                        PutOptions::Fenced(fence ? &fence : nullptr));
 }
 
 Status LayoutStore::CopyBaseBlocks(std::string_view e,

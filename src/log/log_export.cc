@@ -1158,6 +1158,37 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   return Status::Ok();
 }
 
+Status LogExport::CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transport,
+                                         const std::string& name, const std::string& base,
+                                         const std::string& snapshot, uint64_t size,
+                                         const WriteFence* fence, SnapshotRecord* out) {
+  S3B_RETURN_IF_ERROR(ValidateSnapshotName(snapshot));
+  const std::string what = "export '" + name + "' in " + transport->Describe();
+  std::vector<uint64_t> roots;
+  S3B_RETURN_IF_ERROR(ListCheckpoints(*transport, name, &roots, nullptr).Annotate(what));
+  SnapshotRecord r;
+  r.name = snapshot;
+  r.checkpoint = roots.empty() ? 0 : roots.back();
+  // The run opening the export would apply: the snapshot ends where it does.
+  LogExport reader(transport, name, LogOptions(), {});
+  std::vector<SegmentHeader> run;
+  Status damaged;
+  S3B_RETURN_IF_ERROR(reader.ReadRun(r.checkpoint + 1, &run, &damaged).Annotate(what));
+  r.seq = run.empty() ? r.checkpoint : run.back().seq;
+  r.size = size;
+  r.created = static_cast<int64_t>(std::time(nullptr));
+  r.base = base;
+  const std::string text = EncodeSnapshotRecord(r);
+  Status s = transport->Put(SnapshotKey(name, snapshot),
+                            std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+                            PutOptions::IfAbsent(fence));
+  if (IsPreconditionFailed(s))
+    return Status::AlreadyExists("export '" + name + "' has a snapshot '" + snapshot + "'");
+  S3B_RETURN_IF_ERROR(s.Annotate(what));
+  *out = std::move(r);
+  return Status::Ok();
+}
+
 Status LogExport::DeleteSnapshot(
     const std::string& snapshot,
     const std::function<Status(const std::string& clone, bool* based)>& based) {
@@ -1291,7 +1322,7 @@ Status LogExport::AddClone(const std::string& snapshot, const std::string& clone
     return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
   BeginCheckpointingLocked(lock);
   mu_.Unlock();
-  const std::string text = "snapshot=" + snapshot + "\n";
+  const std::string text = EncodeCloneMarker(snapshot);
   Status s = transport_->Put(CloneKey(name_, clone),
                              std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
                              PutOptions::Fenced(fence()));

@@ -169,6 +169,13 @@ class LogExport {
   // none made after the call), once stored. `size` is the export's size now. Stores the record
   // only if absent (AlreadyExists). Errors: the transport's; a view's is EROFS.
   Status CreateSnapshot(const std::string& snapshot, uint64_t size, SnapshotRecord* out);
+  // CreateSnapshot of an export no process has open, without loading its map: a listing of its
+  // checkpoints and the heads of the segments after the newest, as opening it would read, then
+  // the record. `base` is the export's (a clone's), or empty. REQUIRES: the export's lease.
+  static Status CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transport,
+                                       const std::string& name, const std::string& base,
+                                       const std::string& snapshot, uint64_t size,
+                                       const WriteFence* fence, SnapshotRecord* out);
   // Deletes a snapshot's record, then what only it kept (NotFound if there is none). Refused
   // (InvalidArgument, naming it) while a clone made from it is still based on it, as
   // based(clone) says; markers of clones no longer based on it are removed.

@@ -44,6 +44,10 @@ struct SnapshotRecord {
 
 std::string ClonePrefix(std::string_view export_name);  // "exports/<name>/clones/"
 std::string CloneKey(std::string_view export_name, std::string_view clone);
+// A clone marker's content.
+inline std::string EncodeCloneMarker(std::string_view snapshot) {
+  return "snapshot=" + std::string(snapshot) + "\n";
+}
 // The clones made from export `name`'s snapshots, as their markers say: clone -> snapshot.
 Status ListCloneMarkers(ObjectTransport& transport, std::string_view name,
                         std::map<std::string, std::string>* out);

@@ -885,13 +885,20 @@ TEST_P(LogExportTest, ASnapshotOfAnExportNobodyWritesIsWhatOpeningItLoaded) {
     for (uint64_t id = 0; id < 20; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
     ASSERT_OK(e->Flush());
   }
-  SnapshotRecord rec;
+  SnapshotRecord rec, stored;
   {
-    auto e = Open();  // not a writer: the admin command's case, with no server running
+    auto e = Open();  // not a writer
     ASSERT_OK(e->CreateSnapshot("idle", 20 * 4096, &rec));
   }
+  // The admin command's case, with no server running: the same point, without the map.
+  ASSERT_OK(LogExport::CreateSnapshotOfStored(transport_, "e", "", "stored", 20 * 4096, nullptr,
+                                              &stored));
+  EXPECT_EQ(stored.seq, rec.seq);
+  EXPECT_EQ(stored.checkpoint, rec.checkpoint);
+  EXPECT_EQ(LogExport::CreateSnapshotOfStored(transport_, "e", "", "stored", 1, nullptr, &stored)
+                .kind(), Status::Kind::kAlreadyExists);
   auto e = Open();
-  ASSERT_EQ(e->Snapshots().size(), 1u);
+  ASSERT_EQ(e->Snapshots().size(), 2u);
   EXPECT_EQ(e->Snapshots()[0].record.seq, rec.seq);
   for (uint64_t id = 0; id < 20; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
   ASSERT_OK(e->Flush());
@@ -900,6 +907,8 @@ TEST_P(LogExportTest, ASnapshotOfAnExportNobodyWritesIsWhatOpeningItLoaded) {
   ASSERT_OK(e->CollectGarbage(true, &r));
   std::unique_ptr<LogExport> view;
   ASSERT_OK(LogExport::OpenSnapshot(transport_, "e", rec, options_, &view));
+  for (uint64_t id = 0; id < 20; ++id) ExpectBlock(*view, id, 1);
+  ASSERT_OK(LogExport::OpenSnapshot(transport_, "e", stored, options_, &view));
   for (uint64_t id = 0; id < 20; ++id) ExpectBlock(*view, id, 1);
 }
 
