@@ -160,6 +160,7 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
     if (s.slot >= kMaxSlots) return corrupt("a slot is out of range");
     p += 20;
   }
+  if (map == nullptr) return Status::Ok();
   *map = BlockMap();
   std::vector<uint8_t> packed, raw;
   uint64_t total = 0;

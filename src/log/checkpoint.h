@@ -50,7 +50,8 @@ struct CheckpointInfo {
 Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
                        const CheckpointInfo& info, const BlockMap& map, const WriteFence* fence);
 
-// Reads checkpoint `seq` into *info and *map. Errors: EIO naming what is wrong with it.
+// Reads checkpoint `seq` into *info and *map (with a null map: its root alone, into *info).
+// Errors: EIO naming what is wrong with it.
 Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_t seq,
                       CheckpointInfo* info, BlockMap* map);
 

@@ -380,11 +380,40 @@ Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapsh
                                            snapshot, size, fence ? &fence : nullptr, out);
 }
 
+Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light,
+                                LogExport** log, bool* is_log) {
+  *log = nullptr;
+  *is_log = false;
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    if (entry->log) {
+      *is_log = true;
+      *log = entry->log.get();
+      return Status::Ok();
+    }
+  }
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
+  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
+  if (!*is_log) return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  S3B_RETURN_IF_ERROR(LogExport::OpenForSnapshots(std::move(transport), std::string(e),
+                                                  fence_for_ ? fence_for_(e) : WriteFence(),
+                                                  light));
+  *log = light->get();
+  return Status::Ok();
+}
+
 Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapshot,
                                    bool* is_log) {
+  std::unique_ptr<LogExport> light;
   LogExport* log;
-  S3B_RETURN_IF_ERROR(Resolve(e, &log));
-  *is_log = log != nullptr;
+  S3B_RETURN_IF_ERROR(SnapshotsOf(e, &light, &log, is_log));
   if (!log) return Status::Ok();
   // A view of it still served reads what is no longer kept: errors, never other data.
   const std::string full = std::string(e) + "@" + snapshot;
@@ -408,35 +437,10 @@ Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bo
 
 Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
                              const std::string& clone, bool* is_log) {
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    if (entry->log) {
-      *is_log = true;
-      return entry->log->AddClone(snapshot, clone);
-    }
-  }
-  // Not open: the record is checked and the marker written, without loading the map. The
-  // export's lease (held by the caller) keeps a deletion of the snapshot out meanwhile.
-  std::string text;
-  bool found = false;
-  ExportMeta meta;
-  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
-  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
-  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
-  if (!*is_log) return Status::Ok();
-  std::shared_ptr<ObjectTransport> transport;
-  S3B_RETURN_IF_ERROR(Transport(&transport));
-  SnapshotRecord record;
-  Status s = ReadSnapshot(*transport, e, snapshot, &record);
-  if (s.IsNotFound())
-    return Status::NotFound("export '" + QuoteForMessage(e) + "' has no snapshot '" + snapshot + "'");
-  S3B_RETURN_IF_ERROR(s);
-  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
-  const std::string marker = EncodeCloneMarker(snapshot);
-  return transport->Put(CloneKey(e, clone),
-                        std::span(reinterpret_cast<const uint8_t*>(marker.data()), marker.size()),
-                        PutOptions::Fenced(fence ? &fence : nullptr));
+  std::unique_ptr<LogExport> light;
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(SnapshotsOf(e, &light, &log, is_log));
+  return log ? log->AddClone(snapshot, clone) : Status::Ok();
 }
 
 Status LayoutStore::CopyBaseBlocks(std::string_view e,
@@ -451,11 +455,11 @@ Status LayoutStore::CopyBaseBlocks(std::string_view e,
 Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>* out,
                                   bool* is_log) {
   out->clear();
+  std::unique_ptr<LogExport> light;
   LogExport* log = nullptr;
-  Status s = Resolve(e, &log);
-  if (!s.ok() && KnownLog(e)) {
+  Status s = SnapshotsOf(e, &light, &log, is_log);
+  if (!s.ok() && *is_log) {
     // An export whose checkpoint cannot be read still has its snapshots' records.
-    *is_log = true;
     std::shared_ptr<ObjectTransport> transport;
     S3B_RETURN_IF_ERROR(Transport(&transport));
     std::vector<SnapshotRecord> records;
@@ -464,7 +468,6 @@ Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>*
     return Status::Ok();
   }
   S3B_RETURN_IF_ERROR(s);
-  *is_log = log != nullptr;
   if (log) *out = log->Snapshots();
   return Status::Ok();
 }

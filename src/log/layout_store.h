@@ -109,6 +109,11 @@ class LayoutStore : public StoreDecorator {
   // and the metadata it is served with, NAME and the snapshot's record.
   Status FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
                       SnapshotRecord* record, bool* found);
+  // The export's LogExport for an operation on its snapshots: the one open here (a server's),
+  // else one opened for its snapshots only (LogExport::OpenForSnapshots, owned by *light),
+  // without loading its map. *log is null for an export of the default layout.
+  Status SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light, LogExport** log,
+                     bool* is_log);
   // Opens the view of snapshot `base` (NAME@SNAP) a clone reads through to, over its own base.
   Status OpenBase(const std::string& base, int depth, std::unique_ptr<LogExport>* out);
 

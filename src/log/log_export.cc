@@ -1158,6 +1158,27 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   return Status::Ok();
 }
 
+Status LogExport::OpenForSnapshots(std::shared_ptr<ObjectTransport> transport, std::string name,
+                                   WriteFence fence, std::unique_ptr<LogExport>* out) {
+  std::unique_ptr<LogExport> e(
+      new LogExport(std::move(transport), std::move(name), LogOptions(), std::move(fence)));
+  std::vector<uint64_t> roots;
+  S3B_RETURN_IF_ERROR(ListCheckpoints(*e->transport_, e->name_, &roots, nullptr));
+  MutexLock l(&e->mu_);
+  if (!roots.empty()) {
+    CheckpointInfo info;
+    S3B_RETURN_IF_ERROR(ReadCheckpoint(*e->transport_, e->name_, roots.back(), &info, nullptr));
+    e->checkpoint_seq_ = info.seq;
+    e->kept_ = std::move(info.kept);
+  }
+  std::vector<SnapshotRecord> snapshots;
+  S3B_RETURN_IF_ERROR(ListSnapshots(*e->transport_, e->name_, &snapshots));
+  for (SnapshotRecord& r : snapshots) e->snapshots_.emplace(r.name, std::move(r));
+  S3B_RETURN_IF_ERROR(ListCloneMarkers(*e->transport_, e->name_, &e->clones_));
+  *out = std::move(e);
+  return Status::Ok();
+}
+
 Status LogExport::CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transport,
                                          const std::string& name, const std::string& base,
                                          const std::string& snapshot, uint64_t size,

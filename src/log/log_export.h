@@ -169,6 +169,10 @@ class LogExport {
   // none made after the call), once stored. `size` is the export's size now. Stores the record
   // only if absent (AlreadyExists). Errors: the transport's; a view's is EROFS.
   Status CreateSnapshot(const std::string& snapshot, uint64_t size, SnapshotRecord* out);
+  // Opens export `name` for DeleteSnapshot and Snapshots only, without its map: the root of its
+  // newest checkpoint (what it keeps for snapshots), its snapshots and its clone markers.
+  static Status OpenForSnapshots(std::shared_ptr<ObjectTransport> transport, std::string name,
+                                 WriteFence fence, std::unique_ptr<LogExport>* out);
   // CreateSnapshot of an export no process has open, without loading its map: a listing of its
   // checkpoints and the heads of the segments after the newest, as opening it would read, then
   // the record. `base` is the export's (a clone's), or empty. REQUIRES: the export's lease.
