@@ -35,12 +35,21 @@
 #     are taken one after the other, twice: after each restart every snapshot `s3block list`
 #     shows opens and holds one generation within its bounds (as in b), every snapshot whose
 #     command succeeded is listed, and the export takes a snapshot again.
+#  g. Clones: a snapshot and a clone of it made through the server writing the parent; the
+#     clone reads as its base, then parent and clone written at different places (the clone also
+#     trims a range its base holds): each reads as written, the snapshot as it was; deleting the
+#     snapshot is refused naming the clone, through the server and without it; after the
+#     parent's blocks are rewritten and collected the clone reads the same; flattened, the
+#     snapshot deletes and the clone still reads the same.
+#  h. Rollback: refused while a server holds the export (exit 4); with it stopped, the export
+#     (grown meanwhile) reads as the snapshot again with its size, what it held since is freed,
+#     the snapshot stays, and the export takes writes again.
 #
 #   tests/scripts/snapshots.sh local
 #   tests/scripts/snapshots.sh s3    (reads S3BLOCK_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY})
 #
 # Needs root, /dev/fuse and loop devices for c. Environment: S3BLOCK_BUILD (default build/ of this
-# checkout); SNAPSHOT_CASES (default "a b c d e f": the cases to run); S3BLOCK_SKIP_EXT4=1 skips c.
+# checkout); SNAPSHOT_CASES (default "a b c d e f g h": the cases to run); S3BLOCK_SKIP_EXT4=1 skips c.
 set -euo pipefail
 mode=${1:-local}
 TEST_NAME="snapshots[$mode]"
@@ -49,7 +58,7 @@ require_built "$plugin" "$admin"
 require_tool nbdkit nbdinfo nbdcopy curl sha256sum
 require_libnbd_python
 use_store "$mode" snapshots
-cases=${SNAPSHOT_CASES:-a b c d e f}
+cases=${SNAPSHOT_CASES:-a b c d e f g h}
 want() { [[ " $cases " == *" $1 "* ]]; }
 
 # The control channel: a server started with control=PATH takes the snapshots of what it serves.
@@ -655,6 +664,91 @@ if want f; then
   done
   stop_nbdkit -n f
   pass "$total snapshots checked after 2 kills; $(($(date +%s) - t0))s"
+fi
+
+# --- g. Clones: made while the parent is served, diverging, flattened ---
+if want g; then
+  begin g. "a clone of a snapshot, both written, the snapshot kept for it, then flattened"
+  t0=$(date +%s)
+  s3b create g --size 8M --layout log >/dev/null
+  serve g segment-size=1M "control=$work/g.ctl"
+  head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/g.v1"
+  head -c $((2 * 1024 * 1024)) /dev/urandom >"$work/g.parent"
+  head -c $((1024 * 1024)) /dev/urandom >"$work/g.clone"
+  nbdcopy "$work/g.v1" "$(uri g g)"
+  # Both through the server that holds g (its control socket, named in its lease).
+  s3b snapshot g base >/dev/null || fail "the snapshot of a served export failed"
+  s3b clone g@base gc >/dev/null || fail "the clone of a served export's snapshot failed"
+  s3b info gc | grep -q "clone of:.*g@base" || { s3b info gc; fail "info does not show the clone's base"; }
+  v1=$(sha256sum <"$work/g.v1" | cut -d' ' -f1)
+  [ "$(sha g gc)" = "$v1" ] || fail "the new clone does not read as its base"
+  # Each written at another place: each has its own and the base's other blocks.
+  nbdcopy "$work/g.parent" "$(uri g g)"
+  dd if="$work/g.clone" of="$work/g.clone.at4M" bs=1M seek=4 status=none
+  $py -c "import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(open(sys.argv[2], 'rb').read(), 4 << 20); h.trim(1 << 20, 7 << 20); h.flush(); h.shutdown()" \
+    "$(uri g gc)" "$work/g.clone"
+  cp "$work/g.v1" "$work/g.want-parent"
+  dd if="$work/g.parent" of="$work/g.want-parent" conv=notrunc status=none
+  cp "$work/g.v1" "$work/g.want-clone"
+  dd if="$work/g.clone" of="$work/g.want-clone" bs=1M seek=4 conv=notrunc status=none
+  dd if=/dev/zero of="$work/g.want-clone" bs=1M seek=7 count=1 conv=notrunc status=none
+  want_parent=$(sha256sum <"$work/g.want-parent" | cut -d' ' -f1)
+  want_clone=$(sha256sum <"$work/g.want-clone" | cut -d' ' -f1)
+  [ "$(sha g g)" = "$want_parent" ] || fail "the parent does not read as written"
+  [ "$(sha g gc)" = "$want_clone" ] || fail "the clone does not read as written (its trim shows the base?)"
+  [ "$(sha g g@base)" = "$v1" ] || fail "the snapshot changed"
+  # The snapshot a clone reads through is not deleted, through the server or not.
+  expect_exit 1 s3b delete g@base --yes
+  grep -q "clone 'gc'" "$work/err" || { cat "$work/err"; fail "the refusal does not name the clone"; }
+  stop_nbdkit -n g
+  expect_exit 1 s3b delete g@base --yes
+  # The same after a restart, and after the parent's blocks are all rewritten and collected.
+  serve g segment-size=1M
+  nbdcopy "$work/g.clone.at4M" "$(uri g g)"
+  stop_nbdkit -n g
+  s3b gc g --all >/dev/null || fail "gc of the parent failed"
+  serve g segment-size=1M
+  [ "$(sha g gc)" = "$want_clone" ] || fail "after the parent's collection the clone reads otherwise"
+  stop_nbdkit -n g
+  s3b flatten gc >/dev/null || fail "flatten failed"
+  s3b delete g@base --yes >/dev/null || fail "the snapshot of a flattened clone was not deleted"
+  serve g segment-size=1M
+  [ "$(sha g gc)" = "$want_clone" ] || fail "the flattened clone reads otherwise once its base is gone"
+  stop_nbdkit -n g
+  s3b delete gc --yes >/dev/null && s3b delete g --yes >/dev/null || fail "the exports were not deleted"
+  pass "$(($(date +%s) - t0))s"
+fi
+
+# --- h. Rollback ---
+if want h; then
+  begin h. "rollback to a snapshot, with the server stopped"
+  t0=$(date +%s)
+  s3b create h --size 8M --layout log >/dev/null
+  serve h segment-size=1M "control=$work/h.ctl"
+  head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/h.v1"
+  head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/h.v2"
+  nbdcopy "$work/h.v1" "$(uri h h)"
+  s3b snapshot h v1 >/dev/null
+  nbdcopy "$work/h.v2" "$(uri h h)"
+  # Not while a server holds it: its clients would see their disk change.
+  expect_exit 4 s3b rollback h@v1
+  stop_nbdkit -n h
+  s3b resize h 16M >/dev/null
+  before=$(stored h)
+  s3b rollback h@v1 >/dev/null || fail "rollback failed"
+  after=$(stored h)
+  [ "$after" -lt "$before" ] || fail "nothing was freed by the rollback ($before bytes, then $after)"
+  serve h segment-size=1M
+  [ "$(sha h h)" = "$(sha256sum <"$work/h.v1" | cut -d' ' -f1)" ] || fail "the export is not the snapshot again"
+  [ "$(nbdinfo --size "$(uri h h)")" = $((8 * 1024 * 1024)) ] || fail "the size is not the snapshot's"
+  [ "$(snapshot_names h)" = v1 ] || fail "the snapshot is gone"
+  nbdcopy "$work/h.v2" "$(uri h h)"
+  [ "$(sha h h)" = "$(sha256sum <"$work/h.v2" | cut -d' ' -f1)" ] || fail "the export does not take writes after the rollback"
+  stop_nbdkit -n h
+  s3b delete h@v1 --yes >/dev/null && s3b delete h --yes >/dev/null || fail "the export was not deleted"
+  pass "$before bytes stored before the rollback, $after after; $(($(date +%s) - t0))s"
 fi
 
 log "PASS: ${passed[*]:-no case} passed${skipped[*]:+, ${skipped[*]} skipped}, in $(($(date +%s) - t_start))s"
