@@ -45,6 +45,9 @@ WORKLOADS = ["seqwrite", "seqread-cold", "seqread-warm", "randread", "randread-w
              "randwrite", "randrw", "mkfs", "smallfiles"]
 # Issue 24's: the collector's overwrites (log layout only) and opening an export (4K blocks).
 LOG_WORKLOADS = ["gc", "open"]
+# The snapshot workload's rows are "OP/SIZE": each admin command, and the cold reads.
+SNAP_OPS = ["snapshot", "clone", "delete", "snapshot-stopped", "rollback"]
+SNAP_READS = ["read-parent", "read-clone"]
 SEQ = ["seqwrite", "seqread-cold", "seqread-warm"]
 RAND = ["randread", "randread-warm", "randwrite", "randrw"]
 EXT4 = ["mkfs", "smallfiles"]
@@ -233,7 +236,7 @@ def cmd_report(raw, meta_path, outdir):
         for line in f:
             k, _, v = line.rstrip("\n").partition("=")
             meta[k] = v
-    rows, rss, gc_raw, open_raw = {}, {}, {}, {}
+    rows, rss, gc_raw, open_raw, snap_fill, snap_files = {}, {}, {}, {}, {}, {}
 
     def num(x):
         try:
@@ -254,6 +257,14 @@ def cmd_report(raw, meta_path, outdir):
             if len(parts) == 5 and parts[2] == "_open":
                 open_raw.setdefault(parts[1], []).append(
                     {"blocks": num(parts[3]), "fill_s": num(parts[4])})
+                continue
+            if len(parts) == 6 and parts[2] == "_snapfill":
+                snap_fill.setdefault((parts[1], parts[3]), []).append(
+                    {"bytes": num(parts[4]), "seconds": num(parts[5])})
+                continue
+            if len(parts) == 6 and parts[2] == "_snapfiles":
+                snap_files.setdefault((parts[1], parts[3]), []).append(
+                    (num(parts[4]), num(parts[5])))
                 continue
             if len(parts) != len(COLS):
                 continue
@@ -322,7 +333,13 @@ def cmd_report(raw, meta_path, outdir):
             return get(system, workload, "iops")
         return get(system, workload, "seconds")
 
-    systems = [s for s in SYSTEMS if any((s, w) in med for w in WORKLOADS + LOG_WORKLOADS)]
+    # The snapshot workload's sizes, in the order they ran (the run's list).
+    snap_sizes = [x for x in meta.get("snap_sizes", "").split()
+                  if any((s, "%s/%s" % (op, x)) in med for s in SYSTEMS
+                         for op in SNAP_OPS + SNAP_READS)]
+    snap_wl = ["%s/%s" % (op, x) for x in snap_sizes for op in SNAP_OPS + SNAP_READS]
+    systems = [s for s in SYSTEMS
+               if any((s, w) in med for w in WORKLOADS + LOG_WORKLOADS + snap_wl)]
     os.makedirs(outdir, exist_ok=True)
 
     # ---- CSV: one row per system and workload, medians.
@@ -334,7 +351,7 @@ def cmd_report(raw, meta_path, outdir):
                      "hit_time_cap", "peak_rss_mib", "write_amplification", "stored_mib",
                      "live_mib", "stored_over_live", "open_blocks"])
         for s in systems + CEILINGS:
-            for w in WORKLOADS + LOG_WORKLOADS + ["put", "get"]:
+            for w in WORKLOADS + LOG_WORKLOADS + snap_wl + ["put", "get"]:
                 m = med.get((s, w))
                 if not m:
                     continue
@@ -533,6 +550,9 @@ def cmd_report(raw, meta_path, outdir):
                 fmt(o["fill_s"])))
         L.append("")
 
+    if snap_sizes:
+        snapshot_section(L, med, get, snap_sizes, snap_fill, snap_files, meta)
+
     # ---- Goals.
     L.append("## Goals (issue 10): ratios in this run")
     L.append("")
@@ -706,6 +726,100 @@ def log_goals(L, goal, summary, ratio, get, med, rss_med, gc_med, open_med, meta
              ratio(r, budget), 1.0, higher=False, detail=" (%s MiB)" % fmt(r))
     L.append("")
     summary()
+
+
+def snapshot_section(L, med, get, sizes, snap_fill, snap_files, meta):
+    """The snapshot workload: each command's time and cost at each size, the ratio of its figures
+    at the last size to those at the first, and the cold reads of a clone and of its parent."""
+    systems = [s for s in SYSTEMS if any((s, "%s/%s" % (op, x)) in med
+                                         for op in SNAP_OPS + SNAP_READS for x in sizes)]
+    first, last = sizes[0], sizes[-1]
+    L.append("## Snapshots and clones of log exports")
+    L.append("")
+    L.append("A log export of each size (%s) filled by `s3block import` of nbdkit's pattern plugin "
+             "(every block written, none zero), then each command timed (wall time of the admin "
+             "command, seconds) with what it cost: on S3 the requests the gateway logged meanwhile, "
+             "on the local store the files it left written (new or changed) and removed; medians "
+             "of %s rounds, each on the export with no snapshot or clone left by the one before. "
+             "snapshot, clone and delete (of a second snapshot, with no clone) ask the server "
+             "holding the export (`control=`, a client connected); snapshot and rollback with the "
+             "server stopped run in the command alone. The last row of each system is the "
+             "ratio of its %s figures to its %s ones (time / requests or files): 1x is flat." % (
+                 ", ".join(sizes), meta.get("snap_runs", "?"), last, first))
+    L.append("")
+    heads = ["snapshot", "clone", "delete snapshot", "snapshot, server stopped",
+             "rollback, server stopped"]
+    L.append("| system | size | filled in s (MB/s) | " + " | ".join(heads) + " |")
+    L.append("|---|---|---|" + "---|" * len(heads))
+
+    def cost(s, wl):
+        """Requests (S3) or files written + removed (local) of one command, median."""
+        if s in S3_SYSTEMS:
+            return get(s, wl, "s3_requests")
+        f = snap_files.get((s, wl))
+        return median([w + r for w, r in f]) if f else None
+
+    def cell(s, wl):
+        t = get(s, wl, "seconds")
+        if t is None:
+            return "-"
+        c = cost(s, wl)
+        if s in S3_SYSTEMS:
+            m = med[(s, wl)]
+            return "%s s, %s req (%d GET, %d PUT, %d other)" % (
+                fmt(t), fmt(c, 0), m["s3_get"], m["s3_put"],
+                m["s3_head"] + m["s3_delete"] + m["s3_post"])
+        f = snap_files.get((s, wl))
+        if not f:
+            return "%s s" % fmt(t)
+        return "%s s, %s files written, %s removed" % (
+            fmt(t), fmt(median([w for w, _ in f]), 0), fmt(median([r for _, r in f]), 0))
+
+    def ratio_cell(s, op):
+        a, b = "%s/%s" % (op, first), "%s/%s" % (op, last)
+        ta, tb = get(s, a, "seconds"), get(s, b, "seconds")
+        if not ta or tb is None:
+            return "-"
+        ca, cb = cost(s, a), cost(s, b)
+        c = "%.2fx" % (cb / ca) if ca and cb is not None else "-"
+        return "%.2fx / %s" % (tb / ta, c)
+    for s in systems:
+        for x in sizes:
+            fill = snap_fill.get((s, x), [])
+            secs = median([r["seconds"] for r in fill if r["seconds"] is not None])
+            nbytes = median([r["bytes"] for r in fill if r["bytes"] is not None])
+            fcell = "-" if not secs else "%s (%s)" % (fmt(secs), fmt(nbytes / secs / 1e6))
+            L.append("| %s | %s | %s | %s |" % (s, x, fcell, " | ".join(
+                cell(s, "%s/%s" % (op, x)) for op in SNAP_OPS)))
+        if len(sizes) > 1:
+            L.append("| %s | %s / %s | | %s |" % (s, last, first, " | ".join(
+                ratio_cell(s, op) for op in SNAP_OPS)))
+    L.append("")
+    reads = [s for s in systems
+             if (s, "read-parent/" + first) in med or (s, "read-clone/" + first) in med]
+    if reads:
+        L.append("**A clone's cold read against its parent's**: the whole %s export read in order "
+                 "by nbdcopy (`--no-extents`, to `null:`) from a server just started, the page "
+                 "cache dropped: the parent, and its clone, which has written nothing, so that "
+                 "every block comes from the snapshot the clone was made from. Time from "
+                 "nbdcopy's start (the server opens the export then) to its end; medians of %s "
+                 "reads of each, alternating." % (first, meta.get("snap_runs", "?")))
+        L.append("")
+        L.append("| system | parent MB/s (s) | clone MB/s (s) | clone / parent | S3 GETs, parent "
+                 "/ clone | S3 server CPU s, parent / clone |")
+        L.append("|---|---|---|---|---|---|")
+        for s in reads:
+            p, c = "read-parent/" + first, "read-clone/" + first
+            mp, mc = get(s, p, "mbps"), get(s, c, "mbps")
+            r = "%.2fx" % (mc / mp) if mp and mc is not None else "-"
+            gets = cpu = "-"
+            if s in S3_SYSTEMS:
+                gets = "%s / %s" % (fmt(get(s, p, "s3_get"), 0), fmt(get(s, c, "s3_get"), 0))
+                cpu = "%s / %s" % (fmt(get(s, p, "s3_cpu_s")), fmt(get(s, c, "s3_cpu_s")))
+            L.append("| %s | %s (%s) | %s (%s) | %s | %s | %s |" % (
+                s, fmt(mp), fmt(get(s, p, "seconds")), fmt(mc), fmt(get(s, c, "seconds")), r,
+                gets, cpu))
+        L.append("")
 
 
 def parse_size(s):

@@ -2,7 +2,7 @@
 # The benchmark: this project against its peers and against the S3 server's own ceiling, on one
 # machine, one S3 server, one run. See bench/README.md.
 #
-#   bench/run.sh                 # full run (about 17 minutes on 2 cores)
+#   bench/run.sh                 # full run (about 35 minutes on 2 cores)
 #   BENCH_QUICK=1 bench/run.sh   # every system and workload once, small sizes (about 9 minutes)
 #
 # Installs what is missing (apt-get), builds the plugin into $S3BLOCK_BUILD, starts Ceph RGW
@@ -26,12 +26,19 @@
 #                     passes, 10 s apart)
 #   BENCH_OPEN_BLOCKS 4K blocks stored before the open workload times a restart (60000; quick
 #                     2000); issue 24's goal is at 1000000 (about 3.9 GiB per system filled)
+#   BENCH_SNAP_SIZES  sizes of the log exports the snapshot workload fills, then snapshots,
+#                     clones and rolls back ("1G 16G"; quick "64M 1G"); the cold reads of the
+#                     clone and its parent are of the first size
+#   BENCH_SNAP_RUNS   rounds of the snapshot workload's commands on each export, and cold reads
+#                     of the clone and of its parent; medians are reported (3; quick 1)
 #   BENCH_SYSTEMS     space-separated subset of the systems (default all; see ALL_SYSTEMS)
 #   BENCH_WORKLOADS   space-separated subset of the workloads (default all; see ALL_WORKLOADS)
 #   BENCH_PORT        RGW port (9500; the monitor takes the next one)
 #   BENCH_OUT         where the results go (bench/results)
 #   BENCH_KEEP=1      keep the work directory (raw fio output, logs) instead of deleting it
 #   S3BLOCK_BUILD     build directory (default build/ of this checkout)
+#   BENCH_NO_BUILD=1  use the plugin and s3block already built there as they are: no cmake, no
+#                     build, nothing written into the build directory
 #   BENCH_BASELINE_PLUGIN  the plugin of another build (e.g. of an earlier commit) to run as the
 #                     systems base-local-4K, base-local-1M, base-s3-4K and base-s3-1M beside
 #                     this build's: a change measured before and after in one run
@@ -45,10 +52,10 @@ REPO=$S3BLOCK_REPO
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   d_size=32M d_cache=8M d_cap=3 d_warm=1 d_ext4=256M d_files=300 d_gc_cap=60 d_gc_settle=90
-  d_open=2000
+  d_open=2000 d_snap="64M 1G" d_snap_runs=1
 else
   d_size=256M d_cache=64M d_cap=12 d_warm=4 d_ext4=512M d_files=3000 d_gc_cap=300
-  d_gc_settle=180 d_open=60000
+  d_gc_settle=180 d_open=60000 d_snap="1G 16G" d_snap_runs=3
 fi
 REPEATS=${BENCH_REPEATS:-1}
 SIZE=${BENCH_SIZE:-$d_size}
@@ -63,6 +70,8 @@ GC_SETTLE=${BENCH_GC_SETTLE:-$d_gc_settle}
 # that ends the pass: two passes with nothing changed say it is done.
 GC_QUIET=${BENCH_GC_QUIET:-22}
 OPEN_BLOCKS=${BENCH_OPEN_BLOCKS:-$d_open}
+SNAP_SIZES=${BENCH_SNAP_SIZES:-$d_snap}
+SNAP_RUNS=${BENCH_SNAP_RUNS:-$d_snap_runs}
 PORT=${BENCH_PORT:-9500}
 OUT=${BENCH_OUT:-$BENCH_DIR/results}
 BUCKET=bench
@@ -71,7 +80,7 @@ ALL_SYSTEMS="s3block-local-4K s3block-local-4K-log s3block-local-1M s3block-s3-4
   s3block-s3-4K-log s3block-s3-1M nbdkit-memory nbdkit-file nbdkit-S3-4K nbdkit-S3-64K s3backer-4K
   s3backer-1M"
 ALL_WORKLOADS="seqwrite seqread-cold seqread-warm randread randread-warm randwrite randrw mkfs
-  smallfiles gc open"
+  smallfiles gc open snapshot"
 # The plugin's default export: the one the URIs below select, with no export name.
 EXPORT=test_device
 # Lists as one line, single spaces.
@@ -93,7 +102,14 @@ SIZE_B=$(bytes "$SIZE")
 CACHE_B=$(bytes "$CACHE")
 EXT4_B=$(bytes "$EXT4_SIZE")
 [ "$OPEN_BLOCKS" -ge 1 ] 2>/dev/null || die "BENCH_OPEN_BLOCKS=$OPEN_BLOCKS: give a number of blocks"
+[ "$SNAP_RUNS" -ge 1 ] 2>/dev/null || die "BENCH_SNAP_RUNS=$SNAP_RUNS: give a number of rounds"
 OPEN_B=$((OPEN_BLOCKS * 4096))
+SNAP_B=0
+for v in $SNAP_SIZES; do
+  b=$(bytes "$v")
+  [ "$b" -ge 1048576 ] 2>/dev/null || die "BENCH_SNAP_SIZES: $v is not a size of 1M or more"
+  SNAP_B=$((SNAP_B + b))
+done
 
 [ "$(id -u)" = 0 ] || die "run as root (packages, loop devices, mounts, drop_caches)"
 
@@ -103,18 +119,24 @@ BENCH_PACKAGES="fio libnbd-bin python3-libnbd fuse3 e2fsprogs mount util-linux c
   s3backer nbdkit nbdkit-plugin-python python3-boto3 gnuplot-nox"
 # shellcheck disable=SC2086
 s3b_install_missing $S3BLOCK_BUILD_PACKAGES $BENCH_PACKAGES
-if [ ! -f "$S3BLOCK_BUILD/CMakeCache.txt" ]; then
-  cmake -S "$REPO" -B "$S3BLOCK_BUILD" -DS3BLOCK_BUILD_TESTS=OFF >&2 || die "cmake failed"
-fi
-log "building into $S3BLOCK_BUILD"
-build_log=$(mktemp /tmp/s3block-bench-build.XXXXXX)
-if ! (s3b_build nbdkit-s3block-plugin s3block s3block-admin) 2>"$build_log"; then
-  tail -n 40 "$build_log" >&2
-  rm -f "$build_log"
-  die "build failed"
-fi
-rm -f "$build_log"
 CEILING=$S3BLOCK_BUILD/bench-s3ceiling
+if [ "${BENCH_NO_BUILD:-0}" = 1 ]; then
+  # The build directory is used as it is, and nothing is written into it.
+  log "using the binaries in $S3BLOCK_BUILD as they are (BENCH_NO_BUILD=1)"
+  CEILING=$(mktemp /tmp/s3block-bench-ceiling.XXXXXX)
+else
+  if [ ! -f "$S3BLOCK_BUILD/CMakeCache.txt" ]; then
+    cmake -S "$REPO" -B "$S3BLOCK_BUILD" -DS3BLOCK_BUILD_TESTS=OFF >&2 || die "cmake failed"
+  fi
+  log "building into $S3BLOCK_BUILD"
+  build_log=$(mktemp /tmp/s3block-bench-build.XXXXXX)
+  if ! (s3b_build nbdkit-s3block-plugin s3block s3block-admin) 2>"$build_log"; then
+    tail -n 40 "$build_log" >&2
+    rm -f "$build_log"
+    die "build failed"
+  fi
+  rm -f "$build_log"
+fi
 ADMIN=$S3BLOCK_BUILD/s3block
 # python3-libnbd's module is Debian's python3's, whatever python3 comes first on PATH.
 NBD_PY=/usr/bin/python3
@@ -139,6 +161,8 @@ S3BACKER_MNT=
 FUSE_DIR=
 FUSE_PID=
 LOOP=
+PATTERN_DIR=                # the snapshot workload's source of data (nbdfuse of nbdkit pattern)
+PATTERN_PID=
 declare -a CLIENT_PIDS=()   # clients started in the background (gc's connection, open's reader)
 MNT=$WORK/mnt
 mkdir -p "$MNT" "$WORK/logs" "$WORK/fio"
@@ -151,6 +175,16 @@ detach_ext4() {
   fi
   if [ -n "$FUSE_PID" ]; then kill "$FUSE_PID" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; FUSE_PID=; fi
   FUSE_DIR=
+}
+
+detach_pattern() {
+  if [ -n "$PATTERN_DIR" ] && mountpoint -q "$PATTERN_DIR"; then
+    fusermount3 -u "$PATTERN_DIR" 2>/dev/null || fusermount3 -uz "$PATTERN_DIR" || true
+  fi
+  if [ -n "$PATTERN_PID" ]; then
+    kill "$PATTERN_PID" 2>/dev/null; wait "$PATTERN_PID" 2>/dev/null; PATTERN_PID=
+  fi
+  PATTERN_DIR=
 }
 
 # The process exists and is not a zombie waiting to be reaped.
@@ -198,12 +232,14 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   detach_ext4
+  detach_pattern
   stop_clients
   stop_servers
   if [ "$S3_STARTED" = 1 ]; then
     bash "$REPO/tests/scripts/s3_server.sh" stop "$S3DIR" "$PORT" >>"$WORK/logs/rgw-stop.log" 2>&1
   fi
   if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  [ "${BENCH_NO_BUILD:-0}" = 1 ] && rm -f "$CEILING"
   exit $rc
 }
 trap cleanup EXIT
@@ -214,8 +250,11 @@ trap 'exit 130' INT TERM HUP
 # requests each workload causes can be counted from its access log, the same way for every system.
 log "starting Ceph RGW (bluestore) on 127.0.0.1:$PORT"
 # The log systems add their segments (deleted ones keep their space: RGW frees it hours later),
-# and the open workload its blocks, twice on S3 (both layouts).
-store_gb=$(( (SIZE_B * 18 + EXT4_B * 5 + OPEN_B * 2 + (3 << 30)) * REPEATS / (1 << 30) + 8 ))
+# and the open workload its blocks, twice on S3 (both layouts); the snapshot workload its exports.
+snap_store_b=0
+case " $WORKLOADS " in *" snapshot "*) snap_store_b=$SNAP_B ;; esac
+store_gb=$(( (SIZE_B * 18 + EXT4_B * 5 + OPEN_B * 2 + snap_store_b + (3 << 30)) * REPEATS / (1 << 30)
+  + 8 ))
 RGW_OBJECTSTORE=bluestore RGW_DEBUG=1 RGW_STORE_GB=$store_gb S3BLOCK_TEST_S3_BUCKET_WANTED=$BUCKET \
   S3BLOCK_TEST_S3_ACCESS_KEY_WANTED=bench-key S3BLOCK_TEST_S3_SECRET_KEY_WANTED=bench-secret \
   bash "$REPO/tests/scripts/s3_server.sh" start "$S3DIR" "$PORT" >"$WORK/s3.env" \
@@ -606,6 +645,10 @@ run_system() {
       s3block-*-4K|s3block-*-4K-log|base-*-4K|base-*-4K-log) run_open "$sid-open" ;;
     esac
   fi
+  # Snapshots and clones of log exports (this build's admin command and plugin only).
+  if want snapshot; then
+    case "$SYSTEM" in s3block-*-log) run_snapshot "$sid-snap" ;; esac
+  fi
   printf '%s\t%s\t_rss\t%s\n' "$REP" "$SYSTEM" "$PEAK_RSS" >>"$RAW"
   log "$SYSTEM peak RSS $((PEAK_RSS / 1024)) MiB"
 }
@@ -732,6 +775,202 @@ run_open() {
   stop_system
 }
 
+# snapshot: for each size of BENCH_SNAP_SIZES, a new log export filled with data by `s3block
+# import` of nbdkit's pattern plugin through nbdfuse (every block written, none of them zero, and
+# no image on disk). Then BENCH_SNAP_RUNS rounds of commands, each timed with the S3 requests and
+# the S3 server's CPU it cost: with a server holding the export (control=, a client connected)
+# `s3block snapshot NAME s1`, `s3block clone NAME@s1 clone` and `s3block delete NAME@s2` (a second
+# snapshot, with no clone); with the server stopped, `s3block snapshot NAME s3` and `s3block
+# rollback NAME@s1`; then, untimed, the clone and the snapshots deleted for the next round. In the
+# first round of the first size, before the server-stopped commands: cold sequential reads
+# (nbdcopy to null:, a fresh server, the page cache dropped) of the whole parent and of the whole
+# clone, unwritten, so that every block comes from the snapshot, BENCH_SNAP_RUNS of each,
+# alternating. Rows: "OP/SIZE" for each command (OP: snapshot, clone, delete, snapshot-stopped,
+# rollback), "read-parent/SIZE" and "read-clone/SIZE"; "_snapfill SIZE BYTES SECONDS"; and on the
+# local store, which has no requests to count, "_snapfiles OP/SIZE WRITTEN REMOVED": the store's
+# files that the command left new or changed, and those it removed.
+SNAP_CLONE=clone
+
+# The admin command on store STORE_ID of the current system: admin STORE_ID ARGS...
+admin() {
+  local sid=$1
+  shift
+  case "$SYSTEM" in
+    *-local-*) "$ADMIN" --store "$WORK/stores/$sid" "$@" ;;
+    *) AWS_SECRET_ACCESS_KEY=$SK "$ADMIN" --store "s3://$BUCKET/$RUNID/$sid" \
+         --endpoint "$ENDPOINT" --access-key "$AK" "$@" ;;
+  esac
+}
+
+# Every file of a local store: "PATH SIZE MTIME" lines, sorted.
+store_files() {
+  find "$WORK/stores/$1" -type f -printf '%P\t%s\t%T@\n' 2>/dev/null | LC_ALL=C sort
+}
+
+run_snapshot() {
+  local base=$1 label bs first=1 t0
+  t0=$(now)
+  bs=${SYSTEM%-log}
+  bs=${bs##*-}
+  mkdir -p "$WORK/stores"
+  for label in $SNAP_SIZES; do
+    if snap_fill "$base-$label" "$label" "$bs"; then
+      snap_commands "$base-$label" "$label" "$first"
+    fi
+    first=0
+    # Up to 16 GiB on the local disk: gone before the next size.
+    case "$SYSTEM" in *-local-*) rm -rf "${WORK:?}/stores/$base-$label" ;; esac
+  done
+  log "$SYSTEM snapshot: the workload took $(since "$t0") s"
+}
+
+# snap_fill STORE_ID SIZE BLOCK_SIZE: the export, SIZE of data, imported.
+snap_fill() {
+  local sid=$1 label=$2 bs=$3 b t0 secs rc i
+  b=$(bytes "$label")
+  PATTERN_DIR=$WORK/pattern
+  mkdir -p "$PATTERN_DIR"
+  nbdfuse -r "$PATTERN_DIR" [ nbdkit pattern size="$b" ] </dev/null \
+    >>"$WORK/logs/pattern.log" 2>&1 &
+  PATTERN_PID=$!
+  for ((i = 0; i < 300; i++)); do [ -e "$PATTERN_DIR/nbd" ] && break; sleep 0.1; done
+  if [ ! -e "$PATTERN_DIR/nbd" ]; then
+    log "$SYSTEM snapshot: nbdfuse of nbdkit's pattern plugin did not start"
+    detach_pattern
+    return 1
+  fi
+  t0=$(now)
+  admin "$sid" import "$EXPORT" "$PATTERN_DIR/nbd" --layout log --block-size "$bs" \
+    >>"$WORK/logs/snapshot.log" 2>&1
+  rc=$?
+  secs=$(since "$t0")
+  detach_pattern
+  if [ "$rc" != 0 ]; then
+    log "$SYSTEM snapshot: filling $label failed (exit $rc): $(tail -1 "$WORK/logs/snapshot.log")"
+    return 1
+  fi
+  printf '%s\t%s\t_snapfill\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "$label" "$b" "$secs" >>"$RAW"
+  log "$SYSTEM snapshot: $label imported in $secs s" \
+    "($(awk -v b="$b" -v s="$secs" 'BEGIN { printf "%.1f", b / s / 1e6 }') MB/s)"
+}
+
+# snap_op WORKLOAD STORE_ID ARGS...: one admin command, timed and counted.
+snap_op() {
+  local wl=$1 sid=$2 cpu0 t0 secs rc before='' after written removed what
+  shift 2
+  case "$SYSTEM" in *-local-*) before=$(store_files "$sid") ;; esac
+  s3_requests >/dev/null
+  cpu0=$(s3_cpu)
+  t0=$(now)
+  admin "$sid" "$@" >>"$WORK/logs/snapshot.log" 2>&1
+  rc=$?
+  secs=$(since "$t0")
+  if [ "$rc" != 0 ]; then
+    log "$SYSTEM $wl: s3block $* failed (exit $rc): $(tail -1 "$WORK/logs/snapshot.log")"
+    s3_requests >/dev/null
+    return 1
+  fi
+  record "$wl" "$secs" 0 0 0 0 0 0 0 "$cpu0"
+  case "$SYSTEM" in
+    *-local-*)
+      after=$(store_files "$sid")
+      written=$(LC_ALL=C comm -13 <(echo "$before") <(echo "$after") | grep -c .)
+      removed=$(LC_ALL=C comm -23 <(cut -f1 <<<"$before") <(cut -f1 <<<"$after") | grep -c .)
+      printf '%s\t%s\t_snapfiles\t%s\t%s\t%s\n' "$REP" "$SYSTEM" "$wl" "$written" "$removed" \
+        >>"$RAW"
+      what="$written files written, $removed removed" ;;
+    *)
+      what=$(tail -n1 "$RAW" | awk -F'\t' '{ printf "%d requests (GET %d, PUT %d, HEAD %d, " \
+        "DELETE %d, POST %d)", $11 + $12 + $13 + $14 + $15, $11, $12, $13, $14, $15 }') ;;
+  esac
+  log "$SYSTEM $wl: $secs s, $what"
+}
+
+# snap_serve STORE_ID BYTES: a server holding the export, reachable by s3block (control=).
+snap_serve() {
+  local sid=$1 b=$2 held='' i
+  EXTRA_PARAMS=(control="$WORK/control.sock")
+  start_system "$SYSTEM" "$sid" "$b" || {
+    EXTRA_PARAMS=(); log "$SYSTEM did not start"; stop_system; return 1
+  }
+  EXTRA_PARAMS=()
+  # A client connected, so that the server opens the export and holds it (an export with no
+  # client is closed after idle-timeout=, and its lease given up).
+  "$NBD_PY" -m nbd -u "nbd+unix:///$EXPORT?socket=$SOCK" -c 'import time; time.sleep(86400)' \
+    </dev/null >>"$WORK/logs/snapshot-client.log" 2>&1 &
+  CLIENT_PIDS+=($!)
+  for ((i = 0; i < 150; i++)); do
+    held=$(admin "$sid" info "$EXPORT" --json 2>/dev/null | python3 -c 'import json, sys
+print(json.load(sys.stdin)["lease_holder"] or "")' 2>/dev/null)
+    [ -n "$held" ] && return 0
+    sleep 0.2
+  done
+  log "$SYSTEM snapshot: the server did not open $EXPORT"
+  stop_clients
+  stop_system
+  return 1
+}
+
+# snap_commands STORE_ID SIZE FIRST: the rounds of commands on the filled export, and (FIRST=1)
+# the cold reads.
+snap_commands() {
+  local sid=$1 label=$2 first=$3 b r i
+  b=$(bytes "$label")
+  for ((r = 1; r <= SNAP_RUNS; r++)); do
+    snap_serve "$sid" "$b" || return 1
+    snap_op "snapshot/$label" "$sid" snapshot "$EXPORT" s1
+    snap_op "clone/$label" "$sid" clone "$EXPORT@s1" "$SNAP_CLONE"
+    admin "$sid" snapshot "$EXPORT" s2 >>"$WORK/logs/snapshot.log" 2>&1 \
+      || log "$SYSTEM snapshot: taking s2 failed: $(tail -1 "$WORK/logs/snapshot.log")"
+    snap_op "delete/$label" "$sid" delete "$EXPORT@s2" --yes
+    stop_clients
+    stop_system
+    if [ "$first" = 1 ] && [ "$r" = 1 ]; then
+      for ((i = 0; i < SNAP_RUNS; i++)); do
+        snap_read "read-parent/$label" "$sid" "$b" "$EXPORT"
+        snap_read "read-clone/$label" "$sid" "$b" "$SNAP_CLONE"
+      done
+    fi
+    snap_op "snapshot-stopped/$label" "$sid" snapshot "$EXPORT" s3
+    snap_op "rollback/$label" "$sid" rollback "$EXPORT@s1"
+    [ "$r" -lt "$SNAP_RUNS" ] || break
+    # The next round starts from an export with no snapshot and no clone.
+    if ! { admin "$sid" delete "$SNAP_CLONE" --yes && admin "$sid" delete "$EXPORT@s1" --yes \
+      && admin "$sid" delete "$EXPORT@s3" --yes; } >>"$WORK/logs/snapshot.log" 2>&1; then
+      log "$SYSTEM snapshot: clearing round $r failed: $(tail -1 "$WORK/logs/snapshot.log")"
+      return 1
+    fi
+  done
+}
+
+# snap_read WORKLOAD STORE_ID BYTES NAME: a cold sequential read of export NAME, all of it, by
+# nbdcopy (every byte read: --no-extents) from a server started for it, which has opened nothing
+# before (its readiness is not probed by a client, which would open the default export).
+snap_read() {
+  local wl=$1 sid=$2 b=$3 name=$4 cpu0 t0 secs rc i
+  drop_caches
+  START_NOWAIT=1
+  start_system "$SYSTEM" "$sid" "$b"
+  START_NOWAIT=0
+  for ((i = 0; i < 300; i++)); do [ -S "$SOCK" ] && break; sleep 0.1; done
+  sleep 0.2  # the socket exists once bound: let nbdkit listen
+  s3_requests >/dev/null
+  cpu0=$(s3_cpu)
+  t0=$(now)
+  nbdcopy --no-extents "nbd+unix:///$name?socket=$SOCK" null: >>"$WORK/logs/snapshot.log" 2>&1
+  rc=$?
+  secs=$(since "$t0")
+  stop_system
+  if [ "$rc" != 0 ]; then
+    log "$SYSTEM $wl: nbdcopy failed: $(tail -1 "$WORK/logs/snapshot.log")"
+    s3_requests >/dev/null
+    return 1
+  fi
+  record "$wl" "$secs" "$(awk -v b="$b" 'BEGIN { printf "%.3f", b / 1048576 }')" 0 0 \
+    "$(awk -v b="$b" -v s="$secs" 'BEGIN { printf "%.2f", b / s / 1e6 }')" 0 0 0 "$cpu0"
+  log "$SYSTEM $wl: $secs s, $(tail -n1 "$RAW" | cut -f8) MB/s"
+}
+
 # The raw S3 ceiling: parallel PUT then GET of block-sized objects by an efficient client.
 CEIL_THREADS=${BENCH_CEILING_THREADS:-32}
 CEIL_RUNS=0
@@ -824,6 +1063,8 @@ mkdir -p "$OUT"
   echo "gc_quiet=$GC_QUIET"
   echo "gc_settle=$GC_SETTLE"
   echo "open_blocks=$OPEN_BLOCKS"
+  echo "snap_sizes=$SNAP_SIZES"
+  echo "snap_runs=$SNAP_RUNS"
   echo "tree_mib=$(du -sm "$WORK/tree" | awk '{print $1}')"
   echo "ceiling_threads=$CEIL_THREADS"
   echo "elapsed_s=$elapsed"
