@@ -290,17 +290,23 @@ std::string SnapshotsJson(const ExportInfo& e) {
     out += "{\"name\": " + JsonString(s.name) + ", \"seq\": " + std::to_string(s.seq) +
            ", \"size\": " + std::to_string(s.size) + ", \"created\": " +
            std::to_string(s.created) + ", \"unique_bytes\": " + std::to_string(s.unique_bytes) +
-           "}";
+           ", \"clones\": [";
+    for (size_t i = 0; i < s.clones.size(); ++i) out += (i ? ", " : "") + JsonString(s.clones[i]);
+    out += "]}";
   }
   return out + "]";
 }
 
 // One line a snapshot, under its export's.
 void PrintSnapshotLines(const ExportInfo& e) {
-  for (const SnapshotSummary& s : e.snapshots)
-    std::printf("  @%-21s %14s  taken %s, keeps %s alone\n", QuoteForMessage(s.name).c_str(),
+  for (const SnapshotSummary& s : e.snapshots) {
+    std::string clones;
+    for (const std::string& c : s.clones)
+      clones += (clones.empty() ? ", base of " : ", ") + QuoteForMessage(c);
+    std::printf("  @%-21s %14s  taken %s, keeps %s alone%s\n", QuoteForMessage(s.name).c_str(),
                 std::to_string(s.size).c_str(), UtcTime(s.created).c_str(),
-                HumanSize(s.unique_bytes).c_str());
+                HumanSize(s.unique_bytes).c_str(), clones.c_str());
+  }
 }
 
 void PrintInfo(const ExportInfo& e, bool json, bool first) {

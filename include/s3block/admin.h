@@ -42,6 +42,7 @@ struct SnapshotSummary {
   uint64_t size = 0;          // the export's size then
   int64_t created = 0;        // seconds since 1970, UTC
   uint64_t unique_bytes = 0;  // of segments it alone keeps (dead in the export and every other)
+  std::vector<std::string> clones;  // the exports based on it
 };
 
 struct ExportInfo {

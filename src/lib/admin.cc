@@ -337,7 +337,7 @@ Status GetExportInfo(BlockStore& store, std::string_view name, ExportInfo* info,
     if (st.ok() && is_log && layouts->ListSnapshots(name, &snaps, &is_log).ok()) {
       for (const log::SnapshotInfo& sn : snaps)
         info->snapshots.push_back({sn.record.name, sn.record.seq, sn.record.size,
-                                   sn.record.created, sn.unique_bytes});
+                                   sn.record.created, sn.unique_bytes, sn.clones});
     }
   }
   info->blocks_stored = ids.size();
@@ -461,11 +461,12 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
                             std::string* output,
                             const std::function<Status(const ExportMeta&)>& fn) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  S3B_RETURN_IF_ERROR(RequireExists(store, name));
   ExportMeta meta;
   bool found = false;
+  // Checked before claiming it, which makes its directory in a file store.
   S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
-  if (!found || !IsLog(meta))
+  if (!found) return NotFound(store, name);
+  if (!IsLog(meta))
     return Status::InvalidArgument("export " + Q(name) + " has the blocks layout: snapshots are "
                                    "of log exports (layout=log) only; 's3block copy " +
                                    std::string(name) + " NEW --layout log' makes one");
@@ -497,14 +498,14 @@ Status SnapshotExport(BlockStore& store, std::string_view name, const std::strin
         log::SnapshotRecord r;
         bool is_log = false;
         S3B_RETURN_IF_ERROR(options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log));
-        *out = {r.name, r.seq, r.size, r.created, 0};
+        *out = {r.name, r.seq, r.size, r.created, 0, {}};
         return Status::Ok();
       });
   if (!s.ok() || !by_server) return s;
   // The server's reply is the snapshot's record.
   log::SnapshotRecord r;
   S3B_RETURN_IF_ERROR(log::ParseSnapshotRecord(text, "from the server", &r));
-  *out = {snapshot, r.seq, r.size, r.created, 0};
+  *out = {snapshot, r.seq, r.size, r.created, 0, {}};
   return Status::Ok();
 }
 
@@ -633,8 +634,10 @@ Status DeleteExport(BlockStore& store, std::string_view name, const AdminOptions
     S3B_RETURN_IF_ERROR(options.layouts->ListSnapshots(name, &snaps, &is_log));
     if (!snaps.empty()) {
       std::string names;
-      for (const log::SnapshotInfo& sn : snaps)
+      for (const log::SnapshotInfo& sn : snaps) {
         names += (names.empty() ? "" : ", ") + Q(std::string(name) + "@" + sn.record.name);
+        for (const std::string& clone : sn.clones) names += " (the base of clone " + Q(clone) + ")";
+      }
       return Status::InvalidArgument("export " + Q(name) + " has snapshots: " + names +
                                      "; delete them first (s3block delete NAME@SNAP)");
     }

@@ -418,14 +418,17 @@ Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapsh
   // A view of it still served reads what is no longer kept: errors, never other data.
   const std::string full = std::string(e) + "@" + snapshot;
   return log->DeleteSnapshot(snapshot, [&](const std::string& clone, bool* based) {
-    std::string text;
-    bool found = false;
-    ExportMeta meta;
-    S3B_RETURN_IF_ERROR(next_->ReadMeta(clone, &text, &found));
-    // Metadata that does not parse may still name it: kept, to be safe.
-    *based = found && (!ExportMeta::Parse(clone, text, &meta).ok() || meta.base == full);
-    return Status::Ok();
+    return BasedOn(clone, full, based);
   });
+}
+
+Status LayoutStore::BasedOn(const std::string& clone, const std::string& full, bool* based) {
+  std::string text;
+  bool found = false;
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(clone, &text, &found));
+  *based = found && (!ExportMeta::Parse(clone, text, &meta).ok() || meta.base == full);
+  return Status::Ok();
 }
 
 Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bool* is_log) {
@@ -469,6 +472,17 @@ Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>*
   }
   S3B_RETURN_IF_ERROR(s);
   if (log) *out = log->Snapshots();
+  // Only the clones still based on each (a marker may outlive its clone).
+  for (SnapshotInfo& info : *out) {
+    const std::string full = std::string(e) + "@" + info.record.name;
+    std::vector<std::string> based;
+    for (const std::string& clone : info.clones) {
+      bool is = false;
+      S3B_RETURN_IF_ERROR(BasedOn(clone, full, &is));
+      if (is) based.push_back(clone);
+    }
+    info.clones = std::move(based);
+  }
   return Status::Ok();
 }
 

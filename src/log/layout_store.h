@@ -114,6 +114,9 @@ class LayoutStore : public StoreDecorator {
   // without loading its map. *log is null for an export of the default layout.
   Status SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light, LogExport** log,
                      bool* is_log);
+  // Whether export `clone` is based on snapshot `full` (NAME@SNAP), as its metadata says
+  // (metadata that does not parse counts as based on it: kept, to be safe).
+  Status BasedOn(const std::string& clone, const std::string& full, bool* based);
   // Opens the view of snapshot `base` (NAME@SNAP) a clone reads through to, over its own base.
   Status OpenBase(const std::string& base, int depth, std::unique_ptr<LogExport>* out);
 

@@ -1411,7 +1411,10 @@ std::vector<SnapshotInfo> LogExport::Snapshots() {
     }
     if (readers == 1) unique[*only] += k.size;
   }
-  for (const auto& [name, r] : snapshots_) out.push_back({r, unique[name]});
+  for (const auto& [name, r] : snapshots_) out.push_back({r, unique[name], {}});
+  for (SnapshotInfo& info : out)
+    for (const auto& [clone, snap] : clones_)
+      if (snap == info.record.name) info.clones.push_back(clone);
   return out;
 }
 

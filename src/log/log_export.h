@@ -119,6 +119,7 @@ void ForEachLogStat(const LogStats& s, Fn fn) {
 struct SnapshotInfo {
   SnapshotRecord record;
   uint64_t unique_bytes = 0;  // of segments no other snapshot, nor the export, reads
+  std::vector<std::string> clones;  // made from it, as their markers say (some may be gone)
 };
 
 struct GcResult {

@@ -721,7 +721,12 @@ TEST_F(AdminLogTest, SnapshotsClonesFlattenAndRollbackOfAnEncryptedExport) {
   EXPECT_EQ(refused.err(), EINVAL);
   EXPECT_NE(refused.message().find("clone 'c'"), std::string::npos) << refused.ToString();
   refused = DeleteExport(*enc, "v", o);
-  EXPECT_NE(refused.message().find("'v@s1'"), std::string::npos) << refused.ToString();
+  EXPECT_NE(refused.message().find("'v@s1' (the base of clone 'c')"), std::string::npos)
+      << refused.ToString();
+  ExportInfo vi;
+  ASSERT_OK(GetExportInfo(*enc, "v", &vi, layouts.get()));
+  ASSERT_EQ(vi.snapshots.size(), 1u);
+  EXPECT_EQ(vi.snapshots[0].clones, std::vector<std::string>{"c"});
   EXPECT_EQ(exported("v@s1"), original);
 
   ASSERT_OK(FlattenExport(*enc, "c", o));
@@ -737,7 +742,6 @@ TEST_F(AdminLogTest, SnapshotsClonesFlattenAndRollbackOfAnEncryptedExport) {
   overwrite("v", 100, 150, 'w');
   ASSERT_OK(ResizeExport(*enc, "v", 400 * 4096, false, o));
   ASSERT_OK(RollbackExport(*enc, "v", "s2", o));
-  ExportInfo vi;
   ASSERT_OK(GetExportInfo(*enc, "v", &vi, layouts.get()));
   EXPECT_EQ(vi.meta.size, 300u * 4096);
   EXPECT_EQ(exported("v"), changed);
