@@ -34,7 +34,9 @@
 #  f. kill -9 of the server (control=) while a writer writes generations (as in b) and snapshots
 #     are taken one after the other, twice: after each restart every snapshot `s3block list`
 #     shows opens and holds one generation within its bounds (as in b), every snapshot whose
-#     command succeeded is listed, and the export takes a snapshot again.
+#     command succeeded is listed, and the export takes a snapshot again. Then clones of a
+#     snapshot whose commands are killed (kill -9) at random moments: each is whole (reads as
+#     the snapshot) or absent, and the snapshot deletes once the whole ones are deleted.
 #  g. Clones: a snapshot and a clone of it made through the server writing the parent; the
 #     clone reads as its base, then parent and clone written at different places (the clone also
 #     trims a range its base holds): each reads as written, the snapshot as it was; deleting the
@@ -662,8 +664,26 @@ if want f; then
     gen check "$(uri f "f@after-$round")" 64 "$lo" "$(last_started "$work/f.progress")" "$prev" - >/dev/null ||
       fail "f@after-$round: see above"
   done
-  stop_nbdkit -n f
-  pass "$total snapshots checked after 2 kills; $(($(date +%s) - t0))s"
+  # Clones whose command is killed at a random moment (kill -9, 0 to 119 ms in): each is whole
+  # or absent. Made, it reads as its snapshot; absent, what it left does not keep the snapshot
+  # from being deleted once the whole ones are.
+  want_sha=$(sha f f@after-2)
+  made=()
+  for k in 1 2 3 4 5 6 7 8; do
+    # (In a subshell that outlives it, so that the kill is not reported.)
+    (timeout -s KILL "0.$(printf '%03d' $((RANDOM % 120)))" \
+      "$admin" "${cli_store[@]}" clone f@after-2 "fc$k" >/dev/null 2>&1 || true) 2>/dev/null
+    if s3b info "fc$k" >/dev/null 2>&1; then
+      [ "$(sha f "fc$k")" = "$want_sha" ] || fail "clone fc$k, its command killed, does not read as f@after-2"
+      made+=("fc$k")
+    fi
+  done
+  log "clones whose command was killed: ${#made[@]} of 8 made, each reading as its snapshot"
+  stop_nbdkit -n f  # which holds the clones it served
+  for c in "${made[@]}"; do s3b delete "$c" --yes >/dev/null || fail "clone $c was not deleted"; done
+  s3b delete f@after-2 --yes >/dev/null ||
+    fail "f@after-2 was not deleted once its whole clones were (a killed clone's leftovers keep it?)"
+  pass "$total snapshots checked after 2 kills, ${#made[@]} of 8 killed clones made; $(($(date +%s) - t0))s"
 fi
 
 # --- g. Clones: made while the parent is served, diverging, flattened ---
