@@ -366,18 +366,23 @@ Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapsh
     }
   }
   // Not open: its map need not be loaded for a snapshot (a few requests, whatever its size).
-  std::string text;
-  bool found = false;
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
-  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
-  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, &meta, is_log));
   if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
   S3B_RETURN_IF_ERROR(Transport(&transport));
   const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
   return LogExport::CreateSnapshotOfStored(std::move(transport), std::string(e), meta.base,
                                            snapshot, size, fence ? &fence : nullptr, out);
+}
+
+Status LayoutStore::StoredLogExport(std::string_view e, ExportMeta* meta, bool* is_log) {
+  std::string text;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, meta));
+  *is_log = found && meta->layout == ExportLayout::kLog && meta->snapshot.empty();
+  return Status::Ok();
 }
 
 Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light,
@@ -393,12 +398,8 @@ Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* 
       return Status::Ok();
     }
   }
-  std::string text;
-  bool found = false;
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
-  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, &meta));
-  *is_log = found && meta.layout == ExportLayout::kLog && meta.snapshot.empty();
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, &meta, is_log));
   if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
   S3B_RETURN_IF_ERROR(Transport(&transport));

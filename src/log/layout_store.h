@@ -109,6 +109,8 @@ class LayoutStore : public StoreDecorator {
   // and the metadata it is served with, NAME and the snapshot's record.
   Status FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
                       SnapshotRecord* record, bool* found);
+  // Reads export e's metadata: *is_log if it is a log export (not a snapshot's view).
+  Status StoredLogExport(std::string_view e, ExportMeta* meta, bool* is_log);
   // The export's LogExport for an operation on its snapshots: the one open here (a server's),
   // else one opened for its snapshots only (LogExport::OpenForSnapshots, owned by *light),
   // without loading its map. *log is null for an export of the default layout.
