@@ -22,6 +22,7 @@
 
 #include "base/config_params.h"
 #include "lib/control_channel.h"
+#include "log/snapshot.h"
 #include "s3block/admin.h"
 #include "s3block/config.h"
 #include "s3block/store_factory.h"
@@ -152,18 +153,24 @@ int Usage(const std::string& message) {
 // Runs a control command in the server holding export `name`: the one its lease names, through
 // the control socket the lease records (the plugin's control=).
 Status AskServer(BlockStore& store, std::string_view name, const std::vector<std::string>& args,
-                 std::string* output) {
+                 std::string* output, bool* asked) {
+  *asked = false;
   std::string holder, path;
-  S3B_RETURN_IF_ERROR(store.QueryLease(name, &holder));
-  if (holder.empty())
-    return Status::Busy("export '" + QuoteForMessage(name) + "' was held by a server a moment "
-                        "ago; run the command again");
+  // No lease to read (a store that cannot lock), or none held: the command claims the export.
+  if (!store.QueryLease(name, &holder).ok() || holder.empty()) return Status::Ok();
+  *asked = true;
   if (!ControlSocketOfHolder(holder, &path))
     return Status::Busy("export '" + QuoteForMessage(name) + "' is in use by " + holder +
                         ", which has no control socket: start it with control=PATH, or stop it");
   // A snapshot waits for the segments already sealed to be stored: allow for a slow store.
-  return ControlCall(path, args, output, 120).Annotate("the server holding export '" +
-                                                        QuoteForMessage(name) + "'");
+  Status s = ControlCall(path, args, output, 120);
+  // No server answers there (it died; its lease may have lapsed): the command claims the export,
+  // which says who holds it if someone still does. (A server's own NotFound is found again so.)
+  if (s.IsNotFound()) {
+    *asked = false;
+    return Status::Ok();
+  }
+  return s.Annotate("the server holding export '" + QuoteForMessage(name) + "'");
 }
 
 int Report(const Status& s) {
@@ -517,7 +524,8 @@ int CmdDelete(Context& c) {
 
 int CmdClone(Context& c) {
   std::string of, snapshot;
-  if (!IsSnapshot(*c.store, c.name(0), &of, &snapshot))
+  // Split only: CloneExport reads the snapshot.
+  if (!log::SplitSnapshotName(c.name(0), &of, &snapshot))
     return Report(Status::NotFound("no snapshot '" + QuoteForMessage(c.name(0)) + "' in " +
                                    c.store->Describe() + " (give NAME@SNAP)"));
   Status s = CloneExport(*c.store, of, snapshot, c.name(1), *c.options);
@@ -530,7 +538,7 @@ int CmdClone(Context& c) {
 
 int CmdRollback(Context& c) {
   std::string of, snapshot;
-  if (!IsSnapshot(*c.store, c.name(0), &of, &snapshot))
+  if (!log::SplitSnapshotName(c.name(0), &of, &snapshot))
     return Report(Status::NotFound("no snapshot '" + QuoteForMessage(c.name(0)) + "' in " +
                                    c.store->Describe() + " (give NAME@SNAP)"));
   Status s = RollbackExport(*c.store, of, snapshot, *c.options);
@@ -781,8 +789,8 @@ int Run(int argc, char** argv) {
   options.warn = [](const std::string& w) { std::fprintf(stderr, "s3block: warning: %s\n", w.c_str()); };
   BlockStore* store_for_server = store.get();
   options.ask_server = [store_for_server](std::string_view name, const std::vector<std::string>& args,
-                                          std::string* output) {
-    return AskServer(*store_for_server, name, args, output);
+                                          std::string* output, bool* asked) {
+    return AskServer(*store_for_server, name, args, output, asked);
   };
   c.store = store.get();
   c.options = &options;

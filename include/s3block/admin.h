@@ -82,10 +82,12 @@ struct AdminOptions {
   log::LayoutStore* layouts = nullptr;
   std::function<void(const std::string&)> warn;  // a warning for the user; may be empty
   // Runs a control command (server.h: snapshot, delete-snapshot, add-clone) in the server that
-  // holds export `name`, found from its lease: what the snapshot commands do instead of
-  // refusing an export a server holds. May be empty (they refuse, kBusy).
+  // holds export `name`, found from its lease: what the snapshot commands do before claiming
+  // the export themselves. *asked is false if no server could be asked (none holds the export,
+  // or none answers on the socket its lease names): the command then claims the export. May be
+  // empty (a held export is refused, kBusy).
   std::function<Status(std::string_view name, const std::vector<std::string>& args,
-                       std::string* output)>
+                       std::string* output, bool* asked)>
       ask_server;
 };
 
