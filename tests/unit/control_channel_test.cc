@@ -94,6 +94,19 @@ Status MakeServer(const std::string& path, EchoHandler* h, std::unique_ptr<Contr
   return ControlServer::Create(path, h->Get(), std::move(options), out);
 }
 
+// A server of an EchoHandler on a socket in a directory of its own.
+class ControlServerTest : public ::testing::Test {
+ protected:
+  Status Serve(ControlServerOptions options = {}) {
+    S3B_RETURN_IF_ERROR(MakeServer(path, &h, &server, std::move(options)));
+    return server->Start();
+  }
+  TempDir dir;
+  const std::string path = dir.path() + "/ctl";
+  EchoHandler h;
+  std::unique_ptr<ControlServer> server;
+};
+
 // --- The protocol ---
 
 TEST(ControlProtocol, RequestsRoundTripAndRefuseControlBytes) {
@@ -193,13 +206,8 @@ TEST(ControlParam, ControlIsAnAbsoluteSocketPath) {
 
 // --- The server and the client ---
 
-TEST(ControlServer, ACallRoundTrips) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
-  ASSERT_OK(MakeServer(path, &h, &server));
-  ASSERT_OK(server->Start());
+TEST_F(ControlServerTest, ACallRoundTrips) {
+  ASSERT_OK(Serve());
   std::string out;
   ASSERT_OK(ControlCall(path, {"echo", "vm 1", "", "snäp"}, &out, 5));
   EXPECT_EQ(out, "[echo]\n[vm 1]\n[]\n[snäp]\n");
@@ -208,13 +216,8 @@ TEST(ControlServer, ACallRoundTrips) {
   EXPECT_EQ(h.calls, 2);
 }
 
-TEST(ControlServer, ErrorsRoundTripWithKindErrnoMessageAndOutput) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
-  ASSERT_OK(MakeServer(path, &h, &server));
-  ASSERT_OK(server->Start());
+TEST_F(ControlServerTest, ErrorsRoundTripWithKindErrnoMessageAndOutput) {
+  ASSERT_OK(Serve());
   std::string out;
   Status s = ControlCall(path, {"fail"}, &out, 5);
   EXPECT_EQ(s.kind(), Status::Kind::kUnconfirmed);
@@ -314,13 +317,8 @@ TEST(ControlServer, TheSocketIsMode0600WhateverTheUmask) {
   EXPECT_EQ(st.st_uid, ::geteuid());
 }
 
-TEST(ControlServer, RemovesItsSocketAtStopOnlyIfServedAndStillItsOwn) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
-  ASSERT_OK(MakeServer(path, &h, &server));
-  ASSERT_OK(server->Start());
+TEST_F(ControlServerTest, RemovesItsSocketAtStopOnlyIfServedAndStillItsOwn) {
+  ASSERT_OK(Serve());
   server->Stop();
   EXPECT_NE(::access(path.c_str(), F_OK), 0);
   std::string out;
@@ -365,13 +363,8 @@ TEST(ControlServer, MadeBeforeAForkItIsServedByTheChildWhateverTheParentDoes) {
   EXPECT_EQ(out, "[from]\n[the parent]\n");
 }
 
-TEST(ControlServer, AnOversizedRequestIsRefused) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
-  ASSERT_OK(MakeServer(path, &h, &server));
-  ASSERT_OK(server->Start());
+TEST_F(ControlServerTest, AnOversizedRequestIsRefused) {
+  ASSERT_OK(Serve());
   std::string out;
   Status s =
       ParseControlReply(RawExchange(path, std::string(kMaxControlRequest + 4096, 'x')), &out);
@@ -387,13 +380,8 @@ TEST(ControlServer, AnOversizedRequestIsRefused) {
   EXPECT_EQ(h.calls, 1);
 }
 
-TEST(ControlServer, ControlBytesInARequestAreRefused) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
-  ASSERT_OK(MakeServer(path, &h, &server));
-  ASSERT_OK(server->Start());
+TEST_F(ControlServerTest, ControlBytesInARequestAreRefused) {
+  ASSERT_OK(Serve());
   std::string out;
   for (const char* bad : {"exports\tvm\x01\n", "exports\r\n", "\x1b[2J\n", "\n"}) {
     Status s = ParseControlReply(RawExchange(path, bad), &out);
@@ -404,15 +392,10 @@ TEST(ControlServer, ControlBytesInARequestAreRefused) {
   EXPECT_EQ(h.calls, 0);
 }
 
-TEST(ControlServer, AStalledClientDoesNotHoldUpAnother) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
+TEST_F(ControlServerTest, AStalledClientDoesNotHoldUpAnother) {
   ControlServerOptions options;
   options.request_timeout = 60;
-  ASSERT_OK(MakeServer(path, &h, &server, options));
-  ASSERT_OK(server->Start());
+  ASSERT_OK(Serve(options));
   UniqueFd silent(ConnectTo(path));  // connects, sends nothing
   ASSERT_TRUE(silent.valid());
   UniqueFd partial(ConnectTo(path));  // sends half a request
@@ -429,30 +412,20 @@ TEST(ControlServer, AStalledClientDoesNotHoldUpAnother) {
   EXPECT_LT(SecondsSince(t1), 5);
 }
 
-TEST(ControlServer, ASilentClientIsAnsweredWithATimeout) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
+TEST_F(ControlServerTest, ASilentClientIsAnsweredWithATimeout) {
   ControlServerOptions options;
   options.request_timeout = 0.3;
-  ASSERT_OK(MakeServer(path, &h, &server, options));
-  ASSERT_OK(server->Start());
+  ASSERT_OK(Serve(options));
   std::string out;
   Status s = ParseControlReply(RawExchange(path, "exports"), &out);  // no end of line, no EOF
   EXPECT_EQ(s.err(), ETIMEDOUT) << s.ToString();
   EXPECT_EQ(h.calls, 0);
 }
 
-TEST(ControlServer, ConnectionsPastTheLimitAreToldItIsBusy) {
-  TempDir dir;
-  const std::string path = dir.path() + "/ctl";
-  EchoHandler h;
-  std::unique_ptr<ControlServer> server;
+TEST_F(ControlServerTest, ConnectionsPastTheLimitAreToldItIsBusy) {
   ControlServerOptions options;
   options.max_connections = 2;
-  ASSERT_OK(MakeServer(path, &h, &server, options));
-  ASSERT_OK(server->Start());
+  ASSERT_OK(Serve(options));
   UniqueFd a(ConnectTo(path)), b(ConnectTo(path));
   ASSERT_TRUE(a.valid() && b.valid());
   // Both are being served once a third is refused; retry while they are still being accepted.
