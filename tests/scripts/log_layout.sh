@@ -54,16 +54,6 @@ blk = lambda b, v: struct.pack('<QQ', b, v) * 256 if v else bytes(4096)
 $*
 h.shutdown()"
 }
-# objects EXPORT: "SIZE KEY" for every object of the export (KEY relative to the store).
-objects() {
-  if [ "$mode" = local ]; then
-    [ -d "$store/exports/$1" ] || return 0
-    (cd "$store" && find "exports/$1" -type f -printf '%s %p\n')
-  else
-    local p=${store#s3://$S3BLOCK_TEST_S3_BUCKET/}
-    s3_list "$p/exports/$1/" | sed "s| $p/| |"
-  fi
-}
 # segments EXPORT: the export's segment seqs (16 hex digits), in order.
 segments() { objects "$1" | sed -n "s|^[0-9]* exports/$1/log/\([0-9a-f]\{16\}\)$|\1|p" | sort; }
 # copy_object KEY FILE / plant_object FILE KEY: an object out of the store, and one into it that

@@ -98,16 +98,6 @@ sha() {
   [ "${#s}" = 64 ] || return 1
   echo "$s"
 }
-# objects EXPORT: "SIZE KEY" for every object of the export (KEY relative to the store).
-objects() {
-  if [ "$mode" = local ]; then
-    [ -d "$store/exports/$1" ] || return 0
-    (cd "$store" && find "exports/$1" -type f -printf '%s %p\n')
-  else
-    local p=${store#s3://$S3BLOCK_TEST_S3_BUCKET/}
-    s3_list "$p/exports/$1/" | sed "s| $p/| |"
-  fi
-}
 # stored EXPORT: the bytes of every object of the export.
 stored() { objects "$1" | awk '{ s += $1 } END { print s + 0 }'; }
 # snapshot_names EXPORT: the names of the export's snapshots, from s3block list --json.

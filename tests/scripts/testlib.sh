@@ -137,6 +137,18 @@ use_store() {
   esac
 }
 
+# objects EXPORT: "SIZE KEY" for every object of the export (KEY relative to the store), in the
+# store use_store set ($mode local or s3).
+objects() {
+  if [ "$mode" = local ]; then
+    [ -d "$store/exports/$1" ] || return 0
+    (cd "$store" && find "exports/$1" -type f -printf '%s %p\n')
+  else
+    local p=${store#s3://$S3BLOCK_TEST_S3_BUCKET/}
+    s3_list "$p/exports/$1/" | sed "s| $p/| |"
+  fi
+}
+
 # --- Objects of the S3 test server, with curl (SigV4), apart from the code under test ---
 
 # s3_curl CURL_ARGS...: curl signed with the test server's credentials; the caller gives the
