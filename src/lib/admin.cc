@@ -462,7 +462,8 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
                             std::string* output,
                             const std::function<Status(const ExportMeta&)>& fn) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  if (options.ask_server && !server_args.empty()) {
+  // (Not with force, which takes the export over from whoever holds it.)
+  if (options.ask_server && !server_args.empty() && !options.force) {
     bool asked = false;
     Status s = options.ask_server(name, server_args, output, &asked);
     if (asked) return s;
