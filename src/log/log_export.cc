@@ -802,11 +802,7 @@ Status LogExport::Checkpoint() {
     info.seq = applied_seq_;
     info.epoch = epoch_;
     info.kept = KeptAfterLocked(info.seq);
-    for (uint32_t i = 0; i < slots_.size(); ++i) {
-      // A segment nothing in the map uses is not listed: it is deleted once this is stored.
-      if (slots_[i].used && slots_[i].live > 0)
-        info.slots.push_back({i, slots_[i].seq, slots_[i].size});
-    }
+    info.slots = LiveSlotsLocked();
     copy = map_;
   }
   Status s = WriteCheckpoint(*transport_, name_, info, copy, fence());
@@ -864,6 +860,14 @@ void LogExport::DeleteUnreferencedLocked(uint64_t checkpoint_seq, std::vector<st
   counters_.gc_segments_freed += deleted;
   counters_.gc_bytes_freed += bytes;
   ReleaseUnpinnedLocked(std::move(keys));
+}
+
+std::vector<CheckpointSlot> LogExport::LiveSlotsLocked() const {
+  // A segment nothing in the map uses is not listed: it is deleted once the checkpoint is stored.
+  std::vector<CheckpointSlot> live;
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].used && slots_[i].live > 0) live.push_back({i, slots_[i].seq, slots_[i].size});
+  return live;
 }
 
 bool LogExport::PinnedLocked(uint64_t seq, uint64_t dead_at) const {
@@ -1143,12 +1147,7 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   r.created = static_cast<int64_t>(std::time(nullptr));
   r.base = base_name_;
   mu_.Unlock();
-  const std::string text = EncodeSnapshotRecord(r);
-  Status s = transport_->Put(SnapshotKey(name_, snapshot),
-                             std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
-                             PutOptions::IfAbsent(fence()));
-  if (IsPreconditionFailed(s))
-    s = Status::AlreadyExists("export '" + name_ + "' has a snapshot '" + snapshot + "'");
+  Status s = WriteSnapshot(*transport_, name_, r, fence());
   mu_.Lock();
   if (s.ok()) snapshots_.emplace(snapshot, r);
   checkpointing_ = false;
@@ -1199,12 +1198,8 @@ Status LogExport::CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transp
   r.size = size;
   r.created = static_cast<int64_t>(std::time(nullptr));
   r.base = base;
-  const std::string text = EncodeSnapshotRecord(r);
-  Status s = transport->Put(SnapshotKey(name, snapshot),
-                            std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
-                            PutOptions::IfAbsent(fence));
-  if (IsPreconditionFailed(s))
-    return Status::AlreadyExists("export '" + name + "' has a snapshot '" + snapshot + "'");
+  Status s = WriteSnapshot(*transport, name, r, fence);
+  if (s.kind() == Status::Kind::kAlreadyExists) return s;
   S3B_RETURN_IF_ERROR(s.Annotate(what));
   *out = std::move(r);
   return Status::Ok();
@@ -1313,9 +1308,7 @@ Status LogExport::Rollback(const std::string& snapshot) {
   CheckpointInfo info;
   info.seq = r;
   info.epoch = epoch_;
-  for (uint32_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].used && slots_[i].live > 0)
-      info.slots.push_back({i, slots_[i].seq, slots_[i].size});
+  info.slots = LiveSlotsLocked();
   info.kept = KeptAfterLocked(r);
   BlockMap copy = map_;
   mu_.Unlock();

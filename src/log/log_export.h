@@ -234,6 +234,8 @@ class LogExport {
   Status LoadSnapshot(const SnapshotRecord& record) NO_THREAD_SAFETY_ANALYSIS;
   // Loads checkpoint seq into the map and the segment table.
   Status LoadCheckpointLocked(uint64_t seq) REQUIRES(mu_);
+  // The segment table a checkpoint of the map lists: the segments it uses.
+  std::vector<CheckpointSlot> LiveSlotsLocked() const REQUIRES(mu_);
   // Whether a snapshot reads segment seq, which died (no live block left) at dead_at.
   bool PinnedLocked(uint64_t seq, uint64_t dead_at) const REQUIRES(mu_);
   // Segments dead at or below checkpoint `seq` that snapshots still read: what a checkpoint of

@@ -34,16 +34,26 @@ std::string CloneKey(std::string_view export_name, std::string_view clone) {
   return ClonePrefix(export_name) + std::string(clone);
 }
 
+namespace {
+
+// The names of the objects right under `prefix` that `valid` accepts: a temporary file of the
+// local store, or a deeper key, is none.
+Status ListNames(ObjectTransport& transport, const std::string& prefix,
+                 Status (*valid)(std::string_view), std::vector<std::string>* names) {
+  return transport.List(prefix, [&](const std::string& key, std::string_view) {
+    const std::string rest = key.substr(prefix.size());
+    if (!rest.empty() && rest.find('/') == std::string::npos && valid(rest).ok())
+      names->push_back(rest);
+  });
+}
+
+}  // namespace
+
 Status ListCloneMarkers(ObjectTransport& transport, std::string_view name,
                         std::map<std::string, std::string>* out) {
   out->clear();
-  const std::string prefix = ClonePrefix(name);
   std::vector<std::string> clones;
-  S3B_RETURN_IF_ERROR(transport.List(prefix, [&](const std::string& key, std::string_view) {
-    const std::string rest = key.substr(prefix.size());
-    if (!rest.empty() && rest.find('/') == std::string::npos && ValidateExportName(rest).ok())
-      clones.push_back(rest);
-  }));
+  S3B_RETURN_IF_ERROR(ListNames(transport, ClonePrefix(name), &ValidateExportName, &clones));
   for (const std::string& c : clones) {
     std::vector<uint8_t> bytes;
     Status s = transport.Get(CloneKey(name, c), &bytes);
@@ -143,6 +153,18 @@ Status ParseSnapshotRecord(std::string_view text, const std::string& where, Snap
   return Status::Ok();
 }
 
+Status WriteSnapshot(ObjectTransport& transport, std::string_view name, const SnapshotRecord& r,
+                     const WriteFence* fence) {
+  const std::string text = EncodeSnapshotRecord(r);
+  Status s = transport.Put(SnapshotKey(name, r.name),
+                           std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+                           PutOptions::IfAbsent(fence));
+  if (IsPreconditionFailed(s))
+    return Status::AlreadyExists("export '" + std::string(name) + "' has a snapshot '" + r.name +
+                                 "'");
+  return s;
+}
+
 Status ReadSnapshot(ObjectTransport& transport, std::string_view name, std::string_view snapshot,
                     SnapshotRecord* out) {
   const std::string key = SnapshotKey(name, snapshot);
@@ -157,14 +179,8 @@ Status ReadSnapshot(ObjectTransport& transport, std::string_view name, std::stri
 Status ListSnapshots(ObjectTransport& transport, std::string_view name,
                      std::vector<SnapshotRecord>* out) {
   out->clear();
-  const std::string prefix = SnapshotPrefix(name);
   std::vector<std::string> names;
-  S3B_RETURN_IF_ERROR(transport.List(prefix, [&](const std::string& key, std::string_view) {
-    const std::string rest = key.substr(prefix.size());
-    // A temporary file of the local store, or a deeper key, is no record.
-    if (!rest.empty() && rest.find('/') == std::string::npos && ValidateSnapshotName(rest).ok())
-      names.push_back(rest);
-  }));
+  S3B_RETURN_IF_ERROR(ListNames(transport, SnapshotPrefix(name), &ValidateSnapshotName, &names));
   for (const std::string& n : names) {
     SnapshotRecord r;
     Status s = ReadSnapshot(transport, name, n, &r);

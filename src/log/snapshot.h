@@ -74,6 +74,10 @@ std::string EncodeSnapshotRecord(const SnapshotRecord& record);
 // Errors: EIO naming `where` and what is wrong.
 Status ParseSnapshotRecord(std::string_view text, const std::string& where, SnapshotRecord* out);
 
+// Stores snapshot record r of export `name`, only if absent (AlreadyExists if the name is taken).
+Status WriteSnapshot(ObjectTransport& transport, std::string_view name, const SnapshotRecord& r,
+                     const WriteFence* fence);
+
 // Reads snapshot `snapshot` of export `name`: NotFound if there is none.
 Status ReadSnapshot(ObjectTransport& transport, std::string_view name, std::string_view snapshot,
                     SnapshotRecord* out);
