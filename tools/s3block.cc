@@ -173,9 +173,19 @@ Status AskServer(BlockStore& store, std::string_view name, const std::vector<std
   return s.Annotate("the server holding export '" + QuoteForMessage(name) + "'");
 }
 
+// An S3 store is checked only when a command fails (a check first would cost every command a
+// request), so that an unreachable server, a missing bucket or refused keys are reported as such
+// rather than as the request that met them. (A directory is checked first: that makes it.)
+BlockStore* g_store = nullptr;
+
 int Report(const Status& s) {
-  std::fprintf(stderr, "s3block: %s\n", s.message().c_str());
-  return ExitStatusFor(s.kind());
+  Status why = s;
+  if (g_store) {
+    Status store = g_store->Check();
+    if (!store.ok()) why = store;
+  }
+  std::fprintf(stderr, "s3block: %s\n", why.message().c_str());
+  return ExitStatusFor(why.kind());
 }
 
 // Parses the command line; returns -1 to go on, or an exit code.
@@ -768,8 +778,9 @@ int Run(int argc, char** argv) {
   std::shared_ptr<BlockStore> store;
   std::shared_ptr<log::LayoutStore> layouts;
   s = MakeCodedStore(a.config, &store, &layouts);
-  if (s.ok()) s = store->Check();
+  if (s.ok() && !(a.config.is_s3() && a.config.disk_cache_dir.empty())) s = store->Check();
   if (!s.ok()) return Report(s);
+  if (a.config.is_s3()) g_store = store.get();
 
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);

@@ -502,7 +502,8 @@ Status SnapshotExport(BlockStore& store, std::string_view name, const std::strin
         by_server = false;
         log::SnapshotRecord r;
         bool is_log = false;
-        S3B_RETURN_IF_ERROR(options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log));
+        S3B_RETURN_IF_ERROR(
+            options.layouts->CreateSnapshot(name, snapshot, meta.size, &r, &is_log, &meta));
         *out = {r.name, r.seq, r.size, r.created, 0, {}};
         return Status::Ok();
       });
@@ -519,9 +520,9 @@ Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::strin
   std::string ignored;
   return WithLogExportClaimed(store, name, options, "refusing to delete its snapshot here",
                               {"delete-snapshot", std::string(name), snapshot}, &ignored,
-                              [&](const ExportMeta&) {
+                              [&](const ExportMeta& meta) {
     bool is_log = false;
-    return options.layouts->DeleteSnapshot(name, snapshot, &is_log);
+    return options.layouts->DeleteSnapshot(name, snapshot, &is_log, &meta);
   });
 }
 
@@ -532,9 +533,13 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
     return Status::InvalidArgument("export name " + Q(clone) +
                                    " refused: a name with '@' is a snapshot's (NAME@SNAP)");
   const std::string full = std::string(name) + "@" + snapshot;
+  if (options.layouts == nullptr)
+    return Status::NotSupported("this store has no log layout for export " + Q(name));
   ExportMeta view;
   bool found = false;
-  S3B_RETURN_IF_ERROR(ReadMetaOf(store, full, &view, &found));
+  std::string text;
+  S3B_RETURN_IF_ERROR(options.layouts->ReadSnapshotMeta(full, &text, &found));
+  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(full, text, &view));
   if (!found || view.snapshot.empty())
     return Status::NotFound("export " + Q(name) + " has no snapshot " + Q(snapshot) + " in " +
                             store.Describe());
@@ -542,9 +547,11 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(Claim(store, clone, options, &lease));
   ExportMeta old;
   Status ms = ReadMetaOf(store, clone, &old, &found);
-  std::vector<uint64_t> ids;
-  S3B_RETURN_IF_ERROR(ListIds(store, clone, &ids));
-  if (found || !ms.ok() || !ids.empty())
+  bool any = found || !ms.ok();
+  // Blocks without metadata are an export too (the specification's first version's).
+  if (!any)
+    S3B_RETURN_IF_ERROR(options.layouts->ListBlocksWithoutMeta(clone, [&](uint64_t) { any = true; }));
+  if (any)
     return Status::AlreadyExists("export " + Q(clone) + " already exists in " + store.Describe());
   // The snapshot first learns it has a clone: a crash before the clone's metadata leaves only
   // a marker of no export, which is ignored.
@@ -552,9 +559,9 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
   S3B_RETURN_IF_ERROR(WithLogExportClaimed(store, name, options, "refusing to record the clone",
                                            {"add-clone", std::string(name), snapshot,
                                             std::string(clone)},
-                                           &ignored, [&](const ExportMeta&) {
+                                           &ignored, [&](const ExportMeta& meta) {
     bool is_log = false;
-    return options.layouts->AddClone(name, snapshot, std::string(clone), &is_log);
+    return options.layouts->AddClone(name, snapshot, std::string(clone), &is_log, &meta);
   }));
   ExportMeta meta = view;  // the snapshot's size and encoding; its blocks bound to blocks_of
   meta.snapshot.clear();
@@ -566,12 +573,7 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
 
 Status RollbackExport(BlockStore& store, std::string_view name, const std::string& snapshot,
                       const AdminOptions& options) {
-  ExportMeta view;
-  bool found = false;
-  S3B_RETURN_IF_ERROR(ReadMetaOf(store, std::string(name) + "@" + snapshot, &view, &found));
-  if (!found || view.snapshot.empty())
-    return Status::NotFound("export " + Q(name) + " has no snapshot " + Q(snapshot) + " in " +
-                            store.Describe());
+  S3B_RETURN_IF_ERROR(log::ValidateSnapshotName(snapshot));
   std::string ignored;
   // No server: the clients of one would see their disk change under them.
   AdminOptions no_server = options;
@@ -579,10 +581,16 @@ Status RollbackExport(BlockStore& store, std::string_view name, const std::strin
   return WithLogExportClaimed(store, name, no_server, "refusing to roll it back (stop it first)",
                               {}, &ignored, [&](const ExportMeta& meta) {
     bool is_log = false;
-    S3B_RETURN_IF_ERROR(options.layouts->Rollback(name, snapshot, &is_log));
-    if (meta.size == view.size) return Status::Ok();
+    log::SnapshotRecord r;
+    Status s = options.layouts->Rollback(name, snapshot, &is_log, &meta, &r);
+    if (s.IsNotFound())
+      return Status::NotFound("export " + Q(name) + " has no snapshot " + Q(snapshot) + " in " +
+                              store.Describe());
+    S3B_RETURN_IF_ERROR(s);
+    // Its size too.
+    if (meta.size == r.size) return Status::Ok();
     ExportMeta next = meta;
-    next.size = view.size;
+    next.size = r.size;
     return store.WriteMeta(name, next.Serialize());
   });
 }

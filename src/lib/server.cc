@@ -184,19 +184,27 @@ Status Server::Control(const std::vector<std::string>& args, std::string* output
 Status Server::WithLogExport(const std::string& name,
                              const std::function<Status(const std::shared_ptr<Volume>&)>& fn) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  // Only an export that exists, and is a log export: Open would create a missing one.
-  std::string text;
-  bool found = false;
-  ExportMeta meta;
-  S3B_RETURN_IF_ERROR(stack_.store->ReadMeta(name, &text, &found));
-  if (!found)
-    return Status::NotFound("export '" + QuoteForMessage(name) + "' does not exist in " + Describe());
-  S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
-  if (meta.layout != ExportLayout::kLog || !stack_.layout)
-    return Status::InvalidArgument("export '" + QuoteForMessage(name) +
-                                   "' has the blocks layout: snapshots are of log exports only");
-  if (!meta.snapshot.empty())
-    return Status::InvalidArgument("'" + QuoteForMessage(name) + "' is a snapshot, not an export");
+  // Only an export that exists, and is a log export: Open would create a missing one. One open
+  // here is known to be.
+  bool open = false;
+  if (stack_.layout && stack_.layout->IsOpenLogExport(name))
+    for (const VolumeRegistry::ExportState& e : volumes_->Exports())
+      open |= e.name == name && e.state == VolumeRegistry::State::kOpen;
+  if (!open) {
+    std::string text;
+    bool found = false;
+    ExportMeta meta;
+    S3B_RETURN_IF_ERROR(stack_.store->ReadMeta(name, &text, &found));
+    if (!found)
+      return Status::NotFound("export '" + QuoteForMessage(name) + "' does not exist in " +
+                              Describe());
+    S3B_RETURN_IF_ERROR(ExportMeta::Parse(name, text, &meta));
+    if (meta.layout != ExportLayout::kLog || !stack_.layout)
+      return Status::InvalidArgument("export '" + QuoteForMessage(name) +
+                                     "' has the blocks layout: snapshots are of log exports only");
+    if (!meta.snapshot.empty())
+      return Status::InvalidArgument("'" + QuoteForMessage(name) + "' is a snapshot, not an export");
+  }
   std::shared_ptr<Volume> volume;
   S3B_RETURN_IF_ERROR(volumes_->Acquire(name, false, &volume));
   Status s = fn(volume);

@@ -37,21 +37,19 @@ Status Compress(std::span<const uint8_t> raw, std::vector<uint8_t>* out) {
 
 // Reads a whole object in ranges (an S3 GET of a whole object is bounded in size).
 Status GetAll(ObjectTransport& t, const std::string& key, uint64_t limit, std::vector<uint8_t>* out) {
-  ObjectInfo info;
-  S3B_RETURN_IF_ERROR(t.Head(key, &info));
-  if (info.size > limit)
-    return Status::IoError(t.Describe() + " " + key + " is too large to be a checkpoint (" +
-                           std::to_string(info.size) + " bytes)");
+  // In ranges until one comes back short (no HEAD first: a root is one request): a checkpoint's
+  // objects are never replaced, so the ranges are of one object.
   out->clear();
-  out->reserve(info.size);
   constexpr uint64_t kChunk = 16ull << 20;
   std::vector<uint8_t> part;
-  while (out->size() < info.size) {
-    S3B_RETURN_IF_ERROR(t.GetRange(key, out->size(), std::min(kChunk, info.size - out->size()), &part));
-    if (part.empty()) return Status::IoError(t.Describe() + " " + key + " ended early");
+  for (;;) {
+    S3B_RETURN_IF_ERROR(t.GetRange(key, out->size(), kChunk, &part));
     out->insert(out->end(), part.begin(), part.end());
+    if (out->size() > limit)
+      return Status::IoError(t.Describe() + " " + key + " is too large to be a checkpoint (over " +
+                             std::to_string(limit) + " bytes)");
+    if (part.size() < kChunk) return Status::Ok();
   }
-  return Status::Ok();
 }
 
 }  // namespace

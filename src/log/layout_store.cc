@@ -158,6 +158,23 @@ bool LayoutStore::KnownLog(std::string_view e) const {
   return entry->resolved && entry->layout == ExportLayout::kLog;
 }
 
+Status LayoutStore::ReadSnapshotMeta(std::string_view full, std::string* text, bool* found) {
+  std::string of;
+  SnapshotRecord record;
+  return FindSnapshot(full, text, &of, &record, found);
+}
+
+Status LayoutStore::ListBlocksWithoutMeta(std::string_view e,
+                                          const std::function<void(uint64_t)>& fn) {
+  return next_->ListBlocks(e, fn);
+}
+
+bool LayoutStore::IsOpenLogExport(std::string_view e) const {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  MutexLock l(&entry->mu);
+  return entry->log != nullptr && !entry->view;
+}
+
 size_t LayoutStore::ReadBatchSize(std::string_view e) const {
   // A run of blocks is one ranged read of a segment.
   return KnownLog(e) ? 256 : next_->ReadBatchSize(e);
@@ -355,7 +372,8 @@ Status LayoutStore::VerifyLog(std::string_view e,
 }
 
 Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapshot,
-                                   uint64_t size, SnapshotRecord* out, bool* is_log) {
+                                   uint64_t size, SnapshotRecord* out, bool* is_log,
+                                   const ExportMeta* known) {
   std::shared_ptr<Entry> entry = EntryFor(e);
   {
     MutexLock l(&entry->mu);
@@ -367,25 +385,38 @@ Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapsh
   }
   // Not open: its map need not be loaded for a snapshot (a few requests, whatever its size).
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(StoredLogExport(e, &meta, is_log));
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
   if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
   S3B_RETURN_IF_ERROR(Transport(&transport));
   const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
-  return LogExport::CreateSnapshotOfStored(std::move(transport), std::string(e), meta.base,
-                                           snapshot, size, fence ? &fence : nullptr, out);
+  bool pending = false;
+  S3B_RETURN_IF_ERROR(LogExport::CreateSnapshotOfStored(std::move(transport), std::string(e),
+                                                        meta.base, snapshot, size,
+                                                        fence ? &fence : nullptr, out, &pending));
+  if (!pending) return Status::Ok();
+  // After a rollback not yet made permanent: opened, which makes it so.
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log->CreateSnapshot(snapshot, size, out);
 }
 
-Status LayoutStore::StoredLogExport(std::string_view e, ExportMeta* meta, bool* is_log) {
-  std::string text;
-  bool found = false;
-  S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
-  if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, meta));
+Status LayoutStore::StoredLogExport(std::string_view e, const ExportMeta* known, ExportMeta* meta,
+                                    bool* is_log) {
+  bool found = true;
+  if (known) {
+    *meta = *known;
+  } else {
+    std::string text;
+    S3B_RETURN_IF_ERROR(next_->ReadMeta(e, &text, &found));
+    if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, meta));
+  }
   *is_log = found && meta->layout == ExportLayout::kLog && meta->snapshot.empty();
   return Status::Ok();
 }
 
-Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light,
+Status LayoutStore::SnapshotsOf(std::string_view e, const ExportMeta* known,
+                                std::unique_ptr<LogExport>* light,
                                 LogExport** log, bool* is_log) {
   *log = nullptr;
   *is_log = false;
@@ -399,7 +430,7 @@ Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* 
     }
   }
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(StoredLogExport(e, &meta, is_log));
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
   if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
   S3B_RETURN_IF_ERROR(Transport(&transport));
@@ -411,11 +442,21 @@ Status LayoutStore::SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* 
 }
 
 Status LayoutStore::DeleteSnapshot(std::string_view e, const std::string& snapshot,
-                                   bool* is_log) {
+                                   bool* is_log, const ExportMeta* known) {
   std::unique_ptr<LogExport> light;
   LogExport* log;
-  S3B_RETURN_IF_ERROR(SnapshotsOf(e, &light, &log, is_log));
+  S3B_RETURN_IF_ERROR(SnapshotsOf(e, known, &light, &log, is_log));
   if (!log) return Status::Ok();
+  if (light) {
+    // A rollback not yet made permanent may still need what the snapshot keeps: opened, which
+    // makes it so (the root alone does not know what the rollback revived).
+    bool pending = false;
+    S3B_RETURN_IF_ERROR(light->RollbackPending(&pending));
+    if (pending) {
+      light.reset();
+      S3B_RETURN_IF_ERROR(Resolve(e, &log));
+    }
+  }
   // A view of it still served reads what is no longer kept: errors, never other data.
   const std::string full = std::string(e) + "@" + snapshot;
   return log->DeleteSnapshot(snapshot, [&](const std::string& clone, bool* based) {
@@ -432,19 +473,45 @@ Status LayoutStore::BasedOn(const std::string& clone, const std::string& full, b
   return Status::Ok();
 }
 
-Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bool* is_log) {
-  LogExport* log;
-  S3B_RETURN_IF_ERROR(Resolve(e, &log));
-  *is_log = log != nullptr;
-  return log ? log->Rollback(snapshot) : Status::Ok();
+Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bool* is_log,
+                             const ExportMeta* known, SnapshotRecord* record) {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    if (entry->log)
+      return Status::Busy("export '" + std::string(e) + "' is open here: it is rolled back only "
+                          "when no process has it open");
+  }
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
+  if (!*is_log) return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  return LogExport::RollbackStored(std::move(transport), std::string(e), snapshot,
+                                   fence ? &fence : nullptr, record);
 }
 
 Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
-                             const std::string& clone, bool* is_log) {
-  std::unique_ptr<LogExport> light;
-  LogExport* log;
-  S3B_RETURN_IF_ERROR(SnapshotsOf(e, &light, &log, is_log));
-  return log ? log->AddClone(snapshot, clone) : Status::Ok();
+                             const std::string& clone, bool* is_log, const ExportMeta* known) {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  {
+    MutexLock l(&entry->mu);
+    if (entry->log) {
+      *is_log = true;
+      return entry->log->AddClone(snapshot, clone);
+    }
+  }
+  // Not open: the marker alone, whatever else the export has (the lease keeps a deletion of
+  // the snapshot from running meanwhile).
+  ExportMeta meta;
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
+  if (!*is_log) return Status::Ok();
+  std::shared_ptr<ObjectTransport> transport;
+  S3B_RETURN_IF_ERROR(Transport(&transport));
+  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  return LogExport::AddCloneOfStored(*transport, std::string(e), snapshot, clone,
+                                     fence ? &fence : nullptr);
 }
 
 Status LayoutStore::CopyBaseBlocks(std::string_view e,
@@ -461,14 +528,14 @@ Status LayoutStore::ListSnapshots(std::string_view e, std::vector<SnapshotInfo>*
   out->clear();
   std::unique_ptr<LogExport> light;
   LogExport* log = nullptr;
-  Status s = SnapshotsOf(e, &light, &log, is_log);
+  Status s = SnapshotsOf(e, nullptr, &light, &log, is_log);
   if (!s.ok() && *is_log) {
     // An export whose checkpoint cannot be read still has its snapshots' records.
     std::shared_ptr<ObjectTransport> transport;
     S3B_RETURN_IF_ERROR(Transport(&transport));
     std::vector<SnapshotRecord> records;
     S3B_RETURN_IF_ERROR(log::ListSnapshots(*transport, e, &records));
-    for (SnapshotRecord& r : records) out->push_back({std::move(r), 0});
+    for (SnapshotRecord& r : records) out->push_back({std::move(r), 0, {}});
     return Status::Ok();
   }
   S3B_RETURN_IF_ERROR(s);

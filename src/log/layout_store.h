@@ -69,14 +69,28 @@ class LayoutStore : public StoreDecorator {
   Status VerifyLog(std::string_view e, const std::function<void(const std::string&)>& report,
                    uint64_t* problems, bool* is_log);
   // Snapshots of log export e (snapshot.h); `size` is the export's size now. *is_log is false
-  // (and nothing is done) for an export of the default layout.
+  // (and nothing is done) for an export of the default layout. `known` (may be null) is e's
+  // metadata as the caller read it under e's lease: not read again.
   Status CreateSnapshot(std::string_view e, const std::string& snapshot, uint64_t size,
-                        SnapshotRecord* out, bool* is_log);
+                        SnapshotRecord* out, bool* is_log, const ExportMeta* known = nullptr);
   // Refused while a clone is based on the snapshot (its metadata is read to tell).
-  Status DeleteSnapshot(std::string_view e, const std::string& snapshot, bool* is_log);
+  Status DeleteSnapshot(std::string_view e, const std::string& snapshot, bool* is_log,
+                        const ExportMeta* known = nullptr);
   Status AddClone(std::string_view e, const std::string& snapshot, const std::string& clone,
-                  bool* is_log);
-  Status Rollback(std::string_view e, const std::string& snapshot, bool* is_log);
+                  bool* is_log, const ExportMeta* known = nullptr);
+  // The metadata snapshot `full` (NAME@SNAP) is served with (*found false if there is no such
+  // snapshot), without first looking for an export of that very name as ReadMeta does: for the
+  // commands that name a snapshot.
+  Status ReadSnapshotMeta(std::string_view full, std::string* text, bool* found);
+  // The blocks stored in the default layout's place for export e, which has no metadata (the
+  // caller read it): not read again.
+  Status ListBlocksWithoutMeta(std::string_view e, const std::function<void(uint64_t)>& fn);
+  // Whether log export e (not a snapshot's view) is open here: its metadata was read.
+  bool IsOpenLogExport(std::string_view e) const;
+  // Of an export no process has open (Busy if this one has): LogExport::RollbackStored, which
+  // sets *record to the snapshot's.
+  Status Rollback(std::string_view e, const std::string& snapshot, bool* is_log,
+                  const ExportMeta* known, SnapshotRecord* record);
   // A clone's blocks still read from its base, copied into its own segments (LogExport).
   Status CopyBaseBlocks(std::string_view e, const std::function<void(uint64_t, uint64_t)>& progress,
                         bool* is_log);
@@ -109,13 +123,15 @@ class LayoutStore : public StoreDecorator {
   // and the metadata it is served with, NAME and the snapshot's record.
   Status FindSnapshot(std::string_view e, std::string* meta_text, std::string* of,
                       SnapshotRecord* record, bool* found);
-  // Reads export e's metadata: *is_log if it is a log export (not a snapshot's view).
-  Status StoredLogExport(std::string_view e, ExportMeta* meta, bool* is_log);
+  // Export e's metadata (`known`, or read if null): *is_log if it is a log export (not a
+  // snapshot's view).
+  Status StoredLogExport(std::string_view e, const ExportMeta* known, ExportMeta* meta,
+                         bool* is_log);
   // The export's LogExport for an operation on its snapshots: the one open here (a server's),
   // else one opened for its snapshots only (LogExport::OpenForSnapshots, owned by *light),
   // without loading its map. *log is null for an export of the default layout.
-  Status SnapshotsOf(std::string_view e, std::unique_ptr<LogExport>* light, LogExport** log,
-                     bool* is_log);
+  Status SnapshotsOf(std::string_view e, const ExportMeta* known,
+                     std::unique_ptr<LogExport>* light, LogExport** log, bool* is_log);
   // Whether export `clone` is based on snapshot `full` (NAME@SNAP), as its metadata says
   // (metadata that does not parse counts as based on it: kept, to be safe).
   Status BasedOn(const std::string& clone, const std::string& full, bool* based);

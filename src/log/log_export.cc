@@ -205,7 +205,9 @@ Status LogExport::Load() {
   // after it is applied, nor ever written over (see BecomeWriterLocked).
   std::vector<SegmentHeader> run;
   S3B_RETURN_IF_ERROR(ReadRun(applied_seq_ + 1, &run, &damaged_).Annotate("export '" + name_ + "'"));
-  ApplyRunLocked(run);
+  RollbackViews views;
+  S3B_RETURN_IF_ERROR(LoadRollbackViews(run, &views).Annotate("export '" + name_ + "'"));
+  ApplyRunLocked(run, views);
   next_seq_ = applied_seq_ + 1;
   checkpoint_time_ = Clock::now();
   return Status::Ok();
@@ -230,7 +232,9 @@ Status LogExport::LoadSnapshot(const SnapshotRecord& record) {
     S3B_RETURN_IF_ERROR(s.Annotate(what));
     run.push_back(std::move(h));
   }
-  ApplyRunLocked(run);
+  RollbackViews views;
+  S3B_RETURN_IF_ERROR(LoadRollbackViews(run, &views).Annotate(what));
+  ApplyRunLocked(run, views);
   next_seq_ = applied_seq_ + 1;
   return Status::Ok();
 }
@@ -250,16 +254,69 @@ Status LogExport::ReadRun(uint64_t first, std::vector<SegmentHeader>* heads, Sta
   }
 }
 
-void LogExport::ApplyRunLocked(const std::vector<SegmentHeader>& heads) {
+Status LogExport::LoadRollbackViews(const std::vector<SegmentHeader>& heads, RollbackViews* views) {
+  for (const SegmentHeader& h : heads) {
+    if (!h.rollback) continue;
+    SnapshotRecord r;
+    r.name = "of rollback mark " + std::to_string(h.seq);
+    r.checkpoint = h.rollback->checkpoint;
+    r.seq = h.rollback->seq;
+    r.base = base_name_;
+    std::unique_ptr<LogExport> view;
+    S3B_RETURN_IF_ERROR(OpenSnapshot(transport_, name_, r, options_, &view));
+    (*views)[h.seq] = std::move(view);
+  }
+  return Status::Ok();
+}
+
+void LogExport::ApplyRunLocked(const std::vector<SegmentHeader>& heads, const RollbackViews& views) {
   for (const SegmentHeader& h : heads) {
     if (h.epoch < epoch_) {
       // A stale writer's, after a newer writer's first segment: never applied.
       skipped_.push_back(h.seq);
       applied_seq_ = h.seq;
+    } else if (auto v = views.find(h.seq); v != views.end()) {
+      ApplyRollbackLocked(h, *v->second);
     } else {
       ApplyEntries(h);
     }
   }
+}
+
+void LogExport::ApplyRollbackLocked(const SegmentHeader& mark, LogExport& view) {
+  std::vector<Slot> old = std::move(slots_);
+  {
+    MutexLock v(&view.mu_);
+    map_ = view.map_;
+    slots_ = std::move(view.slots_);
+  }
+  // The view's dead segments are this export's already: kept for a snapshot, or deleted.
+  free_slots_.clear();
+  std::unordered_set<uint64_t> used;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].used && slots_[i].live == 0) slots_[i] = Slot();
+    if (slots_[i].used) used.insert(slots_[i].seq);
+    else free_slots_.push_back(i);
+  }
+  std::reverse(free_slots_.begin(), free_slots_.end());
+  // What the snapshot reads is live again, no longer kept for it.
+  std::erase_if(kept_, [&](const KeptSegment& k) { return used.count(k.seq) != 0; });
+  for (const Slot& o : old) {
+    if (!o.used || used.count(o.seq)) continue;
+    const uint32_t i = AllocSlotLocked();
+    slots_[i] = Slot{o.seq, o.size, 0, true, o.live > 0 ? mark.seq : o.dead_at};
+  }
+  ApplyEntries(mark);  // its own slot, dead at once
+  rollback_seq_ = mark.seq;
+}
+
+Status LogExport::SettleRollbackLocked(UniqueLock& lock) {
+  if (rollback_seq_ <= checkpoint_seq_) return Status::Ok();
+  if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+  mu_.Unlock();
+  Status s = Checkpoint();
+  mu_.Lock();
+  return s;
 }
 
 Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
@@ -275,7 +332,9 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   uint64_t epoch = 0;
   std::vector<SegmentHeader> more;
   Status damaged;
+  RollbackViews views;
   Status status = ReadRun(seq, &more, &damaged);
+  if (status.ok()) status = LoadRollbackViews(more, &views);
   mu_.Lock();
   if (!damaged.ok()) damaged_ = damaged;
   // The run ends at a segment that is there but not valid: what follows it may be acknowledged
@@ -287,7 +346,7 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   mu_.Unlock();
   if (status.ok()) {
     mu_.Lock();
-    ApplyRunLocked(more);
+    ApplyRunLocked(more, views);
     next_seq_ = applied_seq_ + 1;
     seq = next_seq_;
     epoch = epoch_ + 1;
@@ -1067,7 +1126,8 @@ void LogExport::Housekeeping() {
       // Also soon after writes stop: a server stopped then opens quickly next time.
       const bool quiet = open_index_.empty() && sealed_.empty() &&
                          now - last_write_ > std::chrono::duration<double>(2 * options_.seal_idle_seconds);
-      checkpoint = since >= every ||
+      // A rollback is made permanent at once (until then, opening applies it again).
+      checkpoint = since >= every || (since > 0 && rollback_seq_ > checkpoint_seq_) ||
                    (since > 0 && (quiet || now - checkpoint_time_ > std::chrono::duration<double>(
                                                                    options_.checkpoint_seconds)));
       if (now - last_gc > std::chrono::duration<double>(options_.gc_seconds)) {
@@ -1128,6 +1188,8 @@ Status LogExport::CreateSnapshot(const std::string& snapshot, uint64_t size, Sna
   UniqueLock lock(&mu_);
   if (snapshots_.count(snapshot))
     return Status::AlreadyExists("export '" + name_ + "' has a snapshot '" + snapshot + "'");
+  S3B_RETURN_IF_ERROR(SettleRollbackLocked(lock).Annotate("export '" + name_ + "': snapshot '" +
+                                                           snapshot + "'"));
   // No checkpoint is stored or deleted meanwhile: the one named stays the newest until the
   // snapshot is known, and kept from then on.
   BeginCheckpointingLocked(lock);
@@ -1181,7 +1243,9 @@ Status LogExport::OpenForSnapshots(std::shared_ptr<ObjectTransport> transport, s
 Status LogExport::CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transport,
                                          const std::string& name, const std::string& base,
                                          const std::string& snapshot, uint64_t size,
-                                         const WriteFence* fence, SnapshotRecord* out) {
+                                         const WriteFence* fence, SnapshotRecord* out,
+                                         bool* rollback_pending) {
+  *rollback_pending = false;
   S3B_RETURN_IF_ERROR(ValidateSnapshotName(snapshot));
   const std::string what = "export '" + name + "' in " + transport->Describe();
   std::vector<uint64_t> roots;
@@ -1194,6 +1258,8 @@ Status LogExport::CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transp
   std::vector<SegmentHeader> run;
   Status damaged;
   S3B_RETURN_IF_ERROR(reader.ReadRun(r.checkpoint + 1, &run, &damaged).Annotate(what));
+  for (const SegmentHeader& h : run) *rollback_pending |= h.rollback.has_value();
+  if (*rollback_pending) return Status::Ok();
   r.seq = run.empty() ? r.checkpoint : run.back().seq;
   r.size = size;
   r.created = static_cast<int64_t>(std::time(nullptr));
@@ -1212,6 +1278,9 @@ Status LogExport::DeleteSnapshot(
   UniqueLock lock(&mu_);
   if (!snapshots_.count(snapshot))
     return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
+  // A rollback to it may still need what it keeps.
+  S3B_RETURN_IF_ERROR(SettleRollbackLocked(lock).Annotate("export '" + name_ +
+                                                           "': deleting snapshot '" + snapshot + "'"));
   // No clone is added meanwhile (AddClone waits for this too).
   BeginCheckpointingLocked(lock);
   std::vector<std::string> clones;
@@ -1247,85 +1316,59 @@ Status LogExport::DeleteSnapshot(
   return s.Annotate("export '" + name_ + "': deleting snapshot '" + snapshot + "'");
 }
 
-Status LogExport::Rollback(const std::string& snapshot) {
-  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
-  const std::string what = "export '" + name_ + "': rolling back to snapshot '" + snapshot + "'";
+Status LogExport::RollbackStored(std::shared_ptr<ObjectTransport> transport,
+                                 const std::string& name, const std::string& snapshot,
+                                 const WriteFence* fence, SnapshotRecord* out) {
+  const std::string what = "export '" + name + "' in " + transport->Describe() +
+                           ": rolling back to snapshot '" + snapshot + "'";
   SnapshotRecord record;
+  Status s = ReadSnapshot(*transport, name, snapshot, &record);
+  if (s.IsNotFound()) return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
+  S3B_RETURN_IF_ERROR(s.Annotate(what));
+  // Where the run ends, as a writer taking the export over finds it (BecomeWriterLocked).
+  std::vector<uint64_t> roots;
+  S3B_RETURN_IF_ERROR(ListCheckpoints(*transport, name, &roots, nullptr).Annotate(what));
+  LogExport w(transport, name, LogOptions(), fence ? *fence : WriteFence());
+  uint64_t last = 0, epoch = 0;
+  if (!roots.empty()) {
+    CheckpointInfo info;
+    S3B_RETURN_IF_ERROR(ReadCheckpoint(*transport, name, roots.back(), &info, nullptr).Annotate(what));
+    last = info.seq;
+    epoch = info.epoch;
+  }
+  std::vector<SegmentHeader> run;
+  Status damaged;
+  S3B_RETURN_IF_ERROR(w.ReadRun(last + 1, &run, &damaged).Annotate(what));
+  if (!damaged.ok())
+    return Status::IoError(what + ": " + damaged.message() + "; nothing is written to the export");
+  for (const SegmentHeader& h : run) epoch = std::max(epoch, h.epoch);
+  if (!run.empty()) last = run.back().seq;
+  if (record.seq > last)
+    return Status::IoError(what + ": the snapshot ends at segment " + std::to_string(record.seq) +
+                           ", after the export's last (" + std::to_string(last) + ")");
+  // The mark is a new writer's first segment: a writer from before it is stale, and so is what a
+  // crashed one left past the run (never acknowledged), which the mark now joins to the run:
+  // never applied, and deleted by the next writer.
+  const uint64_t seq = last + 1;
+  const std::vector<uint8_t> bytes =
+      EncodeRollbackMark(seq, epoch + 1, RollbackTarget{record.checkpoint, record.seq});
+  s = w.PutSegment(seq, bytes, bytes.size());
+  if (IsPreconditionFailed(s))
+    s = Status::Busy("another writer stored segment " + std::to_string(seq) + " meanwhile");
+  if (s.ok() && out) *out = record;
+  return s.Annotate(what);
+}
+
+Status LogExport::RollbackPending(bool* pending) {
+  uint64_t seq;
   {
     MutexLock l(&mu_);
-    auto it = snapshots_.find(snapshot);
-    if (it == snapshots_.end())
-      return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
-    record = it->second;
+    seq = checkpoint_seq_;
   }
-  std::unique_ptr<LogExport> view;
-  S3B_RETURN_IF_ERROR(OpenSnapshot(transport_, name_, record, options_, &view).Annotate(what));
-  S3B_RETURN_IF_ERROR(Flush().Annotate(what));
-  UniqueLock lock(&mu_);
-  if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock).Annotate(what));
-  BeginCheckpointingLocked(lock);
-  if (!open_index_.empty() || !sealed_.empty()) {
-    EndCheckpointingLocked();
-    return Status::Busy(what + ": it is being written");
-  }
-  // The mark: after segment R, the map is the snapshot's.
-  SegmentHeader mark;
-  mark.seq = next_seq_;
-  mark.epoch = epoch_;
-  mark.flags = kSegmentRollback;
-  std::vector<uint8_t> bytes(SegmentDataOffset(0));
-  EncodeSegmentHead(&mark, &bytes);
-  mu_.Unlock();
-  Status s = PutSegment(mark.seq, bytes, bytes.size());
-  mu_.Lock();
-  if (!s.ok()) {
-    EndCheckpointingLocked();
-    return s.Annotate(what);
-  }
-  const uint64_t r = mark.seq;
-  next_seq_ = r + 1;
-  applied_seq_ = r;
-  // The snapshot's state replaces the export's; every segment the export used that the
-  // snapshot does not dies at R.
-  std::vector<Slot> old_slots = std::move(slots_);
-  {
-    MutexLock v(&view->mu_);
-    map_ = view->map_;
-    slots_ = view->slots_;
-    free_slots_ = view->free_slots_;
-  }
-  std::unordered_set<uint64_t> now_used;
-  for (const Slot& sl : slots_)
-    if (sl.used) now_used.insert(sl.seq);
-  std::erase_if(kept_, [&](const KeptSegment& k) { return now_used.count(k.seq) != 0; });
-  std::vector<std::string> doomed;
-  for (const Slot& sl : old_slots) {
-    if (!sl.used || now_used.count(sl.seq)) continue;
-    if (PinnedLocked(sl.seq, r)) kept_.push_back({sl.seq, sl.size, r});
-    else doomed.push_back(SegmentKey(name_, sl.seq));
-  }
-  ApplyEntries(mark);  // its own slot, dead at once: freed after the checkpoint
-  CheckpointInfo info;
-  info.seq = r;
-  info.epoch = epoch_;
-  info.slots = LiveSlotsLocked();
-  info.kept = KeptAfterLocked(r);
-  BlockMap copy = map_;
-  mu_.Unlock();
-  s = WriteCheckpoint(*transport_, name_, info, copy, fence());
-  mu_.Lock();
-  if (!s.ok()) {
-    // Not rolled back: the store still says what it said. This object no longer does.
-    if (lost_.ok()) lost_ = Status::IoError(what + " failed: " + s.message() + "; open the export again");
-    EndCheckpointingLocked();
-    return s.Annotate(what);
-  }
-  checkpoint_seq_ = r;
-  checkpoint_time_ = Clock::now();
-  ++counters_.checkpoints;
-  EndCheckpointingLocked();
-  counters_.gc_segments_freed += doomed.size();
-  DeleteUnreferencedLocked(r, std::move(doomed));
+  std::vector<SegmentHeader> run;
+  Status damaged;
+  S3B_RETURN_IF_ERROR(ReadRun(seq + 1, &run, &damaged).Annotate("export '" + name_ + "'"));
+  *pending = std::any_of(run.begin(), run.end(), [](const SegmentHeader& h) { return h.rollback.has_value(); });
   return Status::Ok();
 }
 
@@ -1345,6 +1388,22 @@ Status LogExport::AddClone(const std::string& snapshot, const std::string& clone
   checkpointing_ = false;
   cv_.notify_all();
   return s.Annotate("export '" + name_ + "': recording clone '" + clone + "'");
+}
+
+Status LogExport::AddCloneOfStored(ObjectTransport& transport, const std::string& name,
+                                   const std::string& snapshot, const std::string& clone,
+                                   const WriteFence* fence) {
+  const std::string what = "export '" + name + "': recording clone '" + clone + "'";
+  SnapshotRecord r;
+  Status s = ReadSnapshot(transport, name, snapshot, &r);
+  if (s.IsNotFound()) return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
+  S3B_RETURN_IF_ERROR(s.Annotate(what));
+  const std::string text = EncodeCloneMarker(snapshot);
+  return transport
+      .Put(CloneKey(name, clone),
+           std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()),
+           PutOptions::Fenced(fence))
+      .Annotate(what);
 }
 
 Status LogExport::CopyBaseBlocks(const std::function<void(uint64_t, uint64_t)>& progress) {

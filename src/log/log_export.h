@@ -177,24 +177,41 @@ class LogExport {
   // CreateSnapshot of an export no process has open, without loading its map: a listing of its
   // checkpoints and the heads of the segments after the newest, as opening it would read, then
   // the record. `base` is the export's (a clone's), or empty. REQUIRES: the export's lease.
+  // A rollback mark after the checkpoint sets *rollback_pending and writes nothing: the
+  // export must be opened (its rollback made permanent) for a snapshot.
   static Status CreateSnapshotOfStored(std::shared_ptr<ObjectTransport> transport,
                                        const std::string& name, const std::string& base,
                                        const std::string& snapshot, uint64_t size,
-                                       const WriteFence* fence, SnapshotRecord* out);
+                                       const WriteFence* fence, SnapshotRecord* out,
+                                       bool* rollback_pending);
   // Deletes a snapshot's record, then what only it kept (NotFound if there is none). Refused
   // (InvalidArgument, naming it) while a clone made from it is still based on it, as
   // based(clone) says; markers of clones no longer based on it are removed.
   Status DeleteSnapshot(const std::string& snapshot,
                         const std::function<Status(const std::string& clone, bool* based)>& based =
                             nullptr);
-  // Makes the export's content snapshot `snapshot`'s again: stores an empty segment R, then a
-  // checkpoint as of R whose map is the snapshot's; the rollback exists once that checkpoint
-  // does (a crash before it leaves the export as it was). What the export held since is freed
-  // as garbage, unless other snapshots read it. Meant for an export no client writes.
-  Status Rollback(const std::string& snapshot);
+  // Makes the content of export `name`, which no process has open, snapshot `snapshot`'s again:
+  // stores one rollback mark after the segments it has, without loading its map, so a few
+  // requests whatever its size. Opening the export applies the mark; its writer's next
+  // checkpoint makes it permanent, and frees what only the export held since (unless other
+  // snapshots read it). REQUIRES: the export's lease. Errors: NotFound (no such snapshot), EIO
+  // (a damaged segment ends its run: nothing is written), the transport's.
+  // *record (when given) is set to the snapshot's.
+  static Status RollbackStored(std::shared_ptr<ObjectTransport> transport, const std::string& name,
+                               const std::string& snapshot, const WriteFence* fence,
+                               SnapshotRecord* record = nullptr);
+  // Whether a rollback is applied but no checkpoint made it permanent yet: for an export
+  // opened by OpenForSnapshots (which reads only a checkpoint's root), whether a rollback
+  // mark follows that checkpoint. Changes to its snapshots then need the export opened.
+  Status RollbackPending(bool* pending);
   // Records that export `clone` is being made from snapshot `snapshot` (which must exist): the
   // snapshot is then not deleted while the clone is based on it.
   Status AddClone(const std::string& snapshot, const std::string& clone);
+  // AddClone for an export no process has open: reads the snapshot's record, then stores the
+  // marker. REQUIRES: the export's lease.
+  static Status AddCloneOfStored(ObjectTransport& transport, const std::string& name,
+                                 const std::string& snapshot, const std::string& clone,
+                                 const WriteFence* fence);
   // A clone: copies every block it still reads from its base into its own segments (the stored
   // bytes as they are, still bound to the name they were written under), then flushes. After
   // it, nothing is read from the base. progress(done, total) may be empty.
@@ -260,9 +277,20 @@ class LogExport {
   // Reads the heads of the unbroken run of segments from `first` on, until one is missing or
   // is another segment's; a head that is there but invalid ends it too, and sets *damaged.
   Status ReadRun(uint64_t first, std::vector<SegmentHeader>* heads, Status* damaged);
+  // The snapshots that the rollback marks of a run go back to, loaded (by the mark's seq).
+  using RollbackViews = std::map<uint64_t, std::unique_ptr<LogExport>>;
+  Status LoadRollbackViews(const std::vector<SegmentHeader>& heads, RollbackViews* views);
   // Applies a run read by ReadRun, skipping a stale writer's segments (of a lower epoch than
-  // one before them).
-  void ApplyRunLocked(const std::vector<SegmentHeader>& heads) REQUIRES(mu_);
+  // one before them); `views` are its rollback marks' (LoadRollbackViews).
+  void ApplyRunLocked(const std::vector<SegmentHeader>& heads, const RollbackViews& views)
+      REQUIRES(mu_);
+  // Applies rollback mark `mark`: the map and segment table become `view`'s; what the export
+  // used that the view does not dies at the mark (freed by the next checkpoint, or kept).
+  void ApplyRollbackLocked(const SegmentHeader& mark, LogExport& view) REQUIRES(mu_);
+  // A rollback applied and not yet checkpointed is made permanent first: a snapshot record
+  // never names a checkpoint before a rollback mark, so that it never needs what the rollback
+  // needed. REQUIRES: mu_ held; may release it.
+  Status SettleRollbackLocked(UniqueLock& lock) REQUIRES(mu_);
 
   // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
   Status BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_);
@@ -309,7 +337,8 @@ class LogExport {
   // Reads the frames of `entries` of segment seq (in slot `slot`): data[i] for entries[i], and
   // checks[i] says whether its frame checked out. Errors: the transport's.
   Status ReadEntryFrames(uint64_t seq, uint32_t slot, const std::vector<SegmentEntry>& entries,
-                         std::vector<Bytes>* data, std::vector<Status>* checks);  uint32_t AllocSlotLocked() REQUIRES(mu_);
+                         std::vector<Bytes>* data, std::vector<Status>* checks);
+  uint32_t AllocSlotLocked() REQUIRES(mu_);
 
   const std::shared_ptr<ObjectTransport> transport_;
   const std::string name_;
@@ -331,6 +360,7 @@ class LogExport {
   uint64_t next_seq_ GUARDED_BY(mu_) = 1;     // of the next segment sealed
   uint64_t applied_seq_ GUARDED_BY(mu_) = 0;  // every segment up to it is in the map
   uint64_t checkpoint_seq_ GUARDED_BY(mu_) = 0;
+  uint64_t rollback_seq_ GUARDED_BY(mu_) = 0;  // the last rollback mark applied
   std::chrono::steady_clock::time_point checkpoint_time_ GUARDED_BY(mu_);
   uint64_t epoch_ GUARDED_BY(mu_) = 0;
   bool writer_ GUARDED_BY(mu_) = false;

@@ -136,15 +136,18 @@ Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where
   if (count > kMaxSegmentBytes / kSegmentEntryBytes || data_offset != SegmentDataOffset(count) ||
       total < data_offset || total > kMaxSegmentBytes)
     return Status::IoError(where + " is corrupt: its header does not add up");
-  if (bytes.size() < data_offset) {
-    *need = data_offset;
+  const uint32_t flags = LoadLe32(p + 48);
+  // A rollback mark's frame is part of what it says.
+  const bool mark = (flags & kSegmentRollback) != 0 && count == 0 && total > data_offset;
+  if (bytes.size() < (mark ? total : data_offset)) {
+    *need = mark ? total : data_offset;
     return Status::Ok();
   }
   if (HeadCrc(bytes.subspan(0, data_offset)) != LoadLe32(p + kCrcAt))
     return Status::IoError(where + " is corrupt: its header's checksum does not match");
   header->seq = LoadLe64(p + 16);
   header->epoch = LoadLe64(p + 24);
-  header->flags = LoadLe32(p + 48);
+  header->flags = flags;
   header->data_offset = data_offset;
   header->total_size = total;
   header->entries.resize(count);
@@ -161,7 +164,32 @@ Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where
       return Status::IoError(where + " is corrupt: entry " + std::to_string(i) +
                              " points outside the segment");
   }
+  if (mark) {
+    const std::span<const uint8_t> frame = bytes.subspan(data_offset, total - data_offset);
+    std::span<const uint8_t> payload;
+    S3B_RETURN_IF_ERROR(OpenFrame(frame, LoadLe32(frame.data() + 4), where + "'s rollback target",
+                                  &payload));
+    if (payload.size() != 16)
+      return Status::IoError(where + " is corrupt: its rollback target does not add up");
+    header->rollback = RollbackTarget{LoadLe64(payload.data()), LoadLe64(payload.data() + 8)};
+    if (header->rollback->seq < header->rollback->checkpoint || header->rollback->seq >= header->seq)
+      return Status::IoError(where + " is corrupt: its rollback target does not add up");
+  }
   return Status::Ok();
+}
+
+std::vector<uint8_t> EncodeRollbackMark(uint64_t seq, uint64_t epoch, RollbackTarget target) {
+  SegmentHeader h;
+  h.seq = seq;
+  h.epoch = epoch;
+  h.flags = kSegmentRollback;
+  std::vector<uint8_t> bytes(SegmentDataOffset(0));
+  uint8_t payload[16];
+  StoreLe64(payload, target.checkpoint);
+  StoreLe64(payload + 8, target.seq);
+  AppendFrame(payload, &bytes);
+  EncodeSegmentHead(&h, &bytes);
+  return bytes;
 }
 
 }  // namespace s3block::log

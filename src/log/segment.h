@@ -19,10 +19,15 @@
 //
 // The entries are what recovery reads (a ranged read of the segment's head); a frame is what a
 // block read reads (one ranged read, checked by its own CRC, never the segment's).
+//
+// A rollback mark (flag kSegmentRollback) has no entries and one frame, read with its head: the
+// snapshot it goes back to, as checkpoint seq u64 and last seq u64. Applying it makes the map
+// the snapshot's.
 #ifndef S3BLOCK_LOG_SEGMENT_H_
 #define S3BLOCK_LOG_SEGMENT_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -44,7 +49,7 @@ inline constexpr uint64_t kMaxSegmentBytes = (64ull << 20) + (2u << 20);
 // Flags of a segment.
 inline constexpr uint32_t kSegmentFromCollector = 1;  // holds blocks the collector moved
 inline constexpr uint32_t kSegmentEpochMark = 2;      // a new writer's first (empty) segment
-inline constexpr uint32_t kSegmentRollback = 4;       // empty: the checkpoint of it is a rollback
+inline constexpr uint32_t kSegmentRollback = 4;       // a rollback mark: the map is a snapshot's
 
 std::string SegmentKey(std::string_view export_name, uint64_t seq);
 std::string LogPrefix(std::string_view export_name);         // "exports/<name>/log/"
@@ -64,6 +69,13 @@ struct SegmentEntry {
   bool deleted() const { return offset == 0; }
 };
 
+// A rollback mark's snapshot: the map as of segment `seq`, which is checkpoint `checkpoint`
+// and the segments after it up to `seq`.
+struct RollbackTarget {
+  uint64_t checkpoint = 0;
+  uint64_t seq = 0;
+};
+
 struct SegmentHeader {
   uint64_t seq = 0;
   uint64_t epoch = 0;
@@ -71,6 +83,7 @@ struct SegmentHeader {
   uint64_t data_offset = 0;
   uint64_t total_size = 0;
   std::vector<SegmentEntry> entries;
+  std::optional<RollbackTarget> rollback;  // set for a rollback mark
 };
 
 // Frames: how many bytes a payload takes, and the frame of a payload written into `out`.
@@ -93,7 +106,10 @@ uint64_t SegmentDataOffset(size_t entries);
 // sets header.data_offset and header.total_size.
 void EncodeSegmentHead(SegmentHeader* header, std::vector<uint8_t>* segment);
 
-// Parses a segment's head from its first bytes. With fewer bytes than the head needs, sets
+// The bytes of a rollback mark: segment `seq` of writer `epoch`, after which the map is `target`'s.
+std::vector<uint8_t> EncodeRollbackMark(uint64_t seq, uint64_t epoch, RollbackTarget target);
+
+// Parses a segment's head from its first bytes (a rollback mark's: all of it). With fewer bytes than the head needs, sets
 // *need to how many it needs and returns OK with header->entries empty; *need = 0 once parsed.
 // Errors: EIO naming `where` for a bad magic, version, CRC or an entry that points outside.
 Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where,

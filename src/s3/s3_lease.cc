@@ -208,6 +208,12 @@ class S3Lease : public ExportLease {
     // Release: delete the lease object if it is still ours. (The renewer is gone: lost_ needs
     // no lock now, and the analysis does not check destructors.)
     if (lost_) return;
+    // Still valid for a good while: no one else can hold it, nor take it before the DELETE
+    // lands (any more than between a GET and a DELETE).
+    if (Clock::now() + std::chrono::duration<double>(timeout_ / 2) < valid_until_) {
+      (void)client_->DeleteObject(key_);
+      return;
+    }
     std::string body, etag;
     bool found = false;
     if (client_->GetObjectWithEtag(key_, &body, &found, &etag).ok() && found &&
@@ -312,22 +318,7 @@ std::string S3Store::LeaseKey(std::string_view export_name) const {
 
 Status S3Store::AcquireLease(std::string_view export_name, const std::string& holder, bool force,
                              std::unique_ptr<ExportLease>* out) {
-  if (conditional_writes_.load() == 0) {
-    // Probe once: a server that ignores If-None-Match would let two servers hold one lease.
-    std::string probe = key_prefix_ + ".s3block-conditional-probe-" + RandomToken();
-    std::string etag;
-    bool failed = false;
-    S3B_RETURN_IF_ERROR(client_->PutObjectConditional(probe, AsBytes("probe"), true, "", &etag, &failed));
-    Status second = client_->PutObjectConditional(probe, AsBytes("probe"), true, "", &etag, &failed);
-    (void)client_->DeleteObject(probe);
-    S3B_RETURN_IF_ERROR(second);
-    conditional_writes_.store(failed ? 1 : -1);
-  }
-  if (conditional_writes_.load() < 0) {
-    return Status::NotSupported("the S3 server at " + client_->Where() +
-                                " ignores conditional writes (If-None-Match), so a second server "
-                                "on the same export cannot be detected");
-  }
+  if (conditional_writes_.load() < 0) return IgnoresConditions();
   const std::string key = LeaseKey(export_name);
   LeaseDoc doc;
   doc.holder = holder;
@@ -355,6 +346,19 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
     bool failed = false;
     sending();
     S3B_RETURN_IF_ERROR(client_->PutObjectConditional(key, AsBytes(Serialize(doc)), true, "", &etag, &failed));
+    if (failed) conditional_writes_.store(1);
+    if (!failed && conditional_writes_.load() == 0) {
+      // The first lease of this process: the same PUT again must be refused, or the server
+      // ignores If-None-Match and would let two servers hold one lease.
+      std::string again;
+      bool refused = false;
+      Status s = client_->PutObjectConditional(key, AsBytes(Serialize(doc)), true, "", &again, &refused);
+      if (s.ok()) conditional_writes_.store(refused ? 1 : -1);
+      if (!s.ok() || !refused) {
+        (void)client_->DeleteObject(key);  // ours alone, just made
+        return s.ok() ? IgnoresConditions() : s;
+      }
+    }
     if (!failed) {
       *out = make(etag);
       return Status::Ok();
@@ -385,6 +389,12 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
   }
   return Status::Busy("export '" + QuoteForMessage(export_name) + "' in " + Describe() +
                       ": another server is taking its lease at the same time");
+}
+
+Status S3Store::IgnoresConditions() const {
+  return Status::NotSupported("the S3 server at " + client_->Where() +
+                              " ignores conditional writes (If-None-Match), so a second server "
+                              "on the same export cannot be detected");
 }
 
 void S3Store::RegisterLease(std::string_view export_name, std::shared_ptr<LeaseState> state) {

@@ -129,8 +129,10 @@ class S3Store : public BlockStore, public std::enable_shared_from_this<S3Store> 
   const double check_timeout_;
   const std::string credentials_source_;
   double lease_timeout_ = 60;
-  // Whether the server honours If-None-Match on PUT: 0 unknown, 1 yes, -1 no (probed once).
+  // Whether the server honours If-None-Match on PUT: 0 unknown, 1 yes, -1 no (learnt from the
+  // first lease taken: a second PUT of it must be refused).
   std::atomic<int> conditional_writes_{0};
+  Status IgnoresConditions() const;
 
  public:
   // How long the lease of each export held by this store is valid (see s3_lease.cc).

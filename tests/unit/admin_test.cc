@@ -739,7 +739,7 @@ TEST_F(AdminLogTest, SnapshotsClonesFlattenAndRollbackOfAnEncryptedExport) {
   // Rollback: the export is the snapshot again, size included.
   SnapshotSummary s2;
   ASSERT_OK(SnapshotExport(*enc, "v", "s2", o, &s2));
-  overwrite("v", 100, 150, 'w');
+  overwrite("v", 0, 300, 'w');  // every segment s2 reads is kept for it alone
   ASSERT_OK(ResizeExport(*enc, "v", 400 * 4096, false, o));
   ASSERT_OK(RollbackExport(*enc, "v", "s2", o));
   ASSERT_OK(GetExportInfo(*enc, "v", &vi, layouts.get()));
@@ -751,6 +751,14 @@ TEST_F(AdminLogTest, SnapshotsClonesFlattenAndRollbackOfAnEncryptedExport) {
   ASSERT_OK(CopyExport(*enc, "v@s2", "copy", o));
   EXPECT_EQ(exported("copy"), changed);
   EXPECT_FALSE(fs::exists(dir_.path() + "/enc/exports/v@s2"));
+  // Deleting the snapshot it went back to, before any writer made the rollback permanent,
+  // frees nothing the export reads now (closed here, as in a command of its own).
+  ASSERT_OK(enc->CloseExport("v"));
+  ASSERT_OK(DeleteSnapshot(*enc, "v", "s2", o));
+  EXPECT_EQ(exported("v"), changed);
+  overwrite("v", 0, 1, 'x');
+  std::fill(changed.begin(), changed.begin() + 4096, 'x');
+  EXPECT_EQ(exported("v"), changed);
 }
 
 }  // namespace

@@ -891,12 +891,15 @@ TEST_P(LogExportTest, ASnapshotOfAnExportNobodyWritesIsWhatOpeningItLoaded) {
     ASSERT_OK(e->CreateSnapshot("idle", 20 * 4096, &rec));
   }
   // The admin command's case, with no server running: the same point, without the map.
+  bool pending = true;
   ASSERT_OK(LogExport::CreateSnapshotOfStored(transport_, "e", "", "stored", 20 * 4096, nullptr,
-                                              &stored));
+                                              &stored, &pending));
+  EXPECT_FALSE(pending);
   EXPECT_EQ(stored.seq, rec.seq);
   EXPECT_EQ(stored.checkpoint, rec.checkpoint);
-  EXPECT_EQ(LogExport::CreateSnapshotOfStored(transport_, "e", "", "stored", 1, nullptr, &stored)
-                .kind(), Status::Kind::kAlreadyExists);
+  EXPECT_EQ(LogExport::CreateSnapshotOfStored(transport_, "e", "", "stored", 1, nullptr, &stored,
+                                              &pending).kind(),
+            Status::Kind::kAlreadyExists);
   auto e = Open();
   ASSERT_EQ(e->Snapshots().size(), 2u);
   EXPECT_EQ(e->Snapshots()[0].record.seq, rec.seq);
@@ -1000,6 +1003,72 @@ TEST_P(LogExportTest, ACloneReadsItsBaseUntilItWritesAndItsTrimsHideTheBase) {
 }
 
 
+// A crashed writer's segment past a gap is joined to the run by a rollback mark placed in the
+// gap: being of an older writer, it is never applied, and the next writer writes past it.
+TEST_P(LogExportTest, ARollbackMarkInAGapDoesNotApplyTheSegmentsAfterIt) {
+  uint64_t gap = 0;
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 10; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+    ASSERT_OK(e->Flush());
+    SnapshotRecord rec;
+    ASSERT_OK(e->CreateSnapshot("s", 10 * 4096, &rec));
+    ASSERT_OK(e->Write(1, Block(1, 2), false));
+    ASSERT_OK(e->Flush());
+    gap = e->Stats().last_seq;
+    ASSERT_OK(e->Write(2, Block(2, 2), false));
+    ASSERT_OK(e->Flush());
+  }
+  RemoveSegment(gap);
+  ASSERT_OK(LogExport::RollbackStored(transport_, "e", "s", nullptr));
+  {
+    auto e = Open();
+    for (uint64_t id = 0; id < 10; ++id) ExpectBlock(*e, id, 1);
+    ASSERT_OK(e->Write(3, Block(3, 3), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  for (uint64_t id = 0; id < 10; ++id) ExpectBlock(*e, id, id == 3 ? 3 : 1);
+}
+
+// Counts the requests made through it.
+class CountingTransport : public ObjectTransport {
+ public:
+  explicit CountingTransport(std::shared_ptr<ObjectTransport> next) : next_(std::move(next)) {}
+  std::string Describe() const override { return next_->Describe(); }
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
+             std::string* version) override {
+    ++requests;
+    return next_->Put(key, data, options, version);
+  }
+  Status Get(const std::string& key, std::vector<uint8_t>* data, ObjectInfo* info) override {
+    ++requests;
+    return next_->Get(key, data, info);
+  }
+  Status GetRange(const std::string& key, uint64_t offset, uint64_t length,
+                  std::vector<uint8_t>* data) override {
+    ++requests;
+    return next_->GetRange(key, offset, length, data);
+  }
+  Status Head(const std::string& key, ObjectInfo* info) override {
+    ++requests;
+    return next_->Head(key, info);
+  }
+  Status List(const std::string& prefix,
+              const std::function<void(const std::string&, std::string_view)>& fn) override {
+    ++requests;
+    return next_->List(prefix, fn);
+  }
+  Status Delete(std::span<const std::string> keys, const WriteFence* fence) override {
+    ++requests;
+    return next_->Delete(keys, fence);
+  }
+  std::atomic<int> requests{0};
+
+ private:
+  std::shared_ptr<ObjectTransport> next_;
+};
+
 TEST_P(LogExportTest, ARollbackMakesTheExportTheSnapshotAgainAndFreesWhatCameAfter) {
   auto e = Open();
   for (uint64_t id = 0; id < 300; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
@@ -1024,11 +1093,15 @@ TEST_P(LogExportTest, ARollbackMakesTheExportTheSnapshotAgainAndFreesWhatCameAft
   ASSERT_OK(e->Flush());
   GcResult r;
   ASSERT_OK(e->CollectGarbage(true, &r));
+  e.reset();
   const uint64_t before = StoredBytes();
-  ASSERT_OK(e->Rollback("s"));
+  ASSERT_OK(LogExport::RollbackStored(transport_, "e", "s", nullptr));
+  EXPECT_TRUE(LogExport::RollbackStored(transport_, "e", "nosuch", nullptr).IsNotFound());
+  e = Open();
   expect_snapshot(*e);
-  EXPECT_TRUE(e->Rollback("nosuch").IsNotFound());
-  // What came after is garbage now, freed: 400 blocks of version 3.
+  // Made permanent by the writer's next checkpoint, which frees what came after: 400 blocks of
+  // version 3.
+  ASSERT_OK(e->CollectGarbage(false, &r));
   EXPECT_LT(StoredBytes() + 400 * FrameBytes(4096), before + (64u << 10));
   e.reset();
   e = Open();
@@ -1045,6 +1118,107 @@ TEST_P(LogExportTest, ARollbackMakesTheExportTheSnapshotAgainAndFreesWhatCameAft
   for (uint64_t id = 0; id < 10; ++id) ExpectBlock(*e, id, 4);
   for (uint64_t id = 10; id < 300; ++id) ExpectBlock(*e, id, 1);
   ExpectBlock(*view, 3, 1);
+}
+
+// A rollback is one mark: opening applies it until a checkpoint makes it permanent. Meanwhile
+// the snapshot it goes back to (and what only it keeps) stays as long as the mark needs it,
+// whatever is done with the snapshots.
+TEST_P(LogExportTest, ARollbackNotYetCheckpointedSurvivesSnapshotsTakenAndDeleted) {
+  auto e = Open();
+  for (uint64_t id = 0; id < 100; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->Checkpoint());  // which only the snapshot keeps, later
+  SnapshotRecord one, two;
+  ASSERT_OK(e->CreateSnapshot("one", 100 * 4096, &one));
+  for (uint64_t id = 0; id < 100; ++id) ASSERT_OK(e->Write(id, Block(id, 2), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->CreateSnapshot("two", 100 * 4096, &two));
+  for (uint64_t id = 0; id < 100; ++id) ASSERT_OK(e->Write(id, Block(id, 3), false));
+  ASSERT_OK(e->Flush());
+  GcResult r;
+  ASSERT_OK(e->CollectGarbage(true, &r));  // a checkpoint after both snapshots
+  e.reset();
+  auto expect = [&](LogExport& x, uint32_t v) {
+    for (uint64_t id = 0; id < 100; ++id) ExpectBlock(x, id, v);
+  };
+  // Two rollbacks in a row, neither checkpointed: the last one counts.
+  ASSERT_OK(LogExport::RollbackStored(transport_, "e", "two", nullptr));
+  ASSERT_OK(LogExport::RollbackStored(transport_, "e", "one", nullptr));
+  {
+    std::unique_ptr<LogExport> light;
+    ASSERT_OK(LogExport::OpenForSnapshots(transport_, "e", nullptr, &light));
+    bool pending = false;
+    ASSERT_OK(light->RollbackPending(&pending));
+    EXPECT_TRUE(pending);
+    SnapshotRecord ignored;
+    ASSERT_OK(LogExport::CreateSnapshotOfStored(transport_, "e", "", "x", 1, nullptr, &ignored,
+                                                &pending));
+    EXPECT_TRUE(pending);  // and nothing written
+  }
+  {
+    // Opened by a reader only (no checkpoint), then both snapshots deleted by it: each
+    // deletion first makes the rollback permanent.
+    auto x = Open();
+    expect(*x, 1);
+    ASSERT_OK(x->DeleteSnapshot("one"));
+    ASSERT_OK(x->DeleteSnapshot("two"));
+    EXPECT_TRUE(x->Snapshots().empty());
+    expect(*x, 1);
+  }
+  e = Open();
+  expect(*e, 1);
+  std::unique_ptr<LogExport> light;
+  ASSERT_OK(LogExport::OpenForSnapshots(transport_, "e", nullptr, &light));
+  bool pending = true;
+  ASSERT_OK(light->RollbackPending(&pending));
+  EXPECT_FALSE(pending);
+  // A snapshot taken after it reads what the rollback made, with no mark to replay.
+  SnapshotRecord three;
+  ASSERT_OK(e->CreateSnapshot("three", 100 * 4096, &three));
+  EXPECT_GE(three.checkpoint, two.seq + 1);
+  std::unique_ptr<LogExport> view;
+  ASSERT_OK(LogExport::OpenSnapshot(transport_, "e", three, options_, &view));
+  expect(*view, 1);
+}
+
+// Whatever the export's size, a rollback, and a snapshot and its deletion without a server,
+// cost the same few requests: none of them reads or writes the map.
+TEST_P(LogExportTest, RollbackAndSnapshotsOfAStoredExportCostRequestsIndependentOfItsSize) {
+  auto counting = std::make_shared<CountingTransport>(transport_);
+  std::vector<int> costs;
+  for (uint64_t blocks : {64u, 8192u}) {
+    const std::string name = "n" + std::to_string(blocks);
+    {
+      std::unique_ptr<LogExport> e;
+      ASSERT_OK(LogExport::Open(transport_, name, options_, nullptr, &e));
+      // At random, so that the map is as large as it gets.
+      for (uint64_t i = 0; i < blocks; ++i)
+        ASSERT_OK(e->Write((i * 7919) % (blocks * 4), Block(i, 1), false));
+      ASSERT_OK(e->Flush());
+      ASSERT_OK(e->Checkpoint());
+      SnapshotRecord rec;
+      ASSERT_OK(e->CreateSnapshot("s", 1, &rec));
+      ASSERT_OK(e->Close());
+    }
+    counting->requests = 0;
+    SnapshotRecord rec;
+    bool pending = false;
+    ASSERT_OK(LogExport::CreateSnapshotOfStored(counting, name, "", "t", 1, nullptr, &rec, &pending));
+    const int snapshot = counting->requests.exchange(0);
+    {
+      std::unique_ptr<LogExport> light;
+      ASSERT_OK(LogExport::OpenForSnapshots(counting, name, nullptr, &light));
+      ASSERT_OK(light->DeleteSnapshot("t"));
+    }
+    const int deletion = counting->requests.exchange(0);
+    ASSERT_OK(LogExport::RollbackStored(counting, name, "s", nullptr));
+    const int rollback = counting->requests.exchange(0);
+    costs.insert(costs.end(), {snapshot, deletion, rollback});
+    EXPECT_LE(rollback, 6) << blocks << " blocks";
+  }
+  EXPECT_EQ(costs[0], costs[3]) << "snapshot";
+  EXPECT_EQ(costs[1], costs[4]) << "deletion";
+  EXPECT_EQ(costs[2], costs[5]) << "rollback";
 }
 
 }  // namespace
