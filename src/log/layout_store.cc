@@ -385,11 +385,10 @@ Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapsh
   }
   // Not open: its map need not be loaded for a snapshot (a few requests, whatever its size).
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
-  if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
-  S3B_RETURN_IF_ERROR(Transport(&transport));
-  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  WriteFence fence;
+  S3B_RETURN_IF_ERROR(StoredForChange(e, known, &meta, is_log, &transport, &fence));
+  if (!*is_log) return Status::Ok();
   bool pending = false;
   S3B_RETURN_IF_ERROR(LogExport::CreateSnapshotOfStored(std::move(transport), std::string(e),
                                                         meta.base, snapshot, size,
@@ -412,6 +411,16 @@ Status LayoutStore::StoredLogExport(std::string_view e, const ExportMeta* known,
     if (found) S3B_RETURN_IF_ERROR(ExportMeta::Parse(e, text, meta));
   }
   *is_log = found && meta->layout == ExportLayout::kLog && meta->snapshot.empty();
+  return Status::Ok();
+}
+
+Status LayoutStore::StoredForChange(std::string_view e, const ExportMeta* known, ExportMeta* meta,
+                                    bool* is_log, std::shared_ptr<ObjectTransport>* transport,
+                                    WriteFence* fence) {
+  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, meta, is_log));
+  if (!*is_log) return Status::Ok();
+  S3B_RETURN_IF_ERROR(Transport(transport));
+  if (fence_for_) *fence = fence_for_(e);
   return Status::Ok();
 }
 
@@ -483,11 +492,10 @@ Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bo
                           "when no process has it open");
   }
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
-  if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
-  S3B_RETURN_IF_ERROR(Transport(&transport));
-  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  WriteFence fence;
+  S3B_RETURN_IF_ERROR(StoredForChange(e, known, &meta, is_log, &transport, &fence));
+  if (!*is_log) return Status::Ok();
   return LogExport::RollbackStored(std::move(transport), std::string(e), snapshot,
                                    fence ? &fence : nullptr, record);
 }
@@ -505,11 +513,10 @@ Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
   // Not open: the marker alone, whatever else the export has (the lease keeps a deletion of
   // the snapshot from running meanwhile).
   ExportMeta meta;
-  S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
-  if (!*is_log) return Status::Ok();
   std::shared_ptr<ObjectTransport> transport;
-  S3B_RETURN_IF_ERROR(Transport(&transport));
-  const WriteFence fence = fence_for_ ? fence_for_(e) : WriteFence();
+  WriteFence fence;
+  S3B_RETURN_IF_ERROR(StoredForChange(e, known, &meta, is_log, &transport, &fence));
+  if (!*is_log) return Status::Ok();
   return LogExport::AddCloneOfStored(*transport, std::string(e), snapshot, clone,
                                      fence ? &fence : nullptr);
 }

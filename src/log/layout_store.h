@@ -127,6 +127,11 @@ class LayoutStore : public StoreDecorator {
   // snapshot's view).
   Status StoredLogExport(std::string_view e, const ExportMeta* known, ExportMeta* meta,
                          bool* is_log);
+  // StoredLogExport, and for a log export the transport and the fence (may be empty) that
+  // change it.
+  Status StoredForChange(std::string_view e, const ExportMeta* known, ExportMeta* meta,
+                         bool* is_log, std::shared_ptr<ObjectTransport>* transport,
+                         WriteFence* fence);
   // The export's LogExport for an operation on its snapshots: the one open here (a server's),
   // else one opened for its snapshots only (LogExport::OpenForSnapshots, owned by *light),
   // without loading its map. *log is null for an export of the default layout.
