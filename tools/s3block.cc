@@ -648,6 +648,29 @@ int CmdGc(Context& c) {
   return kExitOk;
 }
 
+int CmdRepair(Context& c) {
+  RepairReport r;
+  Status s = RepairExport(*c.store, c.name(0), *c.options, &r);
+  if (!s.ok()) return Report(s);
+  if (c.a.json) {
+    std::printf("{\"name\": %s, \"first_damaged\": %" PRIu64 ", \"segments\": %" PRIu64
+                ", \"bytes\": %" PRIu64 "}\n",
+                JsonString(c.name(0)).c_str(), r.first_damaged, r.segments, r.bytes);
+    return kExitOk;
+  }
+  if (r.first_damaged == 0) {
+    std::printf("export '%s' has no damaged segment: nothing to repair\n",
+                QuoteForMessage(c.name(0)).c_str());
+    return kExitOk;
+  }
+  std::printf("export '%s' is written again from segment %" PRIu64 ": segment %" PRIu64
+              " (damaged) and %" PRIu64 " after it (%s) set aside under exports/%s/damaged/\n",
+              QuoteForMessage(c.name(0)).c_str(), r.first_damaged - 1, r.first_damaged,
+              r.segments > 0 ? r.segments - 1 : 0, HumanSize(r.bytes).c_str(),
+              QuoteForMessage(c.name(0)).c_str());
+  return kExitOk;
+}
+
 const Command kCommands[] = {
     {"create", 1, true, "create NAME [--size SIZE] [--block-size SIZE] [--layout blocks|log]",
      "create an empty export (default 1G, 4096)",
@@ -702,6 +725,14 @@ const Command kCommands[] = {
      "are rewritten, and those segments deleted. Prints the segments freed, their bytes and\n"
      "the bytes copied. Refused while a server holds the export (whose collector runs anyway).\n",
      CmdGc},
+    {"repair", 1, true, "repair NAME [--json]",
+     "set aside a log export's damaged segment, and the later ones",
+     "A log export whose run of segments ends at a damaged one (which 's3block verify' names)\n"
+     "is served read only, as of the segment before it. repair moves that segment and every\n"
+     "later one to exports/NAME/damaged/, where nothing reads them (they may hold acknowledged\n"
+     "writes, kept for recovery by hand), and the export is written again from there. Refused\n"
+     "while a server holds the export. Does nothing to a sound export.\n",
+     CmdRepair},
     {"clone", 2, true, "clone NAME@SNAP NEW",
      "make a writable export from a snapshot, sharing its blocks",
      "Makes log export NEW from snapshot SNAP of export NAME: same size, content and encoding,\n"

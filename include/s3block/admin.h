@@ -197,6 +197,20 @@ struct GcReport {
 Status CollectExportGarbage(BlockStore& store, std::string_view name, bool all,
                             const AdminOptions& options, GcReport* report);
 
+struct RepairReport {
+  uint64_t first_damaged = 0;  // the segment the export's run ended at (0: none, nothing done)
+  uint64_t segments = 0;       // set aside: it and every later one
+  uint64_t bytes = 0;          // their size
+};
+
+// A log export whose run of segments ends at one that is there but not valid (s3block verify
+// names it; the export is served read only, as of the segment before): under its lease, that
+// segment and every later one are moved to exports/NAME/damaged/, where nothing reads them (they
+// may hold writes a flush acknowledged: kept for whoever recovers them by hand), and the export
+// is written again from the last valid one. Nothing is done to a sound export.
+Status RepairExport(BlockStore& store, std::string_view name, const AdminOptions& options,
+                    RepairReport* report);
+
 }  // namespace s3block
 
 #endif  // S3BLOCK_ADMIN_H_

@@ -966,6 +966,30 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
   return StillHeld(lease, name, "the verification");
 }
 
+Status RepairExport(BlockStore& store, std::string_view name, const AdminOptions& options,
+                    RepairReport* report) {
+  *report = RepairReport();
+  S3B_RETURN_IF_ERROR(ValidateExportName(name));
+  S3B_RETURN_IF_ERROR(RequireExists(store, name));
+  ExportMeta meta;
+  bool found = false;
+  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
+  if (!found || !IsLog(meta))
+    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout: repair applies "
+                                   "to log exports (layout=log) only; 's3block verify' names a "
+                                   "damaged block of it");
+  if (options.layouts == nullptr)
+    return Status::NotSupported("this store has no log layout to repair " + Q(name) + " in");
+  std::unique_ptr<ExportLease> lease;
+  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to repair it (stop it first)"));
+  ExportCloser closing(store, name);
+  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
+  bool is_log = false;
+  S3B_RETURN_IF_ERROR(options.layouts->SetAsideDamaged(name, &report->first_damaged,
+                                                       &report->segments, &report->bytes, &is_log));
+  return closing.Close();
+}
+
 Status CollectExportGarbage(BlockStore& store, std::string_view name, bool all,
                             const AdminOptions& options, GcReport* report) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));

@@ -158,6 +158,14 @@ bool LayoutStore::KnownLog(std::string_view e) const {
   return entry->resolved && entry->layout == ExportLayout::kLog;
 }
 
+Status LayoutStore::SetAsideDamaged(std::string_view e, uint64_t* first, uint64_t* moved,
+                                    uint64_t* bytes, bool* is_log) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  *is_log = log != nullptr;
+  return log ? log->SetAsideDamaged(first, moved, bytes) : Status::Ok();
+}
+
 Status LayoutStore::ReadSnapshotMeta(std::string_view full, std::string* text, bool* found) {
   std::string of;
   SnapshotRecord record;

@@ -85,6 +85,9 @@ class LayoutStore : public StoreDecorator {
   // The blocks stored in the default layout's place for export e, which has no metadata (the
   // caller read it): not read again.
   Status ListBlocksWithoutMeta(std::string_view e, const std::function<void(uint64_t)>& fn);
+  // LogExport::SetAsideDamaged of log export e.
+  Status SetAsideDamaged(std::string_view e, uint64_t* first, uint64_t* moved, uint64_t* bytes,
+                         bool* is_log);
   // Whether log export e (not a snapshot's view) is open here: its metadata was read.
   bool IsOpenLogExport(std::string_view e) const;
   // Of an export no process has open (Busy if this one has): LogExport::RollbackStored, which

@@ -339,10 +339,11 @@ Status LogExport::BecomeWriterLocked(UniqueLock& lock) {
   if (!damaged.ok()) damaged_ = damaged;
   // The run ends at a segment that is there but not valid: what follows it may be acknowledged
   // data, so nothing after it is deleted or written over; the export is served as it is, read
-  // only, until an operator looks (s3block verify names the segment).
+  // only, until an operator looks (s3block verify names the segment, s3block repair sets it
+  // aside).
   if (status.ok() && !damaged_.ok())
     status = Status::IoError(damaged_.message() + "; the blocks of later segments are not served, "
-                             "and nothing is written to the export");
+                             "and nothing is written to the export (until 's3block repair')");
   mu_.Unlock();
   if (status.ok()) {
     mu_.Lock();
@@ -1478,6 +1479,12 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
     MutexLock l(&mu_);
     slots = slots_;
     map = map_;
+    if (!damaged_.ok()) {
+      report(damaged_.message() + ": the export is read only as of segment " +
+             std::to_string(applied_seq_) + ", and that segment and the later ones are not "
+             "applied ('s3block repair' sets them aside)");
+      ++*problems;
+    }
   }
   // Each segment's entries, as the map should see them.
   for (uint32_t i = 0; i < slots.size(); ++i) {
@@ -1521,6 +1528,45 @@ Status LogExport::Verify(const std::function<void(const std::string&)>& report, 
   return Status::Ok();
 }
 
+Status LogExport::SetAsideDamaged(uint64_t* first, uint64_t* moved, uint64_t* bytes) {
+  *first = *moved = *bytes = 0;
+  uint64_t from;
+  {
+    MutexLock l(&mu_);
+    if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+    if (writer_) return Status::Busy("export '" + name_ + "' is being written here");
+    if (damaged_.ok()) return Status::Ok();
+    from = applied_seq_ + 1;
+  }
+  const std::string what = "export '" + name_ + "' in " + transport_->Describe() +
+                           ": setting aside segment " + std::to_string(from) + " and later ones";
+  const std::string prefix = LogPrefix(name_);
+  std::vector<uint64_t> seqs;
+  S3B_RETURN_IF_ERROR(transport_->List(prefix, [&](const std::string& key, std::string_view) {
+    uint64_t seq = 0;
+    if (ParseSeqKey(key, prefix, &seq) && seq >= from) seqs.push_back(seq);
+  }).Annotate(what));
+  std::sort(seqs.begin(), seqs.end());
+  // In order, each copied before it is deleted: stopped midway, what is left past the run is
+  // still damaged at its start (or a gap), and this is run again.
+  for (uint64_t seq : seqs) {
+    const std::string key = SegmentKey(name_, seq);
+    std::vector<uint8_t> bytes_of;
+    Status s = transport_->Get(key, &bytes_of);
+    if (s.IsNotFound()) continue;
+    S3B_RETURN_IF_ERROR(s.Annotate(what));
+    const std::string aside = SetAsidePrefix(name_) + key.substr(prefix.size());
+    S3B_RETURN_IF_ERROR(transport_->Put(aside, bytes_of, PutOptions::Fenced(fence())).Annotate(what));
+    S3B_RETURN_IF_ERROR(transport_->Delete(std::span<const std::string>(&key, 1), fence()).Annotate(what));
+    ++*moved;
+    *bytes += bytes_of.size();
+  }
+  MutexLock l(&mu_);
+  *first = from;
+  damaged_ = Status::Ok();
+  return Status::Ok();
+}
+
 Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
                             const WriteFence* fence) {
   // Checkpoints first: an export half deleted then has no checkpoint naming missing segments.
@@ -1530,6 +1576,7 @@ Status LogExport::DeleteAll(ObjectTransport& transport, std::string_view name,
   S3B_RETURN_IF_ERROR(transport.List(LogPrefix(name), add));
   S3B_RETURN_IF_ERROR(transport.List(SnapshotPrefix(name), add));
   S3B_RETURN_IF_ERROR(transport.List(ClonePrefix(name), add));
+  S3B_RETURN_IF_ERROR(transport.List(SetAsidePrefix(name), add));
   return transport.Delete(keys, fence);
 }
 

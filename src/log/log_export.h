@@ -226,8 +226,16 @@ class LogExport {
   // counts them.
   Status Verify(const std::function<void(const std::string&)>& report, uint64_t* problems);
 
-  // Deletes every object of the layout (segments, checkpoints, snapshots, clone markers) of
-  // export `name`.
+  // An export whose run ends at a segment that is there but not valid (served read only, as
+  // of the segment before it): moves that segment and every later one (which may hold writes a
+  // flush acknowledged, but which cannot be applied) from log/ to damaged/ (SetAsidePrefix),
+  // where nothing reads them, so that the export is written again from there. *first is the
+  // damaged seq (0, and nothing done, if the run is sound); *moved and *bytes count what was
+  // moved. REQUIRES: the export's lease; no writer here.
+  Status SetAsideDamaged(uint64_t* first, uint64_t* moved, uint64_t* bytes);
+
+  // Deletes every object of the layout (segments, checkpoints, snapshots, clone markers, what
+  // repair set aside) of export `name`.
   static Status DeleteAll(ObjectTransport& transport, std::string_view name,
                           const WriteFence* fence);
 

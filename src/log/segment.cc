@@ -35,6 +35,9 @@ std::string LogPrefix(std::string_view export_name) {
 std::string CheckpointPrefix(std::string_view export_name) {
   return "exports/" + std::string(export_name) + "/checkpoint/";
 }
+std::string SetAsidePrefix(std::string_view export_name) {
+  return "exports/" + std::string(export_name) + "/damaged/";
+}
 std::string SegmentKey(std::string_view export_name, uint64_t seq) {
   return LogPrefix(export_name) + Hex16(seq);
 }

@@ -54,6 +54,8 @@ inline constexpr uint32_t kSegmentRollback = 4;       // a rollback mark: the ma
 std::string SegmentKey(std::string_view export_name, uint64_t seq);
 std::string LogPrefix(std::string_view export_name);         // "exports/<name>/log/"
 std::string CheckpointPrefix(std::string_view export_name);  // "exports/<name>/checkpoint/"
+// Where `s3block repair` sets aside a damaged segment and the ones after it.
+std::string SetAsidePrefix(std::string_view export_name);    // "exports/<name>/damaged/"
 std::string CheckpointKey(std::string_view export_name, uint64_t seq);
 std::string CheckpointPartKey(std::string_view export_name, uint64_t seq, uint32_t part);
 // Parses the 16 hex digits at the end of a segment's or a checkpoint root's key; false for any

@@ -1031,6 +1031,63 @@ TEST_P(LogExportTest, ARollbackMarkInAGapDoesNotApplyTheSegmentsAfterIt) {
   for (uint64_t id = 0; id < 10; ++id) ExpectBlock(*e, id, id == 3 ? 3 : 1);
 }
 
+// A damaged head ends the run: verify says so, and repair sets that segment and the later ones
+// aside (kept, read by nothing), after which the export is written again from the one before.
+TEST_P(LogExportTest, RepairSetsADamagedSegmentAndTheLaterOnesAsideAndTheExportIsWrittenAgain) {
+  uint64_t damaged = 0;
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(1, Block(1, 1), false));
+    ASSERT_OK(e->Flush());
+    ASSERT_OK(e->Write(2, Block(2, 1), false));
+    ASSERT_OK(e->Flush());
+    damaged = e->Stats().last_seq;
+    ASSERT_OK(e->Write(3, Block(3, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  CorruptSegment(damaged, 30);
+  {
+    auto e = Open();
+    std::vector<std::string> lines;
+    uint64_t problems = 0;
+    ASSERT_OK(e->Verify([&](const std::string& l) { lines.push_back(l); }, &problems));
+    ASSERT_EQ(problems, 1u);
+    EXPECT_NE(lines[0].find("repair"), std::string::npos) << lines[0];
+    EXPECT_FALSE(e->Write(9, Block(9, 1), false).ok());
+  }
+  {
+    auto e = Open();
+    uint64_t first = 0, moved = 0, bytes = 0;
+    ASSERT_OK(e->SetAsideDamaged(&first, &moved, &bytes));
+    EXPECT_EQ(first, damaged);
+    EXPECT_EQ(moved, 2u);  // it and the one holding block 3
+    EXPECT_GT(bytes, 0u);
+    ASSERT_OK(e->SetAsideDamaged(&first, &moved, &bytes));
+    EXPECT_EQ(first, 0u);  // sound now: nothing more
+    ExpectBlock(*e, 1, 1);
+    ExpectBlock(*e, 2, std::nullopt);
+    ASSERT_OK(e->Write(4, Block(4, 1), false));
+    ASSERT_OK(e->Flush());
+  }
+  auto e = Open();
+  ExpectBlock(*e, 1, 1);
+  ExpectBlock(*e, 3, std::nullopt);
+  ExpectBlock(*e, 4, 1);
+  uint64_t problems = 0;
+  ASSERT_OK(e->Verify([](const std::string&) {}, &problems));
+  EXPECT_EQ(problems, 0u);
+  std::vector<std::string> aside;
+  ASSERT_OK(transport_->List(SetAsidePrefix("e"), [&](const std::string& k, std::string_view) {
+    aside.push_back(k);
+  }));
+  EXPECT_EQ(aside.size(), 2u);
+  e.reset();
+  ASSERT_OK(LogExport::DeleteAll(*transport_, "e", nullptr));
+  aside.clear();
+  ASSERT_OK(transport_->List("", [&](const std::string& k, std::string_view) { aside.push_back(k); }));
+  EXPECT_TRUE(aside.empty()) << aside.size() << " objects left, the first " << aside[0];
+}
+
 // Counts the requests made through it.
 class CountingTransport : public ObjectTransport {
  public:
