@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "fake_http_server.h"
 #include "open_race.h"
 #include "s3_test_env.h"
 #include "s3/s3_client.h"
@@ -450,6 +451,80 @@ TEST_F(S3StoreTest, VolumeRoundTripAtUnalignedOffsets) {
 // The export lease on S3: conditional writes against the real server.
 namespace s3block {
 namespace {
+
+// A lease is only as good as If-None-Match: against a server that ignores it (a fake one, in
+// memory), the first lease a process takes is PUT a second time, that PUT is not refused, and
+// the lease is given up with an error (its object deleted); against one that honours it, that
+// second PUT is the only extra request, made once per process.
+TEST(S3StoreLeaseTest, AServerThatIgnoresIfNoneMatchIsToldApartByTheFirstLease) {
+  for (bool honours : {false, true}) {
+    std::mutex mu;
+    std::map<std::string, std::string> objects;
+    std::vector<std::string> log;
+    int etag = 0;
+    testing::FakeHttpServer server([&](const testing::FakeRequest& r) {
+      std::lock_guard<std::mutex> l(mu);
+      const std::string key = r.target.substr(0, r.target.find('?'));
+      log.push_back(r.method + " " + key);
+      testing::FakeResponse out;
+      if (r.method == "PUT") {
+        auto it = r.headers.find("if-none-match");
+        if (honours && it != r.headers.end() && objects.count(key)) {
+          out.status = 412;
+          out.body = "<Error><Code>PreconditionFailed</Code></Error>";
+          return out;
+        }
+        objects[key] = r.body;
+        out.headers.push_back({"ETag", "\"e" + std::to_string(++etag) + "\""});
+      } else if (r.method == "DELETE") {
+        objects.erase(key);
+        out.status = 204;
+      } else if (r.method == "GET" && objects.count(key)) {
+        out.body = objects[key];
+        out.headers.push_back({"ETag", "\"e" + std::to_string(etag) + "\""});
+      } else {
+        out.status = 404;
+        out.body = "<Error><Code>NoSuchKey</Code></Error>";
+      }
+      return out;
+    });
+    Config c;
+    c.store = "s3://bucket/p";
+    c.endpoint = server.endpoint();
+    c.access_key = "key";
+    c.secret_key = "secret";
+    c.retry_timeout = 2;
+    ASSERT_OK(c.Finish());
+    std::shared_ptr<S3Store> store;
+    ASSERT_OK(S3Store::Create(S3StoreOptionsFor(c), &store));
+    std::unique_ptr<ExportLease> lease;
+    Status s = store->AcquireLease("e", "test", false, &lease);
+    std::vector<std::string> seen;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      seen = log;
+      log.clear();
+    }
+    const std::string key = "/bucket/p/exports/e/lease";
+    if (!honours) {
+      EXPECT_TRUE(s.IsNotSupported()) << s.ToString();
+      EXPECT_NE(s.message().find("If-None-Match"), std::string::npos) << s.ToString();
+      EXPECT_EQ(seen, (std::vector<std::string>{"PUT " + key, "PUT " + key, "DELETE " + key}));
+      std::lock_guard<std::mutex> l(mu);
+      EXPECT_EQ(objects.count(key), 0u);
+      continue;
+    }
+    ASSERT_OK(s);
+    EXPECT_EQ(seen, (std::vector<std::string>{"PUT " + key, "PUT " + key}));
+    lease.reset();
+    std::unique_ptr<ExportLease> again;
+    ASSERT_OK(store->AcquireLease("f", "test", false, &again));
+    std::lock_guard<std::mutex> l(mu);
+    // The first lease deleted without a read (it had its whole span left); the next one taken
+    // with one PUT.
+    EXPECT_EQ(log, (std::vector<std::string>{"DELETE " + key, "PUT /bucket/p/exports/f/lease"}));
+  }
+}
 
 TEST_F(S3StoreTest, LeaseKeepsASecondWriterOutAndIsReleased) {
   std::unique_ptr<ExportLease> first, second;
