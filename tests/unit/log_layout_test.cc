@@ -1003,6 +1003,52 @@ TEST_P(LogExportTest, ACloneReadsItsBaseUntilItWritesAndItsTrimsHideTheBase) {
 }
 
 
+// A clone rolled back to a snapshot of its own: its writes and trims since are undone, the
+// ones before stay, and what it never wrote still reads from its base.
+TEST_P(LogExportTest, ARolledBackCloneReadsAsItsSnapshotThroughItsBase) {
+  auto e = Open();
+  for (uint64_t id = 0; id < 50; ++id) ASSERT_OK(e->Write(id, Block(id, 1), false));
+  ASSERT_OK(e->Flush());
+  SnapshotRecord rec;
+  ASSERT_OK(e->CreateSnapshot("s", 50 * 4096, &rec));
+  auto open_clone = [&] {
+    std::unique_ptr<LogExport> base, clone;
+    EXPECT_OK(LogExport::OpenSnapshot(transport_, "e", rec, options_, &base));
+    EXPECT_OK(LogExport::Open(transport_, "c", options_, nullptr, &clone, std::move(base), "e@s"));
+    return clone;
+  };
+  auto expect = [&](LogExport& c) {
+    for (uint64_t id = 0; id < 50; ++id)
+      ExpectBlock(c, id, id < 5 ? std::optional<uint32_t>(2)
+                         : id < 10 ? std::nullopt
+                                   : std::optional<uint32_t>(1));
+  };
+  {
+    auto c = open_clone();
+    for (uint64_t id = 0; id < 5; ++id) ASSERT_OK(c->Write(id, Block(id, 2), false));
+    std::vector<uint64_t> trims = {5, 6, 7, 8, 9};
+    ASSERT_OK(c->Delete(trims, false));
+    ASSERT_OK(c->Flush());
+    SnapshotRecord crec;
+    ASSERT_OK(c->CreateSnapshot("cs", 50 * 4096, &crec));
+    // After it: overwrites, trims of base blocks and of its own, all undone below.
+    for (uint64_t id = 0; id < 50; id += 2) ASSERT_OK(c->Write(id, Block(id, 3), false));
+    std::vector<uint64_t> more = {1, 3, 11, 13};
+    ASSERT_OK(c->Delete(more, false));
+    ASSERT_OK(c->Flush());
+    ASSERT_OK(c->Checkpoint());
+  }
+  ASSERT_OK(LogExport::RollbackStored(transport_, "c", "cs", nullptr));
+  {
+    auto c = open_clone();
+    expect(*c);
+    GcResult r;
+    ASSERT_OK(c->CollectGarbage(false, &r));  // made permanent
+  }
+  auto c = open_clone();
+  expect(*c);
+}
+
 // A crashed writer's segment past a gap is joined to the run by a rollback mark placed in the
 // gap: being of an older writer, it is never applied, and the next writer writes past it.
 TEST_P(LogExportTest, ARollbackMarkInAGapDoesNotApplyTheSegmentsAfterIt) {
