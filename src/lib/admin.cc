@@ -550,7 +550,8 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
   bool any = found || !ms.ok();
   // Blocks without metadata are an export too (the specification's first version's).
   if (!any)
-    S3B_RETURN_IF_ERROR(options.layouts->ListBlocksWithoutMeta(clone, [&](uint64_t) { any = true; }));
+    S3B_RETURN_IF_ERROR(
+        options.layouts->ListBlocksWithoutMeta(clone, [&](uint64_t) { any = true; }));
   if (any)
     return Status::AlreadyExists("export " + Q(clone) + " already exists in " + store.Describe());
   // The snapshot first learns it has a clone: a crash before the clone's metadata leaves only

@@ -203,7 +203,8 @@ Status Server::WithLogExport(const std::string& name,
       return Status::InvalidArgument("export '" + QuoteForMessage(name) +
                                      "' has the blocks layout: snapshots are of log exports only");
     if (!meta.snapshot.empty())
-      return Status::InvalidArgument("'" + QuoteForMessage(name) + "' is a snapshot, not an export");
+      return Status::InvalidArgument("'" + QuoteForMessage(name) +
+                                     "' is a snapshot, not an export");
   }
   std::shared_ptr<Volume> volume;
   S3B_RETURN_IF_ERROR(volumes_->Acquire(name, false, &volume));

@@ -269,7 +269,8 @@ Status LogExport::LoadRollbackViews(const std::vector<SegmentHeader>& heads, Rol
   return Status::Ok();
 }
 
-void LogExport::ApplyRunLocked(const std::vector<SegmentHeader>& heads, const RollbackViews& views) {
+void LogExport::ApplyRunLocked(const std::vector<SegmentHeader>& heads,
+                               const RollbackViews& views) {
   for (const SegmentHeader& h : heads) {
     if (h.epoch < epoch_) {
       // A stale writer's, after a newer writer's first segment: never applied.
@@ -1280,8 +1281,8 @@ Status LogExport::DeleteSnapshot(
   if (!snapshots_.count(snapshot))
     return Status::NotFound("export '" + name_ + "' has no snapshot '" + snapshot + "'");
   // A rollback to it may still need what it keeps.
-  S3B_RETURN_IF_ERROR(SettleRollbackLocked(lock).Annotate("export '" + name_ +
-                                                           "': deleting snapshot '" + snapshot + "'"));
+  S3B_RETURN_IF_ERROR(SettleRollbackLocked(lock).Annotate(
+      "export '" + name_ + "': deleting snapshot '" + snapshot + "'"));
   // No clone is added meanwhile (AddClone waits for this too).
   BeginCheckpointingLocked(lock);
   std::vector<std::string> clones;
@@ -1324,7 +1325,8 @@ Status LogExport::RollbackStored(std::shared_ptr<ObjectTransport> transport,
                            ": rolling back to snapshot '" + snapshot + "'";
   SnapshotRecord record;
   Status s = ReadSnapshot(*transport, name, snapshot, &record);
-  if (s.IsNotFound()) return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
+  if (s.IsNotFound())
+    return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
   S3B_RETURN_IF_ERROR(s.Annotate(what));
   // Where the run ends, as a writer taking the export over finds it (BecomeWriterLocked).
   std::vector<uint64_t> roots;
@@ -1333,7 +1335,8 @@ Status LogExport::RollbackStored(std::shared_ptr<ObjectTransport> transport,
   uint64_t last = 0, epoch = 0;
   if (!roots.empty()) {
     CheckpointInfo info;
-    S3B_RETURN_IF_ERROR(ReadCheckpoint(*transport, name, roots.back(), &info, nullptr).Annotate(what));
+    S3B_RETURN_IF_ERROR(
+        ReadCheckpoint(*transport, name, roots.back(), &info, nullptr).Annotate(what));
     last = info.seq;
     epoch = info.epoch;
   }
@@ -1369,7 +1372,8 @@ Status LogExport::RollbackPending(bool* pending) {
   std::vector<SegmentHeader> run;
   Status damaged;
   S3B_RETURN_IF_ERROR(ReadRun(seq + 1, &run, &damaged).Annotate("export '" + name_ + "'"));
-  *pending = std::any_of(run.begin(), run.end(), [](const SegmentHeader& h) { return h.rollback.has_value(); });
+  *pending = std::any_of(run.begin(), run.end(),
+                         [](const SegmentHeader& h) { return h.rollback.has_value(); });
   return Status::Ok();
 }
 
@@ -1397,7 +1401,8 @@ Status LogExport::AddCloneOfStored(ObjectTransport& transport, const std::string
   const std::string what = "export '" + name + "': recording clone '" + clone + "'";
   SnapshotRecord r;
   Status s = ReadSnapshot(transport, name, snapshot, &r);
-  if (s.IsNotFound()) return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
+  if (s.IsNotFound())
+    return Status::NotFound("export '" + name + "' has no snapshot '" + snapshot + "'");
   S3B_RETURN_IF_ERROR(s.Annotate(what));
   const std::string text = EncodeCloneMarker(snapshot);
   return transport
@@ -1556,8 +1561,10 @@ Status LogExport::SetAsideDamaged(uint64_t* first, uint64_t* moved, uint64_t* by
     if (s.IsNotFound()) continue;
     S3B_RETURN_IF_ERROR(s.Annotate(what));
     const std::string aside = SetAsidePrefix(name_) + key.substr(prefix.size());
-    S3B_RETURN_IF_ERROR(transport_->Put(aside, bytes_of, PutOptions::Fenced(fence())).Annotate(what));
-    S3B_RETURN_IF_ERROR(transport_->Delete(std::span<const std::string>(&key, 1), fence()).Annotate(what));
+    S3B_RETURN_IF_ERROR(
+        transport_->Put(aside, bytes_of, PutOptions::Fenced(fence())).Annotate(what));
+    S3B_RETURN_IF_ERROR(
+        transport_->Delete(std::span<const std::string>(&key, 1), fence()).Annotate(what));
     ++*moved;
     *bytes += bytes_of.size();
   }

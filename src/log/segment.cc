@@ -175,7 +175,8 @@ Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where
     if (payload.size() != 16)
       return Status::IoError(where + " is corrupt: its rollback target does not add up");
     header->rollback = RollbackTarget{LoadLe64(payload.data()), LoadLe64(payload.data() + 8)};
-    if (header->rollback->seq < header->rollback->checkpoint || header->rollback->seq >= header->seq)
+    if (header->rollback->seq < header->rollback->checkpoint ||
+        header->rollback->seq >= header->seq)
       return Status::IoError(where + " is corrupt: its rollback target does not add up");
   }
   return Status::Ok();

@@ -111,8 +111,9 @@ void EncodeSegmentHead(SegmentHeader* header, std::vector<uint8_t>* segment);
 // The bytes of a rollback mark: segment `seq` of writer `epoch`, after which the map is `target`'s.
 std::vector<uint8_t> EncodeRollbackMark(uint64_t seq, uint64_t epoch, RollbackTarget target);
 
-// Parses a segment's head from its first bytes (a rollback mark's: all of it). With fewer bytes than the head needs, sets
-// *need to how many it needs and returns OK with header->entries empty; *need = 0 once parsed.
+// Parses a segment's head from its first bytes (a rollback mark's: all of it). With fewer bytes
+// than the head needs, sets *need to how many it needs and returns OK with header->entries
+// empty; *need = 0 once parsed.
 // Errors: EIO naming `where` for a bad magic, version, CRC or an entry that points outside.
 Status ParseSegmentHead(std::span<const uint8_t> bytes, const std::string& where,
                         SegmentHeader* header, uint64_t* need);

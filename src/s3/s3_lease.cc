@@ -352,7 +352,8 @@ Status S3Store::AcquireLease(std::string_view export_name, const std::string& ho
       // ignores If-None-Match and would let two servers hold one lease.
       std::string again;
       bool refused = false;
-      Status s = client_->PutObjectConditional(key, AsBytes(Serialize(doc)), true, "", &again, &refused);
+      Status s =
+          client_->PutObjectConditional(key, AsBytes(Serialize(doc)), true, "", &again, &refused);
       if (s.ok()) conditional_writes_.store(refused ? 1 : -1);
       if (!s.ok() || !refused) {
         (void)client_->DeleteObject(key);  // ours alone, just made

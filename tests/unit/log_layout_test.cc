@@ -1130,7 +1130,8 @@ TEST_P(LogExportTest, RepairSetsADamagedSegmentAndTheLaterOnesAsideAndTheExportI
   e.reset();
   ASSERT_OK(LogExport::DeleteAll(*transport_, "e", nullptr));
   aside.clear();
-  ASSERT_OK(transport_->List("", [&](const std::string& k, std::string_view) { aside.push_back(k); }));
+  ASSERT_OK(
+      transport_->List("", [&](const std::string& k, std::string_view) { aside.push_back(k); }));
   EXPECT_TRUE(aside.empty()) << aside.size() << " objects left, the first " << aside[0];
 }
 
@@ -1306,7 +1307,8 @@ TEST_P(LogExportTest, RollbackAndSnapshotsOfAStoredExportCostRequestsIndependent
     counting->requests = 0;
     SnapshotRecord rec;
     bool pending = false;
-    ASSERT_OK(LogExport::CreateSnapshotOfStored(counting, name, "", "t", 1, nullptr, &rec, &pending));
+    ASSERT_OK(
+        LogExport::CreateSnapshotOfStored(counting, name, "", "t", 1, nullptr, &rec, &pending));
     const int snapshot = counting->requests.exchange(0);
     {
       std::unique_ptr<LogExport> light;
