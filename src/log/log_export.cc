@@ -881,13 +881,17 @@ Status LogExport::Checkpoint() {
                           std::to_string(info.seq));
   }
   UniqueLock lock(&mu_);
-  checkpointing_ = false;
-  cv_.notify_all();
-  S3B_RETURN_IF_ERROR(s.Annotate("export '" + name_ + "': storing a checkpoint"));
+  if (!s.ok()) {
+    EndCheckpointingLocked();
+    return s.Annotate("export '" + name_ + "': storing a checkpoint");
+  }
   checkpoint_seq_ = info.seq;
   checkpoint_time_ = Clock::now();
   ++counters_.checkpoints;
+  // Still this thread's: another checkpoint written meanwhile would have its objects listed,
+  // and deleted, by this one's deletions of the older ones.
   DeleteUnreferencedLocked(info.seq);
+  EndCheckpointingLocked();
   return Status::Ok();
 }
 
@@ -958,15 +962,20 @@ void LogExport::ReleaseUnpinnedLocked(std::vector<std::string> keys) {
   std::vector<std::string> keep = {CheckpointKey(name_, checkpoint_seq_)};
   for (const auto& [name, r] : snapshots_)
     if (r.checkpoint > 0) keep.push_back(CheckpointKey(name_, r.checkpoint));
+  const uint64_t newest = checkpoint_seq_;
   mu_.Unlock();
   std::vector<uint64_t> roots;
   std::vector<std::string> ckpt_keys;
   if (ListCheckpoints(*transport_, name_, &roots, &ckpt_keys).ok()) {
+    const std::string prefix = CheckpointPrefix(name_);
     for (const std::string& k : ckpt_keys) {
       const bool kept = std::any_of(keep.begin(), keep.end(), [&](const std::string& p) {
         return k.compare(0, p.size(), p) == 0;
       });
-      if (!kept) keys.push_back(k);
+      // Only what is older than the newest checkpoint: a newer one may be being written.
+      uint64_t seq = 0;
+      const bool older = ParseSeqKey(k.substr(0, prefix.size() + 16), prefix, &seq) && seq < newest;
+      if (!kept && older) keys.push_back(k);
     }
   }
   // A delete that failed leaves objects no checkpoint names: the sweep of a later writer finds

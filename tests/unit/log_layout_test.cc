@@ -1135,6 +1135,30 @@ TEST_P(LogExportTest, RepairSetsADamagedSegmentAndTheLaterOnesAsideAndTheExportI
   EXPECT_TRUE(aside.empty()) << aside.size() << " objects left, the first " << aside[0];
 }
 
+// Deleting older checkpoints never touches a newer one's objects, which a checkpoint being
+// written at the same time would have stored before its root.
+TEST_P(LogExportTest, CheckpointsNewerThanTheOneJustStoredAreNotDeletedWithTheOlderOnes) {
+  auto e = Open();
+  ASSERT_OK(e->Write(1, Block(1, 1), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->Checkpoint());
+  const uint64_t first = e->Stats().checkpoint_seq;
+  // A part of checkpoint first + 100, as if being written.
+  const std::string part = CheckpointPartKey("e", first + 100, 0);
+  const std::vector<uint8_t> bytes(16, 7);
+  ASSERT_OK(transport_->Put(part, bytes));
+  ASSERT_OK(e->Write(2, Block(2, 1), false));
+  ASSERT_OK(e->Flush());
+  ASSERT_OK(e->Checkpoint());  // deletes checkpoint `first`
+  std::vector<std::string> keys;
+  ASSERT_OK(transport_->List(CheckpointPrefix("e"), [&](const std::string& k, std::string_view) {
+    keys.push_back(k);
+  }));
+  EXPECT_NE(std::find(keys.begin(), keys.end(), part), keys.end());
+  EXPECT_EQ(std::find(keys.begin(), keys.end(), CheckpointKey("e", first)), keys.end());
+  ASSERT_OK(transport_->Delete(std::span<const std::string>(&part, 1)));
+}
+
 // Counts the requests made through it.
 class CountingTransport : public ObjectTransport {
  public:
