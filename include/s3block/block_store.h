@@ -111,6 +111,12 @@ class BlockStore {
                            std::span<const uint8_t> data, bool fua) {
     return Write(export_name, id, data, fua);
   }
+  // Overwrite of the blocks first, first + 1, ...: data holds them back to back, block_size
+  // bytes each (REQUIRES: a whole number of them). A store that appends writes (a log export)
+  // takes the run at the cost of one call; this default calls Overwrite for each block and
+  // returns at the first error (the blocks before it are written).
+  virtual Status OverwriteRun(std::string_view export_name, uint64_t first,
+                              std::span<const uint8_t> data, uint32_t block_size, bool fua);
   // Deletes the given blocks; deleting a missing block is not an error. Durability as for Write.
   virtual Status Delete(std::string_view export_name, std::span<const uint64_t> ids, bool fua) = 0;
 
@@ -206,6 +212,9 @@ class StoreDecorator : public BlockStore {
                    bool fua) override {
     return next_->Overwrite(e, id, data, fua);
   }
+  // OverwriteRun is not forwarded: BlockStore's runs it through this layer's Overwrite, which
+  // is right for a layer that changes blocks. A layer that passes runs through unchanged
+  // overrides it.
   Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
     return next_->Delete(e, ids, fua);
   }

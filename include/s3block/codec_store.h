@@ -71,6 +71,9 @@ class CodecStore : public StoreDecorator {
   // A raw export's blocks go to the store below as Overwrite; an encoded export's as Write.
   Status Overwrite(std::string_view export_name, uint64_t id, std::span<const uint8_t> data,
                    bool fua) override;
+  // A raw export's run goes to the store below as it is; an encoded export's blocks one by one.
+  Status OverwriteRun(std::string_view export_name, uint64_t first, std::span<const uint8_t> data,
+                      uint32_t block_size, bool fua) override;
   // Copies the stored object as it is (the store's server-side copy) when nothing in it is bound
   // to its export (same encoding and block size, no encryption, no checksum); otherwise reads it
   // here and writes it again, so that it is bound (and encrypted) for its new export.

@@ -20,7 +20,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "s3block/block_device.h"
 #include "s3block/block_store.h"
@@ -98,6 +100,9 @@ class Volume {
 
   // Number of blocks stored, as far as the presence map knows.
   uint64_t StoredBlocks() const { return presence_.Count(); }
+  // The most blocks, and bytes, one run of whole blocks is written with (one device call).
+  static constexpr uint32_t kRunBlocks = 256;
+  static constexpr uint64_t kRunBytes = 1 << 20;
   VolumeStats Stats() const;
 
  private:
@@ -105,6 +110,19 @@ class Volume {
 
   Status CheckRange(uint64_t count, uint64_t offset, bool write) const;
   std::mutex& LockFor(uint64_t id) { return locks_[id % locks_.size()]; }
+  // Holds the locks of several blocks, taken in ascending order so that two holders cannot
+  // deadlock.
+  class RunLock {
+   public:
+    RunLock(Volume* v, std::span<const uint64_t> ids);
+    ~RunLock();
+    RunLock(const RunLock&) = delete;
+    RunLock& operator=(const RunLock&) = delete;
+
+   private:
+    Volume* const v_;
+    std::vector<size_t> stripes_;
+  };
   // Reads bytes [in, in + n) of block `id` into out; a block that is not stored reads as zeros.
   // REQUIRES: id < block count, in + n <= block_size().
   Status ReadRange(uint64_t id, uint32_t in, uint32_t n, uint8_t* out, ReadIntent intent);

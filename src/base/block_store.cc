@@ -16,4 +16,11 @@ void BlockStore::ReadBatch(std::string_view export_name, std::span<BlockRead> re
   for (BlockRead& r : reads) r.status = Read(export_name, r.id, r.data, &r.found);
 }
 
+Status BlockStore::OverwriteRun(std::string_view export_name, uint64_t first,
+                                std::span<const uint8_t> data, uint32_t block_size, bool fua) {
+  for (size_t at = 0; at < data.size(); at += block_size, ++first)
+    S3B_RETURN_IF_ERROR(Overwrite(export_name, first, data.subspan(at, block_size), fua));
+  return Status::Ok();
+}
+
 }  // namespace s3block

@@ -32,6 +32,11 @@ Status DirectDevice::Write(uint64_t id, std::span<const uint8_t> data, bool fua)
   return store_->Overwrite(name_, id, data, fua);
 }
 
+Status DirectDevice::WriteBlocks(uint64_t first, uint32_t count, const uint8_t* data, bool fua) {
+  const std::span<const uint8_t> run(data, static_cast<uint64_t>(count) * block_size_);
+  return store_->OverwriteRun(name_, first, run, block_size_, fua);
+}
+
 Status DirectDevice::WriteRange(uint64_t id, uint32_t offset, std::span<const uint8_t> data,
                                 bool base_zero, bool fua, bool* deleted) {
   *deleted = false;

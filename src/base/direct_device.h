@@ -22,6 +22,7 @@ class DirectDevice : public BlockDevice {
   Status ReadBlocks(uint64_t first, uint32_t count, uint8_t* out) override;
   // Raw blocks: the store may replace a stored block in place (BlockStore::Overwrite).
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua) override;
+  Status WriteBlocks(uint64_t first, uint32_t count, const uint8_t* data, bool fua) override;
   Status WriteRange(uint64_t id, uint32_t offset, std::span<const uint8_t> data, bool base_zero,
                     bool fua, bool* deleted) override;
   Status Delete(std::span<const uint64_t> ids, bool fua) override;

@@ -166,6 +166,9 @@ class CacheStore::Device : public BlockDevice {
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua) override {
     return store_->For(name_)->Write(id, data, fua);
   }
+  Status WriteBlocks(uint64_t first, uint32_t count, const uint8_t* data, bool fua) override {
+    return store_->For(name_)->WriteBlocks(first, count, block_size_, data, fua);
+  }
   // Parts kept apart may turn out all zeros only when the block is stored: *deleted stays false.
   Status WriteRange(uint64_t id, uint32_t offset, std::span<const uint8_t> data, bool base_zero,
                     bool fua, bool* deleted) override {

@@ -104,11 +104,16 @@ Status CacheStore::ExportCache::SendLocked(std::span<const uint64_t> ids,
     ++stats_.store_deletes;
     stats_.store_deleted_blocks += ids.size();
   }
+  RecordSentLocked(taken, s);
+  return s;
+}
+
+void CacheStore::ExportCache::RecordSentLocked(
+    const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, const Status& s) {
   // Busy entries are never evicted, so the pointers are still good.
   for (auto [e, gen] : taken) CompleteUploadLocked(e, gen, s);
   NotifyAllLocked();
   EvictLocked();
-  return s;
 }
 
 void CacheStore::ExportCache::CompleteUploadLocked(CacheEntry* e, uint64_t gen, const Status& s) {

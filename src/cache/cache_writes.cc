@@ -282,10 +282,7 @@ Status CacheStore::ExportCache::WaitForRoomLocked(UniqueLock& lk, uint64_t id,
   }
 }
 
-Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk, bool fua,
-                                               std::span<const uint64_t> ids,
-                                               std::shared_ptr<const Bytes> buf) {
-  // Wait for uploads of these blocks already in flight, so that this one lands last.
+void CacheStore::ExportCache::WaitNotBusyLocked(UniqueLock& lk, std::span<const uint64_t> ids) {
   bool waited = false;
   for (;;) {
     bool busy = false;
@@ -293,11 +290,17 @@ Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk, bool fua,
       auto it = entries_.find(id);
       if (it != entries_.end() && it->second->busy()) busy = true;
     }
-    if (!busy) break;
+    if (!busy) return;
     if (!waited) ++stats_.ordered_waits;
     waited = true;
     state_cv_.wait(lk.native());
   }
+}
+
+Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk, bool fua,
+                                               std::span<const uint64_t> ids,
+                                               std::shared_ptr<const Bytes> buf) {
+  WaitNotBusyLocked(lk, ids);
   std::vector<std::pair<CacheEntry*, uint64_t>> taken;
   taken.reserve(ids.size());
   for (uint64_t id : ids) {
@@ -339,6 +342,65 @@ Status CacheStore::ExportCache::Write(uint64_t id, std::span<const uint8_t> data
   EvictLocked();
   WakeUploaderIfDueLocked();
   return Status::Ok();
+}
+
+Status CacheStore::ExportCache::WriteBlocks(uint64_t first, uint32_t count, uint32_t block_size,
+                                            const uint8_t* data, bool fua) {
+  auto block = [&](uint32_t i) {
+    return std::span<const uint8_t>(data + static_cast<uint64_t>(i) * block_size, block_size);
+  };
+  // Copied unlocked, as Write does.
+  std::vector<std::shared_ptr<const Bytes>> bufs;
+  if (!fua || write_through_) {
+    bufs.reserve(count);
+    for (uint32_t i = 0; i < count; ++i) {
+      const std::span<const uint8_t> b = block(i);
+      if (IsAllZero(b.data(), b.size())) break;  // a delete below: block by block
+      bufs.push_back(std::make_shared<Bytes>(b.begin(), b.end()));
+    }
+  }
+  if (bufs.size() != count) {
+    for (uint32_t i = 0; i < count; ++i) S3B_RETURN_IF_ERROR(Write(first + i, block(i), fua));
+    return Status::Ok();
+  }
+  S3B_CACHE_CHECK_ON_RETURN();
+  UniqueLock lk(&mu_);
+  if (!fua && !write_through_) {
+    for (uint32_t i = 0; i < count; ++i) {
+      S3B_RETURN_IF_ERROR(WaitForRoomLocked(lk, first + i, CostOf(bufs[i])));
+      SetContentLocked(first + i, std::move(bufs[i]));
+    }
+    EvictLocked();
+    WakeUploaderIfDueLocked();
+    return Status::Ok();
+  }
+  // The store keeps the run itself until a flush: hand it over now, as one request.
+  std::vector<uint64_t> ids(count);
+  for (uint32_t i = 0; i < count; ++i) ids[i] = first + i;
+  WaitNotBusyLocked(lk, ids);
+  std::vector<std::pair<CacheEntry*, uint64_t>> taken;
+  taken.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    CacheEntry* e = SetContentLocked(ids[i], bufs[i]);
+    Unlink(e);
+    e->state = CacheEntry::State::kUploading;
+    e->sending = std::move(bufs[i]);
+    e->upload_no = uploads_started_ + 1;
+    inflight_bytes_ += e->cost;
+    taken.emplace_back(e, e->gen);
+  }
+  ++uploads_started_;
+  stats_.uploads_in_flight += count;
+  mu_.Unlock();
+  const uint64_t bytes = static_cast<uint64_t>(count) * block_size;
+  Status s = next_->OverwriteRun(name_, first, std::span<const uint8_t>(data, bytes), block_size,
+                                 fua);
+  mu_.Lock();
+  stats_.uploads_in_flight -= count;
+  stats_.store_writes += count;
+  stats_.store_write_bytes += bytes;
+  RecordSentLocked(taken, s);
+  return s;
 }
 
 Status CacheStore::ExportCache::WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,

@@ -160,6 +160,10 @@ class CacheStore::ExportCache {
   Status CopyOut(uint64_t id, const Bytes* content, uint32_t block_size, uint32_t offset,
                  std::span<uint8_t> out, bool* found) const;
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
+  // Write of `count` blocks from `first` on, with one lock for the run (a run with a block of
+  // zeros, and a run with fua over a store that does not buffer writes, block by block).
+  Status WriteBlocks(uint64_t first, uint32_t count, uint32_t block_size, const uint8_t* data,
+                     bool fua);
   Status WriteRange(uint64_t id, uint32_t block_size, uint32_t offset,
                     std::span<const uint8_t> data, bool base_zero, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
@@ -264,6 +268,11 @@ class CacheStore::ExportCache {
   Status SendLocked(std::span<const uint64_t> ids, const std::shared_ptr<const Bytes>& buf,
                     const std::vector<std::pair<CacheEntry*, uint64_t>>& taken, bool fua)
       REQUIRES(mu_);
+  // Records the end of a store request for the entries in `taken` (see SendLocked).
+  void RecordSentLocked(const std::vector<std::pair<CacheEntry*, uint64_t>>& taken,
+                        const Status& s) REQUIRES(mu_);
+  // Waits until no upload of blocks `ids` is in flight, so that the next one lands last.
+  void WaitNotBusyLocked(UniqueLock& lk, std::span<const uint64_t> ids) REQUIRES(mu_);
   // Stores blocks `ids` below now (with fua: durably), after setting their content to buf (null:
   // delete).
   Status StoreNowLocked(UniqueLock& lk, bool fua, std::span<const uint64_t> ids,

@@ -222,6 +222,14 @@ Status CodecStore::Overwrite(std::string_view export_name, uint64_t id,
   return Write(export_name, id, data, fua);
 }
 
+Status CodecStore::OverwriteRun(std::string_view export_name, uint64_t first,
+                                std::span<const uint8_t> data, uint32_t block_size, bool fua) {
+  std::shared_ptr<const ExportCodec> codec;
+  S3B_RETURN_IF_ERROR(Lookup(export_name, &codec));
+  if (codec->encoding.raw()) return next_->OverwriteRun(export_name, first, data, block_size, fua);
+  return BlockStore::OverwriteRun(export_name, first, data, block_size, fua);  // each encoded
+}
+
 Status CodecStore::CopyBlock(std::string_view from, std::string_view to, uint64_t id,
                              bool* found) {
   std::shared_ptr<const ExportCodec> a, b;

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <ctime>
 #include <cstring>
-#include <set>
 #include <vector>
 
 #include "util/host.h"
@@ -323,9 +322,32 @@ Status Volume::Write(const uint8_t* buf, uint64_t count, uint64_t offset, bool f
   // then one flush, which costs less than a sync per block.
   const bool single = count > 0 && offset / bs == (end - 1) / bs;
   thread_local Bytes padded;
+  const auto max_run = static_cast<uint32_t>(std::clamp<uint64_t>(kRunBytes / bs, 1, kRunBlocks));
   uint64_t pos = offset;
   while (pos < end) {
     Piece p = PieceAt(pos, end);
+    if (p.full && p.n == bs && !IsAllZero(buf, bs)) {
+      // A run of whole blocks with data: one call of the device.
+      uint32_t n = 1;
+      while (n < max_run && end - pos >= static_cast<uint64_t>(n + 1) * bs &&
+             !IsAllZero(buf + static_cast<uint64_t>(n) * bs, bs))
+        ++n;
+      if (n > 1) {
+        uint64_t ids[kRunBlocks];
+        for (uint32_t i = 0; i < n; ++i) ids[i] = p.id + i;
+        RunLock lock(this, std::span<const uint64_t>(ids, n));
+        for (uint32_t i = 0; i < n; ++i) presence_.Set(ids[i]);  // before: "may be stored"
+        Status s = device_->WriteBlocks(p.id, n, buf, false);
+        if (!s.ok()) {
+          return s.Annotate("write blocks " + std::to_string(p.id) + " to " +
+                            std::to_string(p.id + n - 1) + " of export '" +
+                            QuoteForMessage(name_) + "'");
+        }
+        buf += static_cast<uint64_t>(n) * bs;
+        pos += static_cast<uint64_t>(n) * bs;
+        continue;
+      }
+    }
     if (p.full) {
       const uint8_t* data = buf;
       if (p.n != bs) {  // the last block of an export whose size is not a multiple of it
@@ -346,19 +368,30 @@ Status Volume::Write(const uint8_t* buf, uint64_t count, uint64_t offset, bool f
   return Status::Ok();
 }
 
+Volume::RunLock::RunLock(Volume* v, std::span<const uint64_t> ids) : v_(v) {
+  stripes_.reserve(ids.size());
+  for (uint64_t id : ids) stripes_.push_back(id % v_->locks_.size());
+  std::sort(stripes_.begin(), stripes_.end());
+  stripes_.erase(std::unique(stripes_.begin(), stripes_.end()), stripes_.end());
+  for (size_t s : stripes_) v_->locks_[s].lock();
+}
+
+Volume::RunLock::~RunLock() {
+  for (auto it = stripes_.rbegin(); it != stripes_.rend(); ++it) v_->locks_[*it].unlock();
+}
+
 Status Volume::DeleteRange(uint64_t first, uint64_t last, bool fua) {
   std::vector<uint64_t> batch;
   batch.reserve(kDeleteBatch);
   auto flush_batch = [&]() -> Status {
     if (batch.empty()) return Status::Ok();
-    // Lock every block of the batch, in ascending lock order so that two batches cannot deadlock.
-    std::set<size_t> stripes;
-    for (uint64_t id : batch) stripes.insert(id % locks_.size());
-    for (size_t s : stripes) locks_[s].lock();
-    Status st = device_->Delete(batch, fua);
-    if (st.ok())
-      for (uint64_t id : batch) presence_.Clear(id);
-    for (auto it = stripes.rbegin(); it != stripes.rend(); ++it) locks_[*it].unlock();
+    Status st;
+    {
+      RunLock lock(this, batch);
+      st = device_->Delete(batch, fua);
+      if (st.ok())
+        for (uint64_t id : batch) presence_.Clear(id);
+    }
     batch.clear();
     return st;
   };

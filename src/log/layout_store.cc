@@ -210,6 +210,14 @@ Status LayoutStore::Overwrite(std::string_view e, uint64_t id, std::span<const u
   return log ? log->Write(id, data, fua) : next_->Overwrite(e, id, data, fua);
 }
 
+Status LayoutStore::OverwriteRun(std::string_view e, uint64_t first,
+                                 std::span<const uint8_t> data, uint32_t block_size, bool fua) {
+  LogExport* log;
+  S3B_RETURN_IF_ERROR(Resolve(e, &log));
+  return log ? log->WriteRun(first, data, block_size, fua)
+             : next_->OverwriteRun(e, first, data, block_size, fua);
+}
+
 Status LayoutStore::Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) {
   LogExport* log;
   S3B_RETURN_IF_ERROR(Resolve(e, &log));

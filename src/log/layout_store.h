@@ -50,6 +50,9 @@ class LayoutStore : public StoreDecorator {
   Status Write(std::string_view e, uint64_t id, std::span<const uint8_t> data, bool fua) override;
   Status Overwrite(std::string_view e, uint64_t id, std::span<const uint8_t> data,
                    bool fua) override;
+  // A log export appends the run with one call.
+  Status OverwriteRun(std::string_view e, uint64_t first, std::span<const uint8_t> data,
+                      uint32_t block_size, bool fua) override;
   Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override;
   Status Flush(std::string_view e) override;
   Status ListBlocks(std::string_view e, const std::function<void(uint64_t)>& fn) override;

@@ -567,6 +567,24 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
+Status LogExport::WriteRun(uint64_t first, std::span<const uint8_t> data, uint32_t block_size,
+                           bool fua) {
+  if (block_size == 0) return Status::InvalidArgument("a run of blocks of 0 bytes");
+  if (block_size > kMaxPayloadBytes)
+    return Status::InvalidArgument("a block of " + std::to_string(block_size) +
+                                   " bytes is larger than a log export's frames take");
+  if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
+  UniqueLock lock(&mu_);
+  if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
+  for (size_t at = 0; at + block_size <= data.size(); at += block_size, ++first) {
+    const std::span<const uint8_t> block = data.subspan(at, block_size);
+    S3B_RETURN_IF_ERROR(AppendLocked(lock, first, &block, false));
+  }
+  if (!fua) return Status::Ok();
+  SealLocked(lock);
+  return WaitAppliedLocked(lock, next_seq_ - 1);
+}
+
 Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
   if (view_) return Status::Error(EROFS, "export '" + name_ + "': a snapshot is read only");
   UniqueLock lock(&mu_);

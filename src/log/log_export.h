@@ -149,6 +149,9 @@ class LogExport {
   void ReadBatch(std::span<BlockRead> reads);
   // REQUIRES: data.size() <= kMaxPayloadBytes.
   Status Write(uint64_t id, std::span<const uint8_t> data, bool fua);
+  // Write of blocks first, first + 1, ...: data holds them back to back, block_size bytes each,
+  // appended under one lock (each block is still whole or absent to a reader).
+  Status WriteRun(uint64_t first, std::span<const uint8_t> data, uint32_t block_size, bool fua);
   Status Delete(std::span<const uint64_t> ids, bool fua);
   Status Flush();
   void ListBlocks(const std::function<void(uint64_t id)>& fn);

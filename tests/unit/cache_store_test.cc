@@ -104,6 +104,16 @@ class TestStore : public BlockStore {
     return Status::Ok();
   }
 
+  // Counts the runs, then writes each block as Write would.
+  Status OverwriteRun(std::string_view e, uint64_t first, std::span<const uint8_t> data,
+                      uint32_t block_size, bool fua) override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      runs_.push_back(data.size() / block_size);
+    }
+    return BlockStore::OverwriteRun(e, first, data, block_size, fua);
+  }
+
   Status Delete(std::string_view e, std::span<const uint64_t> ids, bool fua) override {
     std::unique_lock<std::mutex> lk(mu_);
     ++in_flight_;
@@ -212,6 +222,7 @@ class TestStore : public BlockStore {
   void SetBuffersWrites(bool b) { buffers_writes_ = b; }
   // The size of every ReadBatch asked for, in order.
   std::vector<size_t> Batches() { std::lock_guard<std::mutex> lk(mu_); return batches_; }
+  std::vector<size_t> Runs() { std::lock_guard<std::mutex> lk(mu_); return runs_; }
   int writes() { std::lock_guard<std::mutex> lk(mu_); return writes_; }
   int fua_writes() { std::lock_guard<std::mutex> lk(mu_); return fua_writes_; }
   int zero_writes() { std::lock_guard<std::mutex> lk(mu_); return zero_writes_; }
@@ -264,6 +275,7 @@ class TestStore : public BlockStore {
   int reads_ = 0, writes_ = 0, fua_writes_ = 0, zero_writes_ = 0, deletes_ = 0, flushes_ = 0;
   std::vector<int> uploads_in_flight_at_flush_;
   std::vector<size_t> batches_;
+  std::vector<size_t> runs_;
   size_t batch_size_ = 1;
   uint64_t batch_bytes_ = 0;  // 0: BlockStore's default
   bool buffers_writes_ = false;
@@ -360,6 +372,79 @@ TEST_F(CacheTest, AStoreThatBuffersWritesGetsThemAtOnceAndTheCacheKeepsThemClean
   EXPECT_EQ(store_->flushes(), 1);
   EXPECT_EQ(store_->Durable(1), MakeBlock(1, 1));
   EXPECT_EQ(store_->Durable(2), MakeBlock(2, 1));
+}
+
+// Blocks first.. of version v, back to back, with block `zero` (if any) all zeros.
+static Bytes RunOf(uint64_t first, uint32_t count, uint32_t v, std::optional<uint64_t> zero = {}) {
+  Bytes run;
+  for (uint64_t id = first; id < first + count; ++id) {
+    const Bytes b = id == zero ? Bytes(MakeBlock(id, v).size(), 0) : MakeBlock(id, v);
+    run.insert(run.end(), b.begin(), b.end());
+  }
+  return run;
+}
+
+TEST_F(CacheTest, ARunOfBlocksGoesToAStoreThatBuffersWritesInOneCall) {
+  Make(Options(64), false);
+  store_->SetBuffersWrites(true);
+  const uint32_t bs = static_cast<uint32_t>(MakeBlock(0, 1).size());
+  const Bytes run = RunOf(10, 8, 1);
+  ASSERT_OK(Dev(bs)->WriteBlocks(10, 8, run.data(), false));
+  EXPECT_EQ(store_->Runs(), std::vector<size_t>{8});
+  EXPECT_EQ(store_->writes(), 8);
+  EXPECT_EQ(Stats().dirty_blocks, 0u);
+  for (uint64_t id = 10; id < 18; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 1));
+  EXPECT_EQ(store_->reads(), 0);  // kept, clean
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 10; id < 18; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 1));
+  // A block of zeros in a run is a delete below, as Write makes it: block by block.
+  const Bytes zeroed = RunOf(10, 8, 2, 13);
+  ASSERT_OK(Dev(bs)->WriteBlocks(10, 8, zeroed.data(), false));
+  EXPECT_EQ(store_->Runs().size(), 1u);
+  EXPECT_EQ(Get(13), std::nullopt);
+  EXPECT_EQ(Get(14), MakeBlock(14, 2));
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->Durable(13), std::nullopt);
+  EXPECT_EQ(store_->Durable(12), MakeBlock(12, 2));
+}
+
+TEST_F(CacheTest, ARunOfBlocksWaitsForAnUploadOfOneOfThemInFlight) {
+  CacheOptions o = Options(64);
+  o.max_dirty_age = 0;
+  Make(o, true);
+  store_->SetBuffersWrites(true);
+  const uint32_t bs = static_cast<uint32_t>(MakeBlock(0, 1).size());
+  store_->GateWrites(true);
+  std::thread single([&] { EXPECT_OK(Put(3, MakeBlock(3, 1))); });
+  store_->WaitBlockedWrites(1);
+  const Bytes run = RunOf(0, 8, 2);
+  std::thread runner([&] { EXPECT_OK(Dev(bs)->WriteBlocks(0, 8, run.data(), false)); });
+  WaitUntil([&] { return Stats().ordered_waits == 1; });
+  EXPECT_TRUE(store_->Runs().empty());  // not sent while block 3's upload is in flight
+  store_->GateWrites(false);
+  single.join();
+  runner.join();
+  EXPECT_EQ(store_->Current(3), MakeBlock(3, 2));  // the run landed last
+  EXPECT_EQ(Get(3), MakeBlock(3, 2));
+}
+
+TEST_F(CacheTest, ARunOfBlocksIsWrittenBackLikeItsBlocks) {
+  Make(Options(64), false);
+  const uint32_t bs = static_cast<uint32_t>(MakeBlock(0, 1).size());
+  ASSERT_OK(Put(5, MakeBlock(5, 1)));
+  const Bytes run = RunOf(0, 8, 2, 6);
+  ASSERT_OK(Dev(bs)->WriteBlocks(0, 8, run.data(), false));
+  EXPECT_EQ(store_->writes(), 0);  // write-back: nothing is stored before a flush
+  EXPECT_EQ(Get(5), MakeBlock(5, 2));
+  EXPECT_EQ(Get(6), std::nullopt);
+  ASSERT_OK(cache_->Flush(kExport));
+  EXPECT_EQ(store_->writes(), 7);  // block 5 once, with its newer content; block 6 deleted
+  for (uint64_t id = 0; id < 8; ++id)
+    EXPECT_EQ(store_->Durable(id), id == 6 ? std::nullopt : std::optional<Bytes>(MakeBlock(id, 2)));
+  // With fua, each block is stored before the call returns.
+  const Bytes again = RunOf(0, 2, 3);
+  ASSERT_OK(Dev(bs)->WriteBlocks(0, 2, again.data(), true));
+  EXPECT_EQ(store_->Durable(1), MakeBlock(1, 3));
 }
 
 TEST_F(CacheTest, HitCostsNoStoreRequest) {

@@ -814,5 +814,44 @@ TEST(CodecOverwriteTest, RawBlocksAreRewrittenInPlaceAndEncodedOnesReplaced) {
   }
 }
 
+// A write of several whole blocks reaches the codec as one run: each block is still encoded
+// (and bound to its id) on its own.
+TEST(CodecOverwriteTest, ARunOfBlocksIsEncodedBlockByBlock) {
+  for (bool cache : {true, false}) {
+    SCOPED_TRACE(cache ? "cache" : "no cache");
+    TempDir dir;
+    Config c;
+    c.store = dir.path() + "/store";
+    c.cache = cache;
+    StoreStack stack;
+    ASSERT_OK(MakeStoreStack(c, &stack));
+    ASSERT_OK(stack.store->Check());
+    ASSERT_OK(stack.store->Start());
+    VolumeOptions o;
+    o.size = 8 * 4096;
+    o.block_size = 4096;
+    ASSERT_OK(o.encoding.SetChecksum("crc32c"));
+    o.lock = false;
+    std::shared_ptr<Volume> v;
+    ASSERT_OK(Volume::Open(stack, "e", o, &v));
+    std::mt19937_64 rng(9);
+    Bytes run;
+    for (int i = 0; i < 5; ++i) {
+      const Bytes b = RandomBlock(4096, rng);
+      run.insert(run.end(), b.begin(), b.end());
+    }
+    ASSERT_OK(v->Write(run.data(), run.size(), 4096, false));
+    ASSERT_OK(v->Flush());
+    FileStore file(c.store);
+    for (uint64_t id = 1; id <= 5; ++id)
+      EXPECT_EQ(Slurp(file.BlockPath("e", id)).size(), 4096u + 12) << "block " << id;
+    Bytes back(run.size());
+    ASSERT_OK(v->Read(back.data(), back.size(), 4096));
+    EXPECT_TRUE(back == run);
+    v.reset();
+    stack = StoreStack();
+  }
+}
+
 }  // namespace
 }  // namespace s3block

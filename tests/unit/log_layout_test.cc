@@ -299,6 +299,34 @@ TEST_P(LogExportTest, WhatAFlushCoveredIsThereAfterReopeningAndTrimsStayTrimmed)
   EXPECT_EQ(listed, 596u);
 }
 
+TEST_P(LogExportTest, ARunOfBlocksIsWrittenAcrossSegmentsAndReadsBackAfterReopening) {
+  // 600 blocks of 4 KiB do not fit one segment of 1 MiB: the run seals segments on its way.
+  constexpr uint64_t kFirst = 100, kCount = 600;
+  Bytes run;
+  for (uint64_t id = kFirst; id < kFirst + kCount; ++id) {
+    const Bytes b = Block(id, 3);
+    run.insert(run.end(), b.begin(), b.end());
+  }
+  {
+    auto e = Open();
+    ASSERT_OK(e->Write(kFirst + 5, Block(kFirst + 5, 1), false));  // written over by the run
+    ASSERT_OK(e->WriteRun(kFirst, run, 4096, false));
+    ExpectBlock(*e, kFirst, 3);  // from memory, before any flush
+    ASSERT_OK(e->Flush());
+    EXPECT_GE(Segments().size(), 3u);
+    EXPECT_FALSE(e->WriteRun(0, run, 0, false).ok());  // a block size of 0 is refused
+  }
+  auto e = Open();
+  for (uint64_t id = kFirst; id < kFirst + kCount; ++id) ExpectBlock(*e, id, 3);
+  ExpectBlock(*e, kFirst - 1, std::nullopt);
+  ExpectBlock(*e, kFirst + kCount, std::nullopt);
+  // With fua, the run is stored when the call returns: a reader opened now sees it.
+  ASSERT_OK(e->WriteRun(kFirst, std::span<const uint8_t>(run).first(2 * 4096), 4096, true));
+  std::unique_ptr<LogExport> reader;
+  ASSERT_OK(LogExport::Open(transport_, "e", options_, nullptr, &reader));
+  ExpectBlock(*reader, kFirst, 3);
+}
+
 TEST_P(LogExportTest, ADeleteWithFuaOfBlocksStoredNowhereReturns) {
   auto e = Open();
   const uint64_t nowhere[] = {7, 8};

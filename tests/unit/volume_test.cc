@@ -1,6 +1,7 @@
 #include "s3block/volume.h"
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -145,6 +146,51 @@ TEST_F(VolumeTest, AllZeroWritesAreNotStored) {
   ASSERT_OK(v->Write(zeros.data(), 4096, 0, false));  // overwrite with zeros deletes it
   EXPECT_FALSE(fs::exists(dir_.path() + "/exports/z/blocks/0"));
   EXPECT_EQ(v->Stats().zero_blocks_elided, 3u);
+}
+
+// A write of many whole blocks goes down in runs (Volume::kRunBlocks at most): blocks of zeros
+// between them are deleted, not stored, and the short last block of the export is padded.
+TEST_F(VolumeTest, RunsOfWholeBlocksAroundBlocksOfZerosLandAsWritten) {
+  constexpr uint32_t kBs = 4096;
+  constexpr uint64_t kBlocks = Volume::kRunBlocks * 2 + 40;
+  const uint64_t size = kBlocks * kBs - 1000;
+  CacheOptions co;
+  co.cache_size = 4 << 20;
+  auto cache = std::make_shared<CacheStore>(store_, co);
+  ASSERT_OK(cache->Start());
+  for (bool cached : {false, true}) {
+    SCOPED_TRACE(cached ? "through the cache" : "on the file store");
+    VolumeOptions o;
+    o.size = size;
+    o.block_size = kBs;
+    std::shared_ptr<Volume> v;
+    const std::string name = cached ? "runs-cached" : "runs";
+    ASSERT_OK(Volume::Open(cached ? StoreStack(cache) : StoreStack(store_), name, o, &v));
+    std::mt19937_64 rng(7);
+    Bytes b = Random(size, rng);
+    const uint64_t zeroed[] = {0, 3, Volume::kRunBlocks, Volume::kRunBlocks + 1, kBlocks - 2};
+    for (uint64_t id : zeroed) std::fill_n(b.begin() + id * kBs, kBs, 0);
+    // Stored before, so that the zeros must delete them.
+    Bytes ones(size, 1);
+    ASSERT_OK(v->Write(ones.data(), size, 0, false));
+    ASSERT_OK(v->Write(b.data(), size, 0, false));
+    ASSERT_OK(v->Flush());
+    for (uint64_t id : zeroed)
+      EXPECT_FALSE(fs::exists(dir_.path() + "/exports/" + name + "/blocks/" + std::to_string(id)))
+          << "block " << id;
+    EXPECT_EQ(v->StoredBlocks(), kBlocks - std::size(zeroed));
+    Bytes back(size, 0xee);
+    ASSERT_OK(v->Read(back.data(), size, 0));
+    EXPECT_TRUE(back == b);
+    std::ifstream last(dir_.path() + "/exports/" + name + "/blocks/" + std::to_string(kBlocks - 1),
+                       std::ios::binary);
+    Bytes stored((std::istreambuf_iterator<char>(last)), std::istreambuf_iterator<char>());
+    ASSERT_EQ(stored.size(), kBs);
+    EXPECT_TRUE(std::equal(stored.begin(), stored.begin() + kBs - 1000,
+                           b.begin() + (kBlocks - 1) * kBs));
+    EXPECT_TRUE(std::all_of(stored.end() - 1000, stored.end(), [](uint8_t c) { return c == 0; }));
+  }
+  ASSERT_OK(cache->Shutdown());
 }
 
 TEST_F(VolumeTest, HugeTrimOnASparseExportTouchesOnlyStoredBlocks) {
