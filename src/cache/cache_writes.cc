@@ -349,21 +349,23 @@ Status CacheStore::ExportCache::WriteBlocks(uint64_t first, uint32_t count, uint
   auto block = [&](uint32_t i) {
     return std::span<const uint8_t>(data + static_cast<uint64_t>(i) * block_size, block_size);
   };
-  // Copied unlocked, as Write does.
-  std::vector<std::shared_ptr<const Bytes>> bufs;
-  if (!fua || write_through_) {
-    bufs.reserve(count);
-    for (uint32_t i = 0; i < count; ++i) {
-      const std::span<const uint8_t> b = block(i);
-      if (IsAllZero(b.data(), b.size())) break;  // a delete below: block by block
-      bufs.push_back(std::make_shared<Bytes>(b.begin(), b.end()));
-    }
-  }
-  if (bufs.size() != count) {
+  bool zeros = false;  // a delete below: block by block
+  for (uint32_t i = 0; i < count && !zeros; ++i) zeros = IsAllZero(block(i).data(), block_size);
+  if (zeros || (fua && !write_through_)) {
     for (uint32_t i = 0; i < count; ++i) S3B_RETURN_IF_ERROR(Write(first + i, block(i), fua));
     return Status::Ok();
   }
   S3B_CACHE_CHECK_ON_RETURN();
+  if (write_through_ && static_cast<uint64_t>(count) * block_size >= kPassRunBytes) {
+    bool passed = false;
+    Status s = PassRun(first, count, block_size, data, fua, &passed);
+    if (passed) return s;
+  }
+  // Copied unlocked, as Write does.
+  std::vector<std::shared_ptr<const Bytes>> bufs;
+  bufs.reserve(count);
+  for (uint32_t i = 0; i < count; ++i)
+    bufs.push_back(std::make_shared<Bytes>(block(i).begin(), block(i).end()));
   UniqueLock lk(&mu_);
   if (!fua && !write_through_) {
     for (uint32_t i = 0; i < count; ++i) {
@@ -400,6 +402,52 @@ Status CacheStore::ExportCache::WriteBlocks(uint64_t first, uint32_t count, uint
   stats_.store_writes += count;
   stats_.store_write_bytes += bytes;
   RecordSentLocked(taken, s);
+  return s;
+}
+
+Status CacheStore::ExportCache::PassRun(uint64_t first, uint32_t count, uint32_t block_size,
+                                        const uint8_t* data, bool fua, bool* passed) {
+  *passed = false;
+  std::vector<uint64_t> ids(count), tokens(count);
+  for (uint32_t i = 0; i < count; ++i) ids[i] = first + i;
+  {
+    UniqueLock lk(&mu_);
+    WaitNotBusyLocked(lk, ids);  // an earlier store request of a block lands first
+    for (uint64_t id : ids) {
+      auto it = entries_.find(id);
+      if (it != entries_.end() && it->second->dirty()) return Status::Ok();
+    }
+    // Each block becomes a pending fetch that nobody runs: a reader waits for it as for any
+    // fetch, and a fetch already pending (which would bring older content) no longer counts.
+    for (uint32_t i = 0; i < count; ++i) {
+      auto it = entries_.find(ids[i]);
+      if (it != entries_.end() && it->second->clean()) {
+        CacheEntry* e = it->second.get();
+        Unlink(e);
+        cached_bytes_ -= e->cost;
+        --cached_blocks_;
+      }
+      tokens[i] = NewFetchLocked(ids[i], /*prefetched=*/false)->fetch_token;
+    }
+  }
+  const uint64_t bytes = static_cast<uint64_t>(count) * block_size;
+  Status s = next_->OverwriteRun(name_, first, std::span<const uint8_t>(data, bytes), block_size,
+                                 fua);
+  MutexLock lock(&mu_);
+  stats_.store_writes += count;
+  stats_.store_write_bytes += bytes;
+  // Readers waiting now read the blocks from the store. A failed run is the caller's error: the
+  // store has each block as it was or as written.
+  uint32_t cvs = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    auto it = entries_.find(ids[i]);
+    if (it != entries_.end() && it->second->fetch_token == tokens[i] && it->second->fetching())
+      entries_.erase(it);
+    cvs |= 1u << (ids[i] % kBlockCvs);
+  }
+  for (size_t c = 0; c < kBlockCvs; ++c)
+    if (cvs & (1u << c)) block_cv_[c].notify_all();
+  *passed = true;
   return s;
 }
 

@@ -428,6 +428,47 @@ TEST_F(CacheTest, ARunOfBlocksWaitsForAnUploadOfOneOfThemInFlight) {
   EXPECT_EQ(Get(3), MakeBlock(3, 2));
 }
 
+TEST_F(CacheTest, ALongRunToAStoreThatBuffersWritesIsNotCopiedAndReadersReadItThere) {
+  Make(Options(256), false);  // no read-ahead: every store read is a reader's
+  store_->SetBuffersWrites(true);
+  const uint32_t bs = static_cast<uint32_t>(MakeBlock(0, 1).size());
+  const uint32_t n = static_cast<uint32_t>((64 << 10) / bs) + 4;  // past the shortest passed
+  for (uint64_t id = 0; id < n; ++id) store_->Put(id, MakeBlock(id, 1));
+  EXPECT_EQ(Get(2), MakeBlock(2, 1));  // cached clean: dropped by the run
+  const int reads_before = store_->reads();
+  const Bytes run = RunOf(0, n, 2);
+  ASSERT_OK(Dev(bs)->WriteBlocks(0, n, run.data(), false));
+  EXPECT_EQ(store_->Runs(), std::vector<size_t>{n});
+  EXPECT_EQ(Stats().cached_blocks, 0u);
+  for (uint64_t id = 0; id < n; ++id) EXPECT_EQ(Get(id), MakeBlock(id, 2));
+  EXPECT_EQ(store_->reads(), reads_before + static_cast<int>(n));  // from the store, once each
+  EXPECT_EQ(Stats().cached_blocks, n);
+
+  // A reader of a block of a run in flight waits for the run, then reads what it wrote.
+  store_->GateWrites(true);
+  const Bytes run3 = RunOf(0, n, 3);
+  std::thread runner([&] { EXPECT_OK(Dev(bs)->WriteBlocks(0, n, run3.data(), false)); });
+  store_->WaitBlockedWrites(1);
+  std::optional<Bytes> seen;
+  std::thread reader([&] { seen = Get(n - 1); });
+  WaitUntil([&] { return Stats().coalesced == 1; });
+  EXPECT_EQ(store_->reads(), reads_before + static_cast<int>(n));
+  store_->GateWrites(false);
+  runner.join();
+  reader.join();
+  EXPECT_EQ(seen, MakeBlock(n - 1, 3));
+
+  // A block written in part and not yet stored: the run is copied as shorter ones are.
+  const Bytes part(512, 0x5a);
+  ASSERT_OK(WriteRangeOf(bs, 1, 0, part, false, false));
+  const Bytes run4 = RunOf(0, n, 4);
+  ASSERT_OK(Dev(bs)->WriteBlocks(0, n, run4.data(), false));
+  EXPECT_EQ(store_->Runs().size(), 3u);
+  EXPECT_EQ(Stats().cached_blocks, n);  // kept, clean
+  ASSERT_OK(cache_->Flush(kExport));
+  for (uint64_t id = 0; id < n; ++id) EXPECT_EQ(store_->Durable(id), MakeBlock(id, 4));
+}
+
 TEST_F(CacheTest, ARunOfBlocksIsWrittenBackLikeItsBlocks) {
   Make(Options(64), false);
   const uint32_t bs = static_cast<uint32_t>(MakeBlock(0, 1).size());
