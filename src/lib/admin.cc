@@ -452,14 +452,16 @@ bool IsSnapshot(BlockStore& store, std::string_view full, std::string* name,
 
 namespace {
 
-// The snapshot commands' common part: export `name` is a log export, ready, claimed, and
-// opened through options.layouts; fn runs on it, and it is closed.
+// The common part of the commands of log exports only (snapshots, gc, repair): export `name`
+// is a log export, ready, claimed, and opened through options.layouts; fn runs on it, and it is
+// closed. Of an export of the blocks layout (metadata that says so, or blocks without any),
+// the error is "export NAME has the blocks layout" and `not_log`.
 // With options.ask_server, the server holding the export (if one does) runs control command
 // `server_args` instead (and *output is its output): asked first, which costs a read of the
 // lease rather than a claim that fails.
 Status WithLogExportClaimed(BlockStore& store, std::string_view name, const AdminOptions& options,
-                            const char* refusing, const std::vector<std::string>& server_args,
-                            std::string* output,
+                            std::string_view not_log, const char* refusing,
+                            const std::vector<std::string>& server_args, std::string* output,
                             const std::function<Status(const ExportMeta&)>& fn) {
   S3B_RETURN_IF_ERROR(ValidateExportName(name));
   // (Not with force, which takes the export over from whoever holds it.)
@@ -472,11 +474,10 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
   bool found = false;
   // Checked before claiming it, which makes its directory in a file store.
   S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
-  if (!found) return NotFound(store, name);
-  if (!IsLog(meta))
-    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout: snapshots are "
-                                   "of log exports (layout=log) only; 's3block copy " +
-                                   std::string(name) + " NEW --layout log' makes one");
+  if (!found) S3B_RETURN_IF_ERROR(RequireExists(store, name));  // blocks without metadata
+  if (!found || !IsLog(meta))
+    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout" +
+                                   std::string(not_log));
   if (options.layouts == nullptr)
     return Status::NotSupported("this store has no log layout for export " + Q(name));
   if (!meta.snapshot.empty())
@@ -489,6 +490,11 @@ Status WithLogExportClaimed(BlockStore& store, std::string_view name, const Admi
   return closing.Close();
 }
 
+std::string NotLogForSnapshots(std::string_view name) {
+  return ": snapshots are of log exports (layout=log) only; 's3block copy " + std::string(name) +
+         " NEW --layout log' makes one";
+}
+
 }  // namespace
 
 Status SnapshotExport(BlockStore& store, std::string_view name, const std::string& snapshot,
@@ -497,7 +503,7 @@ Status SnapshotExport(BlockStore& store, std::string_view name, const std::strin
   std::string text;
   bool by_server = true;
   Status s = WithLogExportClaimed(
-      store, name, options, "refusing to take its snapshot here",
+      store, name, options, NotLogForSnapshots(name), "refusing to take its snapshot here",
       {"snapshot", std::string(name), snapshot}, &text, [&](const ExportMeta& meta) {
         by_server = false;
         log::SnapshotRecord r;
@@ -518,7 +524,8 @@ Status SnapshotExport(BlockStore& store, std::string_view name, const std::strin
 Status DeleteSnapshot(BlockStore& store, std::string_view name, const std::string& snapshot,
                       const AdminOptions& options) {
   std::string ignored;
-  return WithLogExportClaimed(store, name, options, "refusing to delete its snapshot here",
+  return WithLogExportClaimed(store, name, options, NotLogForSnapshots(name),
+                              "refusing to delete its snapshot here",
                               {"delete-snapshot", std::string(name), snapshot}, &ignored,
                               [&](const ExportMeta& meta) {
     bool is_log = false;
@@ -557,7 +564,8 @@ Status CloneExport(BlockStore& store, std::string_view name, const std::string& 
   // The snapshot first learns it has a clone: a crash before the clone's metadata leaves only
   // a marker of no export, which is ignored.
   std::string ignored;
-  S3B_RETURN_IF_ERROR(WithLogExportClaimed(store, name, options, "refusing to record the clone",
+  S3B_RETURN_IF_ERROR(WithLogExportClaimed(store, name, options, NotLogForSnapshots(name),
+                                           "refusing to record the clone",
                                            {"add-clone", std::string(name), snapshot,
                                             std::string(clone)},
                                            &ignored, [&](const ExportMeta& meta) {
@@ -579,7 +587,8 @@ Status RollbackExport(BlockStore& store, std::string_view name, const std::strin
   // No server: the clients of one would see their disk change under them.
   AdminOptions no_server = options;
   no_server.ask_server = nullptr;
-  return WithLogExportClaimed(store, name, no_server, "refusing to roll it back (stop it first)",
+  return WithLogExportClaimed(store, name, no_server, NotLogForSnapshots(name),
+                              "refusing to roll it back (stop it first)",
                               {}, &ignored, [&](const ExportMeta& meta) {
     bool is_log = false;
     log::SnapshotRecord r;
@@ -970,55 +979,38 @@ Status VerifyExport(BlockStore& store, std::string_view name, const AdminOptions
 Status RepairExport(BlockStore& store, std::string_view name, const AdminOptions& options,
                     RepairReport* report) {
   *report = RepairReport();
-  S3B_RETURN_IF_ERROR(ValidateExportName(name));
-  S3B_RETURN_IF_ERROR(RequireExists(store, name));
-  ExportMeta meta;
-  bool found = false;
-  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
-  if (!found || !IsLog(meta))
-    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout: repair applies "
-                                   "to log exports (layout=log) only; 's3block verify' names a "
-                                   "damaged block of it");
-  if (options.layouts == nullptr)
-    return Status::NotSupported("this store has no log layout to repair " + Q(name) + " in");
-  std::unique_ptr<ExportLease> lease;
-  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to repair it (stop it first)"));
-  ExportCloser closing(store, name);
-  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
-  bool is_log = false;
-  S3B_RETURN_IF_ERROR(options.layouts->SetAsideDamaged(name, &report->first_damaged,
-                                                       &report->segments, &report->bytes, &is_log));
-  return closing.Close();
+  return WithLogExportClaimed(
+      store, name, options,
+      ": repair applies to log exports (layout=log) only; 's3block verify' names a damaged "
+      "block of it",
+      "refusing to repair it (stop it first)", {}, nullptr, [&](const ExportMeta&) {
+        bool is_log = false;
+        return options.layouts->SetAsideDamaged(name, &report->first_damaged, &report->segments,
+                                                &report->bytes, &is_log);
+      });
 }
 
 Status CollectExportGarbage(BlockStore& store, std::string_view name, bool all,
                             const AdminOptions& options, GcReport* report) {
-  S3B_RETURN_IF_ERROR(ValidateExportName(name));
   *report = GcReport();
-  S3B_RETURN_IF_ERROR(RequireExists(store, name));
-  ExportMeta meta;
-  bool found = false;
-  S3B_RETURN_IF_ERROR(ReadMetaOf(store, name, &meta, &found));
-  auto not_log = [&] {
-    return Status::InvalidArgument("export " + Q(name) + " has the blocks layout (one object per "
-                                   "block, deleted as it is trimmed): gc applies to log exports "
-                                   "(layout=log) only");
-  };
-  if (!found || !IsLog(meta)) return not_log();
-  if (options.layouts == nullptr)
-    return Status::NotSupported("this store has no log layout to collect " + Q(name) + " in");
-  std::unique_ptr<ExportLease> lease;
-  S3B_RETURN_IF_ERROR(Claim(store, name, options, &lease, "refusing to collect its garbage"));
-  ExportCloser closing(store, name);
-  S3B_RETURN_IF_ERROR(RequireReady(store, name, &meta));
-  log::GcResult result;
-  bool is_log = false;
-  S3B_RETURN_IF_ERROR(options.layouts->CollectGarbage(name, all, &result, &is_log));
-  if (!is_log) return not_log();
-  report->segments_freed = result.segments_freed;
-  report->bytes_freed = result.bytes_freed;
-  report->bytes_copied = result.bytes_copied;
-  return closing.Close();
+  const char* not_log =
+      " (one object per block, deleted as it is trimmed): gc applies to log exports "
+      "(layout=log) only";
+  return WithLogExportClaimed(
+      store, name, options, not_log, "refusing to collect its garbage", {}, nullptr,
+      [&](const ExportMeta&) {
+        log::GcResult result;
+        bool is_log = false;
+        S3B_RETURN_IF_ERROR(options.layouts->CollectGarbage(name, all, &result, &is_log));
+        if (!is_log) {
+          return Status::InvalidArgument("export " + Q(name) + " has the blocks layout" +
+                                         not_log);
+        }
+        report->segments_freed = result.segments_freed;
+        report->bytes_freed = result.bytes_freed;
+        report->bytes_copied = result.bytes_copied;
+        return Status::Ok();
+      });
 }
 
 }  // namespace s3block
