@@ -177,6 +177,14 @@ Status LayoutStore::ListBlocksWithoutMeta(std::string_view e,
   return next_->ListBlocks(e, fn);
 }
 
+bool LayoutStore::WithOpenLog(std::string_view e, const std::function<void(LogExport&)>& fn) {
+  std::shared_ptr<Entry> entry = EntryFor(e);
+  MutexLock l(&entry->mu);
+  if (!entry->log) return false;
+  fn(*entry->log);
+  return true;
+}
+
 bool LayoutStore::IsOpenLogExport(std::string_view e) const {
   std::shared_ptr<Entry> entry = EntryFor(e);
   MutexLock l(&entry->mu);
@@ -390,14 +398,11 @@ Status LayoutStore::VerifyLog(std::string_view e,
 Status LayoutStore::CreateSnapshot(std::string_view e, const std::string& snapshot,
                                    uint64_t size, SnapshotRecord* out, bool* is_log,
                                    const ExportMeta* known) {
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    if (entry->log) {
-      // Open here (a server's): its writer knows what is sealed and not yet stored.
-      *is_log = true;
-      return entry->log->CreateSnapshot(snapshot, size, out);
-    }
+  // Open here (a server's): its writer knows what is sealed and not yet stored.
+  Status s;
+  if (WithOpenLog(e, [&](LogExport& log) { s = log.CreateSnapshot(snapshot, size, out); })) {
+    *is_log = true;
+    return s;
   }
   // Not open: its map need not be loaded for a snapshot (a few requests, whatever its size).
   ExportMeta meta;
@@ -445,14 +450,9 @@ Status LayoutStore::SnapshotsOf(std::string_view e, const ExportMeta* known,
                                 LogExport** log, bool* is_log) {
   *log = nullptr;
   *is_log = false;
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    if (entry->log) {
-      *is_log = true;
-      *log = entry->log.get();
-      return Status::Ok();
-    }
+  if (WithOpenLog(e, [&](LogExport& open) { *log = &open; })) {
+    *is_log = true;
+    return Status::Ok();
   }
   ExportMeta meta;
   S3B_RETURN_IF_ERROR(StoredLogExport(e, known, &meta, is_log));
@@ -500,13 +500,9 @@ Status LayoutStore::BasedOn(const std::string& clone, const std::string& full, b
 
 Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bool* is_log,
                              const ExportMeta* known, SnapshotRecord* record) {
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    if (entry->log)
-      return Status::Busy("export '" + std::string(e) + "' is open here: it is rolled back only "
-                          "when no process has it open");
-  }
+  if (WithOpenLog(e, [](LogExport&) {}))
+    return Status::Busy("export '" + std::string(e) + "' is open here: it is rolled back only "
+                        "when no process has it open");
   ExportMeta meta;
   std::shared_ptr<ObjectTransport> transport;
   WriteFence fence;
@@ -518,13 +514,10 @@ Status LayoutStore::Rollback(std::string_view e, const std::string& snapshot, bo
 
 Status LayoutStore::AddClone(std::string_view e, const std::string& snapshot,
                              const std::string& clone, bool* is_log, const ExportMeta* known) {
-  std::shared_ptr<Entry> entry = EntryFor(e);
-  {
-    MutexLock l(&entry->mu);
-    if (entry->log) {
-      *is_log = true;
-      return entry->log->AddClone(snapshot, clone);
-    }
+  Status s;
+  if (WithOpenLog(e, [&](LogExport& log) { s = log.AddClone(snapshot, clone); })) {
+    *is_log = true;
+    return s;
   }
   // Not open: the marker alone, whatever else the export has (the lease keeps a deletion of
   // the snapshot from running meanwhile).

@@ -119,6 +119,9 @@ class LayoutStore : public StoreDecorator {
     std::string base GUARDED_BY(mu);
   };
   std::shared_ptr<Entry> EntryFor(std::string_view e) const EXCLUDES(mu_);
+  // Runs fn on export e's LogExport if it is open here (a server's, or a view), under the
+  // entry's lock so that it is not closed meanwhile; false, and nothing run, if it is not.
+  bool WithOpenLog(std::string_view e, const std::function<void(LogExport&)>& fn);
   // The export's LogExport, opened if need be; null for an export of the default layout.
   Status Resolve(std::string_view e, LogExport** log);
   // True if export e's metadata is known (read already) to say layout=log.
