@@ -431,6 +431,7 @@ void LogExport::Upload(std::shared_ptr<Sealed> s) {
   } else {
     s->state = Sealed::State::kFailed;
     s->error = status.Annotate("storing segment " + std::to_string(s->seq));
+    ++upload_failures_;
   }
   cv_.notify_all();
 }
@@ -451,16 +452,26 @@ void LogExport::ApplyStoredLocked() {
   }
 }
 
-void LogExport::SealLocked(UniqueLock& lock) {
-  // Room in the window first: what is not yet stored stays bounded, and writers wait while the
-  // store is down. A window of failed segments is tried again from here too, every half second:
-  // nothing else may be left to (the background thread may be waiting here itself).
+Status LogExport::SealLocked(UniqueLock& lock) {
+  // Room in the window first: what is not yet stored stays bounded. A window of failed segments
+  // is tried again from here too, every half second: nothing else may be left to (the
+  // background thread may be waiting here itself). A store that keeps failing fails the caller
+  // at the next failure rather than hold it for as long as the store is down (a full or lost
+  // store would hold every writer for ever); what is open stays open, for a later call.
+  const uint64_t failures = upload_failures_;
   while (!open_index_.empty() && sealed_.size() >= options_.upload_window && !stop_ &&
          lost_.ok()) {
     if (cv_.wait_for(lock.native(), std::chrono::milliseconds(500)) == std::cv_status::timeout)
       RetryFailedLocked();
+    if (upload_failures_ != failures) {
+      for (auto& [seq, sealed] : sealed_)
+        if (sealed->state == Sealed::State::kFailed) return sealed->error;
+    }
   }
-  if (open_index_.empty() || !lost_.ok()) return;
+  S3B_RETURN_IF_ERROR(lost_);
+  if (open_index_.empty()) return Status::Ok();
+  if (sealed_.size() >= options_.upload_window)  // stopped waiting: closing
+    return Status::IoError("export '" + name_ + "' is closing");
   auto s = std::make_shared<Sealed>();
   s->seq = next_seq_++;
   s->header.seq = s->seq;
@@ -505,6 +516,7 @@ void LogExport::SealLocked(UniqueLock& lock) {
   sealed_.emplace(s->seq, s);
   upload_queue_.push_back(s);
   cv_.notify_all();
+  return Status::Ok();
 }
 
 void LogExport::RetryFailedLocked() {
@@ -537,7 +549,7 @@ Status LogExport::AppendLocked(UniqueLock& lock, uint64_t id,
   const uint64_t head_now = SegmentDataOffset(open_index_.size() + 1);
   if (!open_index_.empty() &&
       head_now + open_frames_.size() + frame > options_.segment_size)
-    SealLocked(lock);
+    S3B_RETURN_IF_ERROR(SealLocked(lock));
   S3B_RETURN_IF_ERROR(lost_);
   Frame f;
   if (payload) {
@@ -563,7 +575,7 @@ Status LogExport::Write(uint64_t id, std::span<const uint8_t> data, bool fua) {
   if (!writer_) S3B_RETURN_IF_ERROR(BecomeWriterLocked(lock));
   S3B_RETURN_IF_ERROR(AppendLocked(lock, id, &data, false));
   if (!fua) return Status::Ok();
-  SealLocked(lock);
+  S3B_RETURN_IF_ERROR(SealLocked(lock));
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
@@ -581,7 +593,7 @@ Status LogExport::WriteRun(uint64_t first, std::span<const uint8_t> data, uint32
     S3B_RETURN_IF_ERROR(AppendLocked(lock, first, &block, false));
   }
   if (!fua) return Status::Ok();
-  SealLocked(lock);
+  S3B_RETURN_IF_ERROR(SealLocked(lock));
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
@@ -608,7 +620,7 @@ Status LogExport::Delete(std::span<const uint64_t> ids, bool fua) {
   // With fua, what is already recorded for these blocks (a deletion waiting in memory) must be
   // durable too, whether or not this call added to it.
   if (!fua || !writer_) return Status::Ok();
-  SealLocked(lock);
+  S3B_RETURN_IF_ERROR(SealLocked(lock));
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
@@ -617,7 +629,7 @@ Status LogExport::Flush() {
   if (!writer_) return Status::Ok();  // nothing was ever written through this process
   S3B_RETURN_IF_ERROR(lost_);
   RetryFailedLocked();  // by every flush
-  SealLocked(lock);
+  S3B_RETURN_IF_ERROR(SealLocked(lock));
   return WaitAppliedLocked(lock, next_seq_ - 1);
 }
 
@@ -1118,8 +1130,8 @@ Status LogExport::CollectGarbage(bool all, GcResult* result) {
   {
     UniqueLock lock(&mu_);
     if (status.ok() && !victims.empty()) {
-      SealLocked(lock);
-      status = WaitAppliedLocked(lock, next_seq_ - 1);
+      status = SealLocked(lock);
+      if (status.ok()) status = WaitAppliedLocked(lock, next_seq_ - 1);
     }
     collecting_ = false;
     cv_.notify_all();
@@ -1147,7 +1159,7 @@ void LogExport::Housekeeping() {
       // An idle segment is sealed only if there is room for it: this thread does not wait.
       if (!open_index_.empty() && sealed_.size() < options_.upload_window &&
           now - last_write_ > std::chrono::duration<double>(options_.seal_idle_seconds))
-        SealLocked(lock);
+        (void)SealLocked(lock);  // with room, it does not wait, nor fail but for a lost export
       const uint64_t since = applied_seq_ - checkpoint_seq_;
       // A large map costs more to write out: written less often, about once per MiB of it
       // per segment applied.

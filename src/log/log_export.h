@@ -305,8 +305,10 @@ class LogExport {
 
   // Makes this process the export's writer (see above). REQUIRES: mu_ held; may release it.
   Status BecomeWriterLocked(UniqueLock& lock) REQUIRES(mu_);
-  // Seals the open segment (if not empty), waiting for room in the upload window.
-  void SealLocked(UniqueLock& lock) REQUIRES(mu_);
+  // Seals the open segment (if not empty), waiting for room in the upload window. Errors: a
+  // segment's upload that fails while it waits (the open segment is then left open), lost_,
+  // and EIO once the export is closing.
+  Status SealLocked(UniqueLock& lock) REQUIRES(mu_);
   // Waits until every segment up to seq is applied, or one failed.
   Status WaitAppliedLocked(UniqueLock& lock, uint64_t seq) REQUIRES(mu_);
   // Appends one frame (or a deletion: payload null) to the open segment.
@@ -401,6 +403,7 @@ class LogExport {
   std::thread housekeeper_;
   std::vector<std::thread> uploaders_;
   std::vector<std::shared_ptr<Sealed>> upload_queue_ GUARDED_BY(mu_);
+  uint64_t upload_failures_ GUARDED_BY(mu_) = 0;  // segment uploads that failed, ever
   // Buffers of stored segments, kept for the next ones: a fresh one costs a page fault for every
   // page of it.
   std::vector<std::vector<uint8_t>> spare_buffers_ GUARDED_BY(mu_);

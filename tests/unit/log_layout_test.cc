@@ -533,6 +533,49 @@ class LosingTransport : public ForwardingTransport {
 // A segment stored by a request whose reply was lost is refused when the request is sent again;
 // reading it back to see whose it is may fail too. That is a failure to try again, never another
 // writer's segment: the export stays this server's, and what it flushed is there.
+// A transport whose segment PUTs fail while `down` is set, as a full or unreachable store's do.
+class DownTransport : public ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  Status Put(const std::string& key, std::span<const uint8_t> data, const PutOptions& options,
+             std::string* version) override {
+    uint64_t seq;
+    if (down && ParseSeqKey(key, LogPrefix("e"), &seq))
+      return Status::IoError("injected: the store is full");
+    return next_->Put(key, data, options, version);
+  }
+  std::atomic<bool> down{false};
+};
+
+TEST_P(LogExportTest, AWriterAtAFullWindowOfFailingUploadsGetsTheErrorAndNothingIsLost) {
+  options_.upload_window = 1;
+  auto down = std::make_shared<DownTransport>(transport_);
+  std::unique_ptr<LogExport> e;
+  ASSERT_OK(LogExport::Open(down, "e", options_, nullptr, &e));
+  ASSERT_OK(e->Write(0, Block(0, 1), false));
+  ASSERT_OK(e->Flush());
+  down->down = true;
+  // Segments of 1 MiB, one stored at a time: the third segment's first write has to wait for
+  // the first, which fails; it gets the failure instead of waiting for as long as the store is
+  // down.
+  uint64_t acknowledged = 0;
+  Status s;
+  for (uint64_t id = 1; id < 1000 && s.ok(); ++id) {
+    s = e->Write(id, Block(id, 1), false);
+    if (s.ok()) acknowledged = id;
+  }
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.ToString().find("the store is full"), std::string::npos) << s.ToString();
+  EXPECT_GT(acknowledged, 200u);
+  EXPECT_FALSE(e->Flush().ok());
+  down->down = false;
+  ASSERT_OK(e->Flush());  // stored again under the same seqs
+  ASSERT_OK(e->Close());
+  e.reset();
+  auto again = Open();
+  for (uint64_t id = 0; id <= acknowledged; ++id) ExpectBlock(*again, id, 1);
+}
+
 TEST_P(LogExportTest, ASegmentStoredWhoseReplyWasLostIsOursEvenIfReadingItBackFails) {
   auto lossy = std::make_shared<LosingTransport>(transport_);
   {
