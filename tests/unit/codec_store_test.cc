@@ -768,30 +768,38 @@ TEST_F(CodecConfigTest, AdminCreateAndImportRecordTheEncoding) {
 // without the cache) is written into its file in place when the export is raw, and replaced by
 // a new file when it is encoded: a torn write of an encoded object would make it undecodable,
 // while a raw block torn at a crash holds old and new pages, as a disk would.
+// Export "e" of `blocks` blocks of 4 KiB with checksum `checksum`, on a file store at `store`,
+// through the cache or not.
+void OpenOnFileStore(const std::string& store, bool cache, const char* checksum, uint64_t blocks,
+                     StoreStack* stack, std::shared_ptr<Volume>* v) {
+  Config c;
+  c.store = store;
+  c.cache = cache;
+  ASSERT_OK(MakeStoreStack(c, stack));
+  ASSERT_OK(stack->store->Check());
+  ASSERT_OK(stack->store->Start());
+  VolumeOptions o;
+  o.size = blocks * 4096;
+  o.block_size = 4096;
+  ASSERT_OK(o.encoding.SetChecksum(checksum));
+  o.lock = false;
+  ASSERT_OK(Volume::Open(*stack, "e", o, v));
+}
+
 TEST(CodecOverwriteTest, RawBlocksAreRewrittenInPlaceAndEncodedOnesReplaced) {
   for (bool cache : {true, false}) {
     for (const char* checksum : {"none", "crc32c"}) {
       SCOPED_TRACE(std::string(cache ? "cache" : "no cache") + ", checksum " + checksum);
       TempDir dir;
-      Config c;
-      c.store = dir.path() + "/store";
-      c.cache = cache;
+      const std::string store = dir.path() + "/store";
       StoreStack stack;
-      ASSERT_OK(MakeStoreStack(c, &stack));
-      ASSERT_OK(stack.store->Check());
-      ASSERT_OK(stack.store->Start());
-      VolumeOptions o;
-      o.size = 4 * 4096;
-      o.block_size = 4096;
-      ASSERT_OK(o.encoding.SetChecksum(checksum));
-      o.lock = false;
       std::shared_ptr<Volume> v;
-      ASSERT_OK(Volume::Open(stack, "e", o, &v));
+      ASSERT_NO_FATAL_FAILURE(OpenOnFileStore(store, cache, checksum, 4, &stack, &v));
       std::mt19937_64 rng(5);
       const Bytes first = RandomBlock(4096, rng), second = RandomBlock(4096, rng);
       ASSERT_OK(v->Write(first.data(), first.size(), 4096, false));
       ASSERT_OK(v->Flush());
-      FileStore file(c.store);
+      FileStore file(store);
       const std::string path = file.BlockPath("e", 1);
       struct stat before, after;
       ASSERT_EQ(::stat(path.c_str(), &before), 0);
@@ -820,20 +828,10 @@ TEST(CodecOverwriteTest, ARunOfBlocksIsEncodedBlockByBlock) {
   for (bool cache : {true, false}) {
     SCOPED_TRACE(cache ? "cache" : "no cache");
     TempDir dir;
-    Config c;
-    c.store = dir.path() + "/store";
-    c.cache = cache;
+    const std::string store = dir.path() + "/store";
     StoreStack stack;
-    ASSERT_OK(MakeStoreStack(c, &stack));
-    ASSERT_OK(stack.store->Check());
-    ASSERT_OK(stack.store->Start());
-    VolumeOptions o;
-    o.size = 8 * 4096;
-    o.block_size = 4096;
-    ASSERT_OK(o.encoding.SetChecksum("crc32c"));
-    o.lock = false;
     std::shared_ptr<Volume> v;
-    ASSERT_OK(Volume::Open(stack, "e", o, &v));
+    ASSERT_NO_FATAL_FAILURE(OpenOnFileStore(store, cache, "crc32c", 8, &stack, &v));
     std::mt19937_64 rng(9);
     Bytes run;
     for (int i = 0; i < 5; ++i) {
@@ -842,7 +840,7 @@ TEST(CodecOverwriteTest, ARunOfBlocksIsEncodedBlockByBlock) {
     }
     ASSERT_OK(v->Write(run.data(), run.size(), 4096, false));
     ASSERT_OK(v->Flush());
-    FileStore file(c.store);
+    FileStore file(store);
     for (uint64_t id = 1; id <= 5; ++id)
       EXPECT_EQ(Slurp(file.BlockPath("e", id)).size(), 4096u + 12) << "block " << id;
     Bytes back(run.size());

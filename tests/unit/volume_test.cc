@@ -33,6 +33,26 @@ class VolumeTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.ToString();
     return v;
   }
+  // Export `name` of `size` bytes at 4 KiB blocks: through `cache` if it is given, else
+  // straight on the file store.
+  std::shared_ptr<Volume> OpenOn(const std::shared_ptr<CacheStore>& cache, const std::string& name,
+                                 uint64_t size, bool create = true) {
+    VolumeOptions o;
+    o.size = size;
+    o.block_size = 4096;
+    o.create = create;
+    std::shared_ptr<Volume> v;
+    Status s = Volume::Open(cache ? StoreStack(cache) : StoreStack(store_), name, o, &v);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return v;
+  }
+  std::shared_ptr<CacheStore> StartedCache(uint64_t bytes) {
+    CacheOptions co;
+    co.cache_size = bytes;
+    auto cache = std::make_shared<CacheStore>(store_, co);
+    EXPECT_OK(cache->Start());
+    return cache;
+  }
   Bytes ReadAll(Volume& v) {
     Bytes b(v.size());
     Status s = v.Read(b.data(), b.size(), 0);
@@ -154,18 +174,12 @@ TEST_F(VolumeTest, RunsOfWholeBlocksAroundBlocksOfZerosLandAsWritten) {
   constexpr uint32_t kBs = 4096;
   constexpr uint64_t kBlocks = Volume::kRunBlocks * 2 + 40;
   const uint64_t size = kBlocks * kBs - 1000;
-  CacheOptions co;
-  co.cache_size = 4 << 20;
-  auto cache = std::make_shared<CacheStore>(store_, co);
-  ASSERT_OK(cache->Start());
+  auto cache = StartedCache(4 << 20);
   for (bool cached : {false, true}) {
     SCOPED_TRACE(cached ? "through the cache" : "on the file store");
-    VolumeOptions o;
-    o.size = size;
-    o.block_size = kBs;
-    std::shared_ptr<Volume> v;
     const std::string name = cached ? "runs-cached" : "runs";
-    ASSERT_OK(Volume::Open(cached ? StoreStack(cache) : StoreStack(store_), name, o, &v));
+    std::shared_ptr<Volume> v = OpenOn(cached ? cache : nullptr, name, size);
+    ASSERT_TRUE(v);
     std::mt19937_64 rng(7);
     Bytes b = Random(size, rng);
     const uint64_t zeroed[] = {0, 3, Volume::kRunBlocks, Volume::kRunBlocks + 1, kBlocks - 2};
@@ -360,18 +374,12 @@ class CountingStore : public StoreDecorator {
 TEST_F(VolumeTest, ReadsOfEveryShapeAcrossHolesMatchTheWrites) {
   constexpr uint32_t kBs = 4096;
   const uint64_t size = 48 * kBs + 1000;  // the last block is short
-  CacheOptions co;
-  co.cache_size = 1 << 20;
-  auto cache = std::make_shared<CacheStore>(store_, co);
-  ASSERT_OK(cache->Start());
+  auto cache = StartedCache(1 << 20);
   for (bool cached : {false, true}) {
     SCOPED_TRACE(cached ? "through the cache" : "on the file store");
-    VolumeOptions o;
-    o.size = size;
-    o.block_size = kBs;
-    std::shared_ptr<Volume> v;
     const std::string name = cached ? "shapes-cached" : "shapes";
-    ASSERT_OK(Volume::Open(cached ? StoreStack(cache) : StoreStack(store_), name, o, &v));
+    std::shared_ptr<Volume> v = OpenOn(cached ? cache : nullptr, name, size);
+    ASSERT_TRUE(v);
     std::mt19937_64 rng(cached ? 21 : 12);
     Bytes model(size, 0);
     for (int i = 0; i < 40; ++i) {  // writes of up to 6 blocks, and trims that make holes
@@ -390,10 +398,9 @@ TEST_F(VolumeTest, ReadsOfEveryShapeAcrossHolesMatchTheWrites) {
       ASSERT_OK(v->Flush());
       v.reset();
       ASSERT_OK(cache->Shutdown());
-      cache = std::make_shared<CacheStore>(store_, co);
-      ASSERT_OK(cache->Start());
-      o.create = false;
-      ASSERT_OK(Volume::Open(cache, name, o, &v));
+      cache = StartedCache(1 << 20);
+      v = OpenOn(cache, name, size, /*create=*/false);
+      ASSERT_TRUE(v);
     }
     for (int i = 0; i < 400; ++i) {
       const uint64_t off = i == 0 ? 0 : rng() % size;
