@@ -61,9 +61,9 @@ namespace s3block::log {
 struct LogOptions {
   uint64_t segment_size = 8ull << 20;  // 1M to 64M
   uint32_t gc_threshold = 50;          // percent live below which a segment is collected
-  // Sealed segments stored at once: with the open one, 5 x segment_size in memory
-  // (docs/log-layout.md: four rather than two write 10-30% faster to S3).
-  uint32_t upload_window = 4;
+  // Sealed segments stored at once: with the open one, 3 x segment_size in memory
+  // (docs/log-layout.md: four were no faster in the benchmark, and cost memory).
+  uint32_t upload_window = 2;
   double seal_idle_seconds = 2;        // an open segment is sealed after this long without writes
   double checkpoint_seconds = 30;      // most time between checkpoints while the export changes
   uint32_t checkpoint_segments = 64;   // most segments applied between checkpoints (at least)
