@@ -73,12 +73,7 @@ bool CacheStore::ExportCache::UploadOneLocked(UniqueLock& lk, bool force) {
     return false;
   }
   ++uploads_started_;
-  for (auto [e, gen] : taken) {
-    e->state = CacheEntry::State::kUploading;
-    e->sending = buf;  // null for deletes
-    e->upload_no = uploads_started_;
-    inflight_bytes_ += e->cost;
-  }
+  for (auto [e, gen] : taken) BeginSendLocked(e, buf, uploads_started_);
   stats_.uploads_in_flight += taken.size();
   // What is in flight no longer counts against the dirty limit: waiting writers may go on.
   if (writers_waiting_ > 0) state_cv_.notify_all();

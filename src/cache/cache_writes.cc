@@ -307,10 +307,7 @@ Status CacheStore::ExportCache::StoreNowLocked(UniqueLock& lk, bool fua,
     CacheEntry* e = SetContentLocked(id, buf);
     if (e->busy()) continue;  // a duplicate id in ids
     Unlink(e);
-    e->state = CacheEntry::State::kUploading;
-    e->sending = buf;
-    e->upload_no = uploads_started_ + 1;
-    inflight_bytes_ += e->cost;
+    BeginSendLocked(e, buf, uploads_started_ + 1);
     taken.emplace_back(e, e->gen);
   }
   ++uploads_started_;
@@ -385,10 +382,7 @@ Status CacheStore::ExportCache::WriteBlocks(uint64_t first, uint32_t count, uint
   for (uint32_t i = 0; i < count; ++i) {
     CacheEntry* e = SetContentLocked(ids[i], bufs[i]);
     Unlink(e);
-    e->state = CacheEntry::State::kUploading;
-    e->sending = std::move(bufs[i]);
-    e->upload_no = uploads_started_ + 1;
-    inflight_bytes_ += e->cost;
+    BeginSendLocked(e, std::move(bufs[i]), uploads_started_ + 1);
     taken.emplace_back(e, e->gen);
   }
   ++uploads_started_;

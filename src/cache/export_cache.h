@@ -281,6 +281,15 @@ class CacheStore::ExportCache {
   // has content here that is not stored yet (written in part): the caller then copies.
   Status PassRun(uint64_t first, uint32_t count, uint32_t block_size, const uint8_t* data,
                  bool fua, bool* passed);
+  // Marks idle entry e (off every list) as stored now with `buf` (null: deleted) by store
+  // request number upload_no.
+  void BeginSendLocked(CacheEntry* e, std::shared_ptr<const Bytes> buf, uint64_t upload_no)
+      REQUIRES(mu_) {
+    e->state = CacheEntry::State::kUploading;
+    e->sending = std::move(buf);
+    e->upload_no = upload_no;
+    inflight_bytes_ += e->cost;
+  }
   // Records the end of a store request for the entries in `taken` (see SendLocked).
   void RecordSentLocked(const std::vector<std::pair<CacheEntry*, uint64_t>>& taken,
                         const Status& s) REQUIRES(mu_);
