@@ -2,7 +2,9 @@
 
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "log/little_endian.h"
 #include "log/segment.h"
@@ -27,13 +29,60 @@ struct PartInfo {
   uint32_t crc = 0;
 };
 
-Status Compress(std::span<const uint8_t> raw, std::vector<uint8_t>* out) {
-  out->resize(ZSTD_compressBound(raw.size()));
-  const size_t n = ZSTD_compress(out->data(), out->size(), raw.data(), raw.size(), 1);
-  if (ZSTD_isError(n)) return Status::IoError(std::string("zstd: ") + ZSTD_getErrorName(n));
-  out->resize(n);
-  return Status::Ok();
-}
+// The map's entries are packed a chunk at a time: a part of kPartEntries whole, and a buffer
+// of zstd's worst case for it, held 33 MiB at once beside the map and the cache.
+constexpr size_t kChunkEntries = 1u << 15;
+
+struct CCtxFree {
+  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+};
+struct DCtxFree {
+  void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+
+Status ZstdError(size_t n) { return Status::IoError(std::string("zstd: ") + ZSTD_getErrorName(n)); }
+
+// One part as one zstd frame (of a known size, so that a reader sees it in the frame), compressed
+// as its entries come.
+class PartWriter {
+ public:
+  Status Begin(uint64_t entries) {
+    if (!cctx_) cctx_.reset(ZSTD_createCCtx());
+    if (!cctx_) return Status::IoError("zstd: out of memory");
+    ZSTD_CCtx_reset(cctx_.get(), ZSTD_reset_session_only);
+    size_t n = ZSTD_CCtx_setParameter(cctx_.get(), ZSTD_c_compressionLevel, 1);
+    if (!ZSTD_isError(n)) n = ZSTD_CCtx_setPledgedSrcSize(cctx_.get(), entries * kEntryBytes);
+    if (ZSTD_isError(n)) return ZstdError(n);
+    packed_.clear();
+    crc_ = 0;
+    return Status::Ok();
+  }
+  Status Add(std::span<const uint8_t> raw) {
+    crc_ = Crc32c(crc_, raw.data(), raw.size());
+    return Run(raw, ZSTD_e_continue);
+  }
+  Status End() { return Run({}, ZSTD_e_end); }
+  const std::vector<uint8_t>& packed() const { return packed_; }
+  uint32_t crc() const { return crc_; }
+
+ private:
+  Status Run(std::span<const uint8_t> raw, ZSTD_EndDirective mode) {
+    ZSTD_inBuffer in{raw.data(), raw.size(), 0};
+    for (;;) {
+      const size_t used = packed_.size();
+      packed_.resize(used + ZSTD_CStreamOutSize());
+      ZSTD_outBuffer out{packed_.data() + used, packed_.size() - used, 0};
+      const size_t left = ZSTD_compressStream2(cctx_.get(), &out, &in, mode);
+      packed_.resize(used + out.pos);
+      if (ZSTD_isError(left)) return ZstdError(left);
+      if (mode == ZSTD_e_end ? left == 0 : in.pos == in.size) return Status::Ok();
+    }
+  }
+
+  std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx_;
+  std::vector<uint8_t> packed_;
+  uint32_t crc_ = 0;
+};
 
 // Reads a whole object in ranges (an S3 GET of a whole object is bounded in size).
 Status GetAll(ObjectTransport& t, const std::string& key, uint64_t limit, std::vector<uint8_t>* out) {
@@ -57,29 +106,40 @@ Status GetAll(ObjectTransport& t, const std::string& key, uint64_t limit, std::v
 Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
                        const CheckpointInfo& info, const BlockMap& map, const WriteFence* fence) {
   std::vector<PartInfo> parts;
-  std::vector<uint8_t> raw, packed;
-  raw.reserve(std::min<uint64_t>(map.size(), kPartEntries) * kEntryBytes);
+  std::vector<uint8_t> raw;
+  raw.reserve(kChunkEntries * kEntryBytes);
+  PartWriter writer;
+  uint64_t left = map.size(), in_part = 0;
   Status status;
-  auto store_part = [&]() {
-    if (!status.ok()) return;
-    PartInfo p;
-    p.entries = raw.size() / kEntryBytes;
-    p.crc = Crc32c(0, raw.data(), raw.size());
-    status = Compress(raw, &packed);
-    if (!status.ok()) return;
-    p.stored = packed.size();
-    status = transport.Put(CheckpointPartKey(name, info.seq, static_cast<uint32_t>(parts.size())),
-                           packed, PutOptions::Fenced(fence));
-    parts.push_back(p);
-    raw.clear();
-  };
   map.ForEach([&](uint64_t id, const Loc& loc) {
+    if (!status.ok()) return;
+    if (in_part == 0) {
+      in_part = std::min<uint64_t>(left, kPartEntries);
+      status = writer.Begin(in_part);
+      parts.push_back(PartInfo{0, in_part, 0});
+    }
     AppendLe64(&raw, id);
     AppendLe64(&raw, BlockMap::Pack(loc));
-    if (raw.size() == kPartEntries * kEntryBytes) store_part();
+    --left;
+    const bool part_done = --in_part == 0;
+    if (status.ok() && (part_done || raw.size() == kChunkEntries * kEntryBytes)) {
+      status = writer.Add(raw);
+      raw.clear();
+    }
+    if (status.ok() && part_done) {
+      status = writer.End();
+      if (!status.ok()) return;
+      PartInfo& p = parts.back();
+      p.crc = writer.crc();
+      p.stored = writer.packed().size();
+      status = transport.Put(CheckpointPartKey(name, info.seq, static_cast<uint32_t>(parts.size() - 1)),
+                             writer.packed(), PutOptions::Fenced(fence));
+    }
   });
-  if (!raw.empty()) store_part();
   S3B_RETURN_IF_ERROR(status);
+  if (left != 0 || in_part != 0)
+    return Status::IoError("checkpoint of export '" + std::string(name) +
+                           "': the map changed while it was written out");
 
   std::vector<uint8_t> root(kMagic, kMagic + 8);
   AppendLe32(&root, info.kept.empty() ? kVersion : kVersionKept);
@@ -160,23 +220,44 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   }
   if (map == nullptr) return Status::Ok();
   *map = BlockMap();
-  std::vector<uint8_t> packed, raw;
+  std::vector<uint8_t> packed, raw(kChunkEntries * kEntryBytes);
+  std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx(ZSTD_createDCtx());
+  if (!dctx) return Status::IoError("zstd: out of memory");
   uint64_t total = 0;
   for (uint32_t i = 0; i < part_count; ++i, p += 20) {
     const uint64_t stored = LoadLe64(p), entries = LoadLe64(p + 8);
     const uint32_t crc = LoadLe32(p + 16);
-    if (entries > kPartEntries) return corrupt("part " + std::to_string(i) + " is too large");
+    const std::string part_name = "part " + std::to_string(i);
+    if (entries > kPartEntries) return corrupt(part_name + " is too large");
     const std::string part_key = CheckpointPartKey(name, seq, i);
     S3B_RETURN_IF_ERROR(GetAll(transport, part_key, stored, &packed).Annotate(where));
-    if (packed.size() != stored) return corrupt("part " + std::to_string(i) + " has the wrong length");
-    raw.resize(entries * kEntryBytes);
-    const size_t n = ZSTD_decompress(raw.data(), raw.size(), packed.data(), packed.size());
-    if (ZSTD_isError(n) || n != raw.size() || Crc32c(0, raw.data(), raw.size()) != crc)
-      return corrupt("part " + std::to_string(i) + " does not decode to what its root says");
-    for (uint64_t e = 0; e < entries; ++e) {
-      const uint64_t id = LoadLe64(raw.data() + e * kEntryBytes);
-      map->Set(id, BlockMap::Unpack(LoadLe64(raw.data() + e * kEntryBytes + 8)));
+    if (packed.size() != stored) return corrupt(part_name + " has the wrong length");
+    // Decoded a chunk at a time, into the map as it comes: a part whole is 16 MiB.
+    ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
+    ZSTD_inBuffer in{packed.data(), packed.size(), 0};
+    const uint64_t want = entries * kEntryBytes;
+    uint64_t got = 0;
+    uint32_t got_crc = 0;
+    size_t held = 0;  // bytes of an entry cut at the end of the last chunk
+    size_t more = 1;
+    while (more != 0) {
+      ZSTD_outBuffer out{raw.data(), raw.size(), held};
+      more = ZSTD_decompressStream(dctx.get(), &out, &in);
+      if (ZSTD_isError(more)) return corrupt(part_name + " does not decode: " + ZSTD_getErrorName(more));
+      const size_t fresh = out.pos - held;
+      if (got + fresh > want) return corrupt(part_name + " decodes to more than its root says");
+      got_crc = Crc32c(got_crc, raw.data() + held, fresh);
+      got += fresh;
+      const size_t whole = out.pos / kEntryBytes * kEntryBytes;
+      for (size_t at = 0; at < whole; at += kEntryBytes)
+        map->Set(LoadLe64(raw.data() + at), BlockMap::Unpack(LoadLe64(raw.data() + at + 8)));
+      held = out.pos - whole;
+      std::memmove(raw.data(), raw.data() + whole, held);
+      if (more != 0 && in.pos == in.size && out.pos < out.size)
+        return corrupt(part_name + " ends in the middle of its data");
     }
+    if (got != want || held != 0 || in.pos != in.size || got_crc != crc)
+      return corrupt(part_name + " does not decode to what its root says");
     total += entries;
   }
   if (total != blocks || map->size() != blocks) return corrupt("it holds a block twice or too few");

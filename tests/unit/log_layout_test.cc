@@ -175,6 +175,52 @@ TEST(SegmentFormat, AHeadAndItsFramesReadBackAndCorruptionIsCaught) {
   EXPECT_NE(s.message().find("checksum"), std::string::npos);
 }
 
+TEST(CheckpointFormat, AMapOfSeveralPartsReadsBackWholeAndADamagedPartIsRefused) {
+  // More blocks than a part holds (2^20), at random places: two parts, the second partly full.
+  TempDir dir;
+  std::unique_ptr<DirTransport> t;
+  ASSERT_OK(DirTransport::Open(dir.path(), true, &t));
+  BlockMap map;
+  std::mt19937_64 rng(11);
+  const uint64_t blocks = (1u << 20) + 70000;
+  for (uint64_t id = 0; id < blocks; ++id)
+    map.Set(id * 3 + rng() % 3, Loc{static_cast<uint32_t>(rng() % 5000),
+                                    static_cast<uint32_t>(rng() % (1 << 22)) * 16, 4112});
+  ASSERT_EQ(map.size(), blocks);
+  CheckpointInfo info;
+  info.seq = 42;
+  info.epoch = 3;
+  info.slots = {{7, 40, 1 << 20}};
+  ASSERT_OK(WriteCheckpoint(*t, "e", info, map, nullptr));
+  CheckpointInfo back;
+  BlockMap loaded;
+  ASSERT_OK(ReadCheckpoint(*t, "e", 42, &back, &loaded));
+  EXPECT_EQ(back.epoch, 3u);
+  ASSERT_EQ(back.slots.size(), 1u);
+  EXPECT_EQ(back.slots[0].seq, 40u);
+  ASSERT_EQ(loaded.size(), blocks);
+  std::vector<std::pair<uint64_t, Loc>> want, got;
+  map.ForEach([&](uint64_t id, const Loc& loc) { want.emplace_back(id, loc); });
+  loaded.ForEach([&](uint64_t id, const Loc& loc) { got.emplace_back(id, loc); });
+  EXPECT_TRUE(want == got);
+
+  // The second part cut short, then one byte of it changed: each refused, and named.
+  const std::string part = CheckpointPartKey("e", 42, 1);
+  std::vector<uint8_t> good;
+  ASSERT_OK(t->Get(part, &good));
+  ASSERT_GT(good.size(), 1000u);
+  std::vector<uint8_t> bad(good.begin(), good.end() - 1);
+  for (int damage = 0; damage < 2; ++damage) {
+    ASSERT_OK(t->Delete(std::vector<std::string>{part}, nullptr));
+    ASSERT_OK(t->Put(part, bad, PutOptions{}));
+    Status s = ReadCheckpoint(*t, "e", 42, &back, &loaded);
+    EXPECT_TRUE(s.IsIoError()) << s.ToString();
+    EXPECT_NE(s.message().find("part 1"), std::string::npos) << s.ToString();
+    bad = good;
+    bad[bad.size() / 2] ^= 0x10;
+  }
+}
+
 // ---------------------------------------------------------------- an export
 
 std::atomic<int> g_counter{0};
