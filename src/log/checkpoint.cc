@@ -18,7 +18,10 @@ constexpr uint32_t kVersion = 1;
 // With the segments kept for snapshots: written only when there are some, so that an export
 // without snapshots stays readable by a version that knows only the first.
 constexpr uint32_t kVersionKept = 2;
+// The most entries a part may hold (a reader refuses more), and how many a writer puts in one:
+// its compressed form is held whole while it is stored, beside the cache and the map.
 constexpr size_t kPartEntries = 1u << 20;
+constexpr size_t kWritePartEntries = 1u << 18;
 constexpr size_t kEntryBytes = 16;
 // A root holds the segment table: 20 bytes a segment; more than this is not ours.
 constexpr uint64_t kMaxRootBytes = 256ull << 20;
@@ -114,7 +117,7 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
   map.ForEach([&](uint64_t id, const Loc& loc) {
     if (!status.ok()) return;
     if (in_part == 0) {
-      in_part = std::min<uint64_t>(left, kPartEntries);
+      in_part = std::min<uint64_t>(left, kWritePartEntries);
       status = writer.Begin(in_part);
       parts.push_back(PartInfo{0, in_part, 0});
     }

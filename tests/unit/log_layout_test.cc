@@ -176,7 +176,8 @@ TEST(SegmentFormat, AHeadAndItsFramesReadBackAndCorruptionIsCaught) {
 }
 
 TEST(CheckpointFormat, AMapOfSeveralPartsReadsBackWholeAndADamagedPartIsRefused) {
-  // More blocks than a part holds (2^20), at random places: two parts, the second partly full.
+  // More blocks than a part may hold (2^20), at random places: several parts, the last partly
+  // full.
   TempDir dir;
   std::unique_ptr<DirTransport> t;
   ASSERT_OK(DirTransport::Open(dir.path(), true, &t));
@@ -204,7 +205,7 @@ TEST(CheckpointFormat, AMapOfSeveralPartsReadsBackWholeAndADamagedPartIsRefused)
   loaded.ForEach([&](uint64_t id, const Loc& loc) { got.emplace_back(id, loc); });
   EXPECT_TRUE(want == got);
 
-  // The second part cut short, then one byte of it changed: each refused, and named.
+  // A part cut short, then one byte of it changed: each refused, and named.
   const std::string part = CheckpointPartKey("e", 42, 1);
   std::vector<uint8_t> good;
   ASSERT_OK(t->Get(part, &good));
