@@ -37,8 +37,10 @@ size_t OnBody(char* data, size_t size, size_t n, void* user) {
     const auto* bytes = reinterpret_cast<const uint8_t*>(data);
     t->response->data->insert(t->response->data->end(), bytes, bytes + len);
     // Only bytes (blocks) have a running CRC: error documents and listings never need one.
-    t->response->received_crc32c = Crc32c(t->response->received_crc32c, data, len);
-    t->response->received_bytes += len;
+    if (t->response->running_crc32c) {
+      t->response->received_crc32c = Crc32c(t->response->received_crc32c, data, len);
+      t->response->received_bytes += len;
+    }
   } else {
     t->response->body.append(data, len);
   }
@@ -188,8 +190,10 @@ uint32_t HttpResponse::BodyCrc32c() const {
 
 Status HttpClient::Perform(const HttpRequest& request, HttpResponse* response, bool* transient) {
   std::vector<uint8_t>* data = response->data;
+  const bool running_crc32c = response->running_crc32c;
   *response = HttpResponse{};
   response->data = data;
+  response->running_crc32c = running_crc32c;
   if (data != nullptr) data->clear();
   *transient = false;
   const auto asked = std::chrono::steady_clock::now();

@@ -63,7 +63,7 @@ struct HttpResponse {
   // When set before Perform: the body of a 2xx response is read into *data instead of `body`
   // (sized from Content-Length before it arrives), so that a block needs no copy from a string
   // into bytes; other responses' bodies (S3 error documents) still go to `body`. Perform keeps
-  // the pointer and empties *data first.
+  // the pointer (and running_crc32c) and empties *data first.
   std::vector<uint8_t>* data = nullptr;
 
   // The body received: *data if it was read there, else `body`.
@@ -72,6 +72,9 @@ struct HttpResponse {
   // The CRC-32C of a body read into *data, computed piece by piece as it arrives (while it is
   // still in the CPU's cache), and how many bytes it covers; bodies read into `body` have none.
   // BodyCrc32c is that CRC when it covers exactly Body(), and otherwise computes it.
+  // Set false before Perform when the body's CRC will not be asked for (a part of an object:
+  // the object's CRC does not cover it), or only rarely: BodyCrc32c then computes it.
+  bool running_crc32c = true;
   uint32_t received_crc32c = 0;
   size_t received_bytes = 0;
   uint32_t BodyCrc32c() const;

@@ -328,6 +328,9 @@ Status S3Client::GetObjectRange(const std::string& key, uint64_t offset, uint64_
               {}, true};
   HttpResponse r;
   r.data = data;
+  // A part's bytes are checked by their reader (a log segment's frames have CRCs of their own);
+  // a server that ignores the Range sends the whole object, whose CRC is then computed whole.
+  r.running_crc32c = false;
   S3B_RETURN_IF_ERROR(Execute(req, &r, DeadlineAfter(options_.retry_timeout)));
   if (r.status == 206) {
     // The part asked for, or the part of it the object has: it must begin at `offset`.

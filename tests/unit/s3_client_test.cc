@@ -238,6 +238,42 @@ TEST(HttpClient, CrcOfTheBodyIsComputedAsItArrives) {
   EXPECT_EQ(r.BodyCrc32c(), 0xE3069283u);
 }
 
+// A part of an object (206) is checked by its length alone, with no CRC over it as it arrives;
+// a server that ignores the Range sends the whole object (200), whose recorded CRC-32C is then
+// checked over the whole body before the part is cut out of it.
+TEST(S3Client, ARangeAnsweredWholeIsCheckedWholeAndCut) {
+  std::string whole(100000, 'w');
+  for (size_t i = 0; i < whole.size(); ++i) whole[i] = static_cast<char>(i * 13 + i / 977);
+  std::atomic<int> requests{0};
+  FakeHttpServer server([&](const FakeRequest& r) {
+    ++requests;
+    FakeResponse f;
+    f.body = whole;
+    f.headers.emplace_back(kCrc32cMetaHeader, Crc32cHex(AsBytes(whole)));
+    if (r.target.find("damaged") != std::string::npos) f.body[500] ^= 1;
+    if (r.target.find("part") != std::string::npos) {
+      f.status = 206;
+      f.body = whole.substr(1000, 3000);
+      f.headers.emplace_back("Content-Range", "bytes 1000-3999/100000");
+    }
+    return f;
+  });
+  auto client = MakeClient(server.endpoint(), 0.3);
+  Bytes data;
+  bool found = false;
+  for (const char* key : {"part", "whole"}) {
+    SCOPED_TRACE(key);
+    ASSERT_OK(client->GetObjectRange(key, 1000, 3000, &data, &found));
+    EXPECT_TRUE(found);
+    EXPECT_EQ(data, Bytes(whole.begin() + 1000, whole.begin() + 4000));
+  }
+  requests = 0;
+  Status s = client->GetObjectRange("whole-damaged", 1000, 3000, &data, &found);
+  EXPECT_EQ(s.err(), EIO) << s.ToString();
+  EXPECT_NE(s.message().find("CRC-32C recorded"), std::string::npos) << s.message();
+  EXPECT_GT(requests.load(), 1);  // the transfer's fault, as far as the client can tell: retried
+}
+
 // A write fence is asked before every attempt: its error stops the request unsent and without
 // retries, and the time it gives bounds the attempt.
 TEST(S3Client, WriteFenceStopsOrBoundsEveryAttempt) {
