@@ -32,8 +32,9 @@ struct PartInfo {
   uint32_t crc = 0;
 };
 
-// The map's entries are packed a chunk at a time: a part of kPartEntries whole, and a buffer
-// of zstd's worst case for it, held 33 MiB at once beside the map and the cache.
+// The map's entries are packed and compressed a chunk at a time (and read back so): a part of
+// kPartEntries whole and a buffer of zstd's bound for it would be 33 MiB beside the map and the
+// cache.
 constexpr size_t kChunkEntries = 1u << 15;
 
 struct CCtxFree {
@@ -135,8 +136,9 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
       PartInfo& p = parts.back();
       p.crc = writer.crc();
       p.stored = writer.packed().size();
-      status = transport.Put(CheckpointPartKey(name, info.seq, static_cast<uint32_t>(parts.size() - 1)),
-                             writer.packed(), PutOptions::Fenced(fence));
+      const auto index = static_cast<uint32_t>(parts.size() - 1);
+      status = transport.Put(CheckpointPartKey(name, info.seq, index), writer.packed(),
+                             PutOptions::Fenced(fence));
     }
   });
   S3B_RETURN_IF_ERROR(status);
@@ -235,7 +237,8 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
     const std::string part_key = CheckpointPartKey(name, seq, i);
     S3B_RETURN_IF_ERROR(GetAll(transport, part_key, stored, &packed).Annotate(where));
     if (packed.size() != stored) return corrupt(part_name + " has the wrong length");
-    // Decoded a chunk at a time, into the map as it comes: a part whole is 16 MiB.
+    // Decoded a chunk at a time, into the map as it comes. An error leaves the map part-filled:
+    // the caller's to drop.
     ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
     ZSTD_inBuffer in{packed.data(), packed.size(), 0};
     const uint64_t want = entries * kEntryBytes;
@@ -246,7 +249,8 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
     while (more != 0) {
       ZSTD_outBuffer out{raw.data(), raw.size(), held};
       more = ZSTD_decompressStream(dctx.get(), &out, &in);
-      if (ZSTD_isError(more)) return corrupt(part_name + " does not decode: " + ZSTD_getErrorName(more));
+      if (ZSTD_isError(more))
+        return corrupt(part_name + " does not decode: " + ZSTD_getErrorName(more));
       const size_t fresh = out.pos - held;
       if (got + fresh > want) return corrupt(part_name + " decodes to more than its root says");
       got_crc = Crc32c(got_crc, raw.data() + held, fresh);

@@ -51,7 +51,7 @@ Status WriteCheckpoint(ObjectTransport& transport, std::string_view name,
                        const CheckpointInfo& info, const BlockMap& map, const WriteFence* fence);
 
 // Reads checkpoint `seq` into *info and *map (with a null map: its root alone, into *info).
-// Errors: EIO naming what is wrong with it.
+// Errors: EIO naming what is wrong with it (*map may then hold some of its blocks).
 Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_t seq,
                       CheckpointInfo* info, BlockMap* map);
 
