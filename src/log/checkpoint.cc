@@ -8,6 +8,7 @@
 
 #include "log/little_endian.h"
 #include "log/segment.h"
+#include "s3block/params.h"
 #include "util/crc32c.h"
 
 namespace s3block::log {
@@ -228,7 +229,7 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
   std::vector<uint8_t> packed, raw(kChunkEntries * kEntryBytes);
   std::unique_ptr<ZSTD_DCtx, DCtxFree> dctx(ZSTD_createDCtx());
   if (!dctx) return Status::IoError("zstd: out of memory");
-  uint64_t total = 0;
+  uint64_t total = 0, next_id = 0;
   for (uint32_t i = 0; i < part_count; ++i, p += 20) {
     const uint64_t stored = LoadLe64(p), entries = LoadLe64(p + 8);
     const uint32_t crc = LoadLe32(p + 16);
@@ -237,34 +238,42 @@ Status ReadCheckpoint(ObjectTransport& transport, std::string_view name, uint64_
     const std::string part_key = CheckpointPartKey(name, seq, i);
     S3B_RETURN_IF_ERROR(GetAll(transport, part_key, stored, &packed).Annotate(where));
     if (packed.size() != stored) return corrupt(part_name + " has the wrong length");
-    // Decoded a chunk at a time, into the map as it comes. An error leaves the map part-filled:
-    // the caller's to drop.
-    ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-    ZSTD_inBuffer in{packed.data(), packed.size(), 0};
-    const uint64_t want = entries * kEntryBytes;
-    uint64_t got = 0;
-    uint32_t got_crc = 0;
-    size_t held = 0;  // bytes of an entry cut at the end of the last chunk
-    size_t more = 1;
-    while (more != 0) {
-      ZSTD_outBuffer out{raw.data(), raw.size(), held};
-      more = ZSTD_decompressStream(dctx.get(), &out, &in);
-      if (ZSTD_isError(more))
-        return corrupt(part_name + " does not decode: " + ZSTD_getErrorName(more));
-      const size_t fresh = out.pos - held;
-      if (got + fresh > want) return corrupt(part_name + " decodes to more than its root says");
-      got_crc = Crc32c(got_crc, raw.data() + held, fresh);
-      got += fresh;
-      const size_t whole = out.pos / kEntryBytes * kEntryBytes;
-      for (size_t at = 0; at < whole; at += kEntryBytes)
-        map->Set(LoadLe64(raw.data() + at), BlockMap::Unpack(LoadLe64(raw.data() + at + 8)));
-      held = out.pos - whole;
-      std::memmove(raw.data(), raw.data() + whole, held);
-      if (more != 0 && in.pos == in.size && out.pos < out.size)
-        return corrupt(part_name + " ends in the middle of its data");
+    // Decoded a chunk at a time, twice: first checked whole (its length and CRC), then into the
+    // map, so that a damaged part changes nothing (an id decoded from garbage may be anything).
+    // Entries come in order of id, each below the most blocks an export may have.
+    for (const bool apply : {false, true}) {
+      ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
+      ZSTD_inBuffer in{packed.data(), packed.size(), 0};
+      const uint64_t want = entries * kEntryBytes;
+      uint64_t got = 0;
+      uint32_t got_crc = 0;
+      size_t held = 0;  // bytes of an entry cut at the end of the last chunk
+      size_t more = 1;
+      while (more != 0) {
+        ZSTD_outBuffer out{raw.data(), raw.size(), held};
+        more = ZSTD_decompressStream(dctx.get(), &out, &in);
+        if (ZSTD_isError(more))
+          return corrupt(part_name + " does not decode: " + ZSTD_getErrorName(more));
+        const size_t fresh = out.pos - held;
+        if (got + fresh > want) return corrupt(part_name + " decodes to more than its root says");
+        got_crc = Crc32c(got_crc, raw.data() + held, fresh);
+        got += fresh;
+        const size_t whole = out.pos / kEntryBytes * kEntryBytes;
+        for (size_t at = 0; apply && at < whole; at += kEntryBytes) {
+          const uint64_t id = LoadLe64(raw.data() + at);
+          if (id < next_id || id >= kMaxExportBlocks)
+            return corrupt(part_name + " has block " + std::to_string(id) + " out of order");
+          next_id = id + 1;
+          map->Set(id, BlockMap::Unpack(LoadLe64(raw.data() + at + 8)));
+        }
+        held = out.pos - whole;
+        std::memmove(raw.data(), raw.data() + whole, held);
+        if (more != 0 && in.pos == in.size && out.pos < out.size)
+          return corrupt(part_name + " ends in the middle of its data");
+      }
+      if (got != want || held != 0 || in.pos != in.size || got_crc != crc)
+        return corrupt(part_name + " does not decode to what its root says");
     }
-    if (got != want || held != 0 || in.pos != in.size || got_crc != crc)
-      return corrupt(part_name + " does not decode to what its root says");
     total += entries;
   }
   if (total != blocks || map->size() != blocks) return corrupt("it holds a block twice or too few");

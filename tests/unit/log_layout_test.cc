@@ -184,9 +184,11 @@ TEST(CheckpointFormat, AMapOfSeveralPartsReadsBackWholeAndADamagedPartIsRefused)
   BlockMap map;
   std::mt19937_64 rng(11);
   const uint64_t blocks = (1u << 20) + 70000;
-  for (uint64_t id = 0; id < blocks; ++id)
-    map.Set(id * 3 + rng() % 3, Loc{static_cast<uint32_t>(rng() % 5000),
-                                    static_cast<uint32_t>(rng() % (1 << 22)) * 16, 4112});
+  for (uint64_t id = 0; id < blocks; ++id) {
+    const uint64_t at = id * 3 + rng() % 3;  // in this order whatever the compiler: same data
+    const auto slot = static_cast<uint32_t>(rng() % 5000);
+    map.Set(at, Loc{slot, static_cast<uint32_t>(rng() % (1 << 22)) * 16, 4112});
+  }
   ASSERT_EQ(map.size(), blocks);
   CheckpointInfo info;
   info.seq = 42;
@@ -205,20 +207,26 @@ TEST(CheckpointFormat, AMapOfSeveralPartsReadsBackWholeAndADamagedPartIsRefused)
   loaded.ForEach([&](uint64_t id, const Loc& loc) { got.emplace_back(id, loc); });
   EXPECT_TRUE(want == got);
 
-  // A part cut short, then one byte of it changed: each refused, and named.
+  // A part cut short, or with one byte changed (in many places: most changes still decode, to
+  // other entries, whose ids may be anything): each refused, and named, and nothing thrown.
   const std::string part = CheckpointPartKey("e", 42, 1);
   std::vector<uint8_t> good;
   ASSERT_OK(t->Get(part, &good));
   ASSERT_GT(good.size(), 1000u);
-  std::vector<uint8_t> bad(good.begin(), good.end() - 1);
-  for (int damage = 0; damage < 2; ++damage) {
+  std::vector<std::vector<uint8_t>> damaged{{good.begin(), good.end() - 1}, good};
+  damaged.back()[good.size() / 2] ^= 0x10;
+  for (size_t k = 1; k <= 16; ++k) {
+    damaged.push_back(good);
+    damaged.back()[good.size() * k / 17] ^= 0x10;
+  }
+  for (const std::vector<uint8_t>& bad : damaged) {
     ASSERT_OK(t->Delete(std::vector<std::string>{part}, nullptr));
     ASSERT_OK(t->Put(part, bad, PutOptions{}));
-    Status s = ReadCheckpoint(*t, "e", 42, &back, &loaded);
+    BlockMap partial;
+    Status s;
+    EXPECT_NO_THROW(s = ReadCheckpoint(*t, "e", 42, &back, &partial));
     EXPECT_TRUE(s.IsIoError()) << s.ToString();
     EXPECT_NE(s.message().find("part 1"), std::string::npos) << s.ToString();
-    bad = good;
-    bad[bad.size() / 2] ^= 0x10;
   }
 }
 
